@@ -1,0 +1,1 @@
+"""Settings, the command line, and (later) the web service of kbqa."""

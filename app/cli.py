@@ -1,0 +1,288 @@
+"""The `kbqa` command line. Heavy libraries are imported inside commands so `kbqa --help` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from app.services import KnowledgeService
+    from ingestion import FileOutcome, IngestionReport
+
+app = typer.Typer(help="kbqa: local knowledge-base question answering.", no_args_is_help=True)
+kb_app = typer.Typer(help="Create, list, inspect and delete knowledge bases.", no_args_is_help=True)
+index_app = typer.Typer(help="Build knowledge bases from files.", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+app.add_typer(index_app, name="index")
+
+console = Console()
+errors = Console(stderr=True)
+
+KbOption = Annotated[str, typer.Option("--kb", help="Knowledge-base name.")]
+
+
+class _Context:
+    config: Path | None = None
+    data_dir: Path | None = None
+    log_level: str = "WARNING"
+
+
+@app.callback()
+def main_options(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML settings file (default: $KBQA_CONFIG, else built-in).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Data directory (default: $KBQA_DATA_DIR, else ./data).")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "warning",
+) -> None:
+    """kbqa: local knowledge-base question answering."""
+    _Context.config = config
+    _Context.data_dir = data_dir
+    _Context.log_level = log_level
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print an error and exit with `code`."""
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def service() -> KnowledgeService:
+    """Return the knowledge service for the chosen settings, or exit naming the bad setting."""
+    from app.logs import configure_logging
+    from app.services import KnowledgeService
+    from app.settings import SettingsError, load_settings
+
+    configure_logging(_Context.log_level)
+    try:
+        settings = load_settings(_Context.config, data_dir=_Context.data_dir)
+    except SettingsError as error:
+        fail(str(error), code=2)
+    return KnowledgeService(settings)
+
+
+def _run(action):
+    """Return `action()`, turning the errors a user can cause into a message and exit code 1."""
+    from retrieval import KnowledgeBaseError
+
+    try:
+        return action()
+    except (KnowledgeBaseError, ValueError) as error:
+        fail(str(error))
+
+
+@kb_app.command("create")
+def kb_create(name: Annotated[str, typer.Argument(help="Name: letters (Chinese too), digits, '-', '_'.")]) -> None:
+    """Create an empty knowledge base with the configured embedding model and splitter."""
+    svc = service()
+    _run(lambda: svc.create(name).close())
+    console.print(f"created knowledge base [bold]{name}[/] in {svc.catalog.path(name)}")
+
+
+@kb_app.command("list")
+def kb_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the knowledge bases with their sizes."""
+    svc = service()
+    infos = [_run(lambda n=n: svc.info(n)) for n in svc.catalog.names()]
+    if as_json:
+        print(json.dumps([_info_dict(info) for info in infos], ensure_ascii=False, indent=2))
+        return
+    if not infos:
+        console.print(f"no knowledge bases in {svc.catalog.root}")
+        return
+    table = Table("name", "documents", "chunks", "embedding model", "created")
+    for info in infos:
+        table.add_row(info.name, str(info.documents), str(info.chunks), info.embedding.model, info.created_at)
+    console.print(table)
+
+
+@kb_app.command("info")
+def kb_info(
+    name: Annotated[str, typer.Argument(help="Knowledge-base name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a knowledge base's documents, chunks, embedding model, splitter and size."""
+    svc = service()
+    info = _run(lambda: svc.info(name))
+    if as_json:
+        print(json.dumps(_info_dict(info), ensure_ascii=False, indent=2))
+        return
+    table = Table(show_header=False)
+    for key, value in _info_dict(info).items():
+        table.add_row(key, json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else str(value))
+    console.print(table)
+
+
+@kb_app.command("delete")
+def kb_delete(
+    name: Annotated[str, typer.Argument(help="Knowledge-base name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a knowledge base and all its documents."""
+    svc = service()
+    if not _run(lambda: svc.catalog.exists(name)):
+        fail(f"knowledge base '{name}' does not exist")
+    if not yes and not typer.confirm(f"Delete knowledge base '{name}' and all its documents?"):
+        raise typer.Exit(1)
+    _run(lambda: svc.catalog.delete(name))
+    console.print(f"deleted knowledge base [bold]{name}[/]")
+
+
+@kb_app.command("check")
+def kb_check(name: Annotated[str, typer.Argument(help="Knowledge-base name.")]) -> None:
+    """Check that the FAISS index and the chunk store agree; exit 1 if they do not."""
+    svc = service()
+
+    def check():
+        kb = svc.catalog.open(name)
+        try:
+            return kb.check()
+        finally:
+            kb.close()
+
+    report = _run(check)
+    if not report.ok:
+        fail(
+            f"knowledge base '{name}' is inconsistent: {len(report.ids_without_chunk)} vectors without a chunk, "
+            f"{len(report.chunks_without_vector)} chunks without a vector"
+        )
+    console.print(f"knowledge base [bold]{name}[/] is consistent")
+
+
+@index_app.command("build")
+def index_build(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders to index.")],
+    kb: KbOption,
+) -> None:
+    """Index files and folders into a knowledge base (created if missing).
+
+    Unchanged files are skipped, changed ones replaced. Exits 1 if any file failed.
+    """
+    svc = service()
+    with _IngestionProgress() as progress:
+        report = _run(lambda: svc.ingest(kb, paths, progress))
+    _print_report(report)
+    if report.failures:
+        raise typer.Exit(1)
+
+
+@app.command("search")
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    kb: KbOption,
+    k: Annotated[int, typer.Option("-k", "--top-k", help="How many chunks to return.")] = 5,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="Keep hits with cosine similarity >= this. Scores lie in [-1, 1]; higher is more similar.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Search a knowledge base: the best chunks with cosine scores in [-1, 1], higher is better."""
+    from pydantic import ValidationError
+
+    from retrieval import SearchOptions
+
+    try:
+        options = SearchOptions(k=k, score_threshold=threshold)
+    except ValidationError as error:
+        fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in error.errors()), code=2)
+    svc = service()
+    hits = _run(lambda: svc.search(kb, query, options))
+    if as_json:
+        print(json.dumps([asdict(hit) for hit in hits], ensure_ascii=False, indent=2))
+        return
+    if not hits:
+        console.print("no matching chunks")
+    for rank, hit in enumerate(hits, 1):
+        place = hit.source + (f", page {hit.page}" if hit.page else "")
+        if hit.heading_path:
+            place += " — " + " > ".join(hit.heading_path)
+        console.print(f"[bold]{rank}.[/] [green]{hit.score:.3f}[/]  [cyan]{place}[/]", highlight=False)
+        console.print(f"   {hit.text.strip()[:300]}", highlight=False, markup=False)
+
+
+def _info_dict(info) -> dict:
+    return {
+        "name": info.name,
+        "documents": info.documents,
+        "chunks": info.chunks,
+        "embedding": info.embedding.model_dump(),
+        "splitter": info.splitter,
+        "created_at": info.created_at,
+        "size_bytes": info.size_bytes,
+    }
+
+
+class _IngestionProgress:
+    """A rich progress bar of files done, chunks stored and chunks per second."""
+
+    def __enter__(self) -> _IngestionProgress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._chunks = 0
+        self._progress = Progress(
+            TextColumn("[bold]indexing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files · {task.fields[chunks]} chunks · {task.fields[rate]} chunks/s"),
+            TimeElapsedColumn(),
+            console=errors,
+            disable=not errors.is_terminal,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("indexing", total=None, chunks=0, rate="-")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def start(self, total_files: int) -> None:
+        """Set the number of files to handle."""
+        self._progress.update(self._task, total=total_files)
+
+    def file_done(self, outcome: FileOutcome) -> None:
+        """Advance the bar by one file."""
+        self._progress.advance(self._task)
+
+    def chunks_written(self, count: int) -> None:
+        """Count stored chunks and update the rate."""
+        self._chunks += count
+        elapsed = self._progress.tasks[0].elapsed or 0.0
+        rate = f"{self._chunks / elapsed:.0f}" if elapsed > 0 else "-"
+        self._progress.update(self._task, chunks=self._chunks, rate=rate)
+
+
+def _print_report(report: IngestionReport) -> None:
+    from ingestion.pipeline import ALREADY_STORED
+
+    console.print(
+        f"added {report.count('added')}, replaced {report.count('replaced')}, "
+        f"skipped {report.count('skipped')}, failed {report.count('failed')} "
+        f"· {report.chunks} chunks in {report.seconds:.1f}s",
+        highlight=False,
+    )
+    for outcome in report.outcomes:
+        if outcome.status == "failed" or (outcome.status == "skipped" and outcome.reason != ALREADY_STORED):
+            style = "red" if outcome.status == "failed" else "yellow"
+            console.print(f"  [{style}]{outcome.status}[/] {outcome.source}: {outcome.reason}", highlight=False)
+
+
+def main() -> None:
+    """Run the command line."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

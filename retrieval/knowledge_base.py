@@ -1,0 +1,191 @@
+"""A knowledge base on disk: manifest, SQLite chunk store, and FAISS index, kept consistent.
+
+Crash safety rests on one rule: SQLite is the truth and the FAISS index is derived from it. Each write
+is one SQLite transaction that adds or removes whole documents (with their vectors) and bumps a
+generation counter. The FAISS file is saved atomically with the generation it reflects; on open, an
+index whose generation or size differs from the store's is rebuilt from the stored vectors. So a
+process killed at any moment leaves each document either fully old or fully new.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.errors import KnowledgeBaseBusy
+from retrieval.manifest import EmbeddingIdentity, Manifest, read_manifest
+from retrieval.store import ChunkRecord, ChunkStore, DocumentRecord, NewDocument, WriteResult
+from retrieval.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "store.sqlite"
+LOCK_FILE = "write.lock"
+
+
+@dataclass(frozen=True)
+class ScoredChunk:
+    """A chunk found by vector search, with its cosine similarity to the query (in [-1, 1])."""
+
+    score: float
+    chunk: ChunkRecord
+
+
+@dataclass
+class ConsistencyReport:
+    """What disagrees between the FAISS index and the chunk store (empty lists: consistent)."""
+
+    ids_without_chunk: list[int] = field(default_factory=list)
+    chunks_without_vector: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Return whether every FAISS id has a chunk row and every chunk row a FAISS id."""
+        return not self.ids_without_chunk and not self.chunks_without_vector
+
+
+class KnowledgeBase:
+    """One named knowledge base, open for searching and (through `writing()`) for writing."""
+
+    def __init__(self, directory: Path, embedding: EmbeddingIdentity | None = None) -> None:
+        self.directory = directory
+        self.manifest: Manifest = read_manifest(directory)
+        if embedding is not None:
+            self.manifest.check_embedding(embedding)
+        self.store = ChunkStore(directory / STORE_FILE, self.manifest.embedding.dimension)
+        # Guards the store connection and the in-memory index; held only for one read or write.
+        self._state_lock = threading.RLock()
+        # One writer at a time, within this process and across processes (the file lock).
+        self._writer_lock = threading.Lock()
+        self.index = self._load_index()
+
+    @property
+    def name(self) -> str:
+        """Return the knowledge base's name."""
+        return self.manifest.name
+
+    def close(self) -> None:
+        """Release the store connection; return nothing."""
+        self.store.close()
+
+    def _load_index(self) -> VectorIndex:
+        index = VectorIndex.load(self.directory)
+        generation = self.store.generation
+        chunk_count = self.store.count()[1]
+        if index is not None and index.generation == generation and index.count == chunk_count:
+            return index
+        log.warning("rebuilding the FAISS index from the chunk store", extra={"kb": self.name})
+        index = self._rebuild_index(generation)
+        try:
+            with self._file_lock():
+                index.save(self.directory)
+        except KnowledgeBaseBusy:
+            pass  # a writer holds it and will save its own index; ours stays in memory
+        return index
+
+    def _rebuild_index(self, generation: int) -> VectorIndex:
+        index = VectorIndex.empty(self.manifest.embedding.dimension)
+        for ids, vectors in self.store.iter_vectors():
+            index.add(ids, vectors)
+        index.generation = generation
+        return index
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        with open(self.directory / LOCK_FILE, "a") as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise KnowledgeBaseBusy(
+                    f"knowledge base '{self.name}' is being written by another process; try again when it ends"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    @contextmanager
+    def writing(self) -> Iterator[KnowledgeBase]:
+        """Hold the knowledge base as its only writer; save the FAISS index when the block ends."""
+        with self._writer_lock, self._file_lock():
+            try:
+                yield self
+            finally:
+                with self._state_lock:
+                    self.index.save(self.directory)
+
+    def add_documents(self, documents: Sequence[NewDocument]) -> WriteResult:
+        """Store documents (replacing any of the same source) in one transaction; return what changed."""
+        return self._write(documents, ())
+
+    def delete_documents(self, document_ids: Sequence[int]) -> WriteResult:
+        """Delete documents and their chunks in one transaction; return what changed."""
+        return self._write((), document_ids)
+
+    def _write(self, documents: Sequence[NewDocument], delete_ids: Sequence[int]) -> WriteResult:
+        if not self._writer_lock.locked():
+            raise RuntimeError("write to a knowledge base inside `with kb.writing():`")
+        for document in documents:
+            _check_vectors(document, self.manifest.embedding.dimension)
+        with self._state_lock:
+            result = self.store.write(documents, delete_ids)
+            self.index.remove(result.removed_ids)
+            self.index.add(result.added_ids, result.added_vectors)
+            self.index.generation = result.generation
+        return result
+
+    def search(self, query_vector: np.ndarray, k: int) -> list[ScoredChunk]:
+        """Return the `k` chunks most similar to the query vector, best first, with cosine scores."""
+        query_vector = np.asarray(query_vector, dtype=np.float32).reshape(-1)
+        dimension = self.manifest.embedding.dimension
+        if query_vector.shape[0] != dimension:
+            raise ValueError(f"query vector has {query_vector.shape[0]} dimensions; this knowledge base has {dimension}")
+        with self._state_lock:
+            scores, ids = self.index.search(query_vector, k)
+            chunks = self.store.chunks(ids.tolist())
+        return [ScoredChunk(float(s), chunks[int(i)]) for s, i in zip(scores, ids, strict=True) if int(i) in chunks]
+
+    def documents(self) -> list[DocumentRecord]:
+        """Return every stored document, oldest first."""
+        with self._state_lock:
+            return self.store.documents()
+
+    def document_by_source(self, source: str) -> DocumentRecord | None:
+        """Return the document stored under `source`, or None."""
+        with self._state_lock:
+            return self.store.document_by_source(source)
+
+    def has_content_hash(self, content_hash: str) -> bool:
+        """Return whether a document with this content hash is already stored."""
+        with self._state_lock:
+            return self.store.has_content_hash(content_hash)
+
+    def counts(self) -> tuple[int, int]:
+        """Return (documents, chunks)."""
+        with self._state_lock:
+            return self.store.count()
+
+    def check(self) -> ConsistencyReport:
+        """Return how the FAISS index and the chunk store disagree, if they do."""
+        with self._state_lock:
+            index_ids = set(self.index.ids().tolist())
+            chunk_ids = set(self.store.chunk_ids().tolist())
+        return ConsistencyReport(
+            ids_without_chunk=sorted(index_ids - chunk_ids),
+            chunks_without_vector=sorted(chunk_ids - index_ids),
+        )
+
+
+def _check_vectors(document: NewDocument, dimension: int) -> None:
+    shape = np.shape(document.vectors)
+    if shape != (len(document.chunks), dimension):
+        raise ValueError(
+            f"{document.source}: vectors of shape {shape} for {len(document.chunks)} chunks of dimension {dimension}"
+        )

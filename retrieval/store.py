@@ -1,0 +1,294 @@
+"""The SQLite half of a knowledge base: documents, chunks, and each chunk's vector.
+
+The vectors are kept here as well as in the FAISS index so that SQLite is the one source of truth:
+one transaction adds or replaces whole documents, and the FAISS index can always be rebuilt from it
+after a crash (see `knowledge_base.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from retrieval.errors import DocumentNotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    page_count INTEGER,
+    chunk_count INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_by_hash ON documents(content_hash);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id INTEGER NOT NULL REFERENCES documents(id),
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    page INTEGER,
+    heading_path TEXT NOT NULL,
+    start_offset INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
+"""
+
+CHUNK_COLUMNS = (
+    "c.id, c.document_id, c.ordinal, c.text, c.page, c.heading_path, c.start_offset, c.end_offset, "
+    "d.source, d.title"
+)
+
+
+class ChunkLike(Protocol):
+    """What the store needs of a chunk to keep it (the splitter's chunks have these attributes)."""
+
+    text: str
+    page: int | None
+    heading_path: tuple[str, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    """A document to add: its file facts, its chunks, and one vector per chunk."""
+
+    source: str
+    title: str
+    content_hash: str
+    size: int
+    page_count: int | None
+    chunks: Sequence[ChunkLike]
+    vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """A stored document."""
+
+    id: int
+    source: str
+    title: str
+    content_hash: str
+    size: int
+    page_count: int | None
+    chunk_count: int
+    status: str
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A stored chunk; its id is also its id in the FAISS index."""
+
+    id: int
+    document_id: int
+    ordinal: int
+    text: str
+    page: int | None
+    heading_path: tuple[str, ...]
+    start: int
+    end: int
+    source: str
+    title: str
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one write transaction changed: the chunk ids added (with vectors) and removed."""
+
+    added_ids: np.ndarray
+    added_vectors: np.ndarray
+    removed_ids: np.ndarray
+    document_ids: list[int]
+    generation: int
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class ChunkStore:
+    """Documents and chunks of one knowledge base in a SQLite file (WAL, synchronous=FULL)."""
+
+    def __init__(self, path: Path, dimension: int) -> None:
+        self.path = path
+        self.dimension = dimension
+        # The knowledge base serialises access with its own lock, so one connection serves all threads.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout = 10000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the database connection; return nothing."""
+        self._db.close()
+
+    @property
+    def generation(self) -> int:
+        """Return the number of write transactions committed so far (the FAISS index is tagged with it)."""
+        return int(self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+    def write(self, documents: Sequence[NewDocument], delete_ids: Sequence[int] = ()) -> WriteResult:
+        """Add documents (replacing any of the same source) and delete others, all in one transaction."""
+        added_ids: list[int] = []
+        added_vectors: list[np.ndarray] = []
+        removed_ids: list[int] = []
+        document_ids: list[int] = []
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for document_id in delete_ids:
+                removed_ids += self._delete_document(document_id)
+            for document in documents:
+                old = db.execute("SELECT id FROM documents WHERE source = ?", (document.source,)).fetchone()
+                if old:
+                    removed_ids += self._delete_document(old[0])
+                document_id, chunk_ids = self._insert_document(document)
+                document_ids.append(document_id)
+                added_ids += chunk_ids
+                added_vectors.append(np.asarray(document.vectors, dtype=np.float32))
+            db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        vectors = np.concatenate(added_vectors) if added_vectors else np.zeros((0, self.dimension), np.float32)
+        return WriteResult(
+            added_ids=np.asarray(added_ids, dtype=np.int64),
+            added_vectors=vectors,
+            removed_ids=np.asarray(removed_ids, dtype=np.int64),
+            document_ids=document_ids,
+            generation=self.generation,
+        )
+
+    def _insert_document(self, document: NewDocument) -> tuple[int, list[int]]:
+        if len(document.chunks) != len(document.vectors):
+            raise ValueError(f"{document.source}: {len(document.chunks)} chunks but {len(document.vectors)} vectors")
+        now = _now()
+        cursor = self._db.execute(
+            "INSERT INTO documents (source, title, content_hash, size, page_count, chunk_count, status,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'ready', ?, ?)",
+            (
+                document.source,
+                document.title,
+                document.content_hash,
+                document.size,
+                document.page_count,
+                len(document.chunks),
+                now,
+                now,
+            ),
+        )
+        document_id = int(cursor.lastrowid)
+        chunk_ids = []
+        for ordinal, (chunk, vector) in enumerate(zip(document.chunks, document.vectors, strict=True)):
+            cursor = self._db.execute(
+                "INSERT INTO chunks (document_id, ordinal, text, page, heading_path, start_offset,"
+                " end_offset, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    document_id,
+                    ordinal,
+                    chunk.text,
+                    chunk.page,
+                    json.dumps(list(chunk.heading_path), ensure_ascii=False),
+                    chunk.start,
+                    chunk.end,
+                    np.asarray(vector, dtype=np.float32).tobytes(),
+                ),
+            )
+            chunk_ids.append(int(cursor.lastrowid))
+        return document_id, chunk_ids
+
+    def _delete_document(self, document_id: int) -> list[int]:
+        ids = [row[0] for row in self._db.execute("SELECT id FROM chunks WHERE document_id = ?", (document_id,))]
+        self._db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
+        if self._db.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount == 0:
+            raise DocumentNotFound(f"no document with id {document_id}")
+        return ids
+
+    def document_by_source(self, source: str) -> DocumentRecord | None:
+        """Return the document stored under `source`, or None."""
+        row = self._db.execute("SELECT * FROM documents WHERE source = ?", (source,)).fetchone()
+        return DocumentRecord(*row) if row else None
+
+    def has_content_hash(self, content_hash: str) -> bool:
+        """Return whether a document with this content hash is stored."""
+        query = "SELECT 1 FROM documents WHERE content_hash = ? LIMIT 1"
+        return self._db.execute(query, (content_hash,)).fetchone() is not None
+
+    def document(self, document_id: int) -> DocumentRecord:
+        """Return the document with this id, or raise DocumentNotFound."""
+        row = self._db.execute("SELECT * FROM documents WHERE id = ?", (document_id,)).fetchone()
+        if row is None:
+            raise DocumentNotFound(f"no document with id {document_id}")
+        return DocumentRecord(*row)
+
+    def documents(self) -> list[DocumentRecord]:
+        """Return every document, oldest first."""
+        return [DocumentRecord(*row) for row in self._db.execute("SELECT * FROM documents ORDER BY id")]
+
+    def chunks(self, ids: Sequence[int]) -> dict[int, ChunkRecord]:
+        """Return the chunks with these ids, by id (ids not stored are left out)."""
+        if not len(ids):
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self._db.execute(
+            f"SELECT {CHUNK_COLUMNS} FROM chunks c JOIN documents d ON d.id = c.document_id"
+            f" WHERE c.id IN ({marks})",
+            [int(i) for i in ids],
+        )
+        return {row[0]: _chunk_record(row) for row in rows}
+
+    def count(self) -> tuple[int, int]:
+        """Return (documents, chunks) stored."""
+        documents = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        chunks = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        return documents, chunks
+
+    def chunk_ids(self) -> np.ndarray:
+        """Return the ids of every stored chunk, ascending."""
+        rows = self._db.execute("SELECT id FROM chunks ORDER BY id").fetchall()
+        return np.asarray([row[0] for row in rows], dtype=np.int64)
+
+    def iter_vectors(self, batch_size: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (ids, vectors) of every stored chunk in batches, ascending by id."""
+        cursor = self._db.execute("SELECT id, vector FROM chunks ORDER BY id")
+        while rows := cursor.fetchmany(batch_size):
+            ids = np.asarray([row[0] for row in rows], dtype=np.int64)
+            vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
+            yield ids, vectors.reshape(len(rows), self.dimension)
+
+
+def _chunk_record(row: tuple) -> ChunkRecord:
+    chunk_id, document_id, ordinal, text, page, heading_path, start, end, source, title = row
+    return ChunkRecord(
+        id=chunk_id,
+        document_id=document_id,
+        ordinal=ordinal,
+        text=text,
+        page=page,
+        heading_path=tuple(json.loads(heading_path)),
+        start=start,
+        end=end,
+        source=source,
+        title=title,
+    )

@@ -1,0 +1,91 @@
+"""The FAISS half of a knowledge base: inner product over L2-normalised vectors, with stable 64-bit ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from retrieval.atomic import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:
+    import faiss
+
+INDEX_FILE = "index.faiss"
+INDEX_STATE_FILE = "index.json"
+
+
+class VectorIndex:
+    """A FAISS `IndexIDMap2(IndexFlatIP)`: exact cosine search whose ids are the chunks' ids."""
+
+    def __init__(self, index: faiss.Index, generation: int) -> None:
+        self.index = index
+        self.generation = generation
+
+    @classmethod
+    def empty(cls, dimension: int) -> VectorIndex:
+        """Return an empty index for vectors of `dimension`."""
+        import faiss
+
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dimension)), generation=0)
+
+    @classmethod
+    def load(cls, directory: Path) -> VectorIndex | None:
+        """Return the index saved in `directory`, or None when there is none or it cannot be read."""
+        import faiss
+
+        try:
+            state = json.loads((directory / INDEX_STATE_FILE).read_text(encoding="utf-8"))
+            index = faiss.read_index(str(directory / INDEX_FILE))
+        except (OSError, ValueError, RuntimeError):
+            return None
+        return cls(index, generation=int(state["generation"]))
+
+    def save(self, directory: Path) -> None:
+        """Write the index, then its generation, each atomically; return nothing.
+
+        The generation goes last: a crash between the two leaves an older generation beside a newer
+        index, which the knowledge base treats as stale and rebuilds, never as current.
+        """
+        import faiss
+
+        atomic_write(directory / INDEX_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
+        state = {"generation": self.generation, "count": self.count}
+        atomic_write_text(directory / INDEX_STATE_FILE, json.dumps(state) + "\n")
+
+    @property
+    def count(self) -> int:
+        """Return the number of vectors held."""
+        return int(self.index.ntotal)
+
+    @property
+    def dimension(self) -> int:
+        """Return the vectors' dimension."""
+        return int(self.index.d)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under their ids; return nothing."""
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove the vectors with these ids; return nothing."""
+        if len(ids):
+            self.index.remove_ids(ids.astype(np.int64))
+
+    def ids(self) -> np.ndarray:
+        """Return every id held, ascending."""
+        import faiss
+
+        return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return (cosine scores, ids) of the `k` nearest vectors, best first; missing slots are dropped."""
+        k = min(k, self.count)
+        if k <= 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        scores, ids = self.index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k)
+        keep = ids[0] >= 0
+        return scores[0][keep], ids[0][keep]

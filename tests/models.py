@@ -1,0 +1,60 @@
+"""Tiny random models built from configs, saved to a directory and loaded back like a user's model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CORPUS = [
+    "员工每年享有带薪年假，工作满一年后年假为五天，满十年为十天。",
+    "报销申请需要在费用发生后三十天内提交，由部门经理审批。",
+    "The quick brown fox jumps over the lazy dog.",
+    "Knowledge base question answering finds the right chunk and cites it.",
+    "台北101大樓高度為508公尺，曾是世界最高的建築。",
+    "服务器每天凌晨两点自动备份数据库。",
+]
+
+
+def train_wordpiece(directory: Path, vocab_size: int = 400):
+    """Return a BERT-style fast tokenizer trained on a small Chinese and English corpus, saved in `directory`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    tokenizer.train_from_iterator(CORPUS * 4, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    fast = BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=128)
+    fast.save_pretrained(directory)
+    return fast
+
+
+def build_tiny_bert_sentence_transformer(directory: Path, hidden_size: int = 32) -> Path:
+    """Return `directory` holding a random tiny BERT saved as a sentence-transformers model (mean pooling)."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    bert_dir = directory / "bert"
+    tokenizer = train_wordpiece(bert_dir)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(bert_dir)
+    transformer = models.Transformer(str(bert_dir), max_seq_length=128)
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, models.Normalize()]).save(str(directory))
+    return directory

@@ -1,0 +1,191 @@
+"""The knowledge base on disk: catalog, atomic writes, FAISS/SQLite consistency, model identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval import (
+    EmbeddingIdentity,
+    EmbeddingMismatch,
+    InvalidName,
+    KnowledgeBaseBusy,
+    KnowledgeBaseCatalog,
+    KnowledgeBaseExists,
+    KnowledgeBaseNotFound,
+    NewDocument,
+)
+from retrieval.vector_index import INDEX_FILE, INDEX_STATE_FILE
+
+DIM = 8
+IDENTITY = EmbeddingIdentity(backend="test", model="/models/unit-vectors", model_name="unit-vectors", dimension=DIM)
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    page: int | None = None
+    heading_path: tuple[str, ...] = ()
+    start: int = 0
+    end: int = 0
+
+
+def unit(axis: int, dim: int = DIM) -> np.ndarray:
+    vector = np.zeros(dim, dtype=np.float32)
+    vector[axis] = 1.0
+    return vector
+
+
+def document(source: str, axes: list[int], content_hash: str | None = None) -> NewDocument:
+    chunks = [Piece(f"{source} chunk {i}", page=i + 1, heading_path=("H",), start=i, end=i + 1) for i in range(len(axes))]
+    return NewDocument(
+        source=source,
+        title=source,
+        content_hash=content_hash or f"hash-{source}",
+        size=10,
+        page_count=len(axes),
+        chunks=chunks,
+        vectors=np.stack([unit(a) for a in axes]),
+    )
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> KnowledgeBaseCatalog:
+    return KnowledgeBaseCatalog(tmp_path / "data")
+
+
+def test_create_list_info_delete(catalog: KnowledgeBaseCatalog) -> None:
+    catalog.create("产品手册", IDENTITY, {"chunk_size": 300}).close()
+    catalog.create("hr-docs_2024", IDENTITY, {}).close()
+    assert catalog.names() == ["hr-docs_2024", "产品手册"]
+    info = catalog.info("产品手册")
+    assert (info.documents, info.chunks) == (0, 0)
+    assert info.embedding == IDENTITY
+    assert info.splitter == {"chunk_size": 300}
+    assert info.size_bytes > 0
+    catalog.delete("产品手册")
+    assert catalog.names() == ["hr-docs_2024"]
+    assert not list(catalog.root.glob(".*")), "no staging or trash directory is left behind"
+
+
+@pytest.mark.parametrize("name", ["", "../etc", "a/b", ".hidden", "_x", "a b", "x" * 65, "a.b", "名\n字"])
+def test_invalid_names_are_refused(catalog: KnowledgeBaseCatalog, name: str) -> None:
+    with pytest.raises(InvalidName, match="invalid knowledge-base name"):
+        catalog.create(name, IDENTITY, {})
+    assert not catalog.root.exists() or not any(catalog.root.iterdir())
+
+
+def test_duplicate_and_missing(catalog: KnowledgeBaseCatalog) -> None:
+    catalog.create("kb", IDENTITY, {}).close()
+    with pytest.raises(KnowledgeBaseExists):
+        catalog.create("kb", IDENTITY, {})
+    with pytest.raises(KnowledgeBaseNotFound, match="'nope' does not exist"):
+        catalog.open("nope")
+    with pytest.raises(KnowledgeBaseNotFound):
+        catalog.delete("nope")
+
+
+def test_add_search_replace_delete(catalog: KnowledgeBaseCatalog) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    with kb.writing():
+        first = kb.add_documents([document("a.md", [0, 1]), document("b.md", [2])])
+    assert kb.counts() == (2, 3)
+    hits = kb.search(unit(2), k=2)
+    assert hits[0].chunk.source == "b.md"
+    assert hits[0].score == pytest.approx(1.0)
+    assert hits[1].score == pytest.approx(0.0)
+    assert hits[0].chunk.heading_path == ("H",) and hits[0].chunk.page == 1
+
+    # Replacing a.md: its old chunks leave both the store and the index.
+    with kb.writing():
+        second = kb.add_documents([document("a.md", [3], content_hash="hash-a2")])
+    assert set(second.removed_ids.tolist()) == set(first.added_ids[:2].tolist())
+    assert kb.counts() == (2, 2)
+    assert kb.search(unit(0), k=1)[0].score == pytest.approx(0.0)
+    assert kb.search(unit(3), k=1)[0].chunk.text == "a.md chunk 0"
+    assert kb.check().ok
+
+    b = kb.document_by_source("b.md")
+    with kb.writing():
+        kb.delete_documents([b.id])
+    assert kb.counts() == (1, 1)
+    assert kb.check().ok
+    kb.close()
+
+    reopened = catalog.open("kb", IDENTITY)
+    assert [d.source for d in reopened.documents()] == ["a.md"]
+    assert reopened.search(unit(3), k=5)[0].chunk.source == "a.md"
+    assert reopened.check().ok
+
+
+def test_chunk_ids_are_never_reused(catalog: KnowledgeBaseCatalog) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    with kb.writing():
+        old = kb.add_documents([document("a.md", [0])]).added_ids
+        kb.delete_documents([kb.document_by_source("a.md").id])
+        new = kb.add_documents([document("a.md", [0])]).added_ids
+    assert new.min() > old.max()
+
+
+def test_writes_need_the_writer_lock(catalog: KnowledgeBaseCatalog) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    with pytest.raises(RuntimeError, match="kb.writing"):
+        kb.add_documents([document("a.md", [0])])
+    assert kb.counts() == (0, 0)
+
+
+def test_second_writer_is_refused(catalog: KnowledgeBaseCatalog) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    other = catalog.open("kb")
+    with kb.writing(), pytest.raises(KnowledgeBaseBusy, match="another process"), other.writing():
+        pass
+
+
+def test_wrong_vectors_are_refused_and_nothing_is_written(catalog: KnowledgeBaseCatalog) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    bad = NewDocument("bad.md", "bad", "h", 1, None, [Piece("x")], np.zeros((1, DIM + 1), np.float32))
+    with kb.writing(), pytest.raises(ValueError, match="shape"):
+        kb.add_documents([document("good.md", [0]), bad])
+    assert kb.counts() == (0, 0)
+    with pytest.raises(ValueError, match="dimensions"):
+        kb.search(np.zeros(DIM + 1, np.float32), k=1)
+
+
+def test_other_embedding_model_is_refused_with_both_names(catalog: KnowledgeBaseCatalog) -> None:
+    catalog.create("kb", IDENTITY, {}).close()
+    other = EmbeddingIdentity(backend="test", model="BAAI/bge-small-zh", model_name="bge-small-zh", dimension=DIM)
+    with pytest.raises(EmbeddingMismatch) as raised:
+        catalog.open("kb", other)
+    assert "/models/unit-vectors" in str(raised.value) and "BAAI/bge-small-zh" in str(raised.value)
+    # The same model from another place (hub id vs local directory) is the same model.
+    same = EmbeddingIdentity(backend="test", model="org/unit-vectors", model_name="unit-vectors", dimension=DIM)
+    catalog.open("kb", same).close()
+
+
+@pytest.mark.parametrize("damage", ["missing_index", "stale_generation", "corrupt_index"])
+def test_index_is_rebuilt_from_the_store_when_it_lags(catalog: KnowledgeBaseCatalog, damage: str) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    directory = kb.directory
+    with kb.writing():
+        kb.add_documents([document("a.md", [0, 1])])
+    saved_index = (directory / INDEX_FILE).read_bytes()
+    saved_state = (directory / INDEX_STATE_FILE).read_text()
+    with kb.writing():
+        kb.add_documents([document("b.md", [2])])
+    kb.close()
+    if damage == "missing_index":
+        (directory / INDEX_FILE).unlink()
+    elif damage == "stale_generation":
+        # As if the process died after committing b.md but before saving the index.
+        (directory / INDEX_FILE).write_bytes(saved_index)
+        (directory / INDEX_STATE_FILE).write_text(saved_state)
+    else:
+        (directory / INDEX_FILE).write_bytes(b"not a faiss index")
+
+    reopened = catalog.open("kb")
+    assert reopened.check().ok
+    assert reopened.index.count == 3
+    assert reopened.search(unit(2), k=1)[0].chunk.source == "b.md"
