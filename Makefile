@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 
 run: $(BIN)/.installed
 	$(KBQA) index build examples/docs --kb demo
-	$(KBQA) search --kb demo "年假有几天？"
+	$(KBQA) search --kb demo "报销需要多久到账？" -k 3
 	$(KBQA) search --kb demo "How long do I have to submit an expense claim?" -k 3
 
 test: $(BIN)/.installed

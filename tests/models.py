@@ -39,7 +39,8 @@ def train_wordpiece(directory: Path, vocab_size: int = 400):
 def build_tiny_bert_sentence_transformer(directory: Path, hidden_size: int = 32) -> Path:
     """Return `directory` holding a random tiny BERT saved as a sentence-transformers model (mean pooling)."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
@@ -54,7 +55,7 @@ def build_tiny_bert_sentence_transformer(directory: Path, hidden_size: int = 32)
         max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(bert_dir)
-    transformer = models.Transformer(str(bert_dir), max_seq_length=128)
-    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
-    SentenceTransformer(modules=[transformer, pooling, models.Normalize()]).save(str(directory))
+    transformer = modules.Transformer(str(bert_dir), max_seq_length=128)
+    pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, modules.Normalize()]).save(str(directory))
     return directory

@@ -1,0 +1,66 @@
+"""Document loaders: `load_file` turns a supported file into a LoadedDocument of text blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import import_module
+from pathlib import Path
+
+from .base import BLOCK_SEPARATOR, Block, LoadedDocument, LoaderError
+
+__all__ = [
+    "BLOCK_SEPARATOR",
+    "SUPPORTED_SUFFIXES",
+    "Block",
+    "LoadedDocument",
+    "LoaderError",
+    "load_file",
+]
+
+# Suffix -> (module, function). Modules are imported on first use: pypdf, python-docx, openpyxl and
+# BeautifulSoup cost about half a second together, which `kbqa --help` and the web app should not pay.
+_LOADERS: dict[str, tuple[str, str]] = {
+    ".csv": ("table", "load_csv"),
+    ".docx": ("word", "load_docx"),
+    ".htm": ("html", "load_html"),
+    ".html": ("html", "load_html"),
+    ".json": ("records", "load_json"),
+    ".jsonl": ("records", "load_jsonl"),
+    ".markdown": ("text", "load_markdown"),
+    ".md": ("text", "load_markdown"),
+    ".pdf": ("pdf", "load_pdf"),
+    ".txt": ("text", "load_text"),
+    ".xlsx": ("table", "load_xlsx"),
+}
+SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(sorted(_LOADERS))
+
+# Why a file can yield no text, where the format makes one cause likely.
+_NO_TEXT_HINTS = {
+    ".pdf": "the PDF looks scanned (pages are images) and OCR is not supported",
+}
+
+
+def load_file(path: Path | str) -> LoadedDocument:
+    """Return the text blocks of the file at `path`; raise LoaderError saying why when it cannot be read."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _LOADERS:
+        kind = f"'{suffix}'" if suffix else "(no extension)"
+        raise LoaderError(f"unsupported file type {kind}; supported: {', '.join(SUPPORTED_SUFFIXES)}")
+    loader = _loader(suffix)
+    try:
+        if path.stat().st_size == 0:
+            raise LoaderError("file is empty")
+        document = loader(path)
+    except OSError as exc:
+        raise LoaderError(f"cannot read file: {exc.strerror or exc}") from exc
+    if not any(block.text.strip() for block in document.blocks):
+        hint = _NO_TEXT_HINTS.get(suffix)
+        raise LoaderError("no text could be extracted" + (f": {hint}" if hint else ""))
+    return document
+
+
+def _loader(suffix: str) -> Callable[[Path], LoadedDocument]:
+    """Return the loader function for a supported suffix, importing its module now."""
+    module, function = _LOADERS[suffix]
+    return getattr(import_module(f"{__name__}.{module}"), function)

@@ -1,0 +1,56 @@
+"""Embedders: the sentence-transformers backend on a model built here, and the bundled e5 model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.embedder import EmbeddingConfig, SentenceTransformerEmbedder, model_name_of
+
+
+def test_sentence_transformers_backend_loads_a_local_directory(tiny_embedder, tiny_model_dir: Path) -> None:
+    assert tiny_embedder.model_name == "tiny-bert"
+    vectors = tiny_embedder.embed_documents(["年假有几天？", "The quick brown fox.", "报销"])
+    assert vectors.shape == (3, tiny_embedder.dimension) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    # Batching and length sorting must not change a text's vector.
+    alone = tiny_embedder.embed_documents(["报销"])[0]
+    np.testing.assert_allclose(alone, vectors[2], atol=1e-5)
+    assert tiny_embedder.count_tokens("年假有几天") > 2
+    assert tiny_embedder.embed_documents([]).shape == (0, tiny_embedder.dimension)
+
+
+def test_prompts_default_to_the_model_family(tiny_model_dir: Path, tmp_path: Path) -> None:
+    e5_named = tmp_path / "multilingual-e5-small"
+    e5_named.symlink_to(tiny_model_dir, target_is_directory=True)
+    e5 = SentenceTransformerEmbedder(EmbeddingConfig(backend="sentence-transformers", model=str(e5_named)))
+    plain = SentenceTransformerEmbedder(EmbeddingConfig(backend="sentence-transformers", model=str(tiny_model_dir)))
+    assert (e5._query_prompt, e5._passage_prompt) == ("query: ", "passage: ")
+    assert (plain._query_prompt, plain._passage_prompt) == ("", "")
+    # The prompt is really applied: the same text embeds differently as query and as passage.
+    assert not np.allclose(e5.embed_query("年假"), e5.embed_documents(["年假"])[0])
+
+
+@pytest.mark.parametrize(
+    ("model", "name"),
+    [
+        ("shibing624/text2vec-base-chinese", "text2vec-base-chinese"),
+        ("/models/text2vec-base-chinese/", "text2vec-base-chinese"),
+        ("text2vec-base-chinese", "text2vec-base-chinese"),
+    ],
+)
+def test_model_name_is_the_same_for_hub_id_and_local_path(model: str, name: str) -> None:
+    assert model_name_of(model) == name
+
+
+def test_e5_ranks_a_chinese_paraphrase_above_unrelated_text(e5_embedder) -> None:
+    query = e5_embedder.embed_query("员工一年可以休几天年假？")
+    passages = e5_embedder.embed_documents(
+        ["公司规定，正式员工每年享有带薪年休假十天。", "服务器机房的温度应保持在二十二度左右。", "本季度销售额同比增长了百分之十五。"]
+    )
+    scores = passages @ query
+    assert scores.argmax() == 0
+    assert scores[0] - scores[1:].max() > 0.03
+    assert np.all(scores <= 1.0 + 1e-5) and np.all(scores >= -1.0 - 1e-5)

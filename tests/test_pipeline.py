@@ -1,0 +1,134 @@
+"""Ingestion end to end on real files: skip unchanged, replace changed, fail bad files alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.services import KnowledgeService
+from app.settings import load_settings
+from retrieval import SearchOptions
+
+ANNUAL_LEAVE = "# 年假制度\n\n正式员工每年享有带薪年假。工作满一年不满十年的，年假为五天；满十年的，年假为十天。\n"
+EXPENSES = "# 报销流程\n\n差旅费用应在出差结束后三十天内通过财务系统提交报销申请，并附上发票原件。\n"
+BACKUP = "机房运维说明\n\n数据库每天凌晨两点自动备份，备份文件保留三十天。\n"
+
+
+@pytest.fixture
+def service(tmp_path: Path, e5_embedder) -> KnowledgeService:
+    svc = KnowledgeService(load_settings(data_dir=tmp_path / "data"))
+    svc.embedder = e5_embedder  # the session's loaded model, to avoid loading it once per test
+    return svc
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    (folder / "hr").mkdir(parents=True)
+    (folder / "hr" / "leave.md").write_text(ANNUAL_LEAVE, encoding="utf-8")
+    (folder / "expenses.md").write_text(EXPENSES, encoding="utf-8")
+    (folder / "backup.txt").write_bytes(BACKUP.encode("gbk"))
+    return folder
+
+
+def statuses(report) -> dict[str, str]:
+    return {outcome.source: outcome.status for outcome in report.outcomes}
+
+
+def test_build_search_skip_and_replace(service: KnowledgeService, docs: Path) -> None:
+    report = service.ingest("hr", [docs])
+    assert statuses(report) == {"docs/hr/leave.md": "added", "docs/expenses.md": "added", "docs/backup.txt": "added"}
+    assert report.chunks >= 3
+
+    hits = service.search("hr", "员工一年有几天年假？", SearchOptions(k=3))
+    assert hits[0].source == "docs/hr/leave.md"
+    assert hits[0].heading_path == ("年假制度",)
+    assert "五天" in hits[0].text
+    assert -1.0 <= hits[-1].score <= hits[0].score <= 1.0
+    gbk_hits = service.search("hr", "数据库什么时候备份", SearchOptions(k=1))
+    assert gbk_hits[0].source == "docs/backup.txt" and "凌晨两点" in gbk_hits[0].text
+
+    again = service.ingest("hr", [docs])
+    assert set(statuses(again).values()) == {"skipped"}
+
+    (docs / "expenses.md").write_text(EXPENSES.replace("三十天", "十五天"), encoding="utf-8")
+    changed = service.ingest("hr", [docs])
+    assert statuses(changed)["docs/expenses.md"] == "replaced"
+    kb = service.open("hr")
+    assert kb.counts()[0] == 3
+    assert kb.check().ok
+    texts = " ".join(hit.text for hit in service.search("hr", "报销申请的期限", SearchOptions(k=5)))
+    assert "十五天" in texts and "三十天内通过" not in texts
+
+
+def test_same_content_under_another_name_is_skipped(service: KnowledgeService, docs: Path, tmp_path: Path) -> None:
+    service.ingest("hr", [docs])
+    copy = tmp_path / "copy-of-leave.md"
+    copy.write_text(ANNUAL_LEAVE, encoding="utf-8")
+    report = service.ingest("hr", [copy])
+    assert report.outcomes[0].status == "skipped"
+
+
+def test_bad_files_fail_alone_and_leave_the_knowledge_base_as_it_was(
+    service: KnowledgeService, docs: Path, tmp_path: Path
+) -> None:
+    service.ingest("hr", [docs])
+    kb = service.open("hr")
+    before = ([(d.source, d.content_hash) for d in kb.documents()], kb.counts())
+    kb.close()
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.txt").write_bytes(b"")
+    (bad / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    (bad / "photo.png").write_bytes(b"\x89PNG\r\n")
+    (bad / "blank.md").write_text("   \n\n  ", encoding="utf-8")
+    (bad / "good.txt").write_text("新员工入职第一天需要领取工牌和电脑。", encoding="utf-8")
+    report = service.ingest("hr", [bad, tmp_path / "missing.txt"])
+
+    by_source = {o.source: o for o in report.outcomes}
+    assert by_source["bad/empty.txt"].reason == "file is empty"
+    assert "not a valid PDF" in by_source["bad/broken.pdf"].reason
+    assert by_source["bad/photo.png"].status == "skipped" and "unsupported" in by_source["bad/photo.png"].reason
+    assert "no text" in by_source["bad/blank.md"].reason
+    assert by_source[str(tmp_path / "missing.txt")].reason == "no such file or folder"
+    assert by_source["bad/good.txt"].status == "added"
+    assert report.count("failed") == 4
+
+    kb = service.open("hr")
+    documents = [(d.source, d.content_hash) for d in kb.documents()]
+    assert documents[:-1] == before[0] and documents[-1][0] == "bad/good.txt"
+    assert kb.counts()[1] == before[1][1] + 1
+    assert kb.check().ok
+
+
+def test_unknown_type_named_directly_fails(service: KnowledgeService, tmp_path: Path) -> None:
+    picture = tmp_path / "scan.png"
+    picture.write_bytes(b"\x89PNG\r\n")
+    report = service.ingest("hr", [picture])
+    assert report.outcomes[0].status == "failed"
+    assert "unsupported file type '.png'" in report.outcomes[0].reason
+
+
+def test_small_batches_still_store_whole_documents(tmp_path: Path, e5_embedder, docs: Path) -> None:
+    svc = KnowledgeService(load_settings(data_dir=tmp_path / "data", ingestion={"batch_chunks": 1}))
+    svc.embedder = e5_embedder
+    report = svc.ingest("hr", [docs])
+    assert report.count("added") == 3
+    kb = svc.open("hr")
+    assert kb.check().ok
+    assert sum(d.chunk_count for d in kb.documents()) == kb.counts()[1]
+
+
+def test_splitter_settings_are_kept_by_the_knowledge_base(tmp_path: Path, e5_embedder, docs: Path) -> None:
+    small = KnowledgeService(load_settings(data_dir=tmp_path / "data", splitter={"chunk_size": 20, "chunk_overlap": 0}))
+    small.embedder = e5_embedder
+    small.ingest("hr", [docs / "hr"])
+    # A later run with other settings still splits the way the knowledge base was created.
+    default = KnowledgeService(load_settings(data_dir=tmp_path / "data"))
+    default.embedder = e5_embedder
+    default.ingest("hr", [docs / "expenses.md"])
+    kb = default.open("hr")
+    assert kb.manifest.splitter["chunk_size"] == 20
+    assert all(len(chunk.text) <= 20 for chunk in kb.store.chunks(kb.store.chunk_ids().tolist()).values())
