@@ -37,7 +37,8 @@ class _Context:
 @app.callback()
 def main_options(
     config: Annotated[
-        Path | None, typer.Option("--config", help="YAML settings file (default: $KBQA_CONFIG, else built-in).")
+        Path | None,
+        typer.Option("--config", help="YAML settings file (default: $KBQA_CONFIG, else built-in)."),
     ] = None,
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Data directory (default: $KBQA_DATA_DIR, else ./data).")
@@ -81,7 +82,9 @@ def _run(action):
 
 
 @kb_app.command("create")
-def kb_create(name: Annotated[str, typer.Argument(help="Name: letters (Chinese too), digits, '-', '_'.")]) -> None:
+def kb_create(
+    name: Annotated[str, typer.Argument(help="Name: letters (Chinese too), digits, '-', '_'.")],
+) -> None:
     """Create an empty knowledge base with the configured embedding model and splitter."""
     svc = service()
     _run(lambda: svc.create(name).close())
@@ -276,7 +279,9 @@ def _print_report(report: IngestionReport) -> None:
     for outcome in report.outcomes:
         if outcome.status == "failed" or (outcome.status == "skipped" and outcome.reason != ALREADY_STORED):
             style = "red" if outcome.status == "failed" else "yellow"
-            console.print(f"  [{style}]{outcome.status}[/] {outcome.source}: {outcome.reason}", highlight=False)
+            console.print(
+                f"  [{style}]{outcome.status}[/] {outcome.source}: {outcome.reason}", highlight=False
+            )
 
 
 def main() -> None:

@@ -84,7 +84,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
 
 
 def _describe(error: ValidationError, config_file: Path | None) -> str:
-    origin = f"{config_file} or KBQA_… environment variables" if config_file else "KBQA_… environment variables"
+    origin = (
+        f"{config_file} or KBQA_… environment variables" if config_file else "KBQA_… environment variables"
+    )
     lines = [f"invalid settings (from {origin}):"]
     for problem in error.errors():
         name = ".".join(str(part) for part in problem["loc"])

@@ -220,7 +220,9 @@ class IngestionPipeline:
             documents.append(replace(item.document, vectors=vectors[offset : offset + count]))
             offset += count
         self.kb.add_documents(documents)
-        log.info("stored documents", extra={"kb": self.kb.name, "documents": len(documents), "chunks": len(texts)})
+        log.info(
+            "stored documents", extra={"kb": self.kb.name, "documents": len(documents), "chunks": len(texts)}
+        )
         if progress:
             progress.chunks_written(len(texts))
         for item in pending:

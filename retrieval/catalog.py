@@ -62,7 +62,9 @@ class KnowledgeBaseCatalog:
         if not self.root.is_dir():
             return []
         return sorted(
-            p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
+            p.name
+            for p in self.root.iterdir()
+            if not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
         )
 
     def create(self, name: str, embedding: EmbeddingIdentity, splitter: dict[str, Any]) -> KnowledgeBase:

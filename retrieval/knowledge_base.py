@@ -146,11 +146,17 @@ class KnowledgeBase:
         query_vector = np.asarray(query_vector, dtype=np.float32).reshape(-1)
         dimension = self.manifest.embedding.dimension
         if query_vector.shape[0] != dimension:
-            raise ValueError(f"query vector has {query_vector.shape[0]} dimensions; this knowledge base has {dimension}")
+            raise ValueError(
+                f"query vector has {query_vector.shape[0]} dimensions; this knowledge base has {dimension}"
+            )
         with self._state_lock:
             scores, ids = self.index.search(query_vector, k)
             chunks = self.store.chunks(ids.tolist())
-        return [ScoredChunk(float(s), chunks[int(i)]) for s, i in zip(scores, ids, strict=True) if int(i) in chunks]
+        return [
+            ScoredChunk(float(s), chunks[int(i)])
+            for s, i in zip(scores, ids, strict=True)
+            if int(i) in chunks
+        ]
 
     def documents(self) -> list[DocumentRecord]:
         """Return every stored document, oldest first."""

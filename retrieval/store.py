@@ -171,7 +171,9 @@ class ChunkStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        vectors = np.concatenate(added_vectors) if added_vectors else np.zeros((0, self.dimension), np.float32)
+        vectors = (
+            np.concatenate(added_vectors) if added_vectors else np.zeros((0, self.dimension), np.float32)
+        )
         return WriteResult(
             added_ids=np.asarray(added_ids, dtype=np.int64),
             added_vectors=vectors,
@@ -182,7 +184,9 @@ class ChunkStore:
 
     def _insert_document(self, document: NewDocument) -> tuple[int, list[int]]:
         if len(document.chunks) != len(document.vectors):
-            raise ValueError(f"{document.source}: {len(document.chunks)} chunks but {len(document.vectors)} vectors")
+            raise ValueError(
+                f"{document.source}: {len(document.chunks)} chunks but {len(document.vectors)} vectors"
+            )
         now = _now()
         cursor = self._db.execute(
             "INSERT INTO documents (source, title, content_hash, size, page_count, chunk_count, status,"
@@ -219,7 +223,9 @@ class ChunkStore:
         return document_id, chunk_ids
 
     def _delete_document(self, document_id: int) -> list[int]:
-        ids = [row[0] for row in self._db.execute("SELECT id FROM chunks WHERE document_id = ?", (document_id,))]
+        ids = [
+            row[0] for row in self._db.execute("SELECT id FROM chunks WHERE document_id = ?", (document_id,))
+        ]
         self._db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
         if self._db.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount == 0:
             raise DocumentNotFound(f"no document with id {document_id}")

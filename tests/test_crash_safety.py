@@ -71,7 +71,9 @@ def assert_consistent(data: Path) -> dict[str, str]:
             texts = by_document[document.id]
             assert len(texts) == document.chunk_count
             version = "A" if "版本A" in texts[0] else "B"
-            assert all(f"版本{version}" in t or "版本" not in t for t in texts), "a document mixes two versions"
+            assert all(f"版本{version}" in t or "版本" not in t for t in texts), (
+                "a document mixes two versions"
+            )
             versions[document.source] = version
         return versions
     finally:
@@ -90,7 +92,9 @@ def test_sigkill_during_build_and_during_replacement(tmp_path: Path) -> None:
     partial = assert_consistent(data)
     assert 20 <= len(partial) < FILES
 
-    finish = subprocess.run([KBQA, "--data-dir", str(data), "index", "build", str(folder), "--kb", "kb"], env=env)
+    finish = subprocess.run(
+        [KBQA, "--data-dir", str(data), "index", "build", str(folder), "--kb", "kb"], env=env
+    )
     assert finish.returncode == 0
     complete = assert_consistent(data)
     assert len(complete) == FILES and set(complete.values()) == {"A"}
@@ -102,6 +106,8 @@ def test_sigkill_during_build_and_during_replacement(tmp_path: Path) -> None:
     assert len(mixed) == FILES, "a replaced document is never lost: it is old or new"
     assert "A" in mixed.values() and "B" in mixed.values()
 
-    finish = subprocess.run([KBQA, "--data-dir", str(data), "index", "build", str(folder), "--kb", "kb"], env=env)
+    finish = subprocess.run(
+        [KBQA, "--data-dir", str(data), "index", "build", str(folder), "--kb", "kb"], env=env
+    )
     assert finish.returncode == 0
     assert set(assert_consistent(data).values()) == {"B"}

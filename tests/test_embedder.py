@@ -26,7 +26,9 @@ def test_prompts_default_to_the_model_family(tiny_model_dir: Path, tmp_path: Pat
     e5_named = tmp_path / "multilingual-e5-small"
     e5_named.symlink_to(tiny_model_dir, target_is_directory=True)
     e5 = SentenceTransformerEmbedder(EmbeddingConfig(backend="sentence-transformers", model=str(e5_named)))
-    plain = SentenceTransformerEmbedder(EmbeddingConfig(backend="sentence-transformers", model=str(tiny_model_dir)))
+    plain = SentenceTransformerEmbedder(
+        EmbeddingConfig(backend="sentence-transformers", model=str(tiny_model_dir))
+    )
     assert (e5._query_prompt, e5._passage_prompt) == ("query: ", "passage: ")
     assert (plain._query_prompt, plain._passage_prompt) == ("", "")
     # The prompt is really applied: the same text embeds differently as query and as passage.
@@ -48,7 +50,11 @@ def test_model_name_is_the_same_for_hub_id_and_local_path(model: str, name: str)
 def test_e5_ranks_a_chinese_paraphrase_above_unrelated_text(e5_embedder) -> None:
     query = e5_embedder.embed_query("员工一年可以休几天年假？")
     passages = e5_embedder.embed_documents(
-        ["公司规定，正式员工每年享有带薪年休假十天。", "服务器机房的温度应保持在二十二度左右。", "本季度销售额同比增长了百分之十五。"]
+        [
+            "公司规定，正式员工每年享有带薪年休假十天。",
+            "服务器机房的温度应保持在二十二度左右。",
+            "本季度销售额同比增长了百分之十五。",
+        ]
     )
     scores = passages @ query
     assert scores.argmax() == 0

@@ -21,7 +21,9 @@ from retrieval import (
 from retrieval.vector_index import INDEX_FILE, INDEX_STATE_FILE
 
 DIM = 8
-IDENTITY = EmbeddingIdentity(backend="test", model="/models/unit-vectors", model_name="unit-vectors", dimension=DIM)
+IDENTITY = EmbeddingIdentity(
+    backend="test", model="/models/unit-vectors", model_name="unit-vectors", dimension=DIM
+)
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,10 @@ def unit(axis: int, dim: int = DIM) -> np.ndarray:
 
 
 def document(source: str, axes: list[int], content_hash: str | None = None) -> NewDocument:
-    chunks = [Piece(f"{source} chunk {i}", page=i + 1, heading_path=("H",), start=i, end=i + 1) for i in range(len(axes))]
+    chunks = [
+        Piece(f"{source} chunk {i}", page=i + 1, heading_path=("H",), start=i, end=i + 1)
+        for i in range(len(axes))
+    ]
     return NewDocument(
         source=source,
         title=source,
@@ -156,12 +161,16 @@ def test_wrong_vectors_are_refused_and_nothing_is_written(catalog: KnowledgeBase
 
 def test_other_embedding_model_is_refused_with_both_names(catalog: KnowledgeBaseCatalog) -> None:
     catalog.create("kb", IDENTITY, {}).close()
-    other = EmbeddingIdentity(backend="test", model="BAAI/bge-small-zh", model_name="bge-small-zh", dimension=DIM)
+    other = EmbeddingIdentity(
+        backend="test", model="BAAI/bge-small-zh", model_name="bge-small-zh", dimension=DIM
+    )
     with pytest.raises(EmbeddingMismatch) as raised:
         catalog.open("kb", other)
     assert "/models/unit-vectors" in str(raised.value) and "BAAI/bge-small-zh" in str(raised.value)
     # The same model from another place (hub id vs local directory) is the same model.
-    same = EmbeddingIdentity(backend="test", model="org/unit-vectors", model_name="unit-vectors", dimension=DIM)
+    same = EmbeddingIdentity(
+        backend="test", model="org/unit-vectors", model_name="unit-vectors", dimension=DIM
+    )
     catalog.open("kb", same).close()
 
 

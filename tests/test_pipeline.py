@@ -10,7 +10,9 @@ from app.services import KnowledgeService
 from app.settings import load_settings
 from retrieval import SearchOptions
 
-ANNUAL_LEAVE = "# 年假制度\n\n正式员工每年享有带薪年假。工作满一年不满十年的，年假为五天；满十年的，年假为十天。\n"
+ANNUAL_LEAVE = (
+    "# 年假制度\n\n正式员工每年享有带薪年假。工作满一年不满十年的，年假为五天；满十年的，年假为十天。\n"
+)
 EXPENSES = "# 报销流程\n\n差旅费用应在出差结束后三十天内通过财务系统提交报销申请，并附上发票原件。\n"
 BACKUP = "机房运维说明\n\n数据库每天凌晨两点自动备份，备份文件保留三十天。\n"
 
@@ -38,7 +40,11 @@ def statuses(report) -> dict[str, str]:
 
 def test_build_search_skip_and_replace(service: KnowledgeService, docs: Path) -> None:
     report = service.ingest("hr", [docs])
-    assert statuses(report) == {"docs/hr/leave.md": "added", "docs/expenses.md": "added", "docs/backup.txt": "added"}
+    assert statuses(report) == {
+        "docs/hr/leave.md": "added",
+        "docs/expenses.md": "added",
+        "docs/backup.txt": "added",
+    }
     assert report.chunks >= 3
 
     hits = service.search("hr", "员工一年有几天年假？", SearchOptions(k=3))
@@ -62,7 +68,9 @@ def test_build_search_skip_and_replace(service: KnowledgeService, docs: Path) ->
     assert "十五天" in texts and "三十天内通过" not in texts
 
 
-def test_same_content_under_another_name_is_skipped(service: KnowledgeService, docs: Path, tmp_path: Path) -> None:
+def test_same_content_under_another_name_is_skipped(
+    service: KnowledgeService, docs: Path, tmp_path: Path
+) -> None:
     service.ingest("hr", [docs])
     copy = tmp_path / "copy-of-leave.md"
     copy.write_text(ANNUAL_LEAVE, encoding="utf-8")
@@ -90,7 +98,9 @@ def test_bad_files_fail_alone_and_leave_the_knowledge_base_as_it_was(
     by_source = {o.source: o for o in report.outcomes}
     assert by_source["bad/empty.txt"].reason == "file is empty"
     assert "not a valid PDF" in by_source["bad/broken.pdf"].reason
-    assert by_source["bad/photo.png"].status == "skipped" and "unsupported" in by_source["bad/photo.png"].reason
+    assert (
+        by_source["bad/photo.png"].status == "skipped" and "unsupported" in by_source["bad/photo.png"].reason
+    )
     assert "no text" in by_source["bad/blank.md"].reason
     assert by_source[str(tmp_path / "missing.txt")].reason == "no such file or folder"
     assert by_source["bad/good.txt"].status == "added"
@@ -122,7 +132,9 @@ def test_small_batches_still_store_whole_documents(tmp_path: Path, e5_embedder, 
 
 
 def test_splitter_settings_are_kept_by_the_knowledge_base(tmp_path: Path, e5_embedder, docs: Path) -> None:
-    small = KnowledgeService(load_settings(data_dir=tmp_path / "data", splitter={"chunk_size": 20, "chunk_overlap": 0}))
+    small = KnowledgeService(
+        load_settings(data_dir=tmp_path / "data", splitter={"chunk_size": 20, "chunk_overlap": 0})
+    )
     small.embedder = e5_embedder
     small.ingest("hr", [docs / "hr"])
     # A later run with other settings still splits the way the knowledge base was created.
