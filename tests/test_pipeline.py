@@ -144,3 +144,15 @@ def test_splitter_settings_are_kept_by_the_knowledge_base(tmp_path: Path, e5_emb
     kb = default.open("hr")
     assert kb.manifest.splitter["chunk_size"] == 20
     assert all(len(chunk.text) <= 20 for chunk in kb.store.chunks(kb.store.chunk_ids().tolist()).values())
+
+
+def test_chunks_measured_in_embedding_model_tokens(tmp_path: Path, e5_embedder, docs: Path) -> None:
+    splitter = {"chunk_size": 16, "chunk_overlap": 0, "length_unit": "tokens"}
+    svc = KnowledgeService(load_settings(data_dir=tmp_path / "data", splitter=splitter))
+    svc.embedder = e5_embedder
+    svc.ingest("hr", [docs])
+    kb = svc.open("hr")
+    chunks = kb.store.chunks(kb.store.chunk_ids().tolist()).values()
+    assert len(chunks) > 6
+    assert all(e5_embedder.count_tokens(chunk.text) <= 16 for chunk in chunks)
+    assert max(e5_embedder.count_tokens(chunk.text) for chunk in chunks) > 8
