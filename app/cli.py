@@ -183,22 +183,41 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     kb: KbOption,
     k: Annotated[int, typer.Option("-k", "--top-k", help="How many chunks to return.")] = 5,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode", help="dense, lexical (BM25 over jieba words) or hybrid (both, fused); default hybrid."
+        ),
+    ] = None,
+    rerank: Annotated[
+        bool, typer.Option("--rerank", help="Re-score with the configured cross-encoder.")
+    ] = False,
     threshold: Annotated[
         float | None,
         typer.Option(
             "--threshold",
-            help="Keep hits with cosine similarity >= this. Scores lie in [-1, 1]; higher is more similar.",
+            help="Keep hits whose cosine similarity to the query is >= this. Cosines lie in [-1, 1]; "
+            "higher is more similar. Applies in every mode.",
         ),
     ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="Only documents whose source matches this glob, e.g. 'docs/hr/*'."),
+    ] = None,
+    neighbours: Annotated[
+        int, typer.Option("--neighbours", help="Also show this many chunks before and after each hit.")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Search a knowledge base: the best chunks with cosine scores in [-1, 1], higher is better."""
+    """Search a knowledge base: the best chunks, each with its cosine score in [-1, 1] (higher is better)."""
     from pydantic import ValidationError
 
     from retrieval import SearchOptions
 
     try:
-        options = SearchOptions(k=k, score_threshold=threshold)
+        options = SearchOptions(
+            k=k, mode=mode, rerank=rerank, score_threshold=threshold, source=source, neighbours=neighbours
+        )
     except ValidationError as error:
         fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in error.errors()), code=2)
     svc = service()
@@ -212,8 +231,14 @@ def search(
         place = hit.source + (f", page {hit.page}" if hit.page else "")
         if hit.heading_path:
             place += " — " + " > ".join(hit.heading_path)
-        console.print(f"[bold]{rank}.[/] [green]{hit.score:.3f}[/]  [cyan]{place}[/]", highlight=False)
-        console.print(f"   {hit.text.strip()[:300]}", highlight=False, markup=False)
+        why = f"cosine {hit.score:.3f}"
+        if hit.lexical_score is not None:
+            why += f" · bm25 {hit.lexical_score:.2f}"
+        if hit.rerank_score is not None:
+            why += f" · rerank {hit.rerank_score:.3f}"
+        console.print(f"[bold]{rank}.[/] [green]{why}[/]  [cyan]{place}[/]", highlight=False)
+        text = "\n".join([*hit.context_before, hit.text, *hit.context_after]).strip()
+        console.print(f"   {text[: 300 * (1 + 2 * neighbours)]}", highlight=False, markup=False)
 
 
 def _info_dict(info) -> dict:

@@ -34,6 +34,11 @@ class KnowledgeService:
         """Return the embedding model, loaded on first use."""
         return load_embedder(self.settings.embedding)
 
+    @cached_property
+    def retriever(self) -> Retriever:
+        """Return the retriever over the embedding model, with the configured reranker (loaded on first use)."""
+        return Retriever(self.embedder, self.settings.retrieval)
+
     def create(self, name: str) -> KnowledgeBase:
         """Create an empty knowledge base for the configured embedder and splitter; return it open."""
         identity = EmbeddingIdentity.of(self.embedder)
@@ -64,6 +69,6 @@ class KnowledgeService:
         """Return the best chunks of the named knowledge base for `query`."""
         kb = self.open(name)
         try:
-            return Retriever(self.embedder).search(kb, query, options)
+            return self.retriever.search(kb, query, options)
         finally:
             kb.close()

@@ -23,6 +23,7 @@ from pydantic_settings import (
 from ingestion.pipeline import IngestionConfig
 from ingestion.splitter import SplitterConfig
 from retrieval.embedder import EmbeddingConfig
+from retrieval.retriever import RetrievalConfig
 
 CONFIG_ENV = "KBQA_CONFIG"
 _config_file: ContextVar[Path | None] = ContextVar("kbqa_config_file", default=None)
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
         description="How documents are cut into chunks; a knowledge base keeps the settings it was created with.",
     )
     ingestion: IngestionConfig = Field(default_factory=IngestionConfig, description="Ingestion batching.")
+    retrieval: RetrievalConfig = Field(
+        default_factory=RetrievalConfig, description="Search mode, fusion weights, and the optional reranker."
+    )
 
     @classmethod
     def settings_customise_sources(

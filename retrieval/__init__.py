@@ -13,7 +13,8 @@ from retrieval.errors import (
 )
 from retrieval.knowledge_base import ConsistencyReport, KnowledgeBase, ScoredChunk
 from retrieval.manifest import EmbeddingIdentity, Manifest
-from retrieval.retriever import Retriever, SearchHit, SearchOptions
+from retrieval.reranker import Reranker, RerankerConfig
+from retrieval.retriever import RetrievalConfig, Retriever, SearchHit, SearchOptions
 from retrieval.store import ChunkLike, ChunkRecord, DocumentRecord, NewDocument, WriteResult
 
 __all__ = [
@@ -36,6 +37,9 @@ __all__ = [
     "KnowledgeBaseNotFound",
     "Manifest",
     "NewDocument",
+    "Reranker",
+    "RerankerConfig",
+    "RetrievalConfig",
     "Retriever",
     "ScoredChunk",
     "SearchHit",

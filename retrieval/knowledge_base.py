@@ -44,11 +44,12 @@ class ConsistencyReport:
 
     ids_without_chunk: list[int] = field(default_factory=list)
     chunks_without_vector: list[int] = field(default_factory=list)
+    chunks_without_terms: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Return whether every FAISS id has a chunk row and every chunk row a FAISS id."""
-        return not self.ids_without_chunk and not self.chunks_without_vector
+        """Return whether FAISS ids, chunk rows and lexical-index rows all name the same chunks."""
+        return not (self.ids_without_chunk or self.chunks_without_vector or self.chunks_without_terms)
 
 
 class KnowledgeBase:
@@ -141,22 +142,52 @@ class KnowledgeBase:
             self.index.generation = result.generation
         return result
 
-    def search(self, query_vector: np.ndarray, k: int) -> list[ScoredChunk]:
-        """Return the `k` chunks most similar to the query vector, best first, with cosine scores."""
-        query_vector = np.asarray(query_vector, dtype=np.float32).reshape(-1)
-        dimension = self.manifest.embedding.dimension
-        if query_vector.shape[0] != dimension:
-            raise ValueError(
-                f"query vector has {query_vector.shape[0]} dimensions; this knowledge base has {dimension}"
-            )
+    def search(self, query_vector: np.ndarray, k: int, allowed: set[int] | None = None) -> list[ScoredChunk]:
+        """Return the `k` chunks most similar to the query vector (among `allowed` ids), best first, with cosines."""
+        query_vector = self._check_query(query_vector)
         with self._state_lock:
-            scores, ids = self.index.search(query_vector, k)
+            scores, ids = self.index.search(query_vector, k, allowed)
             chunks = self.store.chunks(ids.tolist())
         return [
             ScoredChunk(float(s), chunks[int(i)])
             for s, i in zip(scores, ids, strict=True)
             if int(i) in chunks
         ]
+
+    def lexical_search(self, expression: str, k: int, allowed: set[int] | None = None) -> list[ScoredChunk]:
+        """Return the `k` best BM25 matches of an FTS5 expression (among `allowed` ids), best first."""
+        with self._state_lock:
+            found = self.store.lexical_search(expression, k, allowed)
+            chunks = self.store.chunks([chunk_id for chunk_id, _ in found])
+        return [ScoredChunk(score, chunks[chunk_id]) for chunk_id, score in found if chunk_id in chunks]
+
+    def vectors(self, chunk_ids: Sequence[int]) -> np.ndarray:
+        """Return the vectors of these chunks, in order."""
+        with self._state_lock:
+            return self.index.vectors(np.asarray(chunk_ids, dtype=np.int64))
+
+    def cosines(self, query_vector: np.ndarray, chunk_ids: Sequence[int]) -> np.ndarray:
+        """Return the cosine similarity of the query vector to each of these chunks, in order."""
+        return self.vectors(chunk_ids) @ self._check_query(query_vector)
+
+    def chunk_ids_where(self, document_ids: Sequence[int] | None, source_glob: str | None) -> set[int]:
+        """Return the ids of chunks in the given documents and/or of sources matching a glob."""
+        with self._state_lock:
+            return self.store.chunk_ids_where(document_ids, source_glob)
+
+    def neighbours(self, chunk: ChunkRecord, before: int, after: int) -> list[ChunkRecord]:
+        """Return the chunks around `chunk` in its document, in order, itself included."""
+        with self._state_lock:
+            return self.store.neighbours(chunk, before, after)
+
+    def _check_query(self, query_vector: np.ndarray) -> np.ndarray:
+        query_vector = np.asarray(query_vector, dtype=np.float32).reshape(-1)
+        dimension = self.manifest.embedding.dimension
+        if query_vector.shape[0] != dimension:
+            raise ValueError(
+                f"query vector has {query_vector.shape[0]} dimensions; this knowledge base has {dimension}"
+            )
+        return query_vector
 
     def documents(self) -> list[DocumentRecord]:
         """Return every stored document, oldest first."""
@@ -183,9 +214,11 @@ class KnowledgeBase:
         with self._state_lock:
             index_ids = set(self.index.ids().tolist())
             chunk_ids = set(self.store.chunk_ids().tolist())
+            term_ids = self.store.lexical_ids()
         return ConsistencyReport(
             ids_without_chunk=sorted(index_ids - chunk_ids),
             chunks_without_vector=sorted(chunk_ids - index_ids),
+            chunks_without_terms=sorted(chunk_ids ^ term_ids),
         )
 
 

@@ -1,36 +1,73 @@
-"""Finding the chunks of a knowledge base that answer a query."""
+"""Finding the chunks of a knowledge base that answer a query: dense, lexical, or both fused, then reranked.
+
+Every hit carries its cosine similarity to the query (`score`, in [-1, 1], higher is more similar),
+whatever the mode, so a threshold means the same thing everywhere. The order comes from the mode:
+cosine for `dense`, BM25 for `lexical`, reciprocal-rank fusion of both for `hybrid`, and the
+cross-encoder's score when reranking; the hit keeps each of those scores so callers see why it ranked.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from retrieval.embedder import Embedder
-from retrieval.knowledge_base import KnowledgeBase
+from retrieval.knowledge_base import KnowledgeBase, ScoredChunk
+from retrieval.lexical import match_expression
+from retrieval.reranker import Reranker, RerankerConfig
+from retrieval.store import ChunkRecord
 
-MAX_TOP_K = 1000
+MAX_TOP_K = 200
+Mode = Literal["dense", "lexical", "hybrid"]
+
+
+class RetrievalConfig(BaseModel):
+    """How searches are run unless a call says otherwise."""
+
+    mode: Mode = Field("hybrid", description="Default search mode: `dense`, `lexical` or `hybrid`.")
+    candidates: int = Field(50, gt=0, le=1000, description="Candidates taken from each of dense and lexical.")
+    rrf_k: int = Field(
+        60, gt=0, description="Reciprocal-rank fusion constant: a hit at rank r adds w/(rrf_k + r)."
+    )
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in fusion.")
+    lexical_weight: float = Field(1.0, ge=0, description="Weight of the lexical (BM25) ranking in fusion.")
+    duplicate_similarity: float = Field(
+        0.98, gt=0, le=1, description="Drop a hit whose vector has at least this cosine with a better hit."
+    )
+    reranker: RerankerConfig = Field(default_factory=RerankerConfig, description="Optional cross-encoder.")
 
 
 class SearchOptions(BaseModel):
-    """What a search asks for."""
+    """What one search asks for."""
 
     k: int = Field(5, ge=1, le=MAX_TOP_K, description="How many chunks to return.")
+    mode: Mode | None = Field(
+        None, description="`dense`, `lexical` or `hybrid`; None uses the configured mode."
+    )
+    rerank: bool = Field(False, description="Re-score the best candidates with the configured cross-encoder.")
     score_threshold: float | None = Field(
         None,
         ge=-1.0,
         le=1.0,
-        description="Keep only hits whose cosine similarity is at least this (scores lie in [-1, 1]; "
-        "higher is more similar). None keeps all k.",
+        description="Keep only hits whose cosine similarity to the query is at least this. Cosines lie in "
+        "[-1, 1] and higher is more similar (typically 0.7-0.9 for related text with e5 models).",
     )
+    document_ids: list[int] | None = Field(None, description="Search only these documents.")
+    source: str | None = Field(None, description="Search only documents whose source matches this glob.")
+    neighbours: int = Field(
+        0, ge=0, le=5, description="Also return this many chunks before and after each hit."
+    )
+    dedupe: bool = Field(True, description="Drop hits that nearly duplicate a better one.")
 
 
 @dataclass(frozen=True)
 class SearchHit:
-    """A chunk that matches a query, with where it comes from and how well it matches."""
+    """A chunk that matches a query, where it comes from, and each score that placed it."""
 
     chunk_id: int
-    score: float
+    score: float  # cosine similarity to the query, in [-1, 1]
     text: str
     document_id: int
     source: str
@@ -39,35 +76,128 @@ class SearchHit:
     heading_path: tuple[str, ...]
     start: int
     end: int
+    lexical_score: float | None = None  # BM25, when the lexical search found it
+    fusion_score: float | None = None  # reciprocal-rank fusion, in hybrid mode
+    rerank_score: float | None = None  # cross-encoder score, when reranked
+    context_before: tuple[str, ...] = field(default=())
+    context_after: tuple[str, ...] = field(default=())
+
+
+@dataclass
+class _Candidate:
+    chunk: ChunkRecord
+    cosine: float = 0.0
+    lexical: float | None = None
+    fusion: float | None = None
+    rerank: float | None = None
 
 
 class Retriever:
-    """Dense search: the query's embedding against the knowledge base's FAISS index."""
+    """Searches knowledge bases with one embedding model and the configured retrieval settings."""
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Embedder, config: RetrievalConfig | None = None) -> None:
         self.embedder = embedder
+        self.config = config or RetrievalConfig()
+        self._reranker = Reranker(self.config.reranker) if self.config.reranker.model else None
 
     def search(self, kb: KnowledgeBase, query: str, options: SearchOptions | None = None) -> list[SearchHit]:
-        """Return the best chunks for `query`, best first, with cosine scores in [-1, 1]."""
+        """Return the best chunks for `query`, best first."""
         options = options or SearchOptions()
+        mode = options.mode or self.config.mode
         if not query.strip():
             raise ValueError("the query is empty")
-        found = kb.search(self.embedder.embed_query(query), options.k)
-        hits = [
-            SearchHit(
-                chunk_id=item.chunk.id,
-                score=item.score,
-                text=item.chunk.text,
-                document_id=item.chunk.document_id,
-                source=item.chunk.source,
-                title=item.chunk.title,
-                page=item.chunk.page,
-                heading_path=item.chunk.heading_path,
-                start=item.chunk.start,
-                end=item.chunk.end,
+        if options.rerank and self._reranker is None:
+            raise ValueError(
+                "reranking was asked for, but no reranker model is configured (retrieval.reranker.model)"
             )
-            for item in found
-        ]
+        allowed = None
+        if options.document_ids is not None or options.source is not None:
+            allowed = kb.chunk_ids_where(options.document_ids, options.source)
+            if not allowed:
+                return []
+        query_vector = self.embedder.embed_query(query)
+        depth = max(self.config.candidates, options.k, self.config.reranker.top_n if options.rerank else 0)
+        dense = kb.search(query_vector, depth, allowed) if mode != "lexical" else []
+        expression = match_expression(query) if mode != "dense" else None
+        lexical = kb.lexical_search(expression, depth, allowed) if expression else []
+
+        candidates = self._rank(mode, dense, lexical)
+        dense_ids = {hit.chunk.id for hit in dense}
+        missing = [c for c in candidates if c.chunk.id not in dense_ids]
+        for candidate, cosine in zip(
+            missing, kb.cosines(query_vector, [c.chunk.id for c in missing]), strict=True
+        ):
+            candidate.cosine = float(cosine)
+        if options.dedupe:
+            candidates = self._dedupe(kb, candidates)
         if options.score_threshold is not None:
-            hits = [hit for hit in hits if hit.score >= options.score_threshold]
-        return hits
+            candidates = [c for c in candidates if c.cosine >= options.score_threshold]
+        if options.rerank:
+            candidates = self._rerank(query, candidates)
+        return [self._hit(kb, c, options.neighbours) for c in candidates[: options.k]]
+
+    def _rank(self, mode: Mode, dense: list[ScoredChunk], lexical: list[ScoredChunk]) -> list[_Candidate]:
+        if mode == "dense":
+            return [_Candidate(hit.chunk, cosine=hit.score) for hit in dense]
+        if mode == "lexical":
+            return [_Candidate(hit.chunk, lexical=hit.score) for hit in lexical]
+        fused: dict[int, _Candidate] = {}
+        for weight, hits in ((self.config.dense_weight, dense), (self.config.lexical_weight, lexical)):
+            for rank, hit in enumerate(hits, start=1):
+                candidate = fused.setdefault(hit.chunk.id, _Candidate(hit.chunk, fusion=0.0))
+                candidate.fusion += weight / (self.config.rrf_k + rank)
+                if hits is dense:
+                    candidate.cosine = hit.score
+                else:
+                    candidate.lexical = hit.score
+        return sorted(fused.values(), key=lambda c: c.fusion, reverse=True)
+
+    def _dedupe(self, kb: KnowledgeBase, candidates: list[_Candidate]) -> list[_Candidate]:
+        if len(candidates) < 2:
+            return candidates
+        vectors = kb.vectors([c.chunk.id for c in candidates])
+        kept: list[int] = []
+        for i, candidate in enumerate(candidates):
+            text = "".join(candidate.chunk.text.split())
+            duplicate = any(
+                float(vectors[i] @ vectors[j]) >= self.config.duplicate_similarity
+                or text == "".join(candidates[j].chunk.text.split())
+                for j in kept
+            )
+            if not duplicate:
+                kept.append(i)
+        return [candidates[i] for i in kept]
+
+    def _rerank(self, query: str, candidates: list[_Candidate]) -> list[_Candidate]:
+        head = candidates[: self.config.reranker.top_n]
+        scores = self._reranker.scores(query, [c.chunk.text for c in head])
+        for candidate, score in zip(head, scores, strict=True):
+            candidate.rerank = float(score)
+        return sorted(head, key=lambda c: c.rerank, reverse=True)
+
+    @staticmethod
+    def _hit(kb: KnowledgeBase, candidate: _Candidate, neighbours: int) -> SearchHit:
+        chunk = candidate.chunk
+        before: tuple[str, ...] = ()
+        after: tuple[str, ...] = ()
+        if neighbours:
+            around = kb.neighbours(chunk, neighbours, neighbours)
+            before = tuple(c.text for c in around if c.ordinal < chunk.ordinal)
+            after = tuple(c.text for c in around if c.ordinal > chunk.ordinal)
+        return SearchHit(
+            chunk_id=chunk.id,
+            score=candidate.cosine,
+            text=chunk.text,
+            document_id=chunk.document_id,
+            source=chunk.source,
+            title=chunk.title,
+            page=chunk.page,
+            heading_path=chunk.heading_path,
+            start=chunk.start,
+            end=chunk.end,
+            lexical_score=candidate.lexical,
+            fusion_score=candidate.fusion,
+            rerank_score=candidate.rerank,
+            context_before=before,
+            context_after=after,
+        )

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from retrieval.errors import DocumentNotFound
+from retrieval.lexical import indexed_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -44,7 +45,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     end_offset INTEGER NOT NULL,
     vector BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id);
+CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id, ordinal);
+-- Lexical index: jieba terms of each chunk (rowid = chunk id), ranked by FTS5's BM25.
+CREATE VIRTUAL TABLE IF NOT EXISTS chunk_terms USING fts5(terms);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
 """
@@ -219,13 +222,19 @@ class ChunkStore:
                     np.asarray(vector, dtype=np.float32).tobytes(),
                 ),
             )
-            chunk_ids.append(int(cursor.lastrowid))
+            chunk_id = int(cursor.lastrowid)
+            chunk_ids.append(chunk_id)
+            searchable = " ".join([document.title, *chunk.heading_path, chunk.text])
+            self._db.execute(
+                "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (chunk_id, indexed_text(searchable))
+            )
         return document_id, chunk_ids
 
     def _delete_document(self, document_id: int) -> list[int]:
         ids = [
             row[0] for row in self._db.execute("SELECT id FROM chunks WHERE document_id = ?", (document_id,))
         ]
+        self._db.executemany("DELETE FROM chunk_terms WHERE rowid = ?", [(i,) for i in ids])
         self._db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
         if self._db.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount == 0:
             raise DocumentNotFound(f"no document with id {document_id}")
@@ -264,6 +273,48 @@ class ChunkStore:
         )
         return {row[0]: _chunk_record(row) for row in rows}
 
+    def lexical_search(
+        self, expression: str, k: int, allowed: set[int] | None = None
+    ) -> list[tuple[int, float]]:
+        """Return (chunk id, BM25 score) of the `k` best matches of an FTS5 expression, best first.
+
+        FTS5's bm25() is lower-is-better; it is negated so that here, as everywhere, higher is better.
+        """
+        limit = k if allowed is None else -1  # with a filter, rank everything and keep the allowed ones
+        rows = self._db.execute(
+            "SELECT rowid, -bm25(chunk_terms) AS score FROM chunk_terms WHERE chunk_terms MATCH ?"
+            " ORDER BY bm25(chunk_terms) LIMIT ?",
+            (expression, limit),
+        )
+        hits = [
+            (int(chunk_id), float(score))
+            for chunk_id, score in rows
+            if allowed is None or chunk_id in allowed
+        ]
+        return hits[:k]
+
+    def chunk_ids_where(self, document_ids: Sequence[int] | None, source_glob: str | None) -> set[int]:
+        """Return the ids of chunks in the given documents and/or of sources matching a glob."""
+        clauses, values = [], []
+        if document_ids is not None:
+            clauses.append(f"d.id IN ({','.join('?' * len(document_ids))})")
+            values += [int(i) for i in document_ids]
+        if source_glob is not None:
+            clauses.append("d.source GLOB ?")
+            values.append(source_glob)
+        where = " AND ".join(clauses) or "1"
+        query = f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE {where}"
+        return {row[0] for row in self._db.execute(query, values)}
+
+    def neighbours(self, chunk: ChunkRecord, before: int, after: int) -> list[ChunkRecord]:
+        """Return the chunks within `before`/`after` places of `chunk` in its document, in order, itself included."""
+        rows = self._db.execute(
+            f"SELECT {CHUNK_COLUMNS} FROM chunks c JOIN documents d ON d.id = c.document_id"
+            " WHERE c.document_id = ? AND c.ordinal BETWEEN ? AND ? ORDER BY c.ordinal",
+            (chunk.document_id, chunk.ordinal - before, chunk.ordinal + after),
+        )
+        return [_chunk_record(row) for row in rows]
+
     def count(self) -> tuple[int, int]:
         """Return (documents, chunks) stored."""
         documents = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
@@ -274,6 +325,10 @@ class ChunkStore:
         """Return the ids of every stored chunk, ascending."""
         rows = self._db.execute("SELECT id FROM chunks ORDER BY id").fetchall()
         return np.asarray([row[0] for row in rows], dtype=np.int64)
+
+    def lexical_ids(self) -> set[int]:
+        """Return the chunk ids held by the lexical index."""
+        return {row[0] for row in self._db.execute("SELECT rowid FROM chunk_terms")}
 
     def iter_vectors(self, batch_size: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (ids, vectors) of every stored chunk in batches, ascending by id."""

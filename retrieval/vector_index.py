@@ -81,11 +81,27 @@ class VectorIndex:
 
         return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return (cosine scores, ids) of the `k` nearest vectors, best first; missing slots are dropped."""
-        k = min(k, self.count)
+    def search(
+        self, query: np.ndarray, k: int, allowed: set[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (cosine scores, ids) of the `k` nearest vectors, best first, among `allowed` ids if given."""
+        import faiss
+
+        k = min(k, self.count if allowed is None else len(allowed))
         if k <= 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        scores, ids = self.index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k)
+        params = None
+        if allowed is not None:
+            params = faiss.SearchParameters(
+                sel=faiss.IDSelectorBatch(np.fromiter(allowed, np.int64, len(allowed)))
+            )
+        query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        scores, ids = self.index.search(query, k, params=params)
         keep = ids[0] >= 0
         return scores[0][keep], ids[0][keep]
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Return the stored vectors of these ids, in the same order."""
+        if not len(ids):
+            return np.zeros((0, self.dimension), np.float32)
+        return self.index.reconstruct_batch(ids.astype(np.int64))
