@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -19,8 +21,10 @@ if TYPE_CHECKING:
 app = typer.Typer(help="kbqa: local knowledge-base question answering.", no_args_is_help=True)
 kb_app = typer.Typer(help="Create, list, inspect and delete knowledge bases.", no_args_is_help=True)
 index_app = typer.Typer(help="Build knowledge bases from files.", no_args_is_help=True)
+eval_app = typer.Typer(help="Measure retrieval quality on question-answer datasets.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
 app.add_typer(index_app, name="index")
+app.add_typer(eval_app, name="eval")
 
 console = Console()
 errors = Console(stderr=True)
@@ -239,6 +243,96 @@ def search(
         console.print(f"[bold]{rank}.[/] [green]{why}[/]  [cyan]{place}[/]", highlight=False)
         text = "\n".join([*hit.context_before, hit.text, *hit.context_after]).strip()
         console.print(f"   {text[: 300 * (1 + 2 * neighbours)]}", highlight=False, markup=False)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    kb: KbOption,
+    dataset: Annotated[Path, typer.Option("--dataset", help="SQuAD-format JSON file (e.g. DRCD_dev.json).")],
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="dense, lexical or hybrid; default: the configured mode.")
+    ] = None,
+    rerank: Annotated[
+        bool, typer.Option("--rerank", help="Re-score with the configured cross-encoder.")
+    ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            min=1,
+            help="Ask only the first N questions, and index only the paragraphs of the articles they "
+            "come from (default: every question and every paragraph).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score top-10 retrieval on a SQuAD-format dataset: recall@1/5/10, MRR@10 and nDCG@10.
+
+    Each paragraph becomes one document (the knowledge base is built, or reused if it holds only them).
+
+    A hit is relevant by "answer" if its chunk contains an answer, by "paragraph" if it is from the question's.
+    """
+    from pydantic import ValidationError
+
+    from app.evaluation import build_knowledge_base, percentile, read_squad, run_questions, select
+    from retrieval import SearchOptions
+
+    try:
+        options = SearchOptions(k=10, mode=mode, rerank=rerank)
+    except ValidationError as error:
+        fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in error.errors()), code=2)
+    try:
+        paragraphs, cases = select(read_squad(dataset), limit)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        fail(f"cannot read SQuAD-format dataset {dataset}: {error!r}")
+    svc = service()
+    with _IngestionProgress() as progress:
+        _run(lambda: build_knowledge_base(svc, kb, paragraphs, progress))
+    with _bar("asking", len(cases)) as advance:
+        run = _run(lambda: run_questions(svc, kb, cases, options, advance))
+    result = {
+        "kb": kb,
+        "mode": options.mode or svc.settings.retrieval.mode,
+        "rerank": rerank,
+        "questions": len(cases),
+        "paragraphs": len(paragraphs),
+        "metrics": run.metrics(),
+        "latency_ms": {
+            "p50": 1000 * percentile(run.seconds, 0.5),
+            "p95": 1000 * percentile(run.seconds, 0.95),
+        },
+    }
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+        return
+    metrics = result["metrics"]
+    table = Table("hit definition", *metrics["answer"])
+    for definition, values in metrics.items():
+        table.add_row(definition, *(f"{value:.3f}" for value in values.values()))
+    console.print(
+        f"{result['questions']} questions over {result['paragraphs']} paragraphs · mode {result['mode']}"
+        f"{' + rerank' if rerank else ''} · p50 {result['latency_ms']['p50']:.1f} ms, "
+        f"p95 {result['latency_ms']['p95']:.1f} ms",
+        highlight=False,
+    )
+    console.print(table)
+
+
+@contextmanager
+def _bar(label: str, total: int) -> Iterator[Callable[[], None]]:
+    """Show a rich progress bar on stderr; yield the function that advances it by one."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=errors,
+        disable=not errors.is_terminal,
+    ) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda: progress.advance(task)
 
 
 def _info_dict(info) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from functools import cache
 
 # A term worth indexing holds at least one letter or digit (CJK included); punctuation is dropped.
@@ -23,8 +24,11 @@ def _jieba():
 
 
 def terms(text: str) -> list[str]:
-    """Return the case-folded search terms of `text`: jieba words (and their sub-words), English words whole."""
-    words = _jieba().cut_for_search(text)
+    """Return the case-folded search terms of `text`: jieba words (and their sub-words), English words whole.
+
+    NFKC folds full-width letters and digits (`ＡＰＩ２` → `API2`) so they match their ASCII forms.
+    """
+    words = _jieba().cut_for_search(unicodedata.normalize("NFKC", text))
     return [word.casefold() for word in (w.strip() for w in words) if word and _WORD.search(word)]
 
 

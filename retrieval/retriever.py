@@ -34,7 +34,11 @@ class RetrievalConfig(BaseModel):
     dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in fusion.")
     lexical_weight: float = Field(1.0, ge=0, description="Weight of the lexical (BM25) ranking in fusion.")
     duplicate_similarity: float = Field(
-        0.98, gt=0, le=1, description="Drop a hit whose vector has at least this cosine with a better hit."
+        0.99,
+        gt=0,
+        le=1,
+        description="Drop a hit whose vector has at least this cosine with a better hit. 0.99 drops copies and "
+        "one-word edits of a text; lower values also merge similar but distinct chunks (two product sheets).",
     )
     reranker: RerankerConfig = Field(default_factory=RerankerConfig, description="Optional cross-encoder.")
 

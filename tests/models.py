@@ -59,3 +59,23 @@ def build_tiny_bert_sentence_transformer(directory: Path, hidden_size: int = 32)
     pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling, modules.Normalize()]).save(str(directory))
     return directory
+
+
+def build_tiny_cross_encoder(directory: Path, hidden_size: int = 32) -> Path:
+    """Return `directory` holding a random tiny BERT with one output (a sentence-transformers CrossEncoder)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    tokenizer = train_wordpiece(directory)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=128,
+        num_labels=1,
+    )
+    BertForSequenceClassification(config).save_pretrained(directory)
+    return directory

