@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ eval_app = typer.Typer(help="Measure retrieval quality on question-answer datase
 app.add_typer(kb_app, name="kb")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
+llm_app = typer.Typer(help="Prepare local language models.", no_args_is_help=True)
+app.add_typer(llm_app, name="llm")
 
 console = Console()
 errors = Console(stderr=True)
@@ -57,8 +60,20 @@ def main_options(
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print an error and exit with `code`."""
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
+
+
+def _metadata(pairs: list[str] | None) -> dict[str, str] | None:
+    """Return `--meta key=value` options as a dict (None when there are none), or exit 2 naming a bad one."""
+    from retrieval import parse_pairs
+
+    if not pairs:
+        return None
+    try:
+        return parse_pairs(pairs)
+    except ValueError as error:
+        fail(str(error), code=2)
 
 
 def service() -> KnowledgeService:
@@ -169,14 +184,24 @@ def kb_check(name: Annotated[str, typer.Argument(help="Knowledge-base name.")]) 
 def index_build(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders to index.")],
     kb: KbOption,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--meta",
+            metavar="KEY=VALUE",
+            help="Metadata for every file of this run (repeatable). It replaces the files' metadata, "
+            "unchanged files included (without embedding them again); without it, files keep theirs.",
+        ),
+    ] = None,
 ) -> None:
     """Index files and folders into a knowledge base (created if missing).
 
     Unchanged files are skipped, changed ones replaced. Exits 1 if any file failed.
     """
+    metadata = _metadata(meta)
     svc = service()
     with _IngestionProgress() as progress:
-        report = _run(lambda: svc.ingest(kb, paths, progress))
+        report = _run(lambda: svc.ingest(kb, paths, progress, metadata))
     _print_report(report)
     if report.failures:
         raise typer.Exit(1)
@@ -208,6 +233,14 @@ def search(
         str | None,
         typer.Option("--source", help="Only documents whose source matches this glob, e.g. 'docs/hr/*'."),
     ] = None,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--meta",
+            metavar="KEY=VALUE",
+            help="Only documents whose metadata has this key with this value (repeatable: all must match).",
+        ),
+    ] = None,
     neighbours: Annotated[
         int, typer.Option("--neighbours", help="Also show this many chunks before and after each hit.")
     ] = 0,
@@ -218,9 +251,16 @@ def search(
 
     from retrieval import SearchOptions
 
+    metadata = _metadata(meta)
     try:
         options = SearchOptions(
-            k=k, mode=mode, rerank=rerank, score_threshold=threshold, source=source, neighbours=neighbours
+            k=k,
+            mode=mode,
+            rerank=rerank,
+            score_threshold=threshold,
+            source=source,
+            metadata=metadata,
+            neighbours=neighbours,
         )
     except ValidationError as error:
         fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in error.errors()), code=2)
@@ -235,12 +275,14 @@ def search(
         place = hit.source + (f", page {hit.page}" if hit.page else "")
         if hit.heading_path:
             place += " — " + " > ".join(hit.heading_path)
+        if hit.metadata:
+            place += " [" + ", ".join(f"{key}={value}" for key, value in hit.metadata.items()) + "]"
         why = f"cosine {hit.score:.3f}"
         if hit.lexical_score is not None:
             why += f" · bm25 {hit.lexical_score:.2f}"
         if hit.rerank_score is not None:
             why += f" · rerank {hit.rerank_score:.3f}"
-        console.print(f"[bold]{rank}.[/] [green]{why}[/]  [cyan]{place}[/]", highlight=False)
+        console.print(f"[bold]{rank}.[/] [green]{why}[/]  [cyan]{escape(place)}[/]", highlight=False)
         text = "\n".join([*hit.context_before, hit.text, *hit.context_after]).strip()
         console.print(f"   {text[: 300 * (1 + 2 * neighbours)]}", highlight=False, markup=False)
 
@@ -318,6 +360,22 @@ def eval_retrieval(
     console.print(table)
 
 
+@llm_app.command("convert-chatglm3")
+def llm_convert_chatglm3(
+    src: Annotated[Path, typer.Argument(help="ChatGLM3 checkpoint: config.json, weights, tokenizer.model.")],
+    dst: Annotated[Path, typer.Argument(help="New directory for the converted model.")],
+) -> None:
+    """Convert a ChatGLM3 checkpoint for plain transformers (GlmForCausalLM); point llm.model at DST."""
+    from llm.chatglm3 import convert_chatglm3
+    from llm.errors import ModelLoadError
+
+    try:
+        convert_chatglm3(src, dst)
+    except (ModelLoadError, OSError) as error:
+        fail(str(error))
+    console.print(f"converted {src} into {dst}", highlight=False, markup=False)
+
+
 @contextmanager
 def _bar(label: str, total: int) -> Iterator[Callable[[], None]]:
     """Show a rich progress bar on stderr; yield the function that advances it by one."""
@@ -344,6 +402,7 @@ def _info_dict(info) -> dict:
         "splitter": info.splitter,
         "created_at": info.created_at,
         "size_bytes": info.size_bytes,
+        "metadata": info.metadata,
     }
 
 
@@ -391,7 +450,7 @@ def _print_report(report: IngestionReport) -> None:
 
     console.print(
         f"added {report.count('added')}, replaced {report.count('replaced')}, "
-        f"skipped {report.count('skipped')}, failed {report.count('failed')} "
+        f"updated {report.count('updated')}, skipped {report.count('skipped')}, failed {report.count('failed')} "
         f"· {report.chunks} chunks in {report.seconds:.1f}s",
         highlight=False,
     )

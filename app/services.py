@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from retrieval import (
     Retriever,
     SearchHit,
     SearchOptions,
+    check_metadata,
     load_embedder,
 )
 
@@ -52,14 +53,25 @@ class KnowledgeService:
         """Return a summary of the named knowledge base."""
         return self.catalog.info(name)
 
-    def ingest(self, name: str, paths: Sequence[Path], progress: Progress | None = None) -> IngestionReport:
-        """Ingest files and folders into the named knowledge base (created if missing); return the report."""
+    def ingest(
+        self,
+        name: str,
+        paths: Sequence[Path],
+        progress: Progress | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> IngestionReport:
+        """Ingest files and folders into the named knowledge base (created if missing); return the report.
+
+        `metadata`, when given, is set on every file of this run (see `IngestionPipeline.run`).
+        """
+        if metadata is not None:
+            check_metadata(metadata)  # before a missing knowledge base is created for nothing
         files, outcomes = collect_files(paths)
         kb = self.open(name) if self.catalog.exists(name) else self.create(name)
         try:
             with kb.writing():
                 pipeline = IngestionPipeline(kb, self.embedder, self.settings.ingestion)
-                report = pipeline.run(files, progress)
+                report = pipeline.run(files, progress, metadata)
         finally:
             kb.close()
         report.outcomes[:0] = outcomes

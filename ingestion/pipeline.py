@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
@@ -15,11 +15,12 @@ from pydantic import BaseModel, Field
 
 from ingestion.loaders import SUPPORTED_SUFFIXES, LoaderError, load_file
 from ingestion.splitter import ChineseTextSplitter, SplitterConfig
-from retrieval import Embedder, KnowledgeBase, NewDocument
+from retrieval import Embedder, KnowledgeBase, NewDocument, check_metadata
 
 log = logging.getLogger(__name__)
 
-Status = Literal["added", "replaced", "skipped", "failed"]
+# "updated": the content was already stored under this name and only its metadata changed.
+Status = Literal["added", "replaced", "updated", "skipped", "failed"]
 ALREADY_STORED = "already in the knowledge base"
 
 
@@ -150,8 +151,18 @@ class IngestionPipeline:
         self.splitter = ChineseTextSplitter(splitter_config, count_tokens=embedder.count_tokens)
         self.embed_seconds = 0.0
 
-    def run(self, files: Sequence[SourceFile], progress: Progress | None = None) -> IngestionReport:
-        """Ingest `files` into the knowledge base; return what happened to each. The caller holds `kb.writing()`."""
+    def run(
+        self,
+        files: Sequence[SourceFile],
+        progress: Progress | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> IngestionReport:
+        """Ingest `files` into the knowledge base; return what happened to each. The caller holds `kb.writing()`.
+
+        `metadata`, when given, becomes the metadata of every file of the run, unchanged ones included
+        (set in place, without embedding them again). Without it, a replaced document keeps the metadata it had.
+        """
+        metadata = None if metadata is None else check_metadata(metadata)
         started = time.perf_counter()
         report = IngestionReport()
         pending: list[_Pending] = []
@@ -166,7 +177,7 @@ class IngestionPipeline:
 
         for file in files:
             try:
-                item = self._prepare(file, pending_hashes)
+                item = self._prepare(file, pending_hashes, metadata)
             except LoaderError as error:
                 record(FileOutcome(file.source, "failed", reason=str(error)))
                 continue
@@ -182,13 +193,20 @@ class IngestionPipeline:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _prepare(self, file: SourceFile, pending_hashes: set[str]) -> _Pending | FileOutcome:
+    def _prepare(
+        self, file: SourceFile, pending_hashes: set[str], metadata: dict[str, str] | None
+    ) -> _Pending | FileOutcome:
         try:
             data = file.path.read_bytes()
         except OSError as error:
             raise LoaderError(f"cannot read the file: {error.strerror}") from error
         content_hash = hashlib.sha256(data).hexdigest()
+        stored = self.kb.document_by_source(file.source)
         if content_hash in pending_hashes or self.kb.has_content_hash(content_hash):
+            unchanged = stored is not None and stored.content_hash == content_hash
+            if unchanged and metadata is not None and stored.metadata != metadata:
+                self.kb.set_metadata(stored.id, metadata)
+                return FileOutcome(file.source, "updated")
             return FileOutcome(file.source, "skipped", reason=ALREADY_STORED)
         loaded = load_file(file.path)
         chunks = self.splitter.split(loaded)
@@ -202,8 +220,9 @@ class IngestionPipeline:
             page_count=loaded.page_count,
             chunks=chunks,
             vectors=np.zeros((0, 0), np.float32),  # filled by _flush: one embedding call for the batch
+            metadata=(stored.metadata if stored else {}) if metadata is None else metadata,
         )
-        return _Pending(document, replaces=self.kb.document_by_source(file.source) is not None)
+        return _Pending(document, replaces=stored is not None)
 
     def _flush(
         self, pending: list[_Pending], record: Callable[[FileOutcome], None], progress: Progress | None

@@ -13,6 +13,7 @@ from retrieval.errors import (
 )
 from retrieval.knowledge_base import ConsistencyReport, KnowledgeBase, ScoredChunk
 from retrieval.manifest import EmbeddingIdentity, Manifest
+from retrieval.metadata import check_metadata, parse_pairs
 from retrieval.reranker import Reranker, RerankerConfig
 from retrieval.retriever import RetrievalConfig, Retriever, SearchHit, SearchOptions
 from retrieval.store import ChunkLike, ChunkRecord, DocumentRecord, NewDocument, WriteResult
@@ -45,6 +46,8 @@ __all__ = [
     "SearchHit",
     "SearchOptions",
     "WriteResult",
+    "check_metadata",
     "load_embedder",
+    "parse_pairs",
     "validate_name",
 ]

@@ -6,7 +6,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ from retrieval.vector_index import VectorIndex
 
 # Letters (CJK included), digits, '-' and '_'; no dots or slashes, so a name is never a path trick.
 NAME_PATTERN = re.compile(r"^[^\W_][\w-]{0,63}$")
+# The summary names a few values of each metadata key, enough to know what to filter on.
+METADATA_VALUES_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class KnowledgeBaseInfo:
     splitter: dict[str, Any]
     created_at: str
     size_bytes: int
+    metadata: dict[str, list[str]] = field(default_factory=dict)  # key → its first values, sorted
 
 
 def validate_name(name: str) -> str:
@@ -98,6 +101,7 @@ class KnowledgeBaseCatalog:
         kb = self.open(name)
         try:
             documents, chunks = kb.counts()
+            metadata = kb.metadata_values(METADATA_VALUES_SHOWN)
         finally:
             kb.close()
         directory = self.path(name)
@@ -109,6 +113,7 @@ class KnowledgeBaseCatalog:
             splitter=kb.manifest.splitter,
             created_at=kb.manifest.created_at,
             size_bytes=sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()),
+            metadata=metadata,
         )
 
     def delete(self, name: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,9 +130,18 @@ class KnowledgeBase:
         """Delete documents and their chunks in one transaction; return what changed."""
         return self._write((), document_ids)
 
-    def _write(self, documents: Sequence[NewDocument], delete_ids: Sequence[int]) -> WriteResult:
+    def set_metadata(self, document_id: int, metadata: Mapping[str, str]) -> None:
+        """Replace one document's metadata without touching its chunks or vectors; return nothing."""
+        self._check_writer()
+        with self._state_lock:
+            self.store.set_metadata(document_id, metadata)
+
+    def _check_writer(self) -> None:
         if not self._writer_lock.locked():
             raise RuntimeError("write to a knowledge base inside `with kb.writing():`")
+
+    def _write(self, documents: Sequence[NewDocument], delete_ids: Sequence[int]) -> WriteResult:
+        self._check_writer()
         for document in documents:
             _check_vectors(document, self.manifest.embedding.dimension)
         with self._state_lock:
@@ -170,10 +179,15 @@ class KnowledgeBase:
         """Return the cosine similarity of the query vector to each of these chunks, in order."""
         return self.vectors(chunk_ids) @ self._check_query(query_vector)
 
-    def chunk_ids_where(self, document_ids: Sequence[int] | None, source_glob: str | None) -> set[int]:
-        """Return the ids of chunks in the given documents and/or of sources matching a glob."""
+    def chunk_ids_where(
+        self,
+        document_ids: Sequence[int] | None,
+        source_glob: str | None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> set[int]:
+        """Return the ids of chunks passing every filter given: document ids, source glob, metadata values."""
         with self._state_lock:
-            return self.store.chunk_ids_where(document_ids, source_glob)
+            return self.store.chunk_ids_where(document_ids, source_glob, metadata)
 
     def neighbours(self, chunk: ChunkRecord, before: int, after: int) -> list[ChunkRecord]:
         """Return the chunks around `chunk` in its document, in order, itself included."""
@@ -208,6 +222,11 @@ class KnowledgeBase:
         """Return (documents, chunks)."""
         with self._state_lock:
             return self.store.count()
+
+    def metadata_values(self, limit: int) -> dict[str, list[str]]:
+        """Return each metadata key in use with its distinct values, sorted, at most `limit` per key."""
+        with self._state_lock:
+            return self.store.metadata_values(limit)
 
     def check(self) -> ConsistencyReport:
         """Return how the FAISS index and the chunk store disagree, if they do."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from retrieval.embedder import Embedder
 from retrieval.knowledge_base import KnowledgeBase, ScoredChunk
 from retrieval.lexical import match_expression
+from retrieval.metadata import check_metadata
 from retrieval.reranker import Reranker, RerankerConfig
 from retrieval.store import ChunkRecord
 
@@ -60,10 +61,18 @@ class SearchOptions(BaseModel):
     )
     document_ids: list[int] | None = Field(None, description="Search only these documents.")
     source: str | None = Field(None, description="Search only documents whose source matches this glob.")
+    metadata: dict[str, str] | None = Field(
+        None, description="Search only documents whose metadata has every one of these keys with this value."
+    )
     neighbours: int = Field(
         0, ge=0, le=5, description="Also return this many chunks before and after each hit."
     )
     dedupe: bool = Field(True, description="Drop hits that nearly duplicate a better one.")
+
+    @field_validator("metadata")
+    @classmethod
+    def _valid_metadata_keys(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
+        return None if metadata is None else check_metadata(metadata)
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ class SearchHit:
     rerank_score: float | None = None  # cross-encoder score, when reranked
     context_before: tuple[str, ...] = field(default=())
     context_after: tuple[str, ...] = field(default=())
+    metadata: dict[str, str] = field(default_factory=dict)  # the document's
 
 
 @dataclass
@@ -115,8 +125,8 @@ class Retriever:
                 "reranking was asked for, but no reranker model is configured (retrieval.reranker.model)"
             )
         allowed = None
-        if options.document_ids is not None or options.source is not None:
-            allowed = kb.chunk_ids_where(options.document_ids, options.source)
+        if options.document_ids is not None or options.source is not None or options.metadata:
+            allowed = kb.chunk_ids_where(options.document_ids, options.source, options.metadata)
             if not allowed:
                 return []
         query_vector = self.embedder.embed_query(query)
@@ -204,4 +214,5 @@ class Retriever:
             rerank_score=candidate.rerank,
             context_before=before,
             context_after=after,
+            metadata=chunk.metadata,
         )

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +19,7 @@ import numpy as np
 
 from retrieval.errors import DocumentNotFound
 from retrieval.lexical import indexed_text
+from retrieval.metadata import json_path, to_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -31,7 +32,8 @@ CREATE TABLE IF NOT EXISTS documents (
     chunk_count INTEGER NOT NULL,
     status TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS documents_by_hash ON documents(content_hash);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -52,9 +54,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
 """
 
+# Named rather than `*`, so a record's shape never depends on how the table grew (ALTER TABLE appends).
+DOCUMENT_COLUMNS = (
+    "id, source, title, content_hash, size, page_count, chunk_count, status, created_at, updated_at, metadata"
+)
 CHUNK_COLUMNS = (
     "c.id, c.document_id, c.ordinal, c.text, c.page, c.heading_path, c.start_offset, c.end_offset, "
-    "d.source, d.title"
+    "d.source, d.title, d.metadata"
 )
 
 
@@ -79,6 +85,7 @@ class NewDocument:
     page_count: int | None
     chunks: Sequence[ChunkLike]
     vectors: np.ndarray
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ class DocumentRecord:
     status: str
     created_at: str
     updated_at: str
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,7 @@ class ChunkRecord:
     end: int
     source: str
     title: str
+    metadata: dict[str, str] = field(default_factory=dict)  # the document's
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,24 @@ class ChunkStore:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(SCHEMA)
+        self._add_metadata_column()
+
+    def _add_metadata_column(self) -> None:
+        # Stores made before document metadata lack the column. The change is additive (old rows get
+        # '{}'), so it is made in place on open rather than with a new knowledge-base format version.
+        if self._has_metadata_column():
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._has_metadata_column():  # another process may have added it meanwhile
+                self._db.execute("ALTER TABLE documents ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _has_metadata_column(self) -> bool:
+        return any(row[1] == "metadata" for row in self._db.execute("PRAGMA table_info(documents)"))
 
     def close(self) -> None:
         """Close the database connection; return nothing."""
@@ -193,7 +220,7 @@ class ChunkStore:
         now = _now()
         cursor = self._db.execute(
             "INSERT INTO documents (source, title, content_hash, size, page_count, chunk_count, status,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'ready', ?, ?)",
+            " created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
             (
                 document.source,
                 document.title,
@@ -203,6 +230,7 @@ class ChunkStore:
                 len(document.chunks),
                 now,
                 now,
+                to_json(document.metadata),
             ),
         )
         document_id = int(cursor.lastrowid)
@@ -240,10 +268,35 @@ class ChunkStore:
             raise DocumentNotFound(f"no document with id {document_id}")
         return ids
 
+    def set_metadata(self, document_id: int, metadata: Mapping[str, str]) -> None:
+        """Replace one document's metadata; return nothing.
+
+        Chunks and vectors are untouched, so the generation (which tags the FAISS index) stays as it is.
+        """
+        cursor = self._db.execute(
+            "UPDATE documents SET metadata = ?, updated_at = ? WHERE id = ?",
+            (to_json(metadata), _now(), document_id),
+        )
+        if cursor.rowcount == 0:
+            raise DocumentNotFound(f"no document with id {document_id}")
+
+    def metadata_values(self, limit: int) -> dict[str, list[str]]:
+        """Return each metadata key in use with its distinct values, sorted, at most `limit` per key."""
+        rows = self._db.execute(
+            "SELECT DISTINCT j.key, j.value FROM documents d, json_each(d.metadata) j ORDER BY j.key, j.value"
+        )
+        values: dict[str, list[str]] = {}
+        for key, value in rows:
+            shown = values.setdefault(key, [])
+            if len(shown) < limit:
+                shown.append(value)
+        return values
+
     def document_by_source(self, source: str) -> DocumentRecord | None:
         """Return the document stored under `source`, or None."""
-        row = self._db.execute("SELECT * FROM documents WHERE source = ?", (source,)).fetchone()
-        return DocumentRecord(*row) if row else None
+        query = f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE source = ?"
+        row = self._db.execute(query, (source,)).fetchone()
+        return _document_record(row) if row else None
 
     def has_content_hash(self, content_hash: str) -> bool:
         """Return whether a document with this content hash is stored."""
@@ -252,14 +305,16 @@ class ChunkStore:
 
     def document(self, document_id: int) -> DocumentRecord:
         """Return the document with this id, or raise DocumentNotFound."""
-        row = self._db.execute("SELECT * FROM documents WHERE id = ?", (document_id,)).fetchone()
+        query = f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = ?"
+        row = self._db.execute(query, (document_id,)).fetchone()
         if row is None:
             raise DocumentNotFound(f"no document with id {document_id}")
-        return DocumentRecord(*row)
+        return _document_record(row)
 
     def documents(self) -> list[DocumentRecord]:
         """Return every document, oldest first."""
-        return [DocumentRecord(*row) for row in self._db.execute("SELECT * FROM documents ORDER BY id")]
+        rows = self._db.execute(f"SELECT {DOCUMENT_COLUMNS} FROM documents ORDER BY id")
+        return [_document_record(row) for row in rows]
 
     def chunks(self, ids: Sequence[int]) -> dict[int, ChunkRecord]:
         """Return the chunks with these ids, by id (ids not stored are left out)."""
@@ -293,8 +348,16 @@ class ChunkStore:
         ]
         return hits[:k]
 
-    def chunk_ids_where(self, document_ids: Sequence[int] | None, source_glob: str | None) -> set[int]:
-        """Return the ids of chunks in the given documents and/or of sources matching a glob."""
+    def chunk_ids_where(
+        self,
+        document_ids: Sequence[int] | None,
+        source_glob: str | None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> set[int]:
+        """Return the ids of chunks passing every filter given: document ids, source glob, metadata values.
+
+        A metadata filter keeps documents whose metadata has each given key with exactly that value.
+        """
         clauses, values = [], []
         if document_ids is not None:
             clauses.append(f"d.id IN ({','.join('?' * len(document_ids))})")
@@ -302,6 +365,9 @@ class ChunkStore:
         if source_glob is not None:
             clauses.append("d.source GLOB ?")
             values.append(source_glob)
+        for key, value in (metadata or {}).items():
+            clauses.append("json_extract(d.metadata, ?) = ?")
+            values += [json_path(key), value]
         where = " AND ".join(clauses) or "1"
         query = f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE {where}"
         return {row[0] for row in self._db.execute(query, values)}
@@ -339,8 +405,13 @@ class ChunkStore:
             yield ids, vectors.reshape(len(rows), self.dimension)
 
 
+def _document_record(row: tuple) -> DocumentRecord:
+    *facts, metadata = row
+    return DocumentRecord(*facts, metadata=json.loads(metadata))
+
+
 def _chunk_record(row: tuple) -> ChunkRecord:
-    chunk_id, document_id, ordinal, text, page, heading_path, start, end, source, title = row
+    chunk_id, document_id, ordinal, text, page, heading_path, start, end, source, title, metadata = row
     return ChunkRecord(
         id=chunk_id,
         document_id=document_id,
@@ -352,4 +423,5 @@ def _chunk_record(row: tuple) -> ChunkRecord:
         end=end,
         source=source,
         title=title,
+        metadata=json.loads(metadata),
     )

@@ -112,3 +112,30 @@ def test_empty_query_is_refused(tmp_path: Path) -> None:
     kbqa("--data-dir", data, "index", "build", str(note), "--kb", "kb")
     result = kbqa("--data-dir", data, "search", "--kb", "kb", "   ")
     assert result.returncode == 1 and "the query is empty" in result.stderr
+
+
+def test_build_with_meta_sets_metadata_and_bad_meta_is_refused(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    note = tmp_path / "note.txt"
+    note.write_text("打印机在三楼东侧。", encoding="utf-8")
+    build = ("--data-dir", data, "index", "build", str(note), "--kb", "kb")
+    for bad, message in [
+        ("team", "malformed metadata 'team': write key=value"),
+        ("=hr", "malformed metadata '=hr'"),
+        ("a b=1", "invalid metadata key 'a b'"),
+    ]:
+        result = kbqa(*build, "--meta", bad)
+        assert result.returncode == 2, bad
+        assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+    assert json.loads(kbqa("--data-dir", data, "kb", "list", "--json").stdout) == []  # nothing was created
+
+    first = kbqa(*build, "--meta", "team=hr", "--meta", "floor=3")
+    assert first.returncode == 0 and "added 1" in first.stdout, first.stderr
+    second = kbqa(*build, "--meta", "team=it")
+    assert second.returncode == 0 and "updated 1" in second.stdout and "0 chunks" in second.stdout
+    info = json.loads(kbqa("--data-dir", data, "kb", "info", "kb", "--json").stdout)
+    assert info["metadata"] == {"team": ["it"]}
+    found = kbqa("--data-dir", data, "search", "--kb", "kb", "打印机", "--meta", "team=it", "--json")
+    assert [hit["metadata"] for hit in json.loads(found.stdout)] == [{"team": "it"}]
+    missed = kbqa("--data-dir", data, "search", "--kb", "kb", "打印机", "--meta", "team=hr", "--json")
+    assert json.loads(missed.stdout) == []

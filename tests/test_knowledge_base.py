@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sqlite3
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from retrieval import (
+    DocumentNotFound,
     EmbeddingIdentity,
     EmbeddingMismatch,
     InvalidName,
@@ -18,6 +20,8 @@ from retrieval import (
     KnowledgeBaseNotFound,
     NewDocument,
 )
+from retrieval.catalog import METADATA_VALUES_SHOWN
+from retrieval.knowledge_base import STORE_FILE
 from retrieval.vector_index import INDEX_FILE, INDEX_STATE_FILE
 
 DIM = 8
@@ -198,3 +202,123 @@ def test_index_is_rebuilt_from_the_store_when_it_lags(catalog: KnowledgeBaseCata
     assert reopened.check().ok
     assert reopened.index.count == 3
     assert reopened.search(unit(2), k=1)[0].chunk.source == "b.md"
+
+
+def test_metadata_round_trips_and_is_set_in_place(catalog: KnowledgeBaseCatalog) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    tagged = replace(document("a.md", [0, 1]), metadata={"部门": "人事", "year": "2024"})
+    with kb.writing():
+        added = kb.add_documents([tagged, document("b.md", [2])])
+    a = kb.document_by_source("a.md")
+    assert a.metadata == {"部门": "人事", "year": "2024"}
+    assert kb.document_by_source("b.md").metadata == {}
+    assert kb.search(unit(0), k=1)[0].chunk.metadata == {"部门": "人事", "year": "2024"}
+    assert kb.chunk_ids_where(None, None, {"部门": "人事"}) == set(added.added_ids[:2].tolist())
+    assert kb.chunk_ids_where(None, "b*", {"部门": "人事"}) == set()
+
+    with pytest.raises(RuntimeError, match="kb.writing"):
+        kb.set_metadata(a.id, {"year": "2025"})
+    generation = kb.store.generation
+    with kb.writing():
+        kb.set_metadata(a.id, {"year": "2025"})
+        with pytest.raises(DocumentNotFound):
+            kb.set_metadata(10**6, {})
+        with pytest.raises(ValueError, match="invalid metadata key"):
+            kb.set_metadata(a.id, {"a.b": "x"})
+    assert kb.store.generation == generation  # chunks untouched, so the FAISS index stays current
+    kb.close()
+
+    reopened = catalog.open("kb", IDENTITY)
+    assert [d.metadata for d in reopened.documents()] == [{"year": "2025"}, {}]
+    assert reopened.chunk_ids_where(None, None, {"部门": "人事"}) == set()
+    assert reopened.chunk_ids_where(None, None, {"year": "2025"}) == set(added.added_ids[:2].tolist())
+    assert reopened.check().ok
+
+
+def test_bad_metadata_writes_nothing(catalog: KnowledgeBaseCatalog) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    bad = replace(document("bad.md", [1]), metadata={'a") OR 1=1 --': "x"})
+    with kb.writing(), pytest.raises(ValueError, match="invalid metadata key"):
+        kb.add_documents([document("good.md", [0]), bad])
+    assert kb.counts() == (0, 0)
+    assert kb.check().ok
+
+
+def test_info_shows_a_few_values_of_each_metadata_key(catalog: KnowledgeBaseCatalog) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    with kb.writing():
+        kb.add_documents(
+            [
+                replace(document(f"{i:02d}.md", [i % DIM]), metadata={"n": f"{i:02d}", "team": "hr"})
+                for i in range(15)
+            ]
+        )
+    kb.close()
+    info = catalog.info("kb")
+    assert info.metadata == {"n": [f"{i:02d}" for i in range(METADATA_VALUES_SHOWN)], "team": ["hr"]}
+
+
+# The documents table as it was before document metadata; the rest of the schema is unchanged.
+OLD_DOCUMENTS_TABLE = """
+CREATE TABLE documents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    page_count INTEGER,
+    chunk_count INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    document_id INTEGER NOT NULL REFERENCES documents(id),
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    page INTEGER,
+    heading_path TEXT NOT NULL,
+    start_offset INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE VIRTUAL TABLE chunk_terms USING fts5(terms);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('generation', '1');
+INSERT INTO documents VALUES (1, 'old.md', 'old', 'hash-old', 10, NULL, 1, 'ready', '2024-01-01', '2024-01-01');
+INSERT INTO chunk_terms (rowid, terms) VALUES (1, 'old chunk');
+"""
+
+
+def test_store_made_before_metadata_opens_and_gets_the_column(catalog: KnowledgeBaseCatalog) -> None:
+    directory = catalog.create("kb", IDENTITY, {}).directory
+    store = directory / STORE_FILE
+    store.unlink()
+    with sqlite3.connect(store) as db:
+        db.executescript(OLD_DOCUMENTS_TABLE)
+        db.execute(
+            "INSERT INTO chunks VALUES (1, 1, 0, 'old chunk', NULL, '[]', 0, 9, ?)", (unit(4).tobytes(),)
+        )
+
+    kb = catalog.open("kb", IDENTITY)  # the FAISS index lags the store, so it is rebuilt from it too
+    assert [(d.source, d.metadata) for d in kb.documents()] == [("old.md", {})]
+    assert kb.search(unit(4), k=1)[0].chunk.metadata == {}
+    assert kb.check().ok
+    assert kb.chunk_ids_where(None, None, {"team": "hr"}) == set()
+    with kb.writing():
+        kb.set_metadata(1, {"team": "hr"})
+        kb.add_documents([replace(document("new.md", [5]), metadata={"team": "it"})])
+    assert kb.chunk_ids_where(None, None, {"team": "hr"}) == {1}
+    kb.close()
+
+    with sqlite3.connect(store) as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(documents)")]
+    assert columns[-1] == "metadata" and columns.count("metadata") == 1
+    reopened = catalog.open("kb", IDENTITY)  # a second open finds the column and leaves it be
+    assert {d.source: d.metadata for d in reopened.documents()} == {
+        "old.md": {"team": "hr"},
+        "new.md": {"team": "it"},
+    }
+    assert catalog.info("kb").metadata == {"team": ["hr", "it"]}
+    reopened.close()

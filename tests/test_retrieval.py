@@ -422,3 +422,211 @@ def test_cli_search(tmp_path: Path, corpus_dir: Path, e5_embedder) -> None:
     bad = kbqa("欧阳娜娜", "--mode", "fuzzy")
     assert bad.returncode != 0
     assert "mode" in bad.stderr and "Traceback" not in bad.stderr + bad.stdout
+
+
+# --- metadata -------------------------------------------------------------------------------------
+
+# Each folder of the corpus indexed in its own run, with that run's metadata (notes/ has none).
+META_RUNS = [
+    ("docs/hr", {"team": "hr", "lang": "zh"}),
+    ("docs/en", {"team": "hr", "lang": "en"}),
+    ("docs/product", {"team": "product", "lang": "zh"}),
+    ("notes", None),
+]
+# A query that every document above matches lexically, so each mode can return all of the allowed ones.
+META_QUERY = "员工 报销 路由器 passwords 食堂"
+
+
+@pytest.fixture(scope="module")
+def meta_service(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path, e5_embedder) -> KnowledgeService:
+    svc = make_service(tmp_path_factory.mktemp("meta-data"), e5_embedder)
+    for folder, metadata in META_RUNS:
+        report = svc.ingest("meta", [corpus_dir / folder], metadata=metadata)
+        assert not report.failures and report.count("added") >= 1
+    return svc
+
+
+def test_metadata_is_stored_per_run_and_returned(meta_service: KnowledgeService) -> None:
+    kb = meta_service.open("meta")
+    try:
+        metadata = {document.source: document.metadata for document in kb.documents()}
+    finally:
+        kb.close()
+    assert metadata == {
+        "hr/leave.md": {"team": "hr", "lang": "zh"},
+        "hr/expenses.md": {"team": "hr", "lang": "zh"},
+        "en/security.md": {"team": "hr", "lang": "en"},
+        "product/router.md": {"team": "product", "lang": "zh"},
+        "product/router-ax.md": {"team": "product", "lang": "zh"},
+        "notes/canteen.txt": {},
+    }
+    assert meta_service.info("meta").metadata == {"lang": ["en", "zh"], "team": ["hr", "product"]}
+    hits = meta_service.search("meta", META_QUERY, SearchOptions(k=50, dedupe=False))
+    assert {hit.source: hit.metadata for hit in hits} == metadata
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"metadata": {"team": "hr"}}, {"hr/leave.md", "hr/expenses.md", "en/security.md"}),
+        ({"metadata": {"team": "hr", "lang": "zh"}}, {"hr/leave.md", "hr/expenses.md"}),
+        (
+            {"metadata": {"lang": "zh"}},
+            {"hr/leave.md", "hr/expenses.md", "product/router.md", "product/router-ax.md"},
+        ),
+        ({"metadata": {"team": "hr"}, "source": "en/*"}, {"en/security.md"}),
+        ({"metadata": {"lang": "zh"}, "source": "product/*"}, {"product/router.md", "product/router-ax.md"}),
+        (
+            {"metadata": {}},
+            {
+                "hr/leave.md",
+                "hr/expenses.md",
+                "en/security.md",
+                "product/router.md",
+                "product/router-ax.md",
+                "notes/canteen.txt",
+            },
+        ),  # no condition: everything
+    ],
+)
+def test_metadata_filter_in_every_mode(
+    meta_service: KnowledgeService, mode: str, filters: dict, expected: set[str]
+) -> None:
+    hits = meta_service.search("meta", META_QUERY, SearchOptions(k=50, mode=mode, dedupe=False, **filters))
+    assert set(sources(hits)) == expected
+
+
+@pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"metadata": {"team": "finance"}},  # no such value
+        {"metadata": {"team": "hr", "lang": "fr"}},  # each matches some document, both none
+        {"metadata": {"owner": "hr"}},  # no such key
+        {"metadata": {"team": "HR"}},  # values match exactly
+        {"metadata": {"team": "hr"}, "source": "product/*"},
+    ],
+)
+def test_metadata_filter_matching_nothing_finds_nothing(
+    meta_service: KnowledgeService, mode: str, filters: dict
+) -> None:
+    assert meta_service.search("meta", META_QUERY, SearchOptions(k=50, mode=mode, **filters)) == []
+
+
+def test_metadata_filter_combines_with_document_ids(meta_service: KnowledgeService) -> None:
+    kb = meta_service.open("meta")
+    try:
+        ids = {document.source: document.id for document in kb.documents()}
+    finally:
+        kb.close()
+    chosen = [ids["hr/leave.md"], ids["en/security.md"], ids["product/router.md"]]
+    hits = meta_service.search(
+        "meta", META_QUERY, SearchOptions(k=50, document_ids=chosen, metadata={"lang": "zh"})
+    )
+    assert set(sources(hits)) == {"hr/leave.md", "product/router.md"}
+
+
+@pytest.mark.parametrize(
+    "key", ["", "a.b", "a[0]", "$", 'a"b', "a b", "a\\b", "x') OR 1=1 --", "k" * 65, "名\n字"]
+)
+def test_metadata_keys_that_could_escape_their_json_path_are_refused(key: str) -> None:
+    with pytest.raises(ValidationError, match="invalid metadata key"):
+        SearchOptions(metadata={key: "x"})
+
+
+def test_metadata_keys_may_be_chinese() -> None:
+    assert SearchOptions(metadata={"部门": "人事", "doc-type_2": ""}).metadata == {
+        "部门": "人事",
+        "doc-type_2": "",
+    }
+
+
+def test_reindexing_unchanged_files_updates_metadata_without_embedding(tmp_path: Path, e5_embedder) -> None:
+    svc = make_service(tmp_path / "data", e5_embedder)
+    folder = tmp_path / "files"
+    write_files(folder, INCREMENTAL)
+    assert svc.ingest("kb", [folder], metadata={"team": "hr"}).count("added") == 4
+
+    def state() -> tuple[list[int], int, dict[str, dict[str, str]]]:
+        kb = svc.open("kb")
+        try:
+            documents = {d.source: d.metadata for d in kb.documents()}
+            return kb.store.chunk_ids().tolist(), kb.store.generation, documents
+        finally:
+            kb.close()
+
+    chunk_ids, generation, _ = state()
+    report = svc.ingest("kb", [folder], metadata={"team": "finance", "year": "2024"})
+    assert {o.status for o in report.outcomes} == {"updated"} and report.chunks == 0
+    after_ids, after_generation, metadata = state()
+    # The same chunks (ids are never reused, so a re-embedded document would have new ones), and no write
+    # transaction of chunks: the FAISS index was not touched.
+    assert (after_ids, after_generation) == (chunk_ids, generation)
+    assert set(map(json.dumps, metadata.values())) == {json.dumps({"team": "finance", "year": "2024"})}
+    assert svc.search("kb", "员工", SearchOptions(metadata={"team": "hr"})) == []
+    assert sources(svc.search("kb", "出差 住宿", SearchOptions(k=1, metadata={"year": "2024"}))) == [
+        "files/b.md"
+    ]
+
+    # The same metadata again, or none: nothing to do. A changed file without metadata keeps its own.
+    assert {
+        o.status for o in svc.ingest("kb", [folder], metadata={"team": "finance", "year": "2024"}).outcomes
+    } == {"skipped"}
+    assert {o.status for o in svc.ingest("kb", [folder]).outcomes} == {"skipped"}
+    (folder / "b.md").write_text(CHANGED_B, encoding="utf-8")
+    report = svc.ingest("kb", [folder])
+    assert {o.source: o.status for o in report.outcomes}["files/b.md"] == "replaced"
+    _, _, metadata = state()
+    assert metadata["files/b.md"] == {"team": "finance", "year": "2024"}
+    kb = svc.open("kb")
+    try:
+        assert kb.check().ok
+    finally:
+        kb.close()
+
+
+def test_bad_metadata_stops_ingestion_before_anything_is_created(tmp_path: Path, e5_embedder) -> None:
+    svc = make_service(tmp_path / "data", e5_embedder)
+    folder = tmp_path / "files"
+    write_files(folder, INCREMENTAL)
+    with pytest.raises(ValueError, match="invalid metadata key"):
+        svc.ingest("kb", [folder], metadata={"a.b": "x"})
+    with pytest.raises(ValueError, match="must be a string"):
+        svc.ingest("kb", [folder], metadata={"year": 2024})
+    assert not svc.catalog.exists("kb")
+
+
+def test_cli_search_with_meta(tmp_path: Path, corpus_dir: Path, e5_embedder) -> None:
+    data = tmp_path / "data"
+    svc = make_service(data, e5_embedder)
+    assert not svc.ingest("cli", [corpus_dir / "docs" / "hr"], metadata={"team": "hr"}).failures
+    assert not svc.ingest("cli", [corpus_dir / "docs" / "product"], metadata={"team": "product"}).failures
+
+    def kbqa(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [KBQA, "--data-dir", str(data), *args], capture_output=True, text=True, timeout=120
+        )
+
+    found = kbqa("search", "--kb", "cli", META_QUERY, "--meta", "team=product", "--json", "-k", "10")
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)
+    assert {hit["source"] for hit in hits} == {"product/router.md", "product/router-ax.md"}
+    assert all(hit["metadata"] == {"team": "product"} for hit in hits)
+    both = kbqa("search", "--kb", "cli", META_QUERY, "--meta", "team=hr", "--meta", "team=product")
+    assert both.returncode == 2 and "given twice" in both.stderr
+
+    text = kbqa("search", "--kb", "cli", META_QUERY, "--meta", "team=hr", "--source", "hr/leave*")
+    assert text.returncode == 0 and "hr/leave.md — 带薪休假 [team=hr]" in text.stdout
+    assert "expenses" not in text.stdout
+
+    info = json.loads(kbqa("kb", "info", "cli", "--json").stdout)
+    assert info["metadata"] == {"team": ["hr", "product"]}
+    for bad, message in [
+        ("team", "malformed metadata 'team'"),
+        ("=hr", "malformed"),
+        ("a.b=1", "invalid metadata key"),
+    ]:
+        result = kbqa("search", "--kb", "cli", "路由器", "--meta", bad)
+        assert result.returncode == 2, bad
+        assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
