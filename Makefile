@@ -1,4 +1,4 @@
-# The two quick-start commands: `make run` (index the sample documents and search them) and `make test`.
+# The two quick-start commands: `make run` (index the sample documents, search and ask them) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,7 +18,8 @@ $(BIN)/.installed: pyproject.toml
 run: $(BIN)/.installed
 	$(KBQA) index build examples/docs --kb demo
 	$(KBQA) search --kb demo "报销需要多久到账？" -k 3
-	$(KBQA) search --kb demo "How long do I have to submit an expense claim?" -k 3
+	$(KBQA) ask --kb demo "报销需要多久到账？"
+	$(KBQA) ask --kb demo "How long do I have to submit an expense claim?"
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
@@ -29,4 +30,4 @@ bench-ingest: $(BIN)/.installed
 	$(BIN)/python bench/ingest.py --limit 300
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis

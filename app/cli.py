@@ -92,11 +92,12 @@ def service() -> KnowledgeService:
 
 def _run(action):
     """Return `action()`, turning the errors a user can cause into a message and exit code 1."""
+    from llm import LLMError
     from retrieval import KnowledgeBaseError
 
     try:
         return action()
-    except (KnowledgeBaseError, ValueError) as error:
+    except (KnowledgeBaseError, LLMError, ValueError) as error:
         fail(str(error))
 
 
@@ -285,6 +286,68 @@ def search(
         console.print(f"[bold]{rank}.[/] [green]{why}[/]  [cyan]{escape(place)}[/]", highlight=False)
         text = "\n".join([*hit.context_before, hit.text, *hit.context_after]).strip()
         console.print(f"   {text[: 300 * (1 + 2 * neighbours)]}", highlight=False, markup=False)
+
+
+@app.command("ask")
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    kb: KbOption,
+    adapter: Annotated[
+        str | None,
+        typer.Option("--adapter", help="LoRA adapter by name (from llm.adapters); 'base' for none."),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", help="How many chunks to retrieve.")] = 5,
+    mode: Annotated[str | None, typer.Option("--mode", help="dense, lexical or hybrid.")] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Use only chunks with cosine similarity >= this (in [-1, 1])."),
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option("--max-new-tokens", help="Most tokens to generate.")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer and citations as JSON.")] = False,
+) -> None:
+    """Answer a question from a knowledge base, streaming the answer, then listing its citations."""
+    from pydantic import ValidationError
+
+    from llm import AnswerOptions
+    from retrieval import SearchOptions
+
+    svc = service()
+    try:
+        options = AnswerOptions(
+            retrieval=SearchOptions(k=k, mode=mode, score_threshold=threshold),
+            generation=svc.generation_params(
+                adapter=adapter, max_new_tokens=max_new_tokens, temperature=temperature
+            ),
+        )
+    except ValidationError as error:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()), code=2)
+    stream = _run(lambda: svc.ask(kb, question, options=options))
+    if as_json:
+        answer = _run(stream.read)
+        print(json.dumps(asdict(answer), ensure_ascii=False, indent=2))
+        return
+
+    def print_deltas():
+        for delta in stream:
+            console.print(delta, end="", highlight=False, markup=False, soft_wrap=True)
+        console.print()
+        return stream.answer
+
+    answer = _run(print_deltas)
+    for citation in answer.citations:
+        place = citation.source + (f", page {citation.page}" if citation.page else "")
+        console.print(f"[{citation.n}] {place} (cosine {citation.score:.3f})", highlight=False, markup=False)
+    usage = (
+        f"{answer.usage.prompt_tokens}+{answer.usage.completion_tokens} tokens, "
+        if answer.usage.total_tokens
+        else ""
+    )
+    errors.print(f"[dim]{usage}{answer.timings.total_ms:.0f} ms[/]", highlight=False)
 
 
 @eval_app.command("retrieval")

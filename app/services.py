@@ -9,6 +9,15 @@ from pathlib import Path
 from app.settings import Settings
 from ingestion import IngestionPipeline, IngestionReport, collect_files
 from ingestion.pipeline import Progress
+from llm import (
+    Answerer,
+    AnswerOptions,
+    AnswerStream,
+    ExtractiveReader,
+    GenerationParams,
+    Message,
+    load_chat_model,
+)
 from retrieval import (
     Embedder,
     EmbeddingIdentity,
@@ -76,6 +85,33 @@ class KnowledgeService:
             kb.close()
         report.outcomes[:0] = outcomes
         return report
+
+    @cached_property
+    def answerer(self) -> Answerer:
+        """Return the answerer of the configured `llm` backend, its model loaded on first use."""
+        config = self.settings.llm
+        if config.backend == "extractive":
+            reader = ExtractiveReader(self.embedder, config.extractive)
+            return Answerer(self.search, config.prompt, config.generation, reader=reader)
+        return Answerer(self.search, config.prompt, config.generation, model=load_chat_model(config))
+
+    def generation_params(self, **overrides: object) -> GenerationParams:
+        """Return the configured generation defaults with a request's non-None overrides applied."""
+        config = self.settings.llm
+        params = config.generation.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+        if params.adapter is None and config.default_adapter:
+            params = params.model_copy(update={"adapter": config.default_adapter})
+        return GenerationParams.model_validate(params.model_dump())
+
+    def ask(
+        self,
+        name: str,
+        question: str,
+        history: Sequence[Message] = (),
+        options: AnswerOptions | None = None,
+    ) -> AnswerStream:
+        """Return the answer to `question` from the named knowledge base, as a stream."""
+        return self.answerer.stream(question, name, history, options)
 
     def search(self, name: str, query: str, options: SearchOptions) -> list[SearchHit]:
         """Return the best chunks of the named knowledge base for `query`."""

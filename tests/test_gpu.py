@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llm import GenerationParams, LLMConfig, Message
+from llm.transformers_backend import TransformersChatModel
 from retrieval.embedder import EmbeddingConfig, load_embedder
 
 pytestmark = pytest.mark.gpu
@@ -24,3 +26,25 @@ def test_fp16_embedding_on_cuda_matches_cpu(tiny_model_dir: Path) -> None:
     assert on_gpu.dtype == np.float32
     cosines = (on_gpu * on_cpu).sum(axis=1)
     assert np.all(cosines > 0.99)
+
+
+QUESTION = [Message("user", "报销需要多久到账？")]
+
+
+def test_bf16_generation_on_cuda(tiny_lm_dir: Path) -> None:
+    chat = TransformersChatModel(LLMConfig(backend="transformers", model=str(tiny_lm_dir)))
+    parameter = next(chat.model.parameters())
+    assert parameter.device.type == "cuda" and str(parameter.dtype) == "torch.bfloat16"
+    params = GenerationParams(max_new_tokens=16)
+    whole = chat.generate(QUESTION, params)
+    assert whole.usage.completion_tokens > 0
+    assert "".join(chat.stream(QUESTION, params)) == whole.text
+
+
+def test_4bit_loading_on_cuda(tiny_lm_dir: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    chat = TransformersChatModel(
+        LLMConfig(backend="transformers", model=str(tiny_lm_dir), quantization="4bit")
+    )
+    assert getattr(chat.model, "is_loaded_in_4bit", False)
+    assert chat.generate(QUESTION, GenerationParams(max_new_tokens=8)).usage.completion_tokens > 0

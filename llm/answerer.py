@@ -1,0 +1,264 @@
+"""The grounded answerer: retrieve → build the prompt → generate, with the citations the answer uses.
+
+One `Answerer` serves every knowledge base; it is given a search function (the app binds it to the
+knowledge-base store) and either a chat model or, with the `extractive` backend, the extractive reader.
+`stream` yields the answer as it is generated; the chunks it may cite are known before the first delta,
+and the final `Answer` (citations actually used, token counts, timings) once the stream is exhausted.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, Field
+
+from llm.extractive import ExtractiveReader
+from llm.prompt import Prompt, PromptBuilder, PromptConfig
+from llm.types import ChatModel, FinishReason, Generation, GenerationParams, Message, Usage
+from retrieval import SearchHit, SearchOptions
+
+SearchFunction = Callable[[str, str, SearchOptions], list[SearchHit]]  # (kb, query, options) -> hits
+_MARKER = re.compile(r"\[(\d{1,3})\]")
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A chunk an answer cites as `[n]`."""
+
+    n: int
+    chunk_id: int
+    document_id: int
+    source: str
+    title: str
+    page: int | None
+    score: float  # cosine similarity of the chunk to the question, in [-1, 1]
+    text: str
+
+    @classmethod
+    def of(cls, n: int, hit: SearchHit) -> Citation:
+        """Return the citation `[n]` of a search hit."""
+        return cls(n, hit.chunk_id, hit.document_id, hit.source, hit.title, hit.page, hit.score, hit.text)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Where the time of one answer went, in milliseconds from the question."""
+
+    retrieval_ms: float
+    prompt_ms: float
+    first_token_ms: float | None
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer, the chunks it cites, its token counts and timings."""
+
+    text: str
+    citations: list[Citation]
+    usage: Usage
+    timings: Timings
+    finish_reason: FinishReason
+    grounded: bool  # the answer was generated from knowledge-base chunks
+    refused: bool  # the answer is the refusal sentence
+
+
+class AnswerOptions(BaseModel):
+    """What one question asks for besides its text."""
+
+    retrieval: SearchOptions = Field(default_factory=SearchOptions, description="How chunks are found.")
+    generation: GenerationParams | None = Field(
+        None, description="Generation parameters; None uses the `llm.generation` settings."
+    )
+
+
+@dataclass
+class AnswerStream(Iterator[str]):
+    """An answer as text deltas; `sources` (the chunks it may cite) come first, `answer` at the end."""
+
+    sources: list[Citation]
+    deltas: Generator[str, None, Answer]
+    answer: Answer | None = field(default=None, init=False)
+
+    def __next__(self) -> str:
+        """Return the next text delta."""
+        try:
+            return next(self.deltas)
+        except StopIteration as stop:
+            self.answer = stop.value
+            raise
+
+    def close(self) -> None:
+        """Stop generating; no more deltas follow."""
+        self.deltas.close()
+
+    def read(self) -> Answer:
+        """Return the whole answer, consuming what is left of the stream."""
+        for _ in self:
+            pass
+        assert self.answer is not None
+        return self.answer
+
+
+class Answerer:
+    """Answers questions from a knowledge base with a chat model, or extractively without one."""
+
+    def __init__(
+        self,
+        search: SearchFunction,
+        prompt: PromptConfig,
+        generation: GenerationParams,
+        model: ChatModel | None = None,
+        reader: ExtractiveReader | None = None,
+    ) -> None:
+        if (model is None) == (reader is None):
+            raise ValueError("an Answerer needs exactly one of a chat model and an extractive reader")
+        self._search = search
+        self._config = prompt
+        self._generation = generation
+        self.model = model
+        self._reader = reader
+        self._builder = (
+            PromptBuilder(prompt, model.count_prompt_tokens, model.context_window) if model else None
+        )
+
+    def answer(
+        self, question: str, kb: str, history: Sequence[Message] = (), options: AnswerOptions | None = None
+    ) -> Answer:
+        """Return the answer to `question` from the knowledge base `kb`."""
+        return self.stream(question, kb, history, options).read()
+
+    def stream(
+        self, question: str, kb: str, history: Sequence[Message] = (), options: AnswerOptions | None = None
+    ) -> AnswerStream:
+        """Return the answer to `question` as a stream; retrieval and the prompt are done before it returns.
+
+        Raises the knowledge base's errors (unknown name, other embedding model) and the model's
+        (busy, unavailable, prompt too long) here, before any delta.
+        """
+        options = options or AnswerOptions()
+        params = options.generation or self._generation
+        clock = _Clock()
+        hits = self._search(kb, question, options.retrieval)
+        retrieval_ms = clock.lap()
+        if self._reader is not None:
+            return self._extractive(question, hits, clock, retrieval_ms)
+        assert self._builder is not None and self.model is not None
+        if hits:
+            prompt = self._builder.build(question, hits, history, params.max_new_tokens)
+        elif self._config.no_context == "answer":
+            prompt = self._builder.without_context(question, history, params.max_new_tokens)
+        else:
+            return self._refusal(question, clock, retrieval_ms)
+        prompt_ms = clock.lap()
+        text_stream = self.model.stream(prompt.messages, params)
+        sources = [Citation.of(n, hit) for n, hit in enumerate(prompt.hits, start=1)]
+        notice = "" if prompt.hits else self._config.notice(question) + "\n"
+        return AnswerStream(
+            sources, self._generated(question, prompt, text_stream, notice, clock, retrieval_ms, prompt_ms)
+        )
+
+    # --- the three ways an answer is made ---------------------------------------------------------
+
+    def _generated(
+        self,
+        question: str,
+        prompt: Prompt,
+        text_stream: Iterator[str],
+        notice: str,
+        clock: _Clock,
+        retrieval_ms: float,
+        prompt_ms: float,
+    ) -> Generator[str, None, Answer]:
+        first_token_ms = None
+        if notice:
+            yield notice
+        try:
+            for delta in text_stream:
+                if first_token_ms is None:
+                    first_token_ms = clock.total()
+                yield delta
+        finally:
+            text_stream.close()
+        generation: Generation = text_stream.generation
+        reply = generation.text.strip()
+        refused = _is_refusal(reply, self._config.refusal(question))
+        citations = [] if refused else _cited(reply, prompt.hits)
+        return Answer(
+            text=notice + reply,
+            citations=citations,
+            usage=generation.usage,
+            timings=Timings(retrieval_ms, prompt_ms, first_token_ms, clock.total()),
+            finish_reason=generation.finish_reason,
+            grounded=bool(prompt.hits),
+            refused=refused,
+        )
+
+    def _extractive(
+        self, question: str, hits: list[SearchHit], clock: _Clock, retrieval_ms: float
+    ) -> AnswerStream:
+        extract = self._reader.read(question, hits) if hits else None
+        if extract is None:
+            return self._refusal(question, clock, retrieval_ms)
+        citations = [Citation.of(n, hits[n - 1]) for n in extract.cited]
+        answer = Answer(
+            text=extract.text,
+            citations=citations,
+            usage=Usage(0, 0),
+            timings=Timings(retrieval_ms, 0.0, clock.total(), clock.total()),
+            finish_reason="stop",
+            grounded=True,
+            refused=False,
+        )
+        return AnswerStream(citations, _once(answer))
+
+    def _refusal(self, question: str, clock: _Clock, retrieval_ms: float) -> AnswerStream:
+        answer = Answer(
+            text=self._config.refusal(question),
+            citations=[],
+            usage=Usage(0, 0),
+            timings=Timings(retrieval_ms, 0.0, None, clock.total()),
+            finish_reason="stop",
+            grounded=False,
+            refused=True,
+        )
+        return AnswerStream([], _once(answer))
+
+
+def _once(answer: Answer) -> Generator[str, None, Answer]:
+    yield answer.text
+    return answer
+
+
+def _cited(reply: str, hits: Sequence[SearchHit]) -> list[Citation]:
+    """Return the citations `[n]` the reply names, in order; all chunks when it names none."""
+    numbers = [int(n) for n in _MARKER.findall(reply) if 1 <= int(n) <= len(hits)]
+    chosen = list(dict.fromkeys(numbers)) or range(1, len(hits) + 1)
+    return [Citation.of(n, hits[n - 1]) for n in chosen]
+
+
+def _is_refusal(reply: str, refusal: str) -> bool:
+    """Return whether the reply is (essentially) the refusal sentence."""
+
+    def bare(text: str) -> str:
+        return re.sub(r"[\W_]+", "", text).casefold()
+
+    return bool(bare(refusal)) and bare(refusal) in bare(reply) and len(bare(reply)) <= 2 * len(bare(refusal))
+
+
+class _Clock:
+    """Milliseconds since the question, and since the last lap."""
+
+    def __init__(self) -> None:
+        self._start = self._last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self._last = (now - self._last) * 1000, now
+        return elapsed
+
+    def total(self) -> float:
+        return (time.perf_counter() - self._start) * 1000

@@ -1,0 +1,85 @@
+"""The `llm` settings section: which backend answers, with which model, adapters and defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from llm.extractive import ExtractiveConfig
+from llm.prompt import PromptConfig
+from llm.types import BASE_MODEL, GenerationParams
+
+Backend = Literal["extractive", "transformers", "openai"]
+
+
+class OpenAIConfig(BaseModel):
+    """An OpenAI-compatible server (vLLM, another kbqa, a hosted API)."""
+
+    base_url: str = Field("http://localhost:8000/v1", description="The server's API root, ending in /v1.")
+    api_key: str = Field("EMPTY", description="Sent as `Authorization: Bearer`; vLLM accepts any value.")
+    model: str | None = Field(None, description="The model name the server serves; None uses `llm.model`.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for a reply (or the next delta).")
+    max_retries: int = Field(2, ge=0, le=10, description="Retries on connection errors and 5xx replies.")
+    context_window: int = Field(8192, gt=0, description="The served model's context window in tokens.")
+    tokenizer: str | None = Field(
+        None,
+        description="Hub id or local directory of the served model's tokenizer, for exact token counts; "
+        "None estimates them (one token per CJK character, one per 3 other characters).",
+    )
+
+
+class LLMConfig(BaseModel):
+    """How answers are generated. Env: `KBQA_LLM__BACKEND=transformers KBQA_LLM__MODEL=/models/chatglm3-6b`."""
+
+    backend: Backend = Field(
+        "extractive",
+        description="`extractive` (no LLM: the best-matching sentences of the retrieved chunks, cited), "
+        "`transformers` (a local model) or `openai` (an OpenAI-compatible server such as vLLM).",
+    )
+    model: str = Field(
+        "THUDM/chatglm3-6b", description="Hub id or local directory of the model (transformers backend)."
+    )
+    template: str = Field(
+        "auto",
+        description="Chat template: `auto`, `hf` (the tokenizer's own), `chatglm3`, `glm4`, `chatml`, "
+        "`llama3` or `default`.",
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters by name: name -> directory made by `kbqa finetune`."
+    )
+    default_adapter: str | None = Field(
+        None,
+        description=f"Adapter used when a request names none; None or `{BASE_MODEL}` for the base model.",
+    )
+    merge_adapter: str | None = Field(
+        None,
+        description="Merge this adapter into the weights at load time (faster; the others are then unavailable).",
+    )
+    device: str = Field("auto", description="`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="`auto`: bfloat16 on GPUs that support it, else float16 on CUDA, float32 on CPU."
+    )
+    device_map: str | None = Field(
+        None, description="`auto` spreads the model over every GPU (accelerate); None puts it on `device`."
+    )
+    quantization: Literal["8bit", "4bit"] | None = Field(
+        None, description="Load the weights in 8 or 4 bits with bitsandbytes (CUDA only)."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run the model's own Python code from its directory (not needed for ChatGLM3)."
+    )
+    context_window: int | None = Field(
+        None, gt=0, description="Prompt plus reply tokens; None reads it from the model's config."
+    )
+    queue_size: int = Field(
+        8, ge=0, description="Requests that may wait for a local model; one more is refused as busy."
+    )
+    generation: GenerationParams = Field(
+        default_factory=GenerationParams, description="Defaults for every request's generation parameters."
+    )
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description="The `openai` backend's server.")
+    prompt: PromptConfig = Field(default_factory=PromptConfig, description="The knowledge-base QA prompt.")
+    extractive: ExtractiveConfig = Field(
+        default_factory=ExtractiveConfig, description="How the `extractive` backend picks sentences."
+    )

@@ -1,0 +1,243 @@
+"""The `openai` backend: a chat model behind an OpenAI-compatible server, usually vLLM.
+
+vLLM serves each LoRA adapter as one more model name (`--lora-modules name=path`), so a request's
+adapter is the model name it asks for. The client retries connection errors, 429 and 5xx replies itself
+(`max_retries`, exponential backoff); what still fails becomes one of the llm package's errors.
+
+Token counts are exact when `tokenizer` names the served model's tokenizer. Without it they are a
+conservative estimate, so a prompt fitted with them does not overflow the server's context window:
+one token per CJK character (the Chinese tokenizers of ChatGLM and Qwen take fewer), one per three other
+characters (BPE vocabularies average about four for English), and a few per message for the chat
+template's role markers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from llm.config import OpenAIConfig
+from llm.errors import LLMError, ModelBusy, ModelLoadError, ModelUnavailable
+from llm.types import (
+    BASE_MODEL,
+    FinishReason,
+    Generation,
+    GenerationParams,
+    Message,
+    Role,
+    TextStream,
+    Usage,
+)
+
+# vLLM hands the messages to the served model's Jinja chat template; most templates, and the OpenAI API
+# itself, accept a `tool` message only as the answer to an assistant `tool_calls` entry named by its
+# `tool_call_id`, which our observations lack. Every template accepts them as a user turn.
+_WIRE_ROLES: dict[Role, Role] = {
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "observation": "user",
+}
+
+# CJK ideographs (extension A, the unified block, compatibility ideographs, extensions B and later),
+# kana, Hangul, and the CJK and full-width punctuation that Chinese text is written with.
+_CJK = re.compile(
+    "[\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff"
+    "\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\U00020000-\U0003134f]"
+)
+_OTHER_CHARS_PER_TOKEN = 3
+_TOKENS_PER_MESSAGE = 4  # role markers and separators around each message
+_TOKENS_PER_REPLY_PROMPT = 3  # the template's prefix and the assistant header that opens the reply
+
+
+class OpenAIChatModel:
+    """A chat model served over the OpenAI chat-completions API; adapters are extra served model names."""
+
+    def __init__(self, config: OpenAIConfig, model: str) -> None:
+        from openai import OpenAI
+
+        self.name = config.model or model
+        self.context_window = config.context_window
+        self._config = config
+        self._client = OpenAI(
+            base_url=config.base_url,
+            api_key=config.api_key,
+            timeout=config.timeout_s,
+            max_retries=config.max_retries,
+        )
+        self._tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        """Return how many tokens `text` takes inside a prompt (exact with a tokenizer, else an estimate)."""
+        tokenizer = self._load_tokenizer()
+        if tokenizer is None:
+            return estimate_tokens(text)
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    def count_prompt_tokens(self, messages: list[Message]) -> int:
+        """Return how many tokens the rendered conversation takes, generation prompt included."""
+        tokenizer = self._load_tokenizer()
+        wire = [Message(_WIRE_ROLES[m.role], m.content) for m in messages]
+        if tokenizer is None:
+            return estimate_prompt_tokens(wire)
+        from llm.templates import template_for
+
+        return len(template_for("auto", tokenizer).encode_prompt(tokenizer, wire))
+
+    def generate(self, messages: list[Message], params: GenerationParams) -> Generation:
+        """Return the server's reply to `messages`."""
+        with self._translated_errors():
+            response = self._client.chat.completions.create(**self._request(messages, params))
+        choice = response.choices[0]
+        text = choice.message.content or ""
+        return Generation(
+            text, _finish_reason(choice.finish_reason), self._usage(response.usage, messages, text)
+        )
+
+    def stream(self, messages: list[Message], params: GenerationParams) -> TextStream:
+        """Return the server's reply to `messages` as a stream of text deltas.
+
+        The request is sent before this returns, so an unreachable or failing server raises here, before
+        any delta; closing the stream drops the connection, which makes vLLM abort the generation.
+        """
+        deltas = self._deltas(messages, params)
+        next(deltas)  # runs up to the priming `yield ""`: the request is sent and its errors raised
+        return TextStream(deltas)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._client.close()
+
+    def _deltas(self, messages: list[Message], params: GenerationParams) -> Generator[str, None, Generation]:
+        with self._translated_errors():
+            chunks = self._client.chat.completions.create(
+                **self._request(messages, params), stream=True, stream_options={"include_usage": True}
+            )
+        parts: list[str] = []
+        finish_reason: str | None = None
+        usage: Any = None
+        try:
+            # The priming yield is inside the try so that closing the stream before its first delta still
+            # closes the response; a generator closed before it starts never runs its finally.
+            yield ""
+            with self._translated_errors():
+                for chunk in chunks:
+                    usage = chunk.usage or usage
+                    for choice in chunk.choices:
+                        finish_reason = choice.finish_reason or finish_reason
+                        if choice.delta.content:
+                            parts.append(choice.delta.content)
+                            yield choice.delta.content
+        finally:
+            chunks.close()
+        text = "".join(parts)
+        return Generation(text, _finish_reason(finish_reason), self._usage(usage, messages, text))
+
+    def _request(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "model": self.name if params.adapter in (None, BASE_MODEL) else params.adapter,
+            "messages": [{"role": _WIRE_ROLES[m.role], "content": m.content} for m in messages],
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if params.stop:
+            request["stop"] = params.stop
+        if params.seed is not None:
+            request["seed"] = params.seed
+        # vLLM's sampling parameters beyond the OpenAI schema; sent only when set, so that other
+        # OpenAI-compatible servers, which may reject unknown fields, still work with the defaults.
+        extra: dict[str, Any] = {}
+        if params.stop_token_ids:
+            extra["stop_token_ids"] = params.stop_token_ids
+        if params.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = params.repetition_penalty
+        if extra:
+            request["extra_body"] = extra
+        return request
+
+    def _usage(self, usage: Any, messages: list[Message], text: str) -> Usage:
+        if usage is not None:
+            return Usage(usage.prompt_tokens, usage.completion_tokens)
+        return Usage(self.count_prompt_tokens(messages), self.count_tokens(text))
+
+    def _load_tokenizer(self) -> Any:
+        if self._config.tokenizer is None:
+            return None
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer
+
+                try:
+                    self._tokenizer = AutoTokenizer.from_pretrained(self._config.tokenizer)
+                except (OSError, ValueError) as error:
+                    raise ModelLoadError(
+                        f"cannot load the tokenizer {self._config.tokenizer!r} of the served model: {error}"
+                    ) from error
+            return self._tokenizer
+
+    @contextmanager
+    def _translated_errors(self) -> Iterator[None]:
+        import openai
+
+        url = self._config.base_url
+        try:
+            yield
+        except openai.APIConnectionError as error:  # refused, DNS, reset, and timeouts (a subclass)
+            cause = (
+                f"no reply within {self._config.timeout_s:g} s"
+                if isinstance(error, openai.APITimeoutError)
+                else _root_cause(error)
+            )
+            raise ModelUnavailable(
+                f"cannot reach the model server at {url} ({cause}); is vLLM running?"
+            ) from error
+        except openai.RateLimitError as error:
+            raise ModelBusy(
+                f"the model server at {url} is busy (HTTP 429: {_server_message(error)}); try again later"
+            ) from error
+        except openai.APIStatusError as error:
+            message = f"HTTP {error.status_code}: {_server_message(error)}"
+            if error.status_code >= 500:
+                raise ModelUnavailable(
+                    f"the model server at {url} keeps failing ({message}, "
+                    f"after {self._config.max_retries} retries)"
+                ) from error
+            raise LLMError(f"the model server at {url} refused the request ({message})") from error
+        except openai.OpenAIError as error:  # an error event inside a stream, or a malformed reply
+            raise LLMError(f"the model server at {url} failed: {error}") from error
+
+
+def estimate_tokens(text: str) -> int:
+    """Return a conservative token count of `text`: one per CJK character, one per 3 other characters."""
+    cjk = len(_CJK.findall(text))
+    return cjk + math.ceil((len(text) - cjk) / _OTHER_CHARS_PER_TOKEN)
+
+
+def estimate_prompt_tokens(messages: list[Message]) -> int:
+    """Return a conservative token count of `messages` rendered by a chat template, reply prompt included."""
+    content = sum(estimate_tokens(m.content) for m in messages)
+    return content + _TOKENS_PER_MESSAGE * len(messages) + _TOKENS_PER_REPLY_PROMPT
+
+
+def _finish_reason(reason: str | None) -> FinishReason:
+    # vLLM also says "abort"; tool calls and content filters are not ours; all of them ended early.
+    return "length" if reason == "length" else "stop"
+
+
+def _server_message(error: Any) -> str:
+    body = error.body  # the client has already unwrapped an {"error": {...}} envelope
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return str(body) if body else error.message
+
+
+def _root_cause(error: BaseException) -> str:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(error) or type(error).__name__

@@ -1,0 +1,210 @@
+"""The extractive reader answers from the retrieved sentences, judged with the real bundled e5 model."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from llm.extractive import ExtractiveConfig, ExtractiveReader, split_sentences
+from retrieval import SearchHit
+
+EXPENSE = (
+    "## 报销流程\n\n"
+    "差旅费用应在出差结束后 30 天内提交报销申请，逾期不予受理。"
+    "报销单经部门经理审批后转财务部复核，复核一般需要 3 个工作日。"
+    "复核通过的报销款在每周四统一付款，通常提交后 10 个工作日内到账。"
+)
+LEAVE = (
+    "年假：员工累计工作满 1 年后享受带薪年假。累计工作满 1 年不满 5 年的，每年 10 天；"
+    "满 5 年不满 10 年的，每年 12 天；满 10 年及以上的，每年 15 天。"
+    "当年未休完的年假可顺延至次年 3 月 31 日，逾期作废，不折算现金。"
+)
+BACKUP = (
+    "### 数据备份\n\n"
+    "生产数据库每天凌晨 2 点自动全量备份，每小时做一次增量备份。备份文件保存在异地机房，保留 30 天。"
+    "如需恢复误删的数据，请在星河OA中提交“数据恢复”工单，注明时间点和数据范围。"
+)
+CLAIMS = (
+    "## Submitting a claim\n\n"
+    '1. Submit the claim in the Xinghe OA system under "Expense Claim" within 30 days of returning.\n'
+    "2. Attach a receipt for every single expense above USD 25.\n"
+    "3. Your manager approves first, then Finance reviews within 5 working days.\n"
+    "4. Approved claims are paid to your salary account in the next weekly payment run, every Thursday.\n"
+)
+MEALS = (
+    "Staff receive a per diem of USD 60 per travel day for meals and incidentals; no receipts are needed\n"
+    "for the per diem. Client dinners are claimed separately and must list every guest and their company."
+)
+
+
+def make_hits(*texts: str) -> list[SearchHit]:
+    """Return hits ranked in the order given."""
+    return [
+        SearchHit(
+            chunk_id=i,
+            score=0.9 - i / 100,
+            text=text,
+            document_id=i,
+            source=f"doc{i}.md",
+            title=f"doc{i}",
+            page=None,
+            heading_path=(),
+            start=0,
+            end=len(text),
+        )
+        for i, text in enumerate(texts)
+    ]
+
+
+def sentences_of(answer: str) -> list[tuple[str, int]]:
+    """Return (sentence, citation number) pairs of an answer."""
+    return [(text.strip(), int(n)) for text, n in re.findall(r"(.+?)\s?\[(\d+)\]", answer)]
+
+
+@pytest.fixture(scope="module")
+def reader(e5_embedder) -> ExtractiveReader:
+    """The reader with its default settings over the bundled e5 model."""
+    return ExtractiveReader(e5_embedder)
+
+
+@pytest.mark.parametrize(
+    ("question", "texts", "answer", "citation"),
+    [
+        ("报销需要多久到账？", (LEAVE, EXPENSE, BACKUP), "通常提交后 10 个工作日内到账", 2),
+        ("出差回来多久内要报销？", (EXPENSE, LEAVE, BACKUP), "出差结束后 30 天内提交报销申请", 1),
+        ("年假没休完怎么办？", (BACKUP, EXPENSE, LEAVE), "可顺延至次年 3 月 31 日", 3),
+        ("数据库多久备份一次？", (BACKUP, LEAVE, EXPENSE), "每天凌晨 2 点自动全量备份", 1),
+        ("误删的数据怎么恢复？", (LEAVE, BACKUP), "提交“数据恢复”工单", 2),
+    ],
+)
+def test_the_answer_leads_with_the_sentence_that_answers(reader, question, texts, answer, citation) -> None:
+    extract = reader.read(question, make_hits(*texts))
+    assert extract is not None
+    (first, cited), *rest = sentences_of(extract.text)
+    assert answer in first and cited == citation
+    assert extract.cited[0] == citation and sorted(set(extract.cited)) == sorted(extract.cited)
+    assert len(rest) < reader.config.max_sentences
+    # Chinese sentences keep their punctuation, and the marker follows it directly.
+    assert re.search(r"。\[\d+\]", extract.text) and "##" not in extract.text
+
+
+def test_an_english_question_gets_an_english_answer(reader) -> None:
+    extract = reader.read("When are approved claims paid?", make_hits(MEALS, CLAIMS))
+    assert extract is not None
+    assert extract.text.startswith(
+        "Approved claims are paid to your salary account in the next weekly payment run, every Thursday. [2]"
+    )
+    # A wrapped line is one sentence; list marks are gone.
+    extract = reader.read("Do I need receipts for meals?", make_hits(MEALS, CLAIMS))
+    assert extract is not None and extract.cited[0] == 1
+    assert extract.text.startswith(
+        "Staff receive a per diem of USD 60 per travel day for meals and incidentals;"
+    )
+
+
+def test_nothing_to_answer_with_gives_none(reader) -> None:
+    assert reader.read("报销需要多久到账？", []) is None
+    assert reader.read("报销需要多久到账？", make_hits("## 报销流程\n\n---\n", "……")) is None
+    assert reader.read("   ", make_hits(EXPENSE)) is None
+    strict = ExtractiveReader(reader.embedder, ExtractiveConfig(min_score=1.5))
+    assert strict.read("报销需要多久到账？", make_hits(EXPENSE)) is None
+
+
+def test_a_chunk_that_is_one_huge_sentence_still_gives_a_short_answer(reader) -> None:
+    filler = "公司的各项制度由相关部门负责解释并根据实际情况不定期更新" * 40
+    huge = filler + "，复核通过的报销款通常在提交后十个工作日内到账，" + filler + "。"
+    extract = reader.read("报销需要多久到账？", make_hits(huge, LEAVE))
+    assert extract is not None
+    pieces = sentences_of(extract.text)
+    assert "十个工作日内到账" in pieces[0][0] and pieces[0][1] == 1
+    limit = reader.config.max_sentence_chars + 1  # a cut piece ends with "…"
+    assert all(len(text) <= limit for text, _ in pieces) and len(pieces) <= reader.config.max_sentences
+
+
+def test_no_sentence_appears_twice(e5_embedder) -> None:
+    generous = ExtractiveReader(e5_embedder, ExtractiveConfig(max_sentences=6, min_relative_score=0.0))
+    copy = EXPENSE.replace("## 报销流程\n\n", "")
+    extract = generous.read("报销需要多久到账？", make_hits(EXPENSE, LEAVE, copy + "\n" + copy))
+    assert extract is not None
+    texts = [text for text, _ in sentences_of(extract.text)]
+    assert len(texts) >= 4 and len(set(texts)) == len(texts)
+    # A sentence found in several chunks is cited from the best-ranked one: hit 3 only repeats hit 1.
+    assert 3 not in extract.cited
+    # After the best sentence, the others read in source order: hit rank, then position in the chunk.
+    rest = sentences_of(extract.text)[1:]
+    order = [(n, EXPENSE.find(text) if n == 1 else LEAVE.find(text)) for text, n in rest]
+    assert order == sorted(order)
+
+
+def test_the_sentence_count_follows_the_settings(e5_embedder) -> None:
+    hits = make_hits(EXPENSE, LEAVE, BACKUP)
+    one = ExtractiveReader(e5_embedder, ExtractiveConfig(max_sentences=1)).read("报销需要多久到账？", hits)
+    assert one is not None and len(sentences_of(one.text)) == 1 and one.cited == [1]
+    three = ExtractiveReader(e5_embedder, ExtractiveConfig(min_relative_score=0.0)).read(
+        "报销需要多久到账？", hits
+    )
+    assert three is not None and len(sentences_of(three.text)) == 3
+
+
+def test_lexical_overlap_breaks_the_near_ties_of_embeddings(e5_embedder) -> None:
+    # e5 scores "复核一般需要 3 个工作日" a hair above the sentence about the money arriving (到账);
+    # the share of the question's bigrams (报销, 到账) each sentence holds decides between them.
+    hits = make_hits(EXPENSE)
+    embeddings_only = ExtractiveReader(e5_embedder, ExtractiveConfig(lexical_weight=0.0, max_sentences=1))
+    assert "到账" not in embeddings_only.read("报销需要多久到账？", hits).text
+    assert (
+        "到账"
+        in ExtractiveReader(e5_embedder, ExtractiveConfig(max_sentences=1))
+        .read("报销需要多久到账？", hits)
+        .text
+    )
+
+
+def test_all_sentences_are_embedded_in_one_batch(e5_embedder) -> None:
+    class CountingEmbedder:
+        """The real embedder, counting its batches."""
+
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        def embed_documents(self, texts: list[str]):
+            self.batches.append(len(texts))
+            return e5_embedder.embed_documents(texts)
+
+        def embed_query(self, text: str):
+            return e5_embedder.embed_query(text)
+
+    counting = CountingEmbedder()
+    ExtractiveReader(counting).read("报销需要多久到账？", make_hits(EXPENSE, LEAVE, BACKUP))
+    assert counting.batches == [len(split_sentences(EXPENSE + "\n" + LEAVE + "\n" + BACKUP))]
+
+
+def test_sentences_are_split_for_reading() -> None:
+    assert split_sentences(BACKUP) == [
+        "生产数据库每天凌晨 2 点自动全量备份，每小时做一次增量备份。",
+        "备份文件保存在异地机房，保留 30 天。",
+        "如需恢复误删的数据，请在星河OA中提交“数据恢复”工单，注明时间点和数据范围。",
+    ]
+    assert split_sentences("他说：“好的。”然后走了！真的？\n第二行没有句号") == [
+        "他说：“好的。”",
+        "然后走了！",
+        "真的？",
+        "第二行没有句号",
+    ]
+    english = "Economy is the default, e.g. the cheapest fare. It costs 3.5 dollars! Really?  Yes."
+    assert split_sentences(english) == [
+        "Economy is the default, e.g. the cheapest fare.",
+        "It costs 3.5 dollars!",
+        "Really?",
+        "Yes.",
+    ]
+    table = "| 系统 | 地址 |\n| --- | --- |\n| 星河OA | https://oa.xinghe.example |\n\n- **注意**：请用域账号登录。"
+    assert split_sentences(table) == [
+        "系统：星河OA，地址：https://oa.xinghe.example",
+        "注意：请用域账号登录。",
+    ]
+    assert split_sentences("甲" * 50 + "，" + "乙" * 50 + "。", max_chars=60) == [
+        "甲" * 50 + "…",
+        "乙" * 50 + "。",
+    ]
