@@ -20,7 +20,9 @@ built into a temp dir with the tests' tiny ChatML tokenizer: `--size tiny` (defa
 for CPU) or `--size chatglm3-6b` (GlmForCausalLM in ChatGLM3-6B's shape, initialised on the device and
 saved in bfloat16: about 12.5 GB under $TMPDIR, for a GPU box). A random model's output layer is
 confined to whole-CJK-character tokens, so both sides always generate exactly N tokens and every token
-reaches the stream at once; weights' values do not change the speed. Run from the repository root:
+reaches the stream at once; weights' values do not change the speed. On a small, busy CPU the tiny
+model's figures (per-call overhead mostly) swing with the other load; OMP_NUM_THREADS=1 steadies them.
+Run from the repository root:
 
     .venv/bin/python bench/generate.py --max-new-tokens 64 --repeats 5
     .venv/bin/python bench/generate.py --size chatglm3-6b --device cuda --prompt-tokens 1024 --max-new-tokens 256
@@ -30,6 +32,7 @@ reaches the stream at once; weights' values do not change the speed. Run from th
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -314,7 +317,8 @@ def describe(chat: TransformersChatModel, source: str, kept: int | None) -> str:
     if device.startswith("cuda"):
         device += f" ({torch.cuda.get_device_name(chat.model.device)})"
     else:
-        device += f" ({torch.get_num_threads()} torch threads)"
+        load = " ".join(f"{n:.2f}" for n in os.getloadavg())
+        device += f" (torch threads: {torch.get_num_threads()}, load average 1/5/15 min: {load})"
     output = f"random weights, output confined to {kept} CJK-character tokens" if kept else "weights as saved"
     return (
         f"model: {source}, {type(chat.model).__name__}, {parameters / 1e6:,.1f}M parameters, {output}\n"
