@@ -350,6 +350,39 @@ def ask(
     errors.print(f"[dim]{usage}{answer.timings.total_ms:.0f} ms[/]", highlight=False)
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Address (default: server.host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default: server.port).")] = None,
+    sample_kb: Annotated[
+        str | None,
+        typer.Option(
+            "--sample-kb", help="Build this knowledge base from server.sample_docs if it is missing."
+        ),
+    ] = None,
+) -> None:
+    """Run the web service: REST API, OpenAI-compatible API and the web page."""
+    import uvicorn
+
+    from app.logs import configure_logging
+    from app.server import create_app
+    from app.settings import SettingsError, load_settings
+
+    configure_logging("INFO" if _Context.log_level == "WARNING" else _Context.log_level)
+    overrides = {"server": {"host": host, "port": port, "sample_kb": sample_kb}}
+    try:
+        settings = load_settings(_Context.config, data_dir=_Context.data_dir)
+        server = settings.server.model_copy(
+            update={k: v for k, v in overrides["server"].items() if v is not None}
+        )
+        settings = settings.model_copy(update={"server": server})
+    except SettingsError as error:
+        fail(str(error), code=2)
+    url = f"http://{'127.0.0.1' if server.host in ('0.0.0.0', '::') else server.host}:{server.port}"
+    errors.print(f"kbqa: web page {url}/ · API docs {url}/docs · data in {settings.data_dir.resolve()}")
+    uvicorn.run(create_app(settings), host=server.host, port=server.port, log_config=None, access_log=False)
+
+
 @eval_app.command("retrieval")
 def eval_retrieval(
     kb: KbOption,

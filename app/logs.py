@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
+
+# The id of the HTTP request being handled (set by the server), added to every record logged meanwhile.
+request_id: ContextVar[str | None] = ContextVar("kbqa_request_id", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -28,6 +32,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to records made while a request is handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Return True, having set the record's request id when there is one."""
+        if (current := request_id.get()) is not None and not hasattr(record, "request_id"):
+            record.request_id = current
+        return True
+
+
 def configure_logging(level: str = "WARNING") -> None:
     """Send log records to stderr, as JSON lines unless stderr is a terminal; return nothing."""
     handler = logging.StreamHandler(sys.stderr)
@@ -35,6 +49,7 @@ def configure_logging(level: str = "WARNING") -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from functools import cached_property
 from pathlib import Path
 
 from app.settings import Settings
-from ingestion import IngestionPipeline, IngestionReport, collect_files
+from ingestion import IngestionPipeline, IngestionReport, SourceFile, collect_files
 from ingestion.pipeline import Progress
 from llm import (
     Answerer,
@@ -19,6 +20,7 @@ from llm import (
     load_chat_model,
 )
 from retrieval import (
+    DocumentRecord,
     Embedder,
     EmbeddingIdentity,
     KnowledgeBase,
@@ -62,6 +64,31 @@ class KnowledgeService:
         """Return a summary of the named knowledge base."""
         return self.catalog.info(name)
 
+    def delete(self, name: str) -> None:
+        """Delete the named knowledge base, its documents and their originals."""
+        self.catalog.delete(name)
+
+    def documents(self, name: str) -> list[DocumentRecord]:
+        """Return the documents of the named knowledge base, oldest first."""
+        with closing(self.catalog.open(name)) as kb:
+            return kb.documents()
+
+    def document(self, name: str, document_id: int) -> DocumentRecord:
+        """Return one document of the named knowledge base (DocumentNotFound if it has no such id)."""
+        with closing(self.catalog.open(name)) as kb:
+            return kb.document(document_id)
+
+    def delete_document(self, name: str, document_id: int) -> None:
+        """Delete one document, its chunks and its original file."""
+        with closing(self.open(name)) as kb, kb.writing():
+            source = kb.document(document_id).source
+            kb.delete_documents([document_id])
+        self.original_path(name, source).unlink(missing_ok=True)
+
+    def original_path(self, name: str, source: str) -> Path:
+        """Return where the original file of a document uploaded over HTTP is kept."""
+        return self.catalog.path(name) / "originals" / source
+
     def ingest(
         self,
         name: str,
@@ -77,14 +104,27 @@ class KnowledgeService:
             check_metadata(metadata)  # before a missing knowledge base is created for nothing
         files, outcomes = collect_files(paths)
         kb = self.open(name) if self.catalog.exists(name) else self.create(name)
+        kb.close()
+        report = self.ingest_files(name, files, progress, metadata)
+        report.outcomes[:0] = outcomes
+        return report
+
+    def ingest_files(
+        self,
+        name: str,
+        files: Sequence[SourceFile],
+        progress: Progress | None = None,
+        metadata: Mapping[str, str] | None = None,
+        force: bool = False,
+    ) -> IngestionReport:
+        """Ingest `files` (each with its source name) into the existing knowledge base `name`."""
+        kb = self.open(name)
         try:
             with kb.writing():
                 pipeline = IngestionPipeline(kb, self.embedder, self.settings.ingestion)
-                report = pipeline.run(files, progress, metadata)
+                return pipeline.run(files, progress, metadata, force)
         finally:
             kb.close()
-        report.outcomes[:0] = outcomes
-        return report
 
     @cached_property
     def answerer(self) -> Answerer:

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from ingestion.loaders import SUPPORTED_SUFFIXES
 from ingestion.pipeline import IngestionConfig
 from ingestion.splitter import SplitterConfig
 from llm.config import LLMConfig
@@ -32,6 +33,33 @@ _config_file: ContextVar[Path | None] = ContextVar("kbqa_config_file", default=N
 
 class SettingsError(Exception):
     """Settings that cannot be used; the message names each bad setting."""
+
+
+class ServerConfig(BaseModel):
+    """The HTTP service (`kbqa serve`)."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on; 0.0.0.0 for every interface.")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    max_upload_mb: float = Field(100.0, gt=0, description="Largest file one upload may carry, in MiB (413).")
+    max_upload_files: int = Field(100, ge=1, description="Most files in one upload request.")
+    allowed_types: list[str] = Field(
+        default_factory=lambda: list(SUPPORTED_SUFFIXES),
+        description="File suffixes an upload may have (415 otherwise); by default every type kbqa reads.",
+    )
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Bearer keys; when set, every write (POST, DELETE) needs one. "
+        'Env: KBQA_SERVER__API_KEYS=\'["key1","key2"]\'.',
+    )
+    protect_reads: bool = Field(False, description="With api_keys, require a key for reads too.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the API (CORS); none by default."
+    )
+    job_queue_size: int = Field(64, ge=1, description="Ingestion jobs that may wait; more are refused (429).")
+    sample_kb: str | None = Field(
+        None, description="Build this knowledge base from `sample_docs` at start-up when it does not exist."
+    )
+    sample_docs: Path = Field(Path("examples/docs"), description="Documents of the sample knowledge base.")
 
 
 class Settings(BaseSettings):
@@ -57,6 +85,7 @@ class Settings(BaseSettings):
         default_factory=LLMConfig,
         description="How answers are generated: extractive (default, no model), transformers or openai.",
     )
+    server: ServerConfig = Field(default_factory=ServerConfig, description="The HTTP service.")
 
     @classmethod
     def settings_customise_sources(

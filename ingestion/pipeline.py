@@ -156,11 +156,13 @@ class IngestionPipeline:
         files: Sequence[SourceFile],
         progress: Progress | None = None,
         metadata: Mapping[str, str] | None = None,
+        force: bool = False,
     ) -> IngestionReport:
         """Ingest `files` into the knowledge base; return what happened to each. The caller holds `kb.writing()`.
 
         `metadata`, when given, becomes the metadata of every file of the run, unchanged ones included
         (set in place, without embedding them again). Without it, a replaced document keeps the metadata it had.
+        `force` loads, splits and embeds files again even when their content is already stored (re-index).
         """
         metadata = None if metadata is None else check_metadata(metadata)
         started = time.perf_counter()
@@ -177,7 +179,7 @@ class IngestionPipeline:
 
         for file in files:
             try:
-                item = self._prepare(file, pending_hashes, metadata)
+                item = self._prepare(file, pending_hashes, metadata, force)
             except LoaderError as error:
                 record(FileOutcome(file.source, "failed", reason=str(error)))
                 continue
@@ -194,7 +196,7 @@ class IngestionPipeline:
         return report
 
     def _prepare(
-        self, file: SourceFile, pending_hashes: set[str], metadata: dict[str, str] | None
+        self, file: SourceFile, pending_hashes: set[str], metadata: dict[str, str] | None, force: bool
     ) -> _Pending | FileOutcome:
         try:
             data = file.path.read_bytes()
@@ -202,7 +204,7 @@ class IngestionPipeline:
             raise LoaderError(f"cannot read the file: {error.strerror}") from error
         content_hash = hashlib.sha256(data).hexdigest()
         stored = self.kb.document_by_source(file.source)
-        if content_hash in pending_hashes or self.kb.has_content_hash(content_hash):
+        if not force and (content_hash in pending_hashes or self.kb.has_content_hash(content_hash)):
             unchanged = stored is not None and stored.content_hash == content_hash
             if unchanged and metadata is not None and stored.metadata != metadata:
                 self.kb.set_metadata(stored.id, metadata)

@@ -208,6 +208,11 @@ class KnowledgeBase:
         with self._state_lock:
             return self.store.documents()
 
+    def document(self, document_id: int) -> DocumentRecord:
+        """Return the document with this id, or raise DocumentNotFound."""
+        with self._state_lock:
+            return self.store.document(document_id)
+
     def document_by_source(self, source: str) -> DocumentRecord | None:
         """Return the document stored under `source`, or None."""
         with self._state_lock:

@@ -1,0 +1,292 @@
+"""Ingestion jobs: uploads indexed by a background worker, their progress kept in SQLite.
+
+An upload returns at once with a job; one worker thread runs the jobs in order, so two uploads into a
+knowledge base are never interleaved (the knowledge base's own write lock would refuse that anyway),
+and search and chat stay responsive on the request threads meanwhile. Jobs live in
+`<data_dir>/jobs.sqlite`: a job that was queued or running when the server stopped is queued again at
+the next start — ingestion skips what is already stored, so finishing it twice is harmless — and is
+never lost silently. Uploaded files wait in `<data_dir>/uploads/<job>/`; once indexed they are kept as
+the documents' originals (`KnowledgeService.original_path`) and a failed file is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import shutil
+import sqlite3
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from app.services import KnowledgeService
+from ingestion import SourceFile
+from ingestion.pipeline import FileOutcome
+
+log = logging.getLogger(__name__)
+
+JobKind = Literal["ingest", "reindex"]
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kb TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    inputs TEXT NOT NULL,            -- JSON [{source, path}]
+    metadata TEXT,                   -- JSON object, or NULL to keep the documents' own
+    force INTEGER NOT NULL,
+    files_done INTEGER NOT NULL DEFAULT 0,
+    chunks_done INTEGER NOT NULL DEFAULT 0,
+    files TEXT NOT NULL DEFAULT '[]', -- JSON [{source, status, chunks, reason}]
+    error TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_kb ON jobs(kb, seq);
+"""
+
+
+class JobNotFound(LookupError):
+    """No job has this id."""
+
+
+class JobQueueFull(RuntimeError):
+    """Too many jobs are waiting; try again later."""
+
+
+@dataclass
+class Job:
+    """An ingestion job and how far it got."""
+
+    id: str
+    kb: str
+    kind: JobKind
+    status: JobStatus
+    files_total: int
+    files_done: int
+    chunks_done: int
+    files: list[dict] = field(default_factory=list)
+    error: str | None = None
+    created_at: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class IngestionJobs:
+    """The job table and the worker that runs it."""
+
+    def __init__(self, service: KnowledgeService, queue_size: int) -> None:
+        self.service = service
+        self.queue_size = queue_size
+        data_dir = service.settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.uploads = data_dir / "uploads"
+        self._db = sqlite3.connect(data_dir / "jobs.sqlite", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Queue again the jobs a previous run left unfinished, and start the worker."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"
+            ).fetchall()
+            self._db.execute("UPDATE jobs SET status = 'queued' WHERE status = 'running'")
+        for (job_id,) in rows:
+            log.info("job resumed after a restart", extra={"job": job_id})
+            self._queue.put(job_id)
+        self._worker = threading.Thread(target=self._work, name="kbqa-ingestion", daemon=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        """Let the running job finish, then stop the worker (queued jobs wait for the next start)."""
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+        self._db.close()
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def staging_dir(self) -> tuple[str, Path]:
+        """Return a new job id and the empty folder its uploaded files go to."""
+        job_id = uuid.uuid4().hex
+        folder = self.uploads / job_id
+        folder.mkdir(parents=True)
+        return job_id, folder
+
+    def submit(
+        self,
+        kb: str,
+        files: Sequence[SourceFile],
+        kind: JobKind = "ingest",
+        metadata: Mapping[str, str] | None = None,
+        force: bool = False,
+        job_id: str | None = None,
+    ) -> Job:
+        """Queue a job that ingests `files` into `kb`; return it. JobQueueFull when too many wait."""
+        if self.depth() >= self.queue_size:
+            raise JobQueueFull(f"{self.queue_size} ingestion jobs are already waiting; try again later")
+        job_id = job_id or uuid.uuid4().hex
+        inputs = [{"source": f.source, "path": str(f.path)} for f in files]
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (id, kb, kind, status, inputs, metadata, force, created_at, seq) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs))",
+                (
+                    job_id,
+                    kb,
+                    kind,
+                    json.dumps(inputs, ensure_ascii=False),
+                    None if metadata is None else json.dumps(dict(metadata), ensure_ascii=False),
+                    int(force),
+                    _now(),
+                ),
+            )
+        self._queue.put(job_id)
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        """Return the job with this id; JobNotFound if there is none."""
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"job '{job_id}' does not exist")
+        return _job(row)
+
+    def list(self, kb: str | None = None, limit: int = 100) -> list[Job]:
+        """Return the newest jobs, of one knowledge base or all."""
+        where, args = ("WHERE kb = ?", (kb,)) if kb else ("", ())
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit)
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    def depth(self) -> int:
+        """Return how many jobs wait to run."""
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+
+    def totals(self) -> tuple[dict[str, int], int]:
+        """Return files handled by finished jobs per outcome, and the chunks they wrote."""
+        with self._lock:
+            files = self._db.execute(
+                "SELECT json_extract(f.value, '$.status'), COUNT(*) FROM jobs, json_each(jobs.files) AS f "
+                "GROUP BY 1"
+            ).fetchall()
+            chunks = self._db.execute("SELECT COALESCE(SUM(chunks_done), 0) FROM jobs").fetchone()[0]
+        return dict(files), chunks
+
+    # --- the worker --------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (job_id := self._queue.get()) is not None:
+            try:
+                self._run(job_id)
+            except Exception:  # a bug in one job must not stop the worker
+                log.exception("ingestion job crashed", extra={"job": job_id})
+                self._update(job_id, status="failed", error="internal error", finished_at=_now())
+
+    def _run(self, job_id: str) -> None:
+        with self._lock:
+            kb, inputs, metadata, force = self._db.execute(
+                "SELECT kb, inputs, metadata, force FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        files = [SourceFile(Path(i["path"]), i["source"]) for i in json.loads(inputs)]
+        self._update(job_id, status="running", started_at=_now(), files_done=0, chunks_done=0, files="[]")
+        progress = _JobProgress(self, job_id)
+        try:
+            report = self.service.ingest_files(
+                kb, files, progress, None if metadata is None else json.loads(metadata), bool(force)
+            )
+        except Exception as error:  # the knowledge base was deleted, is locked, a disk is full …
+            self._update(job_id, status="failed", error=str(error), finished_at=_now())
+            self._discard_staged(job_id)
+            return
+        self._keep_originals(kb, files, report.outcomes)
+        self._discard_staged(job_id)
+        failures = report.failures
+        error = None
+        if failures:
+            reasons = "; ".join(f"{f.source}: {f.reason}" for f in failures[:5])
+            error = f"{len(failures)} of {len(files)} files failed: {reasons}"
+        self._update(
+            job_id,
+            status="failed" if failures else "succeeded",
+            error=error,
+            finished_at=_now(),
+            files=json.dumps([asdict(o) for o in report.outcomes], ensure_ascii=False),
+        )
+
+    def _keep_originals(self, kb: str, files: Sequence[SourceFile], outcomes: Sequence[FileOutcome]) -> None:
+        """Move each stored file to where its document's original is kept."""
+        stored = {o.source for o in outcomes if o.status in ("added", "replaced", "updated")}
+        for file in files:
+            target = self.service.original_path(kb, file.source)
+            if file.source in stored and file.path != target:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(file.path, target)
+
+    def _discard_staged(self, job_id: str) -> None:
+        shutil.rmtree(self.uploads / job_id, ignore_errors=True)
+
+    def _update(self, job_id: str, **values: object) -> None:
+        assignments = ", ".join(f"{name} = ?" for name in values)
+        with self._lock:
+            self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
+
+
+class _JobProgress:
+    """Writes a running ingestion's progress into its job row."""
+
+    def __init__(self, jobs: IngestionJobs, job_id: str) -> None:
+        self.jobs, self.job_id = jobs, job_id
+        self.outcomes: list[dict] = []
+        self.chunks = 0
+
+    def start(self, total_files: int) -> None:
+        """Nothing to note: the job knows its files."""
+
+    def file_done(self, outcome: FileOutcome) -> None:
+        """Record one finished file."""
+        self.outcomes.append(asdict(outcome))
+        self.jobs._update(
+            self.job_id, files_done=len(self.outcomes), files=json.dumps(self.outcomes, ensure_ascii=False)
+        )
+
+    def chunks_written(self, count: int) -> None:
+        """Record chunks stored."""
+        self.chunks += count
+        self.jobs._update(self.job_id, chunks_done=self.chunks)
+
+
+_COLUMNS = (
+    "id, kb, kind, status, json_array_length(inputs), files_done, chunks_done, files, error, "
+    "created_at, started_at, finished_at"
+)
+
+
+def _job(row: tuple) -> Job:
+    (job_id, kb, kind, status, total, done, chunks, files, error, created, started, finished) = row
+    return Job(
+        job_id, kb, kind, status, total, done, chunks, json.loads(files), error, created, started, finished
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,144 @@
+"""The FastAPI application: `create_app(settings)` builds it; `kbqa serve` runs it under uvicorn.
+
+Models load once, in the lifespan, before the server accepts requests; the ingestion worker starts
+there too and stops (after its running job) on shutdown. Routers stay thin over `KnowledgeService` and
+`IngestionJobs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.jobs import IngestionJobs
+from app.logs import request_id
+from app.server import errors
+from app.server.metrics import Metrics
+from app.server.routers import chat, documents, health, jobs, knowledge_bases, openai_compat, search
+from app.services import KnowledgeService
+from app.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Return the kbqa web application over `settings` (by default: config file, environment)."""
+    settings = settings or load_settings()
+    service = KnowledgeService(settings)
+    ingestion = IngestionJobs(service, settings.server.job_queue_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await run_in_threadpool(_load_models, service)
+        except Exception as error:  # /readyz says why; /healthz still answers
+            log.exception("loading the models failed")
+            app.state.load_error = str(error)
+        ingestion.start()
+        app.state.ready.set()
+        yield
+        await run_in_threadpool(ingestion.stop)
+
+    app = FastAPI(
+        title="kbqa",
+        version="0.1.0",
+        summary="Local knowledge-base question answering with citations.",
+        description="Scores are cosine similarities in [-1, 1], higher is better. Errors are "
+        '`{"error": {"code", "message", "request_id"}}`.',
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.jobs = ingestion
+    app.state.metrics = Metrics(ingestion)
+    app.state.ready = threading.Event()
+    app.state.load_error = None
+    errors.install(app)
+    for module in (health, knowledge_bases, documents, jobs, search, chat, openai_compat):
+        app.include_router(module.router)
+    if settings.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestContext, metrics=app.state.metrics)
+    _web_page(app)
+    return app
+
+
+def _load_models(service: KnowledgeService) -> None:
+    """Load the embedding model and the answerer (and its chat model); build the sample knowledge base."""
+    started = time.perf_counter()
+    _ = service.embedder
+    _ = service.answerer
+    server = service.settings.server
+    if server.sample_kb and not service.catalog.exists(server.sample_kb) and server.sample_docs.is_dir():
+        report = service.ingest(server.sample_kb, [server.sample_docs])
+        log.info("built the sample knowledge base", extra={"kb": server.sample_kb, "chunks": report.chunks})
+    log.info("models loaded", extra={"seconds": round(time.perf_counter() - started, 1)})
+
+
+def _web_page(app: FastAPI) -> None:
+    """Serve the single web page at / and its files under /static, when they are there."""
+    index = WEB_DIR / "index.html"
+    if not index.is_file():
+        return
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(index)
+
+
+class RequestContext:
+    """Gives each request an id (X-Request-ID, taken from the client when it sends one) and records its
+    count and latency per route; pure ASGI, so streamed responses pass through untouched."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one request."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if 0 < len(given) <= 64 and given.isprintable() else uuid.uuid4().hex
+        token = request_id.set(rid)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(route, method, str(status)).inc()
+            self.metrics.latency.labels(route, method).observe(time.perf_counter() - started)
+            request_id.reset(token)

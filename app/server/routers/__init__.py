@@ -1,0 +1,1 @@
+"""The API's routers: thin layers over the services."""

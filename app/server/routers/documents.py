@@ -1,0 +1,150 @@
+"""Documents: upload (indexed by a background job), list, get, download the original, delete, re-index."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi.responses import FileResponse
+
+from app.jobs import IngestionJobs, Job
+from app.server.dependencies import jobs, knowledge, require_key
+from app.server.errors import ApiError
+from app.server.schemas import DocumentOut, JobAccepted, JobOut, ListOf
+from app.services import KnowledgeService
+from ingestion import SourceFile
+from retrieval import check_metadata
+
+router = APIRouter(prefix="/v1/kbs/{kb}/documents", tags=["documents"], dependencies=[Depends(require_key)])
+
+_CHUNK = 1 << 20
+
+
+def job_out(job: Job) -> JobOut:
+    """Return the API view of a job."""
+    return JobOut.model_validate(asdict(job))
+
+
+@router.post("", status_code=202, summary="Upload documents", response_model=JobAccepted)
+def upload(
+    kb: str,
+    request: Request,
+    files: list[UploadFile] = File(..., description="One or many files."),
+    metadata: str | None = Form(None, description='Metadata for every file, a JSON object: {"team": "hr"}.'),
+    service: KnowledgeService = Depends(knowledge),
+    ingestion: IngestionJobs = Depends(jobs),
+) -> JobAccepted:
+    """Store the files and return at once with the job that indexes them (poll `/v1/jobs/{id}`)."""
+    server = request.app.state.settings.server
+    service.info(kb)  # 404 before anything is stored
+    tags = _metadata(metadata)
+    if len(files) > server.max_upload_files:
+        raise ApiError(413, "too_many_files", f"at most {server.max_upload_files} files per upload")
+    names = [_file_name(f.filename, server.allowed_types) for f in files]
+    if len(set(names)) != len(names):
+        raise ApiError(400, "duplicate_file_names", "two files of this upload have the same name")
+    job_id, folder = ingestion.staging_dir()
+    try:
+        staged = [
+            _store(upload, folder / name, server.max_upload_mb)
+            for upload, name in zip(files, names, strict=True)
+        ]
+        job = ingestion.submit(
+            kb, [SourceFile(path, path.name) for path in staged], metadata=tags, job_id=job_id
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return JobAccepted(job=job_out(job))
+
+
+@router.get("", summary="List documents")
+def list_documents(kb: str, service: KnowledgeService = Depends(knowledge)) -> ListOf:
+    """Return the knowledge base's documents, oldest first."""
+    return ListOf(data=[DocumentOut.model_validate(asdict(d)) for d in service.documents(kb)])
+
+
+@router.get("/{document_id}", summary="Get a document")
+def get_document(kb: str, document_id: int, service: KnowledgeService = Depends(knowledge)) -> DocumentOut:
+    """Return one document."""
+    return DocumentOut.model_validate(asdict(service.document(kb, document_id)))
+
+
+@router.get("/{document_id}/file", summary="Download the original file", response_class=FileResponse)
+def download(kb: str, document_id: int, service: KnowledgeService = Depends(knowledge)) -> FileResponse:
+    """Return the file as it was uploaded (404 for documents indexed from the command line)."""
+    source = service.document(kb, document_id).source
+    path = service.original_path(kb, source)
+    if not path.is_file():
+        raise ApiError(
+            404, "original_not_found", f"the original of '{source}' is not kept (indexed from a path)"
+        )
+    return FileResponse(path, filename=PurePosixPath(source).name)
+
+
+@router.delete("/{document_id}", status_code=204, summary="Delete a document")
+def delete_document(kb: str, document_id: int, service: KnowledgeService = Depends(knowledge)) -> Response:
+    """Delete the document, its chunks and its original."""
+    service.delete_document(kb, document_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{document_id}/reindex", status_code=202, summary="Re-index a document", response_model=JobAccepted
+)
+def reindex(
+    kb: str,
+    document_id: int,
+    service: KnowledgeService = Depends(knowledge),
+    ingestion: IngestionJobs = Depends(jobs),
+) -> JobAccepted:
+    """Load, split and embed the document's original again (after a splitter or loader change)."""
+    source = service.document(kb, document_id).source
+    path = service.original_path(kb, source)
+    if not path.is_file():
+        raise ApiError(409, "original_not_found", f"the original of '{source}' is not kept; upload it again")
+    job = ingestion.submit(kb, [SourceFile(path, source)], kind="reindex", force=True)
+    return JobAccepted(job=job_out(job))
+
+
+def _file_name(raw: str | None, allowed: list[str]) -> str:
+    """Return the upload's file name without any folder part; 400 for none, 415 for a type not allowed."""
+    name = PureWindowsPath(PurePosixPath(raw or "").name).name.strip()
+    if not name or name.startswith(".") or name in ("..",):
+        raise ApiError(400, "invalid_file_name", f"not a usable file name: {raw!r}")
+    suffix = Path(name).suffix.lower()
+    if suffix not in allowed:
+        raise ApiError(
+            415,
+            "unsupported_type",
+            f"'{name}': type '{suffix or name}' is not allowed; allowed: {', '.join(allowed)}",
+        )
+    return name
+
+
+def _store(upload: UploadFile, path: Path, max_mb: float) -> Path:
+    """Copy an upload to `path`; 413 as soon as it passes the limit, 400 when it is empty."""
+    limit, size = int(max_mb * 1024 * 1024), 0
+    with path.open("wb") as out:
+        while chunk := upload.file.read(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "file_too_large", f"'{path.name}' is larger than {max_mb:g} MiB")
+            out.write(chunk)
+    if size == 0:
+        raise ApiError(400, "empty_file", f"'{path.name}' is empty")
+    return path
+
+
+def _metadata(raw: str | None) -> dict[str, str] | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return check_metadata(json.loads(raw))
+    except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as error:
+        raise ApiError(
+            400, "invalid_metadata", f"metadata must be a JSON object of strings: {error}"
+        ) from error

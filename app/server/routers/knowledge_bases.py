@@ -1,0 +1,53 @@
+"""Knowledge bases: create, list, get, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+
+from app.server.dependencies import knowledge, require_key
+from app.server.schemas import CreateKnowledgeBase, KnowledgeBaseOut, ListOf
+from app.services import KnowledgeService
+from retrieval import KnowledgeBaseInfo
+
+router = APIRouter(prefix="/v1/kbs", tags=["knowledge bases"], dependencies=[Depends(require_key)])
+
+
+def knowledge_base_out(info: KnowledgeBaseInfo) -> KnowledgeBaseOut:
+    """Return the API view of a knowledge base."""
+    return KnowledgeBaseOut(
+        name=info.name,
+        documents=info.documents,
+        chunks=info.chunks,
+        embedding_model=info.embedding.model,
+        size_bytes=info.size_bytes,
+        created_at=info.created_at,
+        metadata=info.metadata,
+    )
+
+
+@router.get("", summary="List knowledge bases")
+def list_knowledge_bases(service: KnowledgeService = Depends(knowledge)) -> ListOf:
+    """Return every knowledge base with its counts."""
+    return ListOf(data=[knowledge_base_out(service.info(name)) for name in service.catalog.names()])
+
+
+@router.post("", status_code=201, summary="Create a knowledge base")
+def create_knowledge_base(
+    body: CreateKnowledgeBase, service: KnowledgeService = Depends(knowledge)
+) -> KnowledgeBaseOut:
+    """Create an empty knowledge base with the configured embedding model and splitter (409 if it exists)."""
+    service.create(body.name).close()
+    return knowledge_base_out(service.info(body.name))
+
+
+@router.get("/{kb}", summary="Get a knowledge base")
+def get_knowledge_base(kb: str, service: KnowledgeService = Depends(knowledge)) -> KnowledgeBaseOut:
+    """Return the knowledge base's counts, embedding model and size on disk."""
+    return knowledge_base_out(service.info(kb))
+
+
+@router.delete("/{kb}", status_code=204, summary="Delete a knowledge base")
+def delete_knowledge_base(kb: str, service: KnowledgeService = Depends(knowledge)) -> Response:
+    """Delete the knowledge base with its documents and originals."""
+    service.delete(kb)
+    return Response(status_code=204)

@@ -1,0 +1,192 @@
+"""Request and response bodies of the HTTP API, with the examples OpenAPI shows."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm import Message
+from retrieval import SearchOptions
+
+
+class Strict(BaseModel):
+    """A request body that refuses unknown fields, so a typo is an error rather than silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateKnowledgeBase(Strict):
+    """A knowledge base to create."""
+
+    name: str = Field(..., examples=["员工手册"], description="Letters (Chinese too), digits, '-', '_'.")
+
+
+class KnowledgeBaseOut(BaseModel):
+    """A knowledge base and what it holds."""
+
+    name: str
+    documents: int
+    chunks: int
+    embedding_model: str
+    size_bytes: int
+    created_at: str
+    metadata: dict[str, list[str]]
+
+
+class DocumentOut(BaseModel):
+    """A stored document."""
+
+    id: int
+    source: str
+    title: str
+    status: str
+    size: int
+    page_count: int | None
+    chunk_count: int
+    created_at: str
+    updated_at: str
+    metadata: dict[str, str]
+
+
+class FileOutcomeOut(BaseModel):
+    """What an ingestion job did with one file."""
+
+    source: str
+    status: str
+    chunks: int = 0
+    reason: str | None = None
+
+
+class JobOut(BaseModel):
+    """An ingestion job and its progress."""
+
+    id: str
+    kb: str
+    kind: Literal["ingest", "reindex"]
+    status: Literal["queued", "running", "succeeded", "failed"]
+    files_total: int
+    files_done: int
+    chunks_done: int
+    files: list[FileOutcomeOut]
+    error: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class JobAccepted(BaseModel):
+    """The job an upload or re-index started."""
+
+    job: JobOut
+
+
+class SearchRequest(SearchOptions):
+    """A search: the query and the retriever's options."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"query": "报销需要多久到账？", "k": 5, "mode": "hybrid"}]},
+    )
+    query: str = Field(..., min_length=1, max_length=4000, description="What to look for.")
+
+    def options(self) -> SearchOptions:
+        """Return the search options without the query."""
+        return SearchOptions.model_validate(self.model_dump(exclude={"query"}))
+
+
+class HitOut(BaseModel):
+    """A chunk that matches; `score` is its cosine similarity to the query, in [-1, 1], higher is better."""
+
+    chunk_id: int
+    score: float
+    text: str
+    document_id: int
+    source: str
+    title: str
+    page: int | None
+    heading_path: list[str]
+    lexical_score: float | None
+    fusion_score: float | None
+    rerank_score: float | None
+    context_before: list[str]
+    context_after: list[str]
+    metadata: dict[str, str]
+
+
+class ListOf(BaseModel):
+    """A list response."""
+
+    data: list[Any]
+
+
+class Turn(Strict):
+    """One earlier turn of the conversation."""
+
+    role: Literal["user", "assistant"]
+    content: str = Field(..., max_length=100_000)
+
+    def message(self) -> Message:
+        """Return the turn as an llm Message."""
+        return Message(self.role, self.content)
+
+
+class GenerationOptions(Strict):
+    """Generation parameters a request may set; unset ones come from the `llm.generation` settings."""
+
+    max_new_tokens: int | None = Field(None, ge=1, le=32768)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
+    stop: list[str] | None = None
+    seed: int | None = None
+    adapter: str | None = Field(None, description="LoRA adapter by name; 'base' for none.")
+
+
+class ChatRequest(Strict):
+    """A question to answer from a knowledge base."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"question": "报销需要多久到账？", "stream": False}]},
+    )
+    question: str = Field(..., min_length=1, max_length=8000)
+    history: list[Turn] = Field(
+        default_factory=list, max_length=200, description="Earlier turns, oldest first."
+    )
+    stream: bool = Field(False, description="Answer as server-sent events: citations, deltas, done.")
+    retrieval: SearchOptions = Field(default_factory=SearchOptions, description="How chunks are found.")
+    generation: GenerationOptions = Field(default_factory=GenerationOptions)
+
+
+class CitationOut(BaseModel):
+    """A chunk an answer cites as [n]."""
+
+    n: int
+    chunk_id: int
+    document_id: int
+    source: str
+    title: str
+    page: int | None
+    score: float
+    text: str
+
+
+class UsageOut(BaseModel):
+    """Token counts."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AnswerOut(BaseModel):
+    """An answer with the citations it uses, token counts and timings (milliseconds)."""
+
+    answer: str
+    citations: list[CitationOut]
+    usage: UsageOut
+    timings: dict[str, float | None]
+    finish_reason: str
+    grounded: bool
+    refused: bool
