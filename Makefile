@@ -1,10 +1,10 @@
-# The two quick-start commands: `make run` (index the sample documents, search and ask them) and `make test`.
+# The two quick-start commands: `make run` (the web service with a sample knowledge base) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 KBQA := $(BIN)/kbqa
 
-.PHONY: run test lint bench-ingest clean
+.PHONY: run test bench-ingest clean
 
 # The virtual environment is rebuilt when pyproject.toml changes. torch is installed first, pinned to
 # the CPU build, so that pip does not pull the multi-gigabyte CUDA wheels (see the README for GPU boxes).
@@ -15,11 +15,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $@
 
+# Starts the web service on the offline defaults; the knowledge base "demo" is built from examples/docs
+# on the first start. Stop it with Ctrl-C.
 run: $(BIN)/.installed
-	$(KBQA) index build examples/docs --kb demo
-	$(KBQA) search --kb demo "报销需要多久到账？" -k 3
-	$(KBQA) ask --kb demo "报销需要多久到账？"
-	$(KBQA) ask --kb demo "How long do I have to submit an expense claim?"
+	$(KBQA) serve --sample-kb demo
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
