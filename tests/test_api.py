@@ -317,3 +317,57 @@ def test_cors_origins_from_settings(tmp_path: Path, e5_embedder) -> None:
         assert preflight.headers["access-control-allow-origin"] == "http://intranet"
         other = client.get("/v1/kbs", headers={"Origin": "http://evil"})
         assert "access-control-allow-origin" not in other.headers
+
+
+# --- a local model ------------------------------------------------------------------------------------
+
+
+def test_a_local_model_answers_and_a_full_queue_is_503(
+    tmp_path: Path, e5_embedder, tiny_lm_dir: Path
+) -> None:
+    from llm import GenerationParams, Message
+
+    llm = {"backend": "transformers", "model": str(tiny_lm_dir), "device": "cpu", "queue_size": 0}
+    app = create_app(load_settings(data_dir=tmp_path / "data", llm=llm))
+    app.state.service.embedder = e5_embedder
+    with TestClient(app) as client:
+        client.post("/v1/kbs", json={"name": "hr"})
+        assert wait(client, upload(client, "hr", {"expenses.md": POLICY}))["status"] == "succeeded"
+        question = {"question": "报销款多久到账？", "generation": {"max_new_tokens": 4}}
+        answer = client.post("/v1/kbs/hr/chat", json=question).json()
+        assert answer["grounded"] and 0 < answer["usage"]["completion_tokens"] <= 4
+        assert answer["usage"]["prompt_tokens"] > 20
+
+        held = app.state.service.answerer.model.stream(
+            [Message("user", "hi")], GenerationParams(max_new_tokens=64)
+        )
+        next(held)  # the model is busy and nobody may wait
+        busy = client.post("/v1/kbs/hr/chat", json=question)
+        assert_error(busy, 503, "model_busy")
+        assert busy.headers["retry-after"]
+        held.close()
+
+        bare = tiny_lm_dir.name
+        assert bare in [m["id"] for m in client.get("/v1/models").json()["data"]]
+        plain = client.post(
+            "/v1/chat/completions",
+            json={"model": bare, "messages": [{"role": "user", "content": "你好"}], "max_tokens": 3},
+        ).json()
+        assert plain["usage"]["completion_tokens"] <= 3 and "citations" not in plain
+        generated = [
+            line
+            for line in client.get("/metrics").text.splitlines()
+            if line.startswith("kbqa_generated_tokens")
+        ]
+        assert (
+            float(generated[0].split()[-1])
+            == answer["usage"]["completion_tokens"] + plain["usage"]["completion_tokens"]
+        )
+
+
+def test_an_oversized_upload_is_refused_before_its_body_is_read(tmp_path: Path, e5_embedder) -> None:
+    with make_client(tmp_path / "data", e5_embedder, max_upload_mb=0.01, max_upload_files=2) as client:
+        client.post("/v1/kbs", json={"name": "hr"})
+        files = [("files", (f"{i}.txt", b"x" * 400_000)) for i in range(4)]
+        assert_error(client.post("/v1/kbs/hr/documents", files=files), 413, "upload_too_large")
+        assert_error(client.post("/v1/kbs/hr/documents", files=files[:1]), 413, "file_too_large")

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.server.dependencies import knowledge, require_key
 from app.server.errors import ApiError, describe, error_body
+from app.server.metrics import Metrics
 from app.server.routers.chat import answer_out
 from app.services import KnowledgeService
 from llm import AnswerOptions, Message, TextStream
@@ -109,7 +110,7 @@ async def chat_completions(
         seed=body.seed,
     )
     kb = body.kb or (body.model if service.catalog.exists(body.model) else None)
-    completion = _Completion(body.model)
+    completion = _Completion(body.model, request.app.state.metrics)
     if kb is not None:
         question, history = _question(body.messages)
         options = AnswerOptions(retrieval=body.retrieval or SearchOptions(), generation=params)
@@ -159,13 +160,15 @@ async def embeddings(body: EmbeddingsRequest, service: KnowledgeService = Depend
 class _Completion:
     """Builds the OpenAI response objects of one completion."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, metrics: Metrics) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.model = model
         self.created = int(time.time())
+        self.metrics = metrics
 
     def whole(self, text: str, finish_reason: str, usage: dict, **extra: Any) -> dict:
         """Return a non-streamed chat.completion."""
+        self.metrics.generated_tokens.inc(usage["completion_tokens"])
         message = {"role": "assistant", "content": text}
         return {
             "id": self.id,
@@ -202,6 +205,7 @@ def _sse(
             while (delta := await anyio.to_thread.run_sync(next, stream, None)) is not None:
                 yield completion.chunk({"content": delta})
             done = summary()
+            completion.metrics.generated_tokens.inc(done["usage"]["completion_tokens"])
             extra = {"citations": done["citations"]} if "citations" in done else {}
             yield completion.chunk({}, done["finish_reason"], **extra)
             if body.stream_options and body.stream_options.include_usage:
