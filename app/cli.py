@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from app.finetune_cli import finetune_app
+
 if TYPE_CHECKING:
     from app.services import KnowledgeService
     from ingestion import FileOutcome, IngestionReport
@@ -28,6 +30,7 @@ app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 llm_app = typer.Typer(help="Prepare local language models.", no_args_is_help=True)
 app.add_typer(llm_app, name="llm")
+app.add_typer(finetune_app, name="finetune")
 
 console = Console()
 errors = Console(stderr=True)
