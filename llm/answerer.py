@@ -11,13 +11,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
 from llm.extractive import ExtractiveReader
 from llm.prompt import Prompt, PromptBuilder, PromptConfig
-from llm.types import ChatModel, FinishReason, Generation, GenerationParams, Message, Usage
+from llm.types import ChatModel, DeltaStream, FinishReason, Generation, GenerationParams, Message, Usage
 from retrieval import SearchHit, SearchOptions
 
 SearchFunction = Callable[[str, str, SearchOptions], list[SearchHit]]  # (kb, query, options) -> hits
@@ -75,32 +75,17 @@ class AnswerOptions(BaseModel):
     )
 
 
-@dataclass
-class AnswerStream(Iterator[str]):
+class AnswerStream(DeltaStream[Answer]):
     """An answer as text deltas; `sources` (the chunks it may cite) come first, `answer` at the end."""
 
-    sources: list[Citation]
-    deltas: Generator[str, None, Answer]
-    answer: Answer | None = field(default=None, init=False)
+    def __init__(self, sources: list[Citation], deltas: Generator[str, None, Answer]) -> None:
+        super().__init__(deltas)
+        self.sources = sources
 
-    def __next__(self) -> str:
-        """Return the next text delta."""
-        try:
-            return next(self.deltas)
-        except StopIteration as stop:
-            self.answer = stop.value
-            raise
-
-    def close(self) -> None:
-        """Stop generating; no more deltas follow."""
-        self.deltas.close()
-
-    def read(self) -> Answer:
-        """Return the whole answer, consuming what is left of the stream."""
-        for _ in self:
-            pass
-        assert self.answer is not None
-        return self.answer
+    @property
+    def answer(self) -> Answer | None:
+        """Return the whole answer, once the stream is exhausted."""
+        return self.result
 
 
 class Answerer:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import dataclass
+from typing import Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -67,34 +67,46 @@ class Generation:
     usage: Usage
 
 
-@dataclass
-class TextStream(Iterator[str]):
-    """Text deltas of one reply as they are produced; `generation` holds the whole reply once exhausted.
+Result = TypeVar("Result")
 
-    Closing the stream early (the client went away) stops the generation behind it.
+
+class DeltaStream(Iterator[str], Generic[Result]):
+    """Text deltas as they are produced; `result` holds what they add up to once the stream is exhausted.
+
+    Closing the stream early (the client went away) stops the work behind it.
     """
 
-    deltas: Generator[str, None, Generation]
-    generation: Generation | None = field(default=None, init=False)
+    def __init__(self, deltas: Generator[str, None, Result]) -> None:
+        self.deltas = deltas
+        self.result: Result | None = None
 
     def __next__(self) -> str:
         """Return the next text delta."""
         try:
             return next(self.deltas)
         except StopIteration as stop:
-            self.generation = stop.value
+            self.result = stop.value
             raise
 
     def close(self) -> None:
-        """Stop the generation; no more deltas follow."""
+        """Stop the work; no more deltas follow."""
         self.deltas.close()
 
-    def read(self) -> Generation:
-        """Return the whole reply, consuming what is left of the stream."""
+    def read(self) -> Result:
+        """Return the result, consuming what is left of the stream."""
         for _ in self:
             pass
-        assert self.generation is not None
-        return self.generation
+        assert self.result is not None
+        return self.result
+
+
+class TextStream(DeltaStream[Generation]):
+    """A model's reply as text deltas; `generation` holds the whole reply once exhausted."""
+
+    @property
+    def generation(self) -> Generation | None:
+        """Return the whole reply, once the stream is exhausted."""
+        return self.result
 
 
 class ChatModel(Protocol):
