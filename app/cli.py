@@ -371,7 +371,7 @@ def serve(
     from app.server import create_app
     from app.settings import SettingsError, load_settings
 
-    configure_logging("INFO" if _Context.log_level == "WARNING" else _Context.log_level)
+    configure_logging("INFO" if _Context.log_level.upper() == "WARNING" else _Context.log_level)
     overrides = {"server": {"host": host, "port": port, "sample_kb": sample_kb}}
     try:
         settings = load_settings(_Context.config, data_dir=_Context.data_dir)
