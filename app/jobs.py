@@ -234,11 +234,15 @@ class IngestionJobs:
         )
 
     def _keep_originals(self, kb: str, files: Sequence[SourceFile], outcomes: Sequence[FileOutcome]) -> None:
-        """Move each stored file to where its document's original is kept."""
-        stored = {o.source for o in outcomes if o.status in ("added", "replaced", "updated")}
+        """Move each file whose document is stored under its name to where that document's original is kept.
+
+        A file skipped as unchanged counts too: a job resumed after a crash finds its first files stored.
+        """
+        failed = {o.source for o in outcomes if o.status == "failed"}
+        stored = {d.source for d in self.service.documents(kb)}
         for file in files:
             target = self.service.original_path(kb, file.source)
-            if file.source in stored and file.path != target:
+            if file.source in stored and file.source not in failed and file.path != target:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(file.path, target)
 

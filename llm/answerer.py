@@ -170,7 +170,7 @@ class Answerer:
             text_stream.close()
         generation: Generation = text_stream.generation
         reply = generation.text.strip()
-        refused = _is_refusal(reply, self._config.refusal(question))
+        refused = self._config.is_refusal(reply)
         citations = [] if refused else _cited(reply, prompt.hits)
         return Answer(
             text=notice + reply,
@@ -223,15 +223,6 @@ def _cited(reply: str, hits: Sequence[SearchHit]) -> list[Citation]:
     numbers = [int(n) for n in _MARKER.findall(reply) if 1 <= int(n) <= len(hits)]
     chosen = list(dict.fromkeys(numbers)) or range(1, len(hits) + 1)
     return [Citation.of(n, hits[n - 1]) for n in chosen]
-
-
-def _is_refusal(reply: str, refusal: str) -> bool:
-    """Return whether the reply is (essentially) the refusal sentence."""
-
-    def bare(text: str) -> str:
-        return re.sub(r"[\W_]+", "", text).casefold()
-
-    return bool(bare(refusal)) and bare(refusal) in bare(reply) and len(bare(reply)) <= 2 * len(bare(refusal))
 
 
 class _Clock:

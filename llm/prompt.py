@@ -91,6 +91,14 @@ class PromptConfig(BaseModel):
         """Return the refusal sentence in the question's language."""
         return self.refusal_zh if language_of(question) == "zh" else self.refusal_en
 
+    def is_refusal(self, reply: str) -> bool:
+        """Return whether `reply` is (essentially) the Chinese or the English refusal sentence."""
+        bare = _bare(reply)
+        return any(
+            (sentence := _bare(refusal)) and sentence in bare and len(bare) <= 2 * len(sentence)
+            for refusal in (self.refusal_zh, self.refusal_en)
+        )
+
     def notice(self, question: str) -> str:
         """Return the no-context notice in the question's language."""
         return self.no_context_notice_zh if language_of(question) == "zh" else self.no_context_notice_en
@@ -140,10 +148,9 @@ class PromptBuilder:
         """Return the prompt with as many of `hits` (best first) and as much recent history as fit."""
         language = language_of(question)
         budget = self._budget(max_new_tokens)
-        system = Message("system", self.config.system_zh if language == "zh" else self.config.system_en)
 
         def with_chunks(chunks: Sequence[SearchHit]) -> list[Message]:
-            return [system, Message("user", self._render(language, question, chunks))]
+            return self.messages(question, chunks)
 
         tokens = self._require(with_chunks([]), budget, max_new_tokens)
         count, tokens = _largest_fitting(
@@ -162,6 +169,16 @@ class PromptBuilder:
             included = [_cut(first, length)] if length else []
         messages, tokens, turns = self._with_history(with_chunks(included), tokens, history, budget)
         return Prompt(messages, included, tokens, language, turns)
+
+    def messages(self, question: str, chunks: Sequence[SearchHit]) -> list[Message]:
+        """Return the system message and the user turn with every one of `chunks`, numbered from 1, unfitted.
+
+        `build` uses it for each prompt it measures; fine-tuning data uses it so an adapter is trained on
+        the very prompts it is served with. A chunk is anything with `text`, `source` and `page`.
+        """
+        language = language_of(question)
+        system = Message("system", self.config.system_zh if language == "zh" else self.config.system_en)
+        return [system, Message("user", self._render(language, question, chunks))]
 
     def without_context(self, question: str, history: Sequence[Message], max_new_tokens: int) -> Prompt:
         """Return a prompt asking the question plainly, with a system text saying the knowledge base had nothing."""
@@ -254,3 +271,8 @@ def _pairs(history: Sequence[Message]) -> list[tuple[Message, Message]]:
             "the history must alternate user and assistant messages, starting with a user message"
         )
     return [(history[i], history[i + 1]) for i in range(0, len(history), 2)]
+
+
+def _bare(text: str) -> str:
+    """Return `text` without punctuation, spaces and case, for comparing sentences loosely."""
+    return re.sub(r"[\W_]+", "", text).casefold()

@@ -57,19 +57,40 @@ class Template:
         """Return (prompt ids, reply ids) for each assistant reply in `messages`, for training.
 
         The prompt ids of a turn hold everything since the previous reply (the prefix and system text in
-        the first), ending with the generation prompt; the reply ids hold the reply and its suffix.
+        the first), ending with the generation prompt; the reply ids hold the reply and its suffix. A suffix
+        that history does not show after each reply (ChatGLM's EOS, which ends the whole conversation; the
+        next role token ends a reply) closes the last reply only, so earlier turns are laid out as
+        `encode_prompt` lays out history.
         """
         turns: list[tuple[list[int], list[int]]] = []
         pending = self._encode(tokenizer, self.prefix, "")
+        suffix = self._encode(tokenizer, self.reply_suffix, "")
         for message in self._with_system(messages):
             if message.role != "assistant":
                 pending += self._encode(tokenizer, self.roles[message.role], message.content)
                 continue
             prompt = pending + self._encode(tokenizer, self.generation_prompt, "")
-            reply = self._encode(tokenizer, (self.strip_reply_prefix + "{content}",), message.content)
-            turns.append((prompt, reply + self._encode(tokenizer, self.reply_suffix, "")))
+            reply = self._encode(tokenizer, self._reply_slots(), message.content)
+            turns.append((prompt, reply + suffix if self._suffix_in_history() else reply))
             pending = []
+        if turns and not self._suffix_in_history():
+            turns[-1] = (turns[-1][0], turns[-1][1] + suffix)
         return turns
+
+    def _suffix_in_history(self) -> bool:
+        def text(slots: Sequence[Slot]) -> str:
+            return "".join(slot.name if isinstance(slot, Token) else slot for slot in slots)
+
+        return text(self.roles["assistant"]).endswith(text(self.reply_suffix))
+
+    def _reply_slots(self) -> tuple[Slot, ...]:
+        # Where the assistant's slots begin with the generation prompt (ChatGLM's role token), the reply is
+        # the rest, segment by segment as in history and in ChatGLM3's own training data (build_single_message
+        # encodes "\n" and the content apart); otherwise the reply text as the model emits it.
+        assistant, generation = self.roles["assistant"], self.generation_prompt
+        if assistant[: len(generation)] == generation:
+            return assistant[len(generation) :]
+        return (self.strip_reply_prefix + "{content}",)
 
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
         """Return the ids that end a reply: the tokenizer's EOS and the template's stop tokens."""

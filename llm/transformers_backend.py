@@ -8,6 +8,7 @@ stopping criterion checks after every token, so a client that goes away frees th
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Generator, Iterator
@@ -24,6 +25,9 @@ from llm.types import BASE_MODEL, Generation, GenerationParams, Message, TextStr
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT_WINDOW = 2048
+# Written by `kbqa finetune train` beside an adapter (and into a merged or fully fine-tuned model):
+# {"template", "base_model", "finetuning_type"}, so serving lays out prompts as training did.
+ADAPTER_INFO = "kbqa_adapter.json"
 
 
 class TransformersChatModel:
@@ -36,7 +40,7 @@ class TransformersChatModel:
         self.model, self.tokenizer = _load(config, self.device, self.dtype)
         self.adapters = _attach_adapters(self, config)
         try:
-            self.template = template_for(config.template, self.tokenizer)
+            self.template = template_for(_template_name(config), self.tokenizer)
         except ValueError as error:
             raise ModelLoadError(str(error)) from error
         self.context_window = config.context_window or _context_window(self.model, self.tokenizer)
@@ -318,6 +322,31 @@ def _attach_adapters(chat_model: TransformersChatModel, config: LLMConfig) -> di
         raise ModelLoadError(f"cannot load a LoRA adapter: {error}") from error
     chat_model.model.eval()
     return adapters
+
+
+def saved_template(directory: str) -> str | None:
+    """Return the chat template a kbqa fine-tune in `directory` was trained with (None: not one of ours)."""
+    path = Path(directory) / ADAPTER_INFO
+    if not path.is_file():
+        return None
+    try:
+        template = json.loads(path.read_text(encoding="utf-8")).get("template")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ModelLoadError(f"{path} is not a JSON object: {error}") from error
+    return template if isinstance(template, str) else None
+
+
+def _template_name(config: LLMConfig) -> str:
+    """Return llm.template, or under `auto` the template the model's fine-tunes were trained with."""
+    if config.template != "auto":
+        return config.template
+    saved = {d: name for d in [config.model, *config.adapters.values()] if (name := saved_template(d))}
+    if len(set(saved.values())) > 1:
+        found = ", ".join(f"{d}: {name}" for d, name in saved.items())
+        raise ModelLoadError(
+            f"these fine-tunes were trained with different chat templates ({found}); set llm.template"
+        )
+    return next(iter(saved.values()), "auto")
 
 
 def _context_window(model: Any, tokenizer: Any) -> int:

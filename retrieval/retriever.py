@@ -9,7 +9,7 @@ cross-encoder's score when reranking; the hit keeps each of those scores so call
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -59,7 +59,9 @@ class SearchOptions(BaseModel):
         description="Keep only hits whose cosine similarity to the query is at least this. Cosines lie in "
         "[-1, 1] and higher is more similar (typically 0.7-0.9 for related text with e5 models).",
     )
-    document_ids: list[int] | None = Field(None, description="Search only these documents.")
+    document_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(
+        None, max_length=10_000, description="Search only these documents."
+    )
     source: str | None = Field(None, description="Search only documents whose source matches this glob.")
     metadata: dict[str, str] | None = Field(
         None, description="Search only documents whose metadata has every one of these keys with this value."

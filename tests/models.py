@@ -138,3 +138,20 @@ def build_tiny_causal_lm(directory: Path, architecture: str = "qwen2", seed: int
     )
     model_class(config).save_pretrained(directory)
     return directory
+
+
+def build_random_lora_adapter(model_dir: Path, directory: Path, seed: int) -> Path:
+    """Return `directory` holding a random (non-zero) LoRA adapter for the model in `model_dir`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(base, config)
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.5)
+    peft_model.save_pretrained(directory)
+    return directory

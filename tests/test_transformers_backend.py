@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from models import build_random_lora_adapter
 
 from llm.config import LLMConfig
 from llm.errors import ModelBusy, ModelLoadError, UnknownAdapter
@@ -144,27 +145,13 @@ def test_generation_on_two_threads_is_serialised(tiny_lm_dir: Path) -> None:
 # --- LoRA adapters --------------------------------------------------------------------------------
 
 
-def make_adapter(model_dir: Path, directory: Path, seed: int) -> Path:
-    """Return `directory` holding a random (non-zero) LoRA adapter for the model in `model_dir`."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(model_dir)
-    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    peft_model = get_peft_model(base, config)
-    for name, parameter in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.5)
-    peft_model.save_pretrained(directory)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def adapters(tiny_lm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("adapters")
-    return {name: str(make_adapter(tiny_lm_dir, root / name, seed)) for name, seed in (("hr", 1), ("it", 2))}
+    return {
+        name: str(build_random_lora_adapter(tiny_lm_dir, root / name, seed))
+        for name, seed in (("hr", 1), ("it", 2))
+    }
 
 
 def test_adapters_are_chosen_per_request(

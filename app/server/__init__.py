@@ -153,10 +153,12 @@ class RequestContext:
         token = request_id.set(rid)
         status = 500
         started = time.perf_counter()
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
@@ -164,6 +166,14 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:  # a bug: logged with the request id, answered 500 with it when still possible
+            log.exception("request failed")
+            if response_started:
+                raise
+            body = errors.error_body(
+                "internal_error", "internal server error; the request id is in the server log"
+            )
+            await JSONResponse(body, status_code=500)(scope, receive, send_with_id)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope["method"]

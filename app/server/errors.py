@@ -41,6 +41,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (PromptTooLong, 400, "prompt_too_long"),
     (ModelLoadError, 500, "model_load_error"),
     (LLMError, 502, "generation_failed"),
+    (ValueError, 400, "invalid_request"),  # the lower packages' word for a request they cannot serve
 ]
 
 
@@ -92,7 +93,7 @@ def install(app: FastAPI) -> None:
         )
         return JSONResponse(error_body("invalid_request", problems), status_code=422)
 
-    for kind in (ApiError, KnowledgeBaseError, LLMError, JobNotFound, JobQueueFull, Exception):
+    for kind in (ApiError, KnowledgeBaseError, LLMError, JobNotFound, JobQueueFull, ValueError):
         app.add_exception_handler(kind, known)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)

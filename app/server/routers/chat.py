@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from app.server.dependencies import knowledge, require_key
-from app.server.errors import ApiError, describe, error_body
+from app.server.errors import describe, error_body
 from app.server.metrics import Metrics
 from app.server.schemas import AnswerOut, ChatRequest
 from app.services import KnowledgeService
@@ -44,10 +44,7 @@ async def open_answer(service: KnowledgeService, kb: str, body: ChatRequest) -> 
         retrieval=body.retrieval, generation=service.generation_params(**body.generation.model_dump())
     )
     history = [turn.message() for turn in body.history]
-    try:
-        return await run_in_threadpool(service.ask, kb, body.question, history, options)
-    except ValueError as error:  # a history that does not alternate user and assistant turns
-        raise ApiError(400, "invalid_request", str(error)) from error
+    return await run_in_threadpool(service.ask, kb, body.question, history, options)
 
 
 @router.post("/chat", summary="Ask a question", responses=_STREAM_DOC)

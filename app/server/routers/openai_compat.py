@@ -114,10 +114,7 @@ async def chat_completions(
     if kb is not None:
         question, history = _question(body.messages)
         options = AnswerOptions(retrieval=body.retrieval or SearchOptions(), generation=params)
-        try:
-            answer_stream = await run_in_threadpool(service.ask, kb, question, history, options)
-        except ValueError as error:
-            raise ApiError(400, "invalid_request", str(error)) from error
+        answer_stream = await run_in_threadpool(service.ask, kb, question, history, options)
         if not body.stream:
             answer = await run_in_threadpool(answer_stream.read)
             out = answer_out(answer).model_dump()

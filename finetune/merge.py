@@ -1,0 +1,121 @@
+"""Merge a LoRA adapter into its base model's weights, checked: the merged model must compute the adapter's logits.
+
+The base is loaded in 16 or 32 bits, never quantized: merging into 4-bit weights would round the adapter
+away. The merged model is saved with safetensors and the tokenizer, written beside the target and renamed
+into place once whole, and carries the adapter's `kbqa_adapter.json` so it is served with the same template.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import FinetuneError
+from finetune.loading import load_model
+from llm.types import Message
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+# Default tolerance of the logit check, as a share of the largest logit: merging rounds W + BA once in the
+# model's dtype, which the adapter path (W and BA apart) does not.
+RELATIVE_TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
+PROBE = [Message("user", "年假有几天？How many days of annual leave do I get?")]
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """Where the merged model went and how close its logits came to the adapter's on the probe."""
+
+    out: Path
+    dtype: str
+    max_abs_diff: float
+    tolerance: float
+
+
+def merge_adapter(
+    base: str,
+    adapter: Path,
+    out: Path,
+    dtype: str = "auto",
+    tolerance: float | None = None,
+    trust_remote_code: bool = False,
+) -> MergeResult:
+    """Return the result of merging `adapter` into `base` and saving it in `out`; FinetuneError if it differs."""
+    import torch
+    from peft import PeftModel
+
+    from llm.errors import ModelLoadError
+    from llm.templates import template_for
+    from llm.transformers_backend import saved_template
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise FinetuneError(
+            f"{adapter} holds no LoRA adapter (adapter_config.json); a freeze or full fine-tune is a whole model already"
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FinetuneError(f"{out} exists and is not empty; choose a new directory")
+    name = _dtype_name(base, dtype)
+    model, tokenizer = load_model(base, getattr(torch, name), None, trust_remote_code)
+    if getattr(model.config, "quantization_config", None):
+        raise FinetuneError(f"{base} is a quantized checkpoint; merge into its 16/32-bit release")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        peft_model = PeftModel.from_pretrained(model.to(device), str(adapter))
+    except (OSError, ValueError, KeyError) as error:
+        raise FinetuneError(f"cannot load the adapter {adapter} onto {base}: {error}") from error
+    peft_model.eval()
+    try:
+        template_name = saved_template(str(adapter))
+        template = template_for(template_name or "auto", tokenizer)
+    except (ModelLoadError, ValueError) as error:
+        raise FinetuneError(f"{adapter}: {error}") from error
+    probe = torch.tensor([template.encode_prompt(tokenizer, PROBE)], device=device)
+    with torch.inference_mode():
+        expected = peft_model(probe).logits.float()
+    merged = peft_model.merge_and_unload()
+    with torch.inference_mode():
+        logits = merged(probe).logits.float()
+    difference = (logits - expected).abs().max().item()
+    allowed = tolerance if tolerance is not None else RELATIVE_TOLERANCE[name] * expected.abs().max().item()
+    if not difference <= allowed:  # also catches NaN
+        raise FinetuneError(
+            f"the merged model's logits differ from the adapter's by up to {difference:.3g} (tolerance "
+            f"{allowed:.3g}); nothing was saved"
+        )
+    _save(merged, tokenizer, out, template_name, base)
+    return MergeResult(out=out, dtype=name, max_abs_diff=difference, tolerance=allowed)
+
+
+def _dtype_name(base: str, dtype: str) -> str:
+    """Return the dtype to merge in: the one asked for, else the base checkpoint's own (16/32-bit only)."""
+    if dtype not in DTYPES:
+        raise FinetuneError(f"--dtype must be one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return dtype
+    try:
+        config = json.loads((Path(base) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "float32"
+    saved = config.get("dtype") or config.get("torch_dtype")
+    return saved if saved in RELATIVE_TOLERANCE else "float32"
+
+
+def _save(model: Any, tokenizer: Any, out: Path, template: str | None, base: str) -> None:
+    """Write the merged model, its tokenizer and the adapter's template into `out`, all or nothing."""
+    from finetune.train import write_adapter_info
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if template:  # an adapter trained elsewhere names none; the merged model then uses `auto`
+            write_adapter_info(staging, template, base, "lora")
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,238 @@
+"""RAG training data: questions answered from a context of numbered passages, or refused when it lacks them.
+
+Each sample (a question, its answer, the passage holding it, and perhaps passages that do not) becomes
+a conversation in the very prompt the service sends at inference (`llm.prompt.PromptBuilder.messages`):
+the positive passage among k shuffled distractors, with the answer and the number of the passage it
+came from as the target. A share of the samples instead gets k + 1 distractors and the refusal sentence
+as the target, so the model learns to say it does not know. Distractors are hard negatives from a
+`search` function when one is given (a kbqa knowledge base, wired by the CLI), then the sample's own
+negative passages, then random passages of the other samples; none may contain the answer or overlap
+the positive passage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from finetune.conversation import Conversation
+from finetune.errors import DatasetError, FinetuneError, NoValidRecord
+from finetune.readers import Malformed, ReadReport, Skipped, load_records
+from llm.prompt import PromptBuilder, PromptConfig, language_of
+from llm.types import Message
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A piece of text the prompt shows as a numbered chunk, with the source and page it cites."""
+
+    text: str
+    source: str
+    page: int | None = None
+
+
+@dataclass(frozen=True)
+class RagSample:
+    """A question, its answer, the passage that holds the answer, and passages that do not."""
+
+    question: str
+    answer: str
+    positive: Passage
+    negatives: tuple[Passage, ...] = ()
+    source: str = ""  # where it was read from, "file#index"
+
+
+@dataclass(frozen=True)
+class RagOptions:
+    """How RAG records are built."""
+
+    k: int = 4  # distractors beside the positive passage
+    refusal_share: float = 0.2  # of the records, those whose context lacks the answer
+    seed: int = 42
+    cite: bool = True  # end the target with the positive passage's number, as the service prompt asks
+
+    def __post_init__(self) -> None:
+        if self.k < 0:
+            raise FinetuneError(f"k must be 0 or more distractors, not {self.k}")
+        if not 0.0 <= self.refusal_share <= 1.0:
+            raise FinetuneError(f"the refusal share must lie in [0, 1], not {self.refusal_share}")
+
+
+SearchFunction = Callable[[str, int], Sequence[Passage]]  # (question, how many) -> passages, best first
+
+
+def read_rag_samples(path: Path, strict: bool = False) -> tuple[list[RagSample], ReadReport]:
+    """Return the samples of a SQuAD-format .json file or of Multi-Doc-QA-style records (.json/.jsonl)."""
+    if path.suffix.lower() == ".json" and path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DatasetError(f"{path}: cannot read: {error}") from None
+        if isinstance(data, dict) and "data" in data:
+            return read_squad(data, str(path), strict)
+    return read_multidoc(load_records(path), str(path), strict)
+
+
+def read_squad(data: dict, file: str, strict: bool = False) -> tuple[list[RagSample], ReadReport]:
+    """Return one sample per answerable SQuAD question (its paragraph is the positive, titled by article)."""
+    samples: list[RagSample] = []
+    report = ReadReport()
+    index = -1
+    try:
+        for article in data["data"]:
+            for paragraph in article["paragraphs"]:
+                positive = Passage(
+                    paragraph["context"], str(article.get("title") or _name(paragraph["context"]))
+                )
+                for qa in paragraph["qas"]:
+                    index += 1
+                    answers = [a["text"] for a in qa.get("answers", []) if a.get("text")]
+                    if answers and not qa.get("is_impossible"):
+                        samples.append(RagSample(qa["question"], answers[0], positive, (), f"{file}#{index}"))
+                        continue
+                    skipped = Skipped(file, index, "the question has no answer")
+                    if strict:
+                        raise DatasetError(str(skipped))
+                    report.skipped.append(skipped)
+    except (KeyError, TypeError) as error:
+        raise DatasetError(
+            f"{file}: not SQuAD format (data[].paragraphs[].context/qas): missing {error}"
+        ) from None
+    return _checked(samples, report, file)
+
+
+def read_multidoc(
+    records: Iterable[object], file: str, strict: bool = False
+) -> tuple[list[RagSample], ReadReport]:
+    """Return samples from records {question, answer, positive_doc, negative_docs}; a doc is text or {text, title}."""
+    samples: list[RagSample] = []
+    report = ReadReport()
+    for index, record in enumerate(records):
+        try:
+            samples.append(_multidoc_sample(record, f"{file}#{index}"))
+        except Malformed as error:
+            skipped = Skipped(file, index, str(error))
+            if strict:
+                raise DatasetError(str(skipped)) from None
+            report.skipped.append(skipped)
+    return _checked(samples, report, file)
+
+
+def build_rag_conversations(
+    samples: Sequence[RagSample],
+    prompt: PromptConfig,
+    options: RagOptions | None = None,
+    search: SearchFunction | None = None,
+) -> list[Conversation]:
+    """Return one conversation per sample: the service's system text and user turn, then the target reply."""
+    options = options or RagOptions()
+    rng = random.Random(options.seed)
+    builder = PromptBuilder(prompt, lambda messages: 0, context_window=0)  # used to render, never to fit
+    pool = _pool(samples)
+    refusals = set(rng.sample(range(len(samples)), round(options.refusal_share * len(samples))))
+    conversations = []
+    for index, sample in enumerate(samples):
+        refuse = index in refusals
+        chunks = _distractors(sample, options.k + refuse, pool, rng, search)
+        if refuse:
+            target = prompt.refusal(sample.question)
+        else:
+            place = rng.randrange(len(chunks) + 1)
+            chunks.insert(place, sample.positive)
+            target = _cited(sample.answer, place + 1, sample.question) if options.cite else sample.answer
+        messages = (*builder.messages(sample.question, chunks), Message("assistant", target))
+        conversations.append(Conversation(messages, sample.source))
+    return conversations
+
+
+def _multidoc_sample(record: object, source: str) -> RagSample:
+    """Return one Multi-Doc-QA record as a sample; Malformed says what is missing."""
+    if not isinstance(record, dict):
+        raise Malformed("is not a JSON object")
+    for key in ("question", "answer"):
+        if not isinstance(record.get(key), str) or not record[key].strip():
+            raise Malformed(f"missing '{key}' (a non-empty string)")
+    if "positive_doc" not in record:
+        raise Malformed("missing 'positive_doc'")
+    negatives = record.get("negative_docs", [])
+    if not isinstance(negatives, list):
+        raise Malformed("'negative_docs' is not a list of documents")
+    positive = _document(record["positive_doc"], "'positive_doc'")
+    others = tuple(_document(doc, f"negative_docs item {n}") for n, doc in enumerate(negatives))
+    return RagSample(record["question"], record["answer"], positive, others, source)
+
+
+def _document(value: object, where: str) -> Passage:
+    """Return a document given as text or as {text|content, title|source, page}; Malformed otherwise."""
+    if isinstance(value, dict):
+        text = value.get("text", value.get("content"))
+        source = value.get("title") or value.get("source")
+        page = value.get("page") if isinstance(value.get("page"), int) else None
+    else:
+        text, source, page = value, None, None
+    if not isinstance(text, str) or not text.strip():
+        raise Malformed(f"{where} is not a document (a string, or an object with 'text')")
+    return Passage(text, str(source) if source else _name(text), page)
+
+
+def _name(text: str) -> str:
+    """Return a neutral source name for an untitled passage: it must not tell the positive from the others."""
+    return "doc-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
+def _checked(samples: list[RagSample], report: ReadReport, file: str) -> tuple[list[RagSample], ReadReport]:
+    """Return samples and report; DatasetError when there is no valid sample."""
+    report.valid = len(samples)
+    if not samples:
+        first = f"; the first: {report.skipped[0]}" if report.skipped else ""
+        raise NoValidRecord(f"{file}: no valid record ({len(report.skipped)} malformed{first})", report)
+    return samples, report
+
+
+def _pool(samples: Sequence[RagSample]) -> list[Passage]:
+    """Return every distinct passage of the samples, positives and negatives, in a stable order."""
+    passages = {p.text: p for s in samples for p in (s.positive, *s.negatives)}
+    return list(passages.values())
+
+
+def _distractors(
+    sample: RagSample, k: int, pool: list[Passage], rng: random.Random, search: SearchFunction | None
+) -> list[Passage]:
+    """Return up to k shuffled passages that neither contain the answer nor overlap the positive passage."""
+    chosen: list[Passage] = []
+    seen = {sample.positive.text}
+
+    def offer(candidates: Iterable[Passage]) -> None:
+        for passage in candidates:
+            if len(chosen) == k:
+                return
+            text = passage.text
+            if text in seen or not text.strip() or sample.answer in text:
+                continue
+            if text in sample.positive.text or sample.positive.text in text:
+                continue  # a chunk of the positive paragraph may answer in other words
+            seen.add(text)
+            chosen.append(passage)
+
+    if search is not None and k:
+        offer(search(sample.question, 2 * k + 4))  # extra, as hits with the answer are dropped
+    offer(sample.negatives)
+    offer(_random_order(pool, rng))
+    rng.shuffle(chosen)
+    return chosen
+
+
+def _random_order(pool: list[Passage], rng: random.Random) -> Iterator[Passage]:
+    """Yield random passages of the pool: a few cheap picks, then all of them shuffled if more are needed."""
+    for _ in range(min(len(pool), 32)):
+        yield pool[rng.randrange(len(pool))]
+    yield from rng.sample(pool, len(pool))
+
+
+def _cited(answer: str, n: int, question: str) -> str:
+    """Return the answer with the citation marker of passage n, as the service prompt asks for."""
+    return f"{answer}[{n}]" if language_of(question) == "zh" else f"{answer} [{n}]"

@@ -1,0 +1,398 @@
+"""Readers of SFT and preference data (alpaca, sharegpt with the OpenAI `messages` form, xtuner).
+
+Every record becomes a Conversation, or with `ranking` a Preference. A malformed record is reported
+with its file and index (0-based: its place in the JSON list, or among the non-blank lines of a JSONL
+file) and skipped; with `strict` the first one raises DatasetError. A file with no valid record is an
+error either way, since training on nothing is never what was meant.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from finetune.conversation import Conversation, Preference
+from finetune.errors import DatasetError, NoValidRecord
+from llm.types import Message, Role
+
+Format = Literal["alpaca", "sharegpt", "xtuner"]
+FORMATS: tuple[Format, ...] = ("alpaca", "sharegpt", "xtuner")
+Example = Conversation | Preference
+READABLE_SUFFIXES = (".json", ".jsonl", ".csv")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which key of a record holds each field (LLaMA-Factory's `columns`)."""
+
+    prompt: str = "instruction"
+    query: str = "input"
+    response: str = "output"
+    history: str = "history"
+    messages: str = "conversations"
+    system: str = "system"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+
+
+@dataclass(frozen=True)
+class Tags:
+    """How sharegpt messages name their role and content, and each role's name (LLaMA-Factory's `tags`)."""
+
+    role: str = "from"
+    content: str = "value"
+    user: str = "human"
+    assistant: str = "gpt"
+    observation: str = "observation"
+    function: str = "function_call"
+    system: str = "system"
+
+
+OPENAI_COLUMNS = Columns(messages="messages")
+OPENAI_TAGS = Tags(role="role", content="content", user="user", assistant="assistant", observation="tool")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A malformed record: its file, its index and why it was skipped."""
+
+    file: str
+    index: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: record {self.index}: {self.reason}"
+
+
+@dataclass
+class ReadReport:
+    """How many records were read, and each one skipped with its reason."""
+
+    valid: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def merge(self, other: ReadReport) -> None:
+        """Add another report's counts to this one."""
+        self.valid += other.valid
+        self.skipped.extend(other.skipped)
+
+    def reasons(self) -> Counter[str]:
+        """Return how many records were skipped for each reason."""
+        return Counter(skip.reason for skip in self.skipped)
+
+
+class Malformed(ValueError):
+    """One record is malformed; the reader adds its file and index."""
+
+
+@dataclass(frozen=True)
+class _Unparsable:
+    """A JSONL line that is not JSON, kept in place so the records after it keep their index."""
+
+    reason: str
+
+
+def load_records(path: Path) -> list[object]:
+    """Return the raw records of a .json (a list), .jsonl or .csv file; DatasetError if it cannot be read."""
+    suffix = path.suffix.lower()
+    if suffix not in READABLE_SUFFIXES:
+        raise DatasetError(
+            f"{path}: cannot read {suffix or 'files without a suffix'}; use .json, .jsonl or .csv"
+        )
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: cannot read: {error}") from None
+    if suffix == ".csv":
+        return list(csv.DictReader(text.splitlines()))
+    if suffix == ".jsonl":
+        return [_json_line(line) for line in text.splitlines() if line.strip()]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}: not valid JSON: {error}") from None
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a JSON list of records, found a {_kind(data)}")
+    return data
+
+
+def detect_format(record: object) -> tuple[Format, Columns, Tags]:
+    """Return the format of a record by its keys, with the columns and tags to read it; Malformed if unknown."""
+    if isinstance(record, dict):
+        if isinstance(record.get("conversation"), list):
+            return "xtuner", Columns(), Tags()
+        if "conversations" in record:
+            return "sharegpt", Columns(), Tags()
+        if "messages" in record:
+            messages = record["messages"]
+            openai = isinstance(messages, list) and bool(messages) and isinstance(messages[0], dict)
+            return "sharegpt", OPENAI_COLUMNS, OPENAI_TAGS if openai and "role" in messages[0] else Tags()
+        if {"instruction", "input", "output", "chosen"} & record.keys():
+            return "alpaca", Columns(), Tags()
+        raise Malformed(f"cannot tell the format from its keys ({', '.join(map(str, record)) or 'none'})")
+    raise Malformed(f"is a {_kind(record)}, not a JSON object")
+
+
+def read_file(
+    path: Path,
+    format: Format | None = None,
+    *,
+    ranking: bool | None = None,
+    columns: Columns | None = None,
+    tags: Tags | None = None,
+    strict: bool = False,
+) -> tuple[list[Example], ReadReport]:
+    """Return the examples of a file and its report; the format (and ranking) is detected when not given."""
+    records = load_records(path)
+    if not records:
+        raise NoValidRecord(f"{path}: no valid record (the file holds no records)", ReadReport())
+    if format is None:
+        try:
+            format, found_columns, found_tags = detect_format(records[0])
+        except Malformed as error:
+            raise DatasetError(f"{path}: record 0: {error}; name the format explicitly") from None
+        columns, tags = columns or found_columns, tags or found_tags
+    columns = columns or Columns()
+    if ranking is None:
+        ranking = _looks_ranked(records[0], format, columns)
+    return read_records(
+        records, str(path), format, ranking=ranking, columns=columns, tags=tags, strict=strict
+    )
+
+
+def read_records(
+    records: Iterable[object],
+    file: str,
+    format: Format,
+    *,
+    ranking: bool = False,
+    columns: Columns | None = None,
+    tags: Tags | None = None,
+    strict: bool = False,
+) -> tuple[list[Example], ReadReport]:
+    """Return the valid examples of raw records and a report of the others; DatasetError if none is valid."""
+    columns, tags = columns or Columns(), tags or Tags()
+    if format not in FORMATS:
+        raise DatasetError(f"{file}: unknown format '{format}'; use one of {', '.join(FORMATS)}")
+    if format == "xtuner" and ranking:
+        raise DatasetError(f"{file}: the xtuner format holds no preference (ranking) data")
+    examples: list[Example] = []
+    report = ReadReport()
+    for index, record in enumerate(records):
+        try:
+            examples.append(_parse(record, format, ranking, columns, tags, f"{file}#{index}"))
+        except Malformed as error:
+            skipped = Skipped(file, index, str(error))
+            if strict:
+                raise DatasetError(str(skipped)) from None
+            report.skipped.append(skipped)
+    report.valid = len(examples)
+    if not examples:
+        first = f"; the first: {report.skipped[0]}" if report.skipped else ""
+        raise NoValidRecord(f"{file}: no valid record ({len(report.skipped)} malformed{first})", report)
+    return examples, report
+
+
+def _parse(
+    record: object, format: Format, ranking: bool, columns: Columns, tags: Tags, source: str
+) -> Example:
+    """Return one record as an example; Malformed says what is wrong with it."""
+    if isinstance(record, _Unparsable):
+        raise Malformed(record.reason)
+    if not isinstance(record, dict):
+        raise Malformed(f"is a {_kind(record)}, not a JSON object")
+    if format == "alpaca":
+        return parse_alpaca(record, columns, ranking, source)
+    if format == "sharegpt":
+        return parse_sharegpt(record, columns, tags, ranking, source)
+    return parse_xtuner(record, source)
+
+
+def parse_alpaca(record: dict, columns: Columns, ranking: bool, source: str = "") -> Example:
+    """Return an alpaca record (instruction, input, output, system, history) as an example; Malformed if bad."""
+    system = _optional_text(record, columns.system)
+    parts = [_optional_text(record, columns.prompt), _optional_text(record, columns.query)]
+    question = "\n".join(part for part in parts if part)
+    if not question:
+        raise Malformed(f"missing instruction (column '{columns.prompt}')")
+    messages = [Message("system", system)] if system else []
+    for question_before, answer_before in _history(record, columns.history):
+        messages += [Message("user", question_before), Message("assistant", answer_before)]
+    messages.append(Message("user", question))
+    if ranking:
+        chosen, rejected = _alpaca_pair(record, columns)
+        return Preference(tuple(messages), chosen, rejected, source)
+    output = _optional_text(record, columns.response)
+    if not output:
+        raise Malformed(f"missing output (column '{columns.response}')")
+    return Conversation((*messages, Message("assistant", output)), source)
+
+
+def parse_sharegpt(record: dict, columns: Columns, tags: Tags, ranking: bool, source: str = "") -> Example:
+    """Return a sharegpt or OpenAI-style record as an example; Malformed on wrong roles, order or content."""
+    raw = record.get(columns.messages)
+    if raw is None:
+        raise Malformed(f"missing messages (column '{columns.messages}')")
+    if not isinstance(raw, list):
+        raise Malformed(f"column '{columns.messages}' is a {_kind(raw)}, not a list of messages")
+    messages = [_sharegpt_message(item, n, tags) for n, item in enumerate(raw)]
+    system = _optional_text(record, columns.system)
+    if messages and messages[0].role == "system":
+        system, messages = messages[0].content, messages[1:]
+    offset = len(raw) - len(messages)
+    for n, message in enumerate(messages):
+        expected = ("user", "observation") if n % 2 == 0 else ("assistant",)
+        if message.role not in expected:
+            found = raw[n + offset][tags.role]
+            raise Malformed(
+                f"message {n + offset} should be from {_role_names(expected, tags)}, not '{found}'"
+            )
+    head = [Message("system", system)] if system else []
+    if ranking:
+        if len(messages) % 2 == 0:
+            raise Malformed(
+                f"even number of messages ({len(messages)}): a preference prompt ends with the user"
+            )
+        chosen, rejected = (_sharegpt_reply(record, key, tags) for key in (columns.chosen, columns.rejected))
+        return Preference((*head, *messages), chosen, rejected, source)
+    if not messages:
+        raise Malformed("no messages")
+    if len(messages) % 2:
+        raise Malformed(f"odd number of messages ({len(messages)}): the last must be the assistant's reply")
+    return Conversation((*head, *messages), source)
+
+
+def parse_xtuner(record: dict, source: str = "") -> Conversation:
+    """Return an XTuner record ({"conversation": [{system, input, output}, …]}) as a conversation."""
+    turns = record.get("conversation")
+    if not isinstance(turns, list) or not turns:
+        raise Malformed("missing 'conversation' (a non-empty list of turns)")
+    messages: list[Message] = []
+    for n, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise Malformed(f"turn {n} is a {_kind(turn)}, not an object with 'input' and 'output'")
+        system = _optional_text(turn, "system", f"turn {n}: ")
+        if system and n == 0:
+            messages.append(Message("system", system))
+        elif system and system != messages[0].content:
+            raise Malformed(f"turn {n}: a system prompt may only come in the first turn")
+        question = _optional_text(turn, "input", f"turn {n}: ")
+        answer = _optional_text(turn, "output", f"turn {n}: ")
+        if not question:
+            raise Malformed(f"turn {n}: missing 'input'")
+        if not answer:
+            raise Malformed(f"turn {n}: missing 'output'")
+        messages += [Message("user", question), Message("assistant", answer)]
+    return Conversation(tuple(messages), source)
+
+
+def _json_line(line: str) -> object:
+    """Return one JSONL line's value, or a placeholder saying why it is not JSON."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        return _Unparsable(f"not valid JSON: {error}")
+
+
+def _looks_ranked(record: object, format: Format, columns: Columns) -> bool:
+    """Return whether a record holds preference data: a `chosen` column, or alpaca's [better, worse] output."""
+    if not isinstance(record, dict) or format == "xtuner":
+        return False
+    return columns.chosen in record or (format == "alpaca" and isinstance(record.get(columns.response), list))
+
+
+def _optional_text(record: dict, key: str, where: str = "") -> str:
+    """Return the string at `key` ("" when absent or null); Malformed when it is not a string."""
+    value = record.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise Malformed(f"{where}'{key}' is a {_kind(value)}, not a string")
+    return value
+
+
+def _history(record: dict, key: str) -> list[tuple[str, str]]:
+    """Return alpaca's history ([[question, answer], …]) as pairs; Malformed when it has another shape."""
+    history = record.get(key)
+    if history is None:
+        return []
+    if not isinstance(history, list):
+        raise Malformed(f"'{key}' is a {_kind(history)}, not a list of [question, answer] pairs")
+    for n, pair in enumerate(history):
+        if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise Malformed(f"'{key}' item {n} is not a [question, answer] pair of strings")
+    return [(question, answer) for question, answer in history]
+
+
+def _alpaca_pair(record: dict, columns: Columns) -> tuple[str, str]:
+    """Return the (chosen, rejected) replies of an alpaca preference record, in either layout."""
+    if columns.chosen in record or columns.rejected in record:
+        chosen, rejected = _optional_text(record, columns.chosen), _optional_text(record, columns.rejected)
+    else:
+        output = record.get(columns.response)
+        if not (isinstance(output, list) and len(output) == 2 and all(isinstance(x, str) for x in output)):
+            raise Malformed(
+                f"preference data needs '{columns.chosen}' and '{columns.rejected}', "
+                f"or '{columns.response}' as [better, worse]"
+            )
+        chosen, rejected = output
+    if not chosen or not rejected:
+        raise Malformed(f"missing '{columns.chosen}' or '{columns.rejected}' reply")
+    return chosen, rejected
+
+
+def _sharegpt_message(item: object, n: int, tags: Tags) -> Message:
+    """Return one sharegpt message in our roles; a function call becomes an assistant message."""
+    if not isinstance(item, dict) or tags.role not in item or tags.content not in item:
+        raise Malformed(f"message {n} is not an object with '{tags.role}' and '{tags.content}'")
+    content = item[tags.content]
+    if not isinstance(content, str):
+        raise Malformed(f"message {n}: '{tags.content}' is a {_kind(content)}, not a string")
+    roles: dict[str, Role] = {
+        tags.user: "user",
+        tags.assistant: "assistant",
+        tags.function: "assistant",
+        tags.observation: "observation",
+        tags.system: "system",
+    }
+    role = roles.get(item[tags.role]) if isinstance(item[tags.role], str) else None
+    if role is None:
+        known = ", ".join(f"'{name}'" for name in roles)
+        raise Malformed(f"message {n} has unknown role {json.dumps(item[tags.role])} (known: {known})")
+    if role == "system" and n:
+        raise Malformed(f"message {n}: a system message may only come first")
+    return Message(role, content)
+
+
+def _sharegpt_reply(record: dict, key: str, tags: Tags) -> str:
+    """Return the text of a sharegpt preference reply (`chosen` or `rejected`), an assistant message."""
+    item = record.get(key)
+    if item is None:
+        raise Malformed(f"missing '{key}' reply")
+    message = _sharegpt_message(item, 0, tags) if isinstance(item, dict) else None
+    if message is None or message.role != "assistant" or not message.content:
+        raise Malformed(f"'{key}' is not an assistant message with '{tags.role}' and '{tags.content}'")
+    return message.content
+
+
+def _role_names(roles: tuple[Role, ...], tags: Tags) -> str:
+    """Return the record's own names for our roles, for messages: "user or observation ('human'/…)"."""
+    names = {
+        "user": [tags.user],
+        "observation": [tags.observation],
+        "assistant": [tags.assistant, tags.function],
+    }
+    return " or ".join(roles) + " (" + "/".join(f"'{name}'" for role in roles for name in names[role]) + ")"
+
+
+def _kind(value: object) -> str:
+    """Return a JSON value's kind in JSON's words."""
+    kinds = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)

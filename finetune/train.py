@@ -1,0 +1,366 @@
+"""Supervised fine-tuning (LoRA, DoRA, rsLoRA, QLoRA, freeze, full) with transformers' Trainer and peft.
+
+Arguments carry LLaMA-Factory's names, so its YAML files and flags carry over. The run saves what serving
+needs beside the adapter (or the fully fine-tuned model): the tokenizer and `kbqa_adapter.json` naming the
+chat template the examples were laid out with, which `TransformersChatModel` then uses under
+`llm.template: auto`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune.arguments import LOSS_PLOT, TrainArguments
+from finetune.conversation import Conversation
+from finetune.errors import FinetuneError
+from finetune.loading import check_quantization, load_model
+from finetune.preprocess import IGNORE_INDEX, encode_example
+from llm.transformers_backend import ADAPTER_INFO
+
+logger = logging.getLogger(__name__)
+
+# ChatGLM3's layer names, as LLaMA-Factory configs for it name them, and what they became when the checkpoint
+# was converted to transformers' GLM: query_key_value was split in three, dense_h_to_4h kept [gate | up].
+CHATGLM_TARGETS = {
+    "query_key_value": ("q_proj", "k_proj", "v_proj"),
+    "dense": ("o_proj",),
+    "dense_h_to_4h": ("gate_up_proj",),
+    "dense_4h_to_h": ("down_proj",),
+}
+
+
+@dataclass
+class TrainResult:
+    """What a run did: where it saved, how far it went, and its losses."""
+
+    output_dir: Path
+    template: str
+    global_step: int
+    train_loss: float  # the average over the run (transformers' train_loss)
+    losses: list[tuple[int, float]]  # the logged training loss by step
+    eval_loss: float | None
+    examples: int
+    skipped: int  # examples with nothing left to learn after truncation
+    trainable_parameters: int
+    loss_plot: Path | None
+
+
+def train(
+    args: TrainArguments,
+    conversations: list[Conversation] | None = None,
+    eval_conversations: list[Conversation] | None = None,
+) -> TrainResult:
+    """Return the result of fine-tuning on `conversations` (by default `args.dataset` from the registry)."""
+    from transformers import Trainer, set_seed
+
+    from llm.templates import template_for
+
+    _check_machine(args)
+    output_dir = Path(args.output_dir)
+    resume = _checkpoint_to_resume(args, output_dir)
+    train_set, eval_set = _conversations(args, conversations, eval_conversations)
+    set_seed(args.seed)
+    model, tokenizer = load_model(
+        args.model_name_or_path, _load_dtype(args), args.quantization_bit, args.trust_remote_code
+    )
+    try:
+        template = template_for(args.template, tokenizer)
+    except ValueError as error:
+        raise FinetuneError(str(error)) from error
+    examples, skipped = _encode(train_set, template, tokenizer, args)
+    eval_examples, _ = _encode(eval_set, template, tokenizer, args)
+    if not examples:
+        raise FinetuneError(f"no example has a reply left to learn within --cutoff_len {args.cutoff_len}")
+    model = _trainable(model, args)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("%d examples (%d skipped), %d trainable parameters", len(examples), skipped, trainable)
+    trainer = Trainer(
+        model=model,
+        args=_training_arguments(args, has_eval=bool(eval_examples)),
+        train_dataset=examples,
+        eval_dataset=eval_examples or None,
+        data_collator=_Collator(_pad_id(tokenizer)),
+        processing_class=tokenizer,
+    )
+    outcome = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    trainer.save_state()
+    trainer.save_metrics("train", outcome.metrics)
+    eval_loss = None
+    if eval_examples:
+        metrics = trainer.evaluate()
+        trainer.save_metrics("eval", metrics)
+        eval_loss = metrics["eval_loss"]
+    write_adapter_info(output_dir, template.name, args.model_name_or_path, args.finetuning_type)
+    history = trainer.state.log_history
+    plot = None
+    if args.plot_loss:
+        from finetune.plot import plot_loss
+
+        plot = plot_loss(history, output_dir / LOSS_PLOT, f"training loss of {output_dir.name}")
+    return TrainResult(
+        output_dir=output_dir,
+        template=template.name,
+        global_step=trainer.state.global_step,
+        train_loss=outcome.training_loss,
+        losses=[(entry["step"], entry["loss"]) for entry in history if "loss" in entry],
+        eval_loss=eval_loss,
+        examples=len(examples),
+        skipped=skipped,
+        trainable_parameters=trainable,
+        loss_plot=plot,
+    )
+
+
+def _check_machine(args: TrainArguments) -> None:
+    """Raise FinetuneError now, before any loading, for what this run needs and this machine lacks."""
+    import torch
+
+    if not args.model_name_or_path or not args.output_dir:
+        raise FinetuneError("--model_name_or_path and --output_dir are required")
+    check_quantization(args.quantization_bit)
+    if args.fp16 and not torch.cuda.is_available():
+        raise FinetuneError("--fp16 needs a CUDA GPU; use --bf16 or full precision on the CPU")
+    if args.plot_loss and importlib.util.find_spec("PIL") is None:
+        raise FinetuneError(
+            "--plot_loss draws with Pillow, which is not installed: pip install 'kbqa[finetune]'"
+        )
+
+
+def write_adapter_info(directory: Path, template: str, base_model: str, finetuning_type: str) -> Path:
+    """Return the path of `kbqa_adapter.json` written into `directory`, naming the template served with it."""
+    path = directory / ADAPTER_INFO
+    info = {"template": template, "base_model": base_model, "finetuning_type": finetuning_type}
+    path.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def lora_targets(model: Any, spec: str) -> list[str]:
+    """Return the module names LoRA wraps: every linear layer but the output head for `all`, else `spec`'s."""
+    linear = _linear_layer_names(model)
+    if spec.strip() == "all":
+        return sorted(linear)
+    targets: list[str] = []
+    for name in filter(None, (part.strip() for part in spec.split(","))):
+        if name in linear:
+            targets.append(name)
+        elif name in CHATGLM_TARGETS and set(CHATGLM_TARGETS[name]) <= linear:
+            targets += CHATGLM_TARGETS[name]
+        else:
+            raise FinetuneError(
+                f"--lora_target {name!r} names no linear layer of this model; it has {', '.join(sorted(linear))}"
+            )
+    if not targets:
+        raise FinetuneError("--lora_target names no layer; give `all` or layer names")
+    return list(dict.fromkeys(targets))
+
+
+def _linear_layer_names(model: Any) -> set[str]:
+    """Return the last name part of every linear layer (4/8-bit ones too) except the output head's."""
+    import torch
+
+    head = model.get_output_embeddings()
+    head_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is head}
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head
+    }
+    return names - head_names
+
+
+def _trainable(model: Any, args: TrainArguments) -> Any:
+    """Return the model ready to train: peft-wrapped for LoRA, or with the chosen layers unfrozen."""
+    if args.finetuning_type == "full":
+        model.requires_grad_(True)
+        return model
+    if args.finetuning_type == "freeze":
+        model.requires_grad_(False)
+        layers = _decoder_layers(model)
+        count = args.freeze_trainable_layers
+        chosen = layers[-count:] if count > 0 else layers[:-count]
+        for layer in chosen:
+            layer.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if args.quantization_bit:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=args.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=args.lora_rank,
+        lora_alpha=args.lora_alpha or 2 * args.lora_rank,
+        lora_dropout=args.lora_dropout,
+        target_modules=lora_targets(model, args.lora_target),
+        use_dora=args.use_dora,
+        use_rslora=args.use_rslora,
+    )
+    return get_peft_model(model, config)
+
+
+def _decoder_layers(model: Any) -> Any:
+    """Return the ModuleList of the model's transformer blocks (as many as the config's layers)."""
+    import torch
+
+    config = model.config
+    count = getattr(config, "num_hidden_layers", None) or getattr(config, "num_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise FinetuneError("cannot find the model's layers to unfreeze; use --finetuning_type lora or full")
+
+
+def _load_dtype(args: TrainArguments) -> Any:
+    """Return the base model's dtype: 16-bit under LoRA with --bf16/--fp16, else float32 (AMP casts)."""
+    import torch
+
+    if args.finetuning_type == "lora" and (args.bf16 or args.fp16):
+        return torch.bfloat16 if args.bf16 else torch.float16
+    return torch.float32
+
+
+def _training_arguments(args: TrainArguments, has_eval: bool) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=args.output_dir,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        lr_scheduler_type=args.lr_scheduler_type,
+        warmup_steps=args.warmup_steps,
+        max_grad_norm=args.max_grad_norm,
+        logging_steps=args.logging_steps,
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=args.eval_steps,
+        bf16=args.bf16,
+        fp16=args.fp16,
+        seed=args.seed,
+        report_to=args.report_to,
+        remove_unused_columns=False,  # the examples are plain dicts of exactly the model's inputs
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **_checkpointing(args, TrainingArguments),
+    )
+
+
+def _checkpointing(args: TrainArguments, training_arguments: Any) -> dict[str, Any]:
+    """Return the Trainer's activation checkpointing settings (QLoRA's are set by peft on the model)."""
+    if not args.gradient_checkpointing or args.quantization_bit:
+        return {}
+    # transformers 5 renamed gradient_checkpointing to activation_checkpointing, keeping the old name a while.
+    fields = training_arguments.__dataclass_fields__
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+
+
+def _checkpoint_to_resume(args: TrainArguments, output_dir: Path) -> str | None:
+    """Return the checkpoint to resume from, refusing to train over an earlier run unasked."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    wanted = args.resume_from_checkpoint
+    if wanted and wanted.lower() in ("auto", "true", "last"):
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if last is None:
+            raise FinetuneError(
+                f"--resume_from_checkpoint {wanted}: {output_dir} holds no checkpoint-N directory"
+            )
+        return last
+    if wanted:
+        if not Path(wanted).is_dir():
+            raise FinetuneError(f"--resume_from_checkpoint {wanted}: no such directory")
+        return wanted
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite_output_dir:
+        raise FinetuneError(
+            f"{output_dir} is not empty; pass --resume_from_checkpoint auto to continue its run, "
+            "--overwrite_output_dir to write over it, or choose another --output_dir"
+        )
+    return None
+
+
+def _conversations(
+    args: TrainArguments, given: list[Conversation] | None, given_eval: list[Conversation] | None
+) -> tuple[list[Conversation], list[Conversation]]:
+    """Return (training, eval) conversations: given, or read from the registry and split by --val_size."""
+    if given is None:
+        if not args.dataset:
+            raise FinetuneError("--dataset is required")
+        given = _read(args.dataset, args)
+    if given_eval is None and args.eval_dataset:
+        given_eval = _read(args.eval_dataset, args)
+    if given_eval is not None or not args.val_size:
+        return list(given), list(given_eval or [])
+    shuffled = list(given)
+    random.Random(args.seed).shuffle(shuffled)
+    held = int(args.val_size) if args.val_size >= 1 else math.ceil(len(shuffled) * args.val_size)
+    if held >= len(shuffled):
+        raise FinetuneError(f"--val_size {args.val_size} leaves no training example of {len(shuffled)}")
+    return shuffled[held:], shuffled[:held]
+
+
+def _read(names: str, args: TrainArguments) -> list[Conversation]:
+    from finetune.registry import load_dataset
+
+    conversations, report = load_dataset(
+        [names], Path(args.dataset_dir), strict=args.strict, max_samples=args.max_samples, seed=args.seed
+    )
+    for skipped in report.skipped:
+        logger.warning("skipped %s", skipped)
+    logger.info(
+        "read %d conversations from %s (%d records skipped)", len(conversations), names, len(report.skipped)
+    )
+    return conversations
+
+
+def _encode(
+    conversations: list[Conversation], template: Any, tokenizer: Any, args: TrainArguments
+) -> tuple[list[dict[str, list[int]]], int]:
+    """Return (encoded examples, how many had no label left after truncation and were dropped)."""
+    examples = []
+    for conversation in conversations:
+        example = encode_example(
+            conversation, template, tokenizer, args.cutoff_len, args.train_on_prompt, args.mask_history
+        )
+        if any(label != IGNORE_INDEX for label in example["labels"]):
+            examples.append(example)
+    return examples, len(conversations) - len(examples)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+class _Collator:
+    """Pads a batch on the right: ids with the pad id, labels with -100, attention with 0."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        longest = max(len(example["input_ids"]) for example in batch)
+        padding = {"input_ids": self.pad_id, "labels": IGNORE_INDEX, "attention_mask": 0}
+        return {
+            key: torch.tensor([example[key] + [fill] * (longest - len(example[key])) for example in batch])
+            for key, fill in padding.items()
+        }

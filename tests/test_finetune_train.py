@@ -1,0 +1,328 @@
+"""Fine-tuning tiny random models end to end: LoRA memorises a tiny dataset and the adapter serves through the
+llm module with its saved template; merge keeps the logits; resume continues the step count; ChatGLM-style
+target names on GPTNeoX and on a converted ChatGLM3 checkpoint; freeze; QLoRA's error without CUDA; the CLI
+with a YAML config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from models import build_tiny_causal_lm, train_byte_level_bpe
+from safetensors.torch import load_file
+
+from finetune.arguments import TrainArguments, arguments_from
+from finetune.conversation import Conversation
+from finetune.errors import FinetuneError
+from finetune.merge import merge_adapter
+from finetune.train import lora_targets, train
+from llm.config import LLMConfig
+from llm.errors import ModelLoadError
+from llm.transformers_backend import TransformersChatModel
+from llm.types import BASE_MODEL, GenerationParams, Message
+
+FAQ = [
+    ("年假有几天？", "工作满一年后年假为五天。"),
+    ("报销多久提交？", "费用发生后三十天内提交。"),
+    ("谁审批报销？", "部门经理审批。"),
+]
+CONVERSATIONS = [
+    Conversation((Message("user", q), Message("assistant", a)), source=f"faq#{i}")
+    for i, (q, a) in enumerate(FAQ)
+]
+GREEDY = GenerationParams(max_new_tokens=24)
+# Memorises FAQ in 30 steps (a batch holds all three examples).
+MEMORISE = {"learning_rate": 1e-2, "max_steps": 30, "per_device_train_batch_size": 3, "logging_steps": 5}
+
+
+def build_model(directory: Path, architecture: str) -> Path:
+    """A tiny random Qwen2 or Llama whose output head is scaled up: a random head of std 0.02 after RMSNorm
+    caps every logit near 0.6, so no training could make a reply likely; a trained model's head is larger."""
+    from transformers import AutoModelForCausalLM
+
+    build_tiny_causal_lm(directory, architecture)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)
+    model.save_pretrained(directory)
+    return directory
+
+
+def arguments(model: Path, output_dir: Path, **settings: object) -> TrainArguments:
+    return TrainArguments(model_name_or_path=str(model), output_dir=str(output_dir), **settings)
+
+
+def chat(model: Path, **config: object) -> TransformersChatModel:
+    return TransformersChatModel(LLMConfig(backend="transformers", model=str(model), device="cpu", **config))
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """(base model directory, the LoRA run's result) of a ChatML-templated run that memorises FAQ."""
+    root = tmp_path_factory.mktemp(f"lora-{request.param}")
+    model = build_model(root / "model", request.param)
+    args = arguments(model, root / "adapter", template="chatml", plot_loss=True, **MEMORISE)
+    return model, train(args, CONVERSATIONS)
+
+
+def test_lora_lowers_the_loss_and_saves_what_serving_needs(trained) -> None:
+    model, result = trained
+    assert result.global_step == 30 and result.examples == 3 and result.skipped == 0
+    assert [step for step, _ in result.losses] == [5, 10, 15, 20, 25, 30]
+    assert result.losses[-1][1] < result.losses[0][1] / 2
+    saved = {path.name for path in result.output_dir.iterdir()}
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "training_loss.png",
+    } <= saved
+    info = json.loads((result.output_dir / "kbqa_adapter.json").read_text(encoding="utf-8"))
+    assert info == {"template": "chatml", "base_model": str(model), "finetuning_type": "lora"}
+    config = json.loads((result.output_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    expected = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert set(config["target_modules"]) == expected  # `all`: every linear layer but lm_head
+    from PIL import Image
+
+    with Image.open(result.loss_plot) as plot:
+        assert plot.size == (800, 480) and len(plot.getcolors(1 << 20)) > 3
+
+
+def test_the_adapter_serves_its_answers_with_its_saved_template(trained, tmp_path: Path) -> None:
+    model, result = trained
+    served = chat(model, adapters={"faq": str(result.output_dir)})
+    # llm.template is auto, which alone picks `hf` (the tokenizer's Jinja template); the adapter names chatml.
+    assert served.template.name == "chatml" and chat(model).template.name == "hf"
+    for question, answer in FAQ:
+        messages = [Message("user", question)]
+        assert served.generate(messages, GREEDY.model_copy(update={"adapter": "faq"})).text == answer
+        assert served.generate(messages, GREEDY.model_copy(update={"adapter": BASE_MODEL})).text != answer
+    assert chat(model, adapters={"faq": str(result.output_dir)}, template="hf").template.name == "hf"
+    other = shutil.copytree(result.output_dir, tmp_path / "other")
+    (other / "kbqa_adapter.json").write_text(json.dumps({"template": "hf"}), encoding="utf-8")
+    with pytest.raises(
+        ModelLoadError, match=r"different chat templates \(.*: chatml, .*other: hf\); set llm.template"
+    ):
+        chat(model, adapters={"faq": str(result.output_dir), "other": str(other)})
+
+
+def test_merge_gives_the_adapter_models_logits(trained, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model, result = trained
+    merged = merge_adapter(str(model), result.output_dir, tmp_path / "merged")
+    assert merged.dtype == "float32" and merged.max_abs_diff <= merged.tolerance < 1e-2
+    saved = {path.name for path in merged.out.iterdir()}
+    assert {"model.safetensors", "tokenizer.json", "config.json", "kbqa_adapter.json"} <= saved
+    assert not any(name.startswith("adapter") for name in saved)
+    ids = torch.tensor([[5, 17, 230, 41, 99, 3]])
+    reloaded = AutoModelForCausalLM.from_pretrained(merged.out)
+    adapter_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model), result.output_dir)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, adapter_model(ids).logits, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(reloaded(ids).logits, adapter_model.get_base_model()(ids).logits)
+    assert chat(merged.out).template.name == "chatml"  # the merged model keeps the adapter's template
+    with pytest.raises(FinetuneError, match="not empty"):
+        merge_adapter(str(model), result.output_dir, merged.out)
+    with pytest.raises(FinetuneError, match="no LoRA adapter"):
+        merge_adapter(str(model), merged.out, tmp_path / "again")
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_model(tmp_path_factory.mktemp("qwen") / "model", "qwen2")
+
+
+def test_resume_continues_the_step_count(qwen: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    settings = {"max_steps": 4, "save_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 1}
+    first = train(arguments(qwen, out, **settings), CONVERSATIONS)
+    assert first.global_step == 4 and {p.name for p in out.glob("checkpoint-*")} == {
+        "checkpoint-2",
+        "checkpoint-4",
+    }
+    with pytest.raises(FinetuneError, match="not empty; pass --resume_from_checkpoint auto"):
+        train(arguments(qwen, out, **settings), CONVERSATIONS)
+    resumed = train(
+        arguments(qwen, out, **settings | {"max_steps": 6, "resume_from_checkpoint": "auto"}), CONVERSATIONS
+    )
+    assert resumed.global_step == 6
+    assert [step for step, _ in resumed.losses] == [1, 2, 3, 4, 5, 6]
+    assert resumed.losses[:4] == first.losses  # steps 1-4 come from the checkpoint, not a second run
+    with pytest.raises(FinetuneError, match="holds no checkpoint"):
+        train(arguments(qwen, tmp_path / "empty", resume_from_checkpoint="auto"), CONVERSATIONS)
+
+
+def test_validation_split_reports_an_eval_loss_and_dora_rslora_are_saved(qwen: Path, tmp_path: Path) -> None:
+    args = arguments(qwen, tmp_path / "run", max_steps=2, val_size=1, use_dora=True, use_rslora=True)
+    result = train(args, CONVERSATIONS)
+    assert result.examples == 2 and result.eval_loss is not None and result.eval_loss > 0
+    config = json.loads((tmp_path / "run" / "adapter_config.json").read_text(encoding="utf-8"))
+    assert config["use_dora"] is True and config["use_rslora"] is True
+    weights = load_file(tmp_path / "run" / "adapter_model.safetensors")
+    assert any("lora_magnitude_vector" in name for name in weights)
+
+
+def test_freeze_trains_only_the_last_layers(qwen: Path, tmp_path: Path) -> None:
+    args = arguments(qwen, tmp_path / "run", finetuning_type="freeze", freeze_trainable_layers=1, max_steps=2)
+    result = train(args, CONVERSATIONS)
+    before, after = load_file(qwen / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("model.layers.1.") for name in changed)
+    assert result.trainable_parameters == sum(
+        t.numel() for n, t in before.items() if n.startswith("model.layers.1.")
+    )
+    info = json.loads((tmp_path / "run" / "kbqa_adapter.json").read_text(encoding="utf-8"))
+    assert info["finetuning_type"] == "freeze" and info["template"] == "hf"
+
+
+# --- ChatGLM-style layer names --------------------------------------------------------------------
+
+
+def test_gptneox_takes_chatglm_style_target_names(tmp_path: Path) -> None:
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = train_byte_level_bpe(tmp_path / "model")
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    GPTNeoXForCausalLM(config).save_pretrained(tmp_path / "model")
+    names = "query_key_value,dense,dense_h_to_4h,dense_4h_to_h"
+    assert lora_targets(GPTNeoXForCausalLM(config), "all") == sorted(names.split(","))  # not embed_out
+    result = train(
+        arguments(tmp_path / "model", tmp_path / "run", lora_target=names, max_steps=2), CONVERSATIONS
+    )
+    adapter = json.loads((result.output_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    assert set(adapter["target_modules"]) == set(names.split(","))
+    weights = load_file(result.output_dir / "adapter_model.safetensors")
+    assert any(".attention.query_key_value.lora_A" in name for name in weights)
+    assert any(".mlp.dense_4h_to_h.lora_B" in name for name in weights)
+    with pytest.raises(FinetuneError, match="'q_proj' names no linear layer of this model; it has dense, "):
+        lora_targets(GPTNeoXForCausalLM(config), "q_proj")
+
+
+def test_a_chatglm3_checkpoint_trains_with_its_own_layer_names(tmp_path: Path) -> None:
+    import sentencepiece
+    from models import CORPUS
+    from test_chatglm3 import (
+        SPECIAL_TOKENS,
+        TINY_CONFIG,
+        random_chatglm_weights,
+        train_sentencepiece,
+        write_checkpoint,
+    )
+
+    sp_model = train_sentencepiece(tmp_path / "sp" / "tokenizer.model", CORPUS)
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(sp_model)).get_piece_size()
+    config = TINY_CONFIG | {"padded_vocab_size": pieces + len(SPECIAL_TOKENS) + 7}
+    checkpoint = write_checkpoint(tmp_path / "chatglm3", sp_model, random_chatglm_weights(config), config)
+    args = arguments(
+        checkpoint,
+        tmp_path / "run",
+        lora_target="query_key_value,dense_h_to_4h",
+        max_steps=20,
+        learning_rate=1e-2,
+    )
+    result = train(args, CONVERSATIONS[:1])
+    assert result.template == "chatglm3"  # `auto` on ChatGLM3's tokenizer
+    adapter = json.loads((result.output_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    # The checkpoint is converted to transformers' GLM on load, as the llm module serves it.
+    assert set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "gate_up_proj"}
+    served = chat(checkpoint, adapters={"hr": str(result.output_dir)})
+    question = [Message("user", FAQ[0][0])]
+    tuned = served.generate(question, GREEDY.model_copy(update={"adapter": "hr"})).text
+    assert tuned != served.generate(question, GREEDY.model_copy(update={"adapter": BASE_MODEL})).text
+
+
+# --- arguments and errors ---------------------------------------------------------------------------
+
+
+def test_qlora_without_cuda_is_a_clear_error(qwen: Path, tmp_path: Path) -> None:
+    with pytest.raises(FinetuneError, match=r"--quantization_bit 4 \(QLoRA\) needs a CUDA GPU"):
+        train(arguments(qwen, tmp_path / "run", quantization_bit=4), CONVERSATIONS)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(FinetuneError, match="trains LoRA adapters only"):
+        arguments(qwen, tmp_path / "run", quantization_bit=4, finetuning_type="full")
+
+
+def test_yaml_values_are_coerced_and_flags_override_them() -> None:
+    config = {
+        "stage": "sft",
+        "do_train": True,
+        "model_name_or_path": "m",
+        "dataset": ["faq", "rag"],
+        "learning_rate": "5e-5",  # PyYAML reads a float without a dot as a string
+        "num_train_epochs": 2,
+        "bf16": "true",
+        "resume_from_checkpoint": True,
+    }
+    args = arguments_from(config, {"learning_rate": 1e-3, "lora_rank": None, "output_dir": "out"})
+    assert (args.dataset, args.learning_rate, args.num_train_epochs, args.bf16) == (
+        "faq,rag",
+        1e-3,
+        2.0,
+        True,
+    )
+    assert (args.lora_rank, args.resume_from_checkpoint, args.output_dir) == (8, "auto", "out")
+    with pytest.raises(FinetuneError, match="unknown settings: deepspeed, lora_rnak"):
+        arguments_from({"lora_rnak": 4, "deepspeed": "ds.json"})
+    with pytest.raises(FinetuneError, match=r"lora_rank: expected int, got 2.5"):
+        arguments_from({"lora_rank": 2.5})
+    with pytest.raises(FinetuneError, match="choose one of --bf16 and --fp16"):
+        arguments_from({"bf16": True, "fp16": True})
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+def test_cli_trains_from_a_yaml_config_and_merges(qwen: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    data = tmp_path / "data"
+    data.mkdir()
+    records = [{"instruction": q, "input": "", "output": a} for q, a in FAQ] + [{"instruction": "没有回答"}]
+    (data / "faq.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    (data / "dataset_info.json").write_text(json.dumps({"faq": {"file_name": "faq.json"}}), encoding="utf-8")
+    out = tmp_path / "adapter"
+    (tmp_path / "sft.yaml").write_text(
+        f"stage: sft\nmodel_name_or_path: {qwen}\ndataset: faq\ndataset_dir: {data}\ntemplate: chatml\n"
+        f"output_dir: {out}\nlearning_rate: 1e-2\nmax_steps: 100\nlogging_steps: 1\nval_size: 1\n",
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["finetune", "train", "--config", str(tmp_path / "sft.yaml"), "--max_steps", "3", "--plot_loss"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "trained 3 steps on 2 examples" in result.output and "eval loss" in result.output
+    assert (out / "adapter_model.safetensors").is_file() and (out / "training_loss.png").is_file()
+    merged = runner.invoke(
+        app, ["finetune", "merge", "--base", str(qwen), "--adapter", str(out), "--out", str(tmp_path / "m")]
+    )
+    assert merged.exit_code == 0, merged.output
+    assert "largest logit difference from the adapter model" in merged.output
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    again = runner.invoke(app, ["finetune", "train", "--config", str(tmp_path / "sft.yaml")])
+    assert again.exit_code == 1 and "is not empty; pass --resume_from_checkpoint" in " ".join(
+        again.output.split()
+    )
+    bad = runner.invoke(
+        app, ["finetune", "train", "--model_name_or_path", str(qwen), "--finetuning_type", "dpo"]
+    )
+    assert bad.exit_code == 1 and "--finetuning_type must be one of lora, freeze, full" in " ".join(
+        bad.output.split()
+    )

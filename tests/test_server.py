@@ -1,0 +1,406 @@
+"""The web service as users run it: `kbqa serve` in a subprocess, spoken to over real HTTP.
+
+Covers the official `openai` client against the OpenAI-compatible face, the SSE chat stream event by
+event, search staying responsive while an upload is indexed, a job surviving a SIGKILL of the server,
+back-to-back uploads, and API keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+KBQA = str(Path(sys.executable).parent / "kbqa")
+READY_TIMEOUT_S = 120.0
+JOB_TIMEOUT_S = 300.0
+# uvicorn re-raises the SIGTERM it handled once it has shut down gracefully.
+CLEAN_EXIT = (0, -signal.SIGTERM)
+
+SMALL_DOCS = {
+    "leave.md": "# 年假制度\n\n员工入职满一年后，每年享有十天带薪年假，年假需提前三个工作日在系统中申请。\n",
+    "expense.md": "# 报销流程\n\n差旅费用报销单经部门经理审批后，财务部在五个工作日内将款项打入员工工资卡。\n",
+    "vpn.md": "# VPN access\n\nConnect to the company VPN with the FortiClient app; your user name is your badge number.\n",
+    "printer.md": "# 打印机\n\n三楼东侧的彩色打印机需要刷工卡才能打印，卡纸时请联系行政部。\n",
+}
+
+
+def kbqa(*args: str) -> subprocess.CompletedProcess:
+    """Return the finished `kbqa` command, run with no KBQA_* variables of the caller's."""
+    return subprocess.run(
+        [KBQA, *args], capture_output=True, text=True, env=clean_env(), timeout=300, check=False
+    )
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """Return the environment without KBQA_* variables, plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("KBQA_")}, **extra}
+
+
+def free_port() -> int:
+    """Return a TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A `kbqa serve` subprocess on a data directory."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.env = clean_env(**(env or {}))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir.parent / f"server-{self.port}.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [KBQA, "--data-dir", str(data_dir), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"kbqa serve exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.kill()
+        pytest.fail(f"kbqa serve not ready after {READY_TIMEOUT_S:.0f} s:\n{self.output()}")
+
+    def output(self) -> str:
+        """Return what the server printed so far."""
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> int:
+        """Stop the server as an operator does (SIGTERM) and return its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                pytest.fail(f"kbqa serve ignored SIGTERM for 60 s:\n{self.output()}")
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """Kill the server at once, as a crash or an OOM killer does."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def build_small_kb(root: Path) -> Path:
+    """Return a data directory holding knowledge base `demo`, built from SMALL_DOCS by `kbqa index build`."""
+    docs = root / "docs"
+    docs.mkdir(parents=True)
+    for name, text in SMALL_DOCS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    data = root / "data"
+    built = kbqa("--data-dir", str(data), "index", "build", str(docs), "--kb", "demo")
+    assert built.returncode == 0, built.stderr
+    return data
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server over a data directory with knowledge base `demo` (SMALL_DOCS)."""
+    running = Server(build_small_kb(tmp_path_factory.mktemp("served")))
+    yield running
+    assert running.stop() in CLEAN_EXIT, running.output()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    """An HTTP client for the shared server."""
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http
+
+
+def generated_files(count: int, seed: int, chars: int = 400) -> list[tuple[str, bytes]]:
+    """Return `count` distinct Chinese Markdown files of about `chars` characters (one chunk) each, as
+    (name, bytes); embedding one takes about half a second on a CPU core."""
+    rng = random.Random(seed)
+    teams = ["财务部", "人事部", "行政部", "研发中心", "销售部", "客服中心", "法务部", "采购部"]
+    topics = ["报销", "考勤", "采购审批", "设备维护", "合同归档", "培训", "出差", "数据备份"]
+    actions = ["提交申请", "完成审批", "登记台账", "通知主管", "上传凭证", "更新系统", "复核金额"]
+    files = []
+    for i in range(count):
+        team, topic = rng.choice(teams), rng.choice(topics)
+        lines = [f"# {team}{topic}规定（第{seed}-{i}号）", ""]
+        while sum(len(line) for line in lines) < chars:
+            lines.append(
+                f"{rng.choice(teams)}在{topic}时须于{rng.randint(1, 30)}个工作日内{rng.choice(actions)}，"
+                f"编号{rng.randint(1000, 9999)}的{rng.choice(topics)}记录保存{rng.randint(1, 10)}年。"
+            )
+        files.append((f"rule_{seed}_{i:03d}.md", "\n".join(lines).encode("utf-8")))
+    return files
+
+
+def upload(http: httpx.Client, kb: str, files: list[tuple[str, bytes]]) -> dict:
+    """Return the job of an upload of `files` into `kb`."""
+    response = http.post(
+        f"/v1/kbs/{kb}/documents", files=[("files", (name, body, "text/markdown")) for name, body in files]
+    )
+    assert response.status_code == 202, response.text
+    return response.json()["job"]
+
+
+def wait_for_job(http: httpx.Client, job_id: str) -> dict:
+    """Return the job once it has finished."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S:.0f} s: {job}")
+
+
+def create_kb(http: httpx.Client, name: str) -> None:
+    """Create an empty knowledge base through the API."""
+    response = http.post("/v1/kbs", json={"name": name})
+    assert response.status_code == 201, response.text
+
+
+def assert_kb_check(data_dir: Path, kb: str) -> None:
+    """Assert `kbqa kb check` finds the knowledge base consistent."""
+    checked = kbqa("--data-dir", str(data_dir), "kb", "check", kb)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def document_sources(http: httpx.Client, kb: str) -> set[str]:
+    """Return the sources of the knowledge base's documents."""
+    response = http.get(f"/v1/kbs/{kb}/documents")
+    assert response.status_code == 200, response.text
+    return {document["source"] for document in response.json()["data"]}
+
+
+# --- the OpenAI-compatible face, through the official client ---------------------------------------
+
+
+def test_openai_client_models_chat_and_embeddings(server: Server) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+    assert "demo" in [model.id for model in client.models.list()]
+
+    question = [{"role": "user", "content": "差旅报销多久能到账？"}]
+    whole = client.chat.completions.create(model="demo", messages=question)
+    assert whole.choices[0].finish_reason == "stop"
+    answer = whole.choices[0].message.content
+    assert "五个工作日" in answer
+    citations = whole.model_extra["citations"]
+    assert citations and citations[0]["source"] == "docs/expense.md"
+    assert {"n", "chunk_id", "document_id", "source", "score", "text"} <= citations[0].keys()
+
+    chunks = list(
+        client.chat.completions.create(
+            model="demo", messages=question, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
+    finish = [c for c in chunks if c.choices and c.choices[0].finish_reason is not None]
+    assert len(finish) == 1 and finish[0].choices[0].finish_reason == "stop"
+    streamed_citations = finish[0].model_extra["citations"]
+    assert [c["chunk_id"] for c in streamed_citations] == [c["chunk_id"] for c in citations]
+    # OpenAI's include_usage: one last chunk with no choices carries the usage.
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert len({c.id for c in chunks}) == 1
+
+    embedded = client.embeddings.create(model="x", input=["a", "b"])
+    assert [item.index for item in embedded.data] == [0, 1]
+    for item in embedded.data:
+        assert len(item.embedding) == 384
+        assert math.isclose(math.fsum(x * x for x in item.embedding), 1.0, rel_tol=1e-4)
+    assert embedded.data[0].embedding != embedded.data[1].embedding
+
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="no-such-kb", messages=question)
+    assert raised.value.body["code"] == "model_not_found"
+
+
+# --- server-sent events -------------------------------------------------------------------------------
+
+
+def read_events(response: httpx.Response) -> list[tuple[str, dict]]:
+    """Return the (event, data) pairs of a server-sent-event stream, as they arrive."""
+    events, name, data = [], None, []
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            name = line.removeprefix("event:").strip()
+        elif line.startswith("data:"):
+            data.append(line.removeprefix("data:").strip())
+        elif line == "" and data:
+            events.append((name or "message", json.loads("\n".join(data))))
+            name, data = None, []
+    return events
+
+
+def test_chat_stream_sends_citations_deltas_then_done(client: httpx.Client) -> None:
+    question = {"question": "年假需要提前几天申请？", "stream": True}
+    with client.stream("POST", "/v1/kbs/demo/chat", json=question) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-request-id"]
+        events = read_events(response)
+
+    names = [name for name, _ in events]
+    assert names[0] == "citations" and names[-1] == "done", names
+    assert names[1:-1] and set(names[1:-1]) == {"delta"}, names
+    offered = events[0][1]["citations"]
+    assert offered[0]["source"] == "docs/leave.md"
+    done = events[-1][1]
+    assert done["answer"] == "".join(data["text"] for _, data in events[1:-1])
+    assert "三个工作日" in done["answer"]
+    assert done["citations"] and all(c in offered for c in done["citations"])
+
+    whole = client.post("/v1/kbs/demo/chat", json={**question, "stream": False}).json()
+    assert whole["answer"] == done["answer"]
+
+
+# --- ingestion jobs ---------------------------------------------------------------------------------
+
+
+def timed_search(http: httpx.Client, kb: str, query: str) -> float:
+    """Return the seconds a search took (inf when it did not answer in 5 s); assert it succeeded."""
+    started = time.perf_counter()
+    try:
+        response = http.post(f"/v1/kbs/{kb}/search", json={"query": query, "k": 5}, timeout=5)
+    except httpx.TimeoutException:
+        return math.inf
+    assert response.status_code == 200, response.text
+    return time.perf_counter() - started
+
+
+def test_search_stays_responsive_while_an_upload_is_indexed(client: httpx.Client, server: Server) -> None:
+    create_kb(client, "big")
+    queries = ["报销需要多久", "设备维护记录保存几年", "VPN user name", "合同归档审批"]
+    for kb in ("demo", "big"):  # the first search loads jieba's dictionary: a cost of its own
+        assert timed_search(client, kb, queries[0]) < 5.0
+    files = generated_files(40, seed=1)
+    job = upload(client, "big", files)
+    seconds: list[float] = []
+    statuses = set()
+    while (status := client.get(f"/v1/jobs/{job['id']}").json()["status"]) in ("queued", "running"):
+        statuses.add(status)
+        # The knowledge base being written and another one: neither may wait for the indexing.
+        for kb in ("demo", "big"):
+            seconds.append(timed_search(client, kb, queries[len(seconds) % len(queries)]))
+        if math.inf in seconds:
+            break
+        time.sleep(0.05)  # a user's pace, not a load test
+    print(f"{len(seconds)} searches while indexing: max {max(seconds):.3f} s, statuses {statuses}")
+    assert max(seconds) < 1.0, f"slowest searches (s; inf: none in 5 s): {sorted(seconds)[-5:]}"
+    assert "running" in statuses and len(seconds) >= 6, "indexing ended too soon to measure; upload more"
+
+    done = wait_for_job(client, job["id"])
+    assert done["status"] == "succeeded", done
+    assert done["files_done"] == done["files_total"] == len(files)
+    assert {f["status"] for f in done["files"]} == {"added"}
+    assert document_sources(client, "big") == {name for name, _ in files}
+
+
+def test_two_uploads_back_to_back_both_land(client: httpx.Client, server: Server) -> None:
+    create_kb(client, "twice")
+    first, second = generated_files(8, seed=2), generated_files(8, seed=3)
+    jobs = [upload(client, "twice", first), upload(client, "twice", second)]
+    for job in jobs:
+        done = wait_for_job(client, job["id"])
+        assert done["status"] == "succeeded", done
+        assert done["files_done"] == 8
+    assert document_sources(client, "twice") == {name for name, _ in first + second}
+    listed = client.get("/v1/jobs", params={"kb": "twice"}).json()["data"]
+    assert [job["id"] for job in listed] == [jobs[1]["id"], jobs[0]["id"]]
+    assert_kb_check(server.data_dir, "twice")
+
+
+def test_a_job_running_when_the_server_is_killed_is_resumed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    files = generated_files(20, seed=4)
+    # Small batches commit as they go, so the kill lands between committed and pending files.
+    env = {"KBQA_INGESTION__BATCH_CHUNKS": "4"}
+    first = Server(data, env)
+    try:
+        with httpx.Client(base_url=first.url, timeout=60) as http:
+            create_kb(http, "crash")
+            job = upload(http, "crash", files)
+            deadline = time.monotonic() + JOB_TIMEOUT_S
+            while (seen := http.get(f"/v1/jobs/{job['id']}").json())["files_done"] < 4:
+                assert seen["status"] in ("queued", "running"), seen
+                assert time.monotonic() < deadline, seen
+                time.sleep(0.02)
+    finally:
+        first.kill()
+    assert seen["status"] == "running" and seen["files_done"] < len(files), "killed too late; upload more"
+
+    second = Server(data, env)
+    try:
+        with httpx.Client(base_url=second.url, timeout=60) as http:
+            done = wait_for_job(http, job["id"])
+            assert done["status"] == "succeeded", done
+            assert done["files_done"] == done["files_total"] == len(files)
+            outcomes = {f["status"] for f in done["files"]}
+            assert outcomes == {"added", "skipped"}, done["files"]
+            assert document_sources(http, "crash") == {name for name, _ in files}
+            assert http.get("/v1/kbs/crash").json()["documents"] == len(files)
+            originals = {name: body for name, body in files}
+            for document in http.get("/v1/kbs/crash/documents").json()["data"]:
+                kept = http.get(f"/v1/kbs/crash/documents/{document['id']}/file")
+                assert kept.status_code == 200, (document["source"], kept.text)
+                assert kept.content == originals[document["source"]]
+    finally:
+        assert second.stop() in CLEAN_EXIT, second.output()
+    assert_kb_check(data, "crash")
+    assert not any((data / "uploads").iterdir()), "the staged upload was not cleaned up"
+
+
+# --- API keys ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that needs API key k1 for writes."""
+    running = Server(tmp_path_factory.mktemp("keyed") / "data", env={"KBQA_SERVER__API_KEYS": '["k1"]'})
+    yield running
+    assert running.stop() in CLEAN_EXIT, running.output()
+
+
+def test_writes_need_an_api_key_and_reads_do_not(keyed_server: Server) -> None:
+    with httpx.Client(base_url=keyed_server.url, timeout=60) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "k1"}):
+            refused = http.post("/v1/kbs", json={"name": "keyed"}, headers=headers)
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"]["code"] == "unauthorized"
+            assert refused.json()["error"]["request_id"] == refused.headers["x-request-id"]
+            assert refused.headers["www-authenticate"] == "Bearer"
+        assert http.get("/v1/kbs").json()["data"] == []
+
+        created = http.post("/v1/kbs", json={"name": "keyed"}, headers={"Authorization": "Bearer k1"})
+        assert created.status_code == 201, created.text
+        assert [kb["name"] for kb in http.get("/v1/kbs").json()["data"]] == ["keyed"]
+        assert http.get("/v1/kbs/keyed").status_code == 200
+        assert http.delete("/v1/kbs/keyed").status_code == 401
+        assert http.delete("/v1/kbs/keyed", headers={"Authorization": "Bearer k1"}).status_code == 204
