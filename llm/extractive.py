@@ -52,6 +52,27 @@ _FUNCTION_CHARS = frozenset(
 )
 
 
+_NUMBER = r"(?:\d+(?:\.\d+)?|[一二两三四五六七八九十百千万半]+)"
+_ANSWER_TYPES = [
+    (
+        re.compile(
+            r"多久|多长时间|几天|几个?(?:小时|月|周|星期|工作日)|什么时候|何时|how long|how many days|when",
+            re.I,
+        ),
+        re.compile(
+            _NUMBER
+            + r"\s*(?:个)?\s*(?:工作日|天|日|小时|周|星期|个?月|年|分钟|(?:working |business )?days?|hours?|weeks?|months?|years?)",
+            re.I,
+        ),
+    ),
+    (
+        re.compile(r"多少钱|多少元|费用是多少|标准是多少|how much", re.I),
+        re.compile(_NUMBER + r"\s*(?:元|块|万元|美元|RMB|CNY|USD)|[¥$￥]\s*\d", re.I),
+    ),
+    (re.compile(r"几|多少|how many", re.I), re.compile(_NUMBER)),
+]
+
+
 class ExtractiveConfig(BaseModel):
     """How the extractive answerer picks and writes sentences."""
 
@@ -77,6 +98,13 @@ class ExtractiveConfig(BaseModel):
         le=1.0,
         description="Weight of the share of the question's words/bigrams a sentence contains, added to "
         "its cosine; it breaks the near-ties that embeddings leave between sentences of one topic.",
+    )
+    answer_type_weight: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="Added to a sentence that holds the kind of value the question asks for: a duration for "
+        "多久/几天/how long, an amount of money for 多少钱/how much, a number for 几/多少/how many.",
     )
     max_sentence_chars: int = Field(
         240, ge=20, description="Longer sentences are cut at commas (or hard) into pieces of at most this."
@@ -144,12 +172,25 @@ class ExtractiveReader:
         vectors = self.embedder.embed_documents([s.text for s in sentences])
         cosines = (vectors @ self.embedder.embed_query(question)).tolist()
         asked = _terms(question)
-        if not asked or not self.config.lexical_weight:
-            return cosines
-        shares = [len(asked & _terms(s.text)) / len(asked) for s in sentences]
+        shares = [len(asked & _terms(s.text)) / len(asked) if asked else 0.0 for s in sentences]
+        wanted = answer_type(question)
+        typed = [1.0 if wanted and wanted.search(s.text) else 0.0 for s in sentences]
         return [
-            cosine + self.config.lexical_weight * share for cosine, share in zip(cosines, shares, strict=True)
+            cosine + self.config.lexical_weight * share + self.config.answer_type_weight * has_type
+            for cosine, share, has_type in zip(cosines, shares, typed, strict=True)
         ]
+
+
+def answer_type(question: str) -> re.Pattern[str] | None:
+    """Return a pattern for the kind of value `question` asks for (a duration, money, a count), or None.
+
+    Classic answer-type matching: embeddings of a small model rank "who to ask about reimbursements"
+    close to "reimbursement takes 3 working days" for 报销需要多久到账; the sentence holding a duration wins.
+    """
+    for asks, holds in _ANSWER_TYPES:
+        if asks.search(question):
+            return holds
+    return None
 
 
 def split_sentences(text: str, max_chars: int = 240) -> list[str]:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from llm.extractive import ExtractiveConfig, ExtractiveReader, split_sentences
+from llm.extractive import ExtractiveConfig, ExtractiveReader, answer_type, split_sentences
 from retrieval import SearchHit
 
 EXPENSE = (
@@ -208,3 +208,21 @@ def test_sentences_are_split_for_reading() -> None:
         "甲" * 50 + "…",
         "乙" * 50 + "。",
     ]
+
+
+@pytest.mark.parametrize(
+    ("question", "holds", "lacks"),
+    [
+        ("报销需要多久到账？", "审核通过后 3 个工作日内打入工资卡。", "报销问题请联系财务部张敏。"),
+        ("How long does approval take?", "Finance reviews within 5 working days.", "Finance reviews claims."),
+        ("住宿标准是多少钱？", "每晚不超过 500 元。", "住宿需要事先审批。"),
+        ("年假有几天？", "每年十天。", "年假需要提前申请。"),
+    ],
+)
+def test_answer_type_matches_the_value_asked_for(question: str, holds: str, lacks: str) -> None:
+    wanted = answer_type(question)
+    assert wanted is not None and wanted.search(holds) and not wanted.search(lacks)
+
+
+def test_questions_without_an_answer_type() -> None:
+    assert answer_type("报销找谁？") is None and answer_type("Who approves claims?") is None
