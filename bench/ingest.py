@@ -18,6 +18,14 @@ tracemalloc would slow the timed pass. Run from the repository root:
 
     python bench/ingest.py --limit 300
     python bench/ingest.py --kbqa-first --json
+
+`--runtimes torch,onnx,onnx-int8` measures something else: the embedding runtimes of one
+sentence-transformers model (EmbeddingConfig.runtime and quantize) on the same paragraphs, each taken
+as one chunk. The model is BERT-base-sized (12 layers, hidden 768, 12 heads, intermediate 3072) with
+random weights and a WordPiece vocabulary trained on the paragraphs: speed does not depend on the
+weights, and no model can be downloaded here. Each runtime embeds a few texts first, then is timed on all:
+
+    python bench/ingest.py --runtimes torch,onnx,onnx-int8 --limit 200
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from app.services import KnowledgeService
 from app.settings import load_settings
-from retrieval import Embedder
+from retrieval import Embedder, EmbeddingConfig, load_embedder
 
 with warnings.catch_warnings():
     # langchain-community warns on import that it is being sunset; it is still what users write today.
@@ -340,6 +348,121 @@ RSS +MiB      growth of the process's peak RSS (getrusage) during the side, nati
               side run second shows only what it needed beyond the first side's peak"""
 
 
+BATCH_SIZE = 32  # EmbeddingConfig's default
+RUNTIMES = {
+    "torch": {"runtime": "torch"},
+    "onnx": {"runtime": "onnx"},
+    "onnx-int8": {"runtime": "onnx", "quantize": "int8"},
+}
+
+
+def build_bert_base(directory: Path, texts: list[str], max_seq_length: int) -> Path:
+    """Return `directory` holding a random-weight BERT-base sentence-transformers model (mean pooling)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # bert-base-chinese's vocabulary size; Chinese text still comes out one token per character.
+    trainer = trainers.WordPieceTrainer(vocab_size=21128, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    bert_dir = directory / "bert"
+    fast = BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=max_seq_length)
+    fast.save_pretrained(bert_dir)
+    BertModel(BertConfig(vocab_size=len(fast))).save_pretrained(bert_dir)  # BertConfig's defaults: BERT-base
+    transformer = modules.Transformer(str(bert_dir), max_seq_length=max_seq_length)
+    pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, modules.Normalize()]).save(str(directory))
+    return directory
+
+
+@dataclass(frozen=True)
+class RuntimeResult:
+    """How fast one runtime embedded the texts, and how far its vectors are from torch's."""
+
+    runtime: str
+    load_seconds: float
+    embed_seconds: float
+    chunks: int
+    tokens: int
+    cosine_mean: float
+    cosine_min: float
+
+    @property
+    def chunks_per_second(self) -> float:
+        """Return texts embedded per second."""
+        return self.chunks / self.embed_seconds
+
+
+def compare_runtimes(texts: list[str], runtimes: list[str], max_seq_length: int) -> list[RuntimeResult]:
+    """Embed `texts` with each runtime of one BERT-base model; return their figures (torch's vectors as reference)."""
+    results: list[RuntimeResult] = []
+    reference: np.ndarray | None = None
+    with tempfile.TemporaryDirectory(prefix="kbqa-bench-runtimes-") as tmp:
+        model_dir = build_bert_base(Path(tmp) / "bert-base-random", texts, max_seq_length)
+        for name in ["torch"] + [r for r in runtimes if r != "torch"]:  # torch first: the reference
+            config = EmbeddingConfig(
+                backend="sentence-transformers", model=str(model_dir), device="cpu", batch_size=BATCH_SIZE
+            )
+            started = time.perf_counter()
+            embedder = load_embedder(config.model_copy(update=RUNTIMES[name]))  # includes any ONNX export
+            load_seconds = time.perf_counter() - started
+            embedder.embed_documents(texts[:BATCH_SIZE])  # one full batch: first-call costs paid
+            started = time.perf_counter()
+            vectors = embedder.embed_documents(texts)
+            embed_seconds = time.perf_counter() - started
+            reference = vectors if reference is None else reference
+            cosines = (vectors * reference).sum(axis=1)  # both sides are unit length
+            tokens = sum(min(embedder.count_tokens(text) + 2, max_seq_length) for text in texts)
+            result = RuntimeResult(
+                name,
+                load_seconds,
+                embed_seconds,
+                len(texts),
+                tokens,
+                float(cosines.mean()),
+                float(cosines.min()),
+            )
+            if name in runtimes:
+                results.append(result)
+    return results
+
+
+def print_runtime_report(results: list[RuntimeResult], info: dict[str, Any], setup: str) -> None:
+    """Print the machine, the setup and one row per runtime, with the speed ratio to torch."""
+    torch_rate = next((r.chunks_per_second for r in results if r.runtime == "torch"), float("nan"))
+    print(
+        f"machine: {info['platform']}, {info['processor']}, {info['usable_cpus']} usable CPUs, "
+        f"load average (1/5/15 min) at the end {' '.join(map(str, info['load_average_1_5_15_min']))}"
+    )
+    print(setup)
+    print()
+    print(
+        f"{'runtime':<10} {'load s':>7} {'embed s':>8} {'chunks/s':>9} {'tokens/s':>9} {'x torch':>8} "
+        f"{'cos mean':>9} {'cos min':>8}"
+    )
+    for r in results:
+        print(
+            f"{r.runtime:<10} {r.load_seconds:>7.1f} {r.embed_seconds:>8.1f} {r.chunks_per_second:>9.2f} "
+            f"{r.tokens / r.embed_seconds:>9.0f} {r.chunks_per_second / torch_rate:>8.2f} "
+            f"{r.cosine_mean:>9.5f} {r.cosine_min:>8.5f}"
+        )
+    print()
+    print(
+        "load s: loading the model, the one-time ONNX export and int8 quantisation included; "
+        "cos: cosine of each vector with torch's"
+    )
+
+
 def parse_args() -> argparse.Namespace:
     """Return the command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -347,6 +470,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="ingest only the first N paragraphs")
     parser.add_argument("--kbqa-first", action="store_true", help="run kbqa before the LangChain baseline")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--runtimes",
+        default=None,
+        help=f"compare embedding runtimes instead of pipelines, e.g. {','.join(RUNTIMES)}",
+    )
+    parser.add_argument(
+        "--max-seq-length",
+        type=int,
+        default=256,
+        help="token limit of the --runtimes model (BERT: up to 512)",
+    )
     return parser.parse_args()
 
 
@@ -376,6 +510,18 @@ def main() -> None:
     """Write the documents, warm both pipelines up, measure them in turn, and print the figures."""
     args = parse_args()
     paragraphs = read_paragraphs(args.dataset, args.limit)
+    if args.runtimes:
+        runtimes = args.runtimes.split(",")
+        if unknown := set(runtimes) - set(RUNTIMES):
+            raise SystemExit(f"unknown runtimes {sorted(unknown)}; choose from {', '.join(RUNTIMES)}")
+        texts = [text for _, text in paragraphs]
+        results = compare_runtimes(texts, runtimes, args.max_seq_length)
+        setup = (
+            f"dataset: {args.dataset} ({len(texts)} paragraphs, one chunk each); model: random-weight "
+            f"BERT-base, mean pooling, max_seq_length {args.max_seq_length}, batch size {BATCH_SIZE}"
+        )
+        print_runtime_report(results, machine(), setup)
+        return
     order = ["kbqa", "langchain"] if args.kbqa_first else ["langchain", "kbqa"]
     with tempfile.TemporaryDirectory(prefix="kbqa-bench-") as tmp:
         work = Path(tmp)

@@ -10,6 +10,7 @@ import importlib.util
 from typing import Any
 
 from finetune.errors import FinetuneError
+from llm.transformers_backend import quantization_config
 
 
 def load_model(
@@ -34,7 +35,7 @@ def load_model(
         if quantization_bit:
             import torch
 
-            kwargs["quantization_config"] = quantization_config(quantization_bit, dtype)
+            kwargs["quantization_config"] = quantization_config(f"{quantization_bit}bit", dtype)
             kwargs["device_map"] = {"": torch.cuda.current_device()}
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, ImportError, ModelLoadError) as error:
@@ -63,17 +64,3 @@ def check_quantization(quantization_bit: int | None) -> None:
             f"--quantization_bit {quantization_bit} (QLoRA) needs {' and '.join(missing)}, which this machine "
             "lacks; train LoRA in 16/32 bits instead (leave out --quantization_bit)"
         )
-
-
-def quantization_config(bits: int, compute_dtype: Any) -> Any:
-    """Return the bitsandbytes settings of QLoRA: NF4 with double quantisation, or 8-bit."""
-    from transformers import BitsAndBytesConfig
-
-    if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-    )

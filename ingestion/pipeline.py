@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ingestion.loaders import SUPPORTED_SUFFIXES, LoaderError, load_file
 from ingestion.splitter import ChineseTextSplitter, SplitterConfig
@@ -26,6 +26,8 @@ ALREADY_STORED = "already in the knowledge base"
 
 class IngestionConfig(BaseModel):
     """How ingestion batches its work."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
 
     batch_chunks: int = Field(
         256,

@@ -33,6 +33,8 @@ SEPARATORS: tuple[str, ...] = (
 class SplitterConfig(BaseModel):
     """How documents are cut into chunks (stored in a knowledge base's manifest)."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
+
     model_config = ConfigDict(extra="forbid")
 
     chunk_size: int = Field(

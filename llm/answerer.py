@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from llm.extractive import ExtractiveReader
 from llm.prompt import Prompt, PromptBuilder, PromptConfig
@@ -68,6 +68,8 @@ class Answer:
 
 class AnswerOptions(BaseModel):
     """What one question asks for besides its text."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
 
     retrieval: SearchOptions = Field(default_factory=SearchOptions, description="How chunks are found.")
     generation: GenerationParams | None = Field(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from llm.extractive import ExtractiveConfig
 from llm.prompt import PromptConfig
@@ -16,11 +16,33 @@ Backend = Literal["extractive", "transformers", "openai"]
 class OpenAIConfig(BaseModel):
     """An OpenAI-compatible server (vLLM, another kbqa, a hosted API)."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
+
     base_url: str = Field("http://localhost:8000/v1", description="The server's API root, ending in /v1.")
+    base_urls: list[str] = Field(
+        default_factory=list,
+        description="Several replicas of the same server (vLLM instances), used round-robin with failover; "
+        "when set, `base_url` is ignored.",
+    )
     api_key: str = Field("EMPTY", description="Sent as `Authorization: Bearer`; vLLM accepts any value.")
     model: str | None = Field(None, description="The model name the server serves; None uses `llm.model`.")
     timeout_s: float = Field(120.0, gt=0, description="Seconds to wait for a reply (or the next delta).")
-    max_retries: int = Field(2, ge=0, le=10, description="Retries on connection errors and 5xx replies.")
+    max_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries on connection errors and 5xx replies; with `base_urls`, failing over to the "
+        "next replica replaces them.",
+    )
+    unhealthy_cooldown_s: float = Field(
+        10.0, ge=0, description="With `base_urls`: seconds a replica that failed is skipped."
+    )
+    health_check_timeout_s: float = Field(
+        2.0,
+        ge=0,
+        description="With `base_urls`: a replica coming back from its cooldown must answer `GET /models` "
+        "within this many seconds before it gets a request; 0 sends the request unchecked.",
+    )
     context_window: int = Field(8192, gt=0, description="The served model's context window in tokens.")
     tokenizer: str | None = Field(
         None,
@@ -31,6 +53,8 @@ class OpenAIConfig(BaseModel):
 
 class LLMConfig(BaseModel):
     """How answers are generated. Env: `KBQA_LLM__BACKEND=transformers KBQA_LLM__MODEL=/models/chatglm3-6b`."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
 
     backend: Backend = Field(
         "extractive",

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from retrieval import Embedder, SearchHit
@@ -75,6 +75,8 @@ _ANSWER_TYPES = [
 
 class ExtractiveConfig(BaseModel):
     """How the extractive answerer picks and writes sentences."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
 
     max_sentences: int = Field(3, ge=1, le=20, description="Most sentences in an answer.")
     min_relative_score: float = Field(

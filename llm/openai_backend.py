@@ -4,6 +4,11 @@ vLLM serves each LoRA adapter as one more model name (`--lora-modules name=path`
 adapter is the model name it asks for. The client retries connection errors, 429 and 5xx replies itself
 (`max_retries`, exponential backoff); what still fails becomes one of the llm package's errors.
 
+With several replicas (`base_urls`), requests go round-robin over the healthy ones (llm/replicas.py) and
+the client does not retry: a replica that cannot be reached, times out or replies 5xx is skipped for
+`unhealthy_cooldown_s` and the request goes to the next one; a 429 goes to the next one too, without the
+cooldown. A stream fails over only while it has yielded no text, so no text is ever sent twice.
+
 Token counts are exact when `tokenizer` names the served model's tokenizer. Without it they are a
 conservative estimate, so a prompt fitted with them does not overflow the server's context window:
 one token per CJK character (the Chinese tokenizers of ChatGLM and Qwen take fewer), one per three other
@@ -16,12 +21,13 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from llm.config import OpenAIConfig
 from llm.errors import LLMError, ModelBusy, ModelLoadError, ModelUnavailable
+from llm.replicas import Attempt, Replica, ReplicaSet
 from llm.types import (
     BASE_MODEL,
     FinishReason,
@@ -53,6 +59,8 @@ _OTHER_CHARS_PER_TOKEN = 3
 _TOKENS_PER_MESSAGE = 4  # role markers and separators around each message
 _TOKENS_PER_REPLY_PROMPT = 3  # the template's prefix and the assistant header that opens the reply
 
+R = TypeVar("R")
+
 
 class OpenAIChatModel:
     """A chat model served over the OpenAI chat-completions API; adapters are extra served model names."""
@@ -63,11 +71,16 @@ class OpenAIChatModel:
         self.name = config.model or model
         self.context_window = config.context_window
         self._config = config
-        self._client = OpenAI(
-            base_url=config.base_url,
-            api_key=config.api_key,
-            timeout=config.timeout_s,
-            max_retries=config.max_retries,
+        urls = config.base_urls or [config.base_url]
+        # With several replicas a failing one is left for the next at once; retrying it would only delay.
+        self._retries = config.max_retries if len(urls) == 1 else 0
+        clients = [
+            OpenAI(base_url=url, api_key=config.api_key, timeout=config.timeout_s, max_retries=self._retries)
+            for url in urls
+        ]
+        self._replicas: ReplicaSet[Any] = ReplicaSet(
+            [Replica(url, client) for url, client in zip(urls, clients, strict=True)],
+            config.unhealthy_cooldown_s,
         )
         self._tokenizer: Any = None
         self._tokenizer_lock = threading.Lock()
@@ -90,9 +103,11 @@ class OpenAIChatModel:
         return len(template_for("auto", tokenizer).encode_prompt(tokenizer, wire))
 
     def generate(self, messages: list[Message], params: GenerationParams) -> Generation:
-        """Return the server's reply to `messages`."""
-        with self._translated_errors():
-            response = self._client.chat.completions.create(**self._request(messages, params))
+        """Return the server's reply to `messages` (from the first replica that answers)."""
+        request = self._request(messages, params)
+        _, response = self._first_answer(
+            _Failover(self._replicas, self._check), lambda client: client.chat.completions.create(**request)
+        )
         choice = response.choices[0]
         text = choice.message.content or ""
         return Generation(
@@ -103,21 +118,28 @@ class OpenAIChatModel:
         """Return the server's reply to `messages` as a stream of text deltas.
 
         The request is sent before this returns, so an unreachable or failing server raises here, before
-        any delta; closing the stream drops the connection, which makes vLLM abort the generation.
+        any delta; closing the stream drops the connection, which makes vLLM abort the generation. A
+        replica that fails before the first delta is left for the next one.
         """
         deltas = self._deltas(messages, params)
         next(deltas)  # runs up to the priming `yield ""`: the request is sent and its errors raised
         return TextStream(deltas)
 
     def close(self) -> None:
-        """Close the client's connections."""
-        self._client.close()
+        """Close every replica's connections."""
+        for replica in self._replicas.replicas:
+            replica.client.close()
 
     def _deltas(self, messages: list[Message], params: GenerationParams) -> Generator[str, None, Generation]:
-        with self._translated_errors():
-            chunks = self._client.chat.completions.create(
-                **self._request(messages, params), stream=True, stream_options={"include_usage": True}
+        request = self._request(messages, params)
+        failover = _Failover(self._replicas, self._check)
+
+        def send(client: Any) -> Any:
+            return client.chat.completions.create(
+                **request, stream=True, stream_options={"include_usage": True}
             )
+
+        replica, chunks = self._first_answer(failover, send)
         parts: list[str] = []
         finish_reason: str | None = None
         usage: Any = None
@@ -125,14 +147,24 @@ class OpenAIChatModel:
             # The priming yield is inside the try so that closing the stream before its first delta still
             # closes the response; a generator closed before it starts never runs its finally.
             yield ""
-            with self._translated_errors():
-                for chunk in chunks:
-                    usage = chunk.usage or usage
-                    for choice in chunk.choices:
-                        finish_reason = choice.finish_reason or finish_reason
-                        if choice.delta.content:
-                            parts.append(choice.delta.content)
-                            yield choice.delta.content
+            while True:
+                try:
+                    with self._translated_errors(replica.url):
+                        for chunk in chunks:
+                            usage = chunk.usage or usage
+                            for choice in chunk.choices:
+                                finish_reason = choice.finish_reason or finish_reason
+                                if choice.delta.content:
+                                    parts.append(choice.delta.content)
+                                    yield choice.delta.content
+                    break
+                except (ModelUnavailable, ModelBusy) as error:
+                    failover.failed(replica, error)
+                    if parts:  # the reader has text from this replica; another would repeat it
+                        raise
+                    chunks.close()
+                    finish_reason, usage = None, None
+                    replica, chunks = self._first_answer(failover, send)
         finally:
             chunks.close()
         text = "".join(parts)
@@ -181,16 +213,42 @@ class OpenAIChatModel:
                     ) from error
             return self._tokenizer
 
+    def _first_answer(self, failover: _Failover, send: Callable[[Any], R]) -> tuple[Replica[Any], R]:
+        """Return the first replica whose client `send` succeeds with, and what it returned."""
+        while True:
+            replica = failover.next()
+            try:
+                with self._translated_errors(replica.url):
+                    answer = send(replica.client)
+            except (ModelUnavailable, ModelBusy) as error:
+                failover.failed(replica, error)
+                continue
+            self._replicas.succeeded(replica)
+            return replica, answer
+
+    def _check(self, replica: Replica[Any]) -> ModelUnavailable | None:
+        """Return why `replica` failed its health check (`GET /models`), or None when it passed or is off."""
+        timeout_s = self._config.health_check_timeout_s
+        if not timeout_s:
+            return None
+        try:
+            with self._translated_errors(replica.url, timeout_s):
+                replica.client.with_options(timeout=timeout_s, max_retries=0).models.list()
+        except ModelUnavailable as error:
+            return error
+        except LLMError:
+            return None  # any other reply (a 404 from a server without /models, a 401) shows it is up
+        return None
+
     @contextmanager
-    def _translated_errors(self) -> Iterator[None]:
+    def _translated_errors(self, url: str, timeout_s: float | None = None) -> Iterator[None]:
         import openai
 
-        url = self._config.base_url
         try:
             yield
         except openai.APIConnectionError as error:  # refused, DNS, reset, and timeouts (a subclass)
             cause = (
-                f"no reply within {self._config.timeout_s:g} s"
+                f"no reply within {timeout_s or self._config.timeout_s:g} s"
                 if isinstance(error, openai.APITimeoutError)
                 else _root_cause(error)
             )
@@ -205,12 +263,44 @@ class OpenAIChatModel:
             message = f"HTTP {error.status_code}: {_server_message(error)}"
             if error.status_code >= 500:
                 raise ModelUnavailable(
-                    f"the model server at {url} keeps failing ({message}, "
-                    f"after {self._config.max_retries} retries)"
+                    f"the model server at {url} keeps failing ({message}, after {self._retries} retries)"
                 ) from error
             raise LLMError(f"the model server at {url} refused the request ({message})") from error
         except openai.OpenAIError as error:  # an error event inside a stream, or a malformed reply
             raise LLMError(f"the model server at {url} failed: {error}") from error
+
+
+class _Failover:
+    """One request's way through the replicas: which to try next, and why those tried so far failed."""
+
+    def __init__(
+        self, replicas: ReplicaSet[Any], check: Callable[[Replica[Any]], ModelUnavailable | None]
+    ) -> None:
+        self._replicas = replicas
+        self._check = check
+        self._plan: Iterator[Attempt[Any]] = iter(replicas.plan())
+        self._errors: list[LLMError] = []
+
+    def next(self) -> Replica[Any]:
+        """Return the next replica to send the request to; raise the failures when none is left."""
+        for attempt in self._plan:
+            error = self._check(attempt.replica) if attempt.check else None
+            if error is None:
+                return attempt.replica
+            self.failed(attempt.replica, error)
+        if len(self._replicas.replicas) == 1:
+            raise self._errors[0]
+        reasons = "; ".join(str(error) for error in self._errors)
+        summary = f"none of the {len(self._replicas.replicas)} model servers answered: {reasons}"
+        if all(isinstance(error, ModelBusy) for error in self._errors):
+            raise ModelBusy(summary)
+        raise ModelUnavailable(summary)
+
+    def failed(self, replica: Replica[Any], error: ModelUnavailable | ModelBusy) -> None:
+        """Record why `replica` failed this request; one that is down, not just busy, cools down."""
+        self._errors.append(error)
+        if isinstance(error, ModelUnavailable):
+            self._replicas.failed(replica)
 
 
 def estimate_tokens(text: str) -> int:

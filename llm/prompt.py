@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from llm.errors import PromptTooLong
 from llm.types import Message
@@ -51,6 +51,8 @@ EN_NO_CONTEXT_SYSTEM = (
 
 class PromptConfig(BaseModel):
     """The QA prompt (Jinja text with `chunks` (n, text, source, page), `question` and `refusal`)."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
 
     system_zh: str = Field(ZH_SYSTEM, description="System text for Chinese questions.")
     template_zh: str = Field(ZH_TEMPLATE, description="User turn for Chinese questions (Jinja).")

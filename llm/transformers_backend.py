@@ -271,7 +271,7 @@ def _load(config: LLMConfig, device: str, dtype: Any) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
         kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
         if config.quantization:
-            kwargs["quantization_config"] = _quantization(config.quantization, dtype)
+            kwargs["quantization_config"] = quantization_config(config.quantization, dtype)
             kwargs["device_map"] = config.device_map or {"": device}
         elif config.device_map:
             kwargs["device_map"] = config.device_map
@@ -284,7 +284,8 @@ def _load(config: LLMConfig, device: str, dtype: Any) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _quantization(bits: str, dtype: Any) -> Any:
+def quantization_config(bits: str, dtype: Any) -> Any:
+    """Return the bitsandbytes settings for `8bit`, or for `4bit`: NF4 with double quantisation (QLoRA)."""
     from transformers import BitsAndBytesConfig
 
     if bits == "8bit":

@@ -6,7 +6,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["system", "user", "assistant", "observation"]
 FinishReason = Literal["stop", "length"]
@@ -25,6 +25,8 @@ class Message:
 
 class GenerationParams(BaseModel):
     """How to generate one reply; the `llm.generation` settings are the defaults of every request."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
 
     max_new_tokens: int = Field(512, ge=1, le=32768, description="Most tokens to generate.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 decodes greedily.")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval.embedder import resolve_device
 
 
 class RerankerConfig(BaseModel):
     """The optional cross-encoder; without a model, searches asking for reranking are refused."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
 
     model: str | None = Field(
         None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from retrieval.embedder import Embedder
 from retrieval.knowledge_base import KnowledgeBase, ScoredChunk
@@ -26,6 +26,8 @@ Mode = Literal["dense", "lexical", "hybrid"]
 
 class RetrievalConfig(BaseModel):
     """How searches are run unless a call says otherwise."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
 
     mode: Mode = Field("hybrid", description="Default search mode: `dense`, `lexical` or `hybrid`.")
     candidates: int = Field(50, gt=0, le=1000, description="Candidates taken from each of dense and lexical.")
@@ -46,6 +48,8 @@ class RetrievalConfig(BaseModel):
 
 class SearchOptions(BaseModel):
     """What one search asks for."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
 
     k: int = Field(5, ge=1, le=MAX_TOP_K, description="How many chunks to return.")
     mode: Mode | None = Field(

@@ -52,3 +52,20 @@ def test_unknown_key_and_missing_file_are_errors(tmp_path: Path) -> None:
         load_settings(config)
     with pytest.raises(SettingsError, match="config file not found"):
         load_settings(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["KBQA_LLM__FOO", "KBQA_LLM__OPENAI__BASEURL", "KBQA_SERVER__PROT", "KBQA_RETRIEVAL__RERANKER__TOPN"],
+)
+def test_a_misspelt_nested_setting_is_an_error(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(SettingsError, match=name):
+        load_settings()
+
+
+def test_nested_yaml_keys_are_checked_too(tmp_path: Path) -> None:
+    config = tmp_path / "kbqa.yaml"
+    config.write_text("llm:\n  backend: extractive\n  tempreature: 0.5\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match="llm.tempreature"):
+        load_settings(config)
