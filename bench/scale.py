@@ -1,0 +1,316 @@
+"""Vector-store scale benchmark: FAISS flat, FAISS HNSW and Milvus Lite on random normalised vectors.
+
+Each store indexes N random 768-d float32 vectors (standard normal, L2-normalised, seeded with numpy;
+generated, not embedded, so the figures are about the stores alone) and answers Q other random unit
+vectors, one query at a time, for their top 10:
+
+- faiss-flat: `IndexFlatIP`, exact search; its recall is 1.0 by construction.
+- faiss-hnsw: `IndexHNSWFlat` with inner product, M=32, efConstruction 200, efSearch 64.
+- milvus-lite: pymilvus `MilvusClient` on a local .db folder, one collection with an HNSW index of the
+  same parameters (ef 64 at search), metric COSINE (equal to inner product on unit vectors). Needs
+  `pip install -e '.[milvus]'` (pymilvus and milvus-lite).
+
+Each store runs in its own process (this script again, with `--worker`), so the memory one leaves behind
+is not charged to the next. Figures per store:
+
+- build s: from an empty store to one ready to answer (FAISS: `add`; Milvus Lite: create the collection,
+  insert in batches, flush, wait until every row is indexed, load). FAISS builds on all usable cores.
+- RSS +MiB: growth of the process's resident set over the build, the vectors themselves already in memory.
+- size MiB: the store's own size: the serialised FAISS index, or the Milvus Lite .db folder on disk.
+- p50/p95 ms: latency of single queries at k=10, after a few warm-up queries; FAISS searches on one
+  thread (`omp_set_num_threads(1)`); Milvus Lite uses the threads it starts itself.
+- recall@10: the share of the exact top 10 (brute-force inner product over all N) found.
+
+Random unit vectors in 768 dimensions are all nearly orthogonal, so the true top 10 barely stand out and
+graph indexes find few of them at efSearch 64: recall here is a floor, far below what the same index
+reaches on real embeddings, which cluster.
+
+Run from the repository root:
+
+    .venv/bin/python bench/scale.py
+    .venv/bin/python bench/scale.py --sizes 100000,1000000 --json
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `python bench/scale.py` puts bench/ first on sys.path, where a sibling benchmark named like a package
+# (bench/retrieval.py) would shadow kbqa's own; take bench/ off so every import below finds the package.
+if (BENCH_DIR := str(Path(__file__).resolve().parent)) in sys.path:
+    sys.path.remove(BENCH_DIR)
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import faiss
+import numpy as np
+
+from app.evaluation import percentile
+
+DIM = 768
+TOP_K = 10
+HNSW_M = 32
+EF_CONSTRUCTION = 200
+EF_SEARCH = 64
+WARMUP_QUERIES = 5
+GENERATE_ROWS = 100_000  # rows generated and normalised at a time, so making 1M vectors needs no 2x copy
+METHODS = ("faiss-flat", "faiss-hnsw", "milvus-lite")
+
+Search = Callable[[np.ndarray], list[int]]
+
+
+def unit_vectors(count: int, seed: int) -> np.ndarray:
+    """Return `count` seeded random L2-normalised float32 vectors of DIM dimensions."""
+    rng = np.random.default_rng(seed)
+    vectors = np.empty((count, DIM), dtype=np.float32)
+    for start in range(0, count, GENERATE_ROWS):
+        block = vectors[start : start + GENERATE_ROWS]
+        rng.standard_normal(block.shape, dtype=np.float32, out=block)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+    return vectors
+
+
+def rss_mib() -> float:
+    """Return this process's current resident set size in MiB (from /proc, native memory included)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def folder_mib(folder: Path) -> float:
+    """Return the total size of the files under `folder` in MiB."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+def build_faiss(index: faiss.Index, vectors: np.ndarray, work: Path) -> tuple[Search, float]:
+    """Fill `index`; return its single-query search and its serialised size in MiB."""
+    index.add(vectors)
+    path = work / "index.faiss"
+    faiss.write_index(index, str(path))
+    size = path.stat().st_size / 2**20
+    path.unlink()
+    faiss.omp_set_num_threads(1)
+
+    def search(query: np.ndarray) -> list[int]:
+        return index.search(query[None, :], TOP_K)[1][0].tolist()
+
+    return search, size
+
+
+def build_faiss_flat(vectors: np.ndarray, work: Path, batch: int) -> tuple[Search, float]:
+    """Return the exact inner-product index's search and size."""
+    return build_faiss(faiss.IndexFlatIP(DIM), vectors, work)
+
+
+def build_faiss_hnsw(vectors: np.ndarray, work: Path, batch: int) -> tuple[Search, float]:
+    """Return the HNSW inner-product index's search and size."""
+    index = faiss.IndexHNSWFlat(DIM, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = EF_CONSTRUCTION
+    index.hnsw.efSearch = EF_SEARCH
+    return build_faiss(index, vectors, work)
+
+
+def build_milvus_lite(vectors: np.ndarray, work: Path, batch: int) -> tuple[Search, float]:
+    """Return a Milvus Lite collection's search and its .db folder's size, once every row is indexed."""
+    from pymilvus import DataType, MilvusClient
+
+    path = work / "bench.db"
+    client = MilvusClient(str(path))
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    index_params = client.prepare_index_params()
+    index_params.add_index(
+        "vector",
+        index_type="HNSW",
+        metric_type="COSINE",
+        params={"M": HNSW_M, "efConstruction": EF_CONSTRUCTION},
+    )
+    client.create_collection("bench", schema=schema, index_params=index_params)
+    for start in range(0, len(vectors), batch):
+        rows = vectors[start : start + batch]
+        client.insert("bench", [{"id": start + i, "vector": row} for i, row in enumerate(rows)])
+    client.flush("bench")
+    while (state := client.describe_index("bench", "vector"))["indexed_rows"] < len(vectors):
+        time.sleep(0.1)
+    if state["index_type"] != "HNSW":
+        raise RuntimeError(f"Milvus Lite built {state['index_type']}, not HNSW")
+    client.load_collection("bench")
+    search_params = {"metric_type": "COSINE", "params": {"ef": EF_SEARCH}}
+
+    def search(query: np.ndarray) -> list[int]:
+        hits = client.search(
+            "bench",
+            data=[query],
+            limit=TOP_K,
+            anns_field="vector",
+            search_params=search_params,
+            output_fields=["id"],
+        )
+        return [hit["id"] for hit in hits[0]]
+
+    return search, folder_mib(path)
+
+
+BUILDERS = {
+    "faiss-flat": build_faiss_flat,
+    "faiss-hnsw": build_faiss_hnsw,
+    "milvus-lite": build_milvus_lite,
+}
+
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Return the ids of each query's true top k by inner product, by brute force."""
+    return faiss.knn(queries, vectors, TOP_K, metric=faiss.METRIC_INNER_PRODUCT)[1]
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build one store on the spec's vectors, query it, and return its figures."""
+    vectors = unit_vectors(spec["size"], spec["seed"])
+    queries = unit_vectors(spec["queries"] + WARMUP_QUERIES, spec["seed"] + 1)
+    with tempfile.TemporaryDirectory(prefix="kbqa-scale-") as tmp:
+        rss_before = rss_mib()
+        started = time.perf_counter()
+        search, size_mib = BUILDERS[spec["method"]](vectors, Path(tmp), spec["milvus_batch"])
+        build_seconds = time.perf_counter() - started
+        rss_growth = rss_mib() - rss_before
+        for query in queries[:WARMUP_QUERIES]:
+            search(query)
+        seconds: list[float] = []
+        found: list[list[int]] = []
+        for query in queries[WARMUP_QUERIES:]:
+            started = time.perf_counter()
+            found.append(search(query))
+            seconds.append(time.perf_counter() - started)
+    faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))
+    truth = exact_top_k(vectors, queries[WARMUP_QUERIES:])
+    recall = float(
+        np.mean([len(set(f) & set(t.tolist())) / TOP_K for f, t in zip(found, truth, strict=True)])
+    )
+    return {
+        "size": spec["size"],
+        "method": spec["method"],
+        "build_s": round(build_seconds, 3),
+        "rss_growth_mib": round(rss_growth, 1),
+        "size_mib": round(size_mib, 1),
+        "p50_ms": round(1000 * percentile(seconds, 0.5), 3),
+        "p95_ms": round(1000 * percentile(seconds, 0.95), 3),
+        "recall_at_10": round(recall, 4),
+    }
+
+
+def run_in_process(spec: dict[str, Any]) -> dict[str, Any]:
+    """Return the figures of one store measured by a fresh process (this script with --worker)."""
+    finished = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    if finished.returncode != 0:
+        sys.exit(f"the {spec['method']} worker failed:\n{finished.stderr[-3000:]}")
+    return json.loads(finished.stdout.splitlines()[-1])
+
+
+def machine() -> dict[str, Any]:
+    """Return what the figures were measured on: CPU model, cores, memory, versions, load."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line), "")
+    meminfo = Path("/proc/meminfo").read_text().split()
+    return {
+        "cpu_model": model or platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "ram_gib": round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "faiss": faiss.__version__,
+        "load_average_1_5_15_min": [round(load, 2) for load in os.getloadavg()],
+    }
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """Return the results as an aligned plain-text table."""
+    header = ("N", "store", "build s", "RSS +MiB", "size MiB", "p50 ms", "p95 ms", "recall@10")
+    rows = [header] + [
+        (
+            f"{r['size']:,}",
+            r["method"],
+            f"{r['build_s']:.1f}",
+            f"{r['rss_growth_mib']:.0f}",
+            f"{r['size_mib']:.0f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p95_ms']:.2f}",
+            f"{r['recall_at_10']:.3f}",
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i == 1 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    )
+
+
+def parse_args() -> argparse.Namespace:
+    """Return the command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes", default="100000", help="comma-separated vector counts, e.g. 100000,1000000"
+    )
+    parser.add_argument("--queries", type=int, default=200, help="timed queries per store")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the vectors (queries use seed + 1)")
+    parser.add_argument("--milvus-batch", type=int, default=5000, help="rows per Milvus Lite insert call")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    """Measure every store at every size, each in its own process, and print the figures."""
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(json.loads(args.worker))))
+        return
+    methods = args.methods.split(",")
+    if unknown := set(methods) - set(METHODS):
+        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    results = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        for method in methods:
+            spec = {"size": size, "method": method, "queries": args.queries, "seed": args.seed}
+            results.append(run_in_process(spec | {"milvus_batch": args.milvus_batch}))
+            if not args.json:
+                print(f"{size:,} {method}: done", file=sys.stderr)
+    info = machine()
+    if args.json:
+        print(
+            json.dumps({"machine": info, "dim": DIM, "k": TOP_K, "queries": args.queries, "results": results})
+        )
+        return
+    print(
+        f"machine: {info['cpu_model']}, {info['cpu_count']} CPUs ({info['usable_cpus']} usable), "
+        f"{info['ram_gib']} GiB RAM, {info['platform']}, Python {info['python']}, faiss {info['faiss']}, "
+        f"load average (1/5/15 min) at the end {' '.join(map(str, info['load_average_1_5_15_min']))}"
+    )
+    print(
+        f"{DIM}-d random unit vectors (seed {args.seed}), {args.queries} single queries at k={TOP_K}; "
+        f"HNSW M={HNSW_M}, efConstruction {EF_CONSTRUCTION}, efSearch {EF_SEARCH}"
+    )
+    print()
+    print(format_table(results))
+
+
+if __name__ == "__main__":
+    main()
