@@ -107,11 +107,33 @@ def _run(action):
 @kb_app.command("create")
 def kb_create(
     name: Annotated[str, typer.Argument(help="Name: letters (Chinese too), digits, '-', '_'.")],
+    store: Annotated[
+        str, typer.Option("--store", help="Vector store: faiss (files in the folder) or milvus.")
+    ] = "faiss",
+    uri: Annotated[
+        str | None,
+        typer.Option(
+            "--uri",
+            help="Milvus: a server URI (http://host:19530) or a Milvus Lite file (default milvus.db in the folder).",
+        ),
+    ] = None,
 ) -> None:
     """Create an empty knowledge base with the configured embedding model and splitter."""
     svc = service()
-    _run(lambda: svc.create(name).close())
-    console.print(f"created knowledge base [bold]{name}[/] in {svc.catalog.path(name)}")
+    _run(lambda: svc.create(name, store, uri).close())
+    console.print(f"created knowledge base [bold]{name}[/] ({store}) in {svc.catalog.path(name)}")
+
+
+@kb_app.command("migrate")
+def kb_migrate(
+    name: Annotated[str, typer.Argument(help="Knowledge-base name.")],
+    to: Annotated[str, typer.Option("--to", help="The vector store to move to: faiss or milvus.")],
+    uri: Annotated[str | None, typer.Option("--uri", help="Milvus: server URI or Milvus Lite file.")] = None,
+) -> None:
+    """Rebuild a knowledge base's vectors in another store from its SQLite copy, then switch to it."""
+    svc = service()
+    _run(lambda: svc.migrate(name, to, uri))
+    console.print(f"knowledge base [bold]{name}[/] now uses {to}")
 
 
 @kb_app.command("list")

@@ -31,6 +31,7 @@ from retrieval import (
     SearchOptions,
     check_metadata,
     load_embedder,
+    new_store,
 )
 
 
@@ -51,10 +52,20 @@ class KnowledgeService:
         """Return the retriever over the embedding model, with the configured reranker (loaded on first use)."""
         return Retriever(self.embedder, self.settings.retrieval)
 
-    def create(self, name: str) -> KnowledgeBase:
-        """Create an empty knowledge base for the configured embedder and splitter; return it open."""
+    def create(self, name: str, store: str = "faiss", uri: str | None = None) -> KnowledgeBase:
+        """Create an empty knowledge base for the configured embedder and splitter; return it open.
+
+        `store` picks where its vectors are searched: faiss (files in its directory) or milvus (a
+        server at `uri`, or a Milvus Lite file, by default inside its directory).
+        """
         identity = EmbeddingIdentity.of(self.embedder)
-        return self.catalog.create(name, identity, self.settings.splitter.model_dump())
+        settings = new_store(name, store, uri)
+        return self.catalog.create(name, identity, self.settings.splitter.model_dump(), settings)
+
+    def migrate(self, name: str, store: str, uri: str | None = None) -> None:
+        """Move the named knowledge base's vectors to the `store` backend (rebuilt from SQLite); return nothing."""
+        with closing(self.open(name)) as kb:
+            kb.switch_store(new_store(name, store, uri))
 
     def open(self, name: str) -> KnowledgeBase:
         """Return the named knowledge base open, refusing one built with another embedding model."""

@@ -11,8 +11,9 @@ from retrieval.errors import (
     KnowledgeBaseExists,
     KnowledgeBaseNotFound,
 )
+from retrieval.index_backends import new_store
 from retrieval.knowledge_base import ConsistencyReport, KnowledgeBase, ScoredChunk
-from retrieval.manifest import EmbeddingIdentity, Manifest
+from retrieval.manifest import EmbeddingIdentity, Manifest, VectorStore
 from retrieval.metadata import check_metadata, parse_pairs
 from retrieval.reranker import Reranker, RerankerConfig
 from retrieval.retriever import RetrievalConfig, Retriever, SearchHit, SearchOptions
@@ -45,9 +46,11 @@ __all__ = [
     "ScoredChunk",
     "SearchHit",
     "SearchOptions",
+    "VectorStore",
     "WriteResult",
     "check_metadata",
     "load_embedder",
+    "new_store",
     "parse_pairs",
     "validate_name",
 ]

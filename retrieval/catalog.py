@@ -11,10 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import InvalidName, KnowledgeBaseExists, KnowledgeBaseNotFound
+from retrieval.index_backends import load_index
 from retrieval.knowledge_base import STORE_FILE, KnowledgeBase
-from retrieval.manifest import MANIFEST_FILE, EmbeddingIdentity, Manifest, write_manifest
+from retrieval.manifest import (
+    MANIFEST_FILE,
+    EmbeddingIdentity,
+    Manifest,
+    VectorStore,
+    read_manifest,
+    write_manifest,
+)
 from retrieval.store import ChunkStore
-from retrieval.vector_index import VectorIndex
+from retrieval.vector_index import FaissIndex
 
 # Letters (CJK included), digits, '-' and '_'; no dots or slashes, so a name is never a path trick.
 NAME_PATTERN = re.compile(r"^[^\W_][\w-]{0,63}$")
@@ -70,8 +78,14 @@ class KnowledgeBaseCatalog:
             if not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
         )
 
-    def create(self, name: str, embedding: EmbeddingIdentity, splitter: dict[str, Any]) -> KnowledgeBase:
-        """Create an empty knowledge base and return it open; raise KnowledgeBaseExists if taken."""
+    def create(
+        self,
+        name: str,
+        embedding: EmbeddingIdentity,
+        splitter: dict[str, Any],
+        store: VectorStore | None = None,
+    ) -> KnowledgeBase:
+        """Create an empty knowledge base (FAISS unless `store` says) and return it open; KnowledgeBaseExists if taken."""
         target = self.path(name)
         if target.exists():
             raise KnowledgeBaseExists(f"knowledge base '{name}' already exists")
@@ -79,16 +93,26 @@ class KnowledgeBaseCatalog:
         # Built in a hidden directory and renamed into place, so a half-made one is never listed.
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.creating-", dir=self.root))
         try:
-            write_manifest(staging, Manifest(name=name, embedding=embedding, splitter=splitter))
+            manifest = Manifest(
+                name=name, embedding=embedding, splitter=splitter, store=store or VectorStore()
+            )
+            write_manifest(staging, manifest)
             ChunkStore(staging / STORE_FILE, embedding.dimension).close()
-            VectorIndex.empty(embedding.dimension).save(staging)
+            # A Milvus collection is made when the knowledge base first opens, in its final directory.
+            if manifest.store.backend == "faiss":
+                FaissIndex.empty(embedding.dimension, staging).save()
             staging.rename(target)
         except OSError as error:
             shutil.rmtree(staging, ignore_errors=True)
             if target.exists():
                 raise KnowledgeBaseExists(f"knowledge base '{name}' already exists") from error
             raise
-        return KnowledgeBase(target, embedding)
+        try:
+            return KnowledgeBase(target, embedding)
+        except ValueError:
+            # e.g. an unreachable Milvus server: no knowledge base is left that could never open.
+            shutil.rmtree(target, ignore_errors=True)
+            raise
 
     def open(self, name: str, embedding: EmbeddingIdentity | None = None) -> KnowledgeBase:
         """Return the named knowledge base open; with `embedding`, refuse one built with another model."""
@@ -120,6 +144,13 @@ class KnowledgeBaseCatalog:
         """Delete the named knowledge base and everything in it; return nothing."""
         if not self.exists(name):
             raise KnowledgeBaseNotFound(f"knowledge base '{name}' does not exist")
+        manifest = read_manifest(self.path(name))
+        if manifest.store.backend == "milvus":
+            # A Milvus server outlives the directory, so its collection is dropped explicitly.
+            index = load_index(self.path(name), manifest)
+            if index is not None:
+                index.destroy()
+                index.close()
         # Renamed away first, so it disappears at once even if removing the files is interrupted.
         trash = self.root / f".deleted-{name}-{uuid.uuid4().hex}"
         self.path(name).rename(trash)

@@ -1,9 +1,9 @@
-"""A knowledge base on disk: manifest, SQLite chunk store, and FAISS index, kept consistent.
+"""A knowledge base on disk: manifest, SQLite chunk store, and vector index (FAISS or Milvus), kept consistent.
 
-Crash safety rests on one rule: SQLite is the truth and the FAISS index is derived from it. Each write
+Crash safety rests on one rule: SQLite is the truth and the vector index is derived from it. Each write
 is one SQLite transaction that adds or removes whole documents (with their vectors) and bumps a
-generation counter. The FAISS file is saved atomically with the generation it reflects; on open, an
-index whose generation or size differs from the store's is rebuilt from the stored vectors. So a
+generation counter. The index is saved with the generation it reflects, the generation last; on open,
+an index whose generation or size differs from the store's is rebuilt from the stored vectors. So a
 process killed at any moment leaves each document either fully old or fully new.
 """
 
@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.errors import KnowledgeBaseBusy
-from retrieval.manifest import EmbeddingIdentity, Manifest, read_manifest
+from retrieval.index_backends import empty_index, load_index
+from retrieval.manifest import EmbeddingIdentity, Manifest, VectorStore, read_manifest, write_manifest
 from retrieval.store import ChunkRecord, ChunkStore, DocumentRecord, NewDocument, WriteResult
 from retrieval.vector_index import VectorIndex
 
@@ -40,7 +41,7 @@ class ScoredChunk:
 
 @dataclass
 class ConsistencyReport:
-    """What disagrees between the FAISS index and the chunk store (empty lists: consistent)."""
+    """What disagrees between the vector index and the chunk store (empty lists: consistent)."""
 
     ids_without_chunk: list[int] = field(default_factory=list)
     chunks_without_vector: list[int] = field(default_factory=list)
@@ -48,7 +49,7 @@ class ConsistencyReport:
 
     @property
     def ok(self) -> bool:
-        """Return whether FAISS ids, chunk rows and lexical-index rows all name the same chunks."""
+        """Return whether vector-index ids, chunk rows and lexical-index rows all name the same chunks."""
         return not (self.ids_without_chunk or self.chunks_without_vector or self.chunks_without_terms)
 
 
@@ -73,30 +74,55 @@ class KnowledgeBase:
         return self.manifest.name
 
     def close(self) -> None:
-        """Release the store connection; return nothing."""
+        """Release the store and vector index connections; return nothing."""
         self.store.close()
+        self.index.close()
 
     def _load_index(self) -> VectorIndex:
-        index = VectorIndex.load(self.directory)
+        index = load_index(self.directory, self.manifest)
         generation = self.store.generation
         chunk_count = self.store.count()[1]
         if index is not None and index.generation == generation and index.count == chunk_count:
             return index
-        log.warning("rebuilding the FAISS index from the chunk store", extra={"kb": self.name})
-        index = self._rebuild_index(generation)
+        if index is not None or chunk_count:
+            log.warning("rebuilding the vector index from the chunk store", extra={"kb": self.name})
         try:
             with self._file_lock():
-                index.save(self.directory)
+                rebuilt = self._rebuild_index(self.manifest, generation)
+                rebuilt.save()
         except KnowledgeBaseBusy:
-            pass  # a writer holds it and will save its own index; ours stays in memory
-        return index
+            # A writer holds the lock and will save its own index. A FAISS copy is rebuilt in memory
+            # only; a Milvus collection is shared, so it is used as it is rather than rebuilt under the writer.
+            if index is not None and self.manifest.store.backend == "milvus":
+                return index
+            rebuilt = self._rebuild_index(self.manifest, generation)
+        if index is not None:
+            index.close()
+        return rebuilt
 
-    def _rebuild_index(self, generation: int) -> VectorIndex:
-        index = VectorIndex.empty(self.manifest.embedding.dimension)
+    def _rebuild_index(self, manifest: Manifest, generation: int) -> VectorIndex:
+        index = empty_index(self.directory, manifest)
         for ids, vectors in self.store.iter_vectors():
             index.add(ids, vectors)
         index.generation = generation
         return index
+
+    def switch_store(self, store: VectorStore) -> None:
+        """Copy every vector from SQLite into the `store` backend, then point the manifest at it; return nothing.
+
+        The manifest is replaced atomically only once the new copy is saved, so a crash leaves the
+        knowledge base on its old backend; the old copy is deleted last.
+        """
+        if store == self.manifest.store:
+            raise ValueError(f"knowledge base '{self.name}' already uses this {store.backend} store")
+        with self._writer_lock, self._file_lock(), self._state_lock:
+            manifest = self.manifest.model_copy(update={"store": store})
+            index = self._rebuild_index(manifest, self.store.generation)
+            index.save()
+            write_manifest(self.directory, manifest)
+            old, self.index, self.manifest = self.index, index, manifest
+            old.destroy()
+            old.close()
 
     @contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -114,13 +140,13 @@ class KnowledgeBase:
 
     @contextmanager
     def writing(self) -> Iterator[KnowledgeBase]:
-        """Hold the knowledge base as its only writer; save the FAISS index when the block ends."""
+        """Hold the knowledge base as its only writer; save the vector index when the block ends."""
         with self._writer_lock, self._file_lock():
             try:
                 yield self
             finally:
                 with self._state_lock:
-                    self.index.save(self.directory)
+                    self.index.save()
 
     def add_documents(self, documents: Sequence[NewDocument]) -> WriteResult:
         """Store documents (replacing any of the same source) in one transaction; return what changed."""
@@ -234,7 +260,7 @@ class KnowledgeBase:
             return self.store.metadata_values(limit)
 
     def check(self) -> ConsistencyReport:
-        """Return how the FAISS index and the chunk store disagree, if they do."""
+        """Return how the vector index and the chunk store disagree, if they do."""
         with self._state_lock:
             index_ids = set(self.index.ids().tolist())
             chunk_ids = set(self.store.chunk_ids().tolist())

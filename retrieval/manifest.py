@@ -38,6 +38,18 @@ class EmbeddingIdentity(BaseModel):
         )
 
 
+class VectorStore(BaseModel):
+    """Where a knowledge base keeps the searchable copy of its vectors (SQLite keeps the truth)."""
+
+    backend: Literal["faiss", "milvus"] = "faiss"
+    uri: str | None = Field(
+        None,
+        description="Milvus only: a server URI (http://host:19530), or a Milvus Lite file; a relative "
+        "path is inside the knowledge base's directory (default milvus.db).",
+    )
+    collection: str | None = Field(None, description="Milvus only: the collection holding the vectors.")
+
+
 class Manifest(BaseModel):
     """Everything needed to read a knowledge base back the way it was written."""
 
@@ -48,6 +60,8 @@ class Manifest(BaseModel):
     normalized: bool = Field(True, description="Vectors are L2-normalised, so inner product = cosine.")
     splitter: dict[str, Any] = Field(default_factory=dict, description="Splitter settings used at ingestion.")
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # Manifests written before vector backends existed have none: they mean FAISS.
+    store: VectorStore = Field(default_factory=VectorStore)
 
     def check_embedding(self, embedding: EmbeddingIdentity) -> None:
         """Raise EmbeddingMismatch unless `embedding` is the model this knowledge base was built with."""

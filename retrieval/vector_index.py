@@ -1,10 +1,13 @@
-"""The FAISS half of a knowledge base: inner product over L2-normalised vectors, with stable 64-bit ids."""
+"""The searchable copy of a knowledge base's vectors: the backend protocol, and FAISS (the default).
+
+FAISS searches by inner product over L2-normalised vectors, i.e. cosine, with stable 64-bit ids.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -17,22 +20,71 @@ INDEX_FILE = "index.faiss"
 INDEX_STATE_FILE = "index.json"
 
 
-class VectorIndex:
-    """A FAISS `IndexIDMap2(IndexFlatIP)`: exact cosine search whose ids are the chunks' ids."""
+class VectorIndex(Protocol):
+    """A searchable copy of the chunk store's vectors, tagged with the store generation it reflects.
 
-    def __init__(self, index: faiss.Index, generation: int) -> None:
+    SQLite stays the truth: a copy whose generation or count differs from the store's is rebuilt.
+    """
+
+    generation: int
+
+    @property
+    def count(self) -> int:
+        """Return the number of vectors held."""
+        ...
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under their ids; return nothing."""
+        ...
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove the vectors with these ids; return nothing."""
+        ...
+
+    def ids(self) -> np.ndarray:
+        """Return every id held, ascending."""
+        ...
+
+    def search(
+        self, query: np.ndarray, k: int, allowed: set[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (cosine scores, ids) of the `k` nearest vectors, best first, among `allowed` ids if given."""
+        ...
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Return the stored vectors of these ids, in the same order."""
+        ...
+
+    def save(self) -> None:
+        """Make the vectors and then the generation durable; return nothing."""
+        ...
+
+    def close(self) -> None:
+        """Release connections held; return nothing."""
+        ...
+
+    def destroy(self) -> None:
+        """Delete this copy's stored data for good; return nothing."""
+        ...
+
+
+class FaissIndex:
+    """A FAISS `IndexIDMap2(IndexFlatIP)` saved in the knowledge base's directory."""
+
+    def __init__(self, index: faiss.Index, generation: int, directory: Path) -> None:
         self.index = index
         self.generation = generation
+        self.directory = directory
 
     @classmethod
-    def empty(cls, dimension: int) -> VectorIndex:
-        """Return an empty index for vectors of `dimension`."""
+    def empty(cls, dimension: int, directory: Path) -> FaissIndex:
+        """Return an empty index for vectors of `dimension`, to be saved in `directory`."""
         import faiss
 
-        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dimension)), generation=0)
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dimension)), 0, directory)
 
     @classmethod
-    def load(cls, directory: Path) -> VectorIndex | None:
+    def load(cls, directory: Path) -> FaissIndex | None:
         """Return the index saved in `directory`, or None when there is none or it cannot be read."""
         import faiss
 
@@ -41,9 +93,9 @@ class VectorIndex:
             index = faiss.read_index(str(directory / INDEX_FILE))
         except (OSError, ValueError, RuntimeError):
             return None
-        return cls(index, generation=int(state["generation"]))
+        return cls(index, int(state["generation"]), directory)
 
-    def save(self, directory: Path) -> None:
+    def save(self) -> None:
         """Write the index, then its generation, each atomically; return nothing.
 
         The generation goes last: a crash between the two leaves an older generation beside a newer
@@ -51,9 +103,17 @@ class VectorIndex:
         """
         import faiss
 
-        atomic_write(directory / INDEX_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
+        atomic_write(self.directory / INDEX_FILE, lambda tmp: faiss.write_index(self.index, str(tmp)))
         state = {"generation": self.generation, "count": self.count}
-        atomic_write_text(directory / INDEX_STATE_FILE, json.dumps(state) + "\n")
+        atomic_write_text(self.directory / INDEX_STATE_FILE, json.dumps(state) + "\n")
+
+    def close(self) -> None:
+        """Return nothing: the index lives in memory and in its files."""
+
+    def destroy(self) -> None:
+        """Delete the saved index files; return nothing."""
+        for name in (INDEX_STATE_FILE, INDEX_FILE):
+            (self.directory / name).unlink(missing_ok=True)
 
     @property
     def count(self) -> int:

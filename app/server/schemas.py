@@ -20,6 +20,12 @@ class CreateKnowledgeBase(Strict):
     """A knowledge base to create."""
 
     name: str = Field(..., examples=["员工手册"], description="Letters (Chinese too), digits, '-', '_'.")
+    store: Literal["faiss", "milvus"] = Field("faiss", description="Where its vectors are searched.")
+    uri: str | None = Field(
+        None,
+        description="Milvus only: a server URI (http://host:19530), or a Milvus Lite file name ending in .db, "
+        "kept inside the knowledge base (default milvus.db).",
+    )
 
 
 class KnowledgeBaseOut(BaseModel):

@@ -36,7 +36,7 @@ def create_knowledge_base(
     body: CreateKnowledgeBase, service: KnowledgeService = Depends(knowledge)
 ) -> KnowledgeBaseOut:
     """Create an empty knowledge base with the configured embedding model and splitter (409 if it exists)."""
-    service.create(body.name).close()
+    service.create(body.name, body.store, body.uri).close()
     return knowledge_base_out(service.info(body.name))
 
 
