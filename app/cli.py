@@ -93,14 +93,15 @@ def service() -> KnowledgeService:
     return KnowledgeService(settings)
 
 
-def _run(action):
+def run_or_fail(action):
     """Return `action()`, turning the errors a user can cause into a message and exit code 1."""
+    from finetune.errors import FinetuneError
     from llm import LLMError
     from retrieval import KnowledgeBaseError
 
     try:
         return action()
-    except (KnowledgeBaseError, LLMError, ValueError) as error:
+    except (KnowledgeBaseError, LLMError, FinetuneError, ValueError) as error:
         fail(str(error))
 
 
@@ -120,7 +121,7 @@ def kb_create(
 ) -> None:
     """Create an empty knowledge base with the configured embedding model and splitter."""
     svc = service()
-    _run(lambda: svc.create(name, store, uri).close())
+    run_or_fail(lambda: svc.create(name, store, uri).close())
     console.print(f"created knowledge base [bold]{name}[/] ({store}) in {svc.catalog.path(name)}")
 
 
@@ -132,7 +133,7 @@ def kb_migrate(
 ) -> None:
     """Rebuild a knowledge base's vectors in another store from its SQLite copy, then switch to it."""
     svc = service()
-    _run(lambda: svc.migrate(name, to, uri))
+    run_or_fail(lambda: svc.migrate(name, to, uri))
     console.print(f"knowledge base [bold]{name}[/] now uses {to}")
 
 
@@ -140,7 +141,7 @@ def kb_migrate(
 def kb_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the knowledge bases with their sizes."""
     svc = service()
-    infos = [_run(lambda n=n: svc.info(n)) for n in svc.catalog.names()]
+    infos = [run_or_fail(lambda n=n: svc.info(n)) for n in svc.catalog.names()]
     if as_json:
         print(json.dumps([_info_dict(info) for info in infos], ensure_ascii=False, indent=2))
         return
@@ -160,7 +161,7 @@ def kb_info(
 ) -> None:
     """Show a knowledge base's documents, chunks, embedding model, splitter and size."""
     svc = service()
-    info = _run(lambda: svc.info(name))
+    info = run_or_fail(lambda: svc.info(name))
     if as_json:
         print(json.dumps(_info_dict(info), ensure_ascii=False, indent=2))
         return
@@ -177,11 +178,11 @@ def kb_delete(
 ) -> None:
     """Delete a knowledge base and all its documents."""
     svc = service()
-    if not _run(lambda: svc.catalog.exists(name)):
+    if not run_or_fail(lambda: svc.catalog.exists(name)):
         fail(f"knowledge base '{name}' does not exist")
     if not yes and not typer.confirm(f"Delete knowledge base '{name}' and all its documents?"):
         raise typer.Exit(1)
-    _run(lambda: svc.catalog.delete(name))
+    run_or_fail(lambda: svc.catalog.delete(name))
     console.print(f"deleted knowledge base [bold]{name}[/]")
 
 
@@ -197,7 +198,7 @@ def kb_check(name: Annotated[str, typer.Argument(help="Knowledge-base name.")]) 
         finally:
             kb.close()
 
-    report = _run(check)
+    report = run_or_fail(check)
     if not report.ok:
         fail(
             f"knowledge base '{name}' is inconsistent: {len(report.ids_without_chunk)} vectors without a chunk, "
@@ -227,7 +228,7 @@ def index_build(
     metadata = _metadata(meta)
     svc = service()
     with _IngestionProgress() as progress:
-        report = _run(lambda: svc.ingest(kb, paths, progress, metadata))
+        report = run_or_fail(lambda: svc.ingest(kb, paths, progress, metadata))
     _print_report(report)
     if report.failures:
         raise typer.Exit(1)
@@ -291,7 +292,7 @@ def search(
     except ValidationError as error:
         fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in error.errors()), code=2)
     svc = service()
-    hits = _run(lambda: svc.search(kb, query, options))
+    hits = run_or_fail(lambda: svc.search(kb, query, options))
     if as_json:
         print(json.dumps([asdict(hit) for hit in hits], ensure_ascii=False, indent=2))
         return
@@ -351,9 +352,9 @@ def ask(
         )
     except ValidationError as error:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()), code=2)
-    stream = _run(lambda: svc.ask(kb, question, options=options))
+    stream = run_or_fail(lambda: svc.ask(kb, question, options=options))
     if as_json:
-        answer = _run(stream.read)
+        answer = run_or_fail(stream.read)
         print(json.dumps(asdict(answer), ensure_ascii=False, indent=2))
         return
 
@@ -363,7 +364,7 @@ def ask(
         console.print()
         return stream.answer
 
-    answer = _run(print_deltas)
+    answer = run_or_fail(print_deltas)
     for citation in answer.citations:
         place = citation.source + (f", page {citation.page}" if citation.page else "")
         console.print(f"[{citation.n}] {place} (cosine {citation.score:.3f})", highlight=False, markup=False)
@@ -450,9 +451,9 @@ def eval_retrieval(
         fail(f"cannot read SQuAD-format dataset {dataset}: {error!r}")
     svc = service()
     with _IngestionProgress() as progress:
-        _run(lambda: build_knowledge_base(svc, kb, paragraphs, progress))
+        run_or_fail(lambda: build_knowledge_base(svc, kb, paragraphs, progress))
     with _bar("asking", len(cases)) as advance:
-        run = _run(lambda: run_questions(svc, kb, cases, options, advance))
+        run = run_or_fail(lambda: run_questions(svc, kb, cases, options, advance))
     result = {
         "kb": kb,
         "mode": options.mode or svc.settings.retrieval.mode,

@@ -468,14 +468,10 @@ def _output_format(name: str) -> OutputFormat:
 
 
 def _data_run(action: Callable[[], Result]) -> Result:
-    """Return `action()`, turning data errors into a message and exit code 1."""
-    from app.cli import fail
-    from finetune.errors import FinetuneError
+    """Return `action()`, turning data errors into a message and exit code 1 (as every command does)."""
+    from app.cli import run_or_fail
 
-    try:
-        return action()
-    except FinetuneError as error:
-        fail(str(error))
+    return run_or_fail(action)
 
 
 def _report_written(report: ReadReport, target: Path) -> None:

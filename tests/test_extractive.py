@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from hits import search_hit
 
 from llm.extractive import ExtractiveConfig, ExtractiveReader, answer_type, split_sentences
 from retrieval import SearchHit
@@ -40,21 +41,7 @@ MEALS = (
 
 def make_hits(*texts: str) -> list[SearchHit]:
     """Return hits ranked in the order given."""
-    return [
-        SearchHit(
-            chunk_id=i,
-            score=0.9 - i / 100,
-            text=text,
-            document_id=i,
-            source=f"doc{i}.md",
-            title=f"doc{i}",
-            page=None,
-            heading_path=(),
-            start=0,
-            end=len(text),
-        )
-        for i, text in enumerate(texts)
-    ]
+    return [search_hit(i, text) for i, text in enumerate(texts)]
 
 
 def sentences_of(answer: str) -> list[tuple[str, int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hits import search_hit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -10,7 +11,6 @@ from llm.errors import PromptTooLong
 from llm.prompt import PromptBuilder, PromptConfig, language_of
 from llm.templates import TEMPLATES
 from llm.types import Message
-from retrieval import SearchHit
 
 PIECES = [
     "差旅费用应在出差结束后三十天内提交报销申请。",
@@ -42,22 +42,6 @@ def counter():
     template = TEMPLATES["chatml"]
     assert template.fits(fast)
     return lambda messages: len(template.encode_prompt(fast, messages))
-
-
-def make_hit(n: int, text: str, page: int | None = None) -> SearchHit:
-    """Return a search hit for chunk `n` of a document named after it."""
-    return SearchHit(
-        chunk_id=n,
-        score=0.9 - n / 100,
-        text=text,
-        document_id=n,
-        source=f"doc{n}.md",
-        title=f"doc{n}",
-        page=page,
-        heading_path=(),
-        start=0,
-        end=len(text),
-    )
 
 
 def make_history(turns: int) -> list[Message]:
@@ -102,7 +86,7 @@ def test_prompt_always_fits_and_keeps_its_promises(
         return counter(messages)
 
     config = PromptConfig(max_history_turns=max_turns)
-    hits = [make_hit(i, text, pages[i]) for i, text in enumerate(chunk_texts)]
+    hits = [search_hit(i, text, pages[i]) for i, text in enumerate(chunk_texts)]
     history = make_history(turns)
     budget = window - max_new_tokens - config.margin_tokens
     unlimited = PromptBuilder(config.model_copy(update={"max_history_turns": 100}), counter, 10**9)
@@ -146,7 +130,7 @@ def test_prompt_always_fits_and_keeps_its_promises(
 
 def test_the_best_ranked_chunks_are_kept_when_the_window_is_small(counter) -> None:
     config = PromptConfig()
-    hits = [make_hit(i, PIECES[i % 4] * 6) for i in range(6)]
+    hits = [search_hit(i, PIECES[i % 4] * 6) for i in range(6)]
     unlimited = PromptBuilder(config, counter, 10**9)
     two = unlimited.build("报销需要多久到账？", hits[:2], [], 100).prompt_tokens
     window = two + 100 + config.margin_tokens  # room for exactly the first two chunks
@@ -161,9 +145,9 @@ def test_the_best_ranked_chunks_are_kept_when_the_window_is_small(counter) -> No
 
 
 def test_a_huge_first_chunk_is_cut_to_fit(counter) -> None:
-    huge = make_hit(0, PIECES[0] * 800)  # about 17,000 characters
+    huge = search_hit(0, PIECES[0] * 800)  # about 17,000 characters
     builder = PromptBuilder(PromptConfig(), counter, 1024)
-    prompt = builder.build("报销需要多久到账？", [huge, make_hit(1, PIECES[1])], [], 256)
+    prompt = builder.build("报销需要多久到账？", [huge, search_hit(1, PIECES[1])], [], 256)
     budget = 1024 - 256 - PromptConfig().margin_tokens
     (cut,) = prompt.hits
     assert cut.chunk_id == 0 and cut.text.endswith("…") and huge.text.startswith(cut.text[:-1])
@@ -175,7 +159,7 @@ def test_a_huge_first_chunk_is_cut_to_fit(counter) -> None:
 def test_a_question_longer_than_the_window_is_refused(counter) -> None:
     builder = PromptBuilder(PromptConfig(), counter, 512)
     with pytest.raises(PromptTooLong, match=r"context window of 512 tokens"):
-        builder.build("年假有几天？" * 400, [make_hit(0, PIECES[0])], [], 128)
+        builder.build("年假有几天？" * 400, [search_hit(0, PIECES[0])], [], 128)
     with pytest.raises(PromptTooLong):
         builder.without_context("How many days of leave do I get? " * 100, [], 128)
     with pytest.raises(PromptTooLong, match="leaves 0 for the prompt"):
@@ -185,7 +169,7 @@ def test_a_question_longer_than_the_window_is_refused(counter) -> None:
 def test_language_follows_the_question(counter) -> None:
     config = PromptConfig()
     builder = PromptBuilder(config, counter, 4096)
-    hits = [make_hit(0, PIECES[2])]
+    hits = [search_hit(0, PIECES[2])]
     zh = builder.build("VPN 怎么连？", hits, [], 256)
     en = builder.build("How do I connect to the VPN?", hits, [], 256)
     assert (zh.language, en.language) == ("zh", "en")
@@ -196,7 +180,7 @@ def test_language_follows_the_question(counter) -> None:
 
 
 def test_chunks_are_numbered_with_source_and_page(counter) -> None:
-    hits = [make_hit(0, "年假每年十天。", page=3), make_hit(1, "病假须提供证明。")]
+    hits = [search_hit(0, "年假每年十天。", page=3), search_hit(1, "病假须提供证明。")]
     builder = PromptBuilder(PromptConfig(), counter, 4096)
     zh = builder.build("年假有几天？", hits, [], 256).messages[-1].content
     assert "[1] 年假每年十天。（来源：doc0.md，第3页）" in zh
@@ -209,7 +193,7 @@ def test_chunks_are_numbered_with_source_and_page(counter) -> None:
 def test_history_keeps_the_most_recent_pairs(counter) -> None:
     history = make_history(5)
     builder = PromptBuilder(PromptConfig(max_history_turns=2), counter, 4096)
-    prompt = builder.build("年假有几天？", [make_hit(0, PIECES[0])], history, 256)
+    prompt = builder.build("年假有几天？", [search_hit(0, PIECES[0])], history, 256)
     assert prompt.history_turns == 2 and prompt.messages[1:-1] == history[-4:]
     assert (
         PromptBuilder(PromptConfig(max_history_turns=0), counter, 4096)
