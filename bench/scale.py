@@ -1,20 +1,25 @@
-"""Vector-store scale benchmark: FAISS flat, FAISS HNSW and Milvus Lite on random normalised vectors.
+"""Vector-store scale benchmark: FAISS flat, HNSW and IVF against Milvus Lite on random normalised vectors.
 
 Each store indexes N random 768-d float32 vectors (standard normal, L2-normalised, seeded with numpy;
 generated, not embedded, so the figures are about the stores alone) and answers Q other random unit
 vectors, one query at a time, for their top 10:
 
 - faiss-flat: `IndexFlatIP`, exact search; its recall is 1.0 by construction.
-- faiss-hnsw: `IndexHNSWFlat` with inner product, M=32, efConstruction 200, efSearch 64.
+- faiss-hnsw: `IndexHNSWFlat` with inner product, M=32, efConstruction 200; searched at each
+  `--ef-search` value (default 64 and 256).
+- faiss-ivf: `IndexIVFFlat` with inner product over nlist = round(sqrt(N)) k-means cells trained on
+  50 * nlist of the vectors; searched at each `--nprobe` value (default 8 and 32 cells).
 - milvus-lite: pymilvus `MilvusClient` on a local .db folder, one collection with an HNSW index of the
-  same parameters (ef 64 at search), metric COSINE (equal to inner product on unit vectors). Needs
-  `pip install -e '.[milvus]'` (pymilvus and milvus-lite).
+  same parameters as faiss-hnsw (searched at the same `--ef-search` values), metric COSINE (equal to
+  inner product on unit vectors). Needs `pip install -e '.[milvus]'` (pymilvus and milvus-lite).
 
 Each store runs in its own process (this script again, with `--worker`), so the memory one leaves behind
 is not charged to the next. Figures per store:
 
-- build s: from an empty store to one ready to answer (FAISS: `add`; Milvus Lite: create the collection,
-  insert in batches, flush, wait until every row is indexed, load). FAISS builds on all usable cores.
+- build s: from an empty store to one ready to answer (FAISS: `train` where the index needs it, then
+  `add`; Milvus Lite: create the collection, insert in batches, flush, wait until every row is indexed,
+  load). FAISS builds on all usable cores. A store searched at several settings is built once; its
+  build, memory and size figures repeat on each of its rows.
 - RSS +MiB: growth of the process's resident set over the build, the vectors themselves already in memory.
 - size MiB: the store's own size: the serialised FAISS index, or the Milvus Lite .db folder on disk.
 - p50/p95 ms: latency of single queries at k=10, after a few warm-up queries; FAISS searches on one
@@ -22,13 +27,15 @@ is not charged to the next. Figures per store:
 - recall@10: the share of the exact top 10 (brute-force inner product over all N) found.
 
 Random unit vectors in 768 dimensions are all nearly orthogonal, so the true top 10 barely stand out and
-graph indexes find few of them at efSearch 64: recall here is a floor, far below what the same index
-reaches on real embeddings, which cluster.
+approximate indexes find few of them at small efSearch or nprobe: recall here is a floor, far below
+what the same index reaches on real embeddings, which cluster. The sweep shows what recall costs in
+latency on each index.
 
 Run from the repository root:
 
     .venv/bin/python bench/scale.py
-    .venv/bin/python bench/scale.py --sizes 100000,1000000 --json
+    .venv/bin/python bench/scale.py --sizes 100000,1000000 --ef-search 64,256,1024 --nprobe 8,32,128
+    .venv/bin/python bench/scale.py --methods faiss-flat,faiss-ivf --json
 """
 
 from __future__ import annotations
@@ -60,12 +67,13 @@ DIM = 768
 TOP_K = 10
 HNSW_M = 32
 EF_CONSTRUCTION = 200
-EF_SEARCH = 64
+IVF_TRAINING_POINTS_PER_LIST = 50  # faiss warns below 39 training points per k-means centroid
 WARMUP_QUERIES = 5
 GENERATE_ROWS = 100_000  # rows generated and normalised at a time, so making 1M vectors needs no 2x copy
-METHODS = ("faiss-flat", "faiss-hnsw", "milvus-lite")
+METHODS = ("faiss-flat", "faiss-hnsw", "faiss-ivf", "milvus-lite")
 
 Search = Callable[[np.ndarray], list[int]]
+SearchAt = Callable[[int | None], Search]  # a built store's search at one setting (efSearch, nprobe)
 
 
 def unit_vectors(count: int, seed: int) -> np.ndarray:
@@ -92,36 +100,70 @@ def folder_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
-def build_faiss(index: faiss.Index, vectors: np.ndarray, work: Path) -> tuple[Search, float]:
-    """Fill `index`; return its single-query search and its serialised size in MiB."""
-    index.add(vectors)
+def faiss_size_mib(index: faiss.Index, work: Path) -> float:
+    """Return the size of `index` serialised to a file, in MiB."""
     path = work / "index.faiss"
     faiss.write_index(index, str(path))
     size = path.stat().st_size / 2**20
     path.unlink()
+    return size
+
+
+def faiss_search(index: faiss.Index) -> Search:
+    """Return a single-query top-k search on `index`, on one thread."""
     faiss.omp_set_num_threads(1)
 
     def search(query: np.ndarray) -> list[int]:
         return index.search(query[None, :], TOP_K)[1][0].tolist()
 
-    return search, size
+    return search
 
 
-def build_faiss_flat(vectors: np.ndarray, work: Path, batch: int) -> tuple[Search, float]:
-    """Return the exact inner-product index's search and size."""
-    return build_faiss(faiss.IndexFlatIP(DIM), vectors, work)
+def build_faiss_flat(vectors: np.ndarray, work: Path, args: dict[str, Any]) -> tuple[SearchAt, float]:
+    """Return the exact inner-product index's search (it has no setting) and size."""
+    index = faiss.IndexFlatIP(DIM)
+    index.add(vectors)
+    return lambda setting: faiss_search(index), faiss_size_mib(index, work)
 
 
-def build_faiss_hnsw(vectors: np.ndarray, work: Path, batch: int) -> tuple[Search, float]:
-    """Return the HNSW inner-product index's search and size."""
+def build_faiss_hnsw(vectors: np.ndarray, work: Path, args: dict[str, Any]) -> tuple[SearchAt, float]:
+    """Return the HNSW inner-product index's search at an efSearch, and its size."""
     index = faiss.IndexHNSWFlat(DIM, HNSW_M, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = EF_CONSTRUCTION
-    index.hnsw.efSearch = EF_SEARCH
-    return build_faiss(index, vectors, work)
+    index.add(vectors)
+
+    def search_at(ef_search: int | None) -> Search:
+        index.hnsw.efSearch = ef_search
+        return faiss_search(index)
+
+    return search_at, faiss_size_mib(index, work)
 
 
-def build_milvus_lite(vectors: np.ndarray, work: Path, batch: int) -> tuple[Search, float]:
-    """Return a Milvus Lite collection's search and its .db folder's size, once every row is indexed."""
+def ivf_lists(size: int) -> int:
+    """Return the number of IVF cells for `size` vectors: the square root, a common starting point."""
+    return max(1, round(size**0.5))
+
+
+def build_faiss_ivf(vectors: np.ndarray, work: Path, args: dict[str, Any]) -> tuple[SearchAt, float]:
+    """Return the IVF-flat inner-product index's search at an nprobe, and its size."""
+    lists = ivf_lists(len(vectors))
+    quantizer = faiss.IndexFlatIP(DIM)
+    index = faiss.IndexIVFFlat(quantizer, DIM, lists, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(0).choice(
+        len(vectors), size=min(len(vectors), IVF_TRAINING_POINTS_PER_LIST * lists), replace=False
+    )
+    index.train(vectors[np.sort(sample)])
+    index.add(vectors)
+
+    def search_at(nprobe: int | None) -> Search:
+        index.nprobe = nprobe
+        return faiss_search(index)
+
+    return search_at, faiss_size_mib(index, work)
+
+
+def build_milvus_lite(vectors: np.ndarray, work: Path, args: dict[str, Any]) -> tuple[SearchAt, float]:
+    """Return a Milvus Lite collection's search at an ef, and its .db folder's size, once every row is indexed."""
     from pymilvus import DataType, MilvusClient
 
     path = work / "bench.db"
@@ -137,6 +179,7 @@ def build_milvus_lite(vectors: np.ndarray, work: Path, batch: int) -> tuple[Sear
         params={"M": HNSW_M, "efConstruction": EF_CONSTRUCTION},
     )
     client.create_collection("bench", schema=schema, index_params=index_params)
+    batch = args["milvus_batch"]
     for start in range(0, len(vectors), batch):
         rows = vectors[start : start + batch]
         client.insert("bench", [{"id": start + i, "vector": row} for i, row in enumerate(rows)])
@@ -146,27 +189,41 @@ def build_milvus_lite(vectors: np.ndarray, work: Path, batch: int) -> tuple[Sear
     if state["index_type"] != "HNSW":
         raise RuntimeError(f"Milvus Lite built {state['index_type']}, not HNSW")
     client.load_collection("bench")
-    search_params = {"metric_type": "COSINE", "params": {"ef": EF_SEARCH}}
 
-    def search(query: np.ndarray) -> list[int]:
-        hits = client.search(
-            "bench",
-            data=[query],
-            limit=TOP_K,
-            anns_field="vector",
-            search_params=search_params,
-            output_fields=["id"],
-        )
-        return [hit["id"] for hit in hits[0]]
+    def search_at(ef: int | None) -> Search:
+        search_params = {"metric_type": "COSINE", "params": {"ef": ef}}
 
-    return search, folder_mib(path)
+        def search(query: np.ndarray) -> list[int]:
+            hits = client.search(
+                "bench",
+                data=[query],
+                limit=TOP_K,
+                anns_field="vector",
+                search_params=search_params,
+                output_fields=["id"],
+            )
+            return [hit["id"] for hit in hits[0]]
+
+        return search
+
+    return search_at, folder_mib(path)
 
 
 BUILDERS = {
     "faiss-flat": build_faiss_flat,
     "faiss-hnsw": build_faiss_hnsw,
+    "faiss-ivf": build_faiss_ivf,
     "milvus-lite": build_milvus_lite,
 }
+
+
+def search_settings(method: str, spec: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """Return the (label, value) settings a method's store is searched at."""
+    if method in ("faiss-hnsw", "milvus-lite"):
+        return [(f"ef {ef}", ef) for ef in spec["ef_search"]]
+    if method == "faiss-ivf":
+        return [(f"nprobe {n}/{ivf_lists(spec['size'])}", n) for n in spec["nprobe"]]
+    return [("exact", None)]
 
 
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -174,42 +231,53 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return faiss.knn(queries, vectors, TOP_K, metric=faiss.METRIC_INNER_PRODUCT)[1]
 
 
-def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Build one store on the spec's vectors, query it, and return its figures."""
+def time_queries(search: Search, queries: np.ndarray) -> tuple[list[float], list[list[int]]]:
+    """Return each timed query's seconds and found ids, after WARMUP_QUERIES untimed ones."""
+    for query in queries[:WARMUP_QUERIES]:
+        search(query)
+    seconds: list[float] = []
+    found: list[list[int]] = []
+    for query in queries[WARMUP_QUERIES:]:
+        started = time.perf_counter()
+        found.append(search(query))
+        seconds.append(time.perf_counter() - started)
+    return seconds, found
+
+
+def run_worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Build one store on the spec's vectors, query it at each of its settings, and return the figures."""
     vectors = unit_vectors(spec["size"], spec["seed"])
     queries = unit_vectors(spec["queries"] + WARMUP_QUERIES, spec["seed"] + 1)
+    measured = []
     with tempfile.TemporaryDirectory(prefix="kbqa-scale-") as tmp:
         rss_before = rss_mib()
         started = time.perf_counter()
-        search, size_mib = BUILDERS[spec["method"]](vectors, Path(tmp), spec["milvus_batch"])
+        search_at, size_mib = BUILDERS[spec["method"]](vectors, Path(tmp), spec)
         build_seconds = time.perf_counter() - started
         rss_growth = rss_mib() - rss_before
-        for query in queries[:WARMUP_QUERIES]:
-            search(query)
-        seconds: list[float] = []
-        found: list[list[int]] = []
-        for query in queries[WARMUP_QUERIES:]:
-            started = time.perf_counter()
-            found.append(search(query))
-            seconds.append(time.perf_counter() - started)
+        for label, setting in search_settings(spec["method"], spec):
+            measured.append((label, *time_queries(search_at(setting), queries)))
     faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))
-    truth = exact_top_k(vectors, queries[WARMUP_QUERIES:])
-    recall = float(
-        np.mean([len(set(f) & set(t.tolist())) / TOP_K for f, t in zip(found, truth, strict=True)])
-    )
-    return {
-        "size": spec["size"],
-        "method": spec["method"],
-        "build_s": round(build_seconds, 3),
-        "rss_growth_mib": round(rss_growth, 1),
-        "size_mib": round(size_mib, 1),
-        "p50_ms": round(1000 * percentile(seconds, 0.5), 3),
-        "p95_ms": round(1000 * percentile(seconds, 0.95), 3),
-        "recall_at_10": round(recall, 4),
-    }
+    truth = [set(ids.tolist()) for ids in exact_top_k(vectors, queries[WARMUP_QUERIES:])]
+    return [
+        {
+            "size": spec["size"],
+            "method": spec["method"],
+            "search": label,
+            "build_s": round(build_seconds, 3),
+            "rss_growth_mib": round(rss_growth, 1),
+            "size_mib": round(size_mib, 1),
+            "p50_ms": round(1000 * percentile(seconds, 0.5), 3),
+            "p95_ms": round(1000 * percentile(seconds, 0.95), 3),
+            "recall_at_10": round(
+                float(np.mean([len(set(f) & t) / TOP_K for f, t in zip(found, truth, strict=True)])), 4
+            ),
+        }
+        for label, seconds, found in measured
+    ]
 
 
-def run_in_process(spec: dict[str, Any]) -> dict[str, Any]:
+def run_in_process(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Return the figures of one store measured by a fresh process (this script with --worker)."""
     finished = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, check=False
@@ -238,11 +306,12 @@ def machine() -> dict[str, Any]:
 
 def format_table(results: list[dict[str, Any]]) -> str:
     """Return the results as an aligned plain-text table."""
-    header = ("N", "store", "build s", "RSS +MiB", "size MiB", "p50 ms", "p95 ms", "recall@10")
+    header = ("N", "store", "search", "build s", "RSS +MiB", "size MiB", "p50 ms", "p95 ms", "recall@10")
     rows = [header] + [
         (
             f"{r['size']:,}",
             r["method"],
+            r["search"],
             f"{r['build_s']:.1f}",
             f"{r['rss_growth_mib']:.0f}",
             f"{r['size_mib']:.0f}",
@@ -255,7 +324,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join(
         "  ".join(
-            cell.ljust(w) if i == 1 else cell.rjust(w)
+            cell.ljust(w) if i in (1, 2) else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows
@@ -271,6 +340,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=200, help="timed queries per store")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     parser.add_argument("--seed", type=int, default=0, help="seed of the vectors (queries use seed + 1)")
+    parser.add_argument(
+        "--ef-search", default="64,256", help="comma-separated HNSW efSearch values (FAISS and Milvus Lite)"
+    )
+    parser.add_argument("--nprobe", default="8,32", help="comma-separated IVF cells searched per query")
     parser.add_argument("--milvus-batch", type=int, default=5000, help="rows per Milvus Lite insert call")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -289,8 +362,16 @@ def main() -> None:
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
         for method in methods:
-            spec = {"size": size, "method": method, "queries": args.queries, "seed": args.seed}
-            results.append(run_in_process(spec | {"milvus_batch": args.milvus_batch}))
+            spec = {
+                "size": size,
+                "method": method,
+                "queries": args.queries,
+                "seed": args.seed,
+                "ef_search": [int(v) for v in args.ef_search.split(",")],
+                "nprobe": [int(v) for v in args.nprobe.split(",")],
+                "milvus_batch": args.milvus_batch,
+            }
+            results.extend(run_in_process(spec))
             if not args.json:
                 print(f"{size:,} {method}: done", file=sys.stderr)
     info = machine()
@@ -306,7 +387,7 @@ def main() -> None:
     )
     print(
         f"{DIM}-d random unit vectors (seed {args.seed}), {args.queries} single queries at k={TOP_K}; "
-        f"HNSW M={HNSW_M}, efConstruction {EF_CONSTRUCTION}, efSearch {EF_SEARCH}"
+        f"HNSW M={HNSW_M}, efConstruction {EF_CONSTRUCTION}; IVF-flat over sqrt(N) cells"
     )
     print()
     print(format_table(results))
