@@ -109,20 +109,29 @@ def run_or_fail(action):
 def kb_create(
     name: Annotated[str, typer.Argument(help="Name: letters (Chinese too), digits, '-', '_'.")],
     store: Annotated[
-        str, typer.Option("--store", help="Vector store: faiss (files in the folder) or milvus.")
-    ] = "faiss",
+        str | None,
+        typer.Option(
+            "--store",
+            help="Vector store: faiss (files in the folder) or milvus [default: the vector_store.backend setting].",
+        ),
+    ] = None,
     uri: Annotated[
         str | None,
         typer.Option(
             "--uri",
-            help="Milvus: a server URI (http://host:19530) or a Milvus Lite file (default milvus.db in the folder).",
+            help="Milvus: a server URI (http://host:19530) or a Milvus Lite file in the folder "
+            "[default: the vector_store.milvus_uri setting, milvus.db].",
         ),
     ] = None,
 ) -> None:
     """Create an empty knowledge base with the configured embedding model and splitter."""
     svc = service()
-    run_or_fail(lambda: svc.create(name, store, uri).close())
-    console.print(f"created knowledge base [bold]{name}[/] ({store}) in {svc.catalog.path(name)}")
+    kb = run_or_fail(lambda: svc.create(name, store, uri))
+    kb.close()
+    where = kb.manifest.store.uri or "files"
+    console.print(
+        f"created knowledge base [bold]{name}[/] ({kb.manifest.store.backend}, {where}) in {kb.directory}"
+    )
 
 
 @kb_app.command("migrate")
@@ -522,6 +531,7 @@ def _info_dict(info) -> dict:
         "chunks": info.chunks,
         "embedding": info.embedding.model_dump(),
         "splitter": info.splitter,
+        "store": info.store.model_dump(),
         "created_at": info.created_at,
         "size_bytes": info.size_bytes,
         "metadata": info.metadata,

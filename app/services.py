@@ -29,6 +29,7 @@ from retrieval import (
     Retriever,
     SearchHit,
     SearchOptions,
+    VectorStore,
     check_metadata,
     load_embedder,
     new_store,
@@ -40,7 +41,7 @@ class KnowledgeService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.catalog = KnowledgeBaseCatalog(settings.data_dir)
+        self.catalog = KnowledgeBaseCatalog(settings.data_dir, settings.vector_store.token)
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -52,20 +53,27 @@ class KnowledgeService:
         """Return the retriever over the embedding model, with the configured reranker (loaded on first use)."""
         return Retriever(self.embedder, self.settings.retrieval)
 
-    def create(self, name: str, store: str = "faiss", uri: str | None = None) -> KnowledgeBase:
+    def create(self, name: str, store: str | None = None, uri: str | None = None) -> KnowledgeBase:
         """Create an empty knowledge base for the configured embedder and splitter; return it open.
 
         `store` picks where its vectors are searched: faiss (files in its directory) or milvus (a
-        server at `uri`, or a Milvus Lite file, by default inside its directory).
+        server at `uri`, or a Milvus Lite file inside its directory); unset, the configured `vector_store`.
         """
         identity = EmbeddingIdentity.of(self.embedder)
-        settings = new_store(name, store, uri)
+        settings = self._new_store(name, store, uri)
         return self.catalog.create(name, identity, self.settings.splitter.model_dump(), settings)
 
     def migrate(self, name: str, store: str, uri: str | None = None) -> None:
         """Move the named knowledge base's vectors to the `store` backend (rebuilt from SQLite); return nothing."""
         with closing(self.open(name)) as kb:
-            kb.switch_store(new_store(name, store, uri))
+            kb.switch_store(self._new_store(name, store, uri))
+
+    def _new_store(self, name: str, store: str | None, uri: str | None) -> VectorStore:
+        configured = self.settings.vector_store
+        store = store or configured.backend
+        if store == "milvus" and uri is None:
+            uri = configured.milvus_uri
+        return new_store(name, store, uri)
 
     def open(self, name: str) -> KnowledgeBase:
         """Return the named knowledge base open, refusing one built with another embedding model."""

@@ -25,6 +25,7 @@ from ingestion.pipeline import IngestionConfig
 from ingestion.splitter import SplitterConfig
 from llm.config import LLMConfig
 from retrieval.embedder import EmbeddingConfig
+from retrieval.index_backends import VectorStoreConfig
 from retrieval.retriever import RetrievalConfig
 
 CONFIG_ENV = "KBQA_CONFIG"
@@ -80,6 +81,10 @@ class Settings(BaseSettings):
         description="How documents are cut into chunks; a knowledge base keeps the settings it was created with.",
     )
     ingestion: IngestionConfig = Field(default_factory=IngestionConfig, description="Ingestion batching.")
+    vector_store: VectorStoreConfig = Field(
+        default_factory=VectorStoreConfig,
+        description="The vector store of new knowledge bases (FAISS or Milvus) and Milvus credentials.",
+    )
     retrieval: RetrievalConfig = Field(
         default_factory=RetrievalConfig, description="Search mode, fusion weights, and the optional reranker."
     )

@@ -11,7 +11,7 @@ from retrieval.errors import (
     KnowledgeBaseExists,
     KnowledgeBaseNotFound,
 )
-from retrieval.index_backends import new_store
+from retrieval.index_backends import VectorStoreConfig, new_store
 from retrieval.knowledge_base import ConsistencyReport, KnowledgeBase, ScoredChunk
 from retrieval.manifest import EmbeddingIdentity, Manifest, VectorStore
 from retrieval.metadata import check_metadata, parse_pairs
@@ -47,6 +47,7 @@ __all__ = [
     "SearchHit",
     "SearchOptions",
     "VectorStore",
+    "VectorStoreConfig",
     "WriteResult",
     "check_metadata",
     "load_embedder",

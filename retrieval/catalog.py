@@ -41,6 +41,7 @@ class KnowledgeBaseInfo:
     splitter: dict[str, Any]
     created_at: str
     size_bytes: int
+    store: VectorStore = field(default_factory=VectorStore)
     metadata: dict[str, list[str]] = field(default_factory=dict)  # key → its first values, sorted
 
 
@@ -55,10 +56,11 @@ def validate_name(name: str) -> str:
 
 
 class KnowledgeBaseCatalog:
-    """Knowledge bases kept in `<data_dir>/kbs/<name>/`."""
+    """Knowledge bases kept in `<data_dir>/kbs/<name>/`; `milvus_token` signs in to Milvus servers they use."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, milvus_token: str | None = None) -> None:
         self.root = Path(data_dir) / "kbs"
+        self.milvus_token = milvus_token
 
     def path(self, name: str) -> Path:
         """Return the directory of the named knowledge base (which may not exist)."""
@@ -108,7 +110,7 @@ class KnowledgeBaseCatalog:
                 raise KnowledgeBaseExists(f"knowledge base '{name}' already exists") from error
             raise
         try:
-            return KnowledgeBase(target, embedding)
+            return KnowledgeBase(target, embedding, self.milvus_token)
         except ValueError:
             # e.g. an unreachable Milvus server: no knowledge base is left that could never open.
             shutil.rmtree(target, ignore_errors=True)
@@ -118,7 +120,7 @@ class KnowledgeBaseCatalog:
         """Return the named knowledge base open; with `embedding`, refuse one built with another model."""
         if not self.exists(name):
             raise KnowledgeBaseNotFound(f"knowledge base '{name}' does not exist")
-        return KnowledgeBase(self.path(name), embedding)
+        return KnowledgeBase(self.path(name), embedding, self.milvus_token)
 
     def info(self, name: str) -> KnowledgeBaseInfo:
         """Return a summary of the named knowledge base."""
@@ -136,6 +138,7 @@ class KnowledgeBaseCatalog:
             embedding=kb.manifest.embedding,
             splitter=kb.manifest.splitter,
             created_at=kb.manifest.created_at,
+            store=kb.manifest.store,
             size_bytes=sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()),
             metadata=metadata,
         )
@@ -147,7 +150,7 @@ class KnowledgeBaseCatalog:
         manifest = read_manifest(self.path(name))
         if manifest.store.backend == "milvus":
             # A Milvus server outlives the directory, so its collection is dropped explicitly.
-            index = load_index(self.path(name), manifest)
+            index = load_index(self.path(name), manifest, self.milvus_token)
             if index is not None:
                 index.destroy()
                 index.close()

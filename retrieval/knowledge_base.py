@@ -56,8 +56,15 @@ class ConsistencyReport:
 class KnowledgeBase:
     """One named knowledge base, open for searching and (through `writing()`) for writing."""
 
-    def __init__(self, directory: Path, embedding: EmbeddingIdentity | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        embedding: EmbeddingIdentity | None = None,
+        milvus_token: str | None = None,
+    ) -> None:
+        """Open the knowledge base in `directory`; `milvus_token` signs in to a Milvus server, if it uses one."""
         self.directory = directory
+        self.milvus_token = milvus_token
         self.manifest: Manifest = read_manifest(directory)
         if embedding is not None:
             self.manifest.check_embedding(embedding)
@@ -79,7 +86,7 @@ class KnowledgeBase:
         self.index.close()
 
     def _load_index(self) -> VectorIndex:
-        index = load_index(self.directory, self.manifest)
+        index = load_index(self.directory, self.manifest, self.milvus_token)
         generation = self.store.generation
         chunk_count = self.store.count()[1]
         if index is not None and index.generation == generation and index.count == chunk_count:
@@ -101,7 +108,7 @@ class KnowledgeBase:
         return rebuilt
 
     def _rebuild_index(self, manifest: Manifest, generation: int) -> VectorIndex:
-        index = empty_index(self.directory, manifest)
+        index = empty_index(self.directory, manifest, self.milvus_token)
         for ids, vectors in self.store.iter_vectors():
             index.add(ids, vectors)
         index.generation = generation

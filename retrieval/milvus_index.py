@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,12 +42,12 @@ def collection_name(kb_name: str) -> str:
 def resolve_uri(uri: str | None, directory: Path) -> str:
     """Return the URI to connect to: a server URI as given, a relative Lite file inside `directory`."""
     uri = uri or DEFAULT_URI
-    return uri if uri.startswith(SERVER_SCHEMES) else str(directory / uri)
+    return uri if is_server(uri) else str(directory / uri)
 
 
 def check_uri(uri: str) -> str:
     """Return the URI if it names a Milvus server or a Milvus Lite file in the knowledge base's folder."""
-    if uri.startswith(SERVER_SCHEMES) or LITE_FILE.fullmatch(uri):
+    if is_server(uri) or LITE_FILE.fullmatch(uri):
         return uri
     # A Lite file stays inside the knowledge base's folder, so a URI from a request never names a path.
     raise ValueError(
@@ -54,13 +55,22 @@ def check_uri(uri: str) -> str:
     )
 
 
-def connect(uri: str) -> MilvusClient:
-    """Return a client of the Milvus server or Milvus Lite file at `uri`; ValueError if it cannot be reached."""
+def is_server(uri: str) -> bool:
+    """Return whether `uri` names a Milvus server rather than a Milvus Lite file."""
+    return uri.startswith(SERVER_SCHEMES)
+
+
+def connect(uri: str, token: str | None = None) -> MilvusClient:
+    """Return a client of the Milvus server (with `token`, if given) or Milvus Lite file at `uri`.
+
+    Raises ValueError if it cannot be reached or refuses the credentials.
+    """
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
+    credentials = {"token": token} if token and is_server(uri) else {}
     try:
-        return MilvusClient(uri=uri, timeout=CONNECT_TIMEOUT_S)
+        return MilvusClient(uri=uri, timeout=CONNECT_TIMEOUT_S, **credentials)
     except MilvusException as error:
         raise ValueError(f"cannot reach Milvus at {uri}: {error.message}") from error
 
@@ -69,33 +79,44 @@ class MilvusIndex:
     """A Milvus collection holding one knowledge base's vectors, with its generation in a sidecar."""
 
     def __init__(
-        self, client: MilvusClient, collection: str, dimension: int, directory: Path, generation: int
+        self,
+        client: MilvusClient,
+        uri: str,
+        collection: str,
+        dimension: int,
+        directory: Path,
+        generation: int,
     ) -> None:
         self.client = client
+        self.uri = uri
         self.collection = collection
         self.dimension = dimension
         self.directory = directory
         self.generation = generation
 
     @classmethod
-    def load(cls, uri: str, collection: str, dimension: int, directory: Path) -> MilvusIndex | None:
+    def load(
+        cls, uri: str, collection: str, dimension: int, directory: Path, token: str | None = None
+    ) -> MilvusIndex | None:
         """Return the collection with its saved generation, or None when either is missing."""
         try:
             state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        client = connect(uri)
+        client = connect(uri, token)
         if state.get("collection") != collection or not client.has_collection(collection):
             client.close()
             return None
         # A collection starts each server (or Lite) process released: searchable only once loaded.
         client.load_collection(collection)
-        return cls(client, collection, dimension, directory, int(state["generation"]))
+        return cls(client, uri, collection, dimension, directory, int(state["generation"]))
 
     @classmethod
-    def create(cls, uri: str, collection: str, dimension: int, directory: Path) -> MilvusIndex:
+    def create(
+        cls, uri: str, collection: str, dimension: int, directory: Path, token: str | None = None
+    ) -> MilvusIndex:
         """Return an empty collection, replacing any of that name, at generation 0."""
-        client = connect(uri)
+        client = connect(uri, token)
         if client.has_collection(collection):
             client.drop_collection(collection)
         client.create_collection(
@@ -109,7 +130,7 @@ class MilvusIndex:
             # Strong: a search right after a write sees it, as with FAISS.
             consistency_level="Strong",
         )
-        return cls(client, collection, dimension, directory, generation=0)
+        return cls(client, uri, collection, dimension, directory, generation=0)
 
     @property
     def count(self) -> int:
@@ -183,7 +204,11 @@ class MilvusIndex:
         self.client.close()
 
     def destroy(self) -> None:
-        """Drop the collection and forget its generation; return nothing."""
+        """Drop the collection and forget its generation; a Milvus Lite file left empty goes too; return nothing."""
         (self.directory / STATE_FILE).unlink(missing_ok=True)
         if self.client.has_collection(self.collection):
             self.client.drop_collection(self.collection)
+        if not is_server(self.uri) and not self.client.list_collections():
+            self.client.close()
+            lite = Path(self.uri)
+            shutil.rmtree(lite) if lite.is_dir() else lite.unlink(missing_ok=True)

@@ -56,7 +56,13 @@ def test_unknown_key_and_missing_file_are_errors(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["KBQA_LLM__FOO", "KBQA_LLM__OPENAI__BASEURL", "KBQA_SERVER__PROT", "KBQA_RETRIEVAL__RERANKER__TOPN"],
+    [
+        "KBQA_LLM__FOO",
+        "KBQA_LLM__OPENAI__BASEURL",
+        "KBQA_SERVER__PROT",
+        "KBQA_RETRIEVAL__RERANKER__TOPN",
+        "KBQA_VECTOR_STORE__MILVUS_TOKENS",
+    ],
 )
 def test_a_misspelt_nested_setting_is_an_error(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     monkeypatch.setenv(name, "1")
@@ -69,3 +75,13 @@ def test_nested_yaml_keys_are_checked_too(tmp_path: Path) -> None:
     config.write_text("llm:\n  backend: extractive\n  tempreature: 0.5\n", encoding="utf-8")
     with pytest.raises(SettingsError, match="llm.tempreature"):
         load_settings(config)
+
+
+def test_vector_store_settings_check_the_backend_and_hide_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBQA_VECTOR_STORE__MILVUS_TOKEN", "root:s3cret")
+    settings = load_settings()
+    assert settings.vector_store.token == "root:s3cret"
+    assert "s3cret" not in repr(settings) and "s3cret" not in settings.model_dump_json()
+    monkeypatch.setenv("KBQA_VECTOR_STORE__BACKEND", "qdrant")
+    with pytest.raises(SettingsError, match=r"vector_store\.backend \(KBQA_VECTOR_STORE__BACKEND\)"):
+        load_settings()

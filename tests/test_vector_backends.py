@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from retrieval import EmbeddingIdentity, KnowledgeBase, KnowledgeBaseCatalog, NewDocument, new_store
+from retrieval import (
+    EmbeddingIdentity,
+    KnowledgeBase,
+    KnowledgeBaseCatalog,
+    NewDocument,
+    VectorStore,
+    new_store,
+)
 from retrieval.milvus_index import STATE_FILE, connect, resolve_uri
 from retrieval.vector_index import INDEX_FILE
 
@@ -135,6 +144,7 @@ def test_migrate_keeps_top_k_and_back(catalog: KnowledgeBaseCatalog) -> None:
         moved.switch_store(moved.manifest.store)
     moved.switch_store(new_store("kb", "faiss"))
     assert not (directory / STATE_FILE).exists()
+    assert not (directory / "milvus.db").exists(), "the emptied Milvus Lite file is deleted too"
     assert [i for i, _ in top(moved, queries[0], 6)] == [i for i, _ in before[0]]
     moved.close()
 
@@ -160,6 +170,67 @@ def test_stale_milvus_copy_is_rebuilt_on_open(catalog: KnowledgeBaseCatalog) -> 
     reopened.close()
 
 
+def test_new_knowledge_bases_use_the_configured_store(
+    tmp_path: Path, e5_embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import KnowledgeService
+    from app.settings import load_settings
+
+    monkeypatch.setenv("KBQA_VECTOR_STORE__BACKEND", "milvus")
+    monkeypatch.setenv("KBQA_VECTOR_STORE__MILVUS_URI", "vectors.db")
+    service = KnowledgeService(load_settings(data_dir=tmp_path / "data"))
+    service.embedder = e5_embedder
+    service.create("configured").close()
+    service.create("files", "faiss").close()
+    service.create("lite", "milvus", "other.db").close()
+
+    configured = service.info("configured").store
+    assert (configured.backend, configured.uri) == ("milvus", "vectors.db")
+    assert (service.catalog.path("configured") / "vectors.db").is_dir()
+    assert service.info("files").store == VectorStore()
+    assert service.info("lite").store.uri == "other.db"
+
+
+class TokenRecorder:
+    """A gRPC endpoint on localhost that records each call's metadata and implements nothing."""
+
+    def __init__(self) -> None:
+        import grpc
+
+        self.metadata: list[dict[str, str]] = []
+        recorder = self
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(self, details):
+                recorder.metadata.append(dict(details.invocation_metadata))
+                return None  # UNIMPLEMENTED, as an endpoint that is not Milvus answers
+
+        self.server = grpc.server(ThreadPoolExecutor(2))
+        self.server.add_generic_rpc_handlers([Handler()])
+        self.uri = f"http://127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+
+def test_milvus_token_signs_in_to_a_server_and_is_never_shown(tmp_path: Path) -> None:
+    endpoint = TokenRecorder()
+    try:
+        catalog = KnowledgeBaseCatalog(tmp_path / "data", milvus_token="root:s3cret")
+        with pytest.raises(ValueError, match="cannot reach Milvus at http://127.0.0.1") as refused:
+            catalog.create("kb", IDENTITY, {}, new_store("kb", "milvus", endpoint.uri))
+        assert "s3cret" not in str(refused.value)
+        assert catalog.names() == [], "no knowledge base is left that could never open"
+    finally:
+        endpoint.server.stop(0)
+    assert endpoint.metadata[0]["authorization"] == base64.b64encode(b"root:s3cret").decode()
+
+
+def test_milvus_token_is_not_sent_to_milvus_lite(tmp_path: Path) -> None:
+    catalog = KnowledgeBaseCatalog(tmp_path / "data", milvus_token="root:s3cret")
+    kb = catalog.create("kb", IDENTITY, {}, new_store("kb", "milvus"))
+    assert kb.index.count == 0
+    kb.close()
+
+
 def kbqa(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([KBQA, *args], capture_output=True, text=True, env=os.environ, timeout=300)
 
@@ -182,6 +253,8 @@ def test_cli_milvus_answers_like_faiss_and_migrate(tmp_path: Path) -> None:
             (hit["source"], hit["text"], round(hit["score"], 4)) for hit in json.loads(result.stdout)
         ]
     assert found["faiss_kb"] and found["faiss_kb"] == found["milvus_kb"]
+    info = json.loads(kbqa("--data-dir", data, "kb", "info", "milvus_kb", "--json").stdout)
+    assert info["store"]["backend"] == "milvus" and info["store"]["uri"] == "milvus.db"
 
     migrated = kbqa("--data-dir", data, "kb", "migrate", "faiss_kb", "--to", "milvus")
     assert migrated.returncode == 0, migrated.stderr
@@ -205,7 +278,7 @@ def test_http_create_with_milvus_store_searches_like_faiss(tmp_path: Path, e5_em
     app.state.service.embedder = e5_embedder
     policy = "# 报销制度\n\n差旅费用在出差结束后三十天内提交，财务审核后五个工作日内到账。\n"
     leave = "# 休假制度\n\n员工工作满一年后享有带薪年假，每年十天。\n"
-    found = {}
+    found, shown = {}, {}
     with TestClient(app) as client:
         bad = client.post("/v1/kbs", json={"name": "x", "store": "faiss", "uri": "http://h:19530"})
         assert bad.status_code == 400, bad.text
@@ -215,7 +288,9 @@ def test_http_create_with_milvus_store_searches_like_faiss(tmp_path: Path, e5_em
             assert refused.status_code == 400, refused.text
         assert client.get("/v1/kbs").json()["data"] == []
         for store in BACKENDS:
-            assert client.post("/v1/kbs", json={"name": store, "store": store}).status_code == 201
+            created = client.post("/v1/kbs", json={"name": store, "store": store})
+            assert created.status_code == 201, created.text
+            shown[store] = created.json()["store"]
             parts = [("files", ("policy.md", policy.encode())), ("files", ("leave.md", leave.encode()))]
             job = client.post(f"/v1/kbs/{store}/documents", files=parts).json()["job"]
             deadline = time.monotonic() + 60
@@ -229,3 +304,5 @@ def test_http_create_with_milvus_store_searches_like_faiss(tmp_path: Path, e5_em
     assert found["faiss"][0][0] == "leave.md" and found["faiss"] == found["milvus"]
     manifest = json.loads((tmp_path / "data" / "kbs" / "milvus" / "manifest.json").read_text())
     assert manifest["store"]["backend"] == "milvus" and manifest["store"]["uri"] == "milvus.db"
+    assert shown["milvus"] == manifest["store"] and shown["milvus"]["collection"].startswith("kbqa_")
+    assert shown["faiss"] == {"backend": "faiss", "uri": None, "collection": None}

@@ -20,12 +20,24 @@ class CreateKnowledgeBase(Strict):
     """A knowledge base to create."""
 
     name: str = Field(..., examples=["员工手册"], description="Letters (Chinese too), digits, '-', '_'.")
-    store: Literal["faiss", "milvus"] = Field("faiss", description="Where its vectors are searched.")
+    store: Literal["faiss", "milvus"] | None = Field(
+        None, description="Where its vectors are searched; unset, the server's vector_store.backend setting."
+    )
     uri: str | None = Field(
         None,
         description="Milvus only: a server URI (http://host:19530), or a Milvus Lite file name ending in .db, "
-        "kept inside the knowledge base (default milvus.db).",
+        "kept inside the knowledge base; unset, the server's vector_store.milvus_uri setting (milvus.db).",
     )
+
+
+class StoreOut(BaseModel):
+    """Where a knowledge base's vectors are searched."""
+
+    backend: Literal["faiss", "milvus"]
+    uri: str | None = Field(
+        description="Milvus: the server URI or the Milvus Lite file in the knowledge base."
+    )
+    collection: str | None = Field(description="Milvus: the collection holding the vectors.")
 
 
 class KnowledgeBaseOut(BaseModel):
@@ -35,6 +47,7 @@ class KnowledgeBaseOut(BaseModel):
     documents: int
     chunks: int
     embedding_model: str
+    store: StoreOut
     size_bytes: int
     created_at: str
     metadata: dict[str, list[str]]

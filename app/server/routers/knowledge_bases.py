@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 
 from app.server.dependencies import knowledge, require_key
-from app.server.schemas import CreateKnowledgeBase, KnowledgeBaseOut, ListOf
+from app.server.schemas import CreateKnowledgeBase, KnowledgeBaseOut, ListOf, StoreOut
 from app.services import KnowledgeService
 from retrieval import KnowledgeBaseInfo
 
@@ -19,6 +19,7 @@ def knowledge_base_out(info: KnowledgeBaseInfo) -> KnowledgeBaseOut:
         documents=info.documents,
         chunks=info.chunks,
         embedding_model=info.embedding.model,
+        store=StoreOut(**info.store.model_dump()),
         size_bytes=info.size_bytes,
         created_at=info.created_at,
         metadata=info.metadata,
