@@ -5,7 +5,8 @@ knowledge base are never interleaved (the knowledge base's own write lock would 
 and search and chat stay responsive on the request threads meanwhile. Jobs live in
 `<data_dir>/jobs.sqlite`: a job that was queued or running when the server stopped is queued again at
 the next start — ingestion skips what is already stored, so finishing it twice is harmless — and is
-never lost silently. Uploaded files wait in `<data_dir>/uploads/<job>/`; once indexed they are kept as
+never lost silently. So a server told to stop does not wait for a long upload: the running job stops
+after the file or batch at hand, with what it stored committed, and goes on at the next start. Uploaded files wait in `<data_dir>/uploads/<job>/`; once indexed they are kept as
 the documents' originals (`KnowledgeService.original_path`) and a failed file is dropped.
 """
 
@@ -96,6 +97,7 @@ class IngestionJobs:
         self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -113,8 +115,12 @@ class IngestionJobs:
         self._worker.start()
 
     def stop(self) -> None:
-        """Let the running job finish, then stop the worker (queued jobs wait for the next start)."""
+        """Stop the worker once the running job has stored the file or batch at hand; return nothing.
+
+        The running job and the queued ones stay in the table and run at the next start.
+        """
         if self._worker is not None:
+            self._stopping.set()
             self._queue.put(None)
             self._worker.join()
             self._worker = None
@@ -195,7 +201,7 @@ class IngestionJobs:
     # --- the worker --------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        while (job_id := self._queue.get()) is not None:
+        while (job_id := self._queue.get()) is not None and not self._stopping.is_set():
             try:
                 self._run(job_id)
             except Exception:  # a bug in one job must not stop the worker
@@ -214,6 +220,10 @@ class IngestionJobs:
             report = self.service.ingest_files(
                 kb, files, progress, None if metadata is None else json.loads(metadata), bool(force)
             )
+        except JobInterrupted:
+            # Left 'running' with its staged files: the next start queues it again (see `start`).
+            log.info("job interrupted by shutdown; it goes on at the next start", extra={"job": job_id})
+            return
         except Exception as error:  # the knowledge base was deleted, is locked, a disk is full …
             self._update(job_id, status="failed", error=str(error), finished_at=_now())
             self._discard_staged(job_id)
@@ -255,8 +265,12 @@ class IngestionJobs:
             self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
 
 
+class JobInterrupted(Exception):
+    """Raised inside a running ingestion, between files or batches, when the server is stopping."""
+
+
 class _JobProgress:
-    """Writes a running ingestion's progress into its job row."""
+    """Writes a running ingestion's progress into its job row, and interrupts it when the server stops."""
 
     def __init__(self, jobs: IngestionJobs, job_id: str) -> None:
         self.jobs, self.job_id = jobs, job_id
@@ -272,11 +286,18 @@ class _JobProgress:
         self.jobs._update(
             self.job_id, files_done=len(self.outcomes), files=json.dumps(self.outcomes, ensure_ascii=False)
         )
+        self._stop_if_asked()
 
     def chunks_written(self, count: int) -> None:
         """Record chunks stored."""
         self.chunks += count
         self.jobs._update(self.job_id, chunks_done=self.chunks)
+        self._stop_if_asked()
+
+    def _stop_if_asked(self) -> None:
+        # Called only after a write has committed, so the knowledge base is consistent where it stops.
+        if self.jobs._stopping.is_set():
+            raise JobInterrupted
 
 
 _COLUMNS = (

@@ -1,7 +1,7 @@
 """The web service as users run it: `kbqa serve` in a subprocess, spoken to over real HTTP.
 
 Covers the official `openai` client against the OpenAI-compatible face, the SSE chat stream event by
-event, search staying responsive while an upload is indexed, a job surviving a SIGKILL of the server,
+event, search staying responsive while an upload is indexed, a job surviving a SIGKILL or SIGTERM of the server,
 back-to-back uploads, and API keys.
 """
 
@@ -13,10 +13,12 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -337,7 +339,14 @@ def test_two_uploads_back_to_back_both_land(client: httpx.Client, server: Server
     assert_kb_check(server.data_dir, "twice")
 
 
-def test_a_job_running_when_the_server_is_killed_is_resumed(tmp_path: Path) -> None:
+def stored_job(data_dir: Path, job_id: str) -> tuple[str, int]:
+    """Return the status and files done of a job as the server left them in its job table."""
+    with closing(sqlite3.connect(data_dir / "jobs.sqlite")) as db:
+        return db.execute("SELECT status, files_done FROM jobs WHERE id = ?", (job_id,)).fetchone()
+
+
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_a_job_running_when_the_server_goes_down_is_resumed(tmp_path: Path, how: str) -> None:
     data = tmp_path / "data"
     files = generated_files(20, seed=4)
     # Small batches commit as they go, so the kill lands between committed and pending files.
@@ -352,9 +361,14 @@ def test_a_job_running_when_the_server_is_killed_is_resumed(tmp_path: Path) -> N
                 assert seen["status"] in ("queued", "running"), seen
                 assert time.monotonic() < deadline, seen
                 time.sleep(0.02)
+        if how == "stopped":
+            # SIGTERM (docker stop) does not wait for the upload: the job stops after the batch at hand.
+            assert first.stop() in CLEAN_EXIT, first.output()
     finally:
         first.kill()
     assert seen["status"] == "running" and seen["files_done"] < len(files), "killed too late; upload more"
+    status, files_done = stored_job(data, job["id"])
+    assert status == "running" and files_done < len(files), (status, files_done)
 
     second = Server(data, env)
     try:
