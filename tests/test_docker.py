@@ -7,6 +7,7 @@ that no test downloads it. Its age keeps the compose files to features Compose h
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -20,13 +21,13 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from app.settings import ServerConfig, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
-COMPOSE_FILES = ["docker-compose.yml", "compose.vllm.yml", "compose.cpu.yml"]
+COMPOSE_FILES = ["docker-compose.yml", "compose.vllm.yml", "compose.milvus.yml", "compose.cpu.yml"]
 SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
 ENV_LINE = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
 VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?:(:?-)([^}]*))?\}")
@@ -154,6 +155,8 @@ def test_every_kbqa_variable_sets_an_existing_setting(name, monkeypatch):
     setting: Any = load_settings(ROOT / "configs" / "default.yaml")
     for part in path:
         setting = getattr(setting, part)
+    if isinstance(setting, SecretStr):
+        setting = setting.get_secret_value()
     if isinstance(setting, bool):
         expected: Any = value.lower() == "true"
     elif isinstance(setting, int | float):
@@ -169,7 +172,7 @@ def test_every_kbqa_variable_sets_an_existing_setting(name, monkeypatch):
     "name", ["KBQA_LLM__OPENAI__BASEURL", "KBQA_EMBEDING__MODEL", "KBQA_LLM__MODEL__NAME", "KBQA_PORT"]
 )
 def test_a_misspelled_kbqa_variable_is_caught(name):
-    # kbqa itself ignores unknown KBQA_… variables, so this check is the only guard against typos.
+    # kbqa ignores unknown top-level KBQA_… variables (a misspelt section), so this check guards them.
     with pytest.raises(KeyError):
         setting_path(name)
 
@@ -221,6 +224,19 @@ def test_vllm_override_points_kbqa_at_the_vllm_service():
     assert "--trust-remote-code" in command
 
 
+def test_milvus_override_points_new_knowledge_bases_at_the_milvus_service():
+    services = compose("docker-compose.yml")["services"]
+    override = compose("compose.milvus.yml")["services"]["kbqa"]
+    kbqa = environment(override)
+    url = urlparse(kbqa["KBQA_VECTOR_STORE__MILVUS_URI"])
+    assert kbqa["KBQA_VECTOR_STORE__BACKEND"] == "milvus"
+    assert (
+        url.scheme == "http" and url.hostname in services and services[url.hostname]["profiles"] == ["milvus"]
+    )
+    assert any(port.endswith(f":{url.port}") for port in services["milvus"]["ports"])
+    assert override["depends_on"]["milvus"]["condition"] == "service_healthy"
+
+
 def test_cpu_override_drops_the_gpu_reservation():
     kbqa = compose("compose.cpu.yml")["services"]["kbqa"]
     assert kbqa["deploy"]["resources"]["reservations"]["devices"] == []
@@ -251,15 +267,39 @@ def test_dockerfile_conventions():
     assert "KBQA_CONFIG=/etc/kbqa/config.yaml" in " ".join(a for op, a in instructions if op == "ENV")
 
 
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Return whether Docker leaves `path` out of the build context: the last pattern matching it or a
+    parent folder decides, and a pattern starting with '!' brings it back."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        if any(fnmatch.fnmatchcase(prefix, pattern.removeprefix("!")) for prefix in prefixes):
+            ignored = not pattern.startswith("!")
+    return ignored
+
+
 def test_dockerignore_keeps_what_the_image_copies():
-    ignored = {line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"}
-    copied = {
-        args.split()[0].split("/")[0]
+    patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    copied = [
+        args.split()[0]
         for op, args in dockerfile_instructions()
         if op == "COPY" and not args.startswith("--from")
-    }
-    assert copied.isdisjoint(ignored)
-    assert {".venv", "data", ".git", "docker/models"} <= ignored
+    ]
+    assert "examples/docs" in copied
+    assert [path for path in copied if dockerignored(path, patterns)] == []
+    for path in (".venv", "data/kbs", ".git", "docker/models", "tests", "examples/make_docs.py"):
+        assert dockerignored(path, patterns), path
+
+
+def test_the_image_carries_the_sample_documents():
+    instructions = dockerfile_instructions()
+    target = next(
+        args.split()[1] for op, args in instructions if op == "COPY" and args.startswith("examples/docs")
+    )
+    env_lines = " ".join(args for op, args in instructions if op == "ENV")
+    assert f"KBQA_SERVER__SAMPLE_DOCS={target}" in env_lines
+    assert any((ROOT / "examples" / "docs").iterdir())
 
 
 @pytest.mark.slow

@@ -90,9 +90,17 @@ def _load_models(service: KnowledgeService) -> None:
     _ = service.embedder
     _ = service.answerer
     server = service.settings.server
-    if server.sample_kb and not service.catalog.exists(server.sample_kb) and server.sample_docs.is_dir():
-        report = service.ingest(server.sample_kb, [server.sample_docs])
-        log.info("built the sample knowledge base", extra={"kb": server.sample_kb, "chunks": report.chunks})
+    if server.sample_kb and not service.catalog.exists(server.sample_kb):
+        if server.sample_docs.is_dir():
+            report = service.ingest(server.sample_kb, [server.sample_docs])
+            log.info(
+                "built the sample knowledge base", extra={"kb": server.sample_kb, "chunks": report.chunks}
+            )
+        else:
+            log.warning(
+                "no sample documents: the sample knowledge base is not built",
+                extra={"kb": server.sample_kb, "sample_docs": str(server.sample_docs)},
+            )
     log.info("models loaded", extra={"seconds": round(time.perf_counter() - started, 1)})
 
 
