@@ -191,7 +191,7 @@ def kb_delete(
         fail(f"knowledge base '{name}' does not exist")
     if not yes and not typer.confirm(f"Delete knowledge base '{name}' and all its documents?"):
         raise typer.Exit(1)
-    run_or_fail(lambda: svc.catalog.delete(name))
+    run_or_fail(lambda: svc.delete(name))
     console.print(f"deleted knowledge base [bold]{name}[/]")
 
 

@@ -128,11 +128,7 @@ def build_knowledge_base(
     folder = service.settings.data_dir / "eval" / name / PARAGRAPH_FOLDER
     write_paragraphs(paragraphs, folder)
     report = service.ingest(name, [folder], progress)
-    kb = service.open(name)
-    try:
-        stored = {document.source for document in kb.documents()}
-    finally:
-        kb.close()
+    stored = {document.source for document in service.documents(name)}
     extra = stored - {p.source for p in paragraphs}
     if extra:
         raise ValueError(
@@ -152,16 +148,13 @@ def run_questions(
     """Return the relevance of each question's hits and each search's latency in knowledge base `name`."""
     run = Run()
     kb = service.open(name)
-    try:
-        for case in cases:
-            started = time.perf_counter()
-            hits = service.retriever.search(kb, case.question.text, options)
-            seconds = time.perf_counter() - started
-            run.add([(hit.text, hit.source) for hit in hits], case, seconds)
-            if advance:
-                advance()
-    finally:
-        kb.close()
+    for case in cases:
+        started = time.perf_counter()
+        hits = service.retriever.search(kb, case.question.text, options)
+        seconds = time.perf_counter() - started
+        run.add([(hit.text, hit.source) for hit in hits], case, seconds)
+        if advance:
+            advance()
     return run
 
 

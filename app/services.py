@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import closing
 from functools import cached_property
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from retrieval import (
     load_embedder,
     new_store,
 )
+from retrieval.open_bases import OpenKnowledgeBases
 
 
 class KnowledgeService:
@@ -42,6 +42,12 @@ class KnowledgeService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.catalog = KnowledgeBaseCatalog(settings.data_dir, settings.vector_store.token)
+        # Shared by every request; callers do not close what `open` returns.
+        self.knowledge_bases = OpenKnowledgeBases(self.catalog)
+
+    def close(self) -> None:
+        """Close the knowledge bases held open; return nothing."""
+        self.knowledge_bases.close()
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -65,8 +71,7 @@ class KnowledgeService:
 
     def migrate(self, name: str, store: str, uri: str | None = None) -> None:
         """Move the named knowledge base's vectors to the `store` backend (rebuilt from SQLite); return nothing."""
-        with closing(self.open(name)) as kb:
-            kb.switch_store(self._new_store(name, store, uri))
+        self.open(name).switch_store(self._new_store(name, store, uri))
 
     def _new_store(self, name: str, store: str | None, uri: str | None) -> VectorStore:
         configured = self.settings.vector_store
@@ -76,30 +81,32 @@ class KnowledgeService:
         return new_store(name, store, uri)
 
     def open(self, name: str) -> KnowledgeBase:
-        """Return the named knowledge base open, refusing one built with another embedding model."""
-        return self.catalog.open(name, EmbeddingIdentity.of(self.embedder))
+        """Return the named knowledge base, kept open for every caller (do not close it); refuse one built
+        with another embedding model."""
+        kb = self.knowledge_bases.get(name)
+        kb.manifest.check_embedding(EmbeddingIdentity.of(self.embedder))
+        return kb
 
     def info(self, name: str) -> KnowledgeBaseInfo:
         """Return a summary of the named knowledge base."""
         return self.catalog.info(name)
 
     def delete(self, name: str) -> None:
-        """Delete the named knowledge base, its documents and their originals."""
-        self.catalog.delete(name)
+        """Delete the named knowledge base, its documents and their originals (KnowledgeBaseBusy while it is written)."""
+        with self.knowledge_bases.removing(name):
+            self.catalog.delete(name)
 
     def documents(self, name: str) -> list[DocumentRecord]:
         """Return the documents of the named knowledge base, oldest first."""
-        with closing(self.catalog.open(name)) as kb:
-            return kb.documents()
+        return self.knowledge_bases.get(name).documents()
 
     def document(self, name: str, document_id: int) -> DocumentRecord:
         """Return one document of the named knowledge base (DocumentNotFound if it has no such id)."""
-        with closing(self.catalog.open(name)) as kb:
-            return kb.document(document_id)
+        return self.knowledge_bases.get(name).document(document_id)
 
     def delete_document(self, name: str, document_id: int) -> None:
         """Delete one document, its chunks and its original file."""
-        with closing(self.open(name)) as kb, kb.writing():
+        with (kb := self.open(name)).writing():
             source = kb.document(document_id).source
             kb.delete_documents([document_id])
         self.original_path(name, source).unlink(missing_ok=True)
@@ -122,8 +129,8 @@ class KnowledgeService:
         if metadata is not None:
             check_metadata(metadata)  # before a missing knowledge base is created for nothing
         files, outcomes = collect_files(paths)
-        kb = self.open(name) if self.catalog.exists(name) else self.create(name)
-        kb.close()
+        if not self.catalog.exists(name):
+            self.create(name).close()
         report = self.ingest_files(name, files, progress, metadata)
         report.outcomes[:0] = outcomes
         return report
@@ -137,13 +144,9 @@ class KnowledgeService:
         force: bool = False,
     ) -> IngestionReport:
         """Ingest `files` (each with its source name) into the existing knowledge base `name`."""
-        kb = self.open(name)
-        try:
-            with kb.writing():
-                pipeline = IngestionPipeline(kb, self.embedder, self.settings.ingestion)
-                return pipeline.run(files, progress, metadata, force)
-        finally:
-            kb.close()
+        with (kb := self.open(name)).writing():
+            pipeline = IngestionPipeline(kb, self.embedder, self.settings.ingestion)
+            return pipeline.run(files, progress, metadata, force)
 
     @cached_property
     def answerer(self) -> Answerer:
@@ -174,8 +177,4 @@ class KnowledgeService:
 
     def search(self, name: str, query: str, options: SearchOptions) -> list[SearchHit]:
         """Return the best chunks of the named knowledge base for `query`."""
-        kb = self.open(name)
-        try:
-            return self.retriever.search(kb, query, options)
-        finally:
-            kb.close()
+        return self.retriever.search(self.open(name), query, options)

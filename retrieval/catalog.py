@@ -123,22 +123,25 @@ class KnowledgeBaseCatalog:
         return KnowledgeBase(self.path(name), embedding, self.milvus_token)
 
     def info(self, name: str) -> KnowledgeBaseInfo:
-        """Return a summary of the named knowledge base."""
-        kb = self.open(name)
-        try:
-            documents, chunks = kb.counts()
-            metadata = kb.metadata_values(METADATA_VALUES_SHOWN)
-        finally:
-            kb.close()
+        """Return a summary of the named knowledge base, read from its manifest and chunk store alone."""
+        if not self.exists(name):
+            raise KnowledgeBaseNotFound(f"knowledge base '{name}' does not exist")
         directory = self.path(name)
+        manifest = read_manifest(directory)
+        store = ChunkStore(directory / STORE_FILE, manifest.embedding.dimension)
+        try:
+            documents, chunks = store.count()
+            metadata = store.metadata_values(METADATA_VALUES_SHOWN)
+        finally:
+            store.close()
         return KnowledgeBaseInfo(
             name=name,
             documents=documents,
             chunks=chunks,
-            embedding=kb.manifest.embedding,
-            splitter=kb.manifest.splitter,
-            created_at=kb.manifest.created_at,
-            store=kb.manifest.store,
+            embedding=manifest.embedding,
+            splitter=manifest.splitter,
+            created_at=manifest.created_at,
+            store=manifest.store,
             size_bytes=sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()),
             metadata=metadata,
         )

@@ -74,6 +74,7 @@ class KnowledgeBase:
         # One writer at a time, within this process and across processes (the file lock).
         self._writer_lock = threading.Lock()
         self.index = self._load_index()
+        self.closed = False
 
     @property
     def name(self) -> str:
@@ -81,9 +82,23 @@ class KnowledgeBase:
         return self.manifest.name
 
     def close(self) -> None:
-        """Release the store and vector index connections; return nothing."""
-        self.store.close()
-        self.index.close()
+        """Release the store and vector index connections, once any read or write under way ends; return nothing."""
+        with self._state_lock:
+            self.store.close()
+            self.index.close()
+            self.closed = True
+
+    def refresh(self) -> None:
+        """Reload the vector index if another process has written since it was loaded; return nothing.
+
+        For a knowledge base kept open for a long time (the server's); this process's own writes keep
+        the index current as they go.
+        """
+        with self._state_lock:
+            if self.index.generation == self.store.generation:
+                return
+            stale, self.index = self.index, self._load_index()
+            stale.close()
 
     def _load_index(self) -> VectorIndex:
         index = load_index(self.directory, self.manifest, self.milvus_token)
@@ -122,7 +137,7 @@ class KnowledgeBase:
         """
         if store == self.manifest.store:
             raise ValueError(f"knowledge base '{self.name}' already uses this {store.backend} store")
-        with self._writer_lock, self._file_lock(), self._state_lock:
+        with self.exclusive(), self._state_lock:
             manifest = self.manifest.model_copy(update={"store": store})
             index = self._rebuild_index(manifest, self.store.generation)
             index.save()
@@ -130,6 +145,20 @@ class KnowledgeBase:
             old, self.index, self.manifest = self.index, index, manifest
             old.destroy()
             old.close()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the knowledge base as its only writer, in this process and across processes; save nothing.
+
+        Raises KnowledgeBaseBusy at once, rather than waiting, when another writer holds it.
+        """
+        if not self._writer_lock.acquire(blocking=False):
+            raise KnowledgeBaseBusy(f"knowledge base '{self.name}' is being written; try again when it ends")
+        try:
+            with self._file_lock():
+                yield
+        finally:
+            self._writer_lock.release()
 
     @contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -147,8 +176,8 @@ class KnowledgeBase:
 
     @contextmanager
     def writing(self) -> Iterator[KnowledgeBase]:
-        """Hold the knowledge base as its only writer; save the vector index when the block ends."""
-        with self._writer_lock, self._file_lock():
+        """Hold the knowledge base as its only writer (see `exclusive`); save the vector index when the block ends."""
+        with self.exclusive():
             try:
                 yield self
             finally:
@@ -260,11 +289,6 @@ class KnowledgeBase:
         """Return (documents, chunks)."""
         with self._state_lock:
             return self.store.count()
-
-    def metadata_values(self, limit: int) -> dict[str, list[str]]:
-        """Return each metadata key in use with its distinct values, sorted, at most `limit` per key."""
-        with self._state_lock:
-            return self.store.metadata_values(limit)
 
     def check(self) -> ConsistencyReport:
         """Return how the vector index and the chunk store disagree, if they do."""

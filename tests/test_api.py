@@ -105,6 +105,16 @@ def test_knowledge_base_lifecycle(client: TestClient) -> None:
     assert_error(client.delete("/v1/kbs/手册-2025"), 404, "knowledge_base_not_found")
 
 
+def test_a_knowledge_base_being_written_is_not_deleted(client: TestClient) -> None:
+    assert client.post("/v1/kbs", json={"name": "busy"}).status_code == 201
+    assert wait(client, upload(client, "busy", {"leave.md": LEAVE}))["status"] == "succeeded"
+    service = client.app.state.service
+    with service.open("busy").writing():  # as the ingestion worker holds it while indexing an upload
+        assert_error(client.delete("/v1/kbs/busy"), 409, "knowledge_base_busy")
+        assert client.get("/v1/kbs/busy").json()["documents"] == 1
+    assert client.delete("/v1/kbs/busy").status_code == 204
+
+
 @pytest.mark.parametrize("name", ["../etc", "a/b", ".hidden", "", "x" * 65, "a b"])
 def test_bad_knowledge_base_names_are_refused(client: TestClient, name: str) -> None:
     assert_error(client.post("/v1/kbs", json={"name": name}), 400, "invalid_name")

@@ -322,3 +322,65 @@ def test_store_made_before_metadata_opens_and_gets_the_column(catalog: Knowledge
     }
     assert catalog.info("kb").metadata == {"team": ["hr", "it"]}
     reopened.close()
+
+
+# --- knowledge bases held open by a long-running process (the server) ------------------------------
+
+
+def sources_found(kb, axis: int) -> list[str]:
+    return [hit.chunk.text.split()[0] for hit in kb.search(unit(axis), 3)]
+
+
+def test_an_open_knowledge_base_is_shared_and_sees_other_writers(catalog: KnowledgeBaseCatalog) -> None:
+    from retrieval.open_bases import OpenKnowledgeBases
+
+    kb = catalog.create("kb", IDENTITY, {})
+    with kb.writing():
+        kb.add_documents([document("a.md", [0])])
+    kb.close()
+    held = OpenKnowledgeBases(catalog)
+    shared = held.get("kb")
+    assert held.get("kb") is shared, "a second request must not load the index again"
+    index_before = shared.index
+
+    # Another writer (as `kbqa index build` in another process: its own handle and file lock).
+    other = catalog.open("kb")
+    with other.writing():
+        other.add_documents([document("b.md", [1])])
+    other.close()
+    refreshed = held.get("kb")
+    assert refreshed is shared and refreshed.index is not index_before
+    assert sources_found(refreshed, 1)[0] == "b.md"
+
+    # Deleted and created again under the same name: a different knowledge base, opened afresh.
+    catalog.delete("kb")
+    with pytest.raises(KnowledgeBaseNotFound):
+        held.get("kb")
+    again = catalog.create("kb", IDENTITY, {})
+    with again.writing():
+        again.add_documents([document("c.md", [2])])
+    again.close()
+    reopened = held.get("kb")
+    assert reopened is not shared and [d.source for d in reopened.documents()] == ["c.md"]
+
+    reopened.close()  # a caller closing the shared handle must not break the next one
+    assert held.get("kb").documents()[0].source == "c.md"
+    held.close()
+
+
+def test_removing_refuses_while_a_writer_holds_it(catalog: KnowledgeBaseCatalog) -> None:
+    from retrieval.open_bases import OpenKnowledgeBases
+
+    catalog.create("kb", IDENTITY, {}).close()
+    held = OpenKnowledgeBases(catalog)
+    shared = held.get("kb")
+    with shared.writing():
+        shared.add_documents([document("a.md", [0])])
+        with pytest.raises(KnowledgeBaseBusy), held.removing("kb"):
+            catalog.delete("kb")
+    assert catalog.exists("kb") and held.get("kb").counts() == (1, 1)
+    with held.removing("kb"):
+        catalog.delete("kb")
+    assert not catalog.exists("kb")
+    with pytest.raises(KnowledgeBaseNotFound):
+        held.get("kb")

@@ -306,3 +306,22 @@ def test_http_create_with_milvus_store_searches_like_faiss(tmp_path: Path, e5_em
     assert manifest["store"]["backend"] == "milvus" and manifest["store"]["uri"] == "milvus.db"
     assert shown["milvus"] == manifest["store"] and shown["milvus"]["collection"].startswith("kbqa_")
     assert shown["faiss"] == {"backend": "faiss", "uri": None, "collection": None}
+
+
+def test_a_knowledge_base_held_open_follows_a_migration_by_another_handle(
+    catalog: KnowledgeBaseCatalog,
+) -> None:
+    from retrieval.open_bases import OpenKnowledgeBases
+
+    filled(catalog, "kb", "faiss").close()
+    held = OpenKnowledgeBases(catalog)
+    query = normalised(np.random.default_rng(6), 1)[0]
+    before = held.get("kb")
+    expected = top(before, query, 5)
+    other = catalog.open("kb")  # as `kbqa kb migrate` in another process
+    other.switch_store(new_store("kb", "milvus"))
+    other.close()
+    after = held.get("kb")
+    assert after is not before and after.manifest.store.backend == "milvus"
+    assert [i for i, _ in top(after, query, 5)] == [i for i, _ in expected]
+    held.close()

@@ -1,7 +1,7 @@
 """The FastAPI application: `create_app(settings)` builds it; `kbqa serve` runs it under uvicorn.
 
 Models load once, in the lifespan, before the server accepts requests; the ingestion worker starts
-there too and stops (after its running job) on shutdown. Routers stay thin over `KnowledgeService` and
+there too and stops (after the running job's batch at hand) on shutdown. Routers stay thin over `KnowledgeService` and
 `IngestionJobs`.
 """
 
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ready.set()
         yield
         await run_in_threadpool(ingestion.stop)
+        service.close()
 
     app = FastAPI(
         title="kbqa",
