@@ -157,9 +157,16 @@ def kb_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")]
     if not infos:
         console.print(f"no knowledge bases in {svc.catalog.root}")
         return
-    table = Table("name", "documents", "chunks", "embedding model", "created")
+    table = Table("name", "documents", "chunks", "embedding model", "store", "created")
     for info in infos:
-        table.add_row(info.name, str(info.documents), str(info.chunks), info.embedding.model, info.created_at)
+        table.add_row(
+            info.name,
+            str(info.documents),
+            str(info.chunks),
+            info.embedding.model,
+            info.store.backend,
+            info.created_at,
+        )
     console.print(table)
 
 

@@ -50,6 +50,9 @@ def test_kb_lifecycle_build_and_search(tmp_path: Path) -> None:
 
     listed = json.loads(kbqa("--data-dir", data, "kb", "list", "--json").stdout)
     assert [kb["name"] for kb in listed] == ["手册"] and listed[0]["documents"] >= 5
+    assert listed[0]["store"] == {"backend": "faiss", "uri": None, "collection": None}
+    table = kbqa("--data-dir", data, "kb", "list").stdout
+    assert "手册" in table and "faiss" in table
 
     found = kbqa("--data-dir", data, "search", "--kb", "手册", "报销需要多久到账", "-k", "3", "--json")
     assert found.returncode == 0, found.stderr
