@@ -171,7 +171,8 @@ class MilvusIndex:
         self, query: np.ndarray, k: int, allowed: set[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return (cosine scores, ids) of the `k` nearest vectors, best first, among `allowed` ids if given."""
-        k = min(k, MAX_LIMIT, self.count if allowed is None else len(allowed))
+        # No count query first: Milvus returns fewer hits when the collection holds fewer than k.
+        k = min(k, MAX_LIMIT) if allowed is None else min(k, MAX_LIMIT, len(allowed))
         if k <= 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         id_filter = "" if allowed is None else f"id in [{','.join(str(int(i)) for i in allowed)}]"
