@@ -27,19 +27,32 @@ from app.settings import ServerConfig, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
-COMPOSE_FILES = ["docker-compose.yml", "compose.vllm.yml", "compose.milvus.yml", "compose.cpu.yml"]
+COMPOSE_FILES = [
+    "docker-compose.yml",
+    "compose.vllm.yml",
+    "compose.vllm-replicas.yml",
+    "compose.milvus.yml",
+    "compose.cpu.yml",
+]
 SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
 ENV_LINE = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
 VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?:(:?-)([^}]*))?\}")
 
 
 class _ComposeLoader(yaml.SafeLoader):
-    """YAML loader that reads Compose's `!reset` tag as the value it resets to."""
+    """YAML loader that reads Compose's `!reset` and `!override` tags as the value they set."""
 
 
-_ComposeLoader.add_constructor(
-    "!reset", lambda loader, node: loader.construct_sequence(node) if node.id == "sequence" else None
-)
+def _tagged_value(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    return loader.construct_scalar(node) or None
+
+
+_ComposeLoader.add_constructor("!reset", _tagged_value)
+_ComposeLoader.add_constructor("!override", _tagged_value)
 
 
 def env_example() -> dict[str, str]:
@@ -235,6 +248,23 @@ def test_milvus_override_points_new_knowledge_bases_at_the_milvus_service():
     )
     assert any(port.endswith(f":{url.port}") for port in services["milvus"]["ports"])
     assert override["depends_on"]["milvus"]["condition"] == "service_healthy"
+
+
+def test_replicas_override_adds_a_vllm_on_another_gpu_and_lists_both():
+    base = compose("docker-compose.yml")["services"]
+    replicas = compose("compose.vllm-replicas.yml")["services"]
+    second = replicas["vllm-2"]
+    assert second["extends"] == {"file": "docker-compose.yml", "service": "vllm"}
+    gpus = [second, base["vllm"]]
+    ids = [g["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for g in gpus]
+    assert ids == [["1"], ["0"]], "the replicas run on different GPUs by default"
+    urls = json.loads(environment(replicas["kbqa"])["KBQA_LLM__OPENAI__BASE_URLS"])
+    single = environment(compose("compose.vllm.yml")["services"]["kbqa"])["KBQA_LLM__OPENAI__BASE_URL"]
+    assert urls[0] == single and len(urls) == 2
+    for url in urls:
+        parsed = urlparse(url)
+        assert parsed.hostname in {"vllm", "vllm-2"} and parsed.port == 8000 and parsed.path == "/v1"
+    assert replicas["kbqa"]["depends_on"]["vllm-2"]["condition"] == "service_healthy"
 
 
 def test_cpu_override_drops_the_gpu_reservation():
