@@ -31,12 +31,12 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from app.evaluation import percentile
+from ingestion.splitter import Chunk
 from retrieval import EmbeddingIdentity, KnowledgeBaseCatalog, NewDocument
 from retrieval.open_bases import OpenKnowledgeBases
 
@@ -47,15 +47,9 @@ WARMUP_QUERIES = 3
 IDENTITY = EmbeddingIdentity(backend="bench", model="random", model_name="random", dimension=DIM)
 
 
-@dataclass(frozen=True)
-class Piece:
-    """A chunk as the store takes it: text and position."""
-
-    text: str
-    page: int | None = None
-    heading_path: tuple[str, ...] = ()
-    start: int = 0
-    end: int = 0
+def chunk(text: str) -> Chunk:
+    """Return a chunk of `text` standing alone (no page or heading)."""
+    return Chunk(text=text, embed_text=text, page=None, heading_path=(), start=0, end=len(text))
 
 
 def unit_vectors(count: int, seed: int) -> np.ndarray:
@@ -78,7 +72,7 @@ def build(catalog: KnowledgeBaseCatalog, vectors: np.ndarray) -> None:
                         content_hash=f"hash{number}",
                         size=len(block),
                         page_count=1,
-                        chunks=[Piece(f"doc{number} chunk {i}") for i in range(len(block))],
+                        chunks=[chunk(f"doc{number} chunk {i}") for i in range(len(block))],
                         vectors=block,
                     )
                 ]
