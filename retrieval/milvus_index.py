@@ -7,6 +7,7 @@ written after the vectors, so a copy that missed a write is found stale and rebu
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from retrieval.atomic import atomic_write_text
+from retrieval.errors import KnowledgeBaseBusy
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -72,7 +74,26 @@ def connect(uri: str, token: str | None = None) -> MilvusClient:
     try:
         return MilvusClient(uri=uri, timeout=CONNECT_TIMEOUT_S, **credentials)
     except MilvusException as error:
+        if not is_server(uri) and lite_locked(uri):
+            raise KnowledgeBaseBusy(
+                f"the Milvus Lite file {uri} is open in another process, and Milvus Lite serves one process "
+                "at a time: a running `kbqa serve` holds its knowledge bases open, so upload through its "
+                "API, or stop it; for several processes keep the knowledge base on a Milvus server"
+            ) from error
         raise ValueError(f"cannot reach Milvus at {uri}: {error.message}") from error
+
+
+def lite_locked(uri: str) -> bool:
+    """Return whether another process holds the Milvus Lite file at `uri` (its folder's LOCK file)."""
+    try:
+        with open(Path(uri) / "LOCK", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class MilvusIndex:

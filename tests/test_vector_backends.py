@@ -325,3 +325,38 @@ def test_a_knowledge_base_held_open_follows_a_migration_by_another_handle(
     assert after is not before and after.manifest.store.backend == "milvus"
     assert [i for i, _ in top(after, query, 5)] == [i for i, _ in expected]
     held.close()
+
+
+HOLD_OPEN = """
+import sys, time
+from pathlib import Path
+from retrieval import EmbeddingIdentity, KnowledgeBaseCatalog, new_store
+identity = EmbeddingIdentity(backend="test", model="/models/random", model_name="random", dimension=16)
+kb = KnowledgeBaseCatalog(Path(sys.argv[1])).create("kb", identity, {}, new_store("kb", "milvus"))
+print("open", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_milvus_lite_file_held_by_another_process_is_a_clear_busy_error(tmp_path: Path) -> None:
+    from retrieval import KnowledgeBaseBusy
+
+    # Milvus Lite locks its file for the life of the first process that opens it.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, str(tmp_path / "data")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+    )
+    catalog = KnowledgeBaseCatalog(tmp_path / "data")
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(KnowledgeBaseBusy, match="one process at a time"):
+            catalog.open("kb")
+    finally:
+        holder.kill()
+        holder.wait()
+    reopened = catalog.open("kb")  # free once the other process is gone
+    assert reopened.manifest.store.backend == "milvus" and reopened.index.count == 0
+    reopened.close()
