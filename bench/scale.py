@@ -277,13 +277,22 @@ def run_worker(spec: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def run_in_process(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """Return the figures of one store measured by a fresh process (this script with --worker)."""
+def run_in_process(spec: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Return the figures of one store measured by a fresh process (this script with --worker).
+
+    Return None when the worker fails (a crash, or killed when memory runs out), after printing why
+    to stderr, so the other stores' figures are still printed.
+    """
     finished = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, check=False
     )
     if finished.returncode != 0:
-        sys.exit(f"the {spec['method']} worker failed:\n{finished.stderr[-3000:]}")
+        print(
+            f"{spec['size']:,} {spec['method']}: the worker failed with exit code {finished.returncode}:\n"
+            f"{finished.stderr[-3000:]}",
+            file=sys.stderr,
+        )
+        return None
     return json.loads(finished.stdout.splitlines()[-1])
 
 
@@ -359,7 +368,8 @@ def main() -> None:
     methods = args.methods.split(",")
     if unknown := set(methods) - set(METHODS):
         raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    results = []
+    results: list[dict[str, Any]] = []
+    failed: list[str] = []
     for size in (int(s) for s in args.sizes.split(",")):
         for method in methods:
             spec = {
@@ -371,13 +381,26 @@ def main() -> None:
                 "nprobe": [int(v) for v in args.nprobe.split(",")],
                 "milvus_batch": args.milvus_batch,
             }
-            results.extend(run_in_process(spec))
-            if not args.json:
-                print(f"{size:,} {method}: done", file=sys.stderr)
+            rows = run_in_process(spec)
+            if rows is None:
+                failed.append(f"{size:,} {method}")
+                continue
+            results.extend(rows)
+            # Each store's figures as soon as they are known, should a later store not finish.
+            print(f"{size:,} {method}: {json.dumps(rows)}", file=sys.stderr)
     info = machine()
     if args.json:
         print(
-            json.dumps({"machine": info, "dim": DIM, "k": TOP_K, "queries": args.queries, "results": results})
+            json.dumps(
+                {
+                    "machine": info,
+                    "dim": DIM,
+                    "k": TOP_K,
+                    "queries": args.queries,
+                    "results": results,
+                    "failed": failed,
+                }
+            )
         )
         return
     print(
@@ -391,6 +414,8 @@ def main() -> None:
     )
     print()
     print(format_table(results))
+    if failed:
+        print(f"\nfailed (see stderr): {', '.join(failed)}")
 
 
 if __name__ == "__main__":
