@@ -89,16 +89,31 @@ class KnowledgeBase:
             self.closed = True
 
     def refresh(self) -> None:
-        """Reload the vector index if another process has written since it was loaded; return nothing.
+        """Bring the vector index up to date with what other processes wrote since it was loaded; return nothing.
 
         For a knowledge base kept open for a long time (the server's); this process's own writes keep
-        the index current as they go.
+        the index current as they go. A FAISS index catches up in place: chunk ids are never reused
+        (AUTOINCREMENT) and a chunk's vector never changes, so it drops the ids SQLite no longer has and
+        adds the new ones, rather than being rebuilt at each batch another process commits. A Milvus
+        collection is written by the other process directly; it is opened again, which checks its
+        generation (and rebuilds it after a writer that died half-way) as at open.
         """
         with self._state_lock:
-            if self.index.generation == self.store.generation:
+            generation = self.store.generation
+            if self.index.generation == generation:
                 return
-            stale, self.index = self.index, self._load_index()
-            stale.close()
+            if self.manifest.store.backend == "milvus":
+                stale, self.index = self.index, self._load_index()
+                stale.close()
+                return
+            held, stored = self.index.ids(), self.store.chunk_ids()
+            self.index.remove(np.setdiff1d(held, stored, assume_unique=True))
+            new = np.setdiff1d(stored, held, assume_unique=True)
+            if len(new):
+                for ids, vectors in self.store.iter_vectors(from_id=int(new[0])):
+                    wanted = np.isin(ids, new, assume_unique=True)
+                    self.index.add(ids[wanted], vectors[wanted])
+            self.index.generation = generation
 
     def _load_index(self) -> VectorIndex:
         index = load_index(self.directory, self.manifest, self.milvus_token)

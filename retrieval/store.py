@@ -396,9 +396,11 @@ class ChunkStore:
         """Return the chunk ids held by the lexical index."""
         return {row[0] for row in self._db.execute("SELECT rowid FROM chunk_terms")}
 
-    def iter_vectors(self, batch_size: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (ids, vectors) of every stored chunk in batches, ascending by id."""
-        cursor = self._db.execute("SELECT id, vector FROM chunks ORDER BY id")
+    def iter_vectors(
+        self, from_id: int = 0, batch_size: int = 10_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (ids, vectors) of every stored chunk whose id is at least `from_id`, in batches, ascending by id."""
+        cursor = self._db.execute("SELECT id, vector FROM chunks WHERE id >= ? ORDER BY id", (from_id,))
         while rows := cursor.fetchmany(batch_size):
             ids = np.asarray([row[0] for row in rows], dtype=np.int64)
             vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)

@@ -343,14 +343,21 @@ def test_an_open_knowledge_base_is_shared_and_sees_other_writers(catalog: Knowle
     assert held.get("kb") is shared, "a second request must not load the index again"
     index_before = shared.index
 
-    # Another writer (as `kbqa index build` in another process: its own handle and file lock).
+    # Another writer (as `kbqa index build` in another process: its own handle and file lock), seen
+    # after each of its commits, before it has saved its own index.
     other = catalog.open("kb")
     with other.writing():
-        other.add_documents([document("b.md", [1])])
+        other.add_documents([document("b.md", [1]), document("c.md", [3])])
+        refreshed = held.get("kb")
+        assert refreshed is shared and refreshed.index is index_before, "caught up in place, not reloaded"
+        assert sources_found(refreshed, 1)[0] == "b.md" and refreshed.check().ok
+        other.delete_documents([d.id for d in other.documents() if d.source == "a.md"])
+        other.add_documents([document("c.md", [4], content_hash="c2")])  # replaced: new chunk ids
+        current = held.get("kb")
+        assert current.index.count == 2 and current.check().ok
+        assert "a.md" not in sources_found(current, 0) and sources_found(current, 4)[0] == "c.md"
+        assert current.search(unit(3), 1)[0].score < 0.5, "the replaced chunk's old vector is gone"
     other.close()
-    refreshed = held.get("kb")
-    assert refreshed is shared and refreshed.index is not index_before
-    assert sources_found(refreshed, 1)[0] == "b.md"
 
     # Deleted and created again under the same name: a different knowledge base, opened afresh.
     catalog.delete("kb")

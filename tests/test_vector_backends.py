@@ -324,6 +324,13 @@ def test_a_knowledge_base_held_open_follows_a_migration_by_another_handle(
     after = held.get("kb")
     assert after is not before and after.manifest.store.backend == "milvus"
     assert [i for i, _ in top(after, query, 5)] == [i for i, _ in expected]
+
+    writer = catalog.open("kb")  # another writer, straight into the shared collection
+    with writer.writing():
+        writer.add_documents([document("near.txt", query[None, :])])
+        found = top(held.get("kb"), query, 1)
+    writer.close()
+    assert found[0][1] == pytest.approx(1.0, abs=1e-5) and held.get("kb").check().ok
     held.close()
 
 
