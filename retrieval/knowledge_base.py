@@ -92,9 +92,11 @@ class KnowledgeBase:
         """Bring the vector index up to date with what other processes wrote since it was loaded; return nothing.
 
         For a knowledge base kept open for a long time (the server's); this process's own writes keep
-        the index current as they go. A FAISS index catches up in place: chunk ids are never reused
-        (AUTOINCREMENT) and a chunk's vector never changes, so it drops the ids SQLite no longer has and
-        adds the new ones, rather than being rebuilt at each batch another process commits. A Milvus
+        the index current as they go. A FAISS index catches up in place: chunk ids only grow
+        (AUTOINCREMENT) and a chunk's vector never changes, so it adds the chunks above its newest id
+        and, only when the counts say some were deleted, drops the ids SQLite no longer has, rather
+        than being rebuilt at each batch another process commits. Should a commit land between these
+        reads, the next call, seeing a newer generation still, finishes the work. A Milvus
         collection is written by the other process directly; it is opened again, which checks its
         generation (and rebuilds it after a writer that died half-way) as at open.
         """
@@ -106,13 +108,13 @@ class KnowledgeBase:
                 stale, self.index = self.index, self._load_index()
                 stale.close()
                 return
-            held, stored = self.index.ids(), self.store.chunk_ids()
-            self.index.remove(np.setdiff1d(held, stored, assume_unique=True))
-            new = np.setdiff1d(stored, held, assume_unique=True)
+            held = self.index.ids()
+            new = self.store.chunk_ids(after=int(held[-1]) if len(held) else 0)
+            if len(held) + len(new) != self.store.count()[1]:  # chunks were deleted too
+                self.index.remove(np.setdiff1d(held, self.store.chunk_ids(), assume_unique=True))
             if len(new):
                 for ids, vectors in self.store.iter_vectors(from_id=int(new[0])):
-                    wanted = np.isin(ids, new, assume_unique=True)
-                    self.index.add(ids[wanted], vectors[wanted])
+                    self.index.add(ids, vectors)
             self.index.generation = generation
 
     def _load_index(self) -> VectorIndex:

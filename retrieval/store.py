@@ -387,9 +387,9 @@ class ChunkStore:
         chunks = self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
         return documents, chunks
 
-    def chunk_ids(self) -> np.ndarray:
-        """Return the ids of every stored chunk, ascending."""
-        rows = self._db.execute("SELECT id FROM chunks ORDER BY id").fetchall()
+    def chunk_ids(self, after: int = 0) -> np.ndarray:
+        """Return the ids of every stored chunk (whose id is greater than `after`), ascending."""
+        rows = self._db.execute("SELECT id FROM chunks WHERE id > ? ORDER BY id", (after,)).fetchall()
         return np.asarray([row[0] for row in rows], dtype=np.int64)
 
     def lexical_ids(self) -> set[int]:
