@@ -27,7 +27,10 @@ class OpenKnowledgeBases:
 
     Before handing one out, `get` checks with two `stat` calls and one SQLite query that no other process
     has replaced it (deleted and created again, or migrated: it is opened again) or written to it (its
-    vector index is reloaded, see `KnowledgeBase.refresh`).
+    vector index catches up, see `KnowledgeBase.refresh`). A knowledge base that is let go (replaced,
+    deleted) is not closed here, since a request may still be using it: it closes when the last one
+    drops it. Opening happens outside the lock, so a slow one (a large index, an unreachable Milvus
+    server) holds up only the requests for that knowledge base.
     """
 
     def __init__(self, catalog: KnowledgeBaseCatalog) -> None:
@@ -39,20 +42,21 @@ class OpenKnowledgeBases:
         """Return the named knowledge base, open and current; KnowledgeBaseNotFound if it does not exist."""
         with self._lock:
             on_disk = self._on_disk(name)
-            held = self._open.get(name)
-            if held is not None and held[0] == on_disk and not held[1].closed:
-                kb = held[1]
-            else:
-                if held is not None:
-                    held[1].close()
-                kb = self.catalog.open(name)
-                self._open[name] = (on_disk, kb)
+            kb = self._current(name, on_disk)
+        if kb is None:
+            opened = self.catalog.open(name)
+            with self._lock:
+                # Another request may have opened it meanwhile: keep one, let the other go.
+                kb = self._current(name, on_disk)
+                if kb is None:
+                    self._open[name] = (on_disk, opened)
+                    kb = opened
         kb.refresh()
         return kb
 
     @contextmanager
     def removing(self, name: str) -> Iterator[KnowledgeBase]:
-        """Hold the named knowledge base as its only writer and close it for good when the block ends.
+        """Hold the named knowledge base as its only writer and let it go when the block ends.
 
         For deleting it: KnowledgeBaseBusy at once while an upload is being written into it.
         """
@@ -63,21 +67,25 @@ class OpenKnowledgeBases:
             finally:
                 with self._lock:
                     self._open.pop(name, None)
-                kb.close()
 
     def close(self) -> None:
-        """Close every knowledge base held open; return nothing."""
+        """Close every knowledge base held open (at shutdown); return nothing."""
         with self._lock:
             held, self._open = list(self._open.values()), {}
         for _, kb in held:
             kb.close()
+
+    def _current(self, name: str, on_disk: OnDisk) -> KnowledgeBase | None:
+        held = self._open.get(name)
+        if held is None or held[0] != on_disk or held[1].closed:
+            return None
+        return held[1]
 
     def _on_disk(self, name: str) -> OnDisk:
         directory = self.catalog.path(name)
         try:
             folder, manifest = directory.stat(), (directory / MANIFEST_FILE).stat()
         except FileNotFoundError:
-            if (held := self._open.pop(name, None)) is not None:
-                held[1].close()
+            self._open.pop(name, None)
             raise KnowledgeBaseNotFound(f"knowledge base '{name}' does not exist") from None
         return folder.st_ino, manifest.st_ino, manifest.st_mtime_ns
