@@ -43,7 +43,7 @@ class KnowledgeService:
         self.settings = settings
         self.catalog = KnowledgeBaseCatalog(settings.data_dir, settings.vector_store.token)
         # Shared by every request; callers do not close what `open` returns.
-        self.knowledge_bases = OpenKnowledgeBases(self.catalog)
+        self.knowledge_bases = OpenKnowledgeBases(self.catalog, settings.server.open_knowledge_bases)
 
     def close(self) -> None:
         """Close the knowledge bases held open; return nothing."""

@@ -59,6 +59,12 @@ class ServerConfig(BaseModel):
         default_factory=list, description="Browser origins allowed to call the API (CORS); none by default."
     )
     job_queue_size: int = Field(64, ge=1, description="Ingestion jobs that may wait; more are refused (429).")
+    open_knowledge_bases: int = Field(
+        16,
+        ge=1,
+        description="Knowledge bases kept open between requests (each with its FAISS index in memory); "
+        "the least recently used beyond this is let go and opened again when next asked for.",
+    )
     sample_kb: str | None = Field(
         None, description="Build this knowledge base from `sample_docs` at start-up when it does not exist."
     )

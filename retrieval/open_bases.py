@@ -9,6 +9,7 @@ instead: reads and writes already take its own locks.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,15 +28,16 @@ class OpenKnowledgeBases:
 
     Before handing one out, `get` checks with two `stat` calls and one SQLite query that no other process
     has replaced it (deleted and created again, or migrated: it is opened again) or written to it (its
-    vector index catches up, see `KnowledgeBase.refresh`). A knowledge base that is let go (replaced,
-    deleted) is not closed here, since a request may still be using it: it closes when the last one
-    drops it. Opening happens outside the lock, so a slow one (a large index, an unreachable Milvus
+    vector index catches up, see `KnowledgeBase.refresh`). At most `limit` are held: asking for one more
+    lets the least recently used go. A knowledge base that is let go (replaced, deleted, least recently
+    used) is not closed here, since a request may still be using it: it closes when the last one drops it. Opening happens outside the lock, so a slow one (a large index, an unreachable Milvus
     server) holds up only the requests for that knowledge base.
     """
 
-    def __init__(self, catalog: KnowledgeBaseCatalog) -> None:
+    def __init__(self, catalog: KnowledgeBaseCatalog, limit: int = 16) -> None:
         self.catalog = catalog
-        self._open: dict[str, tuple[OnDisk, KnowledgeBase]] = {}
+        self.limit = limit
+        self._open: OrderedDict[str, tuple[OnDisk, KnowledgeBase]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, name: str) -> KnowledgeBase:
@@ -51,6 +53,8 @@ class OpenKnowledgeBases:
                 if kb is None:
                     self._open[name] = (on_disk, opened)
                     kb = opened
+                    while len(self._open) > self.limit:
+                        self._open.popitem(last=False)
         kb.refresh()
         return kb
 
@@ -71,7 +75,7 @@ class OpenKnowledgeBases:
     def close(self) -> None:
         """Close every knowledge base held open (at shutdown); return nothing."""
         with self._lock:
-            held, self._open = list(self._open.values()), {}
+            held, self._open = list(self._open.values()), OrderedDict()
         for _, kb in held:
             kb.close()
 
@@ -79,6 +83,7 @@ class OpenKnowledgeBases:
         held = self._open.get(name)
         if held is None or held[0] != on_disk or held[1].closed:
             return None
+        self._open.move_to_end(name)
         return held[1]
 
     def _on_disk(self, name: str) -> OnDisk:

@@ -391,3 +391,26 @@ def test_removing_refuses_while_a_writer_holds_it(catalog: KnowledgeBaseCatalog)
     assert not catalog.exists("kb")
     with pytest.raises(KnowledgeBaseNotFound):
         held.get("kb")
+
+
+def test_the_least_recently_used_knowledge_base_beyond_the_limit_is_let_go(
+    catalog: KnowledgeBaseCatalog,
+) -> None:
+    import gc
+    import weakref
+
+    from retrieval.open_bases import OpenKnowledgeBases
+
+    for name in ("a", "b", "c"):
+        catalog.create(name, IDENTITY, {}).close()
+    held = OpenKnowledgeBases(catalog, limit=2)
+    first = weakref.ref(held.get("a"))
+    b = held.get("b")
+    assert held.get("a") is first(), "a second request for a held one reuses it"
+    held.get("c")  # three asked for, two held: b is the least recently used
+    assert held.get("a") is first() and held.get("b") is not b
+    del b
+    held.get("c")  # now a is the least recently used; let go, nothing else refers to it
+    gc.collect()
+    assert first() is None, "a knowledge base let go is freed once no request uses it"
+    assert held.get("a").counts() == (0, 0)
