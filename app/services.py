@@ -25,6 +25,7 @@ from retrieval import (
     KnowledgeBase,
     KnowledgeBaseCatalog,
     KnowledgeBaseInfo,
+    OpenKnowledgeBases,
     Retriever,
     SearchHit,
     SearchOptions,
@@ -33,7 +34,6 @@ from retrieval import (
     load_embedder,
     new_store,
 )
-from retrieval.open_bases import OpenKnowledgeBases
 
 
 class KnowledgeService:

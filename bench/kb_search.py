@@ -37,8 +37,7 @@ import numpy as np
 
 from app.evaluation import percentile
 from ingestion.splitter import Chunk
-from retrieval import EmbeddingIdentity, KnowledgeBaseCatalog, NewDocument
-from retrieval.open_bases import OpenKnowledgeBases
+from retrieval import EmbeddingIdentity, KnowledgeBaseCatalog, NewDocument, OpenKnowledgeBases
 
 DIM = 384
 TOP_K = 10

@@ -15,6 +15,7 @@ from retrieval.index_backends import VectorStoreConfig, new_store
 from retrieval.knowledge_base import ConsistencyReport, KnowledgeBase, ScoredChunk
 from retrieval.manifest import EmbeddingIdentity, Manifest, VectorStore
 from retrieval.metadata import check_metadata, parse_pairs
+from retrieval.open_bases import OpenKnowledgeBases
 from retrieval.reranker import Reranker, RerankerConfig
 from retrieval.retriever import RetrievalConfig, Retriever, SearchHit, SearchOptions
 from retrieval.store import ChunkLike, ChunkRecord, DocumentRecord, NewDocument, WriteResult
@@ -39,6 +40,7 @@ __all__ = [
     "KnowledgeBaseNotFound",
     "Manifest",
     "NewDocument",
+    "OpenKnowledgeBases",
     "Reranker",
     "RerankerConfig",
     "RetrievalConfig",

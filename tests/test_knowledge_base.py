@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from retrieval import (
     KnowledgeBaseExists,
     KnowledgeBaseNotFound,
     NewDocument,
+    OpenKnowledgeBases,
 )
 from retrieval.catalog import METADATA_VALUES_SHOWN
 from retrieval.knowledge_base import STORE_FILE
@@ -332,8 +335,6 @@ def sources_found(kb, axis: int) -> list[str]:
 
 
 def test_an_open_knowledge_base_is_shared_and_sees_other_writers(catalog: KnowledgeBaseCatalog) -> None:
-    from retrieval.open_bases import OpenKnowledgeBases
-
     kb = catalog.create("kb", IDENTITY, {})
     with kb.writing():
         kb.add_documents([document("a.md", [0])])
@@ -376,8 +377,6 @@ def test_an_open_knowledge_base_is_shared_and_sees_other_writers(catalog: Knowle
 
 
 def test_removing_refuses_while_a_writer_holds_it(catalog: KnowledgeBaseCatalog) -> None:
-    from retrieval.open_bases import OpenKnowledgeBases
-
     catalog.create("kb", IDENTITY, {}).close()
     held = OpenKnowledgeBases(catalog)
     shared = held.get("kb")
@@ -396,11 +395,6 @@ def test_removing_refuses_while_a_writer_holds_it(catalog: KnowledgeBaseCatalog)
 def test_the_least_recently_used_knowledge_base_beyond_the_limit_is_let_go(
     catalog: KnowledgeBaseCatalog,
 ) -> None:
-    import gc
-    import weakref
-
-    from retrieval.open_bases import OpenKnowledgeBases
-
     for name in ("a", "b", "c"):
         catalog.create(name, IDENTITY, {}).close()
     held = OpenKnowledgeBases(catalog, limit=2)

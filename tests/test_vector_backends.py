@@ -18,8 +18,10 @@ import pytest
 from retrieval import (
     EmbeddingIdentity,
     KnowledgeBase,
+    KnowledgeBaseBusy,
     KnowledgeBaseCatalog,
     NewDocument,
+    OpenKnowledgeBases,
     VectorStore,
     new_store,
 )
@@ -311,8 +313,6 @@ def test_http_create_with_milvus_store_searches_like_faiss(tmp_path: Path, e5_em
 def test_a_knowledge_base_held_open_follows_a_migration_by_another_handle(
     catalog: KnowledgeBaseCatalog,
 ) -> None:
-    from retrieval.open_bases import OpenKnowledgeBases
-
     filled(catalog, "kb", "faiss").close()
     held = OpenKnowledgeBases(catalog)
     query = normalised(np.random.default_rng(6), 1)[0]
@@ -346,8 +346,6 @@ time.sleep(120)
 
 
 def test_a_milvus_lite_file_held_by_another_process_is_a_clear_busy_error(tmp_path: Path) -> None:
-    from retrieval import KnowledgeBaseBusy
-
     # Milvus Lite locks its file for the life of the first process that opens it.
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_OPEN, str(tmp_path / "data")],
