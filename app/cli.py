@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 app = typer.Typer(help="kbqa: local knowledge-base question answering.", no_args_is_help=True)
 kb_app = typer.Typer(help="Create, list, inspect and delete knowledge bases.", no_args_is_help=True)
 index_app = typer.Typer(help="Build knowledge bases from files.", no_args_is_help=True)
-eval_app = typer.Typer(help="Measure retrieval quality on question-answer datasets.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Measure retrieval and answers on question-answer datasets; calibrate answerability.",
+    no_args_is_help=True,
+)
 app.add_typer(kb_app, name="kb")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
@@ -384,12 +387,18 @@ def ask(
     for citation in answer.citations:
         place = citation.source + (f", page {citation.page}" if citation.page else "")
         console.print(f"[{citation.n}] {place} (cosine {citation.score:.3f})", highlight=False, markup=False)
+    if answer.closest:
+        console.print("closest passages (not used):", style="dim", highlight=False)
+    for passage in answer.closest:
+        place = passage.source + (f", page {passage.page}" if passage.page else "")
+        console.print(f"  {place}: {passage.text[:80]}…", style="dim", highlight=False, markup=False)
     usage = (
         f"{answer.usage.prompt_tokens}+{answer.usage.completion_tokens} tokens, "
         if answer.usage.total_tokens
         else ""
     )
-    errors.print(f"[dim]{usage}{answer.timings.total_ms:.0f} ms[/]", highlight=False)
+    found = "" if answer.answerability is None else f"answerability {answer.answerability:.2f}, "
+    errors.print(f"[dim]{found}{usage}{answer.timings.total_ms:.0f} ms[/]", highlight=False)
 
 
 @app.command("serve")
@@ -498,6 +507,130 @@ def eval_retrieval(
     console.print(table)
 
 
+HoldoutOption = Annotated[
+    int,
+    typer.Option(
+        "--holdout",
+        min=1,
+        help="Leave this many whole articles (off-topic questions) and one paragraph of this many other "
+        "articles (same-topic questions) out of the knowledge base.",
+    ),
+]
+ArticlesOption = Annotated[
+    int | None,
+    typer.Option("--articles", min=3, help="Use only the first N articles of the dataset (default: all)."),
+]
+SeedOption = Annotated[int, typer.Option("--seed", help="Which articles are left out.")]
+
+
+def _answer_set(svc: KnowledgeService, kb: str, dataset: Path, holdout: int, articles: int | None, seed: int):
+    """Return the dataset's answer set with its knowledge base built (or reused)."""
+    from app.answer_evaluation import answer_set
+    from app.evaluation import build_knowledge_base, read_squad
+
+    try:
+        paragraphs = [p for p in read_squad(dataset) if articles is None or p.article < articles]
+        chosen = answer_set(paragraphs, holdout, seed)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        fail(f"cannot use SQuAD-format dataset {dataset}: {error}")
+    with _IngestionProgress() as progress:
+        run_or_fail(lambda: build_knowledge_base(svc, kb, chosen.paragraphs, progress))
+    return chosen
+
+
+@eval_app.command("calibrate")
+def eval_calibrate(
+    dataset: Annotated[
+        Path, typer.Option("--dataset", help="SQuAD-format JSON file (e.g. cmrc2018_trial.json).")
+    ],
+    kb: Annotated[
+        str | None, typer.Option("--kb", help="Knowledge base to build (default: calibrate-<file name>).")
+    ] = None,
+    holdout: HoldoutOption = 40,
+    articles: ArticlesOption = None,
+    seed: SeedOption = 0,
+    rerank: Annotated[
+        bool, typer.Option("--rerank", help="Fit with the configured reranker's score as a signal too.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Fit answerability and the extractive reader for the configured embedding model (and reranker).
+
+    The fit is stored under <data_dir>/calibrations/, where every knowledge base of that model finds it.
+    """
+    from app.answer_evaluation import fit_calibration, observe
+
+    svc = service()
+    kb = kb or f"calibrate-{dataset.stem}"
+    reranker = svc.settings.retrieval.reranker.model if rerank else None
+    if rerank and not reranker:
+        fail("--rerank needs a reranker model (retrieval.reranker.model)", code=2)
+    chosen = _answer_set(svc, kb, dataset, holdout, articles, seed)
+    with _bar("searching", len(chosen.cases)) as advance:
+        seen = run_or_fail(lambda: observe(svc, kb, chosen.cases, rerank, advance))
+    with _bar("reading", len(chosen.cases)) as advance:
+        calibration = run_or_fail(lambda: fit_calibration(svc, seen, reranker, advance))
+    calibration.report["dataset"] = dataset.name
+    path = calibration.save(svc.settings.data_dir / "calibrations")
+    result = {
+        "path": str(path),
+        "report": calibration.report,
+        "answerability": calibration.answerability.to_dict(),
+    }
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+        return
+    report = calibration.report
+    console.print(
+        f"fitted on {report['questions']} questions ({report['answerable_share']:.0%} answerable) of "
+        f"{dataset.name}: calibration error {report['ece']:.3f} on them; saved {path}",
+        highlight=False,
+    )
+    table = Table("answerability signal", "weight (standardised)")
+    model = calibration.answerability
+    for name, weight in zip(model.features, model.weights, strict=True):
+        table.add_row(name, f"{weight:+.3f}")
+    console.print(table)
+
+
+@eval_app.command("answers")
+def eval_answers(
+    dataset: Annotated[Path, typer.Option("--dataset", help="SQuAD-format JSON file (e.g. DRCD_dev.json).")],
+    kb: Annotated[
+        str | None, typer.Option("--kb", help="Knowledge base to build (default: answers-<file name>).")
+    ] = None,
+    holdout: HoldoutOption = 40,
+    articles: ArticlesOption = None,
+    seed: SeedOption = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ask answerable and unanswerable questions through the configured answer path and score the answers.
+
+    Reports answer hit (a gold answer in the answer), first-sentence hit, the share refused of answerable,
+    off-topic and same-topic questions, the answerability calibration error, and p50/p95 latency.
+    """
+    from app.answer_evaluation import ask, summary
+
+    svc = service()
+    kb = kb or f"answers-{dataset.stem}"
+    chosen = _answer_set(svc, kb, dataset, holdout, articles, seed)
+    with _bar("asking", len(chosen.cases)) as advance:
+        asked = run_or_fail(lambda: ask(svc, kb, chosen.cases, advance))
+    result = {
+        "kb": kb,
+        "backend": svc.settings.llm.backend,
+        "min_answerability": svc.settings.llm.min_answerability,
+        **summary(asked),
+    }
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+        return
+    table = Table("measure", "value")
+    for key, value in result.items():
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
 @llm_app.command("convert-chatglm3")
 def llm_convert_chatglm3(
     src: Annotated[Path, typer.Argument(help="ChatGLM3 checkpoint: config.json, weights, tokenizer.model.")],
@@ -542,6 +675,10 @@ def _info_dict(info) -> dict:
         "created_at": info.created_at,
         "size_bytes": info.size_bytes,
         "metadata": info.metadata,
+        "answerability": "calibrated"
+        if info.calibrated
+        else "not calibrated for this embedding model: answers are not refused on answerability "
+        "(fit one with `kbqa eval calibrate`)",
     }
 
 

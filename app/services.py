@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +20,7 @@ from llm import (
     load_chat_model,
 )
 from retrieval import (
+    Calibration,
     DocumentRecord,
     Embedder,
     EmbeddingIdentity,
@@ -26,14 +28,18 @@ from retrieval import (
     KnowledgeBaseCatalog,
     KnowledgeBaseInfo,
     OpenKnowledgeBases,
+    Retrieval,
     Retriever,
     SearchHit,
     SearchOptions,
     VectorStore,
     check_metadata,
+    find_calibration,
     load_embedder,
     new_store,
 )
+
+log = logging.getLogger(__name__)
 
 
 class KnowledgeService:
@@ -55,9 +61,25 @@ class KnowledgeService:
         return load_embedder(self.settings.embedding)
 
     @cached_property
+    def calibration(self) -> Calibration | None:
+        """Return the embedding model's answerability calibration (the data directory's, else the bundled one)."""
+        found = find_calibration(self.settings.data_dir, self.embedder.model_name)
+        if found is None:
+            log.warning(
+                "no answerability calibration for this embedding model: answers are not refused on it; "
+                "only an explicit score_threshold filters chunks (fit one with `kbqa eval calibrate`)",
+                extra={"embedding_model": self.embedder.model_name},
+            )
+        return found
+
+    @cached_property
     def retriever(self) -> Retriever:
         """Return the retriever over the embedding model, with the configured reranker (loaded on first use)."""
-        return Retriever(self.embedder, self.settings.retrieval)
+        reranker = self.settings.retrieval.reranker.model
+        reranked = (
+            find_calibration(self.settings.data_dir, self.embedder.model_name, reranker) if reranker else None
+        )
+        return Retriever(self.embedder, self.settings.retrieval, self.calibration, reranked)
 
     def create(self, name: str, store: str | None = None, uri: str | None = None) -> KnowledgeBase:
         """Create an empty knowledge base for the configured embedder and splitter; return it open.
@@ -152,10 +174,16 @@ class KnowledgeService:
     def answerer(self) -> Answerer:
         """Return the answerer of the configured `llm` backend, its model loaded on first use."""
         config = self.settings.llm
+        common = {
+            "prompt": config.prompt,
+            "generation": config.generation,
+            "min_answerability": config.min_answerability,
+        }
         if config.backend == "extractive":
-            reader = ExtractiveReader(self.embedder, config.extractive)
-            return Answerer(self.search, config.prompt, config.generation, reader=reader)
-        return Answerer(self.search, config.prompt, config.generation, model=load_chat_model(config))
+            model = self.calibration.reader if self.calibration else None
+            reader = ExtractiveReader(self.embedder, config.extractive, model)
+            return Answerer(self.retrieve, reader=reader, **common)
+        return Answerer(self.retrieve, model=load_chat_model(config), **common)
 
     def generation_params(self, **overrides: object) -> GenerationParams:
         """Return the configured generation defaults with a request's non-None overrides applied."""
@@ -178,3 +206,7 @@ class KnowledgeService:
     def search(self, name: str, query: str, options: SearchOptions) -> list[SearchHit]:
         """Return the best chunks of the named knowledge base for `query`."""
         return self.retriever.search(self.open(name), query, options)
+
+    def retrieve(self, name: str, query: str, options: SearchOptions) -> Retrieval:
+        """Return the best chunks of the named knowledge base for `query`, with their answerability."""
+        return self.retriever.retrieve(self.open(name), query, options)

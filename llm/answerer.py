@@ -1,7 +1,10 @@
 """The grounded answerer: retrieve → build the prompt → generate, with the citations the answer uses.
 
-One `Answerer` serves every knowledge base; it is given a search function (the app binds it to the
+One `Answerer` serves every knowledge base; it is given a retrieval function (the app binds it to the
 knowledge-base store) and either a chat model or, with the `extractive` backend, the extractive reader.
+When retrieval's answerability (the calibrated probability that the chunks hold the answer) is below
+`min_answerability`, the answer is the refusal sentence, whatever the backend, and the model is not
+called; the chunks found are returned as `closest`, not cited.
 `stream` yields the answer as it is generated; the chunks it may cite are known before the first delta,
 and the final `Answer` (citations actually used, token counts, timings) once the stream is exhausted.
 """
@@ -11,16 +14,18 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm.extractive import ExtractiveReader
 from llm.prompt import Prompt, PromptBuilder, PromptConfig
 from llm.types import ChatModel, DeltaStream, FinishReason, Generation, GenerationParams, Message, Usage
-from retrieval import SearchHit, SearchOptions
+from retrieval import Retrieval, SearchHit, SearchOptions
 
-SearchFunction = Callable[[str, str, SearchOptions], list[SearchHit]]  # (kb, query, options) -> hits
+RetrieveFunction = Callable[
+    [str, str, SearchOptions], Retrieval
+]  # (kb, query, options) -> hits and answerability
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 
 
@@ -64,6 +69,8 @@ class Answer:
     finish_reason: FinishReason
     grounded: bool  # the answer was generated from knowledge-base chunks
     refused: bool  # the answer is the refusal sentence
+    answerability: float | None = None  # probability the chunks hold the answer; None without a calibration
+    closest: list[Citation] = field(default_factory=list)  # chunks found but not used, when refused
 
 
 class AnswerOptions(BaseModel):
@@ -95,15 +102,17 @@ class Answerer:
 
     def __init__(
         self,
-        search: SearchFunction,
+        retrieve: RetrieveFunction,
         prompt: PromptConfig,
         generation: GenerationParams,
         model: ChatModel | None = None,
         reader: ExtractiveReader | None = None,
+        min_answerability: float = 0.0,
     ) -> None:
         if (model is None) == (reader is None):
             raise ValueError("an Answerer needs exactly one of a chat model and an extractive reader")
-        self._search = search
+        self._retrieve = retrieve
+        self.min_answerability = min_answerability
         self._config = prompt
         self._generation = generation
         self.model = model
@@ -129,23 +138,27 @@ class Answerer:
         options = options or AnswerOptions()
         params = options.generation or self._generation
         clock = _Clock()
-        hits = self._search(kb, question, options.retrieval)
+        found = self._retrieve(kb, question, options.retrieval)
         retrieval_ms = clock.lap()
+        hits = found.hits
+        if found.answerability is not None and found.answerability < self.min_answerability:
+            hits = []  # the chunks found do not hold the answer: none is given to the model
         if self._reader is not None:
-            return self._extractive(question, hits, clock, retrieval_ms)
+            return self._extractive(question, hits, found, clock, retrieval_ms)
         assert self._builder is not None and self.model is not None
         if hits:
             prompt = self._builder.build(question, hits, history, params.max_new_tokens)
         elif self._config.no_context == "answer":
             prompt = self._builder.without_context(question, history, params.max_new_tokens)
         else:
-            return self._refusal(question, clock, retrieval_ms)
+            return self._refusal(question, found, clock, retrieval_ms)
         prompt_ms = clock.lap()
         text_stream = self.model.stream(prompt.messages, params)
         sources = [Citation.of(n, hit) for n, hit in enumerate(prompt.hits, start=1)]
         notice = "" if prompt.hits else self._config.notice(question) + "\n"
         return AnswerStream(
-            sources, self._generated(question, prompt, text_stream, notice, clock, retrieval_ms, prompt_ms)
+            sources,
+            self._generated(question, prompt, text_stream, notice, found, clock, retrieval_ms, prompt_ms),
         )
 
     # --- the three ways an answer is made ---------------------------------------------------------
@@ -156,6 +169,7 @@ class Answerer:
         prompt: Prompt,
         text_stream: Iterator[str],
         notice: str,
+        found: Retrieval,
         clock: _Clock,
         retrieval_ms: float,
         prompt_ms: float,
@@ -182,14 +196,16 @@ class Answerer:
             finish_reason=generation.finish_reason,
             grounded=bool(prompt.hits),
             refused=refused,
+            answerability=found.answerability,
+            closest=_closest(found) if refused or not prompt.hits else [],
         )
 
     def _extractive(
-        self, question: str, hits: list[SearchHit], clock: _Clock, retrieval_ms: float
+        self, question: str, hits: list[SearchHit], found: Retrieval, clock: _Clock, retrieval_ms: float
     ) -> AnswerStream:
-        extract = self._reader.read(question, hits) if hits else None
+        extract = self._reader.read(question, hits, found.term_weights, found.answerability) if hits else None
         if extract is None:
-            return self._refusal(question, clock, retrieval_ms)
+            return self._refusal(question, found, clock, retrieval_ms)
         citations = [Citation.of(n, hits[n - 1]) for n in extract.cited]
         answer = Answer(
             text=extract.text,
@@ -199,10 +215,11 @@ class Answerer:
             finish_reason="stop",
             grounded=True,
             refused=False,
+            answerability=found.answerability,
         )
         return AnswerStream(citations, _once(answer))
 
-    def _refusal(self, question: str, clock: _Clock, retrieval_ms: float) -> AnswerStream:
+    def _refusal(self, question: str, found: Retrieval, clock: _Clock, retrieval_ms: float) -> AnswerStream:
         answer = Answer(
             text=self._config.refusal(question),
             citations=[],
@@ -211,8 +228,15 @@ class Answerer:
             finish_reason="stop",
             grounded=False,
             refused=True,
+            answerability=found.answerability,
+            closest=_closest(found),
         )
         return AnswerStream([], _once(answer))
+
+
+def _closest(found: Retrieval) -> list[Citation]:
+    """Return the chunks a search found, as citations numbered in rank order, for an answer that used none."""
+    return [Citation.of(n, hit) for n, hit in enumerate(found.hits, start=1)]
 
 
 def _once(answer: Answer) -> Generator[str, None, Answer]:

@@ -104,6 +104,14 @@ class LLMConfig(BaseModel):
     )
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description="The `openai` backend's server.")
     prompt: PromptConfig = Field(default_factory=PromptConfig, description="The knowledge-base QA prompt.")
+    min_answerability: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Refuse (the refusal sentence, no model call) when the calibrated probability that the "
+        "retrieved chunks hold the answer is below this. 0 never refuses on it. Ignored, with a warning, for "
+        "an embedding model without a calibration: then only an explicit `score_threshold` filters chunks.",
+    )
     extractive: ExtractiveConfig = Field(
         default_factory=ExtractiveConfig, description="How the `extractive` backend picks sentences."
     )

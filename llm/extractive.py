@@ -2,24 +2,34 @@
 
 Each chunk is cut into sentences (Chinese 。！？；and line ends, English . ! ? before a new sentence; a
 markdown table row becomes "header: cell" pairs; a sentence longer than `max_sentence_chars` is cut at
-its commas). Every sentence is embedded in one batch and scored by its cosine with the question plus a
-small lexical bonus for the question's words (English) and character bigrams (Chinese) it contains.
-The best sentence leads the answer; up to `max_sentences - 1` others that score close to it follow in
-the order of the source (hit rank, then position), each with the citation [n] of its hit.
+its commas). Sentences not seen before are embedded in one batch (their vectors are kept for later
+questions). With the embedding model's calibration, a logistic regression learned on DRCD/CMRC gives each
+sentence the probability that it holds the answer, from its cosine with the question, its coverage of the
+question's rarer terms, the kind of value it holds, its place and its chunk's rank; without one, a sentence
+scores its cosine plus small bonuses for shared words and the kind of value asked for. The best sentence
+leads the answer; others follow, in the order of the source (hit rank, then position) and each with the
+citation [n] of its hit, only when the best is not clearly the answer (`confident`) and they come close.
 """
 
 from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Iterator, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from retrieval.answerability import coverage
+from retrieval.lexical import content_terms
 
 if TYPE_CHECKING:
     from retrieval import Embedder, SearchHit
+    from retrieval.calibration import LogisticModel
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_CHAR = re.compile(f"[{_CJK}]")
@@ -52,24 +62,54 @@ _FUNCTION_CHARS = frozenset(
 )
 
 
-_NUMBER = r"(?:\d+(?:\.\d+)?|[一二两三四五六七八九十百千万半]+)"
+_NUMBER = r"(?:\d+(?:\.\d+)?|[一二两兩三四五六七八九十百千万萬半]+)"
+# The kinds of value a question asks for, each as (what asks for it, what holds it), in Simplified and
+# Traditional Chinese and English; the first kind whose question pattern matches is the one asked for.
 _ANSWER_TYPES = [
-    (
+    (  # a duration
         re.compile(
-            r"多久|多长时间|几天|几个?(?:小时|月|周|星期|工作日)|什么时候|何时|how long|how many days|when",
+            r"多久|多长时间|多長時間|几[天年周]|幾[天年週]|几个?(?:小时|月|周|星期|工作日)|幾個?(?:小時|月|週|星期|工作日)"
+            r"|how long|how many (?:days|hours|weeks|months|years)",
             re.I,
         ),
         re.compile(
             _NUMBER
-            + r"\s*(?:个)?\s*(?:工作日|天|日|小时|周|星期|个?月|年|分钟|(?:working |business )?days?|hours?|weeks?|months?|years?)",
+            + r"\s*(?:个|個)?\s*(?:工作日|天|日|小时|小時|周|週|星期|个?月|個?月|年|分钟|分鐘|(?:working |business )?days?"
+            r"|hours?|weeks?|months?|years?)",
             re.I,
         ),
     ),
-    (
-        re.compile(r"多少钱|多少元|费用是多少|标准是多少|how much", re.I),
-        re.compile(_NUMBER + r"\s*(?:元|块|万元|美元|RMB|CNY|USD)|[¥$￥]\s*\d", re.I),
+    (  # money
+        re.compile(r"多少钱|多少錢|多少元|费用是多少|費用是多少|标准是多少|標準是多少|how much", re.I),
+        re.compile(_NUMBER + r"\s*(?:元|块|塊|万元|萬元|美元|RMB|CNY|USD)|[¥$￥]\s*\d", re.I),
     ),
-    (re.compile(r"几|多少|how many", re.I), re.compile(_NUMBER)),
+    (  # a date or time
+        re.compile(
+            r"什么时候|什麼時候|甚麼時候|何时|何時|哪一?年|哪一?天|哪个月|哪個月|几月|幾月|几号|幾號|何年|when|what year",
+            re.I,
+        ),
+        re.compile(
+            r"\d{1,4}\s*[年月日号號]|[一二三四五六七八九十〇零]+[年月日]|世纪|世紀|年代|\b1\d{3}\b|\b20\d{2}\b"
+        ),
+    ),
+    (  # a count
+        re.compile(r"几|幾|多少|how many", re.I),
+        re.compile(_NUMBER),
+    ),
+    (  # a place
+        re.compile(
+            r"哪里|哪裡|哪儿|哪兒|何处|何處|何地|哪个(?:国家|城市|地方|省)|哪個(?:國家|城市|地方|省)|哪座|where",
+            re.I,
+        ),
+        re.compile(r"[省市县縣州国國城岛島山河湖区區镇鎮村港洲]|位于|位於|地址|located|\bin [A-Z]"),
+    ),
+    (  # a person
+        re.compile(r"谁|誰|何人|哪位|\bwho\b", re.I),
+        re.compile(
+            r"先生|女士|老师|老師|教授|博士|经理|經理|主任|总统|總統|皇帝|国王|國王|作者|导演|導演|创始人|創始人"
+            r"|联系|聯繫|[A-Z][a-z]+ [A-Z][a-z]+"
+        ),
+    ),
 ]
 
 
@@ -79,38 +119,62 @@ class ExtractiveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
 
     max_sentences: int = Field(3, ge=1, le=20, description="Most sentences in an answer.")
+    confident: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Learned reader: answer with the best sentence alone when its probability of holding "
+        "the answer reaches this; below it, close runners-up follow (`min_relative_score`).",
+    )
     min_relative_score: float = Field(
         0.8,
         ge=0.0,
         le=1.0,
-        description="Keep a further sentence only if its score lies at least this far from the median "
-        "sentence's score towards the best one's (1 keeps only the best sentence). Scale-free, so it "
-        "means the same with any embedding model.",
+        description="Keep a further sentence only if it comes this close to the best (1 keeps only the best "
+        "sentence). Learned reader: its probability is at least this share of the best one's. Without a "
+        "calibration: its score lies at least this far from the median sentence's towards the best one's. "
+        "Both are scale-free, so it means the same with any embedding model.",
     )
     min_score: float = Field(
         -1.0,
         ge=-1.0,
         le=2.0,
-        description="Answer nothing when the best sentence scores below this (cosine plus lexical bonus). "
-        "Model-specific: e5 models score unrelated sentences around 0.8-0.88.",
+        description="Without a calibration: answer nothing when the best sentence scores below this (cosine "
+        "plus bonuses). Model-specific: e5 models score unrelated sentences around 0.8-0.88; with a "
+        "calibration, `llm.min_answerability` decides instead.",
     )
     lexical_weight: float = Field(
         0.05,
         ge=0.0,
         le=1.0,
-        description="Weight of the share of the question's words/bigrams a sentence contains, added to "
-        "its cosine; it breaks the near-ties that embeddings leave between sentences of one topic.",
+        description="Without a calibration: weight of the share of the question's words/bigrams a sentence "
+        "contains, added to its cosine; it breaks the near-ties that embeddings leave between sentences.",
     )
     answer_type_weight: float = Field(
         0.03,
         ge=0.0,
         le=1.0,
-        description="Added to a sentence that holds the kind of value the question asks for: a duration for "
-        "多久/几天/how long, an amount of money for 多少钱/how much, a number for 几/多少/how many.",
+        description="Without a calibration: added to a sentence that holds the kind of value the question "
+        "asks for: a duration for 多久/how long, money for 多少钱/how much, a date for 什么时候/when, a number "
+        "for 几/多少/how many, a place for 哪里/where, a person for 谁/who.",
     )
     max_sentence_chars: int = Field(
         240, ge=20, description="Longer sentences are cut at commas (or hard) into pieces of at most this."
     )
+
+
+# What the learned reader knows of each (question, sentence) pair; see `ExtractiveReader.features`.
+READER_FEATURES = (
+    "cosine",
+    "cosine_gap",
+    "coverage",
+    "coverage_gap",
+    "answer_type",
+    "first_in_chunk",
+    "hit_rank",
+    "answerability",
+)
+_CACHED_SENTENCES = 20_000  # sentence vectors kept between questions (about 30 MB at 384 dimensions)
 
 
 @dataclass(frozen=True)
@@ -122,25 +186,114 @@ class Extract:
 
 
 @dataclass(frozen=True)
-class _Sentence:
+class Sentence:
+    """A sentence of a retrieved chunk."""
+
     hit: int  # 0-based rank of the hit it came from
     position: int  # order within the hit
     text: str
 
 
 class ExtractiveReader:
-    """Answers a question with the best-matching sentences of the retrieved chunks, cited."""
+    """Answers a question with the sentences of the retrieved chunks that hold the answer, cited.
 
-    def __init__(self, embedder: Embedder, config: ExtractiveConfig | None = None) -> None:
+    With a fitted `model` (a logistic regression over `READER_FEATURES`, from the embedding model's
+    calibration) each sentence gets the probability that it holds the answer; without one, the
+    hand-weighted score of `ExtractiveConfig` (cosine plus small lexical and answer-type bonuses).
+    """
+
+    def __init__(
+        self, embedder: Embedder, config: ExtractiveConfig | None = None, model: LogisticModel | None = None
+    ) -> None:
         self.embedder = embedder
         self.config = config or ExtractiveConfig()
+        self.model = model
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._vectors_lock = threading.Lock()
 
-    def read(self, question: str, hits: Sequence[SearchHit]) -> Extract | None:
-        """Return the cited answer sentences, or None when the hits hold no sentence worth answering with."""
-        sentences = self._candidates(hits)
+    def read(
+        self,
+        question: str,
+        hits: Sequence[SearchHit],
+        term_weights: Mapping[str, float] | None = None,
+        answerability: float | None = None,
+    ) -> Extract | None:
+        """Return the cited answer sentences, or None when the hits hold no sentence worth answering with.
+
+        `term_weights` (the question's content terms and their idf, from retrieval) and `answerability`
+        inform the learned model; without them every content term weighs the same.
+        """
+        sentences = self.sentences(hits)
         if not sentences or not question.strip():
             return None
-        scores = self._scores(question, sentences)
+        if self.model is None:
+            return self._read_by_score(question, sentences)
+        features = self.features(question, sentences, term_weights, answerability)
+        probabilities = self.model.probabilities(features)
+        order = sorted(range(len(sentences)), key=lambda i: -probabilities[i])
+        best = order[0]
+        chosen = [sentences[best]]
+        if probabilities[best] < self.config.confident:  # no clear answer: show the close runners-up too
+            floor = self.config.min_relative_score * probabilities[best]
+            others = [i for i in order[1:] if probabilities[i] >= floor][: self.config.max_sentences - 1]
+            chosen += sorted((sentences[i] for i in others), key=lambda s: (s.hit, s.position))
+        return _write(chosen)
+
+    def sentences(self, hits: Sequence[SearchHit]) -> list[Sentence]:
+        """Return the distinct sentences of the hits, in hit order; a repeated one is kept from its best hit."""
+        seen: set[str] = set()
+        sentences: list[Sentence] = []
+        for rank, hit in enumerate(hits):
+            for position, text in enumerate(split_sentences(hit.text, self.config.max_sentence_chars)):
+                key = "".join(text.split())
+                if key not in seen:
+                    seen.add(key)
+                    sentences.append(Sentence(rank, position, text))
+        return sentences
+
+    def features(
+        self,
+        question: str,
+        sentences: Sequence[Sentence],
+        term_weights: Mapping[str, float] | None = None,
+        answerability: float | None = None,
+    ) -> np.ndarray:
+        """Return one row of `READER_FEATURES` per sentence.
+
+        cosine: the sentence's cosine with the question; cosine_gap: how far below the best sentence's it
+        lies; coverage: the idf-weighted share of the question's content terms it holds; coverage_gap: how
+        far below the best coverage; answer_type: it holds the kind of value asked for (a duration, money,
+        a date, a count, a place, a person); first_in_chunk: it opens its chunk; hit_rank: 1/(rank + 1)
+        of its chunk; answerability: the question's, the same for every sentence (0.5 when unknown).
+        """
+        cosines = self._cosines(question, sentences)
+        weights = term_weights if term_weights is not None else dict.fromkeys(content_terms(question), 1.0)
+        covered = np.array([coverage(s.text, weights) for s in sentences])
+        wanted = answer_type(question)
+        typed = [float(bool(wanted and wanted.search(s.text))) for s in sentences]
+        return np.column_stack(
+            [
+                cosines,
+                cosines.max() - cosines,
+                covered,
+                covered.max() - covered,
+                typed,
+                [float(s.position == 0) for s in sentences],
+                [1.0 / (s.hit + 1) for s in sentences],
+                np.full(len(sentences), 0.5 if answerability is None else answerability),
+            ]
+        )
+
+    def _read_by_score(self, question: str, sentences: list[Sentence]) -> Extract | None:
+        cosines = self._cosines(question, sentences).tolist()
+        asked = _terms(question)
+        shares = [len(asked & _terms(s.text)) / len(asked) if asked else 0.0 for s in sentences]
+        wanted = answer_type(question)
+        typed = [1.0 if wanted and wanted.search(s.text) else 0.0 for s in sentences]
+        scores = [
+            cosine + self.config.lexical_weight * share + self.config.answer_type_weight * has_type
+            for cosine, share, has_type in zip(cosines, shares, typed, strict=True)
+        ]
         order = sorted(
             range(len(sentences)), key=lambda i: (-scores[i], sentences[i].hit, sentences[i].position)
         )
@@ -159,28 +312,24 @@ class ExtractiveReader:
         chosen = [sentences[best]] + sorted((sentences[i] for i in others), key=lambda s: (s.hit, s.position))
         return _write(chosen)
 
-    def _candidates(self, hits: Sequence[SearchHit]) -> list[_Sentence]:
-        seen: set[str] = set()
-        sentences: list[_Sentence] = []
-        for rank, hit in enumerate(hits):
-            for position, text in enumerate(split_sentences(hit.text, self.config.max_sentence_chars)):
-                key = "".join(text.split())
-                if key not in seen:  # a sentence repeated across chunks is cited from its best hit
-                    seen.add(key)
-                    sentences.append(_Sentence(rank, position, text))
-        return sentences
-
-    def _scores(self, question: str, sentences: list[_Sentence]) -> list[float]:
-        vectors = self.embedder.embed_documents([s.text for s in sentences])
-        cosines = (vectors @ self.embedder.embed_query(question)).tolist()
-        asked = _terms(question)
-        shares = [len(asked & _terms(s.text)) / len(asked) if asked else 0.0 for s in sentences]
-        wanted = answer_type(question)
-        typed = [1.0 if wanted and wanted.search(s.text) else 0.0 for s in sentences]
-        return [
-            cosine + self.config.lexical_weight * share + self.config.answer_type_weight * has_type
-            for cosine, share, has_type in zip(cosines, shares, typed, strict=True)
-        ]
+    def _cosines(self, question: str, sentences: Sequence[Sentence]) -> np.ndarray:
+        """Return each sentence's cosine with the question; sentence vectors are kept for later questions."""
+        texts = [s.text for s in sentences]
+        with self._vectors_lock:
+            known = {t: self._vectors[t] for t in texts if t in self._vectors}
+            for text in known:
+                self._vectors.move_to_end(text)
+        new = list(dict.fromkeys(t for t in texts if t not in known))
+        if new:  # every sentence not seen before in one batch
+            for text, vector in zip(new, self.embedder.embed_documents(new), strict=True):
+                known[text] = vector
+            with self._vectors_lock:
+                for text in new:
+                    self._vectors[text] = known[text]
+                while len(self._vectors) > _CACHED_SENTENCES:
+                    self._vectors.popitem(last=False)
+        vectors = np.stack([known[t] for t in texts])
+        return vectors @ self.embedder.embed_query(question)
 
 
 def answer_type(question: str) -> re.Pattern[str] | None:
@@ -299,7 +448,7 @@ def _singular(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
-def _write(sentences: list[_Sentence]) -> Extract:
+def _write(sentences: list[Sentence]) -> Extract:
     """Return the answer text with one citation after each sentence, and the hits cited."""
     parts: list[str] = []
     for sentence in sentences:

@@ -1,5 +1,7 @@
 """Embedding, the knowledge base on disk, and search."""
 
+from retrieval.answerability import Signals
+from retrieval.calibration import Calibration, LogisticModel, find_calibration
 from retrieval.catalog import KnowledgeBaseCatalog, KnowledgeBaseInfo, validate_name
 from retrieval.embedder import Embedder, EmbeddingConfig, load_embedder
 from retrieval.errors import (
@@ -17,10 +19,11 @@ from retrieval.manifest import EmbeddingIdentity, Manifest, VectorStore
 from retrieval.metadata import check_metadata, parse_pairs
 from retrieval.open_bases import OpenKnowledgeBases
 from retrieval.reranker import Reranker, RerankerConfig
-from retrieval.retriever import RetrievalConfig, Retriever, SearchHit, SearchOptions
+from retrieval.retriever import Retrieval, RetrievalConfig, Retriever, SearchHit, SearchOptions
 from retrieval.store import ChunkLike, ChunkRecord, DocumentRecord, NewDocument, WriteResult
 
 __all__ = [
+    "Calibration",
     "ChunkLike",
     "ChunkRecord",
     "ConsistencyReport",
@@ -38,20 +41,24 @@ __all__ = [
     "KnowledgeBaseExists",
     "KnowledgeBaseInfo",
     "KnowledgeBaseNotFound",
+    "LogisticModel",
     "Manifest",
     "NewDocument",
     "OpenKnowledgeBases",
     "Reranker",
     "RerankerConfig",
+    "Retrieval",
     "RetrievalConfig",
     "Retriever",
     "ScoredChunk",
     "SearchHit",
     "SearchOptions",
+    "Signals",
     "VectorStore",
     "VectorStoreConfig",
     "WriteResult",
     "check_metadata",
+    "find_calibration",
     "load_embedder",
     "new_store",
     "parse_pairs",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retrieval.calibration import find_calibration
 from retrieval.errors import InvalidName, KnowledgeBaseExists, KnowledgeBaseNotFound
 from retrieval.index_backends import load_index
 from retrieval.knowledge_base import STORE_FILE, KnowledgeBase
@@ -43,6 +44,7 @@ class KnowledgeBaseInfo:
     size_bytes: int
     store: VectorStore = field(default_factory=VectorStore)
     metadata: dict[str, list[str]] = field(default_factory=dict)  # key → its first values, sorted
+    calibrated: bool = False  # its embedding model has an answerability calibration (else no refusal on it)
 
 
 def validate_name(name: str) -> str:
@@ -144,6 +146,7 @@ class KnowledgeBaseCatalog:
             store=manifest.store,
             size_bytes=sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()),
             metadata=metadata,
+            calibrated=find_calibration(self.root.parent, manifest.embedding.model_name) is not None,
         )
 
     def delete(self, name: str) -> None:

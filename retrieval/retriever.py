@@ -11,11 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from retrieval.answerability import Signals, answerability, signals, term_weights
+from retrieval.calibration import Calibration
 from retrieval.embedder import Embedder
 from retrieval.knowledge_base import KnowledgeBase, ScoredChunk
-from retrieval.lexical import match_expression
+from retrieval.lexical import content_terms, match_expression
 from retrieval.metadata import check_metadata
 from retrieval.reranker import Reranker, RerankerConfig
 from retrieval.store import ChunkRecord
@@ -112,17 +115,80 @@ class _Candidate:
     rerank: float | None = None
 
 
-class Retriever:
-    """Searches knowledge bases with one embedding model and the configured retrieval settings."""
+@dataclass(frozen=True)
+class Retrieval:
+    """The hits of a search with what they say about answering: signals, term weights, answerability."""
 
-    def __init__(self, embedder: Embedder, config: RetrievalConfig | None = None) -> None:
+    hits: list[SearchHit]
+    signals: Signals
+    term_weights: dict[str, float]  # the question's content terms and their idf in the knowledge base
+    answerability: float | None  # probability that the hits hold the answer; None without a calibration
+
+
+@dataclass
+class _Search:
+    """A search's hits and the candidate lists behind them."""
+
+    hits: list[SearchHit]
+    query_vector: np.ndarray
+    dense: list[ScoredChunk]
+    lexical: list[ScoredChunk]
+
+
+class Retriever:
+    """Searches knowledge bases with one embedding model and the configured retrieval settings.
+
+    `calibration` (fitted without a reranker) and `rerank_calibration` (with the configured one) turn a
+    search's signals into answerability; without them `retrieve` reports None.
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        config: RetrievalConfig | None = None,
+        calibration: Calibration | None = None,
+        rerank_calibration: Calibration | None = None,
+    ) -> None:
         self.embedder = embedder
         self.config = config or RetrievalConfig()
+        self.calibration = calibration
+        self.rerank_calibration = rerank_calibration
         self._reranker = Reranker(self.config.reranker) if self.config.reranker.model else None
 
     def search(self, kb: KnowledgeBase, query: str, options: SearchOptions | None = None) -> list[SearchHit]:
         """Return the best chunks for `query`, best first."""
+        return self._search(kb, query, options or SearchOptions()).hits
+
+    def retrieve(self, kb: KnowledgeBase, query: str, options: SearchOptions | None = None) -> Retrieval:
+        """Return the best chunks for `query` with the probability that they hold its answer."""
         options = options or SearchOptions()
+        found = self._search(kb, query, options)
+        # The signals are measured the same way whatever the mode, as the calibration was fitted.
+        dense = found.dense or kb.search(found.query_vector, self.config.candidates)
+        lexical = found.lexical
+        if not lexical and (expression := match_expression(query)):
+            lexical = kb.lexical_search(expression, 1)
+        terms = content_terms(query)
+        chunks, counts = kb.term_counts(terms)
+        weights = term_weights(chunks, counts, terms)
+        hits = found.hits
+        reranked = options.rerank and bool(hits) and hits[0].rerank_score is not None
+        found_signals = signals(
+            [hit.text for hit in hits],
+            [hit.score for hit in hits],
+            [hit.score for hit in dense],
+            weights,
+            [t for t in terms if not counts.get(t)],
+            agreement=bool(dense and lexical and dense[0].chunk.id == lexical[0].chunk.id),
+            rerank=hits[0].rerank_score if reranked else None,
+        )
+        calibration = self.rerank_calibration if reranked and self.rerank_calibration else self.calibration
+        probability = None
+        if calibration is not None:
+            probability = answerability(calibration.answerability, found_signals) if hits else 0.0
+        return Retrieval(hits, found_signals, weights, probability)
+
+    def _search(self, kb: KnowledgeBase, query: str, options: SearchOptions) -> _Search:
         mode = options.mode or self.config.mode
         if not query.strip():
             raise ValueError("the query is empty")
@@ -134,7 +200,7 @@ class Retriever:
         if options.document_ids is not None or options.source is not None or options.metadata:
             allowed = kb.chunk_ids_where(options.document_ids, options.source, options.metadata)
             if not allowed:
-                return []
+                return _Search([], self.embedder.embed_query(query), [], [])
         query_vector = self.embedder.embed_query(query)
         depth = max(self.config.candidates, options.k, self.config.reranker.top_n if options.rerank else 0)
         dense = kb.search(query_vector, depth, allowed) if mode != "lexical" else []
@@ -154,7 +220,8 @@ class Retriever:
             candidates = [c for c in candidates if c.cosine >= options.score_threshold]
         if options.rerank:
             candidates = self._rerank(query, candidates)
-        return [self._hit(kb, c, options.neighbours) for c in candidates[: options.k]]
+        hits = [self._hit(kb, c, options.neighbours) for c in candidates[: options.k]]
+        return _Search(hits, query_vector, dense, lexical)
 
     def _rank(self, mode: Mode, dense: list[ScoredChunk], lexical: list[ScoredChunk]) -> list[_Candidate]:
         if mode == "dense":

@@ -348,6 +348,21 @@ class ChunkStore:
         ]
         return hits[:k]
 
+    def term_counts(self, terms: Sequence[str]) -> dict[str, int]:
+        """Return how many chunks hold each of these lexical terms (terms no chunk holds are left out)."""
+        if not terms:
+            return {}
+        # fts5vocab reads the lexical index's own term statistics; a temp table is private to this
+        # connection and never written to the file.
+        self._db.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunk_vocab USING fts5vocab(main, chunk_terms, row)"
+        )
+        marks = ",".join("?" * len(terms))
+        rows = self._db.execute(
+            f"SELECT term, doc FROM temp.chunk_vocab WHERE term IN ({marks})", list(terms)
+        )
+        return {term: int(count) for term, count in rows}
+
     def chunk_ids_where(
         self,
         document_ids: Sequence[int] | None,

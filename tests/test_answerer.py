@@ -74,7 +74,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, e5_embedder) -> KnowledgeS
 def answerer(service: KnowledgeService, reply: str, **prompt: object) -> tuple[Answerer, ScriptedModel]:
     model = ScriptedModel(reply)
     config = PromptConfig(**prompt)
-    return Answerer(service.search, config, GenerationParams(max_new_tokens=64), model=model), model
+    return Answerer(service.retrieve, config, GenerationParams(max_new_tokens=64), model=model), model
 
 
 def test_extractive_default_answers_with_the_right_sentence_and_citation(service: KnowledgeService) -> None:

@@ -51,6 +51,10 @@ class KnowledgeBaseOut(BaseModel):
     size_bytes: int
     created_at: str
     metadata: dict[str, list[str]]
+    answerability_calibrated: bool = Field(
+        description="Its embedding model has an answerability calibration; without one, answers are not "
+        "refused on answerability (only an explicit score_threshold filters chunks)."
+    )
 
 
 class DocumentOut(BaseModel):
@@ -208,4 +212,13 @@ class AnswerOut(BaseModel):
     timings: dict[str, float | None]
     finish_reason: str
     grounded: bool
-    refused: bool
+    refused: bool = Field(
+        description="The answer is the refusal sentence: the documents do not hold the answer."
+    )
+    answerability: float | None = Field(
+        description="Probability in [0, 1] that the retrieved chunks hold the answer (calibrated per embedding "
+        "model); null when the embedding model has no calibration. Below `llm.min_answerability` kbqa refuses."
+    )
+    closest: list[CitationOut] = Field(
+        description="When nothing was cited (a refusal): the closest chunks found, which the answer did not use."
+    )

@@ -23,6 +23,7 @@ def knowledge_base_out(info: KnowledgeBaseInfo) -> KnowledgeBaseOut:
         size_bytes=info.size_bytes,
         created_at=info.created_at,
         metadata=info.metadata,
+        answerability_calibrated=info.calibrated,
     )
 
 

@@ -1,7 +1,7 @@
 """The OpenAI-compatible face: models, chat completions and embeddings, for the official clients.
 
-A model id is a knowledge-base name (the answer comes from it, its citations in an extra `citations`
-field), or the bare LLM's name (plain chat, no knowledge base). A request may also name the knowledge
+A model id is a knowledge-base name (the answer comes from it, with the extra fields `citations`,
+`refused`, `answerability` and `closest`, as in `/v1/kbs/{kb}/chat`), or the bare LLM's name (plain chat, no knowledge base). A request may also name the knowledge
 base in an extra `kb` field.
 """
 
@@ -118,9 +118,7 @@ async def chat_completions(
         if not body.stream:
             answer = await run_in_threadpool(answer_stream.read)
             out = answer_out(answer).model_dump()
-            return completion.whole(
-                answer.text, answer.finish_reason, out["usage"], citations=out["citations"]
-            )
+            return completion.whole(answer.text, answer.finish_reason, out["usage"], **_kb_extras(out))
         return _sse(completion, answer_stream, body, lambda: answer_out(answer_stream.answer).model_dump())
     if body.model != _llm_name(request):
         known = ", ".join([*service.catalog.names(), _llm_name(request) or ""]).strip(", ")
@@ -152,6 +150,11 @@ async def embeddings(body: EmbeddingsRequest, service: KnowledgeService = Depend
         "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+def _kb_extras(answer: dict) -> dict:
+    """Return the kbqa fields a knowledge-base answer adds to an OpenAI response."""
+    return {key: answer[key] for key in ("citations", "refused", "answerability", "closest")}
 
 
 class _Completion:
@@ -203,7 +206,7 @@ def _sse(
                 yield completion.chunk({"content": delta})
             done = summary()
             completion.metrics.generated_tokens.inc(done["usage"]["completion_tokens"])
-            extra = {"citations": done["citations"]} if "citations" in done else {}
+            extra = _kb_extras(done) if "citations" in done else {}
             yield completion.chunk({}, done["finish_reason"], **extra)
             if body.stream_options and body.stream_options.include_usage:
                 usage = {k: done["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}

@@ -1,0 +1,257 @@
+"""Answers people can trust, measured: questions the knowledge base can and cannot answer, and calibration.
+
+From a SQuAD-format dataset (DRCD, CMRC 2018) a knowledge base is built leaving paragraphs out:
+`holdout` whole articles (their questions are *off-topic*) and one paragraph from `holdout` other
+articles (*same-topic*: the rest of the article is there, not the facts asked about). An article of a
+single paragraph gives its second half instead. Answerable questions are those of indexed paragraphs,
+as many as the unanswerable ones, so both kinds weigh the same.
+
+`fit_calibration` fits the answerability and reader models on such a set; `ask` runs every question
+through the service's own answer path (any backend) and `summary` reports what a user would see.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from app.evaluation import Paragraph, Question, percentile
+
+if TYPE_CHECKING:
+    from app.services import KnowledgeService
+    from llm import Answer
+    from retrieval import Calibration, Retrieval
+
+Kind = Literal["answerable", "same-topic", "off-topic"]
+TOP_K = 5  # chunks retrieved per question, as the answer path does by default
+_MARKER = re.compile(r"\s?\[\d{1,3}\]")
+
+
+@dataclass(frozen=True)
+class AnswerCase:
+    """A question, whether the knowledge base can answer it, and why not when it cannot."""
+
+    question: Question
+    kind: Kind
+
+    @property
+    def label(self) -> int:
+        """Return 1 when the knowledge base holds the answer, else 0: what answerability predicts."""
+        return int(self.kind == "answerable")
+
+
+@dataclass(frozen=True)
+class AnswerSet:
+    """The paragraphs to index and the questions to ask."""
+
+    paragraphs: list[Paragraph]
+    cases: list[AnswerCase]
+
+
+def answer_set(paragraphs: Sequence[Paragraph], holdout: int, seed: int = 0) -> AnswerSet:
+    """Return the paragraphs to index and the answerable and unanswerable questions (see the module doc)."""
+    articles: dict[int, list[Paragraph]] = {}
+    for paragraph in paragraphs:
+        articles.setdefault(paragraph.article, []).append(paragraph)
+    order = sorted(articles)
+    random.Random(seed).shuffle(order)
+    if len(order) < 2 * holdout + 1:
+        raise ValueError(
+            f"holding out {holdout} articles and {holdout} paragraphs needs {2 * holdout + 1} articles"
+        )
+    indexed: list[Paragraph] = []
+    answerable: list[AnswerCase] = []
+    unanswerable: list[AnswerCase] = []
+    for position, article in enumerate(order):
+        group = articles[article]
+        if position < holdout:
+            unanswerable += [AnswerCase(q, "off-topic") for p in group for q in p.questions]
+            continue
+        if position < 2 * holdout:
+            group, left_out = _leave_out_part(group)
+            unanswerable += [AnswerCase(q, "same-topic") for q in left_out]
+        indexed += group
+        answerable += [AnswerCase(q, "answerable") for p in group for q in p.questions]
+    random.Random(seed).shuffle(answerable)
+    return AnswerSet(indexed, answerable[: len(unanswerable)] + unanswerable)
+
+
+def _leave_out_part(group: list[Paragraph]) -> tuple[list[Paragraph], list[Question]]:
+    """Return an article less its last paragraph (or, with one paragraph, less its second half) and the
+    questions that only the part left out answers."""
+    if len(group) > 1:
+        return group[:-1], list(group[-1].questions)
+    paragraph = group[0]
+    cut = _middle_sentence_end(paragraph.context)
+    kept = paragraph.context[:cut]
+    held = [q for q in paragraph.questions if not any(a in kept for a in q.answers)]
+    answered = tuple(q for q in paragraph.questions if q not in held)
+    return [replace(paragraph, context=kept, questions=answered)], held
+
+
+def _middle_sentence_end(text: str) -> int:
+    """Return the end of the sentence closest to the middle of `text`."""
+    ends = [m.end() for m in re.finditer(r"[。！？!?]", text[:-1])]
+    return min(ends, key=lambda end: abs(end - len(text) / 2)) if ends else len(text) // 2
+
+
+# --- fitting --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Observations:
+    """What the searches of a set of questions said, with the labels to fit on."""
+
+    cases: list[AnswerCase] = field(default_factory=list)
+    found: list[Retrieval] = field(default_factory=list)
+
+
+def observe(
+    service: KnowledgeService,
+    kb: str,
+    cases: Sequence[AnswerCase],
+    rerank: bool = False,
+    advance: Callable[[], None] | None = None,
+) -> Observations:
+    """Return the retrieval of every question, as the answer path retrieves it."""
+    from retrieval import SearchOptions
+
+    options = SearchOptions(k=TOP_K, rerank=rerank)
+    seen = Observations()
+    for case in cases:
+        found = service.retrieve(kb, case.question.text, options)
+        seen.cases.append(case)
+        seen.found.append(found)
+        if advance:
+            advance()
+    return seen
+
+
+def fit_calibration(
+    service: KnowledgeService,
+    seen: Observations,
+    reranker: str | None = None,
+    advance: Callable[[], None] | None = None,
+) -> Calibration:
+    """Return the answerability and reader models fitted on the observed questions, with a report."""
+    from llm import ExtractiveReader
+    from llm.extractive import READER_FEATURES
+    from retrieval import Calibration, LogisticModel
+    from retrieval.answerability import SIGNALS
+
+    features = SIGNALS + (("rerank",) if reranker else ())
+    x = np.array([found.signals.values(features) for found in seen.found])
+    y = np.array([case.label for case in seen.cases])
+    answerability = LogisticModel.fit(features, x, y)
+    probabilities = answerability.probabilities(x)
+
+    reader = ExtractiveReader(service.embedder, service.settings.llm.extractive)
+    rows, labels = [], []
+    for case, found, label, probability in zip(seen.cases, seen.found, y, probabilities, strict=True):
+        sentences = reader.sentences(found.hits)
+        holds = [any(a in s.text for a in case.question.answers) for s in sentences]
+        if label and any(holds):  # only questions whose answer lies within one retrieved sentence
+            rows.append(reader.features(case.question.text, sentences, found.term_weights, probability))
+            labels += holds
+        if advance:
+            advance()
+    reader_model = LogisticModel.fit(READER_FEATURES, np.vstack(rows), np.array(labels, dtype=float))
+    report = {
+        "questions": len(y),
+        "answerable_share": float(y.mean()),
+        "ece": expected_calibration_error(probabilities, y),
+        "reader_questions": len(rows),
+    }
+    return Calibration(service.embedder.model_name, answerability, reader_model, reranker, report)
+
+
+def expected_calibration_error(
+    probabilities: Sequence[float], labels: Sequence[int], bins: int = 10
+) -> float:
+    """Return the expected calibration error: the gap between mean probability and the share of positives,
+    averaged over `bins` equal-width probability bins weighted by how many questions fall in each."""
+    p = np.asarray(probabilities, dtype=float)
+    y = np.asarray(labels, dtype=float)
+    if not len(p):
+        return 0.0
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    gap = sum(
+        abs(p[which == b].mean() - y[which == b].mean()) * (which == b).sum()
+        for b in range(bins)
+        if (which == b).any()
+    )
+    return float(gap / len(p))
+
+
+# --- asking ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One question put through the answer path, and what came back."""
+
+    case: AnswerCase
+    answer: Answer
+    seconds: float
+
+
+def ask(
+    service: KnowledgeService, kb: str, cases: Sequence[AnswerCase], advance: Callable[[], None] | None = None
+) -> list[Asked]:
+    """Return every question's answer from the service's answer path, timed."""
+    from llm import AnswerOptions
+    from retrieval import SearchOptions
+
+    options = AnswerOptions(retrieval=SearchOptions(k=TOP_K), generation=service.generation_params())
+    asked = []
+    for case in cases:
+        started = time.perf_counter()
+        answer = service.ask(kb, case.question.text, options=options).read()
+        seconds = time.perf_counter() - started
+        asked.append(Asked(case, answer, seconds))
+        if advance:
+            advance()
+    return asked
+
+
+def summary(asked: Sequence[Asked]) -> dict[str, float | int | None]:
+    """Return what a user would see: answer hits, refusals per kind, calibration error and latency."""
+    answerable = [a for a in asked if a.case.kind == "answerable"]
+    off = [a for a in asked if a.case.kind == "off-topic"]
+    same = [a for a in asked if a.case.kind == "same-topic"]
+
+    def share(items: Sequence[Asked], test: Callable[[Asked], bool]) -> float:
+        return sum(map(test, items)) / len(items) if items else math.nan
+
+    def hit(a: Asked, first_only: bool) -> bool:
+        if a.answer.refused:
+            return False
+        text = _MARKER.split(a.answer.text, maxsplit=1)[0] if first_only else _MARKER.sub("", a.answer.text)
+        return any(answer in text for answer in a.case.question.answers)
+
+    scored = [a for a in asked if a.answer.answerability is not None]
+    seconds = [a.seconds for a in asked]
+    return {
+        "answerable": len(answerable),
+        "off_topic": len(off),
+        "same_topic": len(same),
+        "answer_hit": share(answerable, lambda a: hit(a, False)),
+        "first_sentence_hit": share(answerable, lambda a: hit(a, True)),
+        "answerable_refused": share(answerable, lambda a: a.answer.refused),
+        "off_topic_refused": share(off, lambda a: a.answer.refused),
+        "same_topic_refused": share(same, lambda a: a.answer.refused),
+        "ece": expected_calibration_error(
+            [a.answer.answerability for a in scored], [a.case.label for a in scored]
+        )
+        if scored
+        else None,
+        "p50_ms": 1000 * percentile(seconds, 0.5),
+        "p95_ms": 1000 * percentile(seconds, 0.95),
+    }

@@ -1,0 +1,161 @@
+"""Answer benchmark: what a user reads from kbqa's answer path, against the baseline a user would write.
+
+Two parts, each in one process with one loaded embedding model (the bundled multilingual-e5-small):
+
+1. `kbqa eval answers`' measures on a SQuAD-format set (DRCD by default, which the bundled calibration
+   was not fitted on): a knowledge base leaving `--holdout` articles and `--holdout` same-article
+   paragraphs out, their questions (unanswerable: off-topic and same-topic) and as many answerable ones,
+   asked through the service's answer path. The baseline is LangChain's: `FAISS.from_texts` over the same
+   chunks, embedded by the same model, and "answer = the best chunk", never refusing.
+2. `--demo`: p50/p95 of an extractive answer on the sample knowledge base (`examples/docs`): the answer
+   path now (answerability, the learned reader, sentence vectors kept between questions) against the
+   path before it (search, then the hand-weighted reader embedding every sentence of every question).
+
+Run from the repository root:
+
+    .venv/bin/python bench/answers.py --articles 100 --holdout 25
+    .venv/bin/python bench/answers.py --demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+# Run as a script, this file's folder leads sys.path and its name would shadow the `retrieval` package,
+# so the folder leaves sys.path before the imports below.
+# ruff: noqa: E402
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from langchain_core.embeddings import Embeddings
+
+from app.answer_evaluation import TOP_K, Asked, answer_set, ask, summary
+from app.evaluation import build_knowledge_base, percentile, read_squad
+from app.services import KnowledgeService
+from app.settings import load_settings
+from llm import Answer, ExtractiveReader, Timings, Usage
+from retrieval import Embedder, SearchOptions
+
+with warnings.catch_warnings():
+    # langchain-community warns on import that it is being sunset; it is still what users write today.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from langchain_community.vectorstores import FAISS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "data" / "drcd" / "DRCD_dev.json"
+DEMO_QUESTIONS = [
+    "报销需要多久到账？",
+    "报销款多久到账？",
+    "差旅住宿标准是多少？",
+    "公司的创始人是谁？",
+    "What is the hotel limit in Tokyo?",
+    "密码多久过期？",
+    "Who won the 2022 World Cup?",
+    "公司年会在哪里举办？",
+]
+
+
+class SharedModelEmbeddings(Embeddings):
+    """LangChain Embeddings over kbqa's already loaded model, so both sides embed identically."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self._embedder = embedder
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Return one passage vector per text."""
+        return self._embedder.embed_documents(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Return the query vector."""
+        return self._embedder.embed_query(text).tolist()
+
+
+def langchain_answers(service: KnowledgeService, name: str, cases) -> list[Asked]:
+    """Return the baseline's answers: the best chunk of LangChain's FAISS search, never a refusal."""
+    kb = service.open(name)
+    chunks = list(kb.store.chunks(kb.store.chunk_ids().tolist()).values())
+    store = FAISS.from_texts([chunk.text for chunk in chunks], SharedModelEmbeddings(service.embedder))
+    asked = []
+    for case in cases:
+        started = time.perf_counter()
+        best = store.similarity_search(case.question.text, k=TOP_K)[0].page_content
+        seconds = time.perf_counter() - started
+        timings = Timings(1000 * seconds, 0.0, None, 1000 * seconds)
+        asked.append(Asked(case, Answer(best, [], Usage(0, 0), timings, "stop", True, False), seconds))
+    return asked
+
+
+def dataset_part(args: argparse.Namespace) -> None:
+    """Print kbqa's answer measures next to the LangChain baseline's."""
+    service = KnowledgeService(load_settings(args.config, data_dir=args.data_dir))
+    paragraphs = [p for p in read_squad(args.dataset) if args.articles is None or p.article < args.articles]
+    chosen = answer_set(paragraphs, args.holdout, args.seed)
+    name = args.kb or f"bench-answers-{args.dataset.stem}-{args.articles or 'all'}-{args.holdout}"
+    build_knowledge_base(service, name, chosen.paragraphs)
+    print(
+        f"knowledge base {name}: {len(chosen.paragraphs)} paragraphs; {len(chosen.cases)} questions; "
+        f"backend {service.settings.llm.backend}, min_answerability {service.settings.llm.min_answerability}"
+    )
+    results = {
+        "kbqa": summary(ask(service, name, chosen.cases)),
+        "langchain": summary(langchain_answers(service, name, chosen.cases)),
+    }
+    keys = [k for k in results["kbqa"] if k not in ("answerable", "off_topic", "same_topic")]
+    print(f"\n{'measure':<20}" + "".join(f"{label:>12}" for label in results))
+    for key in keys:
+        cells = ("" if r[key] is None else f"{r[key]:.3f}" for r in results.values())
+        print(f"{key:<20}" + "".join(f"{cell:>12}" for cell in cells))
+    counts = results["kbqa"]
+    print(
+        f"\n{counts['answerable']} answerable, {counts['off_topic']} off-topic, {counts['same_topic']} same-topic"
+    )
+
+
+def demo_part(args: argparse.Namespace, rounds: int = 5) -> None:
+    """Print the p50/p95 of an extractive answer on the sample knowledge base, now and before."""
+    service = KnowledgeService(load_settings(args.config, data_dir=args.data_dir))
+    if not service.catalog.exists("demo"):
+        service.ingest("demo", [REPO_ROOT / "examples" / "docs"])
+    service.embedder.embed_query("预热")
+    options = SearchOptions(k=TOP_K)
+    now, before = [], []
+    for _ in range(rounds):
+        for question in DEMO_QUESTIONS:
+            started = time.perf_counter()
+            service.ask("demo", question).read()
+            now.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            hits = service.search("demo", question, options)
+            ExtractiveReader(service.embedder, service.settings.llm.extractive).read(question, hits)
+            before.append(time.perf_counter() - started)
+    print(f"{len(now)} answers on the sample knowledge base ({len(DEMO_QUESTIONS)} questions x {rounds})")
+    print(f"{'path':<8}{'p50 ms':>10}{'p95 ms':>10}")
+    for label, seconds in (("now", now), ("before", before)):
+        print(f"{label:<8}{1000 * percentile(seconds, 0.5):>10.1f}{1000 * percentile(seconds, 0.95):>10.1f}")
+    print(f"p50 now / before: {percentile(now, 0.5) / percentile(before, 0.5):.2f}x")
+
+
+def main() -> None:
+    """Run the part asked for."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET, help="SQuAD-format JSON file.")
+    parser.add_argument("--articles", type=int, default=100, help="Use the first N articles (0: all).")
+    parser.add_argument("--holdout", type=int, default=25, help="Articles and paragraphs left out.")
+    parser.add_argument("--seed", type=int, default=0, help="Which articles are left out.")
+    parser.add_argument("--kb", default=None, help="Knowledge-base name (default: from the arguments).")
+    parser.add_argument("--demo", action="store_true", help="Time answers on the sample knowledge base.")
+    parser.add_argument("--data-dir", type=Path, default=None, help="Data directory (default: settings).")
+    parser.add_argument("--config", type=Path, default=None, help="YAML settings file.")
+    args = parser.parse_args()
+    args.articles = args.articles or None
+    if args.demo:
+        demo_part(args)
+    else:
+        dataset_part(args)
+
+
+if __name__ == "__main__":
+    main()

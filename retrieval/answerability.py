@@ -1,0 +1,104 @@
+"""Is the answer in the documents? Signals of a search that say so, and their calibrated probability.
+
+A raw cosine threshold means nothing to a user (e5 models score unrelated text at 0.8-0.88, text2vec
+elsewhere), so kbqa turns what a search already knows into a probability with a logistic regression
+fitted per embedding model (`retrieval/calibration.py`):
+
+- `cosine`: the best hit's cosine similarity to the question;
+- `margin`: how far it stands above the median cosine of the dense candidates, the level at which this
+  knowledge base matches anything for this question;
+- `coverage`: the share of the question's content terms, weighted by their rarity in the knowledge base
+  (BM25's idf), that the best-covering hit holds. A same-topic passage shares the topic's words but not the
+  rarer ones that name the fact asked about;
+- `unseen`: the idf-weighted share of the question's terms that no chunk holds at all;
+- `agreement`: 1 when the dense and lexical searches put the same chunk first;
+- `rerank`: the cross-encoder's score of the best hit, when a calibration was fitted with a reranker.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from retrieval.calibration import LogisticModel
+
+# Hits whose text is looked at: the answer path reads about this many.
+TOP_HITS = 5
+SIGNALS = ("cosine", "margin", "coverage", "unseen", "agreement")
+_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_ASCII_WORD = re.compile(r"[0-9a-z]+")
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What a search says about whether its hits hold the answer (see the module's docstring)."""
+
+    cosine: float
+    margin: float
+    coverage: float
+    unseen: float
+    agreement: float
+    rerank: float | None = None
+
+    def values(self, features: Sequence[str]) -> list[float]:
+        """Return the values of the named features, in order (a missing rerank score counts as 0)."""
+        values = asdict(self)
+        return [float(values[name] or 0.0) for name in features]
+
+
+def term_weights(chunks: int, counts: Mapping[str, int], terms: Sequence[str]) -> dict[str, float]:
+    """Return each term's inverse document frequency (BM25's) among `chunks` chunks, given how many hold it.
+
+    A term no chunk holds gets the highest weight: it is the most telling when a question needs it.
+    """
+    return {t: math.log(1 + (chunks - counts.get(t, 0) + 0.5) / (counts.get(t, 0) + 0.5)) for t in terms}
+
+
+def coverage(text: str, weights: Mapping[str, float]) -> float:
+    """Return the weighted share of the terms in `weights` that `text` holds (1.0 when there are none).
+
+    A Chinese term is held when it appears in the text (segmentation of a question and of a passage can
+    differ); an English term or number when it is one of the text's words.
+    """
+    total = sum(weights.values())
+    if total <= 0:
+        return 1.0
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    words = set(_ASCII_WORD.findall(folded))
+    held = sum(w for term, w in weights.items() if (term in folded if _CJK.search(term) else term in words))
+    return held / total
+
+
+def signals(
+    hit_texts: Sequence[str],
+    hit_cosines: Sequence[float],
+    dense_cosines: Sequence[float],
+    weights: Mapping[str, float],
+    unseen_terms: Sequence[str],
+    agreement: bool,
+    rerank: float | None = None,
+) -> Signals:
+    """Return the signals of a search from its best hits, its dense candidates' cosines and the term weights."""
+    total = sum(weights.values())
+    texts = list(hit_texts[:TOP_HITS])
+    best = max(hit_cosines[:TOP_HITS], default=0.0)
+    typical = statistics.median(dense_cosines) if len(dense_cosines) else best
+    return Signals(
+        cosine=float(best),
+        margin=float(best - typical),
+        coverage=max((coverage(text, weights) for text in texts), default=0.0),
+        unseen=sum(weights[t] for t in unseen_terms) / total if total > 0 else 0.0,
+        agreement=float(agreement),
+        rerank=rerank,
+    )
+
+
+def answerability(model: LogisticModel, found: Signals) -> float:
+    """Return the probability, in [0, 1], that the hits with these signals hold the answer."""
+    return float(model.probabilities(np.array([found.values(model.features)]))[0])

@@ -1,0 +1,126 @@
+"""Answerability: the logistic model and its calibration files, the signals of a search, the split of a
+dataset into answerable and unanswerable questions, and the calibration error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.answer_evaluation import answer_set, expected_calibration_error
+from app.evaluation import Paragraph, Question
+from retrieval import Calibration, KnowledgeBaseCatalog, LogisticModel, find_calibration
+from retrieval.answerability import coverage, term_weights
+from retrieval.calibration import BUNDLED_DIR
+from retrieval.lexical import content_terms
+
+
+def test_logistic_regression_recovers_the_weights_it_was_drawn_from() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 2)) * [1.0, 3.0] + [0.5, -1.0]
+    true_logit = 2.0 * (x[:, 0] - 0.5) - 0.5 * ((x[:, 1] + 1.0) / 3.0) + 0.3
+    y = (rng.random(4000) < 1 / (1 + np.exp(-true_logit))).astype(float)
+    model = LogisticModel.fit(("a", "b"), x, y, l2=0.0)
+    # Weights are per standardised feature: 2.0 * std(a) and -0.5 for b (already scaled by its std).
+    assert model.weights == pytest.approx((2.0, -0.5), abs=0.15)
+    assert model.bias == pytest.approx(0.3, abs=0.1)
+    # Calibrated on its own data: the mean probability is the share of positives.
+    assert model.probabilities(x).mean() == pytest.approx(y.mean(), abs=0.01)
+    again = LogisticModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert np.allclose(again.probabilities(x[:10]), model.probabilities(x[:10]))
+
+
+def test_fitting_needs_both_labels() -> None:
+    with pytest.raises(ValueError, match="both labels"):
+        LogisticModel.fit(("a",), np.ones((5, 1)), np.ones(5))
+
+
+def test_a_users_calibration_comes_before_the_bundled_one(tmp_path: Path) -> None:
+    bundled = find_calibration(tmp_path, "multilingual-e5-small")
+    assert bundled is not None and bundled.reader is not None
+    assert (BUNDLED_DIR / "multilingual-e5-small.json").is_file()
+    assert find_calibration(tmp_path, "text2vec-base-chinese") is None
+
+    model = LogisticModel(("cosine",), (0.5,), (0.1,), (1.0,), 0.0)
+    own = Calibration("/models/text2vec-base-chinese", model, report={"dataset": "mine"})
+    path = own.save(tmp_path / "calibrations")
+    assert path.name == "text2vec-base-chinese.json"
+    found = find_calibration(tmp_path, "shibing624/text2vec-base-chinese")
+    assert found is not None and found.answerability == model and found.report == {"dataset": "mine"}
+    # With a reranker the pair has its own file; the plain one does not stand in for it.
+    assert find_calibration(tmp_path, "text2vec-base-chinese", "BAAI/bge-reranker-base") is None
+    Calibration("text2vec-base-chinese", model, reranker="/m/bge-reranker-base").save(
+        tmp_path / "calibrations"
+    )
+    assert (tmp_path / "calibrations" / "text2vec-base-chinese+bge-reranker-base.json").is_file()
+
+    # A broken file is passed over (logged), and the bundled calibration is used instead.
+    (tmp_path / "calibrations" / "multilingual-e5-small.json").write_text("{not json", encoding="utf-8")
+    assert find_calibration(tmp_path, "multilingual-e5-small") == bundled
+
+
+def test_question_words_are_not_content_terms() -> None:
+    assert content_terms("差旅住宿标准是多少？") == ["差旅", "住宿", "标准"]
+    assert content_terms("台灣的首都是哪裡？") == ["台灣", "首都"]
+    assert content_terms("Who won the 2022 World Cup?") == ["won", "2022", "world", "cup"]
+
+
+def test_coverage_weighs_rare_terms_and_matches_whole_english_words() -> None:
+    weights = {"报销": 1.0, "到账": 3.0}
+    assert coverage("审核通过后报销款三个工作日内到账。", weights) == 1.0
+    assert coverage("报销需要提交发票。", weights) == 0.25
+    assert coverage("anything", {}) == 1.0
+    assert coverage("We started the Cup.", {"art": 1.0, "cup": 1.0}) == 0.5  # "art" is not a word here
+    # A term no chunk holds weighs most; a term every chunk holds weighs least.
+    weights = term_weights(10, {"common": 10, "rare": 1}, ["common", "rare", "unseen"])
+    assert weights["common"] < weights["rare"] < weights["unseen"]
+
+
+def test_a_knowledge_base_counts_the_chunks_holding_each_term(tmp_path: Path, tiny_embedder) -> None:
+    from ingestion import IngestionPipeline, SourceFile
+    from retrieval import EmbeddingIdentity
+
+    docs = {"a.txt": "报销款三个工作日到账。", "b.txt": "出差可以乘坐高铁，报销另算。"}
+    for name, text in docs.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    catalog = KnowledgeBaseCatalog(tmp_path / "data")
+    kb = catalog.create("t", EmbeddingIdentity.of(tiny_embedder), {})
+    with kb.writing():
+        IngestionPipeline(kb, tiny_embedder).run([SourceFile(tmp_path / n, n) for n in docs])
+    assert kb.term_counts(["报销", "高铁", "火星"]) == (2, {"报销": 2, "高铁": 1})
+    kb.close()
+
+
+def test_expected_calibration_error() -> None:
+    assert expected_calibration_error([0.9] * 10, [1] * 9 + [0]) == pytest.approx(0.0)
+    assert expected_calibration_error([1.0, 0.0], [0, 1]) == pytest.approx(1.0)
+    assert expected_calibration_error([0.25, 0.25, 0.75, 0.75], [0, 0, 1, 1]) == pytest.approx(0.25)
+
+
+def _paragraph(index: int, article: int, context: str, *answers: str) -> Paragraph:
+    questions = tuple(Question(f"q{index}-{i}", (a,)) for i, a in enumerate(answers))
+    return Paragraph(index, article, context, questions)
+
+
+def test_a_dataset_splits_into_indexed_paragraphs_and_three_kinds_of_question() -> None:
+    paragraphs = [
+        _paragraph(0, 0, "甲是一座城市。甲有三条河。", "城市", "三条"),
+        _paragraph(1, 0, "甲的市长是乙。", "乙"),
+        _paragraph(2, 1, "丙山高八百米。丙山在丁省。", "八百米", "丁省"),  # one paragraph: split in halves
+        _paragraph(3, 2, "戊湖很深。", "很深"),
+        _paragraph(4, 3, "己是一种鸟。", "鸟"),
+        _paragraph(5, 4, "庚是一种鱼。", "鱼"),
+    ]
+    chosen = answer_set(paragraphs, holdout=2, seed=3)
+    kinds = [case.kind for case in chosen.cases]
+    indexed_text = "".join(p.context for p in chosen.paragraphs)
+    # As many answerable questions as unanswerable ones, when there are enough.
+    assert 0 < kinds.count("answerable") <= kinds.count("off-topic") + kinds.count("same-topic")
+    assert kinds.count("off-topic") and kinds.count("same-topic")
+    for case in chosen.cases:
+        held = any(answer in indexed_text for answer in case.question.answers)
+        assert held == (case.kind == "answerable")
+    with pytest.raises(ValueError, match="needs 5 articles"):
+        answer_set(paragraphs[:4], holdout=2)
