@@ -59,7 +59,8 @@ def answer_set(paragraphs: Sequence[Paragraph], holdout: int, seed: int = 0) -> 
     """Return the paragraphs to index and the answerable and unanswerable questions (see the module doc)."""
     articles: dict[int, list[Paragraph]] = {}
     for paragraph in paragraphs:
-        articles.setdefault(paragraph.article, []).append(paragraph)
+        usable = tuple(q for q in paragraph.questions if q.text.strip() and q.answers)  # datasets have blanks
+        articles.setdefault(paragraph.article, []).append(replace(paragraph, questions=usable))
     order = sorted(articles)
     random.Random(seed).shuffle(order)
     if len(order) < 2 * holdout + 1:

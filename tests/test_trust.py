@@ -12,7 +12,8 @@ from test_answerer import ScriptedModel
 
 from app.services import KnowledgeService
 from app.settings import load_settings
-from llm import Answerer, GenerationParams, PromptConfig
+from llm import Answerer, AnswerOptions, GenerationParams, PromptConfig
+from retrieval import SearchOptions
 
 SAMPLE_DOCS = Path(__file__).resolve().parents[1] / "examples" / "docs"
 
@@ -77,9 +78,19 @@ def test_answerability_zero_never_refuses(demo: KnowledgeService) -> None:
     assert not answer.refused and len(model.prompts) == 1 and answer.answerability is not None
 
 
-def test_without_a_calibration_nothing_is_refused_on_answerability(demo: KnowledgeService, caplog) -> None:
-    uncalibrated = KnowledgeService(demo.settings)
-    uncalibrated.embedder = demo.embedder
-    uncalibrated.calibration = None  # as for an embedding model kbqa has no calibration for
-    answer = uncalibrated.ask("demo", "Who won the 2022 World Cup?").read()
-    assert not answer.refused and answer.answerability is None
+def test_without_a_calibration_nothing_is_refused_and_it_is_said_once(
+    tmp_path: Path, tiny_embedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "a.md").write_text("# 报销\n\n报销款三个工作日内到账。\n", encoding="utf-8")
+    svc = KnowledgeService(load_settings(data_dir=tmp_path / "data"))
+    svc.embedder = tiny_embedder  # a model kbqa ships no calibration for
+    svc.ingest("tiny", [tmp_path / "a.md"])
+    with caplog.at_level("WARNING"):
+        answers = [svc.ask("tiny", "Who won the 2022 World Cup?").read() for _ in range(2)]
+    assert all(not a.refused and a.answerability is None for a in answers)
+    warnings = [r for r in caplog.records if "no answerability calibration" in r.getMessage()]
+    assert len(warnings) == 1
+    assert svc.info("tiny").calibrated is False
+    # An explicit threshold still refuses.
+    options = AnswerOptions(retrieval=SearchOptions(score_threshold=1.0))
+    assert svc.ask("tiny", "Who won the 2022 World Cup?", options=options).read().refused
