@@ -118,7 +118,7 @@ def fake_llm() -> Iterator[FakeOpenAIServer]:
 
 @pytest.fixture(scope="module")
 def llm_server(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAIServer) -> Iterator[str]:
-    """A service answering with the streaming fake model."""
+    """A service answering with the streaming fake model, with the knowledge base `handbook`."""
     settings = {
         "KBQA_LLM__BACKEND": "openai",
         "KBQA_LLM__OPENAI__BASE_URL": fake_llm.base_url,
@@ -128,6 +128,7 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAISer
         "KBQA_LLM__PROMPT__TEMPLATE_ZH": REFUSING_TEMPLATE,
     }
     with _serve(tmp_path_factory.mktemp("web-llm"), settings) as url:
+        _knowledge_base(url, "handbook", {"handbook.md": HANDBOOK.encode()})
         yield url
 
 
@@ -242,7 +243,6 @@ def _no_horizontal_scroll(page: Page) -> None:
 def test_question_and_streamed_answer_appear_together_with_sources_numbered_in_order(
     llm_server: str, page: Page
 ) -> None:
-    _knowledge_base(llm_server, "handbook", {"handbook.md": HANDBOOK.encode()})
     _open(page, llm_server, "handbook")
     question = "How many days of annual leave do we get?"
     page.fill("#question", question)
@@ -250,10 +250,16 @@ def test_question_and_streamed_answer_appear_together_with_sources_numbered_in_o
         page.press("#question", "Enter")
     turn = page.locator(".turn")
     expect(turn).to_have_count(1)
-    # While the answer streams, it is already under its question.
-    expect(turn.locator(".answer")).to_have_attribute("data-state", "streaming")
-    expect(turn.locator(".question")).to_have_text(question)
-    expect(turn.locator(".answer-text")).to_contain_text("m heard:")
+    # While the answer streams, part of it is already on show under its question.
+    page.wait_for_function(
+        """(question) => {
+        const turn = document.querySelector('.turn');
+        const answer = turn.querySelector('.answer');
+        return turn.querySelector('.question').textContent === question && answer.dataset.state === 'streaming'
+          && answer.querySelector('.answer-text').textContent.startsWith('m heard:');
+        }""",
+        arg=question,
+    )
     expect(page.locator("#stop")).to_be_visible()
     expect(page.locator("#question")).to_have_value("")
     expect(turn.locator(".answer")).to_have_attribute("data-state", "done", timeout=SLOW_MS)
@@ -337,6 +343,38 @@ def test_a_refused_question_shows_the_refusal_style(server: str, page: Page) -> 
     expect(refused.locator(".sources, .cite")).to_have_count(0)
     assert refused.evaluate("e => getComputedStyle(e).borderStyle") == "dashed"
     assert page.locator(".turn .answer").first.evaluate("e => getComputedStyle(e).borderStyle") == "solid"
+
+
+def test_answerability_and_the_closest_passages_show_when_the_api_sends_them(server: str, page: Page) -> None:
+    """The answer-trust fields (`answerability`, `closest`) added to a real refusal on its way to the page."""
+    _knowledge_base(server, "trust", {"expenses.md": POLICY.encode()})
+    hits = httpx.post(f"{server}/v1/kbs/trust/search", json={"query": "发票", "k": 1}).json()["data"]
+    fields = ("chunk_id", "document_id", "source", "title", "page", "score", "text", "heading_path")
+    closest = [{"n": 1, **{name: hit[name] for name in fields}} for hit in hits]
+
+    def trusted(route) -> None:
+        body = json.loads(route.request.post_data)
+        body["retrieval"] = {"score_threshold": 0.99}
+        response = route.fetch(post_data=json.dumps(body))
+        done = {**_done(response.text()), "answerability": 0.07, "closest": closest}
+        events = [block for block in response.text().split("\n\n") if block and "event: done" not in block]
+        events.append(f"event: done\ndata: {json.dumps(done, ensure_ascii=False)}")
+        route.fulfill(response=response, body="\n\n".join(events) + "\n\n")
+
+    _open(page, server, "trust")
+    _ask(page, QUESTION)
+    expect(page.locator(".answerability")).to_have_count(0)  # absent from the API: not shown
+    page.route("**/chat", trusted)
+    _ask(page, "发票要原件吗？")
+    refused = page.locator(".turn .answer").nth(1)
+    expect(refused).to_have_class("answer refusal")
+    expect(refused.locator(".answerability")).to_have_text("answerability 7%")
+    summary = refused.locator("details.closest summary")
+    expect(summary).to_have_text("Closest passages (1)")
+    summary.click()
+    refused.locator("details.closest .source").click()
+    expect(page.locator("#source-text")).to_have_text(hits[0]["text"])
+    expect(page.locator("#source-number")).to_be_empty()
 
 
 def test_a_citation_shows_its_passage_with_the_page_and_opens_the_pdf_there(

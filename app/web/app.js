@@ -3,7 +3,7 @@
 "use strict";
 
 import { $, api, apiKey, currentKb, el, kbPath, setApiKey } from "./api.js";
-import { ask, newConversation, render, showKnowledgeBase, stop } from "./chat.js";
+import { ask, busy, newConversation, render, showKnowledgeBase, stop } from "./chat.js";
 import { confirmAction } from "./confirm.js";
 import { initDocuments, loadDocuments } from "./documents.js";
 import { language, setLanguage, t, translatePage } from "./i18n.js";
@@ -148,7 +148,11 @@ function init() {
   $("ask-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = question.value.trim();
-    if (!text) return;
+    if (!text || busy()) return;
+    if (!currentKb()) {
+      $("chat-error").textContent = t("kb.pick");
+      return;
+    }
     question.value = "";
     fitQuestion();
     ask(text);

@@ -142,6 +142,8 @@ function knownSources(turn) {
 function answerView(turn) {
   const box = el("div", null, "answer");
   box.dataset.state = turn.state;
+  // A screen reader waits for the finished answer rather than reading every delta.
+  box.setAttribute("aria-busy", String(turn.state === "streaming"));
   if (turn.refused) {
     box.classList.add("refusal");
     box.append(el("p", t("chat.refusedTitle"), "refusal-title"));
@@ -267,8 +269,11 @@ export async function ask(question, retrieval) {
   $("conversation").append(item);
   scrollToEnd();
   const update = () => {
+    // Follow the answer down only when the reader has not scrolled up to read something else.
+    const messages = $("messages");
+    const following = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 80;
     item.replaceChildren(...turnView(turn).childNodes);
-    scrollToEnd();
+    if (following) scrollToEnd();
   };
 
   const controller = new AbortController();
@@ -321,6 +326,11 @@ function retryTurn(turn) {
   current.turns = current.turns.filter((other) => other !== turn);
   render();
   ask(turn.question);
+}
+
+/** Return whether an answer is streaming (a question asked meanwhile would be lost). */
+export function busy() {
+  return streaming !== null;
 }
 
 /** Stop the answer that is streaming, if any (the server stops generating when the client goes away). */
