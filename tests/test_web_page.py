@@ -468,6 +468,18 @@ def test_drag_and_drop_upload_shows_progress_then_the_document(server: str, page
         }""",
         files,
     )
+    # What the upload rows say, in order, as a person watching them would have seen it.
+    page.evaluate(
+        """() => {
+        window.seen = [];
+        new MutationObserver(() => {
+          for (const row of document.querySelectorAll('#uploads .upload')) {
+            const line = `${row.querySelector('.upload-name').textContent}: ${row.querySelector('.upload-status').textContent}`;
+            if (!window.seen.includes(line)) window.seen.push(line);
+          }
+        }).observe(document.querySelector('#uploads'), { subtree: true, childList: true, characterData: true });
+        }"""
+    )
     page.dispatch_event("#dropzone", "dragenter", {"dataTransfer": transfer})
     expect(page.locator("#dropzone")).to_have_class("dropzone dragging")
     page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
@@ -478,6 +490,9 @@ def test_drag_and_drop_upload_shows_progress_then_the_document(server: str, page
     expect(good).to_have_attribute("data-state", "succeeded", timeout=SLOW_MS)
     expect(good.locator("progress")).to_have_js_property("value", 100)
     expect(good.locator(".upload-status")).to_contain_text("Done · files 1/1 · ")
+    seen = [line for line in page.evaluate("window.seen") if line.startswith("expenses.md: ")]
+    assert seen[0].startswith("expenses.md: Uploading "), seen
+    assert seen[-1].startswith("expenses.md: Done · files 1/1 · "), seen
     refused = rows.filter(has_text="setup.exe")
     expect(refused).to_have_attribute("data-state", "failed")
     expect(refused).to_contain_text("415")
@@ -489,8 +504,8 @@ def test_drag_and_drop_upload_shows_progress_then_the_document(server: str, page
     expect(docs).to_have_count(1)
     expect(docs).to_contain_text("expenses.md")
     chunks = httpx.get(f"{server}/v1/kbs/dropped/documents").json()["data"][0]["chunk_count"]
-    expect(docs.locator(".doc-meta")).to_contain_text(f"{chunks} chunks")
-    expect(page.locator("#kb-counts")).to_contain_text("1 documents")
+    expect(docs.locator(".doc-meta")).to_contain_text("1 chunk" if chunks == 1 else f"{chunks} chunks")
+    expect(page.locator("#kb-counts")).to_contain_text("1 document · ")
     href = docs.locator("a").get_attribute("href")
     assert httpx.get(f"{server}{href}").content == POLICY.encode()
 
@@ -571,6 +586,8 @@ def test_phone_layout_has_no_horizontal_scroll(server: str, browser: Browser) ->
         expect(tab.locator("#sidebar")).to_be_visible()
         tab.select_option("#kb-select", "员工手册")
         _no_horizontal_scroll(tab)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        tab.screenshot(path=str(SCREENSHOTS / "phone-menu.png"))
         tab.click("#scrim", position={"x": 370, "y": 400})  # beside the panel
         expect(tab.locator("#sidebar")).to_be_hidden()
         _ask(tab, QUESTION)
@@ -580,7 +597,6 @@ def test_phone_layout_has_no_horizontal_scroll(server: str, browser: Browser) ->
         tab.focus("#question")
         tab.keyboard.press("Shift+Tab")
         assert tab.evaluate("getComputedStyle(document.activeElement).boxShadow") != "none"
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         tab.screenshot(path=str(SCREENSHOTS / "phone-chat.png"))
         tab.click("#docs-toggle")
         expect(tab.locator("#docs-panel")).to_be_visible()

@@ -49,10 +49,16 @@ async function loadKbs(select) {
 function showCounts() {
   const kb = knowledgeBases.find((k) => k.name === currentKb());
   $("chat-title").textContent = kb ? kb.name : t("app.title");
-  $("kb-counts").textContent = kb ? t("kb.counts", kb) : "";
+  $("kb-counts").textContent = kb
+    ? `${t("kb.documents", { count: kb.documents })} · ${t("docs.chunks", { count: kb.chunks })}`
+    : "";
   $("docs-count").textContent = kb ? String(kb.documents) : "";
   // An empty knowledge base says what to do first.
-  $("empty-hint").textContent = kb && kb.documents === 0 ? t("chat.emptyNoDocs") : t("chat.emptyHint");
+  $("empty-hint").textContent = !kb
+    ? t("kb.noneYet")
+    : kb.documents === 0
+      ? t("chat.emptyNoDocs")
+      : t("chat.emptyHint");
 }
 
 /** Make the selected knowledge base current: remember it, list its documents and conversations. */

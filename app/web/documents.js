@@ -173,7 +173,9 @@ function showJob(row, job) {
   status.replaceChildren(el("span", statusText(job.status), "job-state"), ` · ${t("job.progress", job)}`);
   if (job.error) status.append(el("span", ` · ${job.error}`, "error"));
   const progress = row.querySelector("progress");
+  // After the upload's own progress, the bar shows the files the job has done.
   if (job.status === "running" && job.files_total) progress.value = Math.round((100 * job.files_done) / job.files_total);
+  if (job.status === "succeeded") progress.value = 100;
   progress.hidden = !(job.status === "queued" || job.status === "running");
   if (job.status === "queued" || job.status === "running") {
     if (!row.querySelector(".cancel")) status.after(cancelButton(row, job));

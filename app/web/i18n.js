@@ -19,7 +19,8 @@ const STRINGS = {
     "kb.createFailed": "新建失败：{error}",
     "kb.loadFailed": "读取知识库失败：{error}",
     "kb.deleteFailed": "删除失败：{error}",
-    "kb.counts": "{documents} 个文档 · {chunks} 个片段",
+    "kb.documents": "{count} 个文档",
+    "kb.noneYet": "在左边新建一个知识库，然后上传文档、开始提问。",
     "kb.pick": "请先选择或新建一个知识库",
     "chat.new": "新对话",
     "chat.history": "对话记录",
@@ -90,16 +91,18 @@ const STRINGS = {
     "nav.menu": "Menu",
     "nav.close": "Close",
     "kb.label": "Knowledge base",
-    "kb.none": "(no knowledge base yet)",
+    "kb.none": "(none yet)",
     "kb.newLabel": "New knowledge base name",
-    "kb.newPlaceholder": "New knowledge base",
+    "kb.newPlaceholder": "New one’s name",
     "kb.create": "Create",
     "kb.delete": "Delete knowledge base",
     "kb.deleteConfirm": "Delete the knowledge base “{name}” and all its documents? This cannot be undone.",
     "kb.createFailed": "Could not create it: {error}",
     "kb.loadFailed": "Could not list knowledge bases: {error}",
     "kb.deleteFailed": "Could not delete it: {error}",
-    "kb.counts": "{documents} documents · {chunks} chunks",
+    "kb.documents": "{count} documents",
+    "kb.documents.one": "1 document",
+    "kb.noneYet": "Create a knowledge base on the left, then upload documents and ask.",
     "kb.pick": "Choose or create a knowledge base first",
     "chat.new": "New conversation",
     "chat.history": "Conversations",
@@ -132,7 +135,9 @@ const STRINGS = {
     "docs.types": "PDF, Word, Markdown, text, HTML, CSV, Excel, JSON",
     "docs.empty": "No documents yet",
     "docs.pages": "{count} pages",
+    "docs.pages.one": "1 page",
     "docs.chunks": "{count} chunks",
+    "docs.chunks.one": "1 chunk",
     "docs.download": "Download the original",
     "docs.reindex": "Re-index",
     "docs.delete": "Delete",
@@ -178,9 +183,12 @@ export function setLanguage(lang) {
   localStorage.setItem(LANGUAGE_STORAGE, lang);
 }
 
-/** Return the text of `key` in the page language, with {name} placeholders filled from `values`. */
+/** Return the text of `key` in the page language, with {name} placeholders filled from `values`.
+ * With `values.count` 1, the key's singular form (`key.one`) when the language has one. */
 export function t(key, values = {}) {
-  const text = STRINGS[language()][key] ?? STRINGS.en[key] ?? key;
+  const strings = STRINGS[language()];
+  const singular = values.count === 1 && strings[`${key}.one`];
+  const text = singular || strings[key] || STRINGS.en[key] || key;
   return text.replace(/\{(\w+)\}/g, (whole, name) => (name in values ? String(values[name]) : whole));
 }
 
