@@ -152,14 +152,14 @@ function answerView(turn) {
   const { parts, order } = numberCitations(turn.answer, new Set(known.keys()));
   const text = el("div", null, "answer-text");
   for (const part of parts) {
-    if (typeof part === "string") text.append(part);
+    if (typeof part === "string") text.append(...inlineMarkdown(part));
     else text.append(citeButton(known.get(part.n), part.shown, turn));
   }
   box.append(text);
 
   // The sources: those the finished answer uses (each with the number it has in the text), or, while it
   // streams or once stopped, those named so far.
-  const cited = turn.state === "done" ? turn.citations || [] : [...order.keys()].map((n) => known.get(n));
+  const cited = turn.state === "done" ? [...(turn.citations || [])] : [...order.keys()].map((n) => known.get(n));
   for (const c of cited) if (!order.has(c.n)) order.set(c.n, order.size + 1);
   cited.sort((a, b) => order.get(a.n) - order.get(b.n));
   if (cited.length && !turn.refused) {
@@ -179,6 +179,15 @@ function answerView(turn) {
   if (turn.refused) box.append(...closestView(turn));
   box.append(metaView(turn));
   return box;
+}
+
+/** Return text nodes for `text`, with the **bold** and `code` that chat models write as elements. */
+function inlineMarkdown(text) {
+  return text.split(/(\*\*[^*\n]+\*\*|`[^`\n]+`)/).map((piece) => {
+    if (/^\*\*[^*\n]+\*\*$/.test(piece)) return el("strong", piece.slice(2, -2));
+    if (/^`[^`\n]+`$/.test(piece)) return el("code", piece.slice(1, -1));
+    return document.createTextNode(piece);
+  });
 }
 
 function citeButton(citation, shown, turn) {
@@ -265,10 +274,15 @@ export async function ask(question, retrieval) {
   save();
   renderList();
   $("empty-state").hidden = true;
-  const item = turnView(turn);
-  $("conversation").append(item);
+  $("conversation").append(turnView(turn));
   scrollToEnd();
+  const conversation = current;
+  const index = current.turns.length - 1;
   const update = () => {
+    // The turn is redrawn where it is on show (the list may have been redrawn meanwhile, in another
+    // language say); not at all when another conversation is on show.
+    const item = current === conversation ? $("conversation").children[index] : null;
+    if (!item) return;
     // Follow the answer down only when the reader has not scrolled up to read something else.
     const messages = $("messages");
     const following = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 80;
@@ -315,9 +329,8 @@ export async function ask(question, retrieval) {
   } finally {
     streaming = null;
     setStreaming(false);
-    // A turn of a conversation no longer on show is saved, but not drawn over the one that is.
     save();
-    if (item.isConnected) update();
+    update();
   }
 }
 
