@@ -412,6 +412,16 @@ def test_a_citation_shows_its_passage_with_the_page_and_opens_the_pdf_there(
     assert original.headers["content-disposition"].startswith("inline")
     assert original.content == pdf.read_bytes()
 
+    # With an API key (a server may protect reads), the original is fetched with it and opened at the page.
+    page.keyboard.press("Escape")
+    page.fill("#api-key", "reader-key")
+    page.dispatch_event("#api-key", "change")
+    turn.locator(".cite").first.click()
+    with page.context.expect_page() as opened, page.expect_request(lambda r: "/file" in r.url) as fetched:
+        link.click()
+    assert fetched.value.headers["authorization"] == "Bearer reader-key"
+    opened.value.wait_for_url(re.compile(r"^blob:.*#page=2$"))
+
 
 def test_reload_keeps_the_conversation_and_lists_it(server: str, page: Page) -> None:
     _knowledge_base(server, "kept", {"expenses.md": POLICY.encode()})

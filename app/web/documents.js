@@ -5,6 +5,7 @@
 import { $, ApiError, api, currentKb, el, kbPath, uploadFile } from "./api.js";
 import { confirmAction } from "./confirm.js";
 import { t } from "./i18n.js";
+import { openWithKey } from "./sources.js";
 
 const JOB_POLL_MS = 500;
 const KEPT_ROWS = 12; // upload rows kept on show; older finished ones go
@@ -46,7 +47,10 @@ function documentItem(doc) {
   link.href = kbPath(`/documents/${encodeURIComponent(doc.id)}/file`);
   link.target = "_blank";
   link.rel = "noopener";
+  // A PDF opens in the browser; anything else is saved under its name.
+  if (!doc.source.toLowerCase().endsWith(".pdf")) link.download = doc.source;
   link.title = t("docs.download");
+  link.addEventListener("click", openWithKey);
   const facts = [];
   if (doc.page_count) facts.push(t("docs.pages", { count: doc.page_count }));
   facts.push(t("docs.chunks", { count: doc.chunk_count }));

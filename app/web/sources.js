@@ -111,18 +111,28 @@ export function openSource(citation, shown, question, kb) {
   $("source-dialog").showModal();
 }
 
-/** Open the original through fetch when an API key is needed (a plain link cannot send it). */
-async function openWithKey(event) {
+/** Open (or, for a link with `download`, save) an original through fetch when an API key is set: a plain
+ * link cannot send the key, which the server asks for when it protects reads. */
+export async function openWithKey(event) {
   if (!apiKey()) return;
   event.preventDefault();
   const link = event.currentTarget;
   const [path, fragment] = link.getAttribute("href").split("#");
-  const tab = window.open("", "_blank");
+  const name = link.getAttribute("download");
+  // Opened before the fetch, while the click still allows a new tab.
+  const tab = name === null ? window.open("", "_blank") : null;
   try {
     const response = await fetch(path, { headers: headers() });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const url = URL.createObjectURL(await response.blob());
-    if (tab) tab.location.href = fragment ? `${url}#${fragment}` : url;
+    if (name !== null) {
+      const save = el("a");
+      save.href = url;
+      save.download = name;
+      save.click();
+    } else if (tab) {
+      tab.location.href = fragment ? `${url}#${fragment}` : url;
+    }
   } catch (_) {
     if (tab) tab.close();
   }
