@@ -145,6 +145,10 @@ function init() {
   });
   $("create-kb-form").addEventListener("submit", createKb);
   $("delete-kb").addEventListener("click", deleteKb);
+  // On a narrow screen, the chat comes back once a conversation is chosen.
+  $("conversation-list").addEventListener("click", (event) => {
+    if (event.target.closest(".conversation-open")) setSidebarOpen(false);
+  });
   $("new-conversation").addEventListener("click", () => {
     newConversation();
     setSidebarOpen(false);

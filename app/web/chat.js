@@ -100,10 +100,7 @@ function renderList() {
       const open = el("button", conversation.title || t("chat.untitled"), "conversation-open");
       open.type = "button";
       if (current && conversation.id === current.id) open.setAttribute("aria-current", "true");
-      open.addEventListener("click", () => {
-        openConversation(conversation.id);
-        document.body.classList.remove("sidebar-open");
-      });
+      open.addEventListener("click", () => openConversation(conversation.id));
       const remove = el("button", "×", "icon-button conversation-delete");
       remove.type = "button";
       remove.setAttribute("aria-label", `${t("chat.deleteConversation")}: ${open.textContent}`);
