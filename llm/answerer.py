@@ -41,11 +41,22 @@ class Citation:
     page: int | None
     score: float  # cosine similarity of the chunk to the question, in [-1, 1]
     text: str
+    heading_path: tuple[str, ...] = ()  # the titles above the chunk (a spreadsheet's: the sheet name)
 
     @classmethod
     def of(cls, n: int, hit: SearchHit) -> Citation:
         """Return the citation `[n]` of a search hit."""
-        return cls(n, hit.chunk_id, hit.document_id, hit.source, hit.title, hit.page, hit.score, hit.text)
+        return cls(
+            n,
+            hit.chunk_id,
+            hit.document_id,
+            hit.source,
+            hit.title,
+            hit.page,
+            hit.score,
+            hit.text,
+            tuple(hit.heading_path),
+        )
 
 
 @dataclass(frozen=True)

@@ -193,6 +193,9 @@ class CitationOut(BaseModel):
     page: int | None
     score: float
     text: str
+    heading_path: list[str] = Field(
+        default_factory=list, description="The titles above the chunk; a spreadsheet's: the sheet name."
+    )
 
 
 class UsageOut(BaseModel):

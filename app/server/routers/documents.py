@@ -75,14 +75,18 @@ def get_document(kb: str, document_id: int, service: KnowledgeService = Depends(
 
 @router.get("/{document_id}/file", summary="Download the original file", response_class=FileResponse)
 def download(kb: str, document_id: int, service: KnowledgeService = Depends(knowledge)) -> FileResponse:
-    """Return the file as it was uploaded (404 for documents indexed from the command line)."""
+    """Return the file as it was uploaded, a PDF to show inline (404 for documents indexed from the command line)."""
     source = service.document(kb, document_id).source
     path = service.original_path(kb, source)
     if not path.is_file():
         raise ApiError(
             404, "original_not_found", f"the original of '{source}' is not kept (indexed from a path)"
         )
-    return FileResponse(path, filename=PurePosixPath(source).name)
+    name = PurePosixPath(source).name
+    # A PDF opens in the browser (at `#page=N` from a citation); anything else downloads, since an uploaded
+    # HTML or SVG shown inline would run its scripts in this site's origin.
+    inline = Path(name).suffix.lower() == ".pdf"
+    return FileResponse(path, filename=name, content_disposition_type="inline" if inline else "attachment")
 
 
 @router.delete("/{document_id}", status_code=204, summary="Delete a document")
