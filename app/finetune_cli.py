@@ -281,12 +281,22 @@ def convert_split(
         Path | None,
         typer.Option("--out-dir", help="Folder of train/dev/test files (default: beside the source)."),
     ] = None,
+    names: Annotated[
+        str | None,
+        typer.Option(
+            "--names", help="Names of the parts, one per ratio, e.g. train,test (default: train,dev[,test])."
+        ),
+    ] = None,
 ) -> None:
     """Shuffle a data file's records with a seed and split them by ratio into train, dev and test files."""
     from app.cli import console
-    from finetune.convert import parse_ratios, split_file
+    from finetune.convert import parse_ratios, part_names, split_file
 
-    written = _data_run(lambda: split_file(source, out_dir or source.parent, parse_ratios(ratio), seed))
+    def split():
+        ratios = parse_ratios(ratio)
+        return split_file(source, out_dir or source.parent, ratios, seed, part_names(names, len(ratios)))
+
+    written = _data_run(split)
     for name, (path, count) in written.items():
         console.print(f"{name}: {count} records → {path}", highlight=False)
 
@@ -296,11 +306,14 @@ def convert_rag(
     source: Annotated[
         Path,
         typer.Argument(
-            help="SQuAD-format .json (e.g. DRCD), or Multi-Doc-QA-style .json/.jsonl records "
-            "{question, answer, positive_doc, negative_docs}."
+            help="SQuAD-format .json (e.g. DRCD), or Multi-Doc-QA records — Multi-Doc-QA-Chinese's "
+            "{QA, positive_doc, negative_doc} or {question, answer, positive_doc, negative_docs}, a JSON "
+            "list or JSON Lines — in a file or a folder of files."
         ),
     ],
-    target: Annotated[Path, typer.Argument(help="Output: .json or .jsonl.")],
+    target: Annotated[
+        Path, typer.Argument(help="Output: .json or .jsonl; with --ratio, the folder of the split files.")
+    ],
     k: Annotated[int, typer.Option("-k", min=0, help="Distractor passages beside the answering one.")] = 4,
     refusal_share: Annotated[
         float,
@@ -324,6 +337,24 @@ def convert_rag(
     max_samples: Annotated[
         int | None, typer.Option("--max_samples", min=1, help="Use only the first N questions.")
     ] = None,
+    plain: Annotated[
+        bool,
+        typer.Option(
+            "--plain",
+            help="Write Multi-Doc-QA-Chinese's single-document instruction (你现在是一个可以根据文档内容进行"
+            "问答的机器人…{doc}\\n问题为：{query}\\n答：) → answer instead of the service's prompt; "
+            "no distractors, refusals or citations.",
+        ),
+    ] = False,
+    ratio: Annotated[
+        str | None,
+        typer.Option(
+            "--ratio", help="Split the records seeded, e.g. 99:1, into TARGET/train.jsonl and dev.jsonl."
+        ),
+    ] = None,
+    names: Annotated[
+        str | None, typer.Option("--names", help="Names of the split files (default: train,dev[,test]).")
+    ] = None,
     to: ToOption = "alpaca",
     strict: StrictOption = False,
 ) -> None:
@@ -332,20 +363,35 @@ def convert_rag(
     The positive passage sits among k shuffled distractors and the target is the answer; a share of the
     records gets only distractors and the refusal sentence, so the model learns to say it does not know.
     """
-    from app.cli import _bar, fail, service
-    from finetune.convert import write_examples
-    from finetune.rag import Passage, RagOptions, build_rag_conversations, read_rag_samples
+    from app.cli import _bar, console, fail, service
+    from finetune.convert import parse_ratios, part_names, split_records, write_examples
+    from finetune.errors import DatasetError
+    from finetune.rag import (
+        Passage,
+        RagOptions,
+        build_plain_conversations,
+        build_rag_conversations,
+        read_rag_samples,
+    )
 
     output = _output_format(to)
     svc = service()
     if kb is not None and not svc.catalog.exists(kb):
         fail(f"knowledge base '{kb}' does not exist")
+    if kb is not None and plain:
+        fail("--plain records hold the positive document alone; they take no --kb distractors", code=2)
+    ratios = _data_run(lambda: parse_ratios(ratio)) if ratio else None
+    parts = _data_run(lambda: part_names(names, len(ratios))) if ratios else ()
+    if names and not ratios:
+        fail("--names names the files of a split; give --ratio too", code=2)
 
     def build():
         samples, report = read_rag_samples(source, strict)
         samples = samples[:max_samples]
         options = RagOptions(k=k, refusal_share=refusal_share, seed=seed, cite=cite)
-        if kb is None:
+        if plain:
+            conversations = build_plain_conversations(samples)
+        elif kb is None:
             conversations = build_rag_conversations(samples, svc.settings.llm.prompt, options)
         else:
             from retrieval import SearchOptions
@@ -358,10 +404,22 @@ def convert_rag(
                     return [Passage(hit.text, hit.source, hit.page) for hit in hits]
 
                 conversations = build_rag_conversations(samples, svc.settings.llm.prompt, options, search)
-        report.valid = write_examples(target, conversations, output, strict).valid
-        return report
+        if not ratios:
+            report.valid = write_examples(target, conversations, output, strict).valid
+            return report, {}
+        if len(conversations) < len(ratios):
+            raise DatasetError(f"{len(conversations)} records cannot be split into {len(ratios)} parts")
+        written = {}
+        for name, part in zip(parts, split_records(conversations, ratios, seed), strict=True):
+            path = target / f"{name}.jsonl"
+            written[name] = (path, write_examples(path, part, output, strict).valid)
+        report.valid = sum(count for _, count in written.values())
+        return report, written
 
-    _report_written(_data_run(build), target)
+    report, written = _data_run(build)
+    _report_written(report, target)
+    for name, (path, count) in written.items():
+        console.print(f"{name}: {count} records → {path}", highlight=False)
 
 
 @finetune_app.command("data-check")

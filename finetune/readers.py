@@ -91,7 +91,7 @@ class Malformed(ValueError):
 
 
 @dataclass(frozen=True)
-class _Unparsable:
+class Unparsable:
     """A JSONL line that is not JSON, kept in place so the records after it keep their index."""
 
     reason: str
@@ -112,15 +112,29 @@ def load_records(path: Path) -> list[object]:
         raise DatasetError(f"{path}: cannot read: {error}") from None
     if suffix == ".csv":
         return list(csv.DictReader(text.splitlines()))
-    if suffix == ".jsonl":
-        return [_json_line(line) for line in text.splitlines() if line.strip()]
+    try:
+        return json_records(text, lines=suffix == ".jsonl")
+    except ValueError as error:
+        raise DatasetError(f"{path}: {error}") from None
+
+
+def json_records(text: str, lines: bool) -> list[object]:
+    """Return the records of JSON text: one JSON list, else one value a line; ValueError when it is neither.
+
+    Either suffix may hold either layout: XTuner's recipe writes one JSON list into a .jsonl file, and
+    Multi-Doc-QA-Chinese ships JSON Lines as .json files. With `lines`, a lone JSON object is one record.
+    """
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}: not valid JSON: {error}") from None
-    if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a JSON list of records, found a {_kind(data)}")
-    return data
+        if lines or error.msg == "Extra data":  # "Extra data": a first value, then more of them
+            return [_json_line(line) for line in text.splitlines() if line.strip()]
+        raise ValueError(f"not valid JSON: {error}") from None
+    if isinstance(data, list):
+        return data
+    if lines:
+        return [data]
+    raise ValueError(f"expected a JSON list of records, found a {_kind(data)}")
 
 
 def detect_format(record: object) -> tuple[Format, Columns, Tags]:
@@ -204,7 +218,7 @@ def _parse(
     record: object, format: Format, ranking: bool, columns: Columns, tags: Tags, source: str
 ) -> Example:
     """Return one record as an example; Malformed says what is wrong with it."""
-    if isinstance(record, _Unparsable):
+    if isinstance(record, Unparsable):
         raise Malformed(record.reason)
     if not isinstance(record, dict):
         raise Malformed(f"is a {_kind(record)}, not a JSON object")
@@ -298,7 +312,7 @@ def _json_line(line: str) -> object:
     try:
         return json.loads(line)
     except json.JSONDecodeError as error:
-        return _Unparsable(f"not valid JSON: {error}")
+        return Unparsable(f"not valid JSON: {error}")
 
 
 def _looks_ranked(record: object, format: Format, columns: Columns) -> bool:

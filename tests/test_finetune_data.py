@@ -849,3 +849,103 @@ def test_cli_data_check_counts_valid_and_skipped_records(tmp_path: Path) -> None
     assert shows(result.stderr, f"{root / 'e.json'}: no valid record (2 malformed")
     strict = kbqa("finetune", "data-check", "--dataset", "good", "--dataset_dir", str(root), "--strict")
     assert strict.exit_code == 1 and shows(strict.stderr, "record 1: missing instruction")
+
+
+# --- Multi-Doc-QA-Chinese, as its folder of JSON Lines files named .json holds it -----------------
+
+PLAIN = (
+    "你现在是一个可以根据文档内容进行问答的机器人，以下是用于参考的文档内容：\n\n{doc}\n问题为：{query}\n答："
+)
+
+
+def multidoc_chinese(first: int, n: int) -> list[str]:
+    """Return n Multi-Doc-QA-Chinese lines: a document, its questions (two on every third), distractors."""
+    lines = []
+    for i in range(first, first + n):
+        qa = [{"question": f"第{i}号仓库在哪里？", "answer": f"第{i}号仓库在{i}号路。"}]
+        if i % 3 == 0:
+            qa.append({"question": f"第{i}号仓库几点开门？", "answer": "八点。"})
+        record = {
+            "QA": qa,
+            "positive_doc": [{"text": f"第{i}号仓库位于城东{i}号路，每天八点开门。"}],
+            "negative_doc": [{"text": f"第{i}号食堂的厨师姓王。"}, {"text": f"第{i}号车间禁止吸烟。"}],
+        }
+        lines.append(json.dumps(record, ensure_ascii=False))
+    return lines
+
+
+def multidoc_folder(root: Path) -> Path:
+    folder = root / "Multi-Doc-QA-Chinese"
+    folder.mkdir(parents=True)
+    (folder / "part_0.json").write_text("\n".join(multidoc_chinese(0, 45)) + "\n", encoding="utf-8")
+    (folder / "part_1.json").write_text("\n".join(multidoc_chinese(45, 30)) + "\n", encoding="utf-8")
+    (folder / "README.md").write_text("# Multi-Doc-QA-Chinese\n", encoding="utf-8")  # not data
+    return folder
+
+
+def test_multidoc_qa_chinese_files_and_folders_are_read(tmp_path: Path) -> None:
+    folder = multidoc_folder(tmp_path)
+    samples, report = read_rag_samples(folder)
+    assert len(samples) == 100 and report.valid == 100 and not report.skipped  # 75 records, 25 with two
+    first, second = samples[0], samples[1]
+    assert (first.question, first.answer) == ("第0号仓库在哪里？", "第0号仓库在0号路。")
+    assert (second.question, second.answer) == ("第0号仓库几点开门？", "八点。")
+    assert first.positive.text == second.positive.text == "第0号仓库位于城东0号路，每天八点开门。"
+    assert [p.text for p in first.negatives] == ["第0号食堂的厨师姓王。", "第0号车间禁止吸烟。"]
+    assert first.source == f"{folder / 'part_0.json'}#0"
+    one, _ = read_rag_samples(folder / "part_1.json")
+    assert len(one) == 40
+    bare = tmp_path / "bare"  # the files of a download may carry no suffix
+    bare.write_text("\n".join(multidoc_chinese(0, 2)), encoding="utf-8")
+    assert len(read_rag_samples(bare)[0]) == 3
+    bad = write(
+        tmp_path / "bad.json",
+        [
+            {"QA": [{"question": "q"}], "positive_doc": [{"text": "d"}]},
+            {"QA": [], "positive_doc": [{"text": "d"}]},
+            {"QA": [{"question": "q", "answer": "a"}], "positive_doc": []},
+            {"QA": [{"question": "q", "answer": "a"}], "positive_doc": [{"text": "d"}]},
+        ],
+    )
+    _, report = read_rag_samples(bad)
+    assert [s.reason for s in report.skipped] == [
+        "QA item 0: missing 'answer' (a non-empty string)",
+        "'QA' is not a non-empty list of {question, answer} objects",
+        "'positive_doc' holds no document",
+    ]
+
+
+def test_cli_writes_multidoc_qa_chinese_as_plain_instructions_split_99_to_1(tmp_path: Path) -> None:
+    folder = multidoc_folder(tmp_path)
+    out = tmp_path / "sft"
+    result = kbqa("finetune", "convert", "rag", str(folder), str(out), "--plain", "--ratio", "99:1")
+    assert result.exit_code == 0, result.output
+    assert shows(result.stdout, "train: 99 records") and shows(result.stdout, "dev: 1 records")
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    dev = [json.loads(line) for line in (out / "dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(train) == 99 and len(dev) == 1
+    samples, _ = read_rag_samples(folder)
+    expected = {(PLAIN.format(doc=s.positive.text, query=s.question), s.answer) for s in samples}
+    assert {(r["instruction"], r["output"]) for r in train + dev} == expected
+    assert all(r["input"] == "" and "system" not in r for r in train)
+    again = kbqa("finetune", "convert", "rag", str(folder), str(tmp_path / "b"), "--plain", "--ratio", "99:1")
+    assert again.exit_code == 0
+    assert (tmp_path / "b" / "dev.jsonl").read_text(encoding="utf-8") == (out / "dev.jsonl").read_text(
+        encoding="utf-8"
+    )
+
+    # The default: the service's prompt, the sample's own negative documents as distractors.
+    result = kbqa("finetune", "convert", "rag", str(folder), str(tmp_path / "rag.jsonl"), "-k", "2")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "rag.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 100 and sum(r["output"] == REFUSAL for r in records) == 20
+    assert (
+        "第0号食堂的厨师姓王。" in records[0]["instruction"]
+        or "第0号车间禁止吸烟。" in records[0]["instruction"]
+    )
+    assert all(r["system"] == PromptConfig().system_zh for r in records)
+
+    names = kbqa(
+        "finetune", "convert", "rag", str(folder), str(tmp_path / "c"), "--ratio", "9:1", "--names", "a"
+    )
+    assert names.exit_code == 1 and shows(names.stderr, "give 2 different names, one per ratio")
