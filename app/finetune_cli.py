@@ -551,26 +551,31 @@ def _report_written(report: ReadReport, target: Path) -> None:
 def finetune_train(**options: object) -> None:
     """Fine-tune a chat model on registered datasets: LoRA (DoRA, rsLoRA, QLoRA), freeze or full.
 
-    Options carry LLaMA-Factory's names; --config reads a YAML file of the same keys, and the options given
-    override it. The adapter (or whole model), its tokenizer, checkpoints, logs and kbqa_adapter.json (the
-    chat template it is served with) go to --output_dir.
+    Takes LLaMA-Factory's command line as written: `kbqa finetune train config.yaml --name value ...`,
+    booleans with or without a value (`--fp16`, `--fp16 True`). Beside the options below, any transformers
+    TrainingArguments key (--optim, --weight_decay, --save_strategy, ...) goes to the Trainer; a name
+    LLaMA-Factory documents that kbqa does not honour is an error naming it. The adapter (or whole model),
+    its tokenizer, checkpoints, logs and kbqa_adapter.json (its chat template) go to --output_dir.
     """
     import yaml
 
     from app.cli import console, fail
-    from finetune.arguments import arguments_from
+    from finetune.arguments import arguments_from, parse_command_line
     from finetune.errors import FinetuneError
     from finetune.train import train
 
-    config = options.pop("config")
+    try:
+        config, flags = parse_command_line(options["ctx"].meta[_TRAIN_ARGS])
+    except FinetuneError as error:
+        fail(str(error), code=2)
     try:
         settings = yaml.safe_load(Path(config).read_text(encoding="utf-8")) if config else {}
     except (OSError, yaml.YAMLError) as error:
-        fail(f"cannot read --config {config}: {error}")
+        fail(f"cannot read the config {config}: {error}")
     if not isinstance(settings, dict):
-        fail(f"--config {config} must hold a mapping of settings")
+        fail(f"the config {config} must hold a mapping of settings")
     try:
-        result = train(arguments_from(settings, options))
+        result = train(arguments_from(settings, flags))
     except FinetuneError as error:
         fail(str(error))
     last_loss = f"{result.losses[-1][1]:.4f}" if result.losses else "not logged"
@@ -585,29 +590,49 @@ def finetune_train(**options: object) -> None:
     )
 
 
+_TRAIN_ARGS = "kbqa.finetune.train.args"
+
+
+class _TrainCommand(typer.core.TyperCommand):
+    """`kbqa finetune train`: its options show in --help, but the command line is read by
+    finetune.arguments.parse_command_line, which takes LLaMA-Factory's forms that click's parser refuses."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if any(arg in ("--help", "-h") for arg in args):
+            return super().parse_args(ctx, args)
+        ctx.meta[_TRAIN_ARGS] = list(args)
+        return super().parse_args(ctx, [])
+
+
 def _train_signature() -> object:
-    """Return `kbqa finetune train`'s parameters: --config, then one option per TrainArguments field."""
+    """Return `kbqa finetune train`'s parameters for --help: the config file, then one per TrainArguments field."""
     import inspect
     from dataclasses import MISSING, fields
 
     from finetune.arguments import TrainArguments
 
-    def option(name: str, kind: type, flags: str, help: str) -> inspect.Parameter:
-        annotation = Annotated[kind | None, typer.Option(flags, help=help, show_default=False)]
+    def parameter(name: str, annotation: object) -> inspect.Parameter:
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
     types = {"str": str, "int": int, "float": float, "bool": bool}
-    parameters = [option("config", Path, "--config", "YAML file of these settings (LLaMA-Factory's keys).")]
+    config_help = "YAML or JSON file of these settings (LLaMA-Factory's keys), first or as --config."
+    parameters = [
+        inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+        parameter("config", Annotated[Path | None, typer.Argument(help=config_help, show_default=False)]),
+    ]
     for spec in fields(TrainArguments):
+        if not spec.metadata["help"]:
+            continue
         kind = types[str(spec.type).split(" ")[0]]  # "int | None" -> int
-        flags = f"--{spec.name}/--no_{spec.name}" if kind is bool else f"--{spec.name}"
+        flags = f"--{spec.name}" if kind is not bool else f"--{spec.name}/--no_{spec.name}"
         default = "" if spec.default in (MISSING, None, "", False) else f" (default: {spec.default})"
-        parameters.append(option(spec.name, kind, flags, spec.metadata["help"] + default))
+        option = typer.Option(flags, help=spec.metadata["help"] + default, show_default=False)
+        parameters.append(parameter(spec.name, Annotated[kind | None, option]))
     return inspect.Signature(parameters)
 
 
 finetune_train.__signature__ = _train_signature()  # type: ignore[attr-defined]
-finetune_app.command("train")(finetune_train)
+finetune_app.command("train", cls=_TrainCommand)(finetune_train)
 
 
 @finetune_app.command("merge")

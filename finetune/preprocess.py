@@ -31,9 +31,17 @@ def encode_example(
     cutoff_len: int,
     train_on_prompt: bool = False,
     mask_history: bool = False,
+    turn_limits: tuple[int | None, int | None] = (None, None),
 ) -> dict[str, list[int]]:
-    """Return {"input_ids", "labels", "attention_mask"} of `conversation`, at most `cutoff_len` tokens long."""
-    turns = encode_turns(template, tokenizer, conversation.messages)
+    """Return {"input_ids", "labels", "attention_mask"} of `conversation`, at most `cutoff_len` tokens long.
+
+    `turn_limits` (DB-GPT-Hub's max_source_length, max_target_length) first cut each prompt and each reply.
+    """
+    most_prompt, most_reply = turn_limits
+    turns = [
+        (prompt[:most_prompt], reply[:most_reply])
+        for prompt, reply in encode_turns(template, tokenizer, conversation.messages)
+    ]
     if not turns:
         raise FinetuneError(f"{conversation.source or 'a conversation'} has no assistant reply to learn")
     stops = set(template.stop_token_ids(tokenizer))

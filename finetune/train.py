@@ -231,10 +231,17 @@ def _load_dtype(args: TrainArguments) -> Any:
 
 
 def _training_arguments(args: TrainArguments, has_eval: bool) -> Any:
+    """Return transformers' TrainingArguments: kbqa's fields, then the other keys given, as given."""
     import torch
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    passed = dict(args.training_arguments)
+    eval_strategy = passed.pop("eval_strategy", None)
+    if eval_strategy is not None and str(eval_strategy) != "no" and not has_eval:
+        raise FinetuneError(
+            f"--eval_strategy {eval_strategy} needs eval data: give --val_size or --eval_dataset"
+        )
+    settings = dict(
         output_dir=args.output_dir,
         per_device_train_batch_size=args.per_device_train_batch_size,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
@@ -243,12 +250,12 @@ def _training_arguments(args: TrainArguments, has_eval: bool) -> Any:
         num_train_epochs=args.num_train_epochs,
         max_steps=args.max_steps,
         lr_scheduler_type=args.lr_scheduler_type,
-        warmup_steps=args.warmup_steps,
+        warmup_steps=args.warmup_ratio if args.warmup_ratio is not None else args.warmup_steps,
         max_grad_norm=args.max_grad_norm,
         logging_steps=args.logging_steps,
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit,
-        eval_strategy="steps" if has_eval else "no",
+        eval_strategy=(eval_strategy or "steps") if has_eval else "no",
         eval_steps=args.eval_steps,
         bf16=args.bf16,
         fp16=args.fp16,
@@ -258,6 +265,10 @@ def _training_arguments(args: TrainArguments, has_eval: bool) -> Any:
         dataloader_pin_memory=torch.cuda.is_available(),
         **_checkpointing(args, TrainingArguments),
     )
+    try:
+        return TrainingArguments(**(settings | passed))
+    except (ValueError, TypeError, ImportError) as error:  # the user's settings, in transformers' words
+        raise FinetuneError(f"the training settings do not work together: {error}") from error
 
 
 def _checkpointing(args: TrainArguments, training_arguments: Any) -> dict[str, Any]:
@@ -335,7 +346,13 @@ def _encode(
     examples = []
     for conversation in conversations:
         example = encode_example(
-            conversation, template, tokenizer, args.cutoff_len, args.train_on_prompt, args.mask_history
+            conversation,
+            template,
+            tokenizer,
+            args.cutoff_len,
+            args.train_on_prompt,
+            args.mask_history,
+            (args.max_source_length, args.max_target_length),
         )
         if any(label != IGNORE_INDEX for label in example["labels"]):
             examples.append(example)

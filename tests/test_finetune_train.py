@@ -276,7 +276,10 @@ def test_yaml_values_are_coerced_and_flags_override_them() -> None:
         True,
     )
     assert (args.lora_rank, args.resume_from_checkpoint, args.output_dir) == (8, "auto", "out")
-    with pytest.raises(FinetuneError, match="unknown settings: deepspeed, lora_rnak"):
+    # deepspeed is a transformers key kbqa cannot carry out: refused by name, apart from the typo.
+    with pytest.raises(
+        FinetuneError, match=r"unknown settings: lora_rnak; settings kbqa does not support: deepspeed"
+    ):
         arguments_from({"lora_rnak": 4, "deepspeed": "ds.json"})
     with pytest.raises(FinetuneError, match=r"lora_rank: expected int, got 2.5"):
         arguments_from({"lora_rank": 2.5})
@@ -326,3 +329,117 @@ def test_cli_trains_from_a_yaml_config_and_merges(qwen: Path, tmp_path: Path) ->
     assert bad.exit_code == 1 and "--finetuning_type must be one of lora, freeze, full" in " ".join(
         bad.output.split()
     )
+
+
+# --- LLaMA-Factory's command line and YAML as pasted, transformers' and DB-GPT-Hub's keys --------------
+
+PASTED = (
+    "--stage sft --do_train True --model_name_or_path m --dataset faq --template chatml "
+    "--finetuning_type lora --lora_target q_proj,v_proj --output_dir out --overwrite_cache "
+    "--per_device_train_batch_size 2 --gradient_accumulation_steps 4 --lr_scheduler_type cosine "
+    "--logging_steps 10 --save_steps 100 --learning_rate 5e-5 --num_train_epochs 3.0 --fp16 True "
+    "--plot_loss --val_size=0.1 --no_gradient_checkpointing --warmup-ratio 0.1 --optim adamw_torch"
+)
+
+
+def test_a_pasted_llamafactory_command_line_reads_with_booleans_with_or_without_a_value() -> None:
+    from finetune.arguments import parse_command_line
+
+    config, flags = parse_command_line(["sft.yaml", *PASTED.split()])
+    assert config == "sft.yaml"
+    args = arguments_from({}, flags)
+    assert (args.stage, args.fp16, args.plot_loss, args.gradient_checkpointing) == ("sft", True, True, False)
+    assert (args.lora_target, args.per_device_train_batch_size, args.learning_rate) == (
+        "q_proj,v_proj",
+        2,
+        5e-5,
+    )
+    assert (args.val_size, args.warmup_ratio, args.training_arguments) == (0.1, 0.1, {"optim": "adamw_torch"})
+    assert arguments_from({"fp16": "False"}, parse_command_line(["--fp16"])[1]).fp16 is True
+    assert arguments_from({}).lr_scheduler_type == "cosine"  # LLaMA-Factory's documented default
+    with pytest.raises(FinetuneError, match="unexpected argument 'sft'"):
+        parse_command_line(["--stage", "pt", "sft", "x"])
+
+
+def test_documented_names_kbqa_cannot_honour_are_refused_by_name() -> None:
+    with pytest.raises(FinetuneError, match=r"settings kbqa does not support: packing, use_galore$"):
+        arguments_from({"use_galore": True, "packing": "true", "template": "chatml"})
+    with pytest.raises(FinetuneError, match=r"unknown settings: lora_rnak$"):
+        arguments_from({"lora_rnak": 8})
+    with pytest.raises(FinetuneError, match="--stage ppo is not supported"):
+        arguments_from({"stage": "ppo"})
+    with pytest.raises(FinetuneError, match="always trains"):
+        arguments_from({"do_train": False})
+    with pytest.raises(FinetuneError, match="give one of --warmup_steps and --warmup_ratio"):
+        arguments_from({"warmup_ratio": 0.1, "warmup_steps": 5})
+
+
+def test_db_gpt_hub_source_and_target_lengths_cut_prompt_and_reply_apart(tmp_path: Path) -> None:
+    from finetune.preprocess import IGNORE_INDEX, encode_example
+    from llm.templates import template_for
+
+    tokenizer = train_byte_level_bpe(tmp_path / "tok")
+    template = template_for("chatml", tokenizer)
+    # Text the tokenizer was not trained on, so it takes many tokens.
+    long = Conversation((Message("user", "qwzx vbnm " * 8), Message("assistant", "plokij uhygt " * 8)))
+    whole = encode_example(long, template, tokenizer, 1024)
+    prompt_len = whole["labels"].index(next(label for label in whole["labels"] if label != IGNORE_INDEX))
+    cut = encode_example(long, template, tokenizer, 1024, turn_limits=(6, 5))
+    assert cut["input_ids"][:6] == whole["input_ids"][:6]
+    assert cut["input_ids"][6:11] == whole["input_ids"][prompt_len : prompt_len + 5]
+    assert [label for label in cut["labels"] if label != IGNORE_INDEX][:5] == whole["input_ids"][
+        prompt_len : prompt_len + 5
+    ]
+    assert len(cut["input_ids"]) == 6 + 5 + 1  # the cut reply still learns to end
+    args = arguments_from({"max_source_length": "6", "max_target_length": 5})
+    assert (args.max_source_length, args.max_target_length) == (6, 5)
+
+
+def test_cli_takes_a_llamafactory_yaml_and_transformers_keys_as_pasted(qwen: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    data = tmp_path / "data"
+    data.mkdir()
+    records = [{"instruction": q, "input": "", "output": a} for q, a in FAQ]
+    (data / "faq.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    (data / "dataset_info.json").write_text(json.dumps({"faq": {"file_name": "faq.json"}}), encoding="utf-8")
+    out = tmp_path / "adapter"
+    # llamafactory-cli train's YAML, with the keys of a ChatGLM3 QLoRA recipe's JSON training arguments.
+    (tmp_path / "sft.yaml").write_text(
+        "### model\n"
+        f"model_name_or_path: {qwen}\ntrust_remote_code: true\n"
+        "### method\nstage: sft\ndo_train: true\nfinetuning_type: lora\nlora_rank: 8\nlora_target: all\n"
+        f"### dataset\ndataset: faq\ndataset_dir: {data}\ntemplate: chatml\ncutoff_len: 2048\n"
+        "max_samples: 1000\noverwrite_cache: true\npreprocessing_num_workers: 16\ndataloader_num_workers: 0\n"
+        f"### output\noutput_dir: {out}\nlogging_steps: 1\nsave_steps: 500\nplot_loss: false\n"
+        "overwrite_output_dir: true\nsave_only_model: false\nreport_to: none\n"
+        "### train\nper_device_train_batch_size: 1\ngradient_accumulation_steps: 1\nlearning_rate: 1.0e-4\n"
+        "num_train_epochs: 3.0\nlr_scheduler_type: cosine\nwarmup_ratio: 0.1\nddp_timeout: 180000000\n"
+        "resume_from_checkpoint: null\noptim: adamw_torch\nweight_decay: 0.01\nsave_strategy: steps\n"
+        "remove_unused_columns: false\nddp_find_unused_parameters: false\n"
+        "### eval\nval_size: 1\nper_device_eval_batch_size: 1\nevaluation_strategy: steps\neval_steps: 2\n",
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    command = ["finetune", "train", str(tmp_path / "sft.yaml"), "--max_steps", "4", "--do_train", "True"]
+    result = runner.invoke(
+        app, [*command, "--fp16", "False", "--plot_loss", "True", "--max_target_length", "8"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "trained 4 steps on 2 examples" in result.output and "eval loss" in result.output
+    assert (out / "training_loss.png").is_file()
+    saved = torch.load(out / "training_args.bin", weights_only=False)
+    assert (saved.optim, saved.weight_decay, saved.warmup_steps, saved.lr_scheduler_type) == (
+        "adamw_torch",
+        0.01,
+        0.1,
+        "cosine",
+    )
+    assert (saved.eval_strategy, saved.eval_steps, saved.ddp_find_unused_parameters) == ("steps", 2, False)
+    refused = runner.invoke(app, [*command, "--use_galore", "True", "--pref_beta", "0.1"])
+    assert refused.exit_code == 1
+    assert "settings kbqa does not support: pref_beta, use_galore" in " ".join(refused.output.split())
+    no_eval = runner.invoke(app, [*command, "--val_size", "0", "--eval_strategy", "steps"])
+    assert no_eval.exit_code == 1 and "needs eval data" in " ".join(no_eval.output.split())
