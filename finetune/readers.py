@@ -139,6 +139,8 @@ def json_records(text: str, lines: bool) -> list[object]:
 
 def detect_format(record: object) -> tuple[Format, Columns, Tags]:
     """Return the format of a record by its keys, with the columns and tags to read it; Malformed if unknown."""
+    if isinstance(record, Unparsable):
+        raise Malformed(record.reason)
     if isinstance(record, dict):
         if isinstance(record.get("conversation"), list):
             return "xtuner", Columns(), Tags()
@@ -168,14 +170,20 @@ def read_file(
     if not records:
         raise NoValidRecord(f"{path}: no valid record (the file holds no records)", ReadReport())
     if format is None:
+        # A line that is not JSON tells no format: detect from the first record that parsed.
+        first = next((record for record in records if not isinstance(record, Unparsable)), records[0])
         try:
-            format, found_columns, found_tags = detect_format(records[0])
+            format, found_columns, found_tags = detect_format(first)
         except Malformed as error:
-            raise DatasetError(f"{path}: record 0: {error}; name the format explicitly") from None
+            raise DatasetError(
+                f"{path}: record {records.index(first)}: {error}; name the format explicitly"
+            ) from None
         columns, tags = columns or found_columns, tags or found_tags
+    else:
+        first = records[0]
     columns = columns or Columns()
     if ranking is None:
-        ranking = _looks_ranked(records[0], format, columns)
+        ranking = _looks_ranked(first, format, columns)
     return read_records(
         records, str(path), format, ranking=ranking, columns=columns, tags=tags, strict=strict
     )

@@ -81,15 +81,18 @@ def train(
     model = _trainable(model, args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("%d examples (%d skipped), %d trainable parameters", len(examples), skipped, trainable)
-    trainer = Trainer(
-        model=model,
-        args=_training_arguments(args, has_eval=bool(eval_examples)),
-        train_dataset=examples,
-        eval_dataset=eval_examples or None,
-        data_collator=_Collator(_pad_id(tokenizer)),
-        processing_class=tokenizer,
-    )
-    outcome = trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer = Trainer(
+            model=model,
+            args=_training_arguments(args, has_eval=bool(eval_examples)),
+            train_dataset=examples,
+            eval_dataset=eval_examples or None,
+            data_collator=_Collator(_pad_id(tokenizer)),
+            processing_class=tokenizer,
+        )
+        outcome = trainer.train(resume_from_checkpoint=resume)
+    except ValueError as error:  # transformers' checks of the user's settings
+        raise FinetuneError(f"transformers refused the settings: {error}") from error
     trainer.save_model()
     trainer.save_state()
     trainer.save_metrics("train", outcome.metrics)
@@ -236,6 +239,10 @@ def _training_arguments(args: TrainArguments, has_eval: bool) -> Any:
     from transformers import TrainingArguments
 
     passed = dict(args.training_arguments)
+    if args.lr_scheduler_type == "reduce_lr_on_plateau" and not has_eval:
+        raise FinetuneError(
+            "--lr_scheduler_type reduce_lr_on_plateau follows the eval loss: give --val_size or --eval_dataset"
+        )
     eval_strategy = passed.pop("eval_strategy", None)
     if eval_strategy is not None and str(eval_strategy) != "no" and not has_eval:
         raise FinetuneError(
@@ -263,6 +270,7 @@ def _training_arguments(args: TrainArguments, has_eval: bool) -> Any:
         report_to=args.report_to,
         remove_unused_columns=False,  # the examples are plain dicts of exactly the model's inputs
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # else transformers refuses --bf16 on a CPU-only machine
         **_checkpointing(args, TrainingArguments),
     )
     try:

@@ -949,3 +949,97 @@ def test_cli_writes_multidoc_qa_chinese_as_plain_instructions_split_99_to_1(tmp_
         "finetune", "convert", "rag", str(folder), str(tmp_path / "c"), "--ratio", "9:1", "--names", "a"
     )
     assert names.exit_code == 1 and shows(names.stderr, "give 2 different names, one per ratio")
+
+
+# --- XTuner's recipe output and Excel tables as people write them --------------------------------
+
+
+def test_a_jsonl_file_holding_one_json_array_is_read_split_and_converted(tmp_path: Path) -> None:
+    records = [
+        {"conversation": [{"system": "你是客服。", "input": f"问题{i}", "output": f"回答{i}"}]}
+        for i in range(10)
+    ]
+    path = tmp_path / "xtuner.jsonl"  # the XTuner recipe's json.dump of the whole list into a .jsonl file
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=4), encoding="utf-8")
+    examples, report = read_file(path)
+    assert report.valid == 10 and examples[3].messages[1] == Message(U, "问题3")
+    result = kbqa("finetune", "convert", "split", str(path), "--ratio", "7:3", "--names", "train,test")
+    assert result.exit_code == 0, result.output
+    assert shows(result.stdout, "train: 7 records") and shows(result.stdout, "test: 3 records")
+    lines = (tmp_path / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 3 and all(json.loads(line) in records for line in lines)
+    assert not (tmp_path / "dev.jsonl").exists()
+    result = kbqa("finetune", "convert", "format", str(path), str(tmp_path / "a.json"), "--to", "alpaca")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))[0] == {
+        "instruction": "问题0",
+        "input": "",
+        "output": "回答0",
+        "system": "你是客服。",
+    }
+
+
+def test_lines_that_are_not_json_are_clear_errors_not_tracebacks(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jsonl"
+    good = json.dumps({"conversation": [{"input": "q", "output": "a"}]})
+    broken.write_text("{'input': 'python repr, not JSON'}\n" + good + "\n", encoding="utf-8")
+    split = kbqa("finetune", "convert", "split", str(broken), "--out-dir", str(tmp_path / "s"))
+    assert split.exit_code == 1 and not isinstance(split.exception, TypeError)
+    assert shows(split.stderr, f"{broken}: record 0: not valid JSON") and "Unparsable" not in split.output
+    converted = kbqa("finetune", "convert", "format", str(broken), str(tmp_path / "out.json"))
+    assert converted.exit_code == 0, converted.output
+    assert shows(converted.stdout, "wrote 1 records") and shows(converted.stderr, "record 0: not valid JSON")
+    assert "Unparsable" not in converted.output
+    only_bad = write(tmp_path / "bad.jsonl", ["not json"])
+    bad = kbqa("finetune", "convert", "format", str(only_bad), str(tmp_path / "o.json"))
+    assert (
+        bad.exit_code == 1
+        and shows(bad.stderr, "record 0: not valid JSON")
+        and "Unparsable" not in bad.output
+    )
+    names = kbqa("finetune", "convert", "split", str(broken), "--ratio", "8:1:1", "--names", "a,b")
+    assert names.exit_code == 1 and shows(names.stderr, "give 3 different names, one per ratio")
+
+
+def test_table_columns_by_excel_letter(tmp_path: Path) -> None:
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.append(["编号", "问题", None, "答案"])  # a column without a header is still column C
+    sheet.append([1, "年假有几天？", "补充一", "五天。"])
+    sheet.append([2, "报销多久到账？", "补充二", "十天。"])
+    path = tmp_path / "faq.xlsx"
+    workbook.save(path)
+    target = tmp_path / "faq.jsonl"
+    args = ["finetune", "convert", "table", str(path), str(target), "--question", "B", "--answer", "D"]
+    result = kbqa(*args, "--input", "c", "--to", "xtuner")
+    assert result.exit_code == 0, result.output
+    first = json.loads(target.read_text(encoding="utf-8").splitlines()[0])
+    assert first == {"conversation": [{"input": "年假有几天？\n补充一", "output": "五天。"}]}
+    by_name = kbqa(
+        "finetune",
+        "convert",
+        "table",
+        str(path),
+        str(tmp_path / "n.json"),
+        "--question",
+        "问题",
+        "--answer",
+        "答案",
+    )
+    assert by_name.exit_code == 0, by_name.output
+    missing = kbqa(
+        "finetune",
+        "convert",
+        "table",
+        str(path),
+        str(tmp_path / "x.json"),
+        "--question",
+        "F",
+        "--answer",
+        "D",
+    )
+    assert missing.exit_code == 1 and shows(
+        missing.stderr, "no column 'F'; the columns are: 编号, 问题, C, 答案 (or by letter, A to D)"
+    )

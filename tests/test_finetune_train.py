@@ -443,3 +443,56 @@ def test_cli_takes_a_llamafactory_yaml_and_transformers_keys_as_pasted(qwen: Pat
     assert "settings kbqa does not support: pref_beta, use_galore" in " ".join(refused.output.split())
     no_eval = runner.invoke(app, [*command, "--val_size", "0", "--eval_strategy", "steps"])
     assert no_eval.exit_code == 1 and "needs eval data" in " ".join(no_eval.output.split())
+
+
+def test_settings_transformers_refuses_are_clear_errors_and_bf16_trains_on_the_cpu(
+    qwen: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    data = tmp_path / "data"
+    data.mkdir()
+    records = [{"instruction": q, "input": "", "output": a} for q, a in FAQ]
+    (data / "faq.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    (data / "dataset_info.json").write_text(json.dumps({"faq": {"file_name": "faq.json"}}), encoding="utf-8")
+    base = [
+        "finetune",
+        "train",
+        "--model_name_or_path",
+        str(qwen),
+        "--dataset",
+        "faq",
+        "--dataset_dir",
+        str(data),
+    ]
+    base += ["--template", "chatml", "--max_steps", "2"]
+    runner = CliRunner()
+
+    def run(name: str, *flags: str):
+        result = runner.invoke(app, [*base, "--output_dir", str(tmp_path / name), *flags])
+        return result, " ".join(result.output.split())
+
+    result, output = run("bf16", "--bf16", "True")  # transformers alone refuses bf16 without a GPU
+    assert result.exit_code == 0, output
+    assert "trained 2 steps" in output
+    for flags, message in [
+        (("--lr_scheduler_type", "reduce_lr_on_plateau"), "reduce_lr_on_plateau follows the eval loss"),
+        (("--optim", "adamw_nonsense"), "adamw_nonsense"),
+        (
+            (
+                "--save_strategy",
+                "steps",
+                "--load_best_model_at_end",
+                "--val_size",
+                "1",
+                "--eval_strategy",
+                "epoch",
+            ),
+            "the training settings do not work together",
+        ),
+    ]:
+        result, output = run("bad", *flags)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (flags, output)
+        assert message in output and "Traceback" not in output, (flags, output)
