@@ -38,14 +38,27 @@ T = TypeVar("T")
 def to_record(example: Example, format: OutputFormat) -> dict:
     """Return an example as one record of `format`; Malformed when the format cannot hold it."""
     system, messages = _split_system(example)
+    tools = isinstance(example, Conversation) and bool(example.tools or example.calls)
+    if tools and format in ("alpaca", "xtuner") and all(m.role != "observation" for m in messages):
+        raise Malformed(f"the {format} format has no place for tools and function calls; write sharegpt")
     if format == "alpaca":
         return _alpaca(example, system, messages)
     if format == "sharegpt":
+        offset = len(example.messages) - len(messages) if isinstance(example, Conversation) else 0
+        calls = set(example.calls) if isinstance(example, Conversation) else set()
         record: dict = {
-            "conversations": [{"from": _SHAREGPT_ROLES[m.role], "value": m.content} for m in messages]
+            "conversations": [
+                {
+                    "from": "function_call" if n + offset in calls else _SHAREGPT_ROLES[m.role],
+                    "value": m.content,
+                }
+                for n, m in enumerate(messages)
+            ]
         }
         if system:
             record["system"] = system
+        if isinstance(example, Conversation) and example.tools:
+            record["tools"] = example.tools
         if isinstance(example, Preference):
             record |= {key: {"from": "gpt", "value": text} for key, text in _pair(example).items()}
         return record
@@ -57,6 +70,8 @@ def to_record(example: Example, format: OutputFormat) -> dict:
         }
         if isinstance(example, Preference):
             record |= {key: {"role": "assistant", "content": text} for key, text in _pair(example).items()}
+        elif example.tools:
+            record["tools"] = json.loads(example.tools)
         return record
     if format == "xtuner":
         if isinstance(example, Preference):

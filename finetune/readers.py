@@ -38,6 +38,7 @@ class Columns:
     system: str = "system"
     chosen: str = "chosen"
     rejected: str = "rejected"
+    tools: str = "tools"
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,22 @@ def parse_sharegpt(record: dict, columns: Columns, tags: Tags, ranking: bool, so
         raise Malformed("no messages")
     if len(messages) % 2:
         raise Malformed(f"odd number of messages ({len(messages)}): the last must be the assistant's reply")
-    return Conversation((*head, *messages), source)
+    calls = tuple(n + len(head) for n in range(len(messages)) if raw[n + offset][tags.role] == tags.function)
+    return Conversation((*head, *messages), source, _tools(record, columns.tools), calls)
+
+
+def _tools(record: dict, key: str) -> str:
+    """Return a record's tool descriptions as JSON text ("" when none); Malformed unless a JSON list."""
+    value = record.get(key)
+    if value in (None, "", []):
+        return ""
+    try:
+        tools = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as error:
+        raise Malformed(f"'{key}' is not JSON: {error}") from None
+    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+        raise Malformed(f"'{key}' is not a list of function descriptions")
+    return json.dumps(tools, ensure_ascii=False) if tools else ""
 
 
 def parse_xtuner(record: dict, source: str = "") -> Conversation:

@@ -22,9 +22,10 @@ from finetune.readers import FORMATS, READABLE_SUFFIXES, Columns, Example, Forma
 
 DATASET_INFO = "dataset_info.json"
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-# LLaMA-Factory columns kbqa does not train on: multimodal inputs, tool descriptions, KTO labels.
-UNSUPPORTED_COLUMNS = ("tools", "images", "videos", "audios", "kto_tag")
-_COLUMN_KEYS = ("prompt", "query", "response", "history", "messages", "system", "chosen", "rejected")
+# LLaMA-Factory columns kbqa does not train on: multimodal inputs and KTO labels. Such an entry is read
+# (LLaMA-Factory's own dataset_info.json has several) and refused only when its dataset is asked for.
+UNSUPPORTED_COLUMNS = ("images", "videos", "audios", "kto_tag")
+_COLUMN_KEYS = ("prompt", "query", "response", "history", "messages", "system", "chosen", "rejected", "tools")
 _TAG_KEYS = {
     "role_tag": "role",
     "content_tag": "content",
@@ -50,6 +51,7 @@ class DatasetSpec:
     num_samples: int | None = None
     file_sha1: str | None = None
     hub: dict[str, str] = field(default_factory=dict)  # the entry's hub keys, when it has any
+    unsupported: tuple[str, ...] = ()  # columns kbqa does not train on (UNSUPPORTED_COLUMNS)
 
 
 def read_dataset_info(dataset_dir: Path) -> dict[str, DatasetSpec]:
@@ -76,9 +78,7 @@ def parse_spec(name: str, entry: object, where: Path | str = DATASET_INFO) -> Da
         raise DatasetError(f"{prefix}: unknown formatting '{formatting}'; use one of {', '.join(FORMATS)}")
     columns = _strings(entry.get("columns", {}), f"{prefix}: columns")
     tags = _strings(entry.get("tags", {}), f"{prefix}: tags")
-    for key in UNSUPPORTED_COLUMNS:
-        if key in columns:
-            raise DatasetError(f"{prefix}: the '{key}' column is not supported (kbqa trains text chat data)")
+    unsupported = tuple(key for key in UNSUPPORTED_COLUMNS if columns.pop(key, None) is not None)
     unknown = set(columns) - {*_COLUMN_KEYS, "role", "content"}
     unknown |= set(tags) - set(_TAG_KEYS)
     if unknown:
@@ -100,11 +100,17 @@ def parse_spec(name: str, entry: object, where: Path | str = DATASET_INFO) -> Da
         num_samples=num_samples,
         file_sha1=_optional_string(entry, "file_sha1", prefix),
         hub={key: str(entry[key]) for key in HUB_KEYS if entry.get(key)},
+        unsupported=unsupported,
     )
 
 
 def dataset_files(spec: DatasetSpec, dataset_dir: Path) -> list[Path]:
     """Return the local files of a dataset (its file, or the readable files of its folder), checked."""
+    if spec.unsupported:
+        raise DatasetError(
+            f"dataset '{spec.name}': the '{spec.unsupported[0]}' column is not supported (kbqa trains text "
+            "chat data)"
+        )
     if spec.file_name is None:
         if spec.hub:
             key, url = next(iter(spec.hub.items()))

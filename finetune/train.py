@@ -22,6 +22,7 @@ from finetune.conversation import Conversation
 from finetune.errors import FinetuneError
 from finetune.loading import check_quantization, load_model
 from finetune.preprocess import IGNORE_INDEX, encode_example
+from finetune.tools import with_tools
 from llm.transformers_backend import ADAPTER_INFO
 
 logger = logging.getLogger(__name__)
@@ -354,7 +355,7 @@ def _encode(
     examples = []
     for conversation in conversations:
         example = encode_example(
-            conversation,
+            with_tools(conversation, template.name),
             template,
             tokenizer,
             args.cutoff_len,

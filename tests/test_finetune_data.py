@@ -12,7 +12,7 @@ from finetune.conversation import Conversation, Preference
 from finetune.convert import convert_file, parse_ratios, split_file, split_records, split_sizes, to_record
 from finetune.errors import DatasetError, FinetuneError, NoValidRecord
 from finetune.rag import Passage, RagOptions, RagSample, build_rag_conversations, read_rag_samples
-from finetune.readers import read_file
+from finetune.readers import Malformed, read_file
 from finetune.registry import load_dataset, read_dataset, read_dataset_info
 from finetune.tables import read_table, table_conversations, table_rows, write_table
 from llm.prompt import PromptBuilder, PromptConfig
@@ -411,10 +411,6 @@ def test_registry_errors_name_the_entry(tmp_path: Path) -> None:
         read_dataset_info(tmp_path)
     cases = {
         "fmt": ({"file_name": "d.json", "formatting": "csv"}, "unknown formatting 'csv'"),
-        "img": (
-            {"file_name": "d.json", "columns": {"images": "img"}},
-            "the 'images' column is not supported",
-        ),
         "key": (
             {"file_name": "d.json", "tags": {"speaker_tag": "x"}},
             "unknown column or tag keys: speaker_tag",
@@ -425,6 +421,10 @@ def test_registry_errors_name_the_entry(tmp_path: Path) -> None:
         write(tmp_path / "dataset_info.json", {name: entry})
         with pytest.raises(DatasetError, match=f"dataset '{name}': {message}"):
             read_dataset_info(tmp_path)
+    # A column kbqa does not train on no longer blocks the file: the entry is refused when it is asked for.
+    write(tmp_path / "dataset_info.json", {"img": {"file_name": "d.json", "columns": {"images": "img"}}})
+    with pytest.raises(DatasetError, match="dataset 'img': the 'images' column is not supported"):
+        load_dataset(["img"], tmp_path)
     root = registry_dir(
         tmp_path,
         {"dev": {"file_name": "d.json", "split": "test"}, "pref": {"file_name": "p.json", "ranking": True}},
@@ -1043,3 +1043,173 @@ def test_table_columns_by_excel_letter(tmp_path: Path) -> None:
     assert missing.exit_code == 1 and shows(
         missing.stderr, "no column 'F'; the columns are: 编号, 问题, C, 答案 (or by letter, A to D)"
     )
+
+
+# --- LLaMA-Factory's own dataset_info.json, and function-call data ----------------------------------
+
+# Entries of LLaMA-Factory's data/dataset_info.json, field by field.
+LLAMAFACTORY_INFO = {
+    "identity": {"file_name": "identity.json"},
+    "glaive_toolcall_zh_demo": {
+        "file_name": "glaive_toolcall_zh_demo.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "tools": "tools"},
+    },
+    "mllm_demo": {
+        "file_name": "mllm_demo.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {
+            "role_tag": "role",
+            "content_tag": "content",
+            "user_tag": "user",
+            "assistant_tag": "assistant",
+        },
+    },
+    "kto_en_demo": {
+        "file_name": "kto_en_demo.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "kto_tag": "label"},
+        "tags": {
+            "role_tag": "role",
+            "content_tag": "content",
+            "user_tag": "user",
+            "assistant_tag": "assistant",
+        },
+    },
+    "dpo_zh_demo": {
+        "file_name": "dpo_zh_demo.json",
+        "ranking": True,
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"},
+    },
+    "llava_1k_en": {
+        "hf_hub_url": "BUAADreamer/llava-en-zh-2k",
+        "subset": "en",
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {
+            "role_tag": "role",
+            "content_tag": "content",
+            "user_tag": "user",
+            "assistant_tag": "assistant",
+        },
+    },
+    "starcoder_python": {
+        "hf_hub_url": "bigcode/starcoderdata",
+        "ms_hub_url": "AI-ModelScope/starcoderdata",
+        "columns": {"prompt": "content"},
+        "folder": "python",
+    },
+}
+TOOLS = [
+    {
+        "name": "generate_invoice",
+        "description": "生成发票",
+        "parameters": {
+            "type": "object",
+            "properties": {"customer_name": {"type": "string", "description": "客户名称"}},
+            "required": ["customer_name"],
+        },
+    }
+]
+GLAIVE = [
+    {
+        "conversations": [
+            {"from": "human", "value": "我需要为John Doe生成一张发票。"},
+            {
+                "from": "function_call",
+                "value": json.dumps(
+                    {"name": "generate_invoice", "arguments": {"customer_name": "约翰·多伊"}},
+                    ensure_ascii=False,
+                ),
+            },
+            {"from": "observation", "value": json.dumps({"invoice_id": "INV12345"})},
+            {"from": "gpt", "value": "发票已成功生成，编号为INV12345。"},
+        ],
+        "tools": json.dumps(TOOLS, ensure_ascii=False),
+    },
+    {
+        "conversations": [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "你好！"}],
+        "tools": "[]",
+    },
+]
+
+
+def llamafactory_dir(tmp_path: Path) -> Path:
+    return registry_dir(
+        tmp_path,
+        LLAMAFACTORY_INFO,
+        {
+            "identity.json": [{"instruction": "你是谁？", "input": "", "output": "我是 {{name}}。"}],
+            "glaive_toolcall_zh_demo.json": GLAIVE,
+            "mllm_demo.json": [{"messages": [], "images": []}],
+            "kto_en_demo.json": [{"messages": [], "label": True}],
+            "dpo_zh_demo.json": [
+                {
+                    "conversations": [{"from": "human", "value": "q"}],
+                    "chosen": {"from": "gpt", "value": "a"},
+                    "rejected": {"from": "gpt", "value": "b"},
+                }
+            ],
+        },
+    )
+
+
+def test_llamafactorys_own_dataset_info_loads_and_refuses_only_what_is_asked_for(tmp_path: Path) -> None:
+    root = llamafactory_dir(tmp_path)
+    assert set(read_dataset_info(root)) == set(LLAMAFACTORY_INFO)
+    conversations, _ = load_dataset(["identity,glaive_toolcall_zh_demo"], root)
+    assert len(conversations) == 3
+    for name, column in (("mllm_demo", "images"), ("kto_en_demo", "kto_tag"), ("llava_1k_en", "images")):
+        with pytest.raises(DatasetError, match=f"dataset '{name}': the '{column}' column is not supported"):
+            load_dataset([name], root)
+    with pytest.raises(DatasetError, match="on a hub"):
+        load_dataset(["starcoder_python"], root)
+    result = kbqa("finetune", "data-check", "--dataset", "identity,dpo_zh_demo", "--dataset_dir", str(root))
+    assert result.exit_code == 0, result.output
+
+
+def test_function_call_data_reads_with_its_tools_and_lays_out_per_template(tmp_path: Path) -> None:
+    from finetune.tools import GLM4_TOOL_PROMPT, with_tools
+
+    root = llamafactory_dir(tmp_path)
+    [call, plain], _ = read_dataset(read_dataset_info(root)["glaive_toolcall_zh_demo"], root)
+    assert call.calls == (1,) and json.loads(call.tools) == TOOLS
+    assert [m.role for m in call.messages] == [U, A, T, A]
+    assert (plain.tools, plain.calls) == ("", ())
+
+    qwen = with_tools(call, "chatml")
+    system, user, called, observed, answer = qwen.messages
+    assert system.role == S and system.content.startswith("# Tools\n\nYou may call one or more functions")
+    assert json.dumps({"type": "function", "function": TOOLS[0]}, ensure_ascii=False) in system.content
+    assert called == Message(
+        A,
+        '<tool_call>\n{"name": "generate_invoice", "arguments": {"customer_name": "约翰·多伊"}}\n</tool_call>',
+    )
+    assert (user, observed, answer) == call.messages[0:1] + call.messages[2:]
+
+    glm = with_tools(
+        Conversation((Message(S, "你是助手。"), *call.messages), "g#0", call.tools, (2,)), "glm4"
+    )
+    body = json.dumps(TOOLS[0], indent=4, ensure_ascii=False)
+    assert glm.messages[0].content == "你是助手。" + GLM4_TOOL_PROMPT.format(
+        tool_text=f"\n\n## generate_invoice\n\n{body}\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
+    )
+    assert glm.messages[2] == Message(A, 'generate_invoice\n{"customer_name": "约翰·多伊"}')
+    assert with_tools(call, "chatglm3").messages == with_tools(call, "glm4").messages
+    assert with_tools(plain, "llama3") == plain
+    with pytest.raises(FinetuneError, match="train it with --template chatglm3, glm4, chatml"):
+        with_tools(call, "llama3")
+
+    converted = tmp_path / "back.json"
+    convert_file(root / "glaive_toolcall_zh_demo.json", converted, "sharegpt")
+    back, _ = read_file(converted)
+    assert back[0].tools == call.tools and back[0].calls == call.calls
+    report = convert_file(root / "glaive_toolcall_zh_demo.json", tmp_path / "a.json", "alpaca")
+    assert report.valid == 1 and "no place for tool results" in report.skipped[0].reason
+    no_result = Conversation(
+        (Message(U, "开票"), Message(A, '{"name": "generate_invoice"}')), "c#0", "", (1,)
+    )
+    with pytest.raises(Malformed, match="the xtuner format has no place for tools and function calls"):
+        to_record(no_result, "xtuner")

@@ -496,3 +496,32 @@ def test_settings_transformers_refuses_are_clear_errors_and_bf16_trains_on_the_c
         result, output = run("bad", *flags)
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (flags, output)
         assert message in output and "Traceback" not in output, (flags, output)
+
+
+def test_function_call_data_trains_with_its_tools_in_the_prompt(qwen: Path, tmp_path: Path) -> None:
+    from finetune.preprocess import IGNORE_INDEX, encode_example
+    from finetune.tools import with_tools
+    from llm.templates import template_for
+
+    tools = json.dumps([{"name": "weather", "description": "查天气", "parameters": {"type": "object"}}])
+    call = Conversation(
+        (
+            Message("user", "北京天气？"),
+            Message("assistant", '{"name": "weather", "arguments": {"city": "北京"}}'),
+            Message("observation", '{"temp": 20}'),
+            Message("assistant", "北京 20 度。"),
+        ),
+        "glaive#0",
+        tools,
+        (1,),
+    )
+    result = train(arguments(qwen, tmp_path / "run", template="chatml", max_steps=2), [call, *CONVERSATIONS])
+    assert result.examples == 4 and result.global_step == 2
+    tokenizer = train_byte_level_bpe(tmp_path / "tok")
+    example = encode_example(with_tools(call, "chatml"), template_for("chatml", tokenizer), tokenizer, 4096)
+    learnt = tokenizer.decode([t for t in example["labels"] if t != IGNORE_INDEX])
+    assert '<tool_call>\n{"name": "weather", "arguments": {"city": "北京"}}\n</tool_call>' in learnt
+    assert "北京 20 度。" in learnt and "# Tools" not in learnt and '{"temp": 20}' not in learnt
+    assert "# Tools" in tokenizer.decode(example["input_ids"])
+    with pytest.raises(FinetuneError, match="holds function calls; train it with --template"):
+        train(arguments(qwen, tmp_path / "llama", template="default", max_steps=1), [call])
