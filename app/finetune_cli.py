@@ -173,6 +173,107 @@ def _eval_rows(
     return [evaluate_answers(answerer(name), examples, f"{name} + kb", prompt, advance) for name in names]
 
 
+@finetune_app.command("eval-sql")
+def finetune_eval_sql(
+    db_dir: Annotated[
+        Path, typer.Option("--db-dir", help="Spider-style folder of databases: <db_id>/<db_id>.sqlite.")
+    ],
+    gold: Annotated[
+        Path | None,
+        typer.Option(
+            "--gold",
+            help="Gold queries: SQL<TAB>db_id[<TAB>difficulty] a line, or Spider JSON (query, db_id).",
+        ),
+    ] = None,
+    pred: Annotated[
+        Path | None, typer.Option("--pred", help="Predicted queries, one a line, in the gold file's order.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "--model_name_or_path", help="Generate the predictions with this model first."
+        ),
+    ] = None,
+    adapter: Annotated[
+        Path | None, typer.Option("--adapter", "--adapter_name_or_path", help="LoRA adapter for --model.")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="With --model: DB-GPT-Hub-style records (instruction, input, output = gold SQL, db_id).",
+        ),
+    ] = None,
+    template: Annotated[str, typer.Option("--template", help="Chat template of --model.")] = "auto",
+    max_new_tokens: Annotated[
+        int, typer.Option("--max_new_tokens", min=1, help="Most tokens per query.")
+    ] = 256,
+    predictions: Annotated[
+        Path | None,
+        typer.Option("--predictions", help="With --model: also write the queries here, one a line."),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=0.01, help="Seconds a query may run; past it, it counts as wrong."),
+    ] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score text-to-SQL: execution accuracy and exact-set match, per difficulty when the gold gives it.
+
+    Give --gold and --pred, or --model and --data to generate the predictions first (greedy decoding).
+    Queries run read-only on SQLite, stopped after --timeout.
+    """
+    import json
+
+    from rich.table import Table
+
+    from app.cli import _bar, console, fail, service
+    from finetune.errors import FinetuneError
+    from finetune.text2sql import evaluate_sql, predict_sql, read_gold, read_predictions, read_sql_dataset
+
+    if model is not None:
+        if data is None or gold is not None or pred is not None:
+            fail("--model generates the predictions for --data; give no --gold or --pred with it", code=2)
+    elif gold is None or pred is None:
+        fail("give --gold and --pred, or --model and --data", code=2)
+
+    def predicted() -> tuple[list, list[str]]:
+        if model is None:
+            return read_gold(gold), read_predictions(pred)
+        from finetune.evaluate import ADAPTER, llm_config
+        from llm import BASE_MODEL, GenerationParams, load_chat_model
+
+        examples, prompts = read_sql_dataset(data)
+        chat = load_chat_model(llm_config(model, adapter, template, service().settings.llm))
+        params = GenerationParams(max_new_tokens=max_new_tokens, adapter=ADAPTER if adapter else BASE_MODEL)
+        with _bar("generating", len(prompts)) as advance:
+            queries = predict_sql(lambda prompt: chat.generate(prompt, params).text, prompts, advance)
+        if predictions is not None:
+            predictions.write_text(
+                "".join(f"{q}\t{e.db_id}\n" for q, e in zip(queries, examples, strict=True)), "utf-8"
+            )
+        return examples, queries
+
+    try:
+        examples, queries = predicted()
+        with _bar("executing", len(examples)) as advance:
+            scores = evaluate_sql(examples, queries, db_dir, timeout, advance)
+    except (FinetuneError, ValueError) as error:
+        fail(str(error))
+    if as_json:
+        print(json.dumps([score.__dict__ for score in scores], ensure_ascii=False, indent=2))
+        return
+    table = Table("difficulty", "queries", "execution accuracy", "exact-set match")
+    for score in scores:
+        table.add_row(
+            score.difficulty,
+            str(score.count),
+            f"{score.execution_accuracy:.3f}",
+            f"{score.exact_set_match:.3f}",
+        )
+    console.print(table)
+
+
 # --- data: conversion, tables, splits, RAG records, checks ------------------------------------------
 
 if TYPE_CHECKING:
