@@ -22,7 +22,7 @@ from finetune.errors import FinetuneError
 logger = logging.getLogger(__name__)
 
 FINETUNING_TYPES = ("lora", "freeze", "full")
-STAGES = ("sft",)
+STAGES = ("sft", "pt", "dpo", "orpo", "rm")
 LOSS_PLOT = "training_loss.png"
 # Keys that change only speed or caching here (kbqa tokenises in one process, in memory): accepted.
 NO_EFFECT_KEYS = {
@@ -54,7 +54,9 @@ def _arg(default: Any, help: str) -> Any:
 class TrainArguments:
     """One supervised fine-tuning run, in LLaMA-Factory's (and transformers') argument names."""
 
-    stage: str = _arg("sft", "Training stage: sft (supervised fine-tuning).")
+    stage: str = _arg(
+        "sft", "sft (supervised), pt (plain text), dpo or orpo (preference pairs), rm (reward model)."
+    )
     model_name_or_path: str = _arg("", "Hub id or local directory of the base model (ChatGLM3 is converted).")
     trust_remote_code: bool = _arg(False, "Run the model's own Python code from its directory.")
     template: str = _arg("auto", "Chat template: auto, chatglm3, glm4, chatml, llama3, default or hf.")
@@ -75,6 +77,8 @@ class TrainArguments:
     )
     train_on_prompt: bool = _arg(False, "Learn the prompt tokens too, not only the replies.")
     mask_history: bool = _arg(False, "Learn only the last reply of a multi-turn conversation.")
+    pref_beta: float = _arg(0.1, "dpo, orpo: the beta of the preference loss.")
+    pref_loss: str = _arg("sigmoid", "dpo: TRL's loss type (sigmoid, ipo, hinge, ...); orpo runs ORPO.")
     finetuning_type: str = _arg("lora", "lora, freeze (the last layers) or full.")
     lora_rank: int = _arg(8, "LoRA rank.")
     lora_alpha: int | None = _arg(None, "LoRA scale numerator; None: twice the rank.")
@@ -119,6 +123,8 @@ class TrainArguments:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise FinetuneError(f"--stage {self.stage} is not supported; kbqa trains {', '.join(STAGES)}")
+        if self.stage == "dpo" and self.pref_loss == "orpo":  # LLaMA-Factory's way of asking for ORPO
+            self.stage = "orpo"
         if self.finetuning_type not in FINETUNING_TYPES:
             raise FinetuneError(f"--finetuning_type must be one of {', '.join(FINETUNING_TYPES)}")
         if self.quantization_bit is not None and self.finetuning_type != "lora":

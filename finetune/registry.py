@@ -16,9 +16,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune.conversation import Conversation
+from finetune.conversation import Conversation, Preference
 from finetune.errors import DatasetError
-from finetune.readers import FORMATS, READABLE_SUFFIXES, Columns, Example, Format, ReadReport, Tags, read_file
+from finetune.readers import (
+    FORMATS,
+    READABLE_SUFFIXES,
+    Columns,
+    Example,
+    Format,
+    ReadReport,
+    Skipped,
+    Tags,
+    load_records,
+    read_file,
+)
 
 DATASET_INFO = "dataset_info.json"
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
@@ -195,6 +206,67 @@ def load_dataset(
         conversations += [e for e in examples[:max_samples] if isinstance(e, Conversation)]
         report.merge(dataset_report)
     return conversations, report
+
+
+def load_preferences(
+    names: Sequence[str],
+    dataset_dir: Path,
+    strict: bool = False,
+    max_samples: int | None = None,
+    seed: int = 42,
+) -> tuple[list[Preference], ReadReport]:
+    """Return the preference pairs of the named datasets (each registered with `ranking: true`)."""
+    registry = read_dataset_info(dataset_dir)
+    preferences: list[Preference] = []
+    report = ReadReport()
+    for name in split_names(names):
+        spec = _spec(registry, name, dataset_dir)
+        if not spec.ranking:
+            raise DatasetError(
+                f"dataset '{name}' holds conversations; dpo, orpo and rm train on preference data "
+                "(ranking: true, with chosen and rejected replies)"
+            )
+        examples, dataset_report = read_dataset(spec, dataset_dir, strict)
+        if spec.num_samples is not None:
+            examples = sample(examples, spec.num_samples, seed)
+        preferences += [e for e in examples[:max_samples] if isinstance(e, Preference)]
+        report.merge(dataset_report)
+    return preferences, report
+
+
+def load_texts(
+    names: Sequence[str], dataset_dir: Path, strict: bool = False, max_samples: int | None = None
+) -> tuple[list[str], ReadReport]:
+    """Return the plain texts of the named datasets for pre-training: each record's prompt column only."""
+    registry = read_dataset_info(dataset_dir)
+    texts: list[str] = []
+    report = ReadReport()
+    for name in split_names(names):
+        spec = _spec(registry, name, dataset_dir)
+        found = []
+        for path in dataset_files(spec, dataset_dir):
+            for index, record in enumerate(load_records(path)):
+                text = record.get(spec.columns.prompt) if isinstance(record, dict) else None
+                if isinstance(text, str) and text.strip():
+                    found.append(text)
+                    continue
+                skipped = Skipped(str(path), index, f"missing text (column '{spec.columns.prompt}')")
+                if strict:
+                    raise DatasetError(str(skipped))
+                report.skipped.append(skipped)
+        texts += found[:max_samples]
+        report.valid += len(found)
+    if not texts:
+        raise DatasetError(f"no text to pre-train on in {', '.join(split_names(names))}")
+    return texts, report
+
+
+def _spec(registry: dict[str, DatasetSpec], name: str, dataset_dir: Path) -> DatasetSpec:
+    """Return a registered dataset's entry; DatasetError naming the registered ones."""
+    if name not in registry:
+        known = ", ".join(sorted(registry)) or "none"
+        raise DatasetError(f"no dataset '{name}' in {dataset_dir / DATASET_INFO} (registered: {known})")
+    return registry[name]
 
 
 def split_names(names: Sequence[str]) -> list[str]:

@@ -438,9 +438,9 @@ def test_cli_takes_a_llamafactory_yaml_and_transformers_keys_as_pasted(qwen: Pat
         "cosine",
     )
     assert (saved.eval_strategy, saved.eval_steps, saved.ddp_find_unused_parameters) == ("steps", 2, False)
-    refused = runner.invoke(app, [*command, "--use_galore", "True", "--pref_beta", "0.1"])
+    refused = runner.invoke(app, [*command, "--use_galore", "True", "--pref_ftx", "0.1"])
     assert refused.exit_code == 1
-    assert "settings kbqa does not support: pref_beta, use_galore" in " ".join(refused.output.split())
+    assert "settings kbqa does not support: pref_ftx, use_galore" in " ".join(refused.output.split())
     no_eval = runner.invoke(app, [*command, "--val_size", "0", "--eval_strategy", "steps"])
     assert no_eval.exit_code == 1 and "needs eval data" in " ".join(no_eval.output.split())
 
