@@ -3,6 +3,8 @@
 The base is loaded in 16 or 32 bits, never quantized: merging into 4-bit weights would round the adapter
 away. The merged model is saved with safetensors and the tokenizer, written beside the target and renamed
 into place once whole, and carries the adapter's `kbqa_adapter.json` so it is served with the same template.
+The tokenizer's `chat_template` is set to that template too (as Jinja), so `apply_chat_template`, vLLM and
+text-generation-inference lay out prompts as kbqa trained them, outside kbqa.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from finetune.errors import FinetuneError
 from finetune.loading import load_model
+from llm.templates import TEMPLATES, Slot, Template, Token
 from llm.types import Message
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -89,6 +92,46 @@ def merge_adapter(
     return MergeResult(out=out, dtype=name, max_abs_diff=difference, tolerance=allowed)
 
 
+def chat_template_jinja(template: Template) -> str:
+    """Return a Jinja chat template (as `apply_chat_template` takes) that lays out messages as `template`.
+
+    Text is written as Jinja string expressions, so the whitespace trimming tokenizers apply cannot touch it;
+    a `tool` message is the template's observation.
+    """
+
+    def literal(text: str) -> str:
+        return "{{ " + json.dumps(text, ensure_ascii=False) + " }}" if text else ""
+
+    def fragment(slots: tuple[Slot, ...], content: str) -> str:
+        out = ""
+        for slot in slots:
+            if isinstance(slot, Token):
+                out += literal(slot.name)
+            else:
+                before, found, after = slot.partition("{content}")
+                out += literal(before) + (content if found else "") + literal(after)
+        return out
+
+    content = "{{ message['content'] }}"
+    branches = []
+    for role, slots in template.roles.items():
+        names = ("observation", "tool") if role == "observation" else (role,)
+        test = " or ".join(f"message['role'] == '{name}'" for name in names)
+        branches.append(f"{{% {'if' if not branches else 'elif'} {test} %}}{fragment(slots, content)}")
+    system = ""
+    if template.default_system:
+        default = fragment(template.roles["system"], literal(template.default_system))
+        system = f"{{% if not messages or messages[0]['role'] != 'system' %}}{default}{{% endif %}}"
+    return (
+        fragment(template.prefix, "")
+        + system
+        + "{% for message in messages %}"
+        + "".join(branches)
+        + "{% endif %}{% endfor %}"
+        + f"{{% if add_generation_prompt %}}{fragment(template.generation_prompt, '')}{{% endif %}}"
+    )
+
+
 def _dtype_name(base: str, dtype: str) -> str:
     """Return the dtype to merge in: the one asked for, else the base checkpoint's own (16/32-bit only)."""
     if dtype not in DTYPES:
@@ -111,6 +154,12 @@ def _save(model: Any, tokenizer: Any, out: Path, template: str | None, base: str
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(staging)
+        named = TEMPLATES.get(template or "")
+        if isinstance(named, Template):  # `hf` and `auto` keep the tokenizer's own chat template
+            tokenizer.chat_template = chat_template_jinja(named)
+            # kbqa's ChatGLM3 tokenizer never reads special tokens from text, as ChatGLM3's own does not;
+            # a server outside kbqa tokenises the rendered template, whose special tokens must be read.
+            tokenizer.split_special_tokens = False
         tokenizer.save_pretrained(staging)
         if template:  # an adapter trained elsewhere names none; the merged model then uses `auto`
             write_adapter_info(staging, template, base, "lora")

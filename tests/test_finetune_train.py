@@ -525,3 +525,60 @@ def test_function_call_data_trains_with_its_tools_in_the_prompt(qwen: Path, tmp_
     assert "# Tools" in tokenizer.decode(example["input_ids"])
     with pytest.raises(FinetuneError, match="holds function calls; train it with --template"):
         train(arguments(qwen, tmp_path / "llama", template="default", max_steps=1), [call])
+
+
+def test_a_merged_model_carries_its_chat_template_for_servers_outside_kbqa(
+    qwen: Path, tmp_path: Path
+) -> None:
+    import sentencepiece
+    from models import CORPUS
+    from test_chatglm3 import (
+        SPECIAL_TOKENS,
+        TINY_CONFIG,
+        random_chatglm_weights,
+        train_sentencepiece,
+        write_checkpoint,
+    )
+    from transformers import AutoTokenizer
+
+    from llm.templates import TEMPLATES
+
+    messages = [
+        {"role": "system", "content": "你是HR助手。"},
+        {"role": "user", "content": "年假有几天？"},
+        {"role": "assistant", "content": "五天。"},
+        {"role": "user", "content": "报销呢？"},
+    ]
+    sp_model = train_sentencepiece(tmp_path / "sp" / "tokenizer.model", CORPUS)
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(sp_model)).get_piece_size()
+    config = TINY_CONFIG | {"padded_vocab_size": pieces + len(SPECIAL_TOKENS) + 7}
+    checkpoint = write_checkpoint(tmp_path / "chatglm3", sp_model, random_chatglm_weights(config), config)
+    adapter = train(arguments(checkpoint, tmp_path / "glm-lora", max_steps=1), CONVERSATIONS[:1]).output_dir
+    merge_adapter(str(checkpoint), adapter, tmp_path / "glm-merged")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "glm-merged")  # plain transformers, as vLLM loads it
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert rendered == (
+        "[gMASK]sop<|system|>\n你是HR助手。<|user|>\n年假有几天？<|assistant|>\n五天。<|user|>\n报销呢？<|assistant|>"
+    )
+    # The same special tokens in the same places as kbqa's own layout (text between them is encoded whole
+    # there, segment by segment here, as ChatGLM3's build_chat_input does).
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    ours = TEMPLATES["chatglm3"].encode_prompt(
+        tokenizer, [Message(m["role"], m["content"]) for m in messages]
+    )
+    specials = set(tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
+    assert [i for i in ids if i in specials] == [i for i in ours if i in specials]
+
+    # A template other than the tokenizer's own replaces it: here `default` over the tiny Qwen's ChatML.
+    adapter = train(
+        arguments(qwen, tmp_path / "qwen-lora", template="default", max_steps=1), CONVERSATIONS[:1]
+    )
+    merge_adapter(str(qwen), adapter.output_dir, tmp_path / "qwen-merged")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "qwen-merged")
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert (
+        rendered
+        == "System: 你是HR助手。\nHuman: 年假有几天？\nAssistant: 五天。\nHuman: 报销呢？\nAssistant:"
+    )
