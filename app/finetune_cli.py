@@ -764,6 +764,15 @@ def finetune_merge(
     trust_remote_code: Annotated[
         bool, typer.Option("--trust_remote_code", help="Run the model's own Python code.")
     ] = False,
+    qbits: Annotated[
+        int | None,
+        typer.Option(
+            "--qbits",
+            "--export_quantization_bit",
+            help="Save the merged model quantised to 4 or 8 bits: bitsandbytes on CUDA, else torchao "
+            "weight-only (8 bits on the CPU too).",
+        ),
+    ] = None,
 ) -> None:
     """Merge a LoRA adapter into its base model's weights and save it (safetensors and tokenizer).
 
@@ -775,12 +784,18 @@ def finetune_merge(
     from finetune.merge import merge_adapter
 
     try:
-        result = merge_adapter(base, adapter, out, dtype, tolerance, trust_remote_code)
+        result = merge_adapter(base, adapter, out, dtype, tolerance, trust_remote_code, qbits)
     except FinetuneError as error:
         fail(str(error))
     console.print(
         f"merged {adapter} into {base} ({result.dtype}) → {result.out}; largest logit difference from the "
-        f"adapter model {result.max_abs_diff:.2e} (tolerance {result.tolerance:.2e})",
+        f"adapter model {result.max_abs_diff:.2e} (tolerance {result.tolerance:.2e})"
+        + (
+            f"; saved quantised to {qbits} bits with {result.quantization} (largest logit change "
+            f"{result.quantized_max_abs_diff:.2e})"
+            if result.quantization
+            else ""
+        ),
         highlight=False,
         markup=False,
         soft_wrap=True,

@@ -582,3 +582,49 @@ def test_a_merged_model_carries_its_chat_template_for_servers_outside_kbqa(
         rendered
         == "System: 你是HR助手。\nHuman: 年假有几天？\nAssistant: 五天。\nHuman: 报销呢？\nAssistant:"
     )
+
+
+def test_merge_saves_a_quantised_model_that_loads_back(trained, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from finetune.merge import quantization_method
+
+    model, result = trained
+    if torch.cuda.is_available():
+        pytest.skip("the CPU path: torchao int8; CUDA takes bitsandbytes (tests/test_gpu.py)")
+    merged = merge_adapter(str(model), result.output_dir, tmp_path / "int8", qbits=8)
+    assert merged.quantization == "torchao int8 weight-only"
+    config = json.loads((tmp_path / "int8" / "config.json").read_text(encoding="utf-8"))
+    assert config["quantization_config"]["quant_method"] == "torchao"
+    full = merge_adapter(str(model), result.output_dir, tmp_path / "full")
+    assert (tmp_path / "int8" / "model.safetensors").stat().st_size < (
+        tmp_path / "full" / "model.safetensors"
+    ).stat().st_size
+    probe = torch.tensor([[1, 5, 9, 20, 33]])
+    with torch.inference_mode():
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "int8")  # plain transformers
+        reference = AutoModelForCausalLM.from_pretrained(full.out)(probe).logits
+        assert any("Int8" in type(m.weight).__name__ for m in loaded.modules() if hasattr(m, "weight"))
+        difference = (loaded(probe).logits - reference).abs().max().item()
+    assert difference < 0.05 * reference.abs().max().item()
+    served = chat(tmp_path / "int8")  # kbqa's transformers backend
+    assert served.generate([Message("user", FAQ[0][0])], GREEDY).usage.completion_tokens > 0
+    with pytest.raises(FinetuneError, match="--qbits 4 needs CUDA with bitsandbytes or torchao"):
+        quantization_method(4)
+    with pytest.raises(FinetuneError, match="--qbits must be 4 or 8"):
+        quantization_method(3)
+
+
+@pytest.mark.gpu
+def test_merge_saves_a_bitsandbytes_4bit_model_on_cuda(trained, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model, result = trained
+    merged = merge_adapter(str(model), result.output_dir, tmp_path / "nf4", qbits=4)
+    assert merged.quantization == "bitsandbytes NF4"
+    config = json.loads((tmp_path / "nf4" / "config.json").read_text(encoding="utf-8"))
+    assert config["quantization_config"]["quant_method"] == "bitsandbytes"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "nf4", device_map={"": 0})
+    assert any(type(m).__name__ == "Linear4bit" for m in loaded.modules())
+    served = TransformersChatModel(LLMConfig(backend="transformers", model=str(tmp_path / "nf4")))
+    assert served.generate([Message("user", FAQ[0][0])], GREEDY).usage.completion_tokens > 0
