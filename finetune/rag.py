@@ -8,6 +8,10 @@ as the target, so the model learns to say it does not know. Distractors are hard
 `search` function when one is given (a kbqa knowledge base, wired by the CLI), then the sample's own
 negative passages, then random passages of the other samples; none may contain the answer or overlap
 the positive passage.
+
+Samples come from SQuAD files (DRCD, CMRC) or Multi-Doc-QA records, Multi-Doc-QA-Chinese's own shape
+included (one record a line, several questions per document). `build_plain_conversations` writes that
+set's plain single-document instruction instead of the service's prompt.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ AND-ed conditions, grouping) or, for ORDER BY, as a sequence.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections import Counter, defaultdict
@@ -284,8 +283,3 @@ def _clauses(node: Any) -> Any:
         tuple(item.sql() for item in order.expressions) if order else (),
         node.args.get("limit") is not None,
     )
-
-
-def scores_json(scores: Sequence[SqlScore]) -> list[dict]:
-    """Return scores as JSON-ready rows."""
-    return [json.loads(json.dumps(score.__dict__)) for score in scores]
