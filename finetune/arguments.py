@@ -192,8 +192,8 @@ def parse_command_line(args: list[str]) -> tuple[str | None, dict[str, Any]]:
     """Return (the config file, the settings) of a `llamafactory-cli train`-style command line.
 
     `--name value`, `--name=value`, and a bare `--name` for true (so `--fp16` and `--fp16 True` agree);
-    `--no_name` for false; dashes in names read as underscores; the config file comes first, bare or as
-    `--config`. Values stay text: `arguments_from` gives them their field's type.
+    `--no_name` for false; dashes in names read as underscores; the config file is the bare .yaml, .yml or
+    .json argument, or `--config`. Values stay text: `arguments_from` gives them their field's type.
     """
     config, settings = None, {}
     index = 0
@@ -201,18 +201,19 @@ def parse_command_line(args: list[str]) -> tuple[str | None, dict[str, Any]]:
         token = args[index]
         index += 1
         if not token.startswith("--"):
-            if index == 1 and token.lower().endswith((".yaml", ".yml", ".json")):
+            if config is None and token.lower().endswith((".yaml", ".yml", ".json")):
                 config = token
                 continue
             raise FinetuneError(f"unexpected argument {token!r}; settings are given as --name value")
         name, has_value, value = token[2:].partition("=")
         name = name.replace("-", "_")
         if not has_value:
-            if index < len(args) and not args[index].startswith("--"):
-                value = args[index]
-                index += 1
+            following = args[index] if index < len(args) else "--"
+            if following.startswith("--") or (name in _BOOLEAN_FIELDS and following.lower() not in _BOOLEANS):
+                value = "true"  # a bare boolean flag
             else:
-                value = "true"
+                value = following
+                index += 1
         if name.startswith("no_") and name[3:] in _BOOLEAN_FIELDS and not has_value and value == "true":
             name, value = name[3:], "false"
         if name == "config":
@@ -278,3 +279,4 @@ def _integer(value: Any) -> int:
 
 
 _BOOLEAN_FIELDS = {f.name for f in fields(TrainArguments) if str(f.type) == "bool"}
+_BOOLEANS = ("true", "false")

@@ -357,6 +357,10 @@ def test_a_pasted_llamafactory_command_line_reads_with_booleans_with_or_without_
     assert (args.val_size, args.warmup_ratio, args.training_arguments) == (0.1, 0.1, {"optim": "adamw_torch"})
     assert arguments_from({"fp16": "False"}, parse_command_line(["--fp16"])[1]).fp16 is True
     assert arguments_from({}).lr_scheduler_type == "cosine"  # LLaMA-Factory's documented default
+    assert parse_command_line(["--plot_loss", "sft.yaml", "--bf16"]) == (
+        "sft.yaml",
+        {"plot_loss": "true", "bf16": "true"},
+    )
     with pytest.raises(FinetuneError, match="unexpected argument 'sft'"):
         parse_command_line(["--stage", "pt", "sft", "x"])
 
