@@ -173,6 +173,107 @@ def _eval_rows(
     return [evaluate_answers(answerer(name), examples, f"{name} + kb", prompt, advance) for name in names]
 
 
+@finetune_app.command("eval-sql")
+def finetune_eval_sql(
+    db_dir: Annotated[
+        Path, typer.Option("--db-dir", help="Spider-style folder of databases: <db_id>/<db_id>.sqlite.")
+    ],
+    gold: Annotated[
+        Path | None,
+        typer.Option(
+            "--gold",
+            help="Gold queries: SQL<TAB>db_id[<TAB>difficulty] a line, or Spider JSON (query, db_id).",
+        ),
+    ] = None,
+    pred: Annotated[
+        Path | None, typer.Option("--pred", help="Predicted queries, one a line, in the gold file's order.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "--model_name_or_path", help="Generate the predictions with this model first."
+        ),
+    ] = None,
+    adapter: Annotated[
+        Path | None, typer.Option("--adapter", "--adapter_name_or_path", help="LoRA adapter for --model.")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="With --model: DB-GPT-Hub-style records (instruction, input, output = gold SQL, db_id).",
+        ),
+    ] = None,
+    template: Annotated[str, typer.Option("--template", help="Chat template of --model.")] = "auto",
+    max_new_tokens: Annotated[
+        int, typer.Option("--max_new_tokens", min=1, help="Most tokens per query.")
+    ] = 256,
+    predictions: Annotated[
+        Path | None,
+        typer.Option("--predictions", help="With --model: also write the queries here, one a line."),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=0.01, help="Seconds a query may run; past it, it counts as wrong."),
+    ] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score text-to-SQL: execution accuracy and exact-set match, per difficulty when the gold gives it.
+
+    Give --gold and --pred, or --model and --data to generate the predictions first (greedy decoding).
+    Queries run read-only on SQLite, stopped after --timeout.
+    """
+    import json
+
+    from rich.table import Table
+
+    from app.cli import _bar, console, fail, service
+    from finetune.errors import FinetuneError
+    from finetune.text2sql import evaluate_sql, predict_sql, read_gold, read_predictions, read_sql_dataset
+
+    if model is not None:
+        if data is None or gold is not None or pred is not None:
+            fail("--model generates the predictions for --data; give no --gold or --pred with it", code=2)
+    elif gold is None or pred is None:
+        fail("give --gold and --pred, or --model and --data", code=2)
+
+    def predicted() -> tuple[list, list[str]]:
+        if model is None:
+            return read_gold(gold), read_predictions(pred)
+        from finetune.evaluate import ADAPTER, llm_config
+        from llm import BASE_MODEL, GenerationParams, load_chat_model
+
+        examples, prompts = read_sql_dataset(data)
+        chat = load_chat_model(llm_config(model, adapter, template, service().settings.llm))
+        params = GenerationParams(max_new_tokens=max_new_tokens, adapter=ADAPTER if adapter else BASE_MODEL)
+        with _bar("generating", len(prompts)) as advance:
+            queries = predict_sql(lambda prompt: chat.generate(prompt, params).text, prompts, advance)
+        if predictions is not None:
+            predictions.write_text(
+                "".join(f"{q}\t{e.db_id}\n" for q, e in zip(queries, examples, strict=True)), "utf-8"
+            )
+        return examples, queries
+
+    try:
+        examples, queries = predicted()
+        with _bar("executing", len(examples)) as advance:
+            scores = evaluate_sql(examples, queries, db_dir, timeout, advance)
+    except (FinetuneError, ValueError) as error:
+        fail(str(error))
+    if as_json:
+        print(json.dumps([score.__dict__ for score in scores], ensure_ascii=False, indent=2))
+        return
+    table = Table("difficulty", "queries", "execution accuracy", "exact-set match")
+    for score in scores:
+        table.add_row(
+            score.difficulty,
+            str(score.count),
+            f"{score.execution_accuracy:.3f}",
+            f"{score.exact_set_match:.3f}",
+        )
+    console.print(table)
+
+
 # --- data: conversion, tables, splits, RAG records, checks ------------------------------------------
 
 if TYPE_CHECKING:
@@ -281,12 +382,22 @@ def convert_split(
         Path | None,
         typer.Option("--out-dir", help="Folder of train/dev/test files (default: beside the source)."),
     ] = None,
+    names: Annotated[
+        str | None,
+        typer.Option(
+            "--names", help="Names of the parts, one per ratio, e.g. train,test (default: train,dev[,test])."
+        ),
+    ] = None,
 ) -> None:
     """Shuffle a data file's records with a seed and split them by ratio into train, dev and test files."""
     from app.cli import console
-    from finetune.convert import parse_ratios, split_file
+    from finetune.convert import parse_ratios, part_names, split_file
 
-    written = _data_run(lambda: split_file(source, out_dir or source.parent, parse_ratios(ratio), seed))
+    def split():
+        ratios = parse_ratios(ratio)
+        return split_file(source, out_dir or source.parent, ratios, seed, part_names(names, len(ratios)))
+
+    written = _data_run(split)
     for name, (path, count) in written.items():
         console.print(f"{name}: {count} records → {path}", highlight=False)
 
@@ -296,11 +407,14 @@ def convert_rag(
     source: Annotated[
         Path,
         typer.Argument(
-            help="SQuAD-format .json (e.g. DRCD), or Multi-Doc-QA-style .json/.jsonl records "
-            "{question, answer, positive_doc, negative_docs}."
+            help="SQuAD-format .json (e.g. DRCD), or Multi-Doc-QA records — Multi-Doc-QA-Chinese's "
+            "{QA, positive_doc, negative_doc} or {question, answer, positive_doc, negative_docs}, a JSON "
+            "list or JSON Lines — in a file or a folder of files."
         ),
     ],
-    target: Annotated[Path, typer.Argument(help="Output: .json or .jsonl.")],
+    target: Annotated[
+        Path, typer.Argument(help="Output: .json or .jsonl; with --ratio, the folder of the split files.")
+    ],
     k: Annotated[int, typer.Option("-k", min=0, help="Distractor passages beside the answering one.")] = 4,
     refusal_share: Annotated[
         float,
@@ -324,6 +438,24 @@ def convert_rag(
     max_samples: Annotated[
         int | None, typer.Option("--max_samples", min=1, help="Use only the first N questions.")
     ] = None,
+    plain: Annotated[
+        bool,
+        typer.Option(
+            "--plain",
+            help="Write Multi-Doc-QA-Chinese's single-document instruction (你现在是一个可以根据文档内容进行"
+            "问答的机器人…{doc}\\n问题为：{query}\\n答：) → answer instead of the service's prompt; "
+            "no distractors, refusals or citations.",
+        ),
+    ] = False,
+    ratio: Annotated[
+        str | None,
+        typer.Option(
+            "--ratio", help="Split the records seeded, e.g. 99:1, into TARGET/train.jsonl and dev.jsonl."
+        ),
+    ] = None,
+    names: Annotated[
+        str | None, typer.Option("--names", help="Names of the split files (default: train,dev[,test]).")
+    ] = None,
     to: ToOption = "alpaca",
     strict: StrictOption = False,
 ) -> None:
@@ -332,20 +464,35 @@ def convert_rag(
     The positive passage sits among k shuffled distractors and the target is the answer; a share of the
     records gets only distractors and the refusal sentence, so the model learns to say it does not know.
     """
-    from app.cli import _bar, fail, service
-    from finetune.convert import write_examples
-    from finetune.rag import Passage, RagOptions, build_rag_conversations, read_rag_samples
+    from app.cli import _bar, console, fail, service
+    from finetune.convert import parse_ratios, part_names, split_records, write_examples
+    from finetune.errors import DatasetError
+    from finetune.rag import (
+        Passage,
+        RagOptions,
+        build_plain_conversations,
+        build_rag_conversations,
+        read_rag_samples,
+    )
 
     output = _output_format(to)
     svc = service()
     if kb is not None and not svc.catalog.exists(kb):
         fail(f"knowledge base '{kb}' does not exist")
+    if kb is not None and plain:
+        fail("--plain records hold the positive document alone; they take no --kb distractors", code=2)
+    ratios = _data_run(lambda: parse_ratios(ratio)) if ratio else None
+    parts = _data_run(lambda: part_names(names, len(ratios))) if ratios else ()
+    if names and not ratios:
+        fail("--names names the files of a split; give --ratio too", code=2)
 
     def build():
         samples, report = read_rag_samples(source, strict)
         samples = samples[:max_samples]
         options = RagOptions(k=k, refusal_share=refusal_share, seed=seed, cite=cite)
-        if kb is None:
+        if plain:
+            conversations = build_plain_conversations(samples)
+        elif kb is None:
             conversations = build_rag_conversations(samples, svc.settings.llm.prompt, options)
         else:
             from retrieval import SearchOptions
@@ -358,10 +505,22 @@ def convert_rag(
                     return [Passage(hit.text, hit.source, hit.page) for hit in hits]
 
                 conversations = build_rag_conversations(samples, svc.settings.llm.prompt, options, search)
-        report.valid = write_examples(target, conversations, output, strict).valid
-        return report
+        if not ratios:
+            report.valid = write_examples(target, conversations, output, strict).valid
+            return report, {}
+        if len(conversations) < len(ratios):
+            raise DatasetError(f"{len(conversations)} records cannot be split into {len(ratios)} parts")
+        written = {}
+        for name, part in zip(parts, split_records(conversations, ratios, seed), strict=True):
+            path = target / f"{name}.jsonl"
+            written[name] = (path, write_examples(path, part, output, strict).valid)
+        report.valid = sum(count for _, count in written.values())
+        return report, written
 
-    _report_written(_data_run(build), target)
+    report, written = _data_run(build)
+    _report_written(report, target)
+    for name, (path, count) in written.items():
+        console.print(f"{name}: {count} records → {path}", highlight=False)
 
 
 @finetune_app.command("data-check")
@@ -493,26 +652,31 @@ def _report_written(report: ReadReport, target: Path) -> None:
 def finetune_train(**options: object) -> None:
     """Fine-tune a chat model on registered datasets: LoRA (DoRA, rsLoRA, QLoRA), freeze or full.
 
-    Options carry LLaMA-Factory's names; --config reads a YAML file of the same keys, and the options given
-    override it. The adapter (or whole model), its tokenizer, checkpoints, logs and kbqa_adapter.json (the
-    chat template it is served with) go to --output_dir.
+    Takes LLaMA-Factory's command line as written: `kbqa finetune train config.yaml --name value ...`,
+    booleans with or without a value (`--fp16`, `--fp16 True`). Beside the options below, any transformers
+    TrainingArguments key (--optim, --weight_decay, --save_strategy, ...) goes to the Trainer; a name
+    LLaMA-Factory documents that kbqa does not honour is an error naming it. The adapter (or whole model),
+    its tokenizer, checkpoints, logs and kbqa_adapter.json (its chat template) go to --output_dir.
     """
     import yaml
 
     from app.cli import console, fail
-    from finetune.arguments import arguments_from
+    from finetune.arguments import arguments_from, parse_command_line
     from finetune.errors import FinetuneError
     from finetune.train import train
 
-    config = options.pop("config")
+    try:
+        config, flags = parse_command_line(options["ctx"].meta[_TRAIN_ARGS])
+    except FinetuneError as error:
+        fail(str(error), code=2)
     try:
         settings = yaml.safe_load(Path(config).read_text(encoding="utf-8")) if config else {}
     except (OSError, yaml.YAMLError) as error:
-        fail(f"cannot read --config {config}: {error}")
+        fail(f"cannot read the config {config}: {error}")
     if not isinstance(settings, dict):
-        fail(f"--config {config} must hold a mapping of settings")
+        fail(f"the config {config} must hold a mapping of settings")
     try:
-        result = train(arguments_from(settings, options))
+        result = train(arguments_from(settings, flags))
     except FinetuneError as error:
         fail(str(error))
     last_loss = f"{result.losses[-1][1]:.4f}" if result.losses else "not logged"
@@ -527,29 +691,49 @@ def finetune_train(**options: object) -> None:
     )
 
 
+_TRAIN_ARGS = "kbqa.finetune.train.args"
+
+
+class _TrainCommand(typer.core.TyperCommand):
+    """`kbqa finetune train`: its options show in --help, but the command line is read by
+    finetune.arguments.parse_command_line, which takes LLaMA-Factory's forms that click's parser refuses."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if any(arg in ("--help", "-h") for arg in args):
+            return super().parse_args(ctx, args)
+        ctx.meta[_TRAIN_ARGS] = list(args)
+        return super().parse_args(ctx, [])
+
+
 def _train_signature() -> object:
-    """Return `kbqa finetune train`'s parameters: --config, then one option per TrainArguments field."""
+    """Return `kbqa finetune train`'s parameters for --help: the config file, then one per TrainArguments field."""
     import inspect
     from dataclasses import MISSING, fields
 
     from finetune.arguments import TrainArguments
 
-    def option(name: str, kind: type, flags: str, help: str) -> inspect.Parameter:
-        annotation = Annotated[kind | None, typer.Option(flags, help=help, show_default=False)]
+    def parameter(name: str, annotation: object) -> inspect.Parameter:
         return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
     types = {"str": str, "int": int, "float": float, "bool": bool}
-    parameters = [option("config", Path, "--config", "YAML file of these settings (LLaMA-Factory's keys).")]
+    config_help = "YAML or JSON file of these settings (LLaMA-Factory's keys), first or as --config."
+    parameters = [
+        inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+        parameter("config", Annotated[Path | None, typer.Argument(help=config_help, show_default=False)]),
+    ]
     for spec in fields(TrainArguments):
+        if not spec.metadata["help"]:
+            continue
         kind = types[str(spec.type).split(" ")[0]]  # "int | None" -> int
-        flags = f"--{spec.name}/--no_{spec.name}" if kind is bool else f"--{spec.name}"
+        flags = f"--{spec.name}" if kind is not bool else f"--{spec.name}/--no_{spec.name}"
         default = "" if spec.default in (MISSING, None, "", False) else f" (default: {spec.default})"
-        parameters.append(option(spec.name, kind, flags, spec.metadata["help"] + default))
+        option = typer.Option(flags, help=spec.metadata["help"] + default, show_default=False)
+        parameters.append(parameter(spec.name, Annotated[kind | None, option]))
     return inspect.Signature(parameters)
 
 
 finetune_train.__signature__ = _train_signature()  # type: ignore[attr-defined]
-finetune_app.command("train")(finetune_train)
+finetune_app.command("train", cls=_TrainCommand)(finetune_train)
 
 
 @finetune_app.command("merge")
@@ -580,6 +764,15 @@ def finetune_merge(
     trust_remote_code: Annotated[
         bool, typer.Option("--trust_remote_code", help="Run the model's own Python code.")
     ] = False,
+    qbits: Annotated[
+        int | None,
+        typer.Option(
+            "--qbits",
+            "--export_quantization_bit",
+            help="Save the merged model quantised to 4 or 8 bits: bitsandbytes on CUDA, else torchao "
+            "weight-only (8 bits on the CPU too).",
+        ),
+    ] = None,
 ) -> None:
     """Merge a LoRA adapter into its base model's weights and save it (safetensors and tokenizer).
 
@@ -591,12 +784,18 @@ def finetune_merge(
     from finetune.merge import merge_adapter
 
     try:
-        result = merge_adapter(base, adapter, out, dtype, tolerance, trust_remote_code)
+        result = merge_adapter(base, adapter, out, dtype, tolerance, trust_remote_code, qbits)
     except FinetuneError as error:
         fail(str(error))
     console.print(
         f"merged {adapter} into {base} ({result.dtype}) → {result.out}; largest logit difference from the "
-        f"adapter model {result.max_abs_diff:.2e} (tolerance {result.tolerance:.2e})",
+        f"adapter model {result.max_abs_diff:.2e} (tolerance {result.tolerance:.2e})"
+        + (
+            f"; saved quantised to {qbits} bits with {result.quantization} (largest logit change "
+            f"{result.quantized_max_abs_diff:.2e})"
+            if result.quantization
+            else ""
+        ),
         highlight=False,
         markup=False,
         soft_wrap=True,

@@ -23,6 +23,12 @@ CPU the growth of the process's peak RSS (getrusage), plus the Python-heap peak 
 second, untimed run of each side, since tracemalloc slows Python code. A warm-up run of each side (a few
 steps) comes first; then `--repeats` timed runs each, sides alternating who goes first; medians.
 
+A DPO row pair follows (`--stages sft,dpo`, the default): kbqa's `train(TrainArguments(stage="dpo"), pairs)`
+against the plain TRL script, `DPOTrainer(model, args=DPOConfig(...), train_dataset=Dataset.from_list(
+[{"prompt", "chosen", "rejected"} as chat messages]), peft_config=LoraConfig(...))`, which lays the pairs out
+with the tokenizer's chat template itself. The pairs are the conversations, their reply chosen and another
+conversation's reply rejected; both sides use TRL's sigmoid loss with beta 0.1 and the same LoRA settings.
+
 Models: `--model DIR` for a local chat model (with a chat template, which the plain side needs). Otherwise
 a random Qwen2 is built with the tests' tiny ChatML tokenizer: `--size tiny` (default; the tests' 2-layer
 model, where per-step overhead dominates) or `--size small` (8 layers, hidden 512, about 20M parameters).
@@ -58,15 +64,15 @@ import tempfile
 import time
 import tracemalloc
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from models import CORPUS, build_tiny_causal_lm, train_byte_level_bpe
 
 from finetune.arguments import TrainArguments
-from finetune.conversation import Conversation
-from finetune.preprocess import IGNORE_INDEX, encode_example
+from finetune.conversation import Conversation, Preference
+from finetune.preprocess import IGNORE_INDEX, encode_example, encode_preference
 from finetune.train import train
 from llm.templates import template_for
 from llm.types import Message
@@ -272,10 +278,140 @@ def run_plain(model_dir: Path, conversations: list[Conversation], settings: Sett
     )
 
 
+def preference_pairs(conversations: list[Conversation]) -> list[Preference]:
+    """Return one pair per conversation: its reply chosen, the next conversation's reply rejected."""
+    return [
+        Preference(
+            c.messages[:-1],
+            c.messages[-1].content,
+            conversations[(i + 1) % len(conversations)].messages[-1].content,
+        )
+        for i, c in enumerate(conversations)
+    ]
+
+
+def run_kbqa_dpo(model_dir: Path, conversations: list[Conversation], settings: Settings, out: Path) -> Run:
+    """Train DPO with kbqa's trainer into `out`; return the run's figures."""
+    pairs = preference_pairs(conversations)
+    args = TrainArguments(
+        model_name_or_path=str(model_dir),
+        stage="dpo",
+        pref_beta=0.1,
+        template=settings.template,
+        output_dir=str(out),
+        lora_rank=settings.lora_rank,
+        lora_alpha=settings.lora_alpha,
+        lora_target="all",
+        cutoff_len=settings.cutoff_len,
+        per_device_train_batch_size=settings.batch_size,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="linear",
+        logging_steps=settings.logging_steps,
+        save_steps=10**9,
+        bf16=settings.bf16,
+        seed=settings.seed,
+    )
+    started = time.perf_counter()
+    result = train(args, pairs)
+    total = time.perf_counter() - started
+    metrics = json.loads((out / "train_results.json").read_text(encoding="utf-8"))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = template_for(settings.template, tokenizer)
+    encoded = [encode_preference(pair, template, tokenizer, settings.cutoff_len) for pair in pairs]
+    tokens = sum(len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in encoded)
+    return Run(
+        "kbqa-dpo",
+        result.examples,
+        tokens,
+        result.global_step,
+        result.train_loss,
+        metrics["train_samples_per_second"],
+        total,
+        0.0,
+    )
+
+
+def run_plain_dpo(model_dir: Path, conversations: list[Conversation], settings: Settings, out: Path) -> Run:
+    """Train DPO the way TRL's documentation does, into `out`; return the run's figures."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    def chat(messages: Sequence[Message]) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content} for m in messages]
+
+    started = time.perf_counter()
+    set_seed(settings.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dtype = torch.bfloat16 if settings.bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    rows = [
+        {
+            "prompt": chat(pair.prompt),
+            "chosen": chat([Message("assistant", pair.chosen)]),
+            "rejected": chat([Message("assistant", pair.rejected)]),
+        }
+        for pair in preference_pairs(conversations)
+    ]
+    config = DPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=settings.batch_size,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="linear",
+        logging_steps=settings.logging_steps,
+        save_strategy="no",
+        bf16=settings.bf16,
+        seed=settings.seed,
+        report_to="none",
+        beta=0.1,
+        max_length=settings.cutoff_len,
+        gradient_checkpointing=False,
+        activation_checkpointing=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=settings.lora_rank,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    outcome = trainer.train()
+    trainer.save_model()
+    total = time.perf_counter() - started
+    tokens = sum(len(row["chosen_ids"]) + len(row["rejected_ids"]) for row in trainer.train_dataset)
+    return Run(
+        "plain-dpo",
+        len(rows),
+        tokens,
+        trainer.state.global_step,
+        outcome.training_loss,
+        outcome.metrics["train_samples_per_second"],
+        total,
+        0.0,
+    )
+
+
 RUNNERS: dict[str, Callable[[Path, list[Conversation], Settings, Path], Run]] = {
     "plain": run_plain,
     "kbqa": run_kbqa,
+    "plain-dpo": run_plain_dpo,
+    "kbqa-dpo": run_kbqa_dpo,
 }
+STAGE_SIDES = {"sft": ("plain", "kbqa"), "dpo": ("plain-dpo", "kbqa-dpo")}
 
 
 # --- measuring --------------------------------------------------------------------------------------------
@@ -337,17 +473,22 @@ def python_heap_peak_mib(
 
 
 def measure(
-    model_dir: Path, conversations: list[Conversation], settings: Settings, repeats: int, work: Path
+    model_dir: Path,
+    conversations: list[Conversation],
+    settings: Settings,
+    repeats: int,
+    work: Path,
+    sides: tuple[str, ...] = SIDES,
 ) -> dict[str, list[Run]]:
     """Warm both sides up, run each `repeats` times (alternating who goes first), then the heap pass."""
     warm = replace(settings, epochs=1.0)
-    for side in SIDES:
+    for side in sides:
         measured(side, model_dir, conversations[: 2 * settings.batch_size], warm, work / f"warm-{side}")
-    runs: dict[str, list[Run]] = {side: [] for side in SIDES}
+    runs: dict[str, list[Run]] = {side: [] for side in sides}
     for repeat in range(repeats):
-        for side in SIDES if repeat % 2 == 0 else SIDES[::-1]:
+        for side in sides if repeat % 2 == 0 else sides[::-1]:
             runs[side].append(measured(side, model_dir, conversations, settings, work / f"{side}-{repeat}"))
-    for side in SIDES:
+    for side in sides:
         peak = python_heap_peak_mib(side, model_dir, conversations, settings, work / f"heap-{side}")
         runs[side] = [replace(run, python_peak_mib=peak) for run in runs[side]]
     return runs
@@ -387,8 +528,8 @@ def format_table(runs: dict[str, list[Run]]) -> str:
 
 
 COLUMN_NOTES = """\
-label tok     tokens learnt per epoch (labels other than -100); equal on both sides when they lay the
-              conversations out alike
+label tok     tokens learnt per epoch (labels other than -100; for dpo, the chosen and rejected replies'
+              tokens); equal on both sides when they lay the conversations out alike
 train loss    the Trainer's average training loss over the run; close on both sides when they train alike
 samples/s     the Trainer's train_samples_per_second: examples x epochs over its training loop's seconds
 total s       the whole call: load the model, tokenise, build the trainer, train, save the adapter
@@ -443,6 +584,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision, base loaded in bf16")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each side (default 3)")
+    parser.add_argument("--stages", default="sft,dpo", help="stages to compare: sft, dpo (default both)")
     return parser.parse_args()
 
 
@@ -483,15 +625,21 @@ def main() -> None:
         with quiet_stdout():
             model_dir = args.model or build_model(work / f"random-{args.size}", args.size)
         source = str(args.model) if args.model else f"random {args.size}"
-        runs = measure(model_dir, conversations, settings, args.repeats, work)
+        stages = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
+        runs: dict[str, list[Run]] = {}
+        for stage in stages:
+            sides = STAGE_SIDES[stage]
+            runs |= measure(model_dir, conversations, settings, args.repeats, work / stage, sides)
         print(describe(model_dir, source, settings, len(conversations), args.repeats))
     print()
     print(format_table(runs))
     print()
-    ratio = statistics.median(r.train_samples_per_second for r in runs["kbqa"]) / statistics.median(
-        r.train_samples_per_second for r in runs["plain"]
-    )
-    print(f"kbqa samples/s / plain samples/s = {ratio:.3f}")
+    for stage in stages:
+        plain, kbqa = STAGE_SIDES[stage]
+        ratio = statistics.median(r.train_samples_per_second for r in runs[kbqa]) / statistics.median(
+            r.train_samples_per_second for r in runs[plain]
+        )
+        print(f"{stage}: {kbqa} samples/s / {plain} samples/s = {ratio:.3f}")
     print()
     print(COLUMN_NOTES)
 

@@ -17,6 +17,8 @@ class Conversation:
 
     messages: tuple[Message, ...]
     source: str = ""  # where it was read from, e.g. "data/train.json#12", for error messages
+    tools: str = ""  # the tools the assistant may call, as JSON (a list of function descriptions)
+    calls: tuple[int, ...] = ()  # indices of the assistant messages that are function calls
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,16 @@ from typing import Literal, TypeVar
 
 from finetune.conversation import Conversation, Preference
 from finetune.errors import DatasetError
-from finetune.readers import Example, Format, Malformed, ReadReport, Skipped, load_records, read_file
+from finetune.readers import (
+    Example,
+    Format,
+    Malformed,
+    ReadReport,
+    Skipped,
+    Unparsable,
+    load_records,
+    read_file,
+)
 from llm.types import Message
 
 OutputFormat = Literal["alpaca", "sharegpt", "openai", "xtuner"]
@@ -29,14 +38,27 @@ T = TypeVar("T")
 def to_record(example: Example, format: OutputFormat) -> dict:
     """Return an example as one record of `format`; Malformed when the format cannot hold it."""
     system, messages = _split_system(example)
+    tools = isinstance(example, Conversation) and bool(example.tools or example.calls)
+    if tools and format in ("alpaca", "xtuner") and all(m.role != "observation" for m in messages):
+        raise Malformed(f"the {format} format has no place for tools and function calls; write sharegpt")
     if format == "alpaca":
         return _alpaca(example, system, messages)
     if format == "sharegpt":
+        offset = len(example.messages) - len(messages) if isinstance(example, Conversation) else 0
+        calls = set(example.calls) if isinstance(example, Conversation) else set()
         record: dict = {
-            "conversations": [{"from": _SHAREGPT_ROLES[m.role], "value": m.content} for m in messages]
+            "conversations": [
+                {
+                    "from": "function_call" if n + offset in calls else _SHAREGPT_ROLES[m.role],
+                    "value": m.content,
+                }
+                for n, m in enumerate(messages)
+            ]
         }
         if system:
             record["system"] = system
+        if isinstance(example, Conversation) and example.tools:
+            record["tools"] = example.tools
         if isinstance(example, Preference):
             record |= {key: {"from": "gpt", "value": text} for key, text in _pair(example).items()}
         return record
@@ -48,6 +70,8 @@ def to_record(example: Example, format: OutputFormat) -> dict:
         }
         if isinstance(example, Preference):
             record |= {key: {"role": "assistant", "content": text} for key, text in _pair(example).items()}
+        elif example.tools:
+            record["tools"] = json.loads(example.tools)
         return record
     if format == "xtuner":
         if isinstance(example, Preference):
@@ -140,20 +164,38 @@ def split_records(records: Sequence[T], ratios: Sequence[float], seed: int) -> l
     return parts
 
 
+def part_names(text: str | None, count: int) -> tuple[str, ...]:
+    """Return the names of `count` split parts: `text`'s, comma-separated, else train, dev[, test]."""
+    if not text:
+        return SPLIT_NAMES[:count]
+    names = tuple(name.strip() for name in text.split(","))
+    if len(names) != count or not all(names) or len(set(names)) != count:
+        raise DatasetError(f"names '{text}': give {count} different names, one per ratio, like train,test")
+    if bad := [name for name in names if "/" in name or "\\" in name or name.startswith(".")]:
+        raise DatasetError(f"names '{text}': '{bad[0]}' is not a file name")
+    return names
+
+
 def split_file(
-    source: Path, out_dir: Path, ratios: Sequence[float], seed: int
+    source: Path, out_dir: Path, ratios: Sequence[float], seed: int, names: Sequence[str] | None = None
 ) -> dict[str, tuple[Path, int]]:
-    """Split a .json or .jsonl file's records into train/dev[/test] files of the same kind in `out_dir`.
+    """Split a .json or .jsonl file's records into train/dev[/test] (or `names`) files of the same kind.
 
     Records are split as they are, in any format; returns each part's path and record count.
     """
     if source.suffix.lower() not in (".json", ".jsonl"):
         raise DatasetError(f"{source}: split a .json or .jsonl file")
+    names = names or SPLIT_NAMES[: len(ratios)]
     records = load_records(source)
+    for index, record in enumerate(records):
+        if isinstance(record, Unparsable):
+            raise DatasetError(
+                f"{source}: record {index}: {record.reason}; fix or remove it before splitting"
+            )
     if len(records) < len(ratios):
         raise DatasetError(f"{source}: {len(records)} records cannot be split into {len(ratios)} parts")
     written = {}
-    for name, part in zip(SPLIT_NAMES, split_records(records, ratios, seed), strict=False):
+    for name, part in zip(names, split_records(records, ratios, seed), strict=True):
         path = out_dir / f"{name}{source.suffix.lower()}"
         write_records(path, part)
         written[name] = (path, len(part))

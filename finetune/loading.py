@@ -14,19 +14,26 @@ from llm.transformers_backend import quantization_config
 
 
 def load_model(
-    path: str, dtype: Any, quantization_bit: int | None = None, trust_remote_code: bool = False
+    path: str,
+    dtype: Any,
+    quantization_bit: int | None = None,
+    trust_remote_code: bool = False,
+    reward: bool = False,
 ) -> tuple[Any, Any]:
-    """Return (causal LM on the CPU, or on the GPU when quantized, tokenizer) loaded from `path`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Return (causal LM on the CPU, or on the GPU when quantized, tokenizer) loaded from `path`.
+
+    With `reward`, the model ends in a one-output value head instead (a reward model, stage rm).
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from llm.chatglm3 import is_chatglm3_checkpoint, load_chatglm3
     from llm.errors import ModelLoadError
 
     try:
         if is_chatglm3_checkpoint(path):
-            if quantization_bit:
+            if quantization_bit or reward:
                 raise FinetuneError(
-                    "a ChatGLM3 checkpoint is converted at load time without quantization; convert it once "
+                    "a ChatGLM3 checkpoint is converted at load time without quantization or a value head; convert it once "
                     "with `kbqa llm convert-chatglm3 SRC DST` and train on DST"
                 )
             return load_chatglm3(path, dtype, "cpu")
@@ -37,7 +44,12 @@ def load_model(
 
             kwargs["quantization_config"] = quantization_config(f"{quantization_bit}bit", dtype)
             kwargs["device_map"] = {"": torch.cuda.current_device()}
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if reward:
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+            model.config.pad_token_id = pad  # it finds each sequence's last token by the padding
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, ImportError, ModelLoadError) as error:
         raise FinetuneError(f"cannot load the model {path!r}: {error}") from error
     return model, tokenizer

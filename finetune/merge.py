@@ -3,6 +3,12 @@
 The base is loaded in 16 or 32 bits, never quantized: merging into 4-bit weights would round the adapter
 away. The merged model is saved with safetensors and the tokenizer, written beside the target and renamed
 into place once whole, and carries the adapter's `kbqa_adapter.json` so it is served with the same template.
+The tokenizer's `chat_template` is set to that template too (as Jinja), so `apply_chat_template`, vLLM and
+text-generation-inference lay out prompts as kbqa trained them, outside kbqa.
+
+With `qbits` (4 or 8) the checked merge is then saved quantised, as ChatGLM3's merge_lora_and_quantize.py
+does, by the first method that runs here: bitsandbytes (NF4 or LLM.int8) on CUDA, else torchao weight-only
+(int8 on the CPU too; int4 on CUDA). The saved model loads back with plain `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 
 from finetune.errors import FinetuneError
 from finetune.loading import load_model
+from llm.templates import TEMPLATES, Slot, Template, Token
 from llm.types import Message
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -33,6 +40,8 @@ class MergeResult:
     dtype: str
     max_abs_diff: float
     tolerance: float
+    quantization: str | None = None  # the method of a quantised export
+    quantized_max_abs_diff: float | None = None  # its largest logit difference from the merged model
 
 
 def merge_adapter(
@@ -42,8 +51,12 @@ def merge_adapter(
     dtype: str = "auto",
     tolerance: float | None = None,
     trust_remote_code: bool = False,
+    qbits: int | None = None,
 ) -> MergeResult:
-    """Return the result of merging `adapter` into `base` and saving it in `out`; FinetuneError if it differs."""
+    """Return the result of merging `adapter` into `base` and saving it in `out` (quantised to `qbits`).
+
+    FinetuneError when the merged logits differ from the adapter model's, or `qbits` cannot run here.
+    """
     import torch
     from peft import PeftModel
 
@@ -58,6 +71,7 @@ def merge_adapter(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FinetuneError(f"{out} exists and is not empty; choose a new directory")
     name = _dtype_name(base, dtype)
+    method = quantization_method(qbits) if qbits is not None else None
     model, tokenizer = load_model(base, getattr(torch, name), None, trust_remote_code)
     if getattr(model.config, "quantization_config", None):
         raise FinetuneError(f"{base} is a quantized checkpoint; merge into its 16/32-bit release")
@@ -85,8 +99,109 @@ def merge_adapter(
             f"the merged model's logits differ from the adapter's by up to {difference:.3g} (tolerance "
             f"{allowed:.3g}); nothing was saved"
         )
-    _save(merged, tokenizer, out, template_name, base)
-    return MergeResult(out=out, dtype=name, max_abs_diff=difference, tolerance=allowed)
+    if method is None:
+        _save(merged, tokenizer, out, template_name, base)
+        return MergeResult(out=out, dtype=name, max_abs_diff=difference, tolerance=allowed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.merged.", dir=out.parent) as work:
+        whole = Path(work) / "model"
+        _save(merged, tokenizer, whole, template_name, base)
+        del merged, peft_model, model
+        quantized = _load_quantized(whole, qbits, method, getattr(torch, name))
+        with torch.inference_mode():
+            drift = (
+                (quantized(probe.to(quantized.device)).logits.float().cpu() - logits.cpu()).abs().max().item()
+            )
+        _save(quantized, tokenizer, out, template_name, base)
+    return MergeResult(out, name, difference, allowed, method, drift)
+
+
+def quantization_method(qbits: int) -> str:
+    """Return how `qbits`-bit export runs on this machine; FinetuneError naming what is missing otherwise."""
+    import importlib.util
+
+    import torch
+
+    if qbits not in (4, 8):
+        raise FinetuneError(f"--qbits must be 4 or 8, not {qbits}")
+    cuda = torch.cuda.is_available()
+    if cuda and importlib.util.find_spec("bitsandbytes") is not None:
+        return "bitsandbytes NF4" if qbits == 4 else "bitsandbytes LLM.int8"
+    if importlib.util.find_spec("torchao") is not None and (qbits == 8 or cuda):
+        return f"torchao int{qbits} weight-only"
+    need = (
+        "CUDA with bitsandbytes or torchao"
+        if qbits == 4
+        else "torchao (pip install torchao), or CUDA with bitsandbytes"
+    )
+    raise FinetuneError(f"--qbits {qbits} needs {need}, which this machine lacks; merge without --qbits")
+
+
+def _load_quantized(path: Path, qbits: int, method: str, dtype: Any) -> Any:
+    """Return the model saved at `path`, loaded quantised by `method`."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TorchAoConfig
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if method.startswith("bitsandbytes"):
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+            if qbits == 4
+            else BitsAndBytesConfig(load_in_8bit=True)
+        )
+    else:
+        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+
+        if qbits == 4:
+            kwargs |= {"device_map": {"": torch.cuda.current_device()}, "dtype": torch.bfloat16}
+        kwargs["quantization_config"] = TorchAoConfig(
+            Int4WeightOnlyConfig() if qbits == 4 else Int8WeightOnlyConfig()
+        )
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (ImportError, ValueError, RuntimeError) as error:
+        raise FinetuneError(f"quantising with {method} failed: {error}") from error
+
+
+def chat_template_jinja(template: Template) -> str:
+    """Return a Jinja chat template (as `apply_chat_template` takes) that lays out messages as `template`.
+
+    Text is written as Jinja string expressions, so the whitespace trimming tokenizers apply cannot touch it;
+    a `tool` message is the template's observation.
+    """
+
+    def literal(text: str) -> str:
+        return "{{ " + json.dumps(text, ensure_ascii=False) + " }}" if text else ""
+
+    def fragment(slots: tuple[Slot, ...], content: str) -> str:
+        out = ""
+        for slot in slots:
+            if isinstance(slot, Token):
+                out += literal(slot.name)
+            else:
+                before, found, after = slot.partition("{content}")
+                out += literal(before) + (content if found else "") + literal(after)
+        return out
+
+    content = "{{ message['content'] }}"
+    branches = []
+    for role, slots in template.roles.items():
+        names = ("observation", "tool") if role == "observation" else (role,)
+        test = " or ".join(f"message['role'] == '{name}'" for name in names)
+        branches.append(f"{{% {'if' if not branches else 'elif'} {test} %}}{fragment(slots, content)}")
+    system = ""
+    if template.default_system:
+        default = fragment(template.roles["system"], literal(template.default_system))
+        system = f"{{% if not messages or messages[0]['role'] != 'system' %}}{default}{{% endif %}}"
+    return (
+        fragment(template.prefix, "")
+        + system
+        + "{% for message in messages %}"
+        + "".join(branches)
+        + "{% endif %}{% endfor %}"
+        + f"{{% if add_generation_prompt %}}{fragment(template.generation_prompt, '')}{{% endif %}}"
+    )
 
 
 def _dtype_name(base: str, dtype: str) -> str:
@@ -111,6 +226,12 @@ def _save(model: Any, tokenizer: Any, out: Path, template: str | None, base: str
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(staging)
+        named = TEMPLATES.get(template or "")
+        if isinstance(named, Template):  # `hf` and `auto` keep the tokenizer's own chat template
+            tokenizer.chat_template = chat_template_jinja(named)
+            # kbqa's ChatGLM3 tokenizer never reads special tokens from text, as ChatGLM3's own does not;
+            # a server outside kbqa tokenises the rendered template, whose special tokens must be read.
+            tokenizer.split_special_tokens = False
         tokenizer.save_pretrained(staging)
         if template:  # an adapter trained elsewhere names none; the merged model then uses `auto`
             write_adapter_info(staging, template, base, "lora")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from finetune.conversation import Conversation
+from finetune.conversation import Conversation, Preference
 from finetune.errors import FinetuneError
 from llm.templates import Template, TokenizerTemplate
 from llm.types import Message
@@ -31,9 +31,17 @@ def encode_example(
     cutoff_len: int,
     train_on_prompt: bool = False,
     mask_history: bool = False,
+    turn_limits: tuple[int | None, int | None] = (None, None),
 ) -> dict[str, list[int]]:
-    """Return {"input_ids", "labels", "attention_mask"} of `conversation`, at most `cutoff_len` tokens long."""
-    turns = encode_turns(template, tokenizer, conversation.messages)
+    """Return {"input_ids", "labels", "attention_mask"} of `conversation`, at most `cutoff_len` tokens long.
+
+    `turn_limits` (DB-GPT-Hub's max_source_length, max_target_length) first cut each prompt and each reply.
+    """
+    most_prompt, most_reply = turn_limits
+    turns = [
+        (prompt[:most_prompt], reply[:most_reply])
+        for prompt, reply in encode_turns(template, tokenizer, conversation.messages)
+    ]
     if not turns:
         raise FinetuneError(f"{conversation.source or 'a conversation'} has no assistant reply to learn")
     stops = set(template.stop_token_ids(tokenizer))
@@ -122,3 +130,38 @@ def _budget(prompt_len: int, reply_len: int, budget: int) -> tuple[int, int]:
         most_reply = int(budget * reply_len / (prompt_len + reply_len))
     reply_len = min(most_reply, reply_len)
     return min(max(budget - reply_len, 0), prompt_len), reply_len
+
+
+def encode_preference(
+    preference: Preference, template: Template | TokenizerTemplate, tokenizer: Any, cutoff_len: int
+) -> dict[str, list[int]]:
+    """Return {"prompt_ids", "chosen_ids", "rejected_ids"}: the prompt and each reply as SFT lays them out.
+
+    Each reply is its conversation's last, learnt turn (with the reply suffix or EOS); the two share the prompt,
+    whose earlier turns are context. Prompt and longer reply are cut to `cutoff_len` as SFT cuts a turn.
+    """
+    encoded = {}
+    for key, reply in (("chosen", preference.chosen), ("rejected", preference.rejected)):
+        conversation = Conversation((*preference.prompt, Message("assistant", reply)), preference.source)
+        example = encode_example(conversation, template, tokenizer, 10**9, mask_history=True)
+        start = next(i for i, label in enumerate(example["labels"]) if label != IGNORE_INDEX)
+        encoded["prompt_ids"], encoded[f"{key}_ids"] = (
+            example["input_ids"][:start],
+            example["input_ids"][start:],
+        )
+    prompt, chosen, rejected = encoded["prompt_ids"], encoded["chosen_ids"], encoded["rejected_ids"]
+    prompt_len, reply_len = _budget(len(prompt), max(len(chosen), len(rejected)), cutoff_len)
+    return {
+        "prompt_ids": prompt[len(prompt) - prompt_len :],  # the question sits at the end of the prompt
+        "chosen_ids": chosen[:reply_len],
+        "rejected_ids": rejected[:reply_len],
+    }
+
+
+def encode_text(text: str, tokenizer: Any, cutoff_len: int) -> dict[str, list[int]]:
+    """Return a pre-training example: the text's ids (with the tokenizer's own BOS) and EOS, every one learnt."""
+    ids = list(tokenizer.encode(text, add_special_tokens=True))
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    ids = ids[:cutoff_len]
+    return {"input_ids": ids, "labels": list(ids), "attention_mask": [1] * len(ids)}

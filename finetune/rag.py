@@ -8,12 +8,15 @@ as the target, so the model learns to say it does not know. Distractors are hard
 `search` function when one is given (a kbqa knowledge base, wired by the CLI), then the sample's own
 negative passages, then random passages of the other samples; none may contain the answer or overlap
 the positive passage.
+
+Samples come from SQuAD files (DRCD, CMRC) or Multi-Doc-QA records, Multi-Doc-QA-Chinese's own shape
+included (one record a line, several questions per document). `build_plain_conversations` writes that
+set's plain single-document instruction instead of the service's prompt.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from finetune.conversation import Conversation
 from finetune.errors import DatasetError, FinetuneError, NoValidRecord
-from finetune.readers import Malformed, ReadReport, Skipped, load_records
+from finetune.readers import Malformed, ReadReport, Skipped, Unparsable, json_records
 from llm.prompt import PromptBuilder, PromptConfig, language_of
 from llm.types import Message
 
@@ -62,19 +65,49 @@ class RagOptions:
             raise FinetuneError(f"the refusal share must lie in [0, 1], not {self.refusal_share}")
 
 
+RAG_SUFFIXES = (".json", ".jsonl", "")  # Multi-Doc-QA-Chinese's files are JSON Lines named .json
+# Multi-Doc-QA-Chinese's own single-document instruction, for `--plain` records.
+PLAIN_PROMPT = (
+    "你现在是一个可以根据文档内容进行问答的机器人，以下是用于参考的文档内容：\n\n{doc}\n问题为：{query}\n答："
+)
 SearchFunction = Callable[[str, int], Sequence[Passage]]  # (question, how many) -> passages, best first
 
 
 def read_rag_samples(path: Path, strict: bool = False) -> tuple[list[RagSample], ReadReport]:
-    """Return the samples of a SQuAD-format .json file or of Multi-Doc-QA-style records (.json/.jsonl)."""
-    if path.suffix.lower() == ".json" and path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise DatasetError(f"{path}: cannot read: {error}") from None
-        if isinstance(data, dict) and "data" in data:
-            return read_squad(data, str(path), strict)
-    return read_multidoc(load_records(path), str(path), strict)
+    """Return the samples of a SQuAD .json file, a file of Multi-Doc-QA records, or a folder of such files.
+
+    Multi-Doc-QA records may be a JSON list or JSON Lines under any suffix (.json, .jsonl or none), as
+    Multi-Doc-QA-Chinese ships them; a folder's .json, .jsonl and suffix-less files are read in name order.
+    """
+    if not path.is_dir():
+        return _read_rag_file(path, strict)
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and p.suffix.lower() in RAG_SUFFIXES and not p.name.startswith(".")
+    )
+    if not files:
+        raise DatasetError(f"{path}: the folder holds no .json or .jsonl file")
+    samples: list[RagSample] = []
+    report = ReadReport()
+    for file in files:
+        found, file_report = _read_rag_file(file, strict)
+        samples += found
+        report.merge(file_report)
+    return samples, report
+
+
+def _read_rag_file(path: Path, strict: bool) -> tuple[list[RagSample], ReadReport]:
+    """Return the samples of one SQuAD or Multi-Doc-QA file."""
+    try:
+        records = json_records(path.read_text(encoding="utf-8-sig"), lines=True)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise DatasetError(f"{path}: cannot read: {error}") from None
+    if len(records) == 1 and isinstance(records[0], dict) and "data" in records[0]:
+        return read_squad(records[0], str(path), strict)
+    return read_multidoc(records, str(path), strict)
 
 
 def read_squad(data: dict, file: str, strict: bool = False) -> tuple[list[RagSample], ReadReport]:
@@ -108,12 +141,16 @@ def read_squad(data: dict, file: str, strict: bool = False) -> tuple[list[RagSam
 def read_multidoc(
     records: Iterable[object], file: str, strict: bool = False
 ) -> tuple[list[RagSample], ReadReport]:
-    """Return samples from records {question, answer, positive_doc, negative_docs}; a doc is text or {text, title}."""
+    """Return samples from Multi-Doc-QA records: one per question of a record; a malformed record is skipped.
+
+    A record is Multi-Doc-QA-Chinese's {QA: [{question, answer}], positive_doc: [doc], negative_doc: [doc]}
+    or a flat {question, answer, positive_doc, negative_docs}; a doc is text or {text, title}.
+    """
     samples: list[RagSample] = []
     report = ReadReport()
     for index, record in enumerate(records):
         try:
-            samples.append(_multidoc_sample(record, f"{file}#{index}"))
+            samples += _multidoc_samples(record, f"{file}#{index}")
         except Malformed as error:
             skipped = Skipped(file, index, str(error))
             if strict:
@@ -149,21 +186,56 @@ def build_rag_conversations(
     return conversations
 
 
-def _multidoc_sample(record: object, source: str) -> RagSample:
-    """Return one Multi-Doc-QA record as a sample; Malformed says what is missing."""
+def build_plain_conversations(samples: Sequence[RagSample]) -> list[Conversation]:
+    """Return one conversation per sample: the single-document instruction (PLAIN_PROMPT), then the answer."""
+    return [
+        Conversation(
+            (
+                Message("user", PLAIN_PROMPT.format(doc=sample.positive.text, query=sample.question)),
+                Message("assistant", sample.answer),
+            ),
+            sample.source,
+        )
+        for sample in samples
+    ]
+
+
+def _multidoc_samples(record: object, source: str) -> list[RagSample]:
+    """Return one Multi-Doc-QA record's samples, one per question; Malformed says what is missing."""
+    if isinstance(record, Unparsable):
+        raise Malformed(record.reason)
     if not isinstance(record, dict):
         raise Malformed("is not a JSON object")
-    for key in ("question", "answer"):
-        if not isinstance(record.get(key), str) or not record[key].strip():
-            raise Malformed(f"missing '{key}' (a non-empty string)")
+    if "QA" in record:
+        pairs = record["QA"]
+        if not isinstance(pairs, list) or not pairs or not all(isinstance(qa, dict) for qa in pairs):
+            raise Malformed("'QA' is not a non-empty list of {question, answer} objects")
+    else:
+        pairs = [record]
+    for n, qa in enumerate(pairs):
+        for key in ("question", "answer"):
+            if not isinstance(qa.get(key), str) or not qa[key].strip():
+                where = f"QA item {n}: " if "QA" in record else ""
+                raise Malformed(f"{where}missing '{key}' (a non-empty string)")
     if "positive_doc" not in record:
         raise Malformed("missing 'positive_doc'")
-    negatives = record.get("negative_docs", [])
-    if not isinstance(negatives, list):
-        raise Malformed("'negative_docs' is not a list of documents")
-    positive = _document(record["positive_doc"], "'positive_doc'")
-    others = tuple(_document(doc, f"negative_docs item {n}") for n, doc in enumerate(negatives))
-    return RagSample(record["question"], record["answer"], positive, others, source)
+    positives = _documents(record["positive_doc"], "positive_doc")
+    if not positives:
+        raise Malformed("'positive_doc' holds no document")
+    # Several positive documents answer together, so they make one passage.
+    positive = Passage("\n\n".join(p.text for p in positives), positives[0].source, positives[0].page)
+    if len(positives) > 1:
+        positive = Passage(positive.text, _name(positive.text))
+    key = "negative_doc" if "negative_doc" in record else "negative_docs"
+    negatives = tuple(_documents(record.get(key, []), key))
+    return [RagSample(qa["question"], qa["answer"], positive, negatives, source) for qa in pairs]
+
+
+def _documents(value: object, key: str) -> list[Passage]:
+    """Return a record's documents: a list of them, or one; Malformed naming the bad one."""
+    if not isinstance(value, list):
+        return [_document(value, f"'{key}'")]
+    return [_document(doc, f"{key} item {n}") for n, doc in enumerate(value)]
 
 
 def _document(value: object, where: str) -> Passage:

@@ -38,6 +38,7 @@ class Columns:
     system: str = "system"
     chosen: str = "chosen"
     rejected: str = "rejected"
+    tools: str = "tools"
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Malformed(ValueError):
 
 
 @dataclass(frozen=True)
-class _Unparsable:
+class Unparsable:
     """A JSONL line that is not JSON, kept in place so the records after it keep their index."""
 
     reason: str
@@ -112,19 +113,35 @@ def load_records(path: Path) -> list[object]:
         raise DatasetError(f"{path}: cannot read: {error}") from None
     if suffix == ".csv":
         return list(csv.DictReader(text.splitlines()))
-    if suffix == ".jsonl":
-        return [_json_line(line) for line in text.splitlines() if line.strip()]
+    try:
+        return json_records(text, lines=suffix == ".jsonl")
+    except ValueError as error:
+        raise DatasetError(f"{path}: {error}") from None
+
+
+def json_records(text: str, lines: bool) -> list[object]:
+    """Return the records of JSON text: one JSON list, else one value a line; ValueError when it is neither.
+
+    Either suffix may hold either layout: XTuner's recipe writes one JSON list into a .jsonl file, and
+    Multi-Doc-QA-Chinese ships JSON Lines as .json files. With `lines`, a lone JSON object is one record.
+    """
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}: not valid JSON: {error}") from None
-    if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a JSON list of records, found a {_kind(data)}")
-    return data
+        if lines or error.msg == "Extra data":  # "Extra data": a first value, then more of them
+            return [_json_line(line) for line in text.splitlines() if line.strip()]
+        raise ValueError(f"not valid JSON: {error}") from None
+    if isinstance(data, list):
+        return data
+    if lines:
+        return [data]
+    raise ValueError(f"expected a JSON list of records, found a {_kind(data)}")
 
 
 def detect_format(record: object) -> tuple[Format, Columns, Tags]:
     """Return the format of a record by its keys, with the columns and tags to read it; Malformed if unknown."""
+    if isinstance(record, Unparsable):
+        raise Malformed(record.reason)
     if isinstance(record, dict):
         if isinstance(record.get("conversation"), list):
             return "xtuner", Columns(), Tags()
@@ -154,14 +171,20 @@ def read_file(
     if not records:
         raise NoValidRecord(f"{path}: no valid record (the file holds no records)", ReadReport())
     if format is None:
+        # A line that is not JSON tells no format: detect from the first record that parsed.
+        first = next((record for record in records if not isinstance(record, Unparsable)), records[0])
         try:
-            format, found_columns, found_tags = detect_format(records[0])
+            format, found_columns, found_tags = detect_format(first)
         except Malformed as error:
-            raise DatasetError(f"{path}: record 0: {error}; name the format explicitly") from None
+            raise DatasetError(
+                f"{path}: record {records.index(first)}: {error}; name the format explicitly"
+            ) from None
         columns, tags = columns or found_columns, tags or found_tags
+    else:
+        first = records[0]
     columns = columns or Columns()
     if ranking is None:
-        ranking = _looks_ranked(records[0], format, columns)
+        ranking = _looks_ranked(first, format, columns)
     return read_records(
         records, str(path), format, ranking=ranking, columns=columns, tags=tags, strict=strict
     )
@@ -204,7 +227,7 @@ def _parse(
     record: object, format: Format, ranking: bool, columns: Columns, tags: Tags, source: str
 ) -> Example:
     """Return one record as an example; Malformed says what is wrong with it."""
-    if isinstance(record, _Unparsable):
+    if isinstance(record, Unparsable):
         raise Malformed(record.reason)
     if not isinstance(record, dict):
         raise Malformed(f"is a {_kind(record)}, not a JSON object")
@@ -266,7 +289,22 @@ def parse_sharegpt(record: dict, columns: Columns, tags: Tags, ranking: bool, so
         raise Malformed("no messages")
     if len(messages) % 2:
         raise Malformed(f"odd number of messages ({len(messages)}): the last must be the assistant's reply")
-    return Conversation((*head, *messages), source)
+    calls = tuple(n + len(head) for n in range(len(messages)) if raw[n + offset][tags.role] == tags.function)
+    return Conversation((*head, *messages), source, _tools(record, columns.tools), calls)
+
+
+def _tools(record: dict, key: str) -> str:
+    """Return a record's tool descriptions as JSON text ("" when none); Malformed unless a JSON list."""
+    value = record.get(key)
+    if value in (None, "", []):
+        return ""
+    try:
+        tools = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as error:
+        raise Malformed(f"'{key}' is not JSON: {error}") from None
+    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+        raise Malformed(f"'{key}' is not a list of function descriptions")
+    return json.dumps(tools, ensure_ascii=False) if tools else ""
 
 
 def parse_xtuner(record: dict, source: str = "") -> Conversation:
@@ -298,7 +336,7 @@ def _json_line(line: str) -> object:
     try:
         return json.loads(line)
     except json.JSONDecodeError as error:
-        return _Unparsable(f"not valid JSON: {error}")
+        return Unparsable(f"not valid JSON: {error}")
 
 
 def _looks_ranked(record: object, format: Format, columns: Columns) -> bool:

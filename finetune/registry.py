@@ -16,15 +16,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune.conversation import Conversation
+from finetune.conversation import Conversation, Preference
 from finetune.errors import DatasetError
-from finetune.readers import FORMATS, READABLE_SUFFIXES, Columns, Example, Format, ReadReport, Tags, read_file
+from finetune.readers import (
+    FORMATS,
+    READABLE_SUFFIXES,
+    Columns,
+    Example,
+    Format,
+    ReadReport,
+    Skipped,
+    Tags,
+    load_records,
+    read_file,
+)
 
 DATASET_INFO = "dataset_info.json"
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-# LLaMA-Factory columns kbqa does not train on: multimodal inputs, tool descriptions, KTO labels.
-UNSUPPORTED_COLUMNS = ("tools", "images", "videos", "audios", "kto_tag")
-_COLUMN_KEYS = ("prompt", "query", "response", "history", "messages", "system", "chosen", "rejected")
+# LLaMA-Factory columns kbqa does not train on: multimodal inputs and KTO labels. Such an entry is read
+# (LLaMA-Factory's own dataset_info.json has several) and refused only when its dataset is asked for.
+UNSUPPORTED_COLUMNS = ("images", "videos", "audios", "kto_tag")
+_COLUMN_KEYS = ("prompt", "query", "response", "history", "messages", "system", "chosen", "rejected", "tools")
 _TAG_KEYS = {
     "role_tag": "role",
     "content_tag": "content",
@@ -50,6 +62,7 @@ class DatasetSpec:
     num_samples: int | None = None
     file_sha1: str | None = None
     hub: dict[str, str] = field(default_factory=dict)  # the entry's hub keys, when it has any
+    unsupported: tuple[str, ...] = ()  # columns kbqa does not train on (UNSUPPORTED_COLUMNS)
 
 
 def read_dataset_info(dataset_dir: Path) -> dict[str, DatasetSpec]:
@@ -76,9 +89,7 @@ def parse_spec(name: str, entry: object, where: Path | str = DATASET_INFO) -> Da
         raise DatasetError(f"{prefix}: unknown formatting '{formatting}'; use one of {', '.join(FORMATS)}")
     columns = _strings(entry.get("columns", {}), f"{prefix}: columns")
     tags = _strings(entry.get("tags", {}), f"{prefix}: tags")
-    for key in UNSUPPORTED_COLUMNS:
-        if key in columns:
-            raise DatasetError(f"{prefix}: the '{key}' column is not supported (kbqa trains text chat data)")
+    unsupported = tuple(key for key in UNSUPPORTED_COLUMNS if columns.pop(key, None) is not None)
     unknown = set(columns) - {*_COLUMN_KEYS, "role", "content"}
     unknown |= set(tags) - set(_TAG_KEYS)
     if unknown:
@@ -100,11 +111,17 @@ def parse_spec(name: str, entry: object, where: Path | str = DATASET_INFO) -> Da
         num_samples=num_samples,
         file_sha1=_optional_string(entry, "file_sha1", prefix),
         hub={key: str(entry[key]) for key in HUB_KEYS if entry.get(key)},
+        unsupported=unsupported,
     )
 
 
 def dataset_files(spec: DatasetSpec, dataset_dir: Path) -> list[Path]:
     """Return the local files of a dataset (its file, or the readable files of its folder), checked."""
+    if spec.unsupported:
+        raise DatasetError(
+            f"dataset '{spec.name}': the '{spec.unsupported[0]}' column is not supported (kbqa trains text "
+            "chat data)"
+        )
     if spec.file_name is None:
         if spec.hub:
             key, url = next(iter(spec.hub.items()))
@@ -189,6 +206,67 @@ def load_dataset(
         conversations += [e for e in examples[:max_samples] if isinstance(e, Conversation)]
         report.merge(dataset_report)
     return conversations, report
+
+
+def load_preferences(
+    names: Sequence[str],
+    dataset_dir: Path,
+    strict: bool = False,
+    max_samples: int | None = None,
+    seed: int = 42,
+) -> tuple[list[Preference], ReadReport]:
+    """Return the preference pairs of the named datasets (each registered with `ranking: true`)."""
+    registry = read_dataset_info(dataset_dir)
+    preferences: list[Preference] = []
+    report = ReadReport()
+    for name in split_names(names):
+        spec = _spec(registry, name, dataset_dir)
+        if not spec.ranking:
+            raise DatasetError(
+                f"dataset '{name}' holds conversations; dpo, orpo and rm train on preference data "
+                "(ranking: true, with chosen and rejected replies)"
+            )
+        examples, dataset_report = read_dataset(spec, dataset_dir, strict)
+        if spec.num_samples is not None:
+            examples = sample(examples, spec.num_samples, seed)
+        preferences += [e for e in examples[:max_samples] if isinstance(e, Preference)]
+        report.merge(dataset_report)
+    return preferences, report
+
+
+def load_texts(
+    names: Sequence[str], dataset_dir: Path, strict: bool = False, max_samples: int | None = None
+) -> tuple[list[str], ReadReport]:
+    """Return the plain texts of the named datasets for pre-training: each record's prompt column only."""
+    registry = read_dataset_info(dataset_dir)
+    texts: list[str] = []
+    report = ReadReport()
+    for name in split_names(names):
+        spec = _spec(registry, name, dataset_dir)
+        found = []
+        for path in dataset_files(spec, dataset_dir):
+            for index, record in enumerate(load_records(path)):
+                text = record.get(spec.columns.prompt) if isinstance(record, dict) else None
+                if isinstance(text, str) and text.strip():
+                    found.append(text)
+                    continue
+                skipped = Skipped(str(path), index, f"missing text (column '{spec.columns.prompt}')")
+                if strict:
+                    raise DatasetError(str(skipped))
+                report.skipped.append(skipped)
+        texts += found[:max_samples]
+        report.valid += len(found)
+    if not texts:
+        raise DatasetError(f"no text to pre-train on in {', '.join(split_names(names))}")
+    return texts, report
+
+
+def _spec(registry: dict[str, DatasetSpec], name: str, dataset_dir: Path) -> DatasetSpec:
+    """Return a registered dataset's entry; DatasetError naming the registered ones."""
+    if name not in registry:
+        known = ", ".join(sorted(registry)) or "none"
+        raise DatasetError(f"no dataset '{name}' in {dataset_dir / DATASET_INFO} (registered: {known})")
+    return registry[name]
 
 
 def split_names(names: Sequence[str]) -> list[str]:

@@ -1,6 +1,7 @@
 """Question-answer tables (.xlsx sheets and .csv files) to conversations, and single-turn conversations back.
 
-The first row of a table is its header; columns are chosen by header name. A row whose question or
+The first row of a table is its header; columns are chosen by header name, or by Excel column letter
+(A, B, …, AA) where no header is so named. A row whose question or
 answer is empty is skipped and reported by its index among the data rows (0-based), the spreadsheet
 row number in the reason.
 """
@@ -39,10 +40,29 @@ def read_table(path: Path, sheet: str | None = None) -> list[dict[str, str]]:
         rows.pop()
     if not rows:
         raise DatasetError(f"{path}: the table is empty")
-    header = rows[0]
-    return [
-        {name: row[i] if i < len(row) else "" for i, name in enumerate(header) if name} for row in rows[1:]
-    ]
+    # A column without a header is known by its letter, so `--question C` still finds it.
+    header = [name or column_letter(i) for i, name in enumerate(rows[0])]
+    return [{name: row[i] if i < len(row) else "" for i, name in enumerate(header)} for row in rows[1:]]
+
+
+def column_letter(index: int) -> str:
+    """Return the spreadsheet letter of a 0-based column index: A, …, Z, AA, AB, …"""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
+def column_index(letters: str) -> int | None:
+    """Return the 0-based index of a spreadsheet column letter (A, b, AA), or None if `letters` is none."""
+    if not (1 <= len(letters) <= 3 and letters.isascii() and letters.isalpha()):
+        return None
+    index = 0
+    for letter in letters.upper():
+        index = index * 26 + ord(letter) - ord("A") + 1
+    return index - 1
 
 
 def table_conversations(
@@ -57,11 +77,8 @@ def table_conversations(
 ) -> tuple[list[Conversation], ReadReport]:
     """Return one single-turn conversation per row (question [+ input] → answer, a fixed system text)."""
     header = list(rows[0]) if rows else []
-    for column in (question, answer, input):
-        if column is not None and column not in header:
-            raise DatasetError(
-                f"{file}: no column '{column}'; the columns are: {', '.join(header) or 'none'}"
-            )
+    question, answer = (_column(header, column, file) for column in (question, answer))
+    input = _column(header, input, file) if input is not None else None
     conversations: list[Conversation] = []
     report = ReadReport()
     for index, row in enumerate(rows):
@@ -152,6 +169,19 @@ def _text(value: object) -> str:
     if isinstance(value, datetime.datetime | datetime.date):
         return value.isoformat()
     return str(value).strip()
+
+
+def _column(header: list[str], column: str, file: str) -> str:
+    """Return the header name of a column given by name or by letter; DatasetError naming the columns."""
+    if column in header:
+        return column
+    index = column_index(column)
+    if index is not None and index < len(header):
+        return header[index]
+    letters = f" (or by letter, A to {column_letter(len(header) - 1)})" if header else ""
+    raise DatasetError(
+        f"{file}: no column '{column}'; the columns are: {', '.join(header) or 'none'}{letters}"
+    )
 
 
 def _row_conversation(

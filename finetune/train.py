@@ -13,18 +13,24 @@ import json
 import logging
 import math
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from finetune.arguments import LOSS_PLOT, TrainArguments
-from finetune.conversation import Conversation
+from finetune.conversation import Conversation, Preference
 from finetune.errors import FinetuneError
 from finetune.loading import check_quantization, load_model
-from finetune.preprocess import IGNORE_INDEX, encode_example
+from finetune.preprocess import IGNORE_INDEX, encode_example, encode_preference, encode_text
+from finetune.readers import Example
+from finetune.stages import PREFERENCE_STAGES, check_trl, preference_trainer
+from finetune.tools import with_tools
 from llm.transformers_backend import ADAPTER_INFO
 
 logger = logging.getLogger(__name__)
+# What TRL logs as the reward margin: DPO and ORPO "rewards/margins", the reward trainer "margin".
+MARGIN_KEYS = ("rewards/margins", "margin")
 
 # ChatGLM3's layer names, as LLaMA-Factory configs for it name them, and what they became when the checkpoint
 # was converted to transformers' GLM: query_key_value was split in three, dense_h_to_4h kept [gate | up].
@@ -50,15 +56,20 @@ class TrainResult:
     skipped: int  # examples with nothing left to learn after truncation
     trainable_parameters: int
     loss_plot: Path | None
+    margins: list[tuple[int, float]] = field(default_factory=list)  # dpo, orpo, rm: chosen minus rejected
 
 
 def train(
     args: TrainArguments,
-    conversations: list[Conversation] | None = None,
-    eval_conversations: list[Conversation] | None = None,
+    conversations: Sequence[Example | str] | None = None,
+    eval_conversations: Sequence[Example | str] | None = None,
 ) -> TrainResult:
-    """Return the result of fine-tuning on `conversations` (by default `args.dataset` from the registry)."""
-    from transformers import Trainer, set_seed
+    """Return the result of a run of `args.stage` on `conversations` (by default `args.dataset`, read).
+
+    sft takes conversations; pt plain texts (or a conversation's first user turn); dpo, orpo and rm
+    preference pairs.
+    """
+    from transformers import Trainer, TrainingArguments, set_seed
 
     from llm.templates import template_for
 
@@ -68,7 +79,11 @@ def train(
     train_set, eval_set = _conversations(args, conversations, eval_conversations)
     set_seed(args.seed)
     model, tokenizer = load_model(
-        args.model_name_or_path, _load_dtype(args), args.quantization_bit, args.trust_remote_code
+        args.model_name_or_path,
+        _load_dtype(args),
+        args.quantization_bit,
+        args.trust_remote_code,
+        reward=args.stage == "rm",
     )
     try:
         template = template_for(args.template, tokenizer)
@@ -81,15 +96,25 @@ def train(
     model = _trainable(model, args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("%d examples (%d skipped), %d trainable parameters", len(examples), skipped, trainable)
-    trainer = Trainer(
-        model=model,
-        args=_training_arguments(args, has_eval=bool(eval_examples)),
-        train_dataset=examples,
-        eval_dataset=eval_examples or None,
-        data_collator=_Collator(_pad_id(tokenizer)),
-        processing_class=tokenizer,
-    )
-    outcome = trainer.train(resume_from_checkpoint=resume)
+
+    def config(kind: Any = TrainingArguments, **extra: Any) -> Any:
+        return _training_arguments(args, bool(eval_examples), kind, extra)
+
+    try:
+        if args.stage in PREFERENCE_STAGES:
+            trainer = preference_trainer(args, config, model, tokenizer, examples, eval_examples)
+        else:
+            trainer = Trainer(
+                model=model,
+                args=config(),
+                train_dataset=examples,
+                eval_dataset=eval_examples or None,
+                data_collator=_Collator(_pad_id(tokenizer)),
+                processing_class=tokenizer,
+            )
+        outcome = trainer.train(resume_from_checkpoint=resume)
+    except ValueError as error:  # transformers' and TRL's checks of the user's settings
+        raise FinetuneError(f"transformers refused the settings: {error}") from error
     trainer.save_model()
     trainer.save_state()
     trainer.save_metrics("train", outcome.metrics)
@@ -98,7 +123,7 @@ def train(
         metrics = trainer.evaluate()
         trainer.save_metrics("eval", metrics)
         eval_loss = metrics["eval_loss"]
-    write_adapter_info(output_dir, template.name, args.model_name_or_path, args.finetuning_type)
+    write_adapter_info(output_dir, template.name, args.model_name_or_path, args.finetuning_type, args.stage)
     history = trainer.state.log_history
     plot = None
     if args.plot_loss:
@@ -116,6 +141,7 @@ def train(
         skipped=skipped,
         trainable_parameters=trainable,
         loss_plot=plot,
+        margins=[(entry["step"], entry[key]) for entry in history for key in MARGIN_KEYS if key in entry],
     )
 
 
@@ -126,6 +152,8 @@ def _check_machine(args: TrainArguments) -> None:
     if not args.model_name_or_path or not args.output_dir:
         raise FinetuneError("--model_name_or_path and --output_dir are required")
     check_quantization(args.quantization_bit)
+    if args.stage in PREFERENCE_STAGES:
+        check_trl()
     if args.fp16 and not torch.cuda.is_available():
         raise FinetuneError("--fp16 needs a CUDA GPU; use --bf16 or full precision on the CPU")
     if args.plot_loss and importlib.util.find_spec("PIL") is None:
@@ -134,10 +162,14 @@ def _check_machine(args: TrainArguments) -> None:
         )
 
 
-def write_adapter_info(directory: Path, template: str, base_model: str, finetuning_type: str) -> Path:
+def write_adapter_info(
+    directory: Path, template: str, base_model: str, finetuning_type: str, stage: str = "sft"
+) -> Path:
     """Return the path of `kbqa_adapter.json` written into `directory`, naming the template served with it."""
     path = directory / ADAPTER_INFO
     info = {"template": template, "base_model": base_model, "finetuning_type": finetuning_type}
+    if stage != "sft":  # what the adapter was trained for, where it is not the usual
+        info["stage"] = stage
     path.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return path
 
@@ -197,12 +229,15 @@ def _trainable(model: Any, args: TrainArguments) -> Any:
             use_gradient_checkpointing=args.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+    targets = lora_targets(model, args.lora_target)
+    if args.stage == "rm":  # the value head is trained whole (peft's modules_to_save for SEQ_CLS)
+        targets = [name for name in targets if name != "score"]
     config = LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type="SEQ_CLS" if args.stage == "rm" else "CAUSAL_LM",
         r=args.lora_rank,
         lora_alpha=args.lora_alpha or 2 * args.lora_rank,
         lora_dropout=args.lora_dropout,
-        target_modules=lora_targets(model, args.lora_target),
+        target_modules=targets,
         use_dora=args.use_dora,
         use_rslora=args.use_rslora,
     )
@@ -230,11 +265,22 @@ def _load_dtype(args: TrainArguments) -> Any:
     return torch.float32
 
 
-def _training_arguments(args: TrainArguments, has_eval: bool) -> Any:
+def _training_arguments(args: TrainArguments, has_eval: bool, kind: Any, extra: dict[str, Any]) -> Any:
+    """Return the run's arguments as `kind` (transformers' TrainingArguments or a TRL config extending it):
+    kbqa's fields, `extra` (the stage's), then the other keys given, as given."""
     import torch
-    from transformers import TrainingArguments
 
-    return TrainingArguments(
+    passed = dict(args.training_arguments)
+    if args.lr_scheduler_type == "reduce_lr_on_plateau" and not has_eval:
+        raise FinetuneError(
+            "--lr_scheduler_type reduce_lr_on_plateau follows the eval loss: give --val_size or --eval_dataset"
+        )
+    eval_strategy = passed.pop("eval_strategy", None)
+    if eval_strategy is not None and str(eval_strategy) != "no" and not has_eval:
+        raise FinetuneError(
+            f"--eval_strategy {eval_strategy} needs eval data: give --val_size or --eval_dataset"
+        )
+    settings = dict(
         output_dir=args.output_dir,
         per_device_train_batch_size=args.per_device_train_batch_size,
         per_device_eval_batch_size=args.per_device_eval_batch_size,
@@ -243,12 +289,12 @@ def _training_arguments(args: TrainArguments, has_eval: bool) -> Any:
         num_train_epochs=args.num_train_epochs,
         max_steps=args.max_steps,
         lr_scheduler_type=args.lr_scheduler_type,
-        warmup_steps=args.warmup_steps,
+        warmup_steps=args.warmup_ratio if args.warmup_ratio is not None else args.warmup_steps,
         max_grad_norm=args.max_grad_norm,
         logging_steps=args.logging_steps,
         save_steps=args.save_steps,
         save_total_limit=args.save_total_limit,
-        eval_strategy="steps" if has_eval else "no",
+        eval_strategy=(eval_strategy or "steps") if has_eval else "no",
         eval_steps=args.eval_steps,
         bf16=args.bf16,
         fp16=args.fp16,
@@ -256,18 +302,29 @@ def _training_arguments(args: TrainArguments, has_eval: bool) -> Any:
         report_to=args.report_to,
         remove_unused_columns=False,  # the examples are plain dicts of exactly the model's inputs
         dataloader_pin_memory=torch.cuda.is_available(),
-        **_checkpointing(args, TrainingArguments),
+        use_cpu=not torch.cuda.is_available(),  # else transformers refuses --bf16 on a CPU-only machine
+        **_checkpointing(args, kind),
     )
+    try:
+        return kind(**(settings | extra | passed))
+    except (ValueError, TypeError, ImportError) as error:  # the user's settings, in transformers' words
+        raise FinetuneError(f"the training settings do not work together: {error}") from error
 
 
 def _checkpointing(args: TrainArguments, training_arguments: Any) -> dict[str, Any]:
-    """Return the Trainer's activation checkpointing settings (QLoRA's are set by peft on the model)."""
-    if not args.gradient_checkpointing or args.quantization_bit:
-        return {}
+    """Return the Trainer's activation checkpointing settings (QLoRA's are set by peft on the model).
+
+    Off unless asked for, also where TRL's configs default it on.
+    """
     # transformers 5 renamed gradient_checkpointing to activation_checkpointing, keeping the old name a while.
     fields = training_arguments.__dataclass_fields__
-    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+    names = [name for name in ("activation_checkpointing", "gradient_checkpointing") if name in fields]
+    names = names[:1] + [name for name in names[1:] if fields[name].default is True]  # TRL's default
+    on = args.gradient_checkpointing and not args.quantization_bit
+    settings: dict[str, Any] = {name: on for name in names}
+    if on:
+        settings[f"{names[0]}_kwargs"] = {"use_reentrant": False}
+    return settings
 
 
 def _checkpoint_to_resume(args: TrainArguments, output_dir: Path) -> str | None:
@@ -295,9 +352,9 @@ def _checkpoint_to_resume(args: TrainArguments, output_dir: Path) -> str | None:
 
 
 def _conversations(
-    args: TrainArguments, given: list[Conversation] | None, given_eval: list[Conversation] | None
-) -> tuple[list[Conversation], list[Conversation]]:
-    """Return (training, eval) conversations: given, or read from the registry and split by --val_size."""
+    args: TrainArguments, given: Sequence[Example | str] | None, given_eval: Sequence[Example | str] | None
+) -> tuple[list[Example | str], list[Example | str]]:
+    """Return (training, eval) examples: given, or read from the registry and split by --val_size."""
     if given is None:
         if not args.dataset:
             raise FinetuneError("--dataset is required")
@@ -314,32 +371,64 @@ def _conversations(
     return shuffled[held:], shuffled[:held]
 
 
-def _read(names: str, args: TrainArguments) -> list[Conversation]:
-    from finetune.registry import load_dataset
+def _read(names: str, args: TrainArguments) -> list[Example | str]:
+    """Return the stage's data of the named datasets: conversations, texts (pt) or preference pairs."""
+    from finetune.registry import load_dataset, load_preferences, load_texts
 
-    conversations, report = load_dataset(
-        [names], Path(args.dataset_dir), strict=args.strict, max_samples=args.max_samples, seed=args.seed
-    )
+    options = {"strict": args.strict, "max_samples": args.max_samples}
+    if args.stage == "pt":
+        found, report = load_texts([names], Path(args.dataset_dir), **options)
+    elif args.stage in PREFERENCE_STAGES:
+        found, report = load_preferences([names], Path(args.dataset_dir), seed=args.seed, **options)
+    else:
+        found, report = load_dataset([names], Path(args.dataset_dir), seed=args.seed, **options)
     for skipped in report.skipped:
         logger.warning("skipped %s", skipped)
-    logger.info(
-        "read %d conversations from %s (%d records skipped)", len(conversations), names, len(report.skipped)
-    )
-    return conversations
+    logger.info("read %d examples from %s (%d records skipped)", len(found), names, len(report.skipped))
+    return list(found)
 
 
 def _encode(
-    conversations: list[Conversation], template: Any, tokenizer: Any, args: TrainArguments
+    items: list[Example | str], template: Any, tokenizer: Any, args: TrainArguments
 ) -> tuple[list[dict[str, list[int]]], int]:
-    """Return (encoded examples, how many had no label left after truncation and were dropped)."""
+    """Return (encoded examples, how many had nothing left to learn after truncation and were dropped)."""
     examples = []
-    for conversation in conversations:
+    for item in items:
+        if args.stage == "pt":
+            text = item if isinstance(item, str) else _first_user_turn(item)
+            examples.append(encode_text(text, tokenizer, args.cutoff_len))
+            continue
+        if args.stage in PREFERENCE_STAGES:
+            if not isinstance(item, Preference):
+                raise FinetuneError(
+                    f"--stage {args.stage} trains on preference pairs (chosen and rejected replies)"
+                )
+            pair = encode_preference(item, template, tokenizer, args.cutoff_len)
+            if pair["chosen_ids"] and pair["rejected_ids"]:
+                examples.append(pair)
+            continue
+        if not isinstance(item, Conversation):
+            raise FinetuneError(
+                f"--stage {args.stage} trains on conversations, not preference pairs or texts"
+            )
         example = encode_example(
-            conversation, template, tokenizer, args.cutoff_len, args.train_on_prompt, args.mask_history
+            with_tools(item, template.name),
+            template,
+            tokenizer,
+            args.cutoff_len,
+            args.train_on_prompt,
+            args.mask_history,
+            (args.max_source_length, args.max_target_length),
         )
         if any(label != IGNORE_INDEX for label in example["labels"]):
             examples.append(example)
-    return examples, len(conversations) - len(examples)
+    return examples, len(items) - len(examples)
+
+
+def _first_user_turn(example: Example) -> str:
+    """Return the text of a conversation's first user message (pt's prompt column)."""
+    messages = example.messages if isinstance(example, Conversation) else example.prompt
+    return next(m.content for m in messages if m.role == "user")
 
 
 def _pad_id(tokenizer: Any) -> int:

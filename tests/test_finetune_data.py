@@ -12,7 +12,7 @@ from finetune.conversation import Conversation, Preference
 from finetune.convert import convert_file, parse_ratios, split_file, split_records, split_sizes, to_record
 from finetune.errors import DatasetError, FinetuneError, NoValidRecord
 from finetune.rag import Passage, RagOptions, RagSample, build_rag_conversations, read_rag_samples
-from finetune.readers import read_file
+from finetune.readers import Malformed, read_file
 from finetune.registry import load_dataset, read_dataset, read_dataset_info
 from finetune.tables import read_table, table_conversations, table_rows, write_table
 from llm.prompt import PromptBuilder, PromptConfig
@@ -411,10 +411,6 @@ def test_registry_errors_name_the_entry(tmp_path: Path) -> None:
         read_dataset_info(tmp_path)
     cases = {
         "fmt": ({"file_name": "d.json", "formatting": "csv"}, "unknown formatting 'csv'"),
-        "img": (
-            {"file_name": "d.json", "columns": {"images": "img"}},
-            "the 'images' column is not supported",
-        ),
         "key": (
             {"file_name": "d.json", "tags": {"speaker_tag": "x"}},
             "unknown column or tag keys: speaker_tag",
@@ -425,6 +421,10 @@ def test_registry_errors_name_the_entry(tmp_path: Path) -> None:
         write(tmp_path / "dataset_info.json", {name: entry})
         with pytest.raises(DatasetError, match=f"dataset '{name}': {message}"):
             read_dataset_info(tmp_path)
+    # A column kbqa does not train on no longer blocks the file: the entry is refused when it is asked for.
+    write(tmp_path / "dataset_info.json", {"img": {"file_name": "d.json", "columns": {"images": "img"}}})
+    with pytest.raises(DatasetError, match="dataset 'img': the 'images' column is not supported"):
+        load_dataset(["img"], tmp_path)
     root = registry_dir(
         tmp_path,
         {"dev": {"file_name": "d.json", "split": "test"}, "pref": {"file_name": "p.json", "ranking": True}},
@@ -849,3 +849,367 @@ def test_cli_data_check_counts_valid_and_skipped_records(tmp_path: Path) -> None
     assert shows(result.stderr, f"{root / 'e.json'}: no valid record (2 malformed")
     strict = kbqa("finetune", "data-check", "--dataset", "good", "--dataset_dir", str(root), "--strict")
     assert strict.exit_code == 1 and shows(strict.stderr, "record 1: missing instruction")
+
+
+# --- Multi-Doc-QA-Chinese, as its folder of JSON Lines files named .json holds it -----------------
+
+PLAIN = (
+    "你现在是一个可以根据文档内容进行问答的机器人，以下是用于参考的文档内容：\n\n{doc}\n问题为：{query}\n答："
+)
+
+
+def multidoc_chinese(first: int, n: int) -> list[str]:
+    """Return n Multi-Doc-QA-Chinese lines: a document, its questions (two on every third), distractors."""
+    lines = []
+    for i in range(first, first + n):
+        qa = [{"question": f"第{i}号仓库在哪里？", "answer": f"第{i}号仓库在{i}号路。"}]
+        if i % 3 == 0:
+            qa.append({"question": f"第{i}号仓库几点开门？", "answer": "八点。"})
+        record = {
+            "QA": qa,
+            "positive_doc": [{"text": f"第{i}号仓库位于城东{i}号路，每天八点开门。"}],
+            "negative_doc": [{"text": f"第{i}号食堂的厨师姓王。"}, {"text": f"第{i}号车间禁止吸烟。"}],
+        }
+        lines.append(json.dumps(record, ensure_ascii=False))
+    return lines
+
+
+def multidoc_folder(root: Path) -> Path:
+    folder = root / "Multi-Doc-QA-Chinese"
+    folder.mkdir(parents=True)
+    (folder / "part_0.json").write_text("\n".join(multidoc_chinese(0, 45)) + "\n", encoding="utf-8")
+    (folder / "part_1.json").write_text("\n".join(multidoc_chinese(45, 30)) + "\n", encoding="utf-8")
+    (folder / "README.md").write_text("# Multi-Doc-QA-Chinese\n", encoding="utf-8")  # not data
+    return folder
+
+
+def test_multidoc_qa_chinese_files_and_folders_are_read(tmp_path: Path) -> None:
+    folder = multidoc_folder(tmp_path)
+    samples, report = read_rag_samples(folder)
+    assert len(samples) == 100 and report.valid == 100 and not report.skipped  # 75 records, 25 with two
+    first, second = samples[0], samples[1]
+    assert (first.question, first.answer) == ("第0号仓库在哪里？", "第0号仓库在0号路。")
+    assert (second.question, second.answer) == ("第0号仓库几点开门？", "八点。")
+    assert first.positive.text == second.positive.text == "第0号仓库位于城东0号路，每天八点开门。"
+    assert [p.text for p in first.negatives] == ["第0号食堂的厨师姓王。", "第0号车间禁止吸烟。"]
+    assert first.source == f"{folder / 'part_0.json'}#0"
+    one, _ = read_rag_samples(folder / "part_1.json")
+    assert len(one) == 40
+    bare = tmp_path / "bare"  # the files of a download may carry no suffix
+    bare.write_text("\n".join(multidoc_chinese(0, 2)), encoding="utf-8")
+    assert len(read_rag_samples(bare)[0]) == 3
+    bad = write(
+        tmp_path / "bad.json",
+        [
+            {"QA": [{"question": "q"}], "positive_doc": [{"text": "d"}]},
+            {"QA": [], "positive_doc": [{"text": "d"}]},
+            {"QA": [{"question": "q", "answer": "a"}], "positive_doc": []},
+            {"QA": [{"question": "q", "answer": "a"}], "positive_doc": [{"text": "d"}]},
+        ],
+    )
+    _, report = read_rag_samples(bad)
+    assert [s.reason for s in report.skipped] == [
+        "QA item 0: missing 'answer' (a non-empty string)",
+        "'QA' is not a non-empty list of {question, answer} objects",
+        "'positive_doc' holds no document",
+    ]
+
+
+def test_cli_writes_multidoc_qa_chinese_as_plain_instructions_split_99_to_1(tmp_path: Path) -> None:
+    folder = multidoc_folder(tmp_path)
+    out = tmp_path / "sft"
+    result = kbqa("finetune", "convert", "rag", str(folder), str(out), "--plain", "--ratio", "99:1")
+    assert result.exit_code == 0, result.output
+    assert shows(result.stdout, "train: 99 records") and shows(result.stdout, "dev: 1 records")
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    dev = [json.loads(line) for line in (out / "dev.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(train) == 99 and len(dev) == 1
+    samples, _ = read_rag_samples(folder)
+    expected = {(PLAIN.format(doc=s.positive.text, query=s.question), s.answer) for s in samples}
+    assert {(r["instruction"], r["output"]) for r in train + dev} == expected
+    assert all(r["input"] == "" and "system" not in r for r in train)
+    again = kbqa("finetune", "convert", "rag", str(folder), str(tmp_path / "b"), "--plain", "--ratio", "99:1")
+    assert again.exit_code == 0
+    assert (tmp_path / "b" / "dev.jsonl").read_text(encoding="utf-8") == (out / "dev.jsonl").read_text(
+        encoding="utf-8"
+    )
+
+    # The default: the service's prompt, the sample's own negative documents as distractors.
+    result = kbqa("finetune", "convert", "rag", str(folder), str(tmp_path / "rag.jsonl"), "-k", "2")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "rag.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 100 and sum(r["output"] == REFUSAL for r in records) == 20
+    assert (
+        "第0号食堂的厨师姓王。" in records[0]["instruction"]
+        or "第0号车间禁止吸烟。" in records[0]["instruction"]
+    )
+    assert all(r["system"] == PromptConfig().system_zh for r in records)
+
+    names = kbqa(
+        "finetune", "convert", "rag", str(folder), str(tmp_path / "c"), "--ratio", "9:1", "--names", "a"
+    )
+    assert names.exit_code == 1 and shows(names.stderr, "give 2 different names, one per ratio")
+
+
+# --- XTuner's recipe output and Excel tables as people write them --------------------------------
+
+
+def test_a_jsonl_file_holding_one_json_array_is_read_split_and_converted(tmp_path: Path) -> None:
+    records = [
+        {"conversation": [{"system": "你是客服。", "input": f"问题{i}", "output": f"回答{i}"}]}
+        for i in range(10)
+    ]
+    path = tmp_path / "xtuner.jsonl"  # the XTuner recipe's json.dump of the whole list into a .jsonl file
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=4), encoding="utf-8")
+    examples, report = read_file(path)
+    assert report.valid == 10 and examples[3].messages[1] == Message(U, "问题3")
+    result = kbqa("finetune", "convert", "split", str(path), "--ratio", "7:3", "--names", "train,test")
+    assert result.exit_code == 0, result.output
+    assert shows(result.stdout, "train: 7 records") and shows(result.stdout, "test: 3 records")
+    lines = (tmp_path / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 3 and all(json.loads(line) in records for line in lines)
+    assert not (tmp_path / "dev.jsonl").exists()
+    result = kbqa("finetune", "convert", "format", str(path), str(tmp_path / "a.json"), "--to", "alpaca")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))[0] == {
+        "instruction": "问题0",
+        "input": "",
+        "output": "回答0",
+        "system": "你是客服。",
+    }
+
+
+def test_lines_that_are_not_json_are_clear_errors_not_tracebacks(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jsonl"
+    good = json.dumps({"conversation": [{"input": "q", "output": "a"}]})
+    broken.write_text("{'input': 'python repr, not JSON'}\n" + good + "\n", encoding="utf-8")
+    split = kbqa("finetune", "convert", "split", str(broken), "--out-dir", str(tmp_path / "s"))
+    assert split.exit_code == 1 and not isinstance(split.exception, TypeError)
+    assert shows(split.stderr, f"{broken}: record 0: not valid JSON") and "Unparsable" not in split.output
+    converted = kbqa("finetune", "convert", "format", str(broken), str(tmp_path / "out.json"))
+    assert converted.exit_code == 0, converted.output
+    assert shows(converted.stdout, "wrote 1 records") and shows(converted.stderr, "record 0: not valid JSON")
+    assert "Unparsable" not in converted.output
+    only_bad = write(tmp_path / "bad.jsonl", ["not json"])
+    bad = kbqa("finetune", "convert", "format", str(only_bad), str(tmp_path / "o.json"))
+    assert (
+        bad.exit_code == 1
+        and shows(bad.stderr, "record 0: not valid JSON")
+        and "Unparsable" not in bad.output
+    )
+    names = kbqa("finetune", "convert", "split", str(broken), "--ratio", "8:1:1", "--names", "a,b")
+    assert names.exit_code == 1 and shows(names.stderr, "give 3 different names, one per ratio")
+
+
+def test_table_columns_by_excel_letter(tmp_path: Path) -> None:
+    from openpyxl import Workbook
+
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.append(["编号", "问题", None, "答案"])  # a column without a header is still column C
+    sheet.append([1, "年假有几天？", "补充一", "五天。"])
+    sheet.append([2, "报销多久到账？", "补充二", "十天。"])
+    path = tmp_path / "faq.xlsx"
+    workbook.save(path)
+    target = tmp_path / "faq.jsonl"
+    args = ["finetune", "convert", "table", str(path), str(target), "--question", "B", "--answer", "D"]
+    result = kbqa(*args, "--input", "c", "--to", "xtuner")
+    assert result.exit_code == 0, result.output
+    first = json.loads(target.read_text(encoding="utf-8").splitlines()[0])
+    assert first == {"conversation": [{"input": "年假有几天？\n补充一", "output": "五天。"}]}
+    by_name = kbqa(
+        "finetune",
+        "convert",
+        "table",
+        str(path),
+        str(tmp_path / "n.json"),
+        "--question",
+        "问题",
+        "--answer",
+        "答案",
+    )
+    assert by_name.exit_code == 0, by_name.output
+    missing = kbqa(
+        "finetune",
+        "convert",
+        "table",
+        str(path),
+        str(tmp_path / "x.json"),
+        "--question",
+        "F",
+        "--answer",
+        "D",
+    )
+    assert missing.exit_code == 1 and shows(
+        missing.stderr, "no column 'F'; the columns are: 编号, 问题, C, 答案 (or by letter, A to D)"
+    )
+
+
+# --- LLaMA-Factory's own dataset_info.json, and function-call data ----------------------------------
+
+# Entries of LLaMA-Factory's data/dataset_info.json, field by field.
+LLAMAFACTORY_INFO = {
+    "identity": {"file_name": "identity.json"},
+    "glaive_toolcall_zh_demo": {
+        "file_name": "glaive_toolcall_zh_demo.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "tools": "tools"},
+    },
+    "mllm_demo": {
+        "file_name": "mllm_demo.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {
+            "role_tag": "role",
+            "content_tag": "content",
+            "user_tag": "user",
+            "assistant_tag": "assistant",
+        },
+    },
+    "kto_en_demo": {
+        "file_name": "kto_en_demo.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "kto_tag": "label"},
+        "tags": {
+            "role_tag": "role",
+            "content_tag": "content",
+            "user_tag": "user",
+            "assistant_tag": "assistant",
+        },
+    },
+    "dpo_zh_demo": {
+        "file_name": "dpo_zh_demo.json",
+        "ranking": True,
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"},
+    },
+    "llava_1k_en": {
+        "hf_hub_url": "BUAADreamer/llava-en-zh-2k",
+        "subset": "en",
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {
+            "role_tag": "role",
+            "content_tag": "content",
+            "user_tag": "user",
+            "assistant_tag": "assistant",
+        },
+    },
+    "starcoder_python": {
+        "hf_hub_url": "bigcode/starcoderdata",
+        "ms_hub_url": "AI-ModelScope/starcoderdata",
+        "columns": {"prompt": "content"},
+        "folder": "python",
+    },
+}
+TOOLS = [
+    {
+        "name": "generate_invoice",
+        "description": "生成发票",
+        "parameters": {
+            "type": "object",
+            "properties": {"customer_name": {"type": "string", "description": "客户名称"}},
+            "required": ["customer_name"],
+        },
+    }
+]
+GLAIVE = [
+    {
+        "conversations": [
+            {"from": "human", "value": "我需要为John Doe生成一张发票。"},
+            {
+                "from": "function_call",
+                "value": json.dumps(
+                    {"name": "generate_invoice", "arguments": {"customer_name": "约翰·多伊"}},
+                    ensure_ascii=False,
+                ),
+            },
+            {"from": "observation", "value": json.dumps({"invoice_id": "INV12345"})},
+            {"from": "gpt", "value": "发票已成功生成，编号为INV12345。"},
+        ],
+        "tools": json.dumps(TOOLS, ensure_ascii=False),
+    },
+    {
+        "conversations": [{"from": "human", "value": "你好"}, {"from": "gpt", "value": "你好！"}],
+        "tools": "[]",
+    },
+]
+
+
+def llamafactory_dir(tmp_path: Path) -> Path:
+    return registry_dir(
+        tmp_path,
+        LLAMAFACTORY_INFO,
+        {
+            "identity.json": [{"instruction": "你是谁？", "input": "", "output": "我是 {{name}}。"}],
+            "glaive_toolcall_zh_demo.json": GLAIVE,
+            "mllm_demo.json": [{"messages": [], "images": []}],
+            "kto_en_demo.json": [{"messages": [], "label": True}],
+            "dpo_zh_demo.json": [
+                {
+                    "conversations": [{"from": "human", "value": "q"}],
+                    "chosen": {"from": "gpt", "value": "a"},
+                    "rejected": {"from": "gpt", "value": "b"},
+                }
+            ],
+        },
+    )
+
+
+def test_llamafactorys_own_dataset_info_loads_and_refuses_only_what_is_asked_for(tmp_path: Path) -> None:
+    root = llamafactory_dir(tmp_path)
+    assert set(read_dataset_info(root)) == set(LLAMAFACTORY_INFO)
+    conversations, _ = load_dataset(["identity,glaive_toolcall_zh_demo"], root)
+    assert len(conversations) == 3
+    for name, column in (("mllm_demo", "images"), ("kto_en_demo", "kto_tag"), ("llava_1k_en", "images")):
+        with pytest.raises(DatasetError, match=f"dataset '{name}': the '{column}' column is not supported"):
+            load_dataset([name], root)
+    with pytest.raises(DatasetError, match="on a hub"):
+        load_dataset(["starcoder_python"], root)
+    result = kbqa("finetune", "data-check", "--dataset", "identity,dpo_zh_demo", "--dataset_dir", str(root))
+    assert result.exit_code == 0, result.output
+
+
+def test_function_call_data_reads_with_its_tools_and_lays_out_per_template(tmp_path: Path) -> None:
+    from finetune.tools import GLM4_TOOL_PROMPT, with_tools
+
+    root = llamafactory_dir(tmp_path)
+    [call, plain], _ = read_dataset(read_dataset_info(root)["glaive_toolcall_zh_demo"], root)
+    assert call.calls == (1,) and json.loads(call.tools) == TOOLS
+    assert [m.role for m in call.messages] == [U, A, T, A]
+    assert (plain.tools, plain.calls) == ("", ())
+
+    qwen = with_tools(call, "chatml")
+    system, user, called, observed, answer = qwen.messages
+    assert system.role == S and system.content.startswith("# Tools\n\nYou may call one or more functions")
+    assert json.dumps({"type": "function", "function": TOOLS[0]}, ensure_ascii=False) in system.content
+    assert called == Message(
+        A,
+        '<tool_call>\n{"name": "generate_invoice", "arguments": {"customer_name": "约翰·多伊"}}\n</tool_call>',
+    )
+    assert (user, observed, answer) == call.messages[0:1] + call.messages[2:]
+
+    glm = with_tools(
+        Conversation((Message(S, "你是助手。"), *call.messages), "g#0", call.tools, (2,)), "glm4"
+    )
+    body = json.dumps(TOOLS[0], indent=4, ensure_ascii=False)
+    assert glm.messages[0].content == "你是助手。" + GLM4_TOOL_PROMPT.format(
+        tool_text=f"\n\n## generate_invoice\n\n{body}\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
+    )
+    assert glm.messages[2] == Message(A, 'generate_invoice\n{"customer_name": "约翰·多伊"}')
+    assert with_tools(call, "chatglm3").messages == with_tools(call, "glm4").messages
+    assert with_tools(plain, "llama3") == plain
+    with pytest.raises(FinetuneError, match="train it with --template chatglm3, glm4, chatml"):
+        with_tools(call, "llama3")
+
+    converted = tmp_path / "back.json"
+    convert_file(root / "glaive_toolcall_zh_demo.json", converted, "sharegpt")
+    back, _ = read_file(converted)
+    assert back[0].tools == call.tools and back[0].calls == call.calls
+    report = convert_file(root / "glaive_toolcall_zh_demo.json", tmp_path / "a.json", "alpaca")
+    assert report.valid == 1 and "no place for tool results" in report.skipped[0].reason
+    no_result = Conversation(
+        (Message(U, "开票"), Message(A, '{"name": "generate_invoice"}')), "c#0", "", (1,)
+    )
+    with pytest.raises(Malformed, match="the xtuner format has no place for tools and function calls"):
+        to_record(no_result, "xtuner")
