@@ -8,9 +8,11 @@ from pathlib import Path
 
 import docx
 import openpyxl
+import pptx
 import pytest
 from docx.enum.style import WD_STYLE_TYPE
 from fpdf import FPDF
+from pptx.util import Inches
 from pypdf import PdfWriter
 
 from ingestion.loaders import SUPPORTED_SUFFIXES, Block, LoadedDocument, LoaderError, load_file
@@ -59,24 +61,34 @@ def texts(document: LoadedDocument) -> list[str]:
 def test_supported_suffixes_are_sorted_and_complete() -> None:
     assert list(SUPPORTED_SUFFIXES) == sorted(SUPPORTED_SUFFIXES)
     expected = {
+        ".bmp",
         ".csv",
         ".docx",
         ".htm",
         ".html",
+        ".jpeg",
+        ".jpg",
         ".json",
         ".jsonl",
         ".md",
         ".markdown",
         ".pdf",
+        ".png",
+        ".pptx",
+        ".tif",
+        ".tiff",
         ".txt",
+        ".webp",
         ".xlsx",
     }
     assert set(SUPPORTED_SUFFIXES) == expected
 
 
 def test_unsupported_type_lists_supported_ones(tmp_path: Path) -> None:
-    with pytest.raises(LoaderError, match=r"unsupported file type '\.png'; supported: \.csv, \.docx, "):
-        load_file(write(tmp_path / "photo.png", b"\x89PNG\r\n"))
+    with pytest.raises(
+        LoaderError, match=r"unsupported file type '\.ppt'; supported: \.bmp, \.csv, \.docx, "
+    ):
+        load_file(write(tmp_path / "slides.ppt", b"\xd0\xcf\x11\xe0"))
 
 
 def test_suffix_is_matched_case_insensitively(tmp_path: Path) -> None:
@@ -535,3 +547,62 @@ def test_jsonl_line_that_is_not_an_object(tmp_path: Path) -> None:
 def test_example_documents_load(name: str, fact: str) -> None:
     document = load_file(EXAMPLES / name)
     assert fact in document.text.replace("\n", "")
+
+
+# --- PowerPoint -------------------------------------------------------------------------------------
+
+
+def make_pptx(path: Path, core_title: str = "") -> Path:
+    """Return `path` after writing a deck: a title slide, a slide with a table, a text box and notes."""
+    deck = pptx.Presentation()
+    deck.core_properties.title = core_title
+    first = deck.slides.add_slide(deck.slide_layouts[0])  # title and subtitle
+    first.shapes.title.text = "2024 年第三季度经营报告"
+    first.placeholders[1].text = "财务部\nFinance team"
+    second = deck.slides.add_slide(deck.slide_layouts[5])  # title only
+    second.shapes.title.text = "各地区销售额"
+    # Added before the table but placed below it: read after it, as a reader would.
+    second.shapes.add_textbox(Inches(1), Inches(5), Inches(6), Inches(1)).text_frame.text = "数据截至九月底。"
+    rows = [("地区", "销售额", "同比增长"), ("华东", "1200 万元", "12%"), ("华南", "860 万元", "8%")]
+    table = second.shapes.add_table(3, 3, Inches(1), Inches(2), Inches(6), Inches(2)).table
+    for r, values in enumerate(rows):
+        for c, value in enumerate(values):
+            table.cell(r, c).text = value
+    group = second.shapes.add_group_shape()
+    group.shapes.add_textbox(Inches(1), Inches(6), Inches(3), Inches(1)).text_frame.text = "华北另行统计"
+    second.notes_slide.notes_text_frame.text = "强调华东增长最快。\n\nQ4 目标另议。"
+    deck.slides.add_slide(deck.slide_layouts[6])  # blank: no text, still counted
+    deck.save(str(path))
+    return path
+
+
+def test_pptx_slides_are_pages_with_titles_tables_and_notes(tmp_path: Path) -> None:
+    document = load_file(make_pptx(tmp_path / "report.pptx"))
+    assert document.title == "2024 年第三季度经营报告"
+    assert document.page_count == 3
+    got = [(block.page, block.heading_path, block.is_table_row, block.text) for block in document.blocks]
+    title, sales = ("2024 年第三季度经营报告",), ("各地区销售额",)
+    assert got == [
+        (1, title, False, "财务部\nFinance team"),
+        (2, sales, True, "地区: 华东\n销售额: 1200 万元\n同比增长: 12%"),
+        (2, sales, True, "地区: 华南\n销售额: 860 万元\n同比增长: 8%"),
+        (2, sales, False, "数据截至九月底。"),
+        (2, sales, False, "华北另行统计"),
+        (2, (*sales, "Speaker notes"), False, "强调华东增长最快。"),
+        (2, (*sales, "Speaker notes"), False, "Q4 目标另议。"),
+    ]
+
+
+def test_pptx_title_from_core_properties(tmp_path: Path) -> None:
+    assert load_file(make_pptx(tmp_path / "r.pptx", core_title="Q3 经营")).title == "Q3 经营"
+
+
+def test_pptx_random_bytes(tmp_path: Path) -> None:
+    with pytest.raises(LoaderError, match=r"^not a valid \.pptx file: it is not a ZIP package .*\.ppt file"):
+        load_file(write(tmp_path / "old.pptx", bytes(range(256)) * 8))
+
+
+def test_pptx_zip_that_is_not_powerpoint(tmp_path: Path) -> None:
+    make_docx(tmp_path / "renamed.pptx")
+    with pytest.raises(LoaderError, match=r"^not a valid \.pptx file: "):
+        load_file(tmp_path / "renamed.pptx")
