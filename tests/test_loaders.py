@@ -14,6 +14,12 @@ from docx.enum.style import WD_STYLE_TYPE
 from fpdf import FPDF
 from pptx.util import Inches
 from pypdf import PdfWriter
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+from reportlab.platypus import Paragraph, SimpleDocTemplate, Table, TableStyle
 
 from ingestion.loaders import SUPPORTED_SUFFIXES, Block, LoadedDocument, LoaderError, load_file
 from ingestion.loaders.pdf import unwrap_lines
@@ -143,6 +149,56 @@ def test_pdf_chinese_text_is_extracted() -> None:
     assert [(block.page, block.text) for block in document.blocks] == [
         (1, "第一页\n年假每年十天。"),
         (2, "第二页\n报销须在三十天内提交。"),
+    ]
+
+
+def table_pdf(path: Path) -> Path:
+    """Return `path` after writing a one-page PDF: a paragraph, a ruled Chinese table, a paragraph."""
+    pdfmetrics.registerFont(UnicodeCIDFont("STSong-Light"))  # built into every PDF reader: no font file
+    style = ParagraphStyle("zh", fontName="STSong-Light", fontSize=11, leading=16)
+    rows = [
+        ["城市", "差旅补贴", "住宿标准"],
+        ["北京", "每天 200 元", "每晚 600 元"],
+        ["上海", "每天 180 元", "每晚 550 元，含早餐"],
+        ["Shenzhen", "150 yuan a day", "500 yuan a night"],
+    ]
+    # The narrow last column wraps "每晚 550 元，含早餐" after "550": its lines join without the space.
+    table = Table(rows, colWidths=[70, 110, 70])
+    table.setStyle(
+        TableStyle(
+            [("FONTNAME", (0, 0), (-1, -1), "STSong-Light"), ("GRID", (0, 0), (-1, -1), 0.5, colors.black)]
+        )
+    )
+    table._cellvalues[2][2] = Paragraph(rows[2][2], style)
+    story = [Paragraph("差旅标准如下表所示。", style), table, Paragraph("超出标准的部分由员工自理。", style)]
+    SimpleDocTemplate(str(path), pagesize=A4).build(story)
+    return path
+
+
+def test_pdf_ruled_table_rows_keep_their_column_names_in_reading_order(tmp_path: Path) -> None:
+    document = load_file(table_pdf(tmp_path / "travel.pdf"))
+    got = [(block.page, block.is_table_row, block.text) for block in document.blocks]
+    assert got == [
+        (1, False, "差旅标准如下表所示。"),
+        (1, True, "城市: 北京\n差旅补贴: 每天 200 元\n住宿标准: 每晚 600 元"),
+        (1, True, "城市: 上海\n差旅补贴: 每天 180 元\n住宿标准: 每晚 550元，含早餐"),
+        (1, True, "城市: Shenzhen\n差旅补贴: 150 yuan a day\n住宿标准: 500 yuan a night"),
+        (1, False, "超出标准的部分由员工自理。"),
+    ]
+
+
+def test_pdf_page_with_a_rule_but_no_table_is_read_as_text(tmp_path: Path) -> None:
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    pdf.add_page()
+    pdf.multi_cell(0, 8, "Heading above a rule.")
+    pdf.line(10, 30, 200, 30)
+    pdf.rect(10, 40, 100, 20)  # a box around nothing is not a table either
+    pdf.text(12, 50, "Boxed note.")
+    pdf.output(str(tmp_path / "ruled.pdf"))
+    document = load_file(tmp_path / "ruled.pdf")
+    assert [(block.is_table_row, block.text) for block in document.blocks] == [
+        (False, "Heading above a rule.\nBoxed note.")
     ]
 
 

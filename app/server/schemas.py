@@ -131,6 +131,7 @@ class HitOut(BaseModel):
     context_before: list[str]
     context_after: list[str]
     metadata: dict[str, str]
+    ocr: bool = Field(False, description="The text was read from an image by OCR (a scanned page, a photo).")
 
 
 class ListOf(BaseModel):

@@ -21,8 +21,8 @@ OCR_PACKAGE = "rapidocr_onnxruntime"
 INSTALL_HINT = "install the OCR extra to read it: pip install 'kbqa[ocr]'"
 # A recognised piece below this confidence is more often noise (a stamp, a texture) than text.
 _MIN_SCORE = 0.5
-# Longest side an image is read at (an A4 page at 300 dpi is 3508 pixels high).
-_MAX_SIDE = 3508
+# Longest side an image is read at: RapidOCR shrinks larger ones to this itself (max_side_len).
+_MAX_SIDE = 2000
 
 
 class OcrConfig(BaseModel):
@@ -46,7 +46,12 @@ class OcrConfig(BaseModel):
         description="A PDF page whose text layer has fewer characters than this over images covering most "
         "of the page (or none at all) is treated as scanned and OCR'd.",
     )
-    dpi: int = Field(200, ge=72, le=600, description="Resolution scanned PDF pages are rendered at for OCR.")
+    dpi: int = Field(
+        150,
+        ge=72,
+        le=400,
+        description="Resolution scanned PDF pages are rendered at for OCR; OCR time grows with its square.",
+    )
 
 
 class ImageReader:

@@ -110,20 +110,20 @@ class _Layout:
         return [] if page is None else list(page.get_objects(filter=[kind]))
 
     def looks_scanned(self, number: int, text: str, min_chars: int) -> bool:
-        """Return whether a page has no text, or fewer than `min_chars` characters over large images."""
+        """Return whether a page is an image with no text layer, or with fewer than `min_chars` characters
+        over images covering most of it (a scan with a stamp or a page number as text)."""
         chars = sum(not c.isspace() for c in text)
-        if chars >= min_chars:
+        if chars >= min_chars or self._pdfium_page(number) is None:
             return False
-        page = self._pdfium_page(number)
-        if page is None:
-            return False
-        if chars == 0:
-            return True
         import pypdfium2.raw as pdfium_c
 
-        width, height = page.get_size()
+        images = self._objects(number, pdfium_c.FPDF_PAGEOBJ_IMAGE)
+        if chars == 0 or not images:
+            # A page without images and text is blank or drawn only with lines: nothing for OCR to read.
+            return bool(images)
+        width, height = self._pdfium_page(number).get_size()
         covered = 0.0
-        for image in self._objects(number, pdfium_c.FPDF_PAGEOBJ_IMAGE):
+        for image in images:
             left, bottom, right, top = image.get_bounds()
             covered += max(0.0, min(right, width) - max(left, 0)) * max(
                 0.0, min(top, height) - max(bottom, 0)
