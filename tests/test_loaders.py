@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import subprocess
 from pathlib import Path
 
 import docx
+import numpy as np
 import openpyxl
 import pptx
+import pypdfium2
 import pytest
 from docx.enum.style import WD_STYLE_TYPE
 from fpdf import FPDF
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from pptx.util import Inches
-from pypdf import PdfWriter
+from pypdf import PdfReader, PdfWriter
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.utils import ImageReader as PdfImage
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Table, TableStyle
 
-from ingestion.loaders import SUPPORTED_SUFFIXES, Block, LoadedDocument, LoaderError, load_file
+from ingestion.loaders import (
+    SUPPORTED_SUFFIXES,
+    Block,
+    ImageReader,
+    LoadedDocument,
+    LoaderError,
+    OcrConfig,
+    load_file,
+)
+from ingestion.loaders import ocr as ocr_module
+from ingestion.loaders.ocr import ocr_installed
 from ingestion.loaders.pdf import unwrap_lines
 
 DATA = Path(__file__).parent / "data"
@@ -662,3 +680,206 @@ def test_pptx_zip_that_is_not_powerpoint(tmp_path: Path) -> None:
     make_docx(tmp_path / "renamed.pptx")
     with pytest.raises(LoaderError, match=r"^not a valid \.pptx file: "):
         load_file(tmp_path / "renamed.pptx")
+
+
+# --- OCR: scanned PDF pages, image files, pictures in documents ---------------------------------------
+
+needs_ocr = pytest.mark.skipif(not ocr_installed(), reason="needs the `ocr` extra (rapidocr-onnxruntime)")
+SCANNED_ZH = "扫描件：差旅报销须在三十天内提交。"
+SCANNED_EN = "Scanned notice: the server room code is 4711."
+PHOTO_ZH = "会议室预订须提前一天。"
+PHOTO_EN = "Room booking: call 8021"
+
+
+def cjk_font() -> str:
+    """Return the path of an installed font with Chinese glyphs; skip the test when there is none."""
+    listed = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True, check=False)
+    paths = sorted(line.split(":")[0] for line in listed.stdout.splitlines() if line.strip())
+    if not paths:
+        pytest.skip("needs a Chinese font (Debian: fonts-wqy-microhei, installed by .ci/run)")
+    return paths[0]
+
+
+def text_page_image(lines: list[str], size: tuple[float, float] = (420, 120)) -> Image.Image:
+    """Return a small PDF page with `lines` (the Chinese font embedded), rendered at 200 dpi by pdfium."""
+    pdfmetrics.registerFont(TTFont("CJK", cjk_font(), subfontIndex=0))
+    buffer = io.BytesIO()
+    canvas = Canvas(buffer, pagesize=size)
+    canvas.setFont("CJK", 13)
+    for n, line in enumerate(lines):
+        canvas.drawString(20, size[1] - 40 - 26 * n, line)
+    canvas.save()
+    return pypdfium2.PdfDocument(buffer.getvalue())[0].render(scale=200 / 72).to_pil()
+
+
+def image_pdf(pages: list[Image.Image], dpi: int = 200) -> bytes:
+    """Return a PDF whose pages are only the given images (kept lossless, as a clean scan), at `dpi`."""
+    buffer = io.BytesIO()
+    canvas = Canvas(buffer)
+    for image in pages:
+        width, height = image.width * 72 / dpi, image.height * 72 / dpi
+        canvas.setPageSize((width, height))
+        canvas.drawImage(PdfImage(image), 0, 0, width, height)
+        canvas.showPage()
+    canvas.save()
+    return buffer.getvalue()
+
+
+def scanned_pdf(path: Path) -> Path:
+    """Return `path` after writing a two-page PDF: page 1 has a text layer, page 2 is only an image."""
+    cover = FPDF()
+    cover.set_font("helvetica", size=12)
+    cover.add_page()
+    cover.multi_cell(0, 8, "Cover page with a text layer.")
+    writer = PdfWriter()
+    writer.append(PdfReader(io.BytesIO(cover.output())))
+    writer.append(PdfReader(io.BytesIO(image_pdf([text_page_image([SCANNED_ZH, SCANNED_EN])]))))
+    writer.write(path)
+    return path
+
+
+def photo_png(path: Path) -> Path:
+    """Return `path` after writing a photo-like PNG: grey gradient and noise, one straight and one tilted line."""
+    rng = np.random.default_rng(7)
+    width, height = 640, 260
+    background = np.linspace(222, 250, width)[None, :, None] + rng.normal(0, 6, (height, width, 3))
+    photo = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8), "RGB")
+    font = ImageFont.truetype(cjk_font(), 30)
+    ImageDraw.Draw(photo).text((30, 30), PHOTO_ZH, font=font, fill=(30, 30, 40))
+    tilted = Image.new("L", (560, 56), 0)
+    ImageDraw.Draw(tilted).text((10, 8), PHOTO_EN, font=font, fill=255)
+    tilted = tilted.rotate(8, expand=True, resample=Image.Resampling.BICUBIC)
+    photo.paste(Image.new("RGB", tilted.size, (20, 20, 60)), (30, 115), tilted)
+    photo.filter(ImageFilter.GaussianBlur(0.6)).save(path)
+    return path
+
+
+def char_accuracy(expected: str, got: str) -> float:
+    """Return 1 - (edit distance / length) over the non-space characters of `expected` and `got`."""
+    a, b = "".join(expected.split()), "".join(got.split())
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, start=1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return 1 - row[-1] / len(a)
+
+
+def report_accuracy(capsys: pytest.CaptureFixture[str], what: str, expected: str, got: str) -> float:
+    """Return the OCR character accuracy of `got`, printed past pytest's capture so every run shows it."""
+    accuracy = char_accuracy(expected, got)
+    with capsys.disabled():
+        print(f"\n  OCR character accuracy, {what}: {accuracy:.1%} ({got!r})")
+    return accuracy
+
+
+@needs_ocr
+def test_scanned_pdf_page_is_read_by_ocr_with_its_page_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pages: list[str] = []
+    reader = ImageReader(on_image=pages.append)
+    document = load_file(scanned_pdf(tmp_path / "scan.pdf"), reader)
+    assert document.page_count == 2
+    assert pages == ["page 2/2"]  # the page with a text layer is not OCR'd
+    assert [(b.page, b.ocr) for b in document.blocks] == [(1, False), (2, True), (2, True)]
+    assert document.blocks[0].text == "Cover page with a text layer."
+    scanned = "\n".join(b.text for b in document.blocks if b.page == 2)
+    assert report_accuracy(capsys, "scanned PDF page", SCANNED_ZH + SCANNED_EN, scanned) >= 0.9
+    assert "三十天" in scanned and "server room code" in scanned
+
+
+@needs_ocr
+def test_photo_with_a_tilted_line_is_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    document = load_file(photo_png(tmp_path / "notice.png"))
+    assert document.title == "notice"
+    assert all(block.ocr and block.page is None for block in document.blocks)
+    got = "\n".join(texts(document))
+    assert report_accuracy(capsys, "photo-like PNG with a tilted line", PHOTO_ZH + PHOTO_EN, got) >= 0.9
+    assert "8021" in got
+
+
+@needs_ocr
+def test_multi_page_tiff_frames_are_pages(tmp_path: Path) -> None:
+    first, second = text_page_image(["第一页：年假十天。"]), text_page_image(["第二页：病假另计。"])
+    first.save(tmp_path / "fax.tiff", save_all=True, append_images=[second])
+    document = load_file(tmp_path / "fax.tiff")
+    assert document.page_count == 2
+    assert [(block.page, "年假" in block.text, "病假" in block.text) for block in document.blocks] == [
+        (1, True, False),
+        (2, False, True),
+    ]
+
+
+class FailsOnFirstPage(ImageReader):
+    """Reads images like ImageReader, except that the first page fails as an engine error would."""
+
+    def read_image(self, image: object, where: str) -> str:
+        if where.startswith("page 1/"):
+            raise LoaderError(f"{where}: OCR failed: onnxruntime error")
+        return super().read_image(image, where)
+
+
+@needs_ocr
+def test_a_page_failing_ocr_is_reported_and_the_others_kept(tmp_path: Path) -> None:
+    first, second = text_page_image(["第一页：年假十天。"]), text_page_image(["第二页：病假另计。"])
+    write(tmp_path / "two.pdf", image_pdf([first, second]))
+    document = load_file(tmp_path / "two.pdf", FailsOnFirstPage())
+    assert document.problems == ["page 1/2: OCR failed: onnxruntime error"]
+    assert [block.page for block in document.blocks] == [2]
+    assert "病假" in document.blocks[0].text
+
+
+@needs_ocr
+def test_pictures_in_documents_are_read_only_when_asked(tmp_path: Path) -> None:
+    picture = io.BytesIO()
+    text_page_image(["图中文字：机房门禁密码每月更换。"]).save(picture, "PNG")
+    deck = pptx.Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[5])
+    slide.shapes.title.text = "门禁"
+    slide.shapes.add_picture(io.BytesIO(picture.getvalue()), Inches(1), Inches(2))
+    deck.save(str(tmp_path / "deck.pptx"))
+    word = docx.Document()
+    word.add_heading("门禁", level=1)
+    word.add_picture(io.BytesIO(picture.getvalue()))
+    word.add_paragraph("图后的段落。")
+    word.save(str(tmp_path / "doc.docx"))
+
+    with pytest.raises(LoaderError, match="^no text could be extracted$"):  # off by default: only a picture
+        load_file(tmp_path / "deck.pptx")
+    assert texts(load_file(tmp_path / "doc.docx")) == ["图后的段落。"]
+    reader = ImageReader(OcrConfig(embedded_images=True))
+    slides = load_file(tmp_path / "deck.pptx", reader).blocks
+    assert [(b.page, b.heading_path, b.ocr) for b in slides] == [(1, ("门禁",), True)]
+    assert "每月更换" in slides[0].text
+    words = load_file(tmp_path / "doc.docx", reader).blocks
+    assert [(b.heading_path, b.ocr) for b in words] == [(("门禁",), True), (("门禁",), False)]
+    assert "门禁密码" in words[0].text
+
+
+def test_scanned_pdf_without_ocr_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ocr_module, "ocr_installed", lambda: False)  # as on an install without the extra
+    blank_scan = write(tmp_path / "scan.pdf", image_pdf([Image.new("RGB", (200, 100), "white")]))
+    with pytest.raises(LoaderError, match=r"the PDF looks scanned .*pip install 'kbqa\[ocr\]'"):
+        load_file(blank_scan)
+    with pytest.raises(
+        LoaderError, match=r"^an image is read by OCR, and OCR is not installed; .*kbqa\[ocr\]"
+    ):
+        load_file(photo_png(tmp_path / "photo.png"))
+
+
+def test_ocr_off_refuses_images_and_on_without_the_extra_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(LoaderError, match=r"OCR is off \(ingestion\.ocr\.enabled\)"):
+        load_file(photo_png(tmp_path / "photo.png"), ImageReader(OcrConfig(enabled="off")))
+    monkeypatch.setattr(ocr_module, "ocr_installed", lambda: False)
+    with pytest.raises(LoaderError, match=r"ingestion\.ocr\.enabled is 'on' but OCR is not installed"):
+        ImageReader(OcrConfig(enabled="on"))
+
+
+def test_image_that_is_not_one(tmp_path: Path) -> None:
+    if not ocr_installed():
+        pytest.skip("needs the `ocr` extra")
+    with pytest.raises(LoaderError, match="^not a readable image: "):
+        load_file(write(tmp_path / "fake.jpg", b"GIF89a but not really" * 10))

@@ -47,10 +47,11 @@ class OcrConfig(BaseModel):
         "of the page (or none at all) is treated as scanned and OCR'd.",
     )
     dpi: int = Field(
-        150,
+        200,
         ge=72,
         le=400,
-        description="Resolution scanned PDF pages are rendered at for OCR; OCR time grows with its square.",
+        description="Resolution scanned PDF pages are rendered at for OCR. At 150 the recogniser drops the "
+        "spaces between English words of 10-12 pt text; time grows with the square of it.",
     )
 
 
