@@ -265,8 +265,12 @@ class IngestionJobs:
             self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
 
 
-class JobInterrupted(Exception):
-    """Raised inside a running ingestion, between files or batches, when the server is stopping."""
+class JobInterrupted(BaseException):
+    """Raised inside a running ingestion, between files, batches or OCR'd pages, when the server is stopping.
+
+    A BaseException, like asyncio's CancelledError, so that no loader's `except Exception` turns it
+    into a failed file.
+    """
 
 
 class _JobProgress:
@@ -294,8 +298,13 @@ class _JobProgress:
         self.jobs._update(self.job_id, chunks_done=self.chunks)
         self._stop_if_asked()
 
+    def image_read(self, source: str, where: str) -> None:
+        """Stop between OCR'd pages when asked: a scan of a hundred pages takes many minutes."""
+        self._stop_if_asked()
+
     def _stop_if_asked(self) -> None:
-        # Called only after a write has committed, so the knowledge base is consistent where it stops.
+        # Called only after a write has committed or while a file is being read (nothing of it written
+        # yet), so the knowledge base is consistent where it stops.
         if self.jobs._stopping.is_set():
             raise JobInterrupted
 

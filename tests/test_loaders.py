@@ -733,6 +733,29 @@ def test_pictures_in_documents_are_read_only_when_asked(tmp_path: Path) -> None:
     assert "门禁密码" in words[0].text
 
 
+class Stop(BaseException):
+    """What a progress callback raises to stop an ingestion (the server's JobInterrupted is one)."""
+
+
+def stop(where: str) -> None:
+    raise Stop(where)
+
+
+@needs_ocr
+def test_a_stop_raised_by_the_progress_callback_is_not_turned_into_a_failed_file(tmp_path: Path) -> None:
+    with pytest.raises(Stop, match="page 2/2"):
+        load_file(scanned_pdf(tmp_path / "scan.pdf"), ImageReader(on_image=stop))
+    deck = pptx.Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[5])
+    slide.shapes.title.text = "图"
+    picture = io.BytesIO()
+    text_page_image(["图中文字"]).save(picture, "PNG")
+    slide.shapes.add_picture(picture, Inches(1), Inches(2))
+    deck.save(str(tmp_path / "deck.pptx"))
+    with pytest.raises(Stop, match="slide 1"):
+        load_file(tmp_path / "deck.pptx", ImageReader(OcrConfig(embedded_images=True), on_image=stop))
+
+
 def test_scanned_pdf_without_ocr_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ocr_module, "ocr_installed", lambda: False)  # as on an install without the extra
     blank_scan = write(tmp_path / "scan.pdf", image_pdf([Image.new("RGB", (200, 100), "white")]))
