@@ -580,7 +580,7 @@ class _IngestionProgress:
         self._progress.update(self._task, advance=1, ocr="")
 
     def image_read(self, source: str, where: str) -> None:
-        """Show which file and page OCR has just read (it takes seconds a page)."""
+        """Show which file and page OCR is reading (it takes seconds a page)."""
         self._progress.update(self._task, ocr=f"OCR {source} {where}")
 
     def chunks_written(self, count: int) -> None:

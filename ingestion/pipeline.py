@@ -97,8 +97,8 @@ class Progress(Protocol):
         ...
 
 
-# A Progress may also have `image_read(source: str, where: str)`, called after each page or picture
-# read by OCR ("page 3/12"), which takes seconds where everything else takes milliseconds.
+# A Progress may also have `image_read(source: str, where: str)`, called before each page or picture
+# is read by OCR ("page 3/12"), which takes seconds where everything else takes milliseconds.
 
 
 def collect_files(paths: Iterable[Path]) -> tuple[list[SourceFile], list[FileOutcome]]:
@@ -251,7 +251,7 @@ class IngestionPipeline:
         image_read = getattr(progress, "image_read", None)
 
         def on_image(where: str) -> None:
-            log.info("OCR read", extra={"source": source, "image": where})
+            log.info("OCR reading", extra={"source": source, "image": where})
             if image_read:
                 image_read(source, where)
 

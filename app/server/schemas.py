@@ -92,6 +92,10 @@ class JobOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    reading: str | None = Field(
+        None,
+        description='While running: the page OCR is reading ("scan.pdf page 3/12"), which takes seconds.',
+    )
 
 
 class JobAccepted(BaseModel):

@@ -56,7 +56,7 @@ class OcrConfig(BaseModel):
 
 
 class ImageReader:
-    """Reads the text of images as an OcrConfig says, and tells `on_image` after each one."""
+    """Reads the text of images as an OcrConfig says, and tells `on_image` before each one."""
 
     def __init__(
         self, config: OcrConfig | None = None, on_image: Callable[[str], None] | None = None
@@ -94,13 +94,13 @@ class ImageReader:
             image = _decode_image(bytes(image), where)
         if not hasattr(image, "shape"):  # a PIL image; an array is taken as it is
             image = _rgb(image)
+        if self.on_image:
+            self.on_image(where)
         try:
             with _ENGINE_LOCK:
                 result, _ = _engine()(image)
         except Exception as exc:
             raise LoaderError(f"{where}: OCR failed: {reason(exc)}") from exc
-        if self.on_image:
-            self.on_image(where)
         return lines_text(
             [(box, text) for box, text, score in result or [] if float(score) >= _MIN_SCORE and text.strip()]
         )
