@@ -161,7 +161,7 @@ class IngestionPipeline:
         splitter_config = SplitterConfig.model_validate(kb.manifest.splitter)
         self.splitter = ChineseTextSplitter(splitter_config, count_tokens=embedder.count_tokens)
         self.embed_seconds = 0.0
-        # Fails here, before any file, when OCR is required ("on") but not installed.
+        # Raises ValueError here, before any file, when OCR is required ("on") but not installed.
         ImageReader(self.config.ocr)
 
     def run(

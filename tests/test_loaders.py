@@ -773,7 +773,7 @@ def test_ocr_off_refuses_images_and_on_without_the_extra_fails_at_once(
     with pytest.raises(LoaderError, match=r"OCR is off \(ingestion\.ocr\.enabled\)"):
         load_file(photo_png(tmp_path / "photo.png"), ImageReader(OcrConfig(enabled="off")))
     monkeypatch.setattr(ocr_module, "ocr_installed", lambda: False)
-    with pytest.raises(LoaderError, match=r"ingestion\.ocr\.enabled is 'on' but OCR is not installed"):
+    with pytest.raises(ValueError, match=r"ingestion\.ocr\.enabled is 'on' but OCR is not installed"):
         ImageReader(OcrConfig(enabled="on"))
 
 

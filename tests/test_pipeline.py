@@ -9,6 +9,7 @@ from documents import make_pptx, photo_png, scanned_pdf, table_pdf
 
 from app.services import KnowledgeService
 from app.settings import load_settings
+from ingestion.loaders import ocr as ocr_module
 from ingestion.loaders.ocr import ocr_installed
 from retrieval import SearchOptions
 
@@ -220,3 +221,14 @@ def test_ocr_off_fails_images_and_reports_scans_as_before(tmp_path: Path, e5_emb
     assert by_source["scans/scan.pdf"].status == "added" and by_source["scans/scan.pdf"].reason is None
     assert by_source["scans/notice.png"].status == "failed"
     assert "OCR is off (ingestion.ocr.enabled)" in by_source["scans/notice.png"].reason
+
+
+def test_ocr_on_without_the_extra_fails_before_any_file(
+    tmp_path: Path, e5_embedder, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ocr_module, "ocr_installed", lambda: False)  # as on an install without the extra
+    svc = KnowledgeService(load_settings(data_dir=tmp_path / "data", ingestion={"ocr": {"enabled": "on"}}))
+    svc.embedder = e5_embedder
+    with pytest.raises(ValueError, match=r"'on' but OCR is not installed; .*pip install 'kbqa\[ocr\]'"):
+        svc.ingest("hr", [docs])
+    assert svc.open("hr").counts()[0] == 0

@@ -64,7 +64,8 @@ class ImageReader:
         self.config = config or OcrConfig()
         self.on_image = on_image
         if self.config.enabled == "on" and not ocr_installed():
-            raise LoaderError(f"ingestion.ocr.enabled is 'on' but OCR is not installed; {INSTALL_HINT}")
+            # A settings error, not a file's: the CLI and the job report it once, before any file.
+            raise ValueError(f"ingestion.ocr.enabled is 'on' but OCR is not installed; {INSTALL_HINT}")
 
     @property
     def available(self) -> bool:
