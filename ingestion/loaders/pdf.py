@@ -64,7 +64,10 @@ def _page_blocks(
         except LoaderError as error:
             problems.append(str(error))
         else:
-            yield from (Block(part, page=number, ocr=True) for part in split_paragraphs(ocr_text))
+            # A scan wraps its lines where the text layer would have: joined the same way.
+            yield from (
+                Block(part, page=number, ocr=True) for part in split_paragraphs(unwrap_lines(ocr_text))
+            )
             return
     if layout.has_lines(number) and (blocks := layout.table_page_blocks(number)) is not None:
         yield from blocks
