@@ -323,6 +323,8 @@ def search(
             place += " — " + " > ".join(hit.heading_path)
         if hit.metadata:
             place += " [" + ", ".join(f"{key}={value}" for key, value in hit.metadata.items()) + "]"
+        if hit.ocr:
+            place += " (OCR)"
         why = f"cosine {hit.score:.3f}"
         if hit.lexical_score is not None:
             why += f" · bm25 {hit.lexical_score:.2f}"
@@ -695,11 +697,12 @@ class _IngestionProgress:
             MofNCompleteColumn(),
             TextColumn("files · {task.fields[chunks]} chunks · {task.fields[rate]} chunks/s"),
             TimeElapsedColumn(),
+            TextColumn("{task.fields[ocr]}"),
             console=errors,
             disable=not errors.is_terminal,
         )
         self._progress.start()
-        self._task = self._progress.add_task("indexing", total=None, chunks=0, rate="-")
+        self._task = self._progress.add_task("indexing", total=None, chunks=0, rate="-", ocr="")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -711,7 +714,11 @@ class _IngestionProgress:
 
     def file_done(self, outcome: FileOutcome) -> None:
         """Advance the bar by one file."""
-        self._progress.advance(self._task)
+        self._progress.update(self._task, advance=1, ocr="")
+
+    def image_read(self, source: str, where: str) -> None:
+        """Show which file and page OCR is reading (it takes seconds a page)."""
+        self._progress.update(self._task, ocr=f"OCR {source} {where}")
 
     def chunks_written(self, count: int) -> None:
         """Count stored chunks and update the rate."""
@@ -731,7 +738,8 @@ def _print_report(report: IngestionReport) -> None:
         highlight=False,
     )
     for outcome in report.outcomes:
-        if outcome.status == "failed" or (outcome.status == "skipped" and outcome.reason != ALREADY_STORED):
+        # A stored file with a reason had parts that could not be read (a page that failed OCR).
+        if outcome.reason and outcome.reason != ALREADY_STORED:
             style = "red" if outcome.status == "failed" else "yellow"
             console.print(
                 f"  [{style}]{outcome.status}[/] {outcome.source}: {outcome.reason}", highlight=False

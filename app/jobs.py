@@ -80,6 +80,7 @@ class Job:
     created_at: str = ""
     started_at: str | None = None
     finished_at: str | None = None
+    reading: str | None = None  # the page OCR is reading now ("scan.pdf page 3/12"), while running
 
 
 class IngestionJobs:
@@ -98,6 +99,8 @@ class IngestionJobs:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
+        # Per running job, the page OCR is reading: progress within a file, kept in memory only.
+        self._reading: dict[str, str] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -172,7 +175,7 @@ class IngestionJobs:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise JobNotFound(f"job '{job_id}' does not exist")
-        return _job(row)
+        return self._with_reading(_job(row))
 
     def list(self, kb: str | None = None, limit: int = 100) -> list[Job]:
         """Return the newest jobs, of one knowledge base or all."""
@@ -181,7 +184,12 @@ class IngestionJobs:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit)
             ).fetchall()
-        return [_job(row) for row in rows]
+        return [self._with_reading(_job(row)) for row in rows]
+
+    def _with_reading(self, job: Job) -> Job:
+        """Return the job with the page OCR is reading for it now, if any."""
+        job.reading = self._reading.get(job.id)
+        return job
 
     def depth(self) -> int:
         """Return how many jobs wait to run."""
@@ -221,10 +229,12 @@ class IngestionJobs:
                 kb, files, progress, None if metadata is None else json.loads(metadata), bool(force)
             )
         except JobInterrupted:
+            self._reading.pop(job_id, None)
             # Left 'running' with its staged files: the next start queues it again (see `start`).
             log.info("job interrupted by shutdown; it goes on at the next start", extra={"job": job_id})
             return
         except Exception as error:  # the knowledge base was deleted, is locked, a disk is full …
+            self._reading.pop(job_id, None)
             self._update(job_id, status="failed", error=str(error), finished_at=_now())
             self._discard_staged(job_id)
             return
@@ -265,8 +275,12 @@ class IngestionJobs:
             self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values.values(), job_id))
 
 
-class JobInterrupted(Exception):
-    """Raised inside a running ingestion, between files or batches, when the server is stopping."""
+class JobInterrupted(BaseException):
+    """Raised inside a running ingestion, between files, batches or OCR'd pages, when the server is stopping.
+
+    A BaseException, like asyncio's CancelledError, so that no loader's `except Exception` turns it
+    into a failed file.
+    """
 
 
 class _JobProgress:
@@ -282,6 +296,7 @@ class _JobProgress:
 
     def file_done(self, outcome: FileOutcome) -> None:
         """Record one finished file."""
+        self.jobs._reading.pop(self.job_id, None)
         self.outcomes.append(asdict(outcome))
         self.jobs._update(
             self.job_id, files_done=len(self.outcomes), files=json.dumps(self.outcomes, ensure_ascii=False)
@@ -294,8 +309,14 @@ class _JobProgress:
         self.jobs._update(self.job_id, chunks_done=self.chunks)
         self._stop_if_asked()
 
+    def image_read(self, source: str, where: str) -> None:
+        """Show the page OCR is about to read; stop first when asked (a long scan takes many minutes)."""
+        self._stop_if_asked()
+        self.jobs._reading[self.job_id] = f"{source} {where}"
+
     def _stop_if_asked(self) -> None:
-        # Called only after a write has committed, so the knowledge base is consistent where it stops.
+        # Called only after a write has committed or while a file is being read (nothing of it written
+        # yet), so the knowledge base is consistent where it stops.
         if self.jobs._stopping.is_set():
             raise JobInterrupted
 

@@ -26,6 +26,13 @@ random weights and a WordPiece vocabulary trained on the paragraphs: speed does 
 weights, and no model can be downloaded here. Each runtime embeds a few texts first, then is timed on all:
 
     python bench/ingest.py --runtimes torch,onnx,onnx-int8 --limit 200
+
+`--pdf-pages N` measures loading PDF pages instead: N paragraphs, one an A4 page, as a PDF with a text
+layer and as the same pages scanned (rendered at 200 dpi into an image-only PDF), read by `load_file`
+with the default settings: text pages/s beside OCR pages/s, and OCR's character accuracy against the
+text layer. It needs the `ocr` extra and a font with Chinese glyphs (Debian: fonts-wqy-microhei):
+
+    python bench/ingest.py --pdf-pages 4
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import os
 import platform
 import re
 import resource
+import subprocess
 import tempfile
 import time
 import tracemalloc
@@ -463,6 +471,89 @@ def print_runtime_report(results: list[RuntimeResult], info: dict[str, Any], set
     )
 
 
+def chinese_font() -> str:
+    """Return the path of an installed font with Chinese glyphs, or exit saying which to install."""
+    listed = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True, check=False)
+    paths = sorted(line.split(":")[0] for line in listed.stdout.splitlines() if line.strip())
+    if not paths:
+        raise SystemExit(
+            "--pdf-pages needs a font with Chinese glyphs (Debian: apt-get install fonts-wqy-microhei)"
+        )
+    return paths[0]
+
+
+def write_pdfs(paragraphs: list[tuple[str, str]], folder: Path) -> tuple[Path, Path]:
+    """Write the paragraphs one an A4 page as a text PDF and as its scan (images only); return both paths."""
+    import pypdfium2
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import ParagraphStyle
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+    from reportlab.pdfgen.canvas import Canvas
+    from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate
+
+    pdfmetrics.registerFont(TTFont("CJK", chinese_font(), subfontIndex=0))
+    style = ParagraphStyle("body", fontName="CJK", fontSize=11, leading=17, wordWrap="CJK")
+    text_pdf, scan_pdf = folder / "text.pdf", folder / "scan.pdf"
+    story = []
+    for title, text in paragraphs:
+        story += [Paragraph(title, style), Paragraph(text, style), PageBreak()]
+    SimpleDocTemplate(str(text_pdf), pagesize=A4).build(story[:-1])
+    canvas = Canvas(str(scan_pdf), pagesize=A4)
+    with pypdfium2.PdfDocument(text_pdf) as rendered:
+        for page in rendered:
+            # Grey, as a scanner saves a text page; lossless, so the figures are about OCR, not JPEG.
+            image = page.render(scale=200 / 72, grayscale=True).to_pil()
+            canvas.drawImage(ImageReader(image), 0, 0, *A4)
+            canvas.showPage()
+    canvas.save()
+    return text_pdf, scan_pdf
+
+
+def char_accuracy(expected: str, got: str) -> float:
+    """Return 1 - (edit distance / length) over the non-space characters of `expected` and `got`."""
+    a, b = "".join(expected.split()), "".join(got.split())
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, start=1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return 1 - row[-1] / len(a)
+
+
+def bench_pdf_pages(paragraphs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Return pages/s of loading a text PDF and its scan, and OCR's character accuracy on the scan."""
+    from ingestion.loaders import load_file
+    from ingestion.loaders.ocr import ocr_installed
+
+    if not ocr_installed():
+        raise SystemExit("--pdf-pages needs the `ocr` extra: pip install -e '.[ocr]'")
+    with tempfile.TemporaryDirectory(prefix="kbqa-bench-") as tmp:
+        root, warm = Path(tmp), Path(tmp) / "warm"
+        warm.mkdir()
+        for warm_up in write_pdfs(paragraphs[:1], warm):
+            load_file(warm_up)  # imports, pdfium, the OCR models
+        text_pdf, scan_pdf = write_pdfs(paragraphs, root)
+        started = time.perf_counter()
+        text = load_file(text_pdf)
+        text_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        scan = load_file(scan_pdf)
+        ocr_seconds = time.perf_counter() - started
+    pages = len(paragraphs)
+    by_page = {n: "".join(b.text for b in scan.blocks if b.page == n) for n in range(1, pages + 1)}
+    expected = {n: "".join(b.text for b in text.blocks if b.page == n) for n in range(1, pages + 1)}
+    return {
+        "pages": pages,
+        "text_pages_per_second": round(pages / text_seconds, 2),
+        "ocr_pages_per_second": round(pages / ocr_seconds, 3),
+        "ocr_seconds_per_page": round(ocr_seconds / pages, 2),
+        "ocr_pages_read": len({b.page for b in scan.blocks if b.ocr}),
+        "ocr_char_accuracy": round(sum(char_accuracy(expected[n], by_page[n]) for n in by_page) / pages, 4),
+    }
+
+
 def parse_args() -> argparse.Namespace:
     """Return the command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -474,6 +565,12 @@ def parse_args() -> argparse.Namespace:
         "--runtimes",
         default=None,
         help=f"compare embedding runtimes instead of pipelines, e.g. {','.join(RUNTIMES)}",
+    )
+    parser.add_argument(
+        "--pdf-pages",
+        type=int,
+        default=None,
+        help="measure loading N PDF pages, with a text layer and scanned (OCR), instead of pipelines",
     )
     parser.add_argument(
         "--max-seq-length",
@@ -510,6 +607,10 @@ def main() -> None:
     """Write the documents, warm both pipelines up, measure them in turn, and print the figures."""
     args = parse_args()
     paragraphs = read_paragraphs(args.dataset, args.limit)
+    if args.pdf_pages:
+        figures = bench_pdf_pages(paragraphs[: args.pdf_pages]) | {"machine": machine()}
+        print(json.dumps(figures, ensure_ascii=False, indent=2))
+        return
     if args.runtimes:
         runtimes = args.runtimes.split(",")
         if unknown := set(runtimes) - set(RUNTIMES):

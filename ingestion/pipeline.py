@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingestion.loaders import SUPPORTED_SUFFIXES, LoaderError, load_file
+from ingestion.loaders import SUPPORTED_SUFFIXES, ImageReader, LoaderError, OcrConfig, load_file
 from ingestion.splitter import ChineseTextSplitter, SplitterConfig
 from retrieval import Embedder, KnowledgeBase, NewDocument, check_metadata
 
@@ -35,6 +35,10 @@ class IngestionConfig(BaseModel):
         description="Chunks gathered, across files, before one embedding call and one database transaction. "
         "Larger batches keep the model busy; each transaction still holds whole documents only.",
     )
+    ocr: OcrConfig = Field(
+        default_factory=OcrConfig,
+        description="OCR of scanned PDF pages, image files and pictures in documents.",
+    )
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class FileOutcome:
     source: str
     status: Status
     chunks: int = 0
-    reason: str | None = None
+    reason: str | None = None  # why it failed or was skipped; for a stored file, what of it could not be read
 
 
 @dataclass
@@ -91,6 +95,10 @@ class Progress(Protocol):
     def chunks_written(self, count: int) -> None:
         """Note that `count` more chunks are stored."""
         ...
+
+
+# A Progress may also have `image_read(source: str, where: str)`, called before each page or picture
+# is read by OCR ("page 3/12"), which takes seconds where everything else takes milliseconds.
 
 
 def collect_files(paths: Iterable[Path]) -> tuple[list[SourceFile], list[FileOutcome]]:
@@ -134,6 +142,7 @@ def collect_files(paths: Iterable[Path]) -> tuple[list[SourceFile], list[FileOut
 class _Pending:
     document: NewDocument
     replaces: bool
+    problems: list[str]
 
 
 class IngestionPipeline:
@@ -152,6 +161,8 @@ class IngestionPipeline:
         splitter_config = SplitterConfig.model_validate(kb.manifest.splitter)
         self.splitter = ChineseTextSplitter(splitter_config, count_tokens=embedder.count_tokens)
         self.embed_seconds = 0.0
+        # Raises ValueError here, before any file, when OCR is required ("on") but not installed.
+        ImageReader(self.config.ocr)
 
     def run(
         self,
@@ -181,7 +192,7 @@ class IngestionPipeline:
 
         for file in files:
             try:
-                item = self._prepare(file, pending_hashes, metadata, force)
+                item = self._prepare(file, pending_hashes, metadata, force, progress)
             except LoaderError as error:
                 record(FileOutcome(file.source, "failed", reason=str(error)))
                 continue
@@ -198,7 +209,12 @@ class IngestionPipeline:
         return report
 
     def _prepare(
-        self, file: SourceFile, pending_hashes: set[str], metadata: dict[str, str] | None, force: bool
+        self,
+        file: SourceFile,
+        pending_hashes: set[str],
+        metadata: dict[str, str] | None,
+        force: bool,
+        progress: Progress | None,
     ) -> _Pending | FileOutcome:
         try:
             data = file.path.read_bytes()
@@ -212,7 +228,9 @@ class IngestionPipeline:
                 self.kb.set_metadata(stored.id, metadata)
                 return FileOutcome(file.source, "updated")
             return FileOutcome(file.source, "skipped", reason=ALREADY_STORED)
-        loaded = load_file(file.path)
+        loaded = load_file(file.path, self._image_reader(file.source, progress))
+        for problem in loaded.problems:
+            log.warning("part of a file could not be read", extra={"source": file.source, "problem": problem})
         chunks = self.splitter.split(loaded)
         if not chunks:
             raise LoaderError("no text could be extracted")
@@ -226,7 +244,18 @@ class IngestionPipeline:
             vectors=np.zeros((0, 0), np.float32),  # filled by _flush: one embedding call for the batch
             metadata=(stored.metadata if stored else {}) if metadata is None else metadata,
         )
-        return _Pending(document, replaces=stored is not None)
+        return _Pending(document, replaces=stored is not None, problems=loaded.problems)
+
+    def _image_reader(self, source: str, progress: Progress | None) -> ImageReader:
+        """Return the OCR reader for one file, which reports each image it reads."""
+        image_read = getattr(progress, "image_read", None)
+
+        def on_image(where: str) -> None:
+            log.info("OCR reading", extra={"source": source, "image": where})
+            if image_read:
+                image_read(source, where)
+
+        return ImageReader(self.config.ocr, on_image)
 
     def _flush(
         self, pending: list[_Pending], record: Callable[[FileOutcome], None], progress: Progress | None
@@ -250,4 +279,5 @@ class IngestionPipeline:
             progress.chunks_written(len(texts))
         for item in pending:
             status = "replaced" if item.replaces else "added"
-            record(FileOutcome(item.document.source, status, len(item.document.chunks)))
+            problems = "; ".join(item.problems) or None
+            record(FileOutcome(item.document.source, status, len(item.document.chunks), problems))

@@ -72,7 +72,8 @@ class Chunk:
     """A piece of a document: its text, what is embedded for it, and where it stands.
 
     `document.text[start:end] == text` holds exactly. `embed_text` is `text` preceded by a line
-    "title > heading > sub-heading" when the splitter's config asks for a context prefix.
+    "title > heading > sub-heading" when the splitter's config asks for a context prefix. `ocr` is True
+    when the text was read from an image by OCR.
     """
 
     text: str
@@ -81,6 +82,7 @@ class Chunk:
     heading_path: tuple[str, ...]
     start: int
     end: int
+    ocr: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,11 @@ class _Run:
 class ChineseTextSplitter:
     """Splits a LoadedDocument into Chunks along paragraphs, lines, then Chinese and Western punctuation.
 
-    A chunk never spans two pages or two sections, and a table row is never cut. Lengths are counted
-    with `len` or, for `length_unit="tokens"`, with `count_tokens` (which should count without special
-    tokens); every chunk fits `chunk_size` except a table row that is longer on its own. The context
-    prefix of `embed_text` does not count toward `chunk_size`: it is for the embedder only.
+    A chunk never spans two pages or two sections, nor mixes OCR'd text with other text, and a table
+    row is never cut. Lengths are counted with `len` or, for `length_unit="tokens"`, with `count_tokens`
+    (which should count without special tokens); every chunk fits `chunk_size` except a table row that
+    is longer on its own. The context prefix of `embed_text` does not count toward `chunk_size`: it is
+    for the embedder only.
     """
 
     def __init__(self, config: SplitterConfig, count_tokens: Callable[[str], int] | None = None) -> None:
@@ -199,6 +202,7 @@ class ChineseTextSplitter:
             heading_path=block.heading_path,
             start=start,
             end=start + len(stripped),
+            ocr=block.ocr,
         )
 
 
@@ -212,6 +216,6 @@ def _runs(blocks: list[Block]) -> Iterator[_Run]:
         yield _Run(first=members[0][0], spans=tuple((s, s + len(b.text)) for b, s in members))
 
 
-def _run_key(block: Block) -> tuple[bool, int | None, tuple[str, ...]]:
+def _run_key(block: Block) -> tuple[bool, int | None, tuple[str, ...], bool]:
     """Return what consecutive blocks must share to be split together."""
-    return block.is_table_row, block.page, block.heading_path
+    return block.is_table_row, block.page, block.heading_path, block.ocr

@@ -104,6 +104,7 @@ class SearchHit:
     context_before: tuple[str, ...] = field(default=())
     context_after: tuple[str, ...] = field(default=())
     metadata: dict[str, str] = field(default_factory=dict)  # the document's
+    ocr: bool = False  # the text was read from an image by OCR (a scanned page, a photo)
 
 
 @dataclass
@@ -288,4 +289,5 @@ class Retriever:
             context_before=before,
             context_after=after,
             metadata=chunk.metadata,
+            ocr=chunk.ocr,
         )

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     heading_path TEXT NOT NULL,
     start_offset INTEGER NOT NULL,
     end_offset INTEGER NOT NULL,
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    ocr INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks(document_id, ordinal);
 -- Lexical index: jieba terms of each chunk (rowid = chunk id), ranked by FTS5's BM25.
@@ -60,12 +61,15 @@ DOCUMENT_COLUMNS = (
 )
 CHUNK_COLUMNS = (
     "c.id, c.document_id, c.ordinal, c.text, c.page, c.heading_path, c.start_offset, c.end_offset, "
-    "d.source, d.title, d.metadata"
+    "c.ocr, d.source, d.title, d.metadata"
 )
 
 
 class ChunkLike(Protocol):
-    """What the store needs of a chunk to keep it (the splitter's chunks have these attributes)."""
+    """What the store needs of a chunk to keep it (the splitter's chunks have these attributes).
+
+    A chunk may also have `ocr` (bool): True when its text was read from an image; False when absent.
+    """
 
     text: str
     page: int | None
@@ -120,6 +124,7 @@ class ChunkRecord:
     source: str
     title: str
     metadata: dict[str, str] = field(default_factory=dict)  # the document's
+    ocr: bool = False  # the text was read from an image by OCR
 
 
 @dataclass(frozen=True)
@@ -149,24 +154,25 @@ class ChunkStore:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(SCHEMA)
-        self._add_metadata_column()
+        self._add_column("documents", "metadata", "TEXT NOT NULL DEFAULT '{}'")
+        self._add_column("chunks", "ocr", "INTEGER NOT NULL DEFAULT 0")
 
-    def _add_metadata_column(self) -> None:
-        # Stores made before document metadata lack the column. The change is additive (old rows get
-        # '{}'), so it is made in place on open rather than with a new knowledge-base format version.
-        if self._has_metadata_column():
+    def _add_column(self, table: str, column: str, declaration: str) -> None:
+        # Stores made before document metadata (or OCR) lack the column. The change is additive (old rows
+        # get the default), so it is made in place on open rather than with a new knowledge-base format version.
+        if self._has_column(table, column):
             return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            if not self._has_metadata_column():  # another process may have added it meanwhile
-                self._db.execute("ALTER TABLE documents ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")
+            if not self._has_column(table, column):  # another process may have added it meanwhile
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
 
-    def _has_metadata_column(self) -> bool:
-        return any(row[1] == "metadata" for row in self._db.execute("PRAGMA table_info(documents)"))
+    def _has_column(self, table: str, column: str) -> bool:
+        return any(row[1] == column for row in self._db.execute(f"PRAGMA table_info({table})"))
 
     def close(self) -> None:
         """Close the database connection; return nothing."""
@@ -238,7 +244,7 @@ class ChunkStore:
         for ordinal, (chunk, vector) in enumerate(zip(document.chunks, document.vectors, strict=True)):
             cursor = self._db.execute(
                 "INSERT INTO chunks (document_id, ordinal, text, page, heading_path, start_offset,"
-                " end_offset, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " end_offset, vector, ocr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     document_id,
                     ordinal,
@@ -248,6 +254,7 @@ class ChunkStore:
                     chunk.start,
                     chunk.end,
                     np.asarray(vector, dtype=np.float32).tobytes(),
+                    int(getattr(chunk, "ocr", False)),
                 ),
             )
             chunk_id = int(cursor.lastrowid)
@@ -428,7 +435,7 @@ def _document_record(row: tuple) -> DocumentRecord:
 
 
 def _chunk_record(row: tuple) -> ChunkRecord:
-    chunk_id, document_id, ordinal, text, page, heading_path, start, end, source, title, metadata = row
+    chunk_id, document_id, ordinal, text, page, heading_path, start, end, ocr, source, title, metadata = row
     return ChunkRecord(
         id=chunk_id,
         document_id=document_id,
@@ -441,4 +448,5 @@ def _chunk_record(row: tuple) -> ChunkRecord:
         source=source,
         title=title,
         metadata=json.loads(metadata),
+        ocr=bool(ocr),
     )

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from documents import image_pdf, text_page_image
 from fastapi.testclient import TestClient
 
 from app.server import create_app
 from app.settings import load_settings
+from ingestion.loaders.ocr import ocr_installed
 
 POLICY = (
     "# 报销制度\n\n差旅费用应在出差结束后三十天内提交报销申请。审核通过后，报销款在五个工作日内打到工资卡。\n"
@@ -207,6 +209,27 @@ def test_a_broken_pdf_fails_its_job_and_changes_nothing(client: TestClient) -> N
     assert after["documents"] == before["documents"] + 1
     assert "broken.pdf" not in documents(client, "hr")
     client.delete(f"/v1/kbs/hr/documents/{documents(client, 'hr')['ok.md']['id']}")
+
+
+@pytest.mark.skipif(not ocr_installed(), reason="needs the `ocr` extra")
+def test_a_scan_shows_the_page_being_read_and_its_hits_are_marked_ocr(client: TestClient) -> None:
+    pages = [
+        text_page_image(["第一页：门禁卡遗失须当天报告。"]),
+        text_page_image(["第二页：补办门禁卡收费二十元。"]),
+    ]
+    job = upload(client, "hr", {"scan.pdf": image_pdf(pages)})
+    seen = set()
+    deadline = time.monotonic() + 120
+    while job["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job['id']}").json()
+        seen.add(job["reading"])
+        time.sleep(0.02)
+    assert job["status"] == "succeeded" and job["reading"] is None, job
+    assert seen & {"scan.pdf page 1/2", "scan.pdf page 2/2"}, seen  # OCR takes seconds a page
+    hits = client.post("/v1/kbs/hr/search", json={"query": "补办门禁卡要多少钱", "k": 1}).json()["data"]
+    assert (hits[0]["source"], hits[0]["page"], hits[0]["ocr"]) == ("scan.pdf", 2, True)
+    assert "二十元" in hits[0]["text"]
+    client.delete(f"/v1/kbs/hr/documents/{documents(client, 'hr')['scan.pdf']['id']}")
 
 
 def test_path_tricks_in_file_names_are_reduced_to_the_name(client: TestClient) -> None:

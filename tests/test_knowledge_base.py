@@ -42,6 +42,11 @@ class Piece:
     end: int = 0
 
 
+@dataclass(frozen=True)
+class OcrPiece(Piece):
+    ocr: bool = True  # read from an image
+
+
 def unit(axis: int, dim: int = DIM) -> np.ndarray:
     vector = np.zeros(dim, dtype=np.float32)
     vector[axis] = 1.0
@@ -294,7 +299,7 @@ INSERT INTO chunk_terms (rowid, terms) VALUES (1, 'old chunk');
 """
 
 
-def test_store_made_before_metadata_opens_and_gets_the_column(catalog: KnowledgeBaseCatalog) -> None:
+def test_store_made_before_metadata_and_ocr_opens_and_gets_the_columns(catalog: KnowledgeBaseCatalog) -> None:
     directory = catalog.create("kb", IDENTITY, {}).directory
     store = directory / STORE_FILE
     store.unlink()
@@ -307,23 +312,28 @@ def test_store_made_before_metadata_opens_and_gets_the_column(catalog: Knowledge
     kb = catalog.open("kb", IDENTITY)  # the FAISS index lags the store, so it is rebuilt from it too
     assert [(d.source, d.metadata) for d in kb.documents()] == [("old.md", {})]
     assert kb.search(unit(4), k=1)[0].chunk.metadata == {}
+    assert kb.search(unit(4), k=1)[0].chunk.ocr is False
     assert kb.check().ok
     assert kb.chunk_ids_where(None, None, {"team": "hr"}) == set()
     with kb.writing():
         kb.set_metadata(1, {"team": "hr"})
-        kb.add_documents([replace(document("new.md", [5]), metadata={"team": "it"})])
+        scanned = OcrPiece("new.md scanned page", page=1)
+        kb.add_documents([replace(document("new.md", [5]), metadata={"team": "it"}, chunks=[scanned])])
     assert kb.chunk_ids_where(None, None, {"team": "hr"}) == {1}
     kb.close()
 
     with sqlite3.connect(store) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(documents)")]
+        chunk_columns = [row[1] for row in db.execute("PRAGMA table_info(chunks)")]
     assert columns[-1] == "metadata" and columns.count("metadata") == 1
+    assert chunk_columns[-1] == "ocr" and chunk_columns.count("ocr") == 1
     reopened = catalog.open("kb", IDENTITY)  # a second open finds the column and leaves it be
     assert {d.source: d.metadata for d in reopened.documents()} == {
         "old.md": {"team": "hr"},
         "new.md": {"team": "it"},
     }
     assert catalog.info("kb").metadata == {"team": ["hr", "it"]}
+    assert [hit.chunk.ocr for hit in reopened.search(unit(5), k=2)] == [True, False]
     reopened.close()
 
 

@@ -3,17 +3,44 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from pathlib import Path
 
 import docx
 import openpyxl
+import pptx
 import pytest
+from documents import (
+    PHOTO_EN,
+    PHOTO_ZH,
+    SCANNED_EN,
+    SCANNED_ZH,
+    char_accuracy,
+    image_pdf,
+    make_pptx,
+    photo_png,
+    scanned_pdf,
+    table_pdf,
+    text_page_image,
+)
 from docx.enum.style import WD_STYLE_TYPE
 from fpdf import FPDF
+from PIL import Image
+from pptx.util import Inches
 from pypdf import PdfWriter
 
-from ingestion.loaders import SUPPORTED_SUFFIXES, Block, LoadedDocument, LoaderError, load_file
+from ingestion.loaders import (
+    SUPPORTED_SUFFIXES,
+    Block,
+    ImageReader,
+    LoadedDocument,
+    LoaderError,
+    OcrConfig,
+    load_file,
+)
+from ingestion.loaders import ocr as ocr_module
+from ingestion.loaders.ocr import ocr_installed
 from ingestion.loaders.pdf import unwrap_lines
 
 DATA = Path(__file__).parent / "data"
@@ -59,24 +86,34 @@ def texts(document: LoadedDocument) -> list[str]:
 def test_supported_suffixes_are_sorted_and_complete() -> None:
     assert list(SUPPORTED_SUFFIXES) == sorted(SUPPORTED_SUFFIXES)
     expected = {
+        ".bmp",
         ".csv",
         ".docx",
         ".htm",
         ".html",
+        ".jpeg",
+        ".jpg",
         ".json",
         ".jsonl",
         ".md",
         ".markdown",
         ".pdf",
+        ".png",
+        ".pptx",
+        ".tif",
+        ".tiff",
         ".txt",
+        ".webp",
         ".xlsx",
     }
     assert set(SUPPORTED_SUFFIXES) == expected
 
 
 def test_unsupported_type_lists_supported_ones(tmp_path: Path) -> None:
-    with pytest.raises(LoaderError, match=r"unsupported file type '\.png'; supported: \.csv, \.docx, "):
-        load_file(write(tmp_path / "photo.png", b"\x89PNG\r\n"))
+    with pytest.raises(
+        LoaderError, match=r"unsupported file type '\.ppt'; supported: \.bmp, \.csv, \.docx, "
+    ):
+        load_file(write(tmp_path / "slides.ppt", b"\xd0\xcf\x11\xe0"))
 
 
 def test_suffix_is_matched_case_insensitively(tmp_path: Path) -> None:
@@ -131,6 +168,33 @@ def test_pdf_chinese_text_is_extracted() -> None:
     assert [(block.page, block.text) for block in document.blocks] == [
         (1, "第一页\n年假每年十天。"),
         (2, "第二页\n报销须在三十天内提交。"),
+    ]
+
+
+def test_pdf_ruled_table_rows_keep_their_column_names_in_reading_order(tmp_path: Path) -> None:
+    document = load_file(table_pdf(tmp_path / "travel.pdf"))
+    got = [(block.page, block.is_table_row, block.text) for block in document.blocks]
+    assert got == [
+        (1, False, "差旅标准如下表所示。"),
+        (1, True, "城市: 北京\n差旅补贴: 每天 200 元\n住宿标准: 每晚 600 元"),
+        (1, True, "城市: 上海\n差旅补贴: 每天 180 元\n住宿标准: 每晚 550元，含早餐"),
+        (1, True, "城市: Shenzhen\n差旅补贴: 150 yuan a day\n住宿标准: 500 yuan a night"),
+        (1, False, "超出标准的部分由员工自理。"),
+    ]
+
+
+def test_pdf_page_with_a_rule_but_no_table_is_read_as_text(tmp_path: Path) -> None:
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    pdf.add_page()
+    pdf.multi_cell(0, 8, "Heading above a rule.")
+    pdf.line(10, 30, 200, 30)
+    pdf.rect(10, 40, 100, 20)  # a box around nothing is not a table either
+    pdf.text(12, 50, "Boxed note.")
+    pdf.output(str(tmp_path / "ruled.pdf"))
+    document = load_file(tmp_path / "ruled.pdf")
+    assert [(block.is_table_row, block.text) for block in document.blocks] == [
+        (False, "Heading above a rule.\nBoxed note.")
     ]
 
 
@@ -535,3 +599,186 @@ def test_jsonl_line_that_is_not_an_object(tmp_path: Path) -> None:
 def test_example_documents_load(name: str, fact: str) -> None:
     document = load_file(EXAMPLES / name)
     assert fact in document.text.replace("\n", "")
+
+
+# --- PowerPoint -------------------------------------------------------------------------------------
+
+
+def test_pptx_slides_are_pages_with_titles_tables_and_notes(tmp_path: Path) -> None:
+    document = load_file(make_pptx(tmp_path / "report.pptx"))
+    assert document.title == "2024 年第三季度经营报告"
+    assert document.page_count == 3
+    got = [(block.page, block.heading_path, block.is_table_row, block.text) for block in document.blocks]
+    title, sales = ("2024 年第三季度经营报告",), ("各地区销售额",)
+    assert got == [
+        (1, title, False, "财务部\nFinance team"),
+        (2, sales, True, "地区: 华东\n销售额: 1200 万元\n同比增长: 12%"),
+        (2, sales, True, "地区: 华南\n销售额: 860 万元\n同比增长: 8%"),
+        (2, sales, False, "数据截至九月底。"),
+        (2, sales, False, "华北另行统计"),
+        (2, (*sales, "Speaker notes"), False, "强调华东增长最快。"),
+        (2, (*sales, "Speaker notes"), False, "Q4 目标另议。"),
+    ]
+
+
+def test_pptx_title_from_core_properties(tmp_path: Path) -> None:
+    assert load_file(make_pptx(tmp_path / "r.pptx", core_title="Q3 经营")).title == "Q3 经营"
+
+
+def test_pptx_random_bytes(tmp_path: Path) -> None:
+    with pytest.raises(LoaderError, match=r"^not a valid \.pptx file: it is not a ZIP package .*\.ppt file"):
+        load_file(write(tmp_path / "old.pptx", bytes(range(256)) * 8))
+
+
+def test_pptx_zip_that_is_not_powerpoint(tmp_path: Path) -> None:
+    make_docx(tmp_path / "renamed.pptx")
+    with pytest.raises(LoaderError, match=r"^not a valid \.pptx file: "):
+        load_file(tmp_path / "renamed.pptx")
+
+
+# --- OCR: scanned PDF pages, image files, pictures in documents ---------------------------------------
+
+needs_ocr = pytest.mark.skipif(not ocr_installed(), reason="needs the `ocr` extra (rapidocr-onnxruntime)")
+
+
+def report_accuracy(capsys: pytest.CaptureFixture[str], what: str, expected: str, got: str) -> float:
+    """Return the OCR character accuracy of `got`, printed past pytest's capture so every run shows it."""
+    accuracy = char_accuracy(expected, got)
+    with capsys.disabled():
+        print(f"\n  OCR character accuracy, {what}: {accuracy:.1%} ({got!r})")
+    return accuracy
+
+
+@needs_ocr
+def test_scanned_pdf_page_is_read_by_ocr_with_its_page_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pages: list[str] = []
+    reader = ImageReader(on_image=pages.append)
+    document = load_file(scanned_pdf(tmp_path / "scan.pdf"), reader)
+    assert document.page_count == 2
+    assert pages == ["page 2/2"]  # the page with a text layer is not OCR'd
+    assert [(b.page, b.ocr) for b in document.blocks] == [(1, False), (2, True), (2, True)]
+    assert document.blocks[0].text == "Cover page with a text layer."
+    scanned = "\n".join(b.text for b in document.blocks if b.page == 2)
+    assert report_accuracy(capsys, "scanned PDF page", SCANNED_ZH + SCANNED_EN, scanned) >= 0.9
+    assert "三十天" in scanned and "server room code" in scanned
+
+
+@needs_ocr
+def test_photo_with_a_tilted_line_is_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    document = load_file(photo_png(tmp_path / "notice.png"))
+    assert document.title == "notice"
+    assert all(block.ocr and block.page is None for block in document.blocks)
+    got = "\n".join(texts(document))
+    assert report_accuracy(capsys, "photo-like PNG with a tilted line", PHOTO_ZH + PHOTO_EN, got) >= 0.9
+    assert "8021" in got
+
+
+@needs_ocr
+def test_multi_page_tiff_frames_are_pages(tmp_path: Path) -> None:
+    first, second = text_page_image(["第一页：年假十天。"]), text_page_image(["第二页：病假另计。"])
+    first.save(tmp_path / "fax.tiff", save_all=True, append_images=[second])
+    document = load_file(tmp_path / "fax.tiff")
+    assert document.page_count == 2
+    assert [(block.page, "年假" in block.text, "病假" in block.text) for block in document.blocks] == [
+        (1, True, False),
+        (2, False, True),
+    ]
+
+
+class FailsOnFirstPage(ImageReader):
+    """Reads images like ImageReader, except that the first page fails as an engine error would."""
+
+    def read_image(self, image: object, where: str) -> str:
+        if where.startswith("page 1/"):
+            raise LoaderError(f"{where}: OCR failed: onnxruntime error")
+        return super().read_image(image, where)
+
+
+@needs_ocr
+def test_a_page_failing_ocr_is_reported_and_the_others_kept(tmp_path: Path) -> None:
+    first, second = text_page_image(["第一页：年假十天。"]), text_page_image(["第二页：病假另计。"])
+    write(tmp_path / "two.pdf", image_pdf([first, second]))
+    document = load_file(tmp_path / "two.pdf", FailsOnFirstPage())
+    assert document.problems == ["page 1/2: OCR failed: onnxruntime error"]
+    assert [block.page for block in document.blocks] == [2]
+    assert "病假" in document.blocks[0].text
+
+
+@needs_ocr
+def test_pictures_in_documents_are_read_only_when_asked(tmp_path: Path) -> None:
+    picture = io.BytesIO()
+    text_page_image(["图中文字：机房门禁密码每月更换。"]).save(picture, "PNG")
+    deck = pptx.Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[5])
+    slide.shapes.title.text = "门禁"
+    slide.shapes.add_picture(io.BytesIO(picture.getvalue()), Inches(1), Inches(2))
+    deck.save(str(tmp_path / "deck.pptx"))
+    word = docx.Document()
+    word.add_heading("门禁", level=1)
+    word.add_picture(io.BytesIO(picture.getvalue()))
+    word.add_paragraph("图后的段落。")
+    word.save(str(tmp_path / "doc.docx"))
+
+    with pytest.raises(LoaderError, match="^no text could be extracted$"):  # off by default: only a picture
+        load_file(tmp_path / "deck.pptx")
+    assert texts(load_file(tmp_path / "doc.docx")) == ["图后的段落。"]
+    reader = ImageReader(OcrConfig(embedded_images=True))
+    slides = load_file(tmp_path / "deck.pptx", reader).blocks
+    assert [(b.page, b.heading_path, b.ocr) for b in slides] == [(1, ("门禁",), True)]
+    assert "每月更换" in slides[0].text
+    words = load_file(tmp_path / "doc.docx", reader).blocks
+    assert [(b.heading_path, b.ocr) for b in words] == [(("门禁",), True), (("门禁",), False)]
+    assert "门禁密码" in words[0].text
+
+
+class Stop(BaseException):
+    """What a progress callback raises to stop an ingestion (the server's JobInterrupted is one)."""
+
+
+def stop(where: str) -> None:
+    raise Stop(where)
+
+
+@needs_ocr
+def test_a_stop_raised_by_the_progress_callback_is_not_turned_into_a_failed_file(tmp_path: Path) -> None:
+    with pytest.raises(Stop, match="page 2/2"):
+        load_file(scanned_pdf(tmp_path / "scan.pdf"), ImageReader(on_image=stop))
+    deck = pptx.Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[5])
+    slide.shapes.title.text = "图"
+    picture = io.BytesIO()
+    text_page_image(["图中文字"]).save(picture, "PNG")
+    slide.shapes.add_picture(picture, Inches(1), Inches(2))
+    deck.save(str(tmp_path / "deck.pptx"))
+    with pytest.raises(Stop, match="slide 1"):
+        load_file(tmp_path / "deck.pptx", ImageReader(OcrConfig(embedded_images=True), on_image=stop))
+
+
+def test_scanned_pdf_without_ocr_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ocr_module, "ocr_installed", lambda: False)  # as on an install without the extra
+    blank_scan = write(tmp_path / "scan.pdf", image_pdf([Image.new("RGB", (200, 100), "white")]))
+    with pytest.raises(LoaderError, match=r"the PDF looks scanned .*pip install 'kbqa\[ocr\]'"):
+        load_file(blank_scan)
+    with pytest.raises(
+        LoaderError, match=r"^an image is read by OCR, and OCR is not installed; .*kbqa\[ocr\]"
+    ):
+        load_file(photo_png(tmp_path / "photo.png"))
+
+
+def test_ocr_off_refuses_images_and_on_without_the_extra_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(LoaderError, match=r"OCR is off \(ingestion\.ocr\.enabled\)"):
+        load_file(photo_png(tmp_path / "photo.png"), ImageReader(OcrConfig(enabled="off")))
+    monkeypatch.setattr(ocr_module, "ocr_installed", lambda: False)
+    with pytest.raises(ValueError, match=r"ingestion\.ocr\.enabled is 'on' but OCR is not installed"):
+        ImageReader(OcrConfig(enabled="on"))
+
+
+def test_image_that_is_not_one(tmp_path: Path) -> None:
+    if not ocr_installed():
+        pytest.skip("needs the `ocr` extra")
+    with pytest.raises(LoaderError, match="^not a readable image: "):
+        load_file(write(tmp_path / "fake.jpg", b"GIF89a but not really" * 10))

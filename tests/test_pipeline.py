@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from documents import make_pptx, photo_png, scanned_pdf, table_pdf
 
 from app.services import KnowledgeService
 from app.settings import load_settings
+from ingestion.loaders import ocr as ocr_module
+from ingestion.loaders.ocr import ocr_installed
 from retrieval import SearchOptions
 
 ANNUAL_LEAVE = (
@@ -90,7 +93,8 @@ def test_bad_files_fail_alone_and_leave_the_knowledge_base_as_it_was(
     bad.mkdir()
     (bad / "empty.txt").write_bytes(b"")
     (bad / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
-    (bad / "photo.png").write_bytes(b"\x89PNG\r\n")
+    (bad / "photo.png").write_bytes(b"\x89PNG\r\n")  # a truncated image
+    (bad / "old.ppt").write_bytes(b"\xd0\xcf\x11\xe0")
     (bad / "blank.md").write_text("   \n\n  ", encoding="utf-8")
     (bad / "good.txt").write_text("新员工入职第一天需要领取工牌和电脑。", encoding="utf-8")
     report = service.ingest("hr", [bad, tmp_path / "missing.txt"])
@@ -98,13 +102,13 @@ def test_bad_files_fail_alone_and_leave_the_knowledge_base_as_it_was(
     by_source = {o.source: o for o in report.outcomes}
     assert by_source["bad/empty.txt"].reason == "file is empty"
     assert "not a valid PDF" in by_source["bad/broken.pdf"].reason
-    assert (
-        by_source["bad/photo.png"].status == "skipped" and "unsupported" in by_source["bad/photo.png"].reason
-    )
+    unreadable = "not a readable image" if ocr_installed() else "OCR is not installed"
+    assert by_source["bad/photo.png"].status == "failed" and unreadable in by_source["bad/photo.png"].reason
+    assert by_source["bad/old.ppt"].status == "skipped" and "unsupported" in by_source["bad/old.ppt"].reason
     assert "no text" in by_source["bad/blank.md"].reason
     assert by_source[str(tmp_path / "missing.txt")].reason == "no such file or folder"
     assert by_source["bad/good.txt"].status == "added"
-    assert report.count("failed") == 4
+    assert report.count("failed") == 5
 
     kb = service.open("hr")
     documents = [(d.source, d.content_hash) for d in kb.documents()]
@@ -114,11 +118,11 @@ def test_bad_files_fail_alone_and_leave_the_knowledge_base_as_it_was(
 
 
 def test_unknown_type_named_directly_fails(service: KnowledgeService, tmp_path: Path) -> None:
-    picture = tmp_path / "scan.png"
-    picture.write_bytes(b"\x89PNG\r\n")
-    report = service.ingest("hr", [picture])
+    slides = tmp_path / "slides.ppt"
+    slides.write_bytes(b"\xd0\xcf\x11\xe0")
+    report = service.ingest("hr", [slides])
     assert report.outcomes[0].status == "failed"
-    assert "unsupported file type '.png'" in report.outcomes[0].reason
+    assert "unsupported file type '.ppt'" in report.outcomes[0].reason
 
 
 def test_small_batches_still_store_whole_documents(tmp_path: Path, e5_embedder, docs: Path) -> None:
@@ -156,3 +160,75 @@ def test_chunks_measured_in_embedding_model_tokens(tmp_path: Path, e5_embedder, 
     assert len(chunks) > 6
     assert all(e5_embedder.count_tokens(chunk.text) <= 16 for chunk in chunks)
     assert max(e5_embedder.count_tokens(chunk.text) for chunk in chunks) > 8
+
+
+@pytest.fixture
+def office_docs(tmp_path: Path) -> Path:
+    """A folder of documents as people have them: a slide deck, a PDF with a table, a scan and a photo."""
+    folder = tmp_path / "office"
+    folder.mkdir()
+    make_pptx(folder / "report.pptx")
+    table_pdf(folder / "travel.pdf")
+    if ocr_installed():
+        scanned_pdf(folder / "scan.pdf")
+        photo_png(folder / "notice.png")
+    return folder
+
+
+def test_search_finds_the_slide_the_table_row_and_the_scanned_page(
+    service: KnowledgeService, office_docs: Path
+) -> None:
+    report = service.ingest("office", [office_docs])
+    assert report.failures == [] and report.count("added") == len(list(office_docs.iterdir()))
+
+    def top(query: str):
+        hit = service.search("office", query, SearchOptions(k=1))[0]
+        return hit.source, hit.page, hit.heading_path, hit.ocr, hit.text
+
+    source, page, heading_path, ocr, text = top("华南地区的销售额是多少？")
+    assert (source, page, heading_path, ocr) == ("office/report.pptx", 2, ("各地区销售额",), False)
+    assert "地区: 华南\n销售额: 860 万元" in text  # the row with its column names (rows are packed)
+    assert top("演讲时要强调哪个地区增长最快？")[:3] == (
+        "office/report.pptx",
+        2,
+        ("各地区销售额", "Speaker notes"),
+    )
+
+    source, page, _, ocr, text = top("上海的住宿标准是多少？")
+    assert (source, page, ocr) == ("office/travel.pdf", 1, False)
+    assert "城市: 上海" in text and "住宿标准: 每晚 550元" in text
+    if not ocr_installed():
+        return
+    source, page, _, ocr, text = top("差旅报销要在多少天内提交？")
+    assert (source, page, ocr) == ("office/scan.pdf", 2, True)
+    assert "三十天" in text
+    source, page, _, ocr, text = top("room booking phone number")
+    assert (source, page, ocr) == ("office/notice.png", None, True)
+    assert "8021" in text
+
+
+@pytest.mark.skipif(not ocr_installed(), reason="needs the `ocr` extra")
+def test_ocr_off_fails_images_and_reports_scans_as_before(tmp_path: Path, e5_embedder) -> None:
+    svc = KnowledgeService(load_settings(data_dir=tmp_path / "data", ingestion={"ocr": {"enabled": "off"}}))
+    svc.embedder = e5_embedder
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    scanned_pdf(folder / "scan.pdf")
+    photo_png(folder / "notice.png")
+    report = svc.ingest("scans", [folder])
+    by_source = {o.source: o for o in report.outcomes}
+    # The scan's cover page has text: it is stored, and its unread page is not reported as a problem.
+    assert by_source["scans/scan.pdf"].status == "added" and by_source["scans/scan.pdf"].reason is None
+    assert by_source["scans/notice.png"].status == "failed"
+    assert "OCR is off (ingestion.ocr.enabled)" in by_source["scans/notice.png"].reason
+
+
+def test_ocr_on_without_the_extra_fails_before_any_file(
+    tmp_path: Path, e5_embedder, docs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ocr_module, "ocr_installed", lambda: False)  # as on an install without the extra
+    svc = KnowledgeService(load_settings(data_dir=tmp_path / "data", ingestion={"ocr": {"enabled": "on"}}))
+    svc.embedder = e5_embedder
+    with pytest.raises(ValueError, match=r"'on' but OCR is not installed; .*pip install 'kbqa\[ocr\]'"):
+        svc.ingest("hr", [docs])
+    assert svc.open("hr").counts()[0] == 0

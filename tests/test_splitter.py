@@ -270,6 +270,22 @@ def test_table_rows_and_text_of_one_section_are_chunked_apart() -> None:
     ]
 
 
+def test_ocr_text_is_never_in_a_chunk_with_other_text() -> None:
+    blocks = [
+        Block("幻灯片正文。", page=2),
+        Block("图片里识别出的文字。", page=2, ocr=True),
+        Block("图片下方的说明。", page=2),
+    ]
+
+    chunks = split(LoadedDocument(title="", blocks=blocks), chunk_size=500, chunk_overlap=0)
+
+    assert [(c.text, c.page, c.ocr) for c in chunks] == [
+        ("幻灯片正文。", 2, False),
+        ("图片里识别出的文字。", 2, True),
+        ("图片下方的说明。", 2, False),
+    ]
+
+
 def test_table_rows_are_not_packed_across_sections() -> None:
     blocks = [
         Block(TABLE_ROWS[0], heading_path=("年假",), is_table_row=True),

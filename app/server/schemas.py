@@ -96,6 +96,10 @@ class JobOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    reading: str | None = Field(
+        None,
+        description='While running: the page OCR is reading ("scan.pdf page 3/12"), which takes seconds.',
+    )
 
 
 class JobAccepted(BaseModel):
@@ -135,6 +139,7 @@ class HitOut(BaseModel):
     context_before: list[str]
     context_after: list[str]
     metadata: dict[str, str]
+    ocr: bool = Field(False, description="The text was read from an image by OCR (a scanned page, a photo).")
 
 
 class ListOf(BaseModel):

@@ -7,15 +7,21 @@ from importlib import import_module
 from pathlib import Path
 
 from .base import BLOCK_SEPARATOR, Block, LoadedDocument, LoaderError
+from .ocr import ImageReader, OcrConfig
 
 __all__ = [
     "BLOCK_SEPARATOR",
+    "IMAGE_SUFFIXES",
     "SUPPORTED_SUFFIXES",
     "Block",
+    "ImageReader",
     "LoadedDocument",
     "LoaderError",
+    "OcrConfig",
     "load_file",
 ]
+
+IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
 # Suffix -> (module, function). Modules are imported on first use: pypdf, python-docx, openpyxl and
 # BeautifulSoup cost about half a second together, which `kbqa --help` and the web app should not pay.
@@ -29,20 +35,23 @@ _LOADERS: dict[str, tuple[str, str]] = {
     ".markdown": ("text", "load_markdown"),
     ".md": ("text", "load_markdown"),
     ".pdf": ("pdf", "load_pdf"),
+    ".pptx": ("slides", "load_pptx"),
     ".txt": ("text", "load_text"),
     ".xlsx": ("table", "load_xlsx"),
-}
+} | {suffix: ("images", "load_image") for suffix in IMAGE_SUFFIXES}
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(sorted(_LOADERS))
-
-# Why a file can yield no text, where the format makes one cause likely.
-_NO_TEXT_HINTS = {
-    ".pdf": "the PDF looks scanned (pages are images) and OCR is not supported",
-}
+# Loaders that read images (scanned pages, pictures) and so take an ImageReader as well as the path.
+_READ_IMAGES = {".pdf", ".docx", ".pptx", *IMAGE_SUFFIXES}
 
 
-def load_file(path: Path | str) -> LoadedDocument:
-    """Return the text blocks of the file at `path`; raise LoaderError saying why when it cannot be read."""
+def load_file(path: Path | str, ocr: ImageReader | None = None) -> LoadedDocument:
+    """Return the text blocks of the file at `path`; raise LoaderError saying why when it cannot be read.
+
+    `ocr` reads scanned PDF pages, image files and (when its config says so) pictures inside documents;
+    without it they are read with the default OCR settings.
+    """
     path = Path(path)
+    ocr = ocr or ImageReader()
     suffix = path.suffix.lower()
     if suffix not in _LOADERS:
         kind = f"'{suffix}'" if suffix else "(no extension)"
@@ -51,13 +60,28 @@ def load_file(path: Path | str) -> LoadedDocument:
     try:
         if path.stat().st_size == 0:
             raise LoaderError("file is empty")
-        document = loader(path)
+        document = loader(path, ocr) if suffix in _READ_IMAGES else loader(path)
     except OSError as exc:
         raise LoaderError(f"cannot read file: {exc.strerror or exc}") from exc
     if not any(block.text.strip() for block in document.blocks):
-        hint = _NO_TEXT_HINTS.get(suffix)
-        raise LoaderError("no text could be extracted" + (f": {hint}" if hint else ""))
+        hint = _no_text_hint(suffix, ocr)
+        problems = "; ".join(document.problems)
+        raise LoaderError(
+            "no text could be extracted"
+            + (f": {hint}" if hint else "")
+            + (f" ({problems})" if problems else "")
+        )
     return document
+
+
+def _no_text_hint(suffix: str, ocr: ImageReader) -> str:
+    """Return the likely reason a file of this type yielded no text ("" when there is none to give)."""
+    if suffix == ".pdf":
+        why = ocr.why_not() or "OCR found no text on them"
+        return f"the PDF looks scanned (pages are images) and {why}"
+    if suffix in IMAGE_SUFFIXES:
+        return ocr.why_not() or "OCR found no text in the image"
+    return ""
 
 
 def _loader(suffix: str) -> Callable[[Path], LoadedDocument]:

@@ -13,16 +13,17 @@ class LoaderError(Exception):
 class Block:
     """One piece of a document's text and where it stands.
 
-    `page` is 1-based for paged formats (PDF) and None elsewhere. `heading_path` holds the titles of
+    `page` is 1-based for paged formats (PDF pages, slides) and None elsewhere. `heading_path` holds the titles of
     the headings the block sits under, outermost first. A table row is one block with
     `is_table_row=True`, written as "header: value" lines, so the splitter keeps it whole and a chunk
-    of a table keeps its column names.
+    of a table keeps its column names. `ocr` is True when the text was read from an image by OCR.
     """
 
     text: str
     page: int | None = None
     heading_path: tuple[str, ...] = ()
     is_table_row: bool = False
+    ocr: bool = False
 
 
 @dataclass
@@ -32,6 +33,8 @@ class LoadedDocument:
     title: str
     blocks: list[Block] = field(default_factory=list)
     page_count: int | None = None
+    # What could not be read while the rest could (a page that failed OCR): reported, not fatal.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def text(self) -> str:

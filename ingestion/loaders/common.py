@@ -66,7 +66,9 @@ def field_lines(pairs: Iterable[tuple[str, str]]) -> str:
     return "\n".join(f"{name}: {value}" if name else value for name, value in pairs if value)
 
 
-def table_blocks(rows: Iterable[Sequence[object]], heading_path: tuple[str, ...] = ()) -> list[Block]:
+def table_blocks(
+    rows: Iterable[Sequence[object]], heading_path: tuple[str, ...] = (), page: int | None = None
+) -> list[Block]:
     """Return one table-row Block per row after the header (the first non-empty row)."""
     cells = [[format_cell(value) for value in row] for row in rows]
     cells = [row for row in cells if any(row)]
@@ -78,7 +80,10 @@ def table_blocks(rows: Iterable[Sequence[object]], heading_path: tuple[str, ...]
         body, header = [header], []
     return [
         Block(
-            field_lines(zip_longest(header, row, fillvalue="")), heading_path=heading_path, is_table_row=True
+            field_lines(zip_longest(header, row, fillvalue="")),
+            page=page,
+            heading_path=heading_path,
+            is_table_row=True,
         )
         for row in body
     ]

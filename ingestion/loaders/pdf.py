@@ -1,25 +1,41 @@
-"""PDF files, page by page, with pypdf."""
+"""PDF files, page by page: text with pypdf, ruled tables with pdfplumber, scanned pages by OCR."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pypdf import PasswordType, PdfReader
 from pypdf.errors import DependencyError
 
 from .base import Block, LoadedDocument, LoaderError
-from .common import reason, split_paragraphs
+from .common import reason, split_paragraphs, table_blocks
+from .ocr import ImageReader
+
+log = logging.getLogger(__name__)
+
+# A page counts as scanned when images cover at least this share of it (and it has little text).
+_IMAGE_COVER = 0.5
 
 
-def load_pdf(path: Path) -> LoadedDocument:
-    """Return a PDF's text as blocks carrying their 1-based page number, with the page count."""
+def load_pdf(path: Path, ocr: ImageReader | None = None) -> LoadedDocument:
+    """Return a PDF's text as blocks carrying their 1-based page number, with the page count.
+
+    A page with ruled lines is searched for tables (pdfplumber), whose rows become table-row blocks in
+    reading order with the page's other text. A page with (almost) no text layer is read by `ocr`; a
+    page that fails OCR is noted in the document's problems and the other pages are kept.
+    """
     try:
         reader = PdfReader(path)
         # pypdf has already tried the empty password: it opens PDFs that only restrict printing or copying.
         if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
             raise LoaderError("PDF is encrypted with a password")
-        pages = [page.extract_text() for page in reader.pages]
+        # Some PDFs' text maps glyphs to NUL; it is never wanted in the index.
+        pages = [page.extract_text().replace("\x00", "") for page in reader.pages]
         title = _metadata_title(reader)
     except LoaderError:
         raise
@@ -30,13 +46,187 @@ def load_pdf(path: Path) -> LoadedDocument:
     except Exception as exc:
         # pypdf raises many exception types (PdfReadError, KeyError, ValueError, ...) on broken files.
         raise LoaderError(f"not a valid PDF: {reason(exc)}") from exc
-    blocks = [
-        Block(paragraph, page=number)
-        for number, text in enumerate(pages, start=1)
-        # Some PDFs' text maps glyphs to NUL; it is never wanted in the index.
-        for paragraph in split_paragraphs(unwrap_lines(text.replace("\x00", "")))
-    ]
-    return LoadedDocument(title=title or path.stem, blocks=blocks, page_count=len(pages))
+    document = LoadedDocument(title=title or path.stem, page_count=len(pages))
+    with _Layout(path) as layout:
+        for number, text in enumerate(pages, start=1):
+            document.blocks.extend(_page_blocks(layout, number, len(pages), text, ocr, document.problems))
+    return document
+
+
+def _page_blocks(
+    layout: _Layout, number: int, count: int, text: str, ocr: ImageReader | None, problems: list[str]
+) -> Iterator[Block]:
+    """Yield one page's blocks: OCR'd when it looks scanned, with its tables when it has ruled lines."""
+    if ocr is not None and ocr.available and layout.looks_scanned(number, text, ocr.config.min_page_chars):
+        where = f"page {number}/{count}"
+        try:
+            ocr_text = ocr.read_image(layout.render(number, ocr.config.dpi, where), where)
+        except LoaderError as error:
+            problems.append(str(error))
+        else:
+            # A scan wraps its lines where the text layer would have: joined the same way.
+            yield from (
+                Block(part, page=number, ocr=True) for part in split_paragraphs(unwrap_lines(ocr_text))
+            )
+            return
+    if layout.has_lines(number) and (blocks := layout.table_page_blocks(number)) is not None:
+        yield from blocks
+        return
+    yield from (Block(part, page=number) for part in split_paragraphs(unwrap_lines(text)))
+
+
+class _Layout:
+    """What pypdf's text does not tell about a PDF's pages: images, ruled lines, rendering, tables.
+
+    pdfium (fast, C) answers the cheap questions for every page; pdfplumber (pure Python, slower) is
+    opened only for pages with ruled lines. When either cannot open the file, the page is read as text.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stack = contextlib.ExitStack()
+        self._pdfium: Any = None
+        self._plumber: Any = None
+
+    def __enter__(self) -> _Layout:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _pdfium_page(self, number: int) -> Any:
+        """Return pdfium's page `number` (1-based), or None when pdfium cannot open the file."""
+        if self._pdfium is None:
+            import pypdfium2
+
+            try:
+                self._pdfium = pypdfium2.PdfDocument(self.path)
+                self._stack.callback(self._pdfium.close)
+            except Exception as exc:  # pdfium's PdfiumError, or a password pypdf could decrypt
+                log.info("pdfium cannot open the PDF", extra={"path": str(self.path), "error": reason(exc)})
+                self._pdfium = False
+        return self._pdfium[number - 1] if self._pdfium else None
+
+    def _objects(self, number: int, kind: int) -> list[Any]:
+        """Return the page's objects of one pdfium type (those inside form XObjects included)."""
+        page = self._pdfium_page(number)
+        return [] if page is None else list(page.get_objects(filter=[kind]))
+
+    def looks_scanned(self, number: int, text: str, min_chars: int) -> bool:
+        """Return whether a page is an image with no text layer, or with fewer than `min_chars` characters
+        over images covering most of it (a scan with a stamp or a page number as text)."""
+        chars = sum(not c.isspace() for c in text)
+        if chars >= min_chars or self._pdfium_page(number) is None:
+            return False
+        import pypdfium2.raw as pdfium_c
+
+        images = self._objects(number, pdfium_c.FPDF_PAGEOBJ_IMAGE)
+        if chars == 0 or not images:
+            # A page without images and text is blank or drawn only with lines: nothing for OCR to read.
+            return bool(images)
+        width, height = self._pdfium_page(number).get_size()
+        covered = 0.0
+        for image in images:
+            left, bottom, right, top = image.get_bounds()
+            covered += max(0.0, min(right, width) - max(left, 0)) * max(
+                0.0, min(top, height) - max(bottom, 0)
+            )
+        return covered >= _IMAGE_COVER * width * height
+
+    def render(self, number: int, dpi: int, where: str) -> Any:
+        """Return page `number` rendered at `dpi` as a PIL image; raise LoaderError when it cannot be."""
+        page = self._pdfium_page(number)
+        if page is None:
+            raise LoaderError(f"{where}: cannot render the page for OCR")
+        try:
+            return page.render(scale=dpi / 72).to_pil()
+        except Exception as exc:
+            raise LoaderError(f"{where}: cannot render the page for OCR: {reason(exc)}") from exc
+
+    def has_lines(self, number: int) -> bool:
+        """Return whether the page draws paths (rules, boxes), without which it has no ruled table."""
+        import pypdfium2.raw as pdfium_c
+
+        return bool(self._objects(number, pdfium_c.FPDF_PAGEOBJ_PATH))
+
+    def table_page_blocks(self, number: int) -> list[Block] | None:
+        """Return a page's text and ruled tables as blocks in reading order, or None if it has no table."""
+        if self._plumber is None:
+            import pdfplumber
+
+            try:
+                self._plumber = pdfplumber.open(self.path)
+                self._stack.callback(self._plumber.close)
+            except Exception as exc:  # pdfminer's PDFSyntaxError, PDFPasswordIncorrect, ...
+                log.info(
+                    "pdfplumber cannot open the PDF", extra={"path": str(self.path), "error": reason(exc)}
+                )
+                self._plumber = False
+        if not self._plumber:
+            return None
+        page = self._plumber.pages[number - 1]
+        try:
+            return _table_page_blocks(page, number)
+        except Exception as exc:
+            # A page pdfminer cannot lay out is still read as plain text by pypdf.
+            log.info(
+                "no tables read from a page",
+                extra={"path": str(self.path), "page": number, "error": reason(exc)},
+            )
+            return None
+        finally:
+            page.close()  # pdfplumber keeps each page's parsed objects until then
+
+
+def _table_page_blocks(page: Any, number: int) -> list[Block] | None:
+    """Return a pdfplumber page's ruled tables as row blocks between its lines of text, top to bottom."""
+    tables = [table for table in page.find_tables() if _is_table(table)]
+    if not tables:
+        return None
+    boxes = [table.bbox for table in tables]
+
+    def outside_tables(obj: dict[str, Any]) -> bool:
+        x, y = (obj["x0"] + obj["x1"]) / 2, (obj["top"] + obj["bottom"]) / 2
+        return not any(x0 <= x <= x1 and top <= y <= bottom for x0, top, x1, bottom in boxes)
+
+    lines = page.filter(outside_tables).extract_text_lines(return_chars=False)
+    # Each item: (top, order, kind); the text lines before a table (by top) become one run of paragraphs.
+    items = sorted(
+        [(line["top"], 1, line["text"]) for line in lines] + [(t.bbox[1], 0, t) for t in tables],
+        key=lambda item: (item[0], item[1]),
+    )
+    blocks: list[Block] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        text = unwrap_lines("\n".join(pending))
+        blocks.extend(Block(part, page=number) for part in split_paragraphs(text))
+        pending.clear()
+
+    for _, _, item in items:
+        if isinstance(item, str):
+            pending.append(item)
+            continue
+        flush()
+        rows = [[_cell_text(cell) for cell in row] for row in item.extract()]
+        blocks.extend(table_blocks(rows, page=number))
+    flush()
+    return blocks
+
+
+def _is_table(table: Any) -> bool:
+    """Return whether a found table has at least two rows and two columns (a box is not a table)."""
+    rows = table.extract()
+    return len(rows) >= 2 and max(len(row) for row in rows) >= 2
+
+
+def _cell_text(cell: str | None) -> str:
+    """Return a table cell's text with its wrapped lines joined (no space between Chinese lines)."""
+    lines = [line.strip() for line in (cell or "").split("\n") if line.strip()]
+    text = lines[0] if lines else ""
+    for line in lines[1:]:
+        text += _joint(text, line) + line
+    return text
 
 
 def _metadata_title(reader: PdfReader) -> str:
