@@ -1,10 +1,10 @@
 """Answers people can trust, measured: questions the knowledge base can and cannot answer, and calibration.
 
 From a SQuAD-format dataset (DRCD, CMRC 2018) a knowledge base is built leaving paragraphs out:
-`holdout` whole articles (their questions are *off-topic*) and one paragraph from `holdout` other
-articles (*same-topic*: the rest of the article is there, not the facts asked about). An article of a
-single paragraph gives its second half instead. Answerable questions are those of indexed paragraphs,
-as many as the unanswerable ones, so both kinds weigh the same.
+`holdout` whole articles (their questions are *off-topic*) and the last paragraph of `holdout` other
+articles of several paragraphs (*same-topic*: the rest of the article is there, not the facts asked
+about; CMRC 2018's articles have one paragraph each, so it has none). Answerable questions are those
+of indexed paragraphs, as many as the unanswerable ones, so both kinds weigh the same.
 
 `fit_calibration` fits the answerability and reader models on such a set; `ask` runs every question
 through the service's own answer path (any backend) and `summary` reports what a user would see.
@@ -63,44 +63,24 @@ def answer_set(paragraphs: Sequence[Paragraph], holdout: int, seed: int = 0) -> 
         articles.setdefault(paragraph.article, []).append(replace(paragraph, questions=usable))
     order = sorted(articles)
     random.Random(seed).shuffle(order)
-    if len(order) < 2 * holdout + 1:
-        raise ValueError(
-            f"holding out {holdout} articles and {holdout} paragraphs needs {2 * holdout + 1} articles"
-        )
+    if len(order) <= holdout:
+        raise ValueError(f"holding out {holdout} articles needs more than {holdout} articles")
     indexed: list[Paragraph] = []
     answerable: list[AnswerCase] = []
     unanswerable: list[AnswerCase] = []
-    for position, article in enumerate(order):
+    same_topic = [a for a in order[holdout:] if len(articles[a]) > 1][:holdout]
+    for article in order:
         group = articles[article]
-        if position < holdout:
+        if article in order[:holdout]:
             unanswerable += [AnswerCase(q, "off-topic") for p in group for q in p.questions]
             continue
-        if position < 2 * holdout:
-            group, left_out = _leave_out_part(group)
-            unanswerable += [AnswerCase(q, "same-topic") for q in left_out]
+        if article in same_topic:
+            unanswerable += [AnswerCase(q, "same-topic") for q in group[-1].questions]
+            group = group[:-1]
         indexed += group
         answerable += [AnswerCase(q, "answerable") for p in group for q in p.questions]
     random.Random(seed).shuffle(answerable)
     return AnswerSet(indexed, answerable[: len(unanswerable)] + unanswerable)
-
-
-def _leave_out_part(group: list[Paragraph]) -> tuple[list[Paragraph], list[Question]]:
-    """Return an article less its last paragraph (or, with one paragraph, less its second half) and the
-    questions that only the part left out answers."""
-    if len(group) > 1:
-        return group[:-1], list(group[-1].questions)
-    paragraph = group[0]
-    cut = _middle_sentence_end(paragraph.context)
-    kept = paragraph.context[:cut]
-    held = [q for q in paragraph.questions if not any(a in kept for a in q.answers)]
-    answered = tuple(q for q in paragraph.questions if q not in held)
-    return [replace(paragraph, context=kept, questions=answered)], held
-
-
-def _middle_sentence_end(text: str) -> int:
-    """Return the end of the sentence closest to the middle of `text`."""
-    ends = [m.end() for m in re.finditer(r"[。！？!?]", text[:-1])]
-    return min(ends, key=lambda end: abs(end - len(text) / 2)) if ends else len(text) // 2
 
 
 # --- fitting --------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ sentence the probability that it holds the answer, from its cosine with the ques
 question's rarer terms, the kind of value it holds, its place and its chunk's rank; without one, a sentence
 scores its cosine plus small bonuses for shared words and the kind of value asked for. The best sentence
 leads the answer; others follow, in the order of the source (hit rank, then position) and each with the
-citation [n] of its hit, only when the best is not clearly the answer (`confident`) and they come close.
+citation [n] of its hit, only when the best is not clearly the answer (`confident`) and they come close
+(`runner_up_share`).
 """
 
 from __future__ import annotations
@@ -120,20 +121,26 @@ class ExtractiveConfig(BaseModel):
 
     max_sentences: int = Field(3, ge=1, le=20, description="Most sentences in an answer.")
     confident: float = Field(
-        0.5,
+        0.7,
         ge=0.0,
         le=1.0,
         description="Learned reader: answer with the best sentence alone when its probability of holding "
-        "the answer reaches this; below it, close runners-up follow (`min_relative_score`).",
+        "the answer reaches this; below it, runners-up follow (`runner_up_share`).",
+    )
+    runner_up_share: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Learned reader: a further sentence follows only when its probability is at least this "
+        "share of the best one's (1 keeps only the best sentence).",
     )
     min_relative_score: float = Field(
         0.8,
         ge=0.0,
         le=1.0,
-        description="Keep a further sentence only if it comes this close to the best (1 keeps only the best "
-        "sentence). Learned reader: its probability is at least this share of the best one's. Without a "
-        "calibration: its score lies at least this far from the median sentence's towards the best one's. "
-        "Both are scale-free, so it means the same with any embedding model.",
+        description="Without a calibration: keep a further sentence only if its score lies at least this far "
+        "from the median sentence's score towards the best one's (1 keeps only the best sentence). "
+        "Scale-free, so it means the same with any embedding model.",
     )
     min_score: float = Field(
         -1.0,
@@ -167,6 +174,8 @@ class ExtractiveConfig(BaseModel):
 READER_FEATURES = (
     "cosine",
     "cosine_gap",
+    "focus_cosine",
+    "focus_gap",
     "coverage",
     "coverage_gap",
     "answer_type",
@@ -234,7 +243,7 @@ class ExtractiveReader:
         best = order[0]
         chosen = [sentences[best]]
         if probabilities[best] < self.config.confident:  # no clear answer: show the close runners-up too
-            floor = self.config.min_relative_score * probabilities[best]
+            floor = self.config.runner_up_share * probabilities[best]
             others = [i for i in order[1:] if probabilities[i] >= floor][: self.config.max_sentences - 1]
             chosen += sorted((sentences[i] for i in others), key=lambda s: (s.hit, s.position))
         return _write(chosen)
@@ -261,20 +270,29 @@ class ExtractiveReader:
         """Return one row of `READER_FEATURES` per sentence.
 
         cosine: the sentence's cosine with the question; cosine_gap: how far below the best sentence's it
-        lies; coverage: the idf-weighted share of the question's content terms it holds; coverage_gap: how
-        far below the best coverage; answer_type: it holds the kind of value asked for (a duration, money,
-        a date, a count, a place, a person); first_in_chunk: it opens its chunk; hit_rank: 1/(rank + 1)
-        of its chunk; answerability: the question's, the same for every sentence (0.5 when unknown).
+        lies; focus_cosine, focus_gap: the same with the question less the terms several sentences share
+        (the topic, 报销 in 报销需要多久到账), which leaves what is asked about (多久到账); coverage: the
+        idf-weighted share of the question's other content terms it holds; coverage_gap: how far below the
+        best coverage; answer_type: it holds the kind of value asked for (a duration, money, a date, a count, a
+        place, a person); first_in_chunk: it opens its chunk; hit_rank: 1/(rank + 1) of its chunk;
+        answerability: the question's, the same for every sentence (0.5 when unknown).
         """
-        cosines = self._cosines(question, sentences)
+        vectors = self._vectors_of(sentences)
+        cosines = vectors @ self.embedder.embed_query(question)
         weights = term_weights if term_weights is not None else dict.fromkeys(content_terms(question), 1.0)
-        covered = np.array([coverage(s.text, weights) for s in sentences])
+        shared = _shared_terms(weights, sentences)
+        focus = _without(question, shared)
+        focused = cosines if focus == question else vectors @ self.embedder.embed_query(focus)
+        asked = {t: w for t, w in weights.items() if t not in shared} or weights
+        covered = np.array([coverage(s.text, asked) for s in sentences])
         wanted = answer_type(question)
         typed = [float(bool(wanted and wanted.search(s.text))) for s in sentences]
         return np.column_stack(
             [
                 cosines,
                 cosines.max() - cosines,
+                focused,
+                focused.max() - focused,
                 covered,
                 covered.max() - covered,
                 typed,
@@ -285,7 +303,7 @@ class ExtractiveReader:
         )
 
     def _read_by_score(self, question: str, sentences: list[Sentence]) -> Extract | None:
-        cosines = self._cosines(question, sentences).tolist()
+        cosines = (self._vectors_of(sentences) @ self.embedder.embed_query(question)).tolist()
         asked = _terms(question)
         shares = [len(asked & _terms(s.text)) / len(asked) if asked else 0.0 for s in sentences]
         wanted = answer_type(question)
@@ -312,15 +330,15 @@ class ExtractiveReader:
         chosen = [sentences[best]] + sorted((sentences[i] for i in others), key=lambda s: (s.hit, s.position))
         return _write(chosen)
 
-    def _cosines(self, question: str, sentences: Sequence[Sentence]) -> np.ndarray:
-        """Return each sentence's cosine with the question; sentence vectors are kept for later questions."""
+    def _vectors_of(self, sentences: Sequence[Sentence]) -> np.ndarray:
+        """Return the sentences' vectors; those not seen before are embedded in one batch and kept."""
         texts = [s.text for s in sentences]
         with self._vectors_lock:
             known = {t: self._vectors[t] for t in texts if t in self._vectors}
             for text in known:
                 self._vectors.move_to_end(text)
         new = list(dict.fromkeys(t for t in texts if t not in known))
-        if new:  # every sentence not seen before in one batch
+        if new:
             for text, vector in zip(new, self.embedder.embed_documents(new), strict=True):
                 known[text] = vector
             with self._vectors_lock:
@@ -328,8 +346,24 @@ class ExtractiveReader:
                     self._vectors[text] = known[text]
                 while len(self._vectors) > _CACHED_SENTENCES:
                     self._vectors.popitem(last=False)
-        vectors = np.stack([known[t] for t in texts])
-        return vectors @ self.embedder.embed_query(question)
+        return np.stack([known[t] for t in texts])
+
+
+def _shared_terms(weights: Mapping[str, float], sentences: Sequence[Sentence]) -> set[str]:
+    """Return the terms two or more of the sentences hold: the topic they share, not what is asked.
+
+    A single character (账 of 到账) is left out: as part of other words (账号) it is in many sentences.
+    """
+    folded = [s.text.casefold() for s in sentences]
+    return {t for t in weights if len(t) > 1 and sum(t in text for text in folded) >= 2}
+
+
+def _without(question: str, shared: set[str]) -> str:
+    """Return the question less the shared terms; the question itself when nothing would be left of it."""
+    focus = question
+    for term in sorted(shared, key=len, reverse=True):
+        focus = re.sub(re.escape(term), "", focus, flags=re.I)
+    return focus if _terms(focus) else question
 
 
 def answer_type(question: str) -> re.Pattern[str] | None:

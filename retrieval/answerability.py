@@ -63,16 +63,25 @@ def term_weights(chunks: int, counts: Mapping[str, int], terms: Sequence[str]) -
 def coverage(text: str, weights: Mapping[str, float]) -> float:
     """Return the weighted share of the terms in `weights` that `text` holds (1.0 when there are none).
 
-    A Chinese term is held when it appears in the text (segmentation of a question and of a passage can
-    differ); an English term or number when it is one of the text's words.
+    A Chinese term counts by the share of its character pairs (or its one character) the text holds,
+    since a question and a passage may be segmented differently (jieba cuts Traditional Chinese into odd
+    words like 時樂山市); an English term or number counts when it is one of the text's words.
     """
     total = sum(weights.values())
     if total <= 0:
         return 1.0
     folded = unicodedata.normalize("NFKC", text).casefold()
     words = set(_ASCII_WORD.findall(folded))
-    held = sum(w for term, w in weights.items() if (term in folded if _CJK.search(term) else term in words))
-    return held / total
+    return sum(w * _held(term, folded, words) for term, w in weights.items()) / total
+
+
+def _held(term: str, folded: str, words: set[str]) -> float:
+    if not _CJK.search(term):
+        return float(term in words)
+    if term in folded:
+        return 1.0
+    pairs = [term[i : i + 2] for i in range(len(term) - 1)] or [term]
+    return sum(pair in folded for pair in pairs) / len(pairs)
 
 
 def signals(

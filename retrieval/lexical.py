@@ -243,9 +243,13 @@ _QUESTION_WORDS = frozenset(
 )
 
 
+# jieba glues question words to their neighbours (哪一種關, 從什麼): a term holding one asks, not tells.
+_ASKING = re.compile(r"哪|什[么麼]|甚[么麼]|[谁誰]|[为為]何|何[时時处處种種]|如何|多少|[几幾][个個年天月次位种種号號]")
+
+
 def content_terms(question: str) -> list[str]:
     """Return the distinct search terms of a question that say what it is about (question words left out)."""
-    return [term for term in dict.fromkeys(terms(question)) if term not in _QUESTION_WORDS]
+    return [t for t in dict.fromkeys(terms(question)) if t not in _QUESTION_WORDS and not _ASKING.search(t)]
 
 
 def indexed_text(text: str) -> str:

@@ -108,12 +108,13 @@ def test_a_dataset_splits_into_indexed_paragraphs_and_three_kinds_of_question() 
     paragraphs = [
         _paragraph(0, 0, "甲是一座城市。甲有三条河。", "城市", "三条"),
         _paragraph(1, 0, "甲的市长是乙。", "乙"),
-        _paragraph(2, 1, "丙山高八百米。丙山在丁省。", "八百米", "丁省"),  # one paragraph: split in halves
-        _paragraph(3, 2, "戊湖很深。", "很深"),
-        _paragraph(4, 3, "己是一种鸟。", "鸟"),
-        _paragraph(5, 4, "庚是一种鱼。", "鱼"),
+        _paragraph(2, 1, "丙山高八百米。", "八百米"),
+        _paragraph(3, 1, "丙山在丁省。", "丁省"),
+        _paragraph(4, 2, "戊湖很深。", "很深"),
+        _paragraph(5, 3, "己是一种鸟。", "鸟"),
+        _paragraph(6, 4, "庚是一种鱼。", "鱼"),
     ]
-    chosen = answer_set(paragraphs, holdout=2, seed=3)
+    chosen = answer_set(paragraphs, holdout=2, seed=1)
     kinds = [case.kind for case in chosen.cases]
     indexed_text = "".join(p.context for p in chosen.paragraphs)
     # As many answerable questions as unanswerable ones, when there are enough.
@@ -122,5 +123,8 @@ def test_a_dataset_splits_into_indexed_paragraphs_and_three_kinds_of_question() 
     for case in chosen.cases:
         held = any(answer in indexed_text for answer in case.question.answers)
         assert held == (case.kind == "answerable")
-    with pytest.raises(ValueError, match="needs 5 articles"):
-        answer_set(paragraphs[:4], holdout=2)
+    # A same-topic question's article is in the knowledge base, less the paragraph that answers it.
+    same = [c for c in chosen.cases if c.kind == "same-topic"]
+    assert all(c.question.text.split("-")[0] in ("q1", "q3") for c in same)
+    with pytest.raises(ValueError, match="more than 7 articles"):
+        answer_set(paragraphs[:4], holdout=7)

@@ -300,17 +300,17 @@ def test_chat_refuses_when_nothing_passes_the_threshold(client: TestClient) -> N
 def test_chat_refuses_what_the_documents_do_not_hold_and_shows_the_closest(client: TestClient) -> None:
     body = client.post("/v1/kbs/hr/chat", json={"question": "Who won the 2022 World Cup?"}).json()
     assert body["refused"] and body["answer"] == "The provided information does not answer this question."
-    assert 0 <= body["answerability"] < 0.5 and body["citations"] == []
+    assert 0 <= body["answerability"] < 0.2 and body["citations"] == []
     assert body["closest"] and {c["source"] for c in body["closest"]} <= {"expenses.md", "leave.md"}
     answered = client.post("/v1/kbs/hr/chat", json={"question": "年假有几天？"}).json()
-    assert not answered["refused"] and answered["answerability"] >= 0.5 and answered["closest"] == []
+    assert not answered["refused"] and answered["answerability"] >= 0.2 and answered["closest"] == []
     info = client.get("/v1/kbs/hr").json()
     assert info["answerability_calibrated"] is True
     completion = client.post(
         "/v1/chat/completions",
         json={"model": "hr", "messages": [{"role": "user", "content": "Who won the 2022 World Cup?"}]},
     ).json()
-    assert completion["refused"] and completion["answerability"] < 0.5 and completion["closest"]
+    assert completion["refused"] and completion["answerability"] < 0.2 and completion["closest"]
 
 
 def test_chat_errors(client: TestClient) -> None:

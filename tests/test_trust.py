@@ -64,11 +64,11 @@ def test_questions_the_documents_cannot_answer_are_refused(demo: KnowledgeServic
 
 def test_a_generating_backend_is_not_called_below_the_threshold(demo: KnowledgeService) -> None:
     model = ScriptedModel("世界杯冠军是阿根廷[1]。")
-    qa = Answerer(demo.retrieve, PromptConfig(), GenerationParams(), model=model, min_answerability=0.5)
+    qa = Answerer(demo.retrieve, PromptConfig(), GenerationParams(), model=model, min_answerability=0.2)
     refused = qa.answer("Who won the 2022 World Cup?", "demo")
     assert refused.refused and model.prompts == [] and refused.closest
     answered = qa.answer("报销需要多久到账？", "demo")
-    assert len(model.prompts) == 1 and not answered.refused and answered.answerability > 0.5
+    assert len(model.prompts) == 1 and not answered.refused and answered.answerability >= 0.2
 
 
 def test_answerability_zero_never_refuses(demo: KnowledgeService) -> None:
