@@ -13,6 +13,7 @@ from functools import cache
 
 # A term worth indexing holds at least one letter or digit (CJK included); punctuation is dropped.
 _WORD = re.compile(r"\w")
+_CJK_CHAR = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 @cache
@@ -248,8 +249,14 @@ _ASKING = re.compile(r"哪|什[么麼]|甚[么麼]|[谁誰]|[为為]何|何[时�
 
 
 def content_terms(question: str) -> list[str]:
-    """Return the distinct search terms of a question that say what it is about (question words left out)."""
-    return [t for t in dict.fromkeys(terms(question)) if t not in _QUESTION_WORDS and not _ASKING.search(t)]
+    """Return the distinct search terms of a question that say what it is about (question words left out).
+
+    Single Chinese characters are left out too when longer terms remain: they are mostly pieces of
+    words jieba did not know (款 and 账 of 报销款多久到账), which documents write in other words.
+    """
+    found = [t for t in dict.fromkeys(terms(question)) if t not in _QUESTION_WORDS and not _ASKING.search(t)]
+    words = [t for t in found if len(t) > 1 or not _CJK_CHAR.match(t)]
+    return words or found
 
 
 def indexed_text(text: str) -> str:
