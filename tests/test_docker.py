@@ -316,6 +316,15 @@ def test_dockerignore_keeps_what_the_image_copies():
         for op, args in dockerfile_instructions()
         if op == "COPY" and not args.startswith("--from")
     ]
+    # RUN --mount=type=bind,source=… reads from the build context too (docker/wheels/, kept in git).
+    mounted = [
+        source
+        for op, args in dockerfile_instructions()
+        if op == "RUN"
+        for source in re.findall(r"--mount=type=bind,source=([^,\s]+)", args)
+    ]
+    assert mounted == ["docker/wheels"] and (ROOT / "docker" / "wheels").is_dir()
+    copied += mounted
     assert "examples/docs" in copied
     assert [path for path in copied if dockerignored(path, patterns)] == []
     for path in (".venv", "data/kbs", ".git", "docker/models", "tests", "examples/make_docs.py"):
