@@ -95,13 +95,18 @@ start_engine() {
     say "starting dockerd (log: $DOCKERD_LOG)"
     setsid dockerd >"$DOCKERD_LOG" 2>&1 </dev/null &
     STARTED_DOCKERD=$!
+    local why="did not answer within 60 s"
     for _ in $(seq 60); do
         if timeout 5 docker info >/dev/null 2>&1; then return; fi
-        kill -0 "$STARTED_DOCKERD" 2>/dev/null || break
+        if ! kill -0 "$STARTED_DOCKERD" 2>/dev/null; then
+            why="exited"
+            STARTED_DOCKERD=
+            break
+        fi
         sleep 1
     done
     tail -n 20 "$DOCKERD_LOG" >&2 || true
-    fail "the Docker engine did not start within 60 s (dockerd's log above, all of it in $DOCKERD_LOG)"
+    fail "the Docker engine cannot start: dockerd $why (its log above, all of it in $DOCKERD_LOG)"
 }
 
 install_tools() {
