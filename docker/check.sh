@@ -230,6 +230,7 @@ ask() { # KB QUESTION: print the answer's JSON
 upload_a_document() {
     [ "$(api GET /readyz | field 'd["status"]')" = ready ] || fail "/readyz is not ready"
     [ "$(compose 60 exec -T kbqa id -u)" = 1000 ] || fail "the service does not run as the user kbqa (1000)"
+    api GET / | grep -qi '<html' || fail "the web page is not served at / (app/web missing from the wheel?)"
     local demo
     demo=$(api GET /v1/kbs/demo | field 'd["documents"]')
     [ "$demo" -ge 7 ] || fail "the sample knowledge base has $demo documents, not the image's 7"
