@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 KBQA := $(BIN)/kbqa
 
-.PHONY: run test bench-ingest clean
+.PHONY: run test docker-check bench-ingest clean
 
 # The virtual environment is rebuilt when pyproject.toml changes. torch is installed first, pinned to
 # the CPU build, so that pip does not pull the multi-gigabyte CUDA wheels (see the README for GPU boxes).
@@ -24,6 +24,11 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# Builds the CPU image and runs the compose stack for real: upload, ask, stop, restart (docker/check.sh;
+# as root it installs Docker's engine and Compose plugin when they are missing).
+docker-check:
+	bash docker/check.sh
 
 bench-ingest: $(BIN)/.installed
 	$(BIN)/python bench/ingest.py --limit 300
