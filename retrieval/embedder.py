@@ -51,7 +51,9 @@ class EmbeddingConfig(BaseModel):
         None, description="Text put before each passage. None picks the model's own (`passage: ` for e5)."
     )
     max_seq_length: int | None = Field(
-        None, gt=0, description="Cut inputs to this many tokens (never more than the model takes); None: the model's "
+        None,
+        gt=0,
+        description="Cut inputs to this many tokens (never more than the model takes); None: the model's "
         "own limit (its max_seq_length, else its tokenizer's or position embeddings').",
     )
     runtime: Literal["torch", "onnx"] = Field(
