@@ -21,6 +21,9 @@ from retrieval.reranker import Reranker, RerankerConfig
 from retrieval.store import ChunkRecord
 
 MAX_TOP_K = 200
+# SQLite refuses longer GLOB patterns and deeper expressions; refused here first, with a clear message.
+MAX_SOURCE_GLOB_CHARS = 1000
+MAX_METADATA_FILTERS = 32
 Mode = Literal["dense", "lexical", "hybrid"]
 
 
@@ -66,9 +69,15 @@ class SearchOptions(BaseModel):
     document_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(
         None, max_length=10_000, description="Search only these documents."
     )
-    source: str | None = Field(None, description="Search only documents whose source matches this glob.")
+    source: str | None = Field(
+        None,
+        max_length=MAX_SOURCE_GLOB_CHARS,
+        description="Search only documents whose source matches this glob.",
+    )
     metadata: dict[str, str] | None = Field(
-        None, description="Search only documents whose metadata has every one of these keys with this value."
+        None,
+        max_length=MAX_METADATA_FILTERS,
+        description="Search only documents whose metadata has every one of these keys with this value.",
     )
     neighbours: int = Field(
         0, ge=0, le=5, description="Also return this many chunks before and after each hit."

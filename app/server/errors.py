@@ -79,9 +79,11 @@ def install(app: FastAPI) -> None:
         return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-            error.status_code, "http_error"
-        )
+        code = getattr(error, "code", None) or {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+        }.get(error.status_code, "http_error")
         return JSONResponse(
             error_body(code, str(error.detail)), status_code=error.status_code, headers=error.headers
         )

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm import Message
 from retrieval import SearchOptions
+
+# The most a request may carry (README, "Request limits"); a longer field is refused with 422 before
+# any work. Texts reaching the embedding model are also cut to its window, so these bound the rest:
+# tokenizing, the prompt, the JSON itself.
+MAX_QUERY_CHARS = 4000
+MAX_QUESTION_CHARS = 8000
+MAX_TURN_CHARS = 20_000
+MAX_HISTORY_TURNS = 50
+MAX_MESSAGES = 100
+MAX_MESSAGE_CHARS = 20_000
+MAX_EMBEDDING_INPUTS = 256
+MAX_EMBEDDING_CHARS = 20_000
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 200
+
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
 class Strict(BaseModel):
@@ -107,7 +123,7 @@ class SearchRequest(SearchOptions):
         extra="forbid",
         json_schema_extra={"examples": [{"query": "报销需要多久到账？", "k": 5, "mode": "hybrid"}]},
     )
-    query: str = Field(..., min_length=1, max_length=4000, description="What to look for.")
+    query: str = Field(..., min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")
 
     def options(self) -> SearchOptions:
         """Return the search options without the query."""
@@ -143,7 +159,7 @@ class Turn(Strict):
     """One earlier turn of the conversation."""
 
     role: Literal["user", "assistant"]
-    content: str = Field(..., max_length=100_000)
+    content: str = Field(..., max_length=MAX_TURN_CHARS)
 
     def message(self) -> Message:
         """Return the turn as an llm Message."""
@@ -157,7 +173,7 @@ class GenerationOptions(Strict):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
-    stop: list[str] | None = None
+    stop: list[StopString] | None = Field(None, max_length=MAX_STOP_STRINGS)
     seed: int | None = None
     adapter: str | None = Field(None, description="LoRA adapter by name; 'base' for none.")
 
@@ -169,9 +185,9 @@ class ChatRequest(Strict):
         extra="forbid",
         json_schema_extra={"examples": [{"question": "报销需要多久到账？", "stream": False}]},
     )
-    question: str = Field(..., min_length=1, max_length=8000)
+    question: str = Field(..., min_length=1, max_length=MAX_QUESTION_CHARS)
     history: list[Turn] = Field(
-        default_factory=list, max_length=200, description="Earlier turns, oldest first."
+        default_factory=list, max_length=MAX_HISTORY_TURNS, description="Earlier turns, oldest first."
     )
     stream: bool = Field(False, description="Answer as server-sent events: citations, deltas, done.")
     retrieval: SearchOptions = Field(default_factory=SearchOptions, description="How chunks are found.")
