@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingestion.loaders import SUPPORTED_SUFFIXES, LoaderError, load_file
+from ingestion.loaders import SUPPORTED_SUFFIXES, LoaderError, LoadLimits, load_file
 from ingestion.splitter import ChineseTextSplitter, SplitterConfig
 from retrieval import Embedder, KnowledgeBase, NewDocument, check_metadata
 
@@ -35,6 +35,41 @@ class IngestionConfig(BaseModel):
         description="Chunks gathered, across files, before one embedding call and one database transaction. "
         "Larger batches keep the model busy; each transaction still holds whole documents only.",
     )
+    max_document_chars: int = Field(
+        LoadLimits.max_document_chars, gt=0, description="A file whose text is longer fails with the reason."
+    )
+    max_unzipped_mb: float = Field(
+        LoadLimits.max_unzipped_mb,
+        gt=0,
+        description="A .docx/.xlsx/.pptx (ZIP package) unpacking to more MiB fails before it is parsed.",
+    )
+    max_tree_xml_mb: float = Field(
+        LoadLimits.max_tree_xml_mb,
+        gt=0,
+        description="A .docx/.pptx whose XML unpacks to more MiB fails before it is parsed: it is read whole "
+        "into a tree of about 35 times its size in memory.",
+    )
+    max_zip_entries: int = Field(
+        LoadLimits.max_zip_entries,
+        gt=0,
+        description="A ZIP package with more entries fails before it is parsed.",
+    )
+    max_zip_ratio: float = Field(
+        LoadLimits.max_zip_ratio,
+        gt=1,
+        description="A ZIP package of over 1 MiB unpacked that unpacks to more than this many times its size "
+        "fails (a zip bomb); Office XML compresses about 5-20 times.",
+    )
+
+    def load_limits(self) -> LoadLimits:
+        """Return the limits a file is loaded under."""
+        return LoadLimits(
+            max_document_chars=self.max_document_chars,
+            max_unzipped_mb=self.max_unzipped_mb,
+            max_tree_xml_mb=self.max_tree_xml_mb,
+            max_zip_entries=self.max_zip_entries,
+            max_zip_ratio=self.max_zip_ratio,
+        )
 
 
 @dataclass(frozen=True)
@@ -212,7 +247,7 @@ class IngestionPipeline:
                 self.kb.set_metadata(stored.id, metadata)
                 return FileOutcome(file.source, "updated")
             return FileOutcome(file.source, "skipped", reason=ALREADY_STORED)
-        loaded = load_file(file.path)
+        loaded = load_file(file.path, self.config.load_limits())
         chunks = self.splitter.split(loaded)
         if not chunks:
             raise LoaderError("no text could be extracted")

@@ -170,13 +170,19 @@ def test_a_json_body_over_the_limit_is_refused_before_it_is_read(http: httpx.Cli
         http.post("/v1/embeddings", content=big, headers={"content-type": "application/json"}), 413
     )
     assert "request body" in message
+    assert (
+        http.post("/v1/embeddings", content=big, headers={"content-type": "application/json"}).json()[
+            "error"
+        ]["code"]
+        == "body_too_large"
+    )
 
     def chunked() -> Iterator[bytes]:  # no declared length: refused once the bytes received pass the limit
         for start in range(0, len(big), 1 << 20):
             yield big[start : start + (1 << 20)]
 
     response = http.post("/v1/embeddings", content=chunked(), headers={"content-type": "application/json"})
-    assert_error(response, 413, "too_large")
+    assert_error(response, 413, "body_too_large")
     assert http.get("/healthz").status_code == 200
 
 

@@ -45,7 +45,7 @@ class BodyLimit:
         limit = self.max_upload if upload else self.max_body
         length = headers.get(b"content-length", b"0")
         if length.isdigit() and int(length) > limit:
-            body = errors.error_body("too_large", _too_large(limit, upload))
+            body = errors.error_body(*_too_large(limit, upload))
             await JSONResponse(body, status_code=413, headers=_CLOSE)(scope, receive, send)
             return
         files = _FileSizes(headers.get(b"content-type", b""), self.max_file) if upload else None
@@ -59,7 +59,7 @@ class BodyLimit:
                 received += len(chunk)
                 try:
                     if received > limit:
-                        raise BodyTooLarge("too_large", _too_large(limit, upload))
+                        raise BodyTooLarge(*_too_large(limit, upload))
                     if files is not None:
                         files.feed(chunk)
                 except BodyTooLarge:
@@ -80,9 +80,11 @@ _CLOSE = {"connection": "close"}
 _CLOSE_RAW = [(b"connection", b"close")]
 
 
-def _too_large(limit: int, upload: bool) -> str:
-    what = "the upload" if upload else "the request body"
-    return f"{what} is larger than {limit} bytes"
+def _too_large(limit: int, upload: bool) -> tuple[str, str]:
+    """Return the error code and message of a body over `limit`."""
+    if upload:
+        return "upload_too_large", f"the upload is larger than {limit} bytes"
+    return "body_too_large", f"the request body is larger than {limit} bytes"
 
 
 class _FileSizes:

@@ -7,13 +7,16 @@ from importlib import import_module
 from pathlib import Path
 
 from .base import BLOCK_SEPARATOR, Block, LoadedDocument, LoaderError
+from .limits import ZIP_SUFFIXES, LoadLimits, check_package, check_text_size
 
 __all__ = [
     "BLOCK_SEPARATOR",
     "SUPPORTED_SUFFIXES",
     "Block",
+    "LoadLimits",
     "LoadedDocument",
     "LoaderError",
+    "check_package",
     "load_file",
 ]
 
@@ -40,8 +43,13 @@ _NO_TEXT_HINTS = {
 }
 
 
-def load_file(path: Path | str) -> LoadedDocument:
-    """Return the text blocks of the file at `path`; raise LoaderError saying why when it cannot be read."""
+def load_file(path: Path | str, limits: LoadLimits | None = None) -> LoadedDocument:
+    """Return the text blocks of the file at `path`; raise LoaderError saying why when it cannot be read.
+
+    A ZIP package (.docx, .xlsx, .pptx) is checked against `limits` before it is parsed, and the text
+    of every file after (LoaderError when over them).
+    """
+    limits = limits or LoadLimits()
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in _LOADERS:
@@ -51,12 +59,15 @@ def load_file(path: Path | str) -> LoadedDocument:
     try:
         if path.stat().st_size == 0:
             raise LoaderError("file is empty")
+        if suffix in ZIP_SUFFIXES:
+            check_package(path, limits)
         document = loader(path)
     except OSError as exc:
         raise LoaderError(f"cannot read file: {exc.strerror or exc}") from exc
     if not any(block.text.strip() for block in document.blocks):
         hint = _NO_TEXT_HINTS.get(suffix)
         raise LoaderError("no text could be extracted" + (f": {hint}" if hint else ""))
+    check_text_size(document, limits)
     return document
 
 
