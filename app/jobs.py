@@ -31,6 +31,10 @@ from ingestion.pipeline import FileOutcome
 
 log = logging.getLogger(__name__)
 
+# A job the server went down in this many times (a file that crashes it: out of memory, a parser bug)
+# is failed at the next start instead of being run again, and crashing it again, at every start.
+MAX_ATTEMPTS = 3
+
 JobKind = Literal["ingest", "reindex"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 
@@ -50,7 +54,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at TEXT NOT NULL,
     started_at TEXT,
     finished_at TEXT,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0  -- runs that began; one the server did not survive stays counted
 );
 CREATE INDEX IF NOT EXISTS jobs_by_kb ON jobs(kb, seq);
 """
@@ -94,6 +99,8 @@ class IngestionJobs:
         self._db = sqlite3.connect(data_dir / "jobs.sqlite", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        if not any(row[1] == "attempts" for row in self._db.execute("PRAGMA table_info(jobs)")):
+            self._db.execute("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")  # older table
         self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -105,10 +112,13 @@ class IngestionJobs:
         """Queue again the jobs a previous run left unfinished, and start the worker."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"
+                "SELECT id, status, attempts FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"
             ).fetchall()
             self._db.execute("UPDATE jobs SET status = 'queued' WHERE status = 'running'")
-        for (job_id,) in rows:
+        for job_id, status, attempts in rows:
+            if status == "running" and attempts >= MAX_ATTEMPTS:
+                self._give_up(job_id, attempts)
+                continue
             log.info("job resumed after a restart", extra={"job": job_id})
             self._queue.put(job_id)
         self._worker = threading.Thread(target=self._work, name="kbqa-ingestion", daemon=True)
@@ -214,14 +224,24 @@ class IngestionJobs:
                 "SELECT kb, inputs, metadata, force FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
         files = [SourceFile(Path(i["path"]), i["source"]) for i in json.loads(inputs)]
-        self._update(job_id, status="running", started_at=_now(), files_done=0, chunks_done=0, files="[]")
-        progress = _JobProgress(self, job_id)
+        # A resumed job keeps the chunks it wrote before the restart (those files are now skipped).
+        chunks_before = self.get(job_id).chunks_done
+        with self._lock:  # one statement: a job seen running has its attempt counted
+            self._db.execute(
+                "UPDATE jobs SET status = 'running', started_at = ?, files_done = 0, files = '[]', "
+                "attempts = attempts + 1 WHERE id = ?",
+                (_now(), job_id),
+            )
+        progress = _JobProgress(self, job_id, chunks_before)
         try:
             report = self.service.ingest_files(
                 kb, files, progress, None if metadata is None else json.loads(metadata), bool(force)
             )
         except JobInterrupted:
-            # Left 'running' with its staged files: the next start queues it again (see `start`).
+            # Left 'running' with its staged files: the next start queues it again (see `start`). A
+            # stop asked for is not an attempt the server failed to survive.
+            with self._lock:
+                self._db.execute("UPDATE jobs SET attempts = attempts - 1 WHERE id = ?", (job_id,))
             log.info("job interrupted by shutdown; it goes on at the next start", extra={"job": job_id})
             return
         except Exception as error:  # the knowledge base was deleted, is locked, a disk is full …
@@ -256,6 +276,21 @@ class IngestionJobs:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(file.path, target)
 
+    def _give_up(self, job_id: str, attempts: int) -> None:
+        """Fail a job the server went down in `attempts` times, naming the files it had not finished."""
+        job = self.get(job_id)
+        with self._lock:
+            (inputs,) = self._db.execute("SELECT inputs FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        done = {outcome["source"] for outcome in job.files}
+        unfinished = [i["source"] for i in json.loads(inputs) if i["source"] not in done]
+        reason = (
+            f"the server went down {attempts} times while running this job; given up. One of the files "
+            f"it had not finished may crash the server: {', '.join(unfinished[:5])}"
+        )
+        log.error("job given up", extra={"job": job_id, "attempts": attempts})
+        self._update(job_id, status="failed", error=reason, finished_at=_now())
+        self._discard_staged(job_id)
+
     def _discard_staged(self, job_id: str) -> None:
         shutil.rmtree(self.uploads / job_id, ignore_errors=True)
 
@@ -272,10 +307,10 @@ class JobInterrupted(Exception):
 class _JobProgress:
     """Writes a running ingestion's progress into its job row, and interrupts it when the server stops."""
 
-    def __init__(self, jobs: IngestionJobs, job_id: str) -> None:
+    def __init__(self, jobs: IngestionJobs, job_id: str, chunks: int = 0) -> None:
         self.jobs, self.job_id = jobs, job_id
         self.outcomes: list[dict] = []
-        self.chunks = 0
+        self.chunks = chunks
 
     def start(self, total_files: int) -> None:
         """Nothing to note: the job knows its files."""

@@ -8,10 +8,14 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-from test_server import CLEAN_EXIT, Server, build_small_kb
+from test_loaders import docx_bomb
+from test_server import CLEAN_EXIT, Server, build_small_kb, create_kb, generated_files, upload
+
+from app.jobs import MAX_ATTEMPTS
 
 pytestmark = pytest.mark.slow
 
@@ -253,3 +257,59 @@ def test_work_for_a_client_that_went_away_stops(http: httpx.Client) -> None:
     while stopped() == before:
         assert time.monotonic() < deadline, "the embeddings of a client that left went on"
         time.sleep(0.2)
+
+
+def rss_mb(server: Server) -> float:
+    """Return the server process's resident memory in MiB."""
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def wait_for(http: httpx.Client, job_id: str) -> dict:
+    """Return the job once it has finished."""
+    deadline = time.monotonic() + 300
+    while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    return job
+
+
+def test_a_docx_zip_bomb_is_refused_with_bounded_memory(
+    http: httpx.Client, server: Server, tmp_path: Path
+) -> None:
+    bomb = docx_bomb(tmp_path / "bomb.docx", 300_000)  # 27 MiB of XML in about 100 KB: ~1 GB as a tree
+    before = rss_mb(server)
+    response = http.post("/v1/kbs/demo/documents", files=[("files", ("bomb.docx", bomb.read_bytes()))])
+    assert response.status_code == 202, response.text
+    job = wait_for(http, response.json()["job"]["id"])
+    growth = rss_mb(server) - before
+    print(f"zip bomb: RSS {before:.0f} MiB, grew {growth:.0f} MiB")
+    assert job["status"] == "failed" and "zip bomb" in job["files"][0]["reason"], job
+    assert growth < 100, f"refusing the zip bomb grew the server by {growth:.0f} MiB"
+    assert "bomb.docx" not in {d["source"] for d in http.get("/v1/kbs/demo/documents").json()["data"]}
+
+
+def test_a_job_the_server_keeps_going_down_in_is_failed_after_bounded_attempts(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {"KBQA_INGESTION__BATCH_CHUNKS": "1"}
+    files = generated_files(30, seed=12)
+    job_id = None
+    for attempt in range(MAX_ATTEMPTS + 1):
+        running = Server(data, env)
+        try:
+            with httpx.Client(base_url=running.url, timeout=60) as client:
+                if job_id is None:
+                    create_kb(client, "crashy")
+                    job_id = upload(client, "crashy", files)["id"]
+                if attempt == MAX_ATTEMPTS:
+                    job = client.get(f"/v1/jobs/{job_id}").json()
+                    break
+                deadline = time.monotonic() + 120
+                while client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":  # then crash it
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+        finally:
+            running.kill()
+    assert job["status"] == "failed", job
+    assert f"went down {MAX_ATTEMPTS} times" in job["error"] and "rule_12_" in job["error"], job
+    assert not (data / "uploads" / job_id).exists()
