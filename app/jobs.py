@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 
 JobKind = Literal["ingest", "reindex"]
-JobStatus = Literal["queued", "running", "succeeded", "failed"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -67,6 +67,10 @@ class JobNotFound(LookupError):
 
 class JobQueueFull(RuntimeError):
     """Too many jobs are waiting; try again later."""
+
+
+class JobFinished(RuntimeError):
+    """The job has already finished, so it cannot be cancelled."""
 
 
 @dataclass
@@ -105,6 +109,7 @@ class IngestionJobs:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._cancelled: set[str] = set()  # running jobs asked to stop
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -176,6 +181,28 @@ class IngestionJobs:
         self._queue.put(job_id)
         return self.get(job_id)
 
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: a queued one at once, a running one at its next stop point (within one batch of
+        `ingestion.batch_chunks` chunks), keeping what it stored before; return it. JobFinished if it has ended.
+        """
+        with self._lock:
+            row = self._db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"job '{job_id}' does not exist")
+            if row[0] == "queued":
+                self._db.execute(
+                    "UPDATE jobs SET status = 'cancelled', error = 'cancelled before it ran', finished_at = ? "
+                    "WHERE id = ?",
+                    (_now(), job_id),
+                )
+            elif row[0] == "running":
+                self._cancelled.add(job_id)
+            else:
+                raise JobFinished(f"job '{job_id}' has already finished ({row[0]})")
+        if row[0] == "queued":
+            self._discard_staged(job_id)
+        return self.get(job_id)
+
     def get(self, job_id: str) -> Job:
         """Return the job with this id; JobNotFound if there is none."""
         with self._lock:
@@ -217,6 +244,7 @@ class IngestionJobs:
             except Exception:  # a bug in one job must not stop the worker
                 log.exception("ingestion job crashed", extra={"job": job_id})
                 self._update(job_id, status="failed", error="internal error", finished_at=_now())
+            self._cancelled.discard(job_id)  # asked too late: it had finished
 
     def _run(self, job_id: str) -> None:
         with self._lock:
@@ -227,16 +255,32 @@ class IngestionJobs:
         # A resumed job keeps the chunks it wrote before the restart (those files are now skipped).
         chunks_before = self.get(job_id).chunks_done
         with self._lock:  # one statement: a job seen running has its attempt counted
-            self._db.execute(
+            started = self._db.execute(
                 "UPDATE jobs SET status = 'running', started_at = ?, files_done = 0, files = '[]', "
-                "attempts = attempts + 1 WHERE id = ?",
+                "attempts = attempts + 1 WHERE id = ? AND status = 'queued'",
                 (_now(), job_id),
-            )
+            ).rowcount
+        if not started:  # cancelled while it waited
+            return
         progress = _JobProgress(self, job_id, chunks_before)
         try:
             report = self.service.ingest_files(
                 kb, files, progress, None if metadata is None else json.loads(metadata), bool(force)
             )
+        except JobCancelled:
+            self._cancelled.discard(job_id)
+            stored = [FileOutcome(**o) for o in progress.outcomes if o["status"] != "failed"]
+            self._keep_originals(kb, [f for f in files if f.source in {o.source for o in stored}], stored)
+            self._discard_staged(job_id)
+            self._update(
+                job_id,
+                status="cancelled",
+                error=f"cancelled; {len(stored)} of {len(files)} files were stored before it stopped",
+                finished_at=_now(),
+                chunks_done=progress.committed,
+            )
+            log.info("job cancelled", extra={"job": job_id})
+            return
         except JobInterrupted:
             # Left 'running' with its staged files: the next start queues it again (see `start`). A
             # stop asked for is not an attempt the server failed to survive.
@@ -304,13 +348,23 @@ class JobInterrupted(Exception):
     """Raised inside a running ingestion, between files or batches, when the server is stopping."""
 
 
+class JobCancelled(Exception):
+    """Raised inside a running ingestion, between files or batches, when the job is cancelled."""
+
+
 class _JobProgress:
-    """Writes a running ingestion's progress into its job row, and interrupts it when the server stops."""
+    """Writes a running ingestion's progress into its job row, and stops it when the server stops or the
+    job is cancelled.
+
+    `chunks_done` counts chunks stored plus those embedded for the batch at hand, so a large document
+    shows progress before it is written (whole) at the end of its batch.
+    """
 
     def __init__(self, jobs: IngestionJobs, job_id: str, chunks: int = 0) -> None:
         self.jobs, self.job_id = jobs, job_id
         self.outcomes: list[dict] = []
-        self.chunks = chunks
+        self.committed = chunks
+        self.embedded = 0  # of the batch at hand, not yet stored
 
     def start(self, total_files: int) -> None:
         """Nothing to note: the job knows its files."""
@@ -323,15 +377,26 @@ class _JobProgress:
         )
         self._stop_if_asked()
 
+    def chunks_embedded(self, count: int) -> None:
+        """Record chunks embedded for the batch at hand."""
+        self.embedded += count
+        self.jobs._update(self.job_id, chunks_done=self.committed + self.embedded)
+        self._stop_if_asked()
+
     def chunks_written(self, count: int) -> None:
         """Record chunks stored."""
-        self.chunks += count
-        self.jobs._update(self.job_id, chunks_done=self.chunks)
+        self.committed += count
+        self.embedded = max(0, self.embedded - count)
+        self.jobs._update(self.job_id, chunks_done=self.committed + self.embedded)
         self._stop_if_asked()
 
     def _stop_if_asked(self) -> None:
-        # Called only after a write has committed, so the knowledge base is consistent where it stops.
+        # Called between writes (a batch is one transaction), so the knowledge base is consistent where it
+        # stops; a batch embedded but not written is dropped, and done again when the job resumes.
+        if self.job_id in self.jobs._cancelled:
+            raise JobCancelled
         if self.jobs._stopping.is_set():
+            self.jobs._update(self.job_id, chunks_done=self.committed)
             raise JobInterrupted
 
 

@@ -123,6 +123,14 @@ class Progress(Protocol):
         """Note that one file is finished."""
         ...
 
+    def chunks_embedded(self, count: int) -> None:
+        """Note that `count` more chunks are embedded (stored with the rest of their batch's documents).
+
+        Called after every `batch_chunks` chunks, inside a large document too: a stop point, where an
+        exception stops the run with nothing of the batch at hand written.
+        """
+        ...
+
     def chunks_written(self, count: int) -> None:
         """Note that `count` more chunks are stored."""
         ...
@@ -269,9 +277,17 @@ class IngestionPipeline:
         if not pending:
             return
         texts = [chunk.embed_text for item in pending for chunk in item.document.chunks]
-        embed_started = time.perf_counter()
-        vectors = self.embedder.embed_documents(texts)
-        self.embed_seconds += time.perf_counter() - embed_started
+        # One large document is embedded batch by batch too, with progress and a stop point after each,
+        # yet written in one transaction with the batch's other documents: searchers see it whole or not at all.
+        step = self.config.batch_chunks
+        parts = []
+        for start in range(0, len(texts), step):
+            embed_started = time.perf_counter()
+            parts.append(self.embedder.embed_documents(texts[start : start + step]))
+            self.embed_seconds += time.perf_counter() - embed_started
+            if progress:
+                progress.chunks_embedded(len(parts[-1]))
+        vectors = np.concatenate(parts) if parts else np.zeros((0, self.embedder.dimension), np.float32)
         documents, offset = [], 0
         for item in pending:
             count = len(item.document.chunks)

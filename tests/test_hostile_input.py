@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 from test_loaders import docx_bomb
-from test_server import CLEAN_EXIT, Server, build_small_kb, create_kb, generated_files, upload
+from test_server import (
+    CLEAN_EXIT,
+    Server,
+    assert_kb_check,
+    build_small_kb,
+    create_kb,
+    generated_files,
+    upload,
+)
 
 from app.jobs import MAX_ATTEMPTS
 
@@ -313,3 +321,80 @@ def test_a_job_the_server_keeps_going_down_in_is_failed_after_bounded_attempts(t
     assert job["status"] == "failed", job
     assert f"went down {MAX_ATTEMPTS} times" in job["error"] and "rule_12_" in job["error"], job
     assert not (data / "uploads" / job_id).exists()
+
+
+def large_csv(rows: int) -> bytes:
+    """Return a CSV of `rows` distinct rows: one document of many chunks (about 5 rows a chunk)."""
+    lines = ["编号,部门,规定"]
+    lines += [
+        f"KB{i:05d},第{i % 17}部门,第{i}号规定：差旅报销须在{i % 30 + 1}个工作日内提交凭证并经主管审批。"
+        for i in range(rows)
+    ]
+    return "\n".join(lines).encode()
+
+
+def wait_until(http: httpx.Client, job_id: str, ready, seconds: float = 120) -> dict:
+    """Return the job once `ready(job)` holds."""
+    deadline = time.monotonic() + seconds
+    while not ready(job := http.get(f"/v1/jobs/{job_id}").json()):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job
+
+
+def test_a_large_document_shows_progress_appears_whole_and_its_job_can_be_cancelled(tmp_path: Path) -> None:
+    running = Server(tmp_path / "data", {"KBQA_INGESTION__BATCH_CHUNKS": "8"})
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            create_kb(http, "big")
+            assert upload(http, "big", [("small.md", "# 小文件\n\n年假十天。".encode())])["id"]
+            big = upload(http, "big", [("big.csv", large_csv(2000))])
+            queued = upload(http, "big", [("later.md", "# 后来\n\n报销五天。".encode())])
+            # Progress inside one document, which searchers do not see until it is whole.
+            job = wait_until(http, big["id"], lambda j: j["status"] == "running" and j["chunks_done"] >= 8)
+            assert job["files_done"] == 0, job
+            assert "big.csv" not in {d["source"] for d in http.get("/v1/kbs/big/documents").json()["data"]}
+            # A queued job is cancelled at once; the running one within a batch.
+            cancelled = http.post(f"/v1/jobs/{queued['id']}/cancel")
+            assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled", cancelled.text
+            asked = time.monotonic()
+            assert http.post(f"/v1/jobs/{big['id']}/cancel").status_code == 202
+            job = wait_until(http, big["id"], lambda j: j["status"] != "running", seconds=60)
+            print(f"cancelled within {time.monotonic() - asked:.1f} s at {job['chunks_done']} chunks")
+            assert job["status"] == "cancelled", job
+            assert {d["source"] for d in http.get("/v1/kbs/big/documents").json()["data"]} == {"small.md"}
+            assert http.get(f"/v1/jobs/{queued['id']}").json()["status"] == "cancelled"
+            refused = http.post(f"/v1/jobs/{big['id']}/cancel")
+            assert refused.status_code == 409 and refused.json()["error"]["code"] == "job_finished"
+            assert http.post("/v1/jobs/nope/cancel").status_code == 404
+            assert not any((running.data_dir / "uploads").glob("*/*")), "cancelled uploads were left on disk"
+            assert http.delete("/v1/kbs/big").status_code == 204  # nothing holds it any more
+    finally:
+        assert running.stop() in CLEAN_EXIT, running.output()
+
+
+def test_sigterm_during_a_large_document_stops_the_server_within_the_bound(tmp_path: Path) -> None:
+    env = {"KBQA_INGESTION__BATCH_CHUNKS": "8"}
+    first = Server(tmp_path / "data", env)
+    try:
+        with httpx.Client(base_url=first.url, timeout=60) as http:
+            create_kb(http, "big")
+            job = upload(http, "big", [("big.csv", large_csv(2000))])
+            wait_until(http, job["id"], lambda j: j["status"] == "running" and j["chunks_done"] >= 8)
+        asked = time.monotonic()
+        assert first.stop() in CLEAN_EXIT, first.output()
+        stopped = time.monotonic() - asked
+    finally:
+        first.kill()
+    print(f"SIGTERM during a large document: stopped in {stopped:.1f} s")
+    assert stopped < 30, f"the server took {stopped:.1f} s to stop"
+    assert_kb_check(tmp_path / "data", "big")
+    second = Server(tmp_path / "data", env)
+    try:
+        with httpx.Client(base_url=second.url, timeout=60) as http:
+            assert http.get(f"/v1/jobs/{job['id']}").json()["status"] in ("queued", "running")
+            assert http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+            wait_until(http, job["id"], lambda j: j["status"] == "cancelled", seconds=60)
+    finally:
+        assert second.stop() in CLEAN_EXIT, second.output()
+    assert_kb_check(tmp_path / "data", "big")

@@ -99,7 +99,7 @@ class JobOut(BaseModel):
     id: str
     kb: str
     kind: Literal["ingest", "reindex"]
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     files_total: int
     files_done: int
     chunks_done: int
