@@ -120,6 +120,7 @@ class IngestionJobs:
                 "SELECT id, status, attempts FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"
             ).fetchall()
             self._db.execute("UPDATE jobs SET status = 'queued' WHERE status = 'running'")
+        self._remove_leftovers({job_id for job_id, _, _ in rows})
         for job_id, status, attempts in rows:
             if status == "running" and attempts >= MAX_ATTEMPTS:
                 self._give_up(job_id, attempts)
@@ -319,6 +320,15 @@ class IngestionJobs:
             if file.source in stored and file.source not in failed and file.path != target:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(file.path, target)
+
+    def _remove_leftovers(self, unfinished: set[str]) -> None:
+        """Delete staging folders no unfinished job needs: an upload a crash cut short, before its job was saved."""
+        if not self.uploads.is_dir():
+            return
+        for folder in self.uploads.iterdir():
+            if folder.name not in unfinished:
+                log.info("removing an interrupted upload", extra={"folder": str(folder)})
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _give_up(self, job_id: str, attempts: int) -> None:
         """Fail a job the server went down in `attempts` times, naming the files it had not finished."""

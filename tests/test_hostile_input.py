@@ -398,3 +398,25 @@ def test_sigterm_during_a_large_document_stops_the_server_within_the_bound(tmp_p
     finally:
         assert second.stop() in CLEAN_EXIT, second.output()
     assert_kb_check(tmp_path / "data", "big")
+
+
+def test_protect_reads_covers_metrics_docs_and_readiness_details(tmp_path: Path) -> None:
+    # An upload a crash cut short before its job was saved: its staging folder goes at the next start.
+    leftover = tmp_path / "data" / "uploads" / "0123abcd"
+    leftover.mkdir(parents=True)
+    (leftover / "half.md").write_bytes(b"x" * 1000)
+    env = {"KBQA_SERVER__API_KEYS": '["k1"]', "KBQA_SERVER__PROTECT_READS": "true"}
+    running = Server(tmp_path / "data", env)
+    try:
+        assert not leftover.exists(), "the interrupted upload's staging folder was kept"
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            key = {"Authorization": "Bearer k1"}
+            for path in ("/metrics", "/docs", "/redoc", "/openapi.json", "/v1/kbs", "/v1/jobs"):
+                assert_error(http.get(path), 401, "unauthorized")
+                assert http.get(path, headers=key).status_code == 200, path
+            assert http.get("/healthz").json() == {"status": "ok"}
+            assert http.get("/readyz").json() == {"status": "ready"}  # for health checks: no model names
+            assert http.get("/readyz", headers=key).json()["embedding"] == "multilingual-e5-small"
+            assert "/v1/jobs/{job_id}/cancel" in http.get("/openapi.json", headers=key).json()["paths"]
+    finally:
+        assert running.stop() in CLEAN_EXIT, running.output()

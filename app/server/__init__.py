@@ -62,6 +62,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Scores are cosine similarities in [-1, 1], higher is better. Errors are "
         '`{"error": {"code", "message", "request_id"}}`.',
         lifespan=lifespan,
+        # Served by health.add_docs instead, behind the read key (server.protect_reads).
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.service = service
@@ -72,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (health, knowledge_bases, documents, jobs, search, chat, openai_compat):
         app.include_router(module.router)
+    health.add_docs(app)
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,
