@@ -249,8 +249,11 @@ class IngestionPipeline:
             raise LoaderError(f"cannot read the file: {error.strerror}") from error
         content_hash = hashlib.sha256(data).hexdigest()
         stored = self.kb.document_by_source(file.source)
-        if not force and (content_hash in pending_hashes or self.kb.has_content_hash(content_hash)):
-            unchanged = stored is not None and stored.content_hash == content_hash
+        # Unchanged means unchanged for this source; a new source whose content another document already
+        # holds is a copy and skipped, but a changed file always replaces its old version.
+        unchanged = stored is not None and stored.content_hash == content_hash
+        copy = stored is None and (content_hash in pending_hashes or self.kb.has_content_hash(content_hash))
+        if not force and (unchanged or copy):
             if unchanged and metadata is not None and stored.metadata != metadata:
                 self.kb.set_metadata(stored.id, metadata)
                 return FileOutcome(file.source, "updated")
