@@ -417,6 +417,11 @@ def test_protect_reads_covers_metrics_docs_and_readiness_details(tmp_path: Path)
             assert http.get("/healthz").json() == {"status": "ok"}
             assert http.get("/readyz").json() == {"status": "ready"}  # for health checks: no model names
             assert http.get("/readyz", headers=key).json()["embedding"] == "multilingual-e5-small"
-            assert "/v1/jobs/{job_id}/cancel" in http.get("/openapi.json", headers=key).json()["paths"]
+            paths = http.get("/openapi.json", headers=key).json()["paths"]
+            assert "/v1/jobs/{job_id}/cancel" in paths
+            # The schema lists the errors the API really answers with, each with the error body.
+            documented = paths["/v1/kbs/{kb}/documents"]["post"]["responses"]
+            assert {"400", "401", "404", "409", "413", "415", "422", "429"} <= set(documented)
+            assert "ErrorOut" in documented["413"]["content"]["application/json"]["schema"]["$ref"]
     finally:
         assert running.stop() in CLEAN_EXIT, running.output()

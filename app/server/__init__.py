@@ -28,6 +28,7 @@ from app.server import errors
 from app.server.limits import MIB, BodyLimit
 from app.server.metrics import Metrics
 from app.server.routers import chat, documents, health, jobs, knowledge_bases, openai_compat, search
+from app.server.schemas import ERROR_RESPONSES
 from app.services import KnowledgeService
 from app.settings import Settings, load_settings
 
@@ -74,8 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = threading.Event()
     app.state.load_error = None
     errors.install(app)
-    for module in (health, knowledge_bases, documents, jobs, search, chat, openai_compat):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    for module in (knowledge_bases, documents, jobs, search, chat, openai_compat):
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     health.add_docs(app)
     if settings.server.cors_origins:
         app.add_middleware(

@@ -32,6 +32,36 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ErrorDetail(BaseModel):
+    """What went wrong."""
+
+    code: str = Field(examples=["invalid_request"])
+    message: str
+    request_id: str | None = Field(description="The X-Request-ID of the request, repeated in the server log.")
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+# The errors any route may answer with, listed in the OpenAPI schema (README, "The web service").
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": description}
+    for status, description in {
+        400: "Bad input (a name, a filter, a file)",
+        401: "An API key is needed (server.api_keys)",
+        404: "No such knowledge base, document, job or model",
+        409: "Exists already, busy being written, or finished",
+        413: "A body, an upload or a file over its limit",
+        422: "A malformed body or a field over its documented maximum",
+        429: "Too many ingestion jobs waiting (Retry-After)",
+        503: "The model is busy or its server unavailable (Retry-After)",
+    }.items()
+}
+
+
 class CreateKnowledgeBase(Strict):
     """A knowledge base to create."""
 

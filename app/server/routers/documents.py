@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 from app.jobs import IngestionJobs, Job
 from app.server.dependencies import jobs, knowledge, require_key
 from app.server.errors import ApiError
-from app.server.schemas import DocumentOut, JobAccepted, JobOut, ListOf
+from app.server.schemas import DocumentOut, ErrorOut, JobAccepted, JobOut, ListOf
 from app.services import KnowledgeService, storage_name
 from ingestion import SourceFile
 from retrieval import check_metadata
@@ -29,7 +29,13 @@ def job_out(job: Job) -> JobOut:
     return JobOut.model_validate(asdict(job))
 
 
-@router.post("", status_code=202, summary="Upload documents", response_model=JobAccepted)
+@router.post(
+    "",
+    status_code=202,
+    summary="Upload documents",
+    response_model=JobAccepted,
+    responses={415: {"model": ErrorOut, "description": "A file type not allowed (server.allowed_types)"}},
+)
 def upload(
     kb: str,
     request: Request,
