@@ -249,6 +249,11 @@ class KnowledgeBase:
             chunks = self.store.chunks([chunk_id for chunk_id, _ in found])
         return [ScoredChunk(score, chunks[chunk_id]) for chunk_id, score in found if chunk_id in chunks]
 
+    def term_counts(self, words: Sequence[str]) -> dict[str, int]:
+        """Return how many chunks hold each of these lexical terms."""
+        with self._state_lock:
+            return self.store.term_counts(words)
+
     def vectors(self, chunk_ids: Sequence[int]) -> np.ndarray:
         """Return the vectors of these chunks, in order."""
         with self._state_lock:

@@ -9,13 +9,14 @@ cross-encoder's score when reranking; the hit keeps each of those scores so call
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from retrieval.embedder import Embedder
 from retrieval.knowledge_base import KnowledgeBase, ScoredChunk
-from retrieval.lexical import match_expression
+from retrieval.lexical import match_expression, terms
 from retrieval.metadata import check_metadata
 from retrieval.reranker import Reranker, RerankerConfig
 from retrieval.store import ChunkRecord
@@ -151,6 +152,8 @@ class Retriever:
         lexical = kb.lexical_search(expression, depth, allowed) if expression else []
 
         candidates = self._rank(mode, dense, lexical)
+        if mode == "hybrid":
+            candidates = self._rarest_first_on_ties(kb, query, candidates)
         dense_ids = {hit.chunk.id for hit in dense}
         missing = [c for c in candidates if c.chunk.id not in dense_ids]
         for candidate, cosine in zip(
@@ -180,6 +183,29 @@ class Retriever:
                 else:
                     candidate.lexical = hit.score
         return sorted(fused.values(), key=lambda c: c.fusion, reverse=True)
+
+    @staticmethod
+    def _rarest_first_on_ties(
+        kb: KnowledgeBase, query: str, candidates: list[_Candidate]
+    ) -> list[_Candidate]:
+        """Return the candidates with each run of equal fusion scores ordered by the rarest query term they hold.
+
+        Reciprocal-rank fusion ties the first of one list with the first of the other; a chunk holding a
+        rare exact term of the query (a code such as `KB0003X`, in one chunk of thousands) then wins over
+        an unrelated top dense hit, rather than losing by list order.
+        """
+        tied = {c.fusion for c, d in pairwise(candidates) if c.fusion == d.fusion}
+        if not tied:
+            return candidates
+        wanted = set(terms(query))
+        counts = kb.term_counts(sorted(wanted))
+
+        def rarity(candidate: _Candidate) -> int:
+            chunk = candidate.chunk
+            held = wanted.intersection(terms(" ".join([chunk.title, *chunk.heading_path, chunk.text])))
+            return min((counts[word] for word in held), default=2**62)
+
+        return sorted(candidates, key=lambda c: (-c.fusion, rarity(c) if c.fusion in tied else 0))
 
     def _dedupe(self, kb: KnowledgeBase, candidates: list[_Candidate]) -> list[_Candidate]:
         if len(candidates) < 2:

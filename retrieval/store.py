@@ -354,6 +354,16 @@ class ChunkStore:
         ]
         return hits[:k]
 
+    def term_counts(self, words: Sequence[str]) -> dict[str, int]:
+        """Return how many chunks hold each of these lexical terms (as `terms()` makes them)."""
+        return {
+            word: self._db.execute(
+                "SELECT COUNT(*) FROM chunk_terms WHERE chunk_terms MATCH ?",
+                ('"' + word.replace('"', '""') + '"',),
+            ).fetchone()[0]
+            for word in words
+        }
+
     def chunk_ids_where(
         self,
         document_ids: Sequence[int] | None,
