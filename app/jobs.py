@@ -183,8 +183,8 @@ class IngestionJobs:
         return self.get(job_id)
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a job: a queued one at once, a running one at its next stop point (within one batch of
-        `ingestion.batch_chunks` chunks), keeping what it stored before; return it. JobFinished if it has ended.
+        """Cancel a job: a queued one at once, a running one at its next stop point (a few chunks embedded),
+        keeping what it stored before; return it. JobFinished if it has ended.
         """
         with self._lock:
             row = self._db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -30,6 +30,6 @@ def get_job(job_id: str, ingestion: IngestionJobs = Depends(jobs)) -> JobOut:
 
 @router.post("/{job_id}/cancel", status_code=202, summary="Cancel a job")
 def cancel_job(job_id: str, ingestion: IngestionJobs = Depends(jobs)) -> JobOut:
-    """Cancel a queued job at once, or a running one within one batch (`ingestion.batch_chunks` chunks):
+    """Cancel a queued job at once, or a running one at its next stop point (a few chunks embedded):
     poll until its status is `cancelled`. Files it stored before stay; 409 when it has already finished."""
     return job_out(ingestion.cancel(job_id))

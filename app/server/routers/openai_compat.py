@@ -186,7 +186,7 @@ async def embeddings(
     }
 
 
-_EMBED_STEP = 8
+_EMBED_STEP = 4
 
 
 class _Completion:
