@@ -26,9 +26,9 @@ class LoadLimits:
 
     max_document_chars: int = 20_000_000
     max_unzipped_mb: float = 512.0
-    max_tree_xml_mb: float = 32.0
+    max_tree_xml_mb: float = 16.0
     max_zip_entries: int = 10_000
-    max_zip_ratio: float = 200.0
+    max_zip_ratio: float = 100.0
 
 
 def check_package(path: Path, limits: LoadLimits) -> None:
