@@ -22,6 +22,7 @@ MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit, which clients batch to
 MAX_EMBEDDING_CHARS = 20_000
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 200
+MAX_NAME_CHARS = 1000  # a model, adapter or knowledge-base name, a Milvus URI
 
 StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
@@ -65,12 +66,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 class CreateKnowledgeBase(Strict):
     """A knowledge base to create."""
 
-    name: str = Field(..., examples=["员工手册"], description="Letters (Chinese too), digits, '-', '_'.")
+    # Checked by the catalog (400 invalid_name, at most 64 characters); bounded here only against abuse.
+    name: str = Field(
+        ...,
+        max_length=MAX_NAME_CHARS,
+        examples=["员工手册"],
+        description="Letters (Chinese too), digits, '-', '_'.",
+    )
     store: Literal["faiss", "milvus"] | None = Field(
         None, description="Where its vectors are searched; unset, the server's vector_store.backend setting."
     )
     uri: str | None = Field(
         None,
+        max_length=MAX_NAME_CHARS,
         description="Milvus only: a server URI (http://host:19530), or a Milvus Lite file name ending in .db, "
         "kept inside the knowledge base; unset, the server's vector_store.milvus_uri setting (milvus.db).",
     )
@@ -205,7 +213,9 @@ class GenerationOptions(Strict):
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
     stop: list[StopString] | None = Field(None, max_length=MAX_STOP_STRINGS)
     seed: int | None = None
-    adapter: str | None = Field(None, description="LoRA adapter by name; 'base' for none.")
+    adapter: str | None = Field(
+        None, max_length=MAX_NAME_CHARS, description="LoRA adapter by name; 'base' for none."
+    )
 
 
 class ChatRequest(Strict):

@@ -30,6 +30,7 @@ from app.server.schemas import (
     MAX_EMBEDDING_INPUTS,
     MAX_MESSAGE_CHARS,
     MAX_MESSAGES,
+    MAX_NAME_CHARS,
     MAX_QUESTION_CHARS,
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,
@@ -77,7 +78,7 @@ class ChatCompletionRequest(BaseModel):
             "examples": [{"model": "demo", "messages": [{"role": "user", "content": "年假有几天？"}]}]
         },
     )
-    model: str
+    model: str = Field(..., max_length=MAX_NAME_CHARS)
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -89,7 +90,9 @@ class ChatCompletionRequest(BaseModel):
         None, description=f"At most {MAX_STOP_STRINGS} strings of {MAX_STOP_CHARS} characters."
     )
     seed: int | None = None
-    kb: str | None = Field(None, description="kbqa extra: answer from this knowledge base.")
+    kb: str | None = Field(
+        None, max_length=MAX_NAME_CHARS, description="kbqa extra: answer from this knowledge base."
+    )
     retrieval: SearchOptions | None = Field(None, description="kbqa extra: how chunks are found.")
 
 
@@ -105,7 +108,7 @@ class EmbeddingsRequest(BaseModel):
         description=f"A text or a list of 1 to {MAX_EMBEDDING_INPUTS} texts, each of at most "
         f"{MAX_EMBEDDING_CHARS} characters (cut to the model's window).",
     )
-    model: str | None = None
+    model: str | None = Field(None, max_length=MAX_NAME_CHARS)
 
 
 @router.get("/models", summary="List models (OpenAI)")
