@@ -180,7 +180,8 @@ async def embeddings(
         if await request.is_disconnected():
             raise ApiError(499, "client_closed_request", "the client went away; the work was stopped")
         vectors.extend(await run_in_threadpool(embedder.embed_documents, texts[start : start + _EMBED_STEP]))
-    tokens = sum(embedder.count_tokens(text) for text in texts)
+    # In a worker thread: counting waits for an engine handle, which must never hold up the event loop.
+    tokens = await run_in_threadpool(lambda: sum(embedder.count_tokens(text) for text in texts))
     return {
         "object": "list",
         "model": embedder.model_name,
