@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at TEXT,
     finished_at TEXT,
     seq INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0  -- runs that began; one the server did not survive stays counted
+    attempts INTEGER NOT NULL DEFAULT 0, -- runs that began; one the server did not survive stays counted
+    chunks_stored INTEGER NOT NULL DEFAULT 0 -- of chunks_done, those committed (a resumed job starts there)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_kb ON jobs(kb, seq);
 """
@@ -103,8 +104,10 @@ class IngestionJobs:
         self._db = sqlite3.connect(data_dir / "jobs.sqlite", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
-        if not any(row[1] == "attempts" for row in self._db.execute("PRAGMA table_info(jobs)")):
-            self._db.execute("ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")  # older table
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column in ("attempts", "chunks_stored"):  # a table made by an older kbqa lacks them
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -253,8 +256,11 @@ class IngestionJobs:
                 "SELECT kb, inputs, metadata, force FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
         files = [SourceFile(Path(i["path"]), i["source"]) for i in json.loads(inputs)]
-        # A resumed job keeps the chunks it wrote before the restart (those files are now skipped).
-        chunks_before = self.get(job_id).chunks_done
+        # A resumed job keeps the chunks it stored before the restart (those files are now skipped).
+        with self._lock:
+            (chunks_before,) = self._db.execute(
+                "SELECT chunks_stored FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
         with self._lock:  # one statement: a job seen running has its attempt counted
             started = self._db.execute(
                 "UPDATE jobs SET status = 'running', started_at = ?, files_done = 0, files = '[]', "
@@ -397,7 +403,9 @@ class _JobProgress:
         """Record chunks stored."""
         self.committed += count
         self.embedded = max(0, self.embedded - count)
-        self.jobs._update(self.job_id, chunks_done=self.committed + self.embedded)
+        self.jobs._update(
+            self.job_id, chunks_done=self.committed + self.embedded, chunks_stored=self.committed
+        )
         self._stop_if_asked()
 
     def _stop_if_asked(self) -> None:

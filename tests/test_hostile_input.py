@@ -368,6 +368,7 @@ def test_a_large_document_shows_progress_appears_whole_and_its_job_can_be_cancel
             assert refused.status_code == 409 and refused.json()["error"]["code"] == "job_finished"
             assert http.post("/v1/jobs/nope/cancel").status_code == 404
             assert not any((running.data_dir / "uploads").glob("*/*")), "cancelled uploads were left on disk"
+            assert_kb_check(running.data_dir, "big")
             assert http.delete("/v1/kbs/big").status_code == 204  # nothing holds it any more
     finally:
         assert running.stop() in CLEAN_EXIT, running.output()
