@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from app.services import KnowledgeService
     from ingestion import FileOutcome, IngestionReport
 
+# Seconds `kbqa serve` waits, after SIGTERM, for open requests (a long stream) before cutting them off.
+GRACEFUL_SHUTDOWN_S = 10
+
 app = typer.Typer(help="kbqa: local knowledge-base question answering.", no_args_is_help=True)
 kb_app = typer.Typer(help="Create, list, inspect and delete knowledge bases.", no_args_is_help=True)
 index_app = typer.Typer(help="Build knowledge bases from files.", no_args_is_help=True)
@@ -433,7 +436,16 @@ def serve(
         fail(str(error), code=2)
     url = f"http://{'127.0.0.1' if server.host in ('0.0.0.0', '::') else server.host}:{server.port}"
     errors.print(f"kbqa: web page {url}/ · API docs {url}/docs · data in {settings.data_dir.resolve()}")
-    uvicorn.run(create_app(settings), host=server.host, port=server.port, log_config=None, access_log=False)
+    # On SIGTERM, requests still open after this long are cut off; the ingestion worker then stops within
+    # its batch at hand (README, "Ingestion jobs").
+    uvicorn.run(
+        create_app(settings),
+        host=server.host,
+        port=server.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
 
 
 @eval_app.command("retrieval")
@@ -719,6 +731,9 @@ class _IngestionProgress:
     def image_read(self, source: str, where: str) -> None:
         """Show which file and page OCR is reading (it takes seconds a page)."""
         self._progress.update(self._task, ocr=f"OCR {source} {where}")
+
+    def chunks_embedded(self, count: int) -> None:
+        """Nothing to show: the bar counts chunks once stored."""
 
     def chunks_written(self, count: int) -> None:
         """Count stored chunks and update the rate."""

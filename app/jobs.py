@@ -31,8 +31,12 @@ from ingestion.pipeline import FileOutcome
 
 log = logging.getLogger(__name__)
 
+# A job the server went down in this many times (a file that crashes it: out of memory, a parser bug)
+# is failed at the next start instead of being run again, and crashing it again, at every start.
+MAX_ATTEMPTS = 3
+
 JobKind = Literal["ingest", "reindex"]
-JobStatus = Literal["queued", "running", "succeeded", "failed"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -50,7 +54,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at TEXT NOT NULL,
     started_at TEXT,
     finished_at TEXT,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, -- runs that began; one the server did not survive stays counted
+    chunks_stored INTEGER NOT NULL DEFAULT 0 -- of chunks_done, those committed (a resumed job starts there)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_kb ON jobs(kb, seq);
 """
@@ -62,6 +68,10 @@ class JobNotFound(LookupError):
 
 class JobQueueFull(RuntimeError):
     """Too many jobs are waiting; try again later."""
+
+
+class JobFinished(RuntimeError):
+    """The job has already finished, so it cannot be cancelled."""
 
 
 @dataclass
@@ -95,12 +105,17 @@ class IngestionJobs:
         self._db = sqlite3.connect(data_dir / "jobs.sqlite", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column in ("attempts", "chunks_stored"):  # a table made by an older kbqa lacks them
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
         # Per running job, the page OCR is reading: progress within a file, kept in memory only.
         self._reading: dict[str, str] = {}
+        self._cancelled: set[str] = set()  # running jobs asked to stop
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -108,10 +123,14 @@ class IngestionJobs:
         """Queue again the jobs a previous run left unfinished, and start the worker."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"
+                "SELECT id, status, attempts FROM jobs WHERE status IN ('queued', 'running') ORDER BY seq"
             ).fetchall()
             self._db.execute("UPDATE jobs SET status = 'queued' WHERE status = 'running'")
-        for (job_id,) in rows:
+        self._remove_leftovers({job_id for job_id, _, _ in rows})
+        for job_id, status, attempts in rows:
+            if status == "running" and attempts >= MAX_ATTEMPTS:
+                self._give_up(job_id, attempts)
+                continue
             log.info("job resumed after a restart", extra={"job": job_id})
             self._queue.put(job_id)
         self._worker = threading.Thread(target=self._work, name="kbqa-ingestion", daemon=True)
@@ -169,6 +188,28 @@ class IngestionJobs:
         self._queue.put(job_id)
         return self.get(job_id)
 
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job: a queued one at once, a running one at its next stop point (a few chunks embedded),
+        keeping what it stored before; return it. JobFinished if it has ended.
+        """
+        with self._lock:
+            row = self._db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"job '{job_id}' does not exist")
+            if row[0] == "queued":
+                self._db.execute(
+                    "UPDATE jobs SET status = 'cancelled', error = 'cancelled before it ran', finished_at = ? "
+                    "WHERE id = ?",
+                    (_now(), job_id),
+                )
+            elif row[0] == "running":
+                self._cancelled.add(job_id)
+            else:
+                raise JobFinished(f"job '{job_id}' has already finished ({row[0]})")
+        if row[0] == "queued":
+            self._discard_staged(job_id)
+        return self.get(job_id)
+
     def get(self, job_id: str) -> Job:
         """Return the job with this id; JobNotFound if there is none."""
         with self._lock:
@@ -215,6 +256,7 @@ class IngestionJobs:
             except Exception:  # a bug in one job must not stop the worker
                 log.exception("ingestion job crashed", extra={"job": job_id})
                 self._update(job_id, status="failed", error="internal error", finished_at=_now())
+            self._cancelled.discard(job_id)  # asked too late: it had finished
 
     def _run(self, job_id: str) -> None:
         with self._lock:
@@ -222,15 +264,45 @@ class IngestionJobs:
                 "SELECT kb, inputs, metadata, force FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
         files = [SourceFile(Path(i["path"]), i["source"]) for i in json.loads(inputs)]
-        self._update(job_id, status="running", started_at=_now(), files_done=0, chunks_done=0, files="[]")
-        progress = _JobProgress(self, job_id)
+        # A resumed job keeps the chunks it stored before the restart (those files are now skipped).
+        with self._lock:
+            (chunks_before,) = self._db.execute(
+                "SELECT chunks_stored FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        with self._lock:  # one statement: a job seen running has its attempt counted
+            started = self._db.execute(
+                "UPDATE jobs SET status = 'running', started_at = ?, files_done = 0, files = '[]', "
+                "attempts = attempts + 1 WHERE id = ? AND status = 'queued'",
+                (_now(), job_id),
+            ).rowcount
+        if not started:  # cancelled while it waited
+            return
+        progress = _JobProgress(self, job_id, chunks_before)
         try:
             report = self.service.ingest_files(
                 kb, files, progress, None if metadata is None else json.loads(metadata), bool(force)
             )
+        except JobCancelled:
+            self._cancelled.discard(job_id)
+            self._reading.pop(job_id, None)
+            stored = [FileOutcome(**o) for o in progress.outcomes if o["status"] != "failed"]
+            self._keep_originals(kb, [f for f in files if f.source in {o.source for o in stored}], stored)
+            self._discard_staged(job_id)
+            self._update(
+                job_id,
+                status="cancelled",
+                error=f"cancelled; {len(stored)} of {len(files)} files were stored before it stopped",
+                finished_at=_now(),
+                chunks_done=progress.committed,
+            )
+            log.info("job cancelled", extra={"job": job_id})
+            return
         except JobInterrupted:
             self._reading.pop(job_id, None)
-            # Left 'running' with its staged files: the next start queues it again (see `start`).
+            # Left 'running' with its staged files: the next start queues it again (see `start`). A
+            # stop asked for is not an attempt the server failed to survive.
+            with self._lock:
+                self._db.execute("UPDATE jobs SET attempts = attempts - 1 WHERE id = ?", (job_id,))
             log.info("job interrupted by shutdown; it goes on at the next start", extra={"job": job_id})
             return
         except Exception as error:  # the knowledge base was deleted, is locked, a disk is full …
@@ -266,6 +338,30 @@ class IngestionJobs:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(file.path, target)
 
+    def _remove_leftovers(self, unfinished: set[str]) -> None:
+        """Delete staging folders no unfinished job needs: an upload a crash cut short, before its job was saved."""
+        if not self.uploads.is_dir():
+            return
+        for folder in self.uploads.iterdir():
+            if folder.name not in unfinished:
+                log.info("removing an interrupted upload", extra={"folder": str(folder)})
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _give_up(self, job_id: str, attempts: int) -> None:
+        """Fail a job the server went down in `attempts` times, naming the files it had not finished."""
+        job = self.get(job_id)
+        with self._lock:
+            (inputs,) = self._db.execute("SELECT inputs FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        done = {outcome["source"] for outcome in job.files}
+        unfinished = [i["source"] for i in json.loads(inputs) if i["source"] not in done]
+        reason = (
+            f"the server went down {attempts} times while running this job; given up. One of the files "
+            f"it had not finished may crash the server: {', '.join(unfinished[:5])}"
+        )
+        log.error("job given up", extra={"job": job_id, "attempts": attempts})
+        self._update(job_id, status="failed", error=reason, finished_at=_now())
+        self._discard_staged(job_id)
+
     def _discard_staged(self, job_id: str) -> None:
         shutil.rmtree(self.uploads / job_id, ignore_errors=True)
 
@@ -283,13 +379,23 @@ class JobInterrupted(BaseException):
     """
 
 
-class _JobProgress:
-    """Writes a running ingestion's progress into its job row, and interrupts it when the server stops."""
+class JobCancelled(Exception):
+    """Raised inside a running ingestion, between files or batches, when the job is cancelled."""
 
-    def __init__(self, jobs: IngestionJobs, job_id: str) -> None:
+
+class _JobProgress:
+    """Writes a running ingestion's progress into its job row, and stops it when the server stops or the
+    job is cancelled.
+
+    `chunks_done` counts chunks stored plus those embedded for the batch at hand, so a large document
+    shows progress before it is written (whole) at the end of its batch.
+    """
+
+    def __init__(self, jobs: IngestionJobs, job_id: str, chunks: int = 0) -> None:
         self.jobs, self.job_id = jobs, job_id
         self.outcomes: list[dict] = []
-        self.chunks = 0
+        self.committed = chunks
+        self.embedded = 0  # of the batch at hand, not yet stored
 
     def start(self, total_files: int) -> None:
         """Nothing to note: the job knows its files."""
@@ -303,10 +409,19 @@ class _JobProgress:
         )
         self._stop_if_asked()
 
+    def chunks_embedded(self, count: int) -> None:
+        """Record chunks embedded for the batch at hand."""
+        self.embedded += count
+        self.jobs._update(self.job_id, chunks_done=self.committed + self.embedded)
+        self._stop_if_asked()
+
     def chunks_written(self, count: int) -> None:
         """Record chunks stored."""
-        self.chunks += count
-        self.jobs._update(self.job_id, chunks_done=self.chunks)
+        self.committed += count
+        self.embedded = max(0, self.embedded - count)
+        self.jobs._update(
+            self.job_id, chunks_done=self.committed + self.embedded, chunks_stored=self.committed
+        )
         self._stop_if_asked()
 
     def image_read(self, source: str, where: str) -> None:
@@ -316,8 +431,12 @@ class _JobProgress:
 
     def _stop_if_asked(self) -> None:
         # Called only after a write has committed or while a file is being read (nothing of it written
-        # yet), so the knowledge base is consistent where it stops.
+        # yet), so the knowledge base is consistent where it stops; a batch embedded but not written is
+        # dropped, and done again when the job resumes.
+        if self.job_id in self.jobs._cancelled:
+            raise JobCancelled
         if self.jobs._stopping.is_set():
+            self.jobs._update(self.job_id, chunks_done=self.committed)
             raise JobInterrupted
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from app.settings import Settings
 from ingestion import IngestionPipeline, IngestionReport, SourceFile, collect_files
@@ -40,6 +41,22 @@ from retrieval import (
 )
 
 log = logging.getLogger(__name__)
+# File systems take names of at most 255 bytes; longer ones are shortened, leaving room for temporary suffixes.
+MAX_NAME_BYTES = 200
+
+
+def storage_name(name: str) -> str:
+    """Return `name` as a file name every file system takes: itself when short enough, else its start, a
+    digest of the whole name (so two long names never meet) and its suffix (so its type is still known)."""
+    encoded = name.encode("utf-8")
+    if len(encoded) <= MAX_NAME_BYTES:
+        return name
+    suffix = PurePosixPath(name).suffix
+    suffix = suffix if len(suffix.encode("utf-8")) <= 16 else ""
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    room = MAX_NAME_BYTES - len(suffix.encode("utf-8")) - len(digest) - 1
+    start = encoded[:room].decode("utf-8", "ignore")  # never half a character
+    return f"{start}-{digest}{suffix}"
 
 
 class KnowledgeService:
@@ -134,8 +151,9 @@ class KnowledgeService:
         self.original_path(name, source).unlink(missing_ok=True)
 
     def original_path(self, name: str, source: str) -> Path:
-        """Return where the original file of a document uploaded over HTTP is kept."""
-        return self.catalog.path(name) / "originals" / source
+        """Return where the original file of a document uploaded over HTTP is kept (long names shortened)."""
+        parts = [storage_name(part) for part in PurePosixPath(source).parts]
+        return self.catalog.path(name).joinpath("originals", *parts)
 
     def ingest(
         self,

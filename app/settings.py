@@ -45,6 +45,12 @@ class ServerConfig(BaseModel):
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     max_upload_mb: float = Field(100.0, gt=0, description="Largest file one upload may carry, in MiB (413).")
     max_upload_files: int = Field(100, ge=1, description="Most files in one upload request.")
+    max_body_mb: float = Field(
+        16.0,
+        gt=0,
+        description="Largest body of any other request (JSON), in MiB (413); refused by its declared length "
+        "before it is read, or as soon as that much has arrived.",
+    )
     allowed_types: list[str] = Field(
         default_factory=lambda: list(SUPPORTED_SUFFIXES),
         description="File suffixes an upload may have (415 otherwise); by default every type kbqa reads.",

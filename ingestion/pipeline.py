@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingestion.loaders import SUPPORTED_SUFFIXES, ImageReader, LoaderError, OcrConfig, load_file
+from ingestion.loaders import SUPPORTED_SUFFIXES, ImageReader, LoaderError, LoadLimits, OcrConfig, load_file
 from ingestion.splitter import ChineseTextSplitter, SplitterConfig
 from retrieval import Embedder, KnowledgeBase, NewDocument, check_metadata
 
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 # "updated": the content was already stored under this name and only its metadata changed.
 Status = Literal["added", "replaced", "updated", "skipped", "failed"]
 ALREADY_STORED = "already in the knowledge base"
+# Chunks embedded between two progress reports (stop points): about 5 s of the bundled model on a CPU core.
+EMBED_STEP = 16
 
 
 class IngestionConfig(BaseModel):
@@ -32,13 +34,48 @@ class IngestionConfig(BaseModel):
     batch_chunks: int = Field(
         256,
         gt=0,
-        description="Chunks gathered, across files, before one embedding call and one database transaction. "
-        "Larger batches keep the model busy; each transaction still holds whole documents only.",
+        description="Chunks gathered, across files, before one database transaction (embedded EMBED_STEP at "
+        "a time, the progress and stop points of a job). Each transaction holds whole documents only.",
     )
     ocr: OcrConfig = Field(
         default_factory=OcrConfig,
         description="OCR of scanned PDF pages, image files and pictures in documents.",
     )
+    max_document_chars: int = Field(
+        LoadLimits.max_document_chars, gt=0, description="A file whose text is longer fails with the reason."
+    )
+    max_unzipped_mb: float = Field(
+        LoadLimits.max_unzipped_mb,
+        gt=0,
+        description="A .docx/.xlsx/.pptx (ZIP package) unpacking to more MiB fails before it is parsed.",
+    )
+    max_tree_xml_mb: float = Field(
+        LoadLimits.max_tree_xml_mb,
+        gt=0,
+        description="A .docx/.pptx whose XML unpacks to more MiB fails before it is parsed: it is read whole "
+        "into a tree of about 35 times its size in memory.",
+    )
+    max_zip_entries: int = Field(
+        LoadLimits.max_zip_entries,
+        gt=0,
+        description="A ZIP package with more entries fails before it is parsed.",
+    )
+    max_zip_ratio: float = Field(
+        LoadLimits.max_zip_ratio,
+        gt=1,
+        description="A ZIP package of over 1 MiB unpacked that unpacks to more than this many times its size "
+        "fails (a zip bomb); Office XML compresses about 5-20 times.",
+    )
+
+    def load_limits(self) -> LoadLimits:
+        """Return the limits a file is loaded under."""
+        return LoadLimits(
+            max_document_chars=self.max_document_chars,
+            max_unzipped_mb=self.max_unzipped_mb,
+            max_tree_xml_mb=self.max_tree_xml_mb,
+            max_zip_entries=self.max_zip_entries,
+            max_zip_ratio=self.max_zip_ratio,
+        )
 
 
 @dataclass(frozen=True)
@@ -90,6 +127,14 @@ class Progress(Protocol):
 
     def file_done(self, outcome: FileOutcome) -> None:
         """Note that one file is finished."""
+        ...
+
+    def chunks_embedded(self, count: int) -> None:
+        """Note that `count` more chunks are embedded (stored with the rest of their batch's documents).
+
+        Called after every few chunks (`EMBED_STEP`), inside a large document too: a stop point, where an
+        exception stops the run with nothing of the batch at hand written.
+        """
         ...
 
     def chunks_written(self, count: int) -> None:
@@ -222,13 +267,16 @@ class IngestionPipeline:
             raise LoaderError(f"cannot read the file: {error.strerror}") from error
         content_hash = hashlib.sha256(data).hexdigest()
         stored = self.kb.document_by_source(file.source)
-        if not force and (content_hash in pending_hashes or self.kb.has_content_hash(content_hash)):
-            unchanged = stored is not None and stored.content_hash == content_hash
+        # Unchanged means unchanged for this source; a new source whose content another document already
+        # holds is a copy and skipped, but a changed file always replaces its old version.
+        unchanged = stored is not None and stored.content_hash == content_hash
+        copy = stored is None and (content_hash in pending_hashes or self.kb.has_content_hash(content_hash))
+        if not force and (unchanged or copy):
             if unchanged and metadata is not None and stored.metadata != metadata:
                 self.kb.set_metadata(stored.id, metadata)
                 return FileOutcome(file.source, "updated")
             return FileOutcome(file.source, "skipped", reason=ALREADY_STORED)
-        loaded = load_file(file.path, self._image_reader(file.source, progress))
+        loaded = load_file(file.path, self._image_reader(file.source, progress), self.config.load_limits())
         for problem in loaded.problems:
             log.warning("part of a file could not be read", extra={"source": file.source, "problem": problem})
         chunks = self.splitter.split(loaded)
@@ -263,9 +311,18 @@ class IngestionPipeline:
         if not pending:
             return
         texts = [chunk.embed_text for item in pending for chunk in item.document.chunks]
-        embed_started = time.perf_counter()
-        vectors = self.embedder.embed_documents(texts)
-        self.embed_seconds += time.perf_counter() - embed_started
+        # One large document is embedded piece by piece too, with progress and a stop point after each
+        # (at most EMBED_STEP chunks, so a stop never waits for a whole large batch), yet written in one
+        # transaction with the batch's other documents: searchers see it whole or not at all.
+        step = min(self.config.batch_chunks, EMBED_STEP)
+        parts = []
+        for start in range(0, len(texts), step):
+            embed_started = time.perf_counter()
+            parts.append(self.embedder.embed_documents(texts[start : start + step]))
+            self.embed_seconds += time.perf_counter() - embed_started
+            if progress:
+                progress.chunks_embedded(len(parts[-1]))
+        vectors = np.concatenate(parts) if parts else np.zeros((0, self.embedder.dimension), np.float32)
         documents, offset = [], 0
         for item in pending:
             count = len(item.document.chunks)

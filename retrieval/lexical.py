@@ -245,7 +245,9 @@ _QUESTION_WORDS = frozenset(
 
 
 # jieba glues question words to their neighbours (哪一種關, 從什麼): a term holding one asks, not tells.
-_ASKING = re.compile(r"哪|什[么麼]|甚[么麼]|[谁誰]|[为為]何|何[时時处處种種]|如何|多少|[几幾][个個年天月次位种種号號]")
+_ASKING = re.compile(
+    r"哪|什[么麼]|甚[么麼]|[谁誰]|[为為]何|何[时時处處种種]|如何|多少|[几幾][个個年天月次位种種号號]"
+)
 
 
 def content_terms(question: str) -> list[str]:

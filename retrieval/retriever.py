@@ -9,6 +9,7 @@ cross-encoder's score when reranking; the hit keeps each of those scores so call
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Annotated, Literal
 
 import numpy as np
@@ -18,12 +19,15 @@ from retrieval.answerability import Signals, answerability, signals, term_weight
 from retrieval.calibration import Calibration
 from retrieval.embedder import Embedder
 from retrieval.knowledge_base import KnowledgeBase, ScoredChunk
-from retrieval.lexical import content_terms, match_expression
+from retrieval.lexical import content_terms, match_expression, terms
 from retrieval.metadata import check_metadata
 from retrieval.reranker import Reranker, RerankerConfig
 from retrieval.store import ChunkRecord
 
 MAX_TOP_K = 200
+# SQLite refuses longer GLOB patterns and deeper expressions; refused here first, with a clear message.
+MAX_SOURCE_GLOB_CHARS = 1000
+MAX_METADATA_FILTERS = 32
 Mode = Literal["dense", "lexical", "hybrid"]
 
 
@@ -69,9 +73,15 @@ class SearchOptions(BaseModel):
     document_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(
         None, max_length=10_000, description="Search only these documents."
     )
-    source: str | None = Field(None, description="Search only documents whose source matches this glob.")
+    source: str | None = Field(
+        None,
+        max_length=MAX_SOURCE_GLOB_CHARS,
+        description="Search only documents whose source matches this glob.",
+    )
     metadata: dict[str, str] | None = Field(
-        None, description="Search only documents whose metadata has every one of these keys with this value."
+        None,
+        max_length=MAX_METADATA_FILTERS,
+        description="Search only documents whose metadata has every one of these keys with this value.",
     )
     neighbours: int = Field(
         0, ge=0, le=5, description="Also return this many chunks before and after each hit."
@@ -169,9 +179,9 @@ class Retriever:
         lexical = found.lexical
         if not lexical and (expression := match_expression(query)):
             lexical = kb.lexical_search(expression, 1)
-        terms = content_terms(query)
-        chunks, counts = kb.term_counts(terms)
-        weights = term_weights(chunks, counts, terms)
+        asked = content_terms(query)
+        chunks, counts = kb.term_counts(asked)
+        weights = term_weights(chunks, counts, asked)
         hits = found.hits
         reranked = options.rerank and bool(hits) and hits[0].rerank_score is not None
         found_signals = signals(
@@ -179,7 +189,7 @@ class Retriever:
             [hit.score for hit in hits],
             [hit.score for hit in dense],
             weights,
-            [t for t in terms if not counts.get(t)],
+            [t for t in asked if not counts.get(t)],
             agreement=bool(dense and lexical and dense[0].chunk.id == lexical[0].chunk.id),
             rerank=hits[0].rerank_score if reranked else None,
         )
@@ -209,6 +219,8 @@ class Retriever:
         lexical = kb.lexical_search(expression, depth, allowed) if expression else []
 
         candidates = self._rank(mode, dense, lexical)
+        if mode == "hybrid":
+            candidates = self._rarest_first_on_ties(kb, query, candidates)
         dense_ids = {hit.chunk.id for hit in dense}
         missing = [c for c in candidates if c.chunk.id not in dense_ids]
         for candidate, cosine in zip(
@@ -239,6 +251,29 @@ class Retriever:
                 else:
                     candidate.lexical = hit.score
         return sorted(fused.values(), key=lambda c: c.fusion, reverse=True)
+
+    @staticmethod
+    def _rarest_first_on_ties(
+        kb: KnowledgeBase, query: str, candidates: list[_Candidate]
+    ) -> list[_Candidate]:
+        """Return the candidates with each run of equal fusion scores ordered by the rarest query term they hold.
+
+        Reciprocal-rank fusion ties the first of one list with the first of the other; a chunk holding a
+        rare exact term of the query (a code such as `KB0003X`, in one chunk of thousands) then wins over
+        an unrelated top dense hit, rather than losing by list order.
+        """
+        tied = {c.fusion for c, d in pairwise(candidates) if c.fusion == d.fusion}
+        if not tied:
+            return candidates
+        wanted = set(terms(query))
+        _, counts = kb.term_counts(sorted(wanted))
+
+        def rarity(candidate: _Candidate) -> int:
+            chunk = candidate.chunk
+            held = wanted.intersection(terms(" ".join([chunk.title, *chunk.heading_path, chunk.text])))
+            return min((counts.get(word, 0) for word in held), default=2**62)
+
+        return sorted(candidates, key=lambda c: (-c.fusion, rarity(c) if c.fusion in tied else 0))
 
     def _dedupe(self, kb: KnowledgeBase, candidates: list[_Candidate]) -> list[_Candidate]:
         if len(candidates) < 2:

@@ -195,10 +195,13 @@ class ChunkStore:
             for document_id in delete_ids:
                 removed_ids += self._delete_document(document_id)
             for document in documents:
-                old = db.execute("SELECT id FROM documents WHERE source = ?", (document.source,)).fetchone()
+                old = db.execute(
+                    "SELECT id, created_at FROM documents WHERE source = ?", (document.source,)
+                ).fetchone()
                 if old:
                     removed_ids += self._delete_document(old[0])
-                document_id, chunk_ids = self._insert_document(document)
+                # A new version keeps the document's id and creation time: links to it stay valid.
+                document_id, chunk_ids = self._insert_document(document, *(old or (None, None)))
                 document_ids.append(document_id)
                 added_ids += chunk_ids
                 added_vectors.append(np.asarray(document.vectors, dtype=np.float32))
@@ -218,23 +221,26 @@ class ChunkStore:
             generation=self.generation,
         )
 
-    def _insert_document(self, document: NewDocument) -> tuple[int, list[int]]:
+    def _insert_document(
+        self, document: NewDocument, document_id: int | None = None, created_at: str | None = None
+    ) -> tuple[int, list[int]]:
         if len(document.chunks) != len(document.vectors):
             raise ValueError(
                 f"{document.source}: {len(document.chunks)} chunks but {len(document.vectors)} vectors"
             )
         now = _now()
         cursor = self._db.execute(
-            "INSERT INTO documents (source, title, content_hash, size, page_count, chunk_count, status,"
-            " created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
+            "INSERT INTO documents (id, source, title, content_hash, size, page_count, chunk_count, status,"
+            " created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
             (
+                document_id,
                 document.source,
                 document.title,
                 document.content_hash,
                 document.size,
                 document.page_count,
                 len(document.chunks),
-                now,
+                created_at or now,
                 now,
                 to_json(document.metadata),
             ),

@@ -25,21 +25,24 @@ def write_corpus(folder: Path, version: str) -> None:
         (folder / f"doc{i:03d}.txt").write_text(text, encoding="utf-8")
 
 
-def last_document_id(data: Path) -> int:
-    """Return the highest document id committed so far (it grows with every added or replaced document)."""
+def commits(data: Path) -> int:
+    """Return the write transactions committed so far (each adds or replaces at least one document; a
+    replaced document keeps its id, so ids do not count replacements)."""
     db = data / "kbs" / "kb" / "store.sqlite"
     if not db.exists():
         return 0
     try:
         with sqlite3.connect(db, timeout=5) as connection:
-            return connection.execute("SELECT COALESCE(MAX(id), 0) FROM documents").fetchone()[0]
+            row = connection.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+            return int(row[0]) if row else 0
     except sqlite3.OperationalError:
         return 0  # the knowledge base is still being created
 
 
 def build_and_kill(folder: Path, data: Path, env: dict[str, str], *, after_documents: int) -> None:
-    """Start an index build and SIGKILL it once `after_documents` more documents are committed."""
-    start = last_document_id(data)
+    """Start an index build and SIGKILL it once `after_documents` more documents are committed (one
+    transaction holds at least one)."""
+    start = commits(data)
     process = subprocess.Popen(
         [KBQA, "--data-dir", str(data), "index", "build", str(folder), "--kb", "kb"],
         env=env,
@@ -48,7 +51,7 @@ def build_and_kill(folder: Path, data: Path, env: dict[str, str], *, after_docum
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if last_document_id(data) >= start + after_documents:
+        if commits(data) >= start + after_documents:
             break
         time.sleep(0.01)
     assert process.poll() is None, "the build finished before it could be killed; make the corpus larger"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +69,49 @@ def test_e5_ranks_a_chinese_paraphrase_above_unrelated_text(e5_embedder) -> None
     assert scores.argmax() == 0
     assert scores[0] - scores[1:].max() > 0.03
     assert np.all(scores <= 1.0 + 1e-5) and np.all(scores >= -1.0 - 1e-5)
+
+
+LONG_ZH = "员工入职满一年后，每年享有十天带薪年假，年假需提前三个工作日在系统中申请。" * 40  # ~1,500 tokens
+
+
+def test_e5_cuts_every_text_to_its_window_so_long_inputs_cost_one_window(e5_embedder) -> None:
+    tail = "完全无关的内容：服务器机房的温度应保持在二十二度左右。" * 500
+    # What lies past the model's 512 tokens never reaches it, for queries and passages alike.
+    np.testing.assert_array_equal(e5_embedder.embed_query(LONG_ZH), e5_embedder.embed_query(LONG_ZH + tail))
+    passages = e5_embedder.embed_documents([LONG_ZH + tail, "报销", LONG_ZH])
+    np.testing.assert_array_equal(passages[0], passages[2])
+    np.testing.assert_allclose(passages[1], e5_embedder.embed_documents(["报销"])[0], atol=1e-6)
+    # The cut keeps as much as fits: a text just under the window is embedded whole.
+    short = LONG_ZH[:300]
+    assert not np.array_equal(e5_embedder.embed_query(short), e5_embedder.embed_query(short[:-20]))
+    # 20,000 characters cost about what one window costs, not forty windows.
+    started = time.perf_counter()
+    e5_embedder.embed_query(LONG_ZH)
+    window = time.perf_counter() - started
+    started = time.perf_counter()
+    e5_embedder.embed_query((LONG_ZH + tail)[:20_000])
+    assert time.perf_counter() - started < 3 * window + 0.5
+
+
+def test_e5_short_query_is_served_before_a_long_batch_waiting_for_the_engine(e5_embedder) -> None:
+    # Both engine handles busy with long batches: a short query still gets the next free handle.
+    batch = [LONG_ZH[i:] for i in range(24)]
+    threads = [threading.Thread(target=e5_embedder.embed_documents, args=(batch,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    started = time.perf_counter()
+    e5_embedder.embed_query("年假有几天？")
+    waited = time.perf_counter() - started
+    for thread in threads:
+        thread.join()
+    assert waited < 3.0, f"a short query waited {waited:.2f} s behind long batches"
+
+
+def test_sentence_transformers_inputs_are_cut_to_the_model_limit(tiny_embedder) -> None:
+    limit = tiny_embedder._model.max_seq_length
+    assert limit and limit <= 512
+    words = " ".join(f"w{i}" for i in range(4 * limit))
+    np.testing.assert_allclose(
+        tiny_embedder.embed_query(words), tiny_embedder.embed_query(words + " tail" * 2000), atol=1e-6
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import docx
@@ -36,6 +38,7 @@ from ingestion.loaders import (
     ImageReader,
     LoadedDocument,
     LoaderError,
+    LoadLimits,
     OcrConfig,
     load_file,
 )
@@ -782,3 +785,66 @@ def test_image_that_is_not_one(tmp_path: Path) -> None:
         pytest.skip("needs the `ocr` extra")
     with pytest.raises(LoaderError, match="^not a readable image: "):
         load_file(write(tmp_path / "fake.jpg", b"GIF89a but not really" * 10))
+
+
+# --- limits: zip bombs and giant documents -------------------------------------------------------------
+
+
+def docx_bomb(path: Path, paragraphs: int) -> Path:
+    """Return `path` after writing a valid .docx whose body repeats one paragraph `paragraphs` times."""
+    make_docx(path.with_suffix(".plain.docx"))
+    with zipfile.ZipFile(path.with_suffix(".plain.docx")) as plain:
+        parts = {info.filename: plain.read(info) for info in plain.infolist()}
+    body = parts["word/document.xml"].decode()
+    paragraph = "<w:p><w:r><w:t>员工入职满一年后，每年享有十天带薪年假。</w:t></w:r></w:p>"
+    start = body.index("<w:body>") + len("<w:body>")
+    parts["word/document.xml"] = (body[:start] + paragraph * paragraphs + body[start:]).encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as bomb:
+        for name, data in parts.items():
+            bomb.writestr(name, data)
+    return path
+
+
+def test_docx_bomb_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    bomb = docx_bomb(tmp_path / "bomb.docx", 300_000)  # 27 MiB of XML in about 100 KB
+    assert bomb.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(LoaderError, match=r"unpacks to \d+ times its size.*max_zip_ratio"):
+            load_file(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 5_000_000, f"refusing the bomb took {peak} bytes"
+    # Each limit on its own, and a document under them all still loads.
+    with pytest.raises(
+        LoaderError, match=r"XML unpacks to 27 MiB, more than 16 MiB \(ingestion.max_tree_xml_mb\)"
+    ):
+        load_file(bomb, limits=LoadLimits(max_zip_ratio=10_000, max_tree_xml_mb=16))
+    with pytest.raises(
+        LoaderError, match=r"unpacks to 27 MiB, more than 10 MiB \(ingestion.max_unzipped_mb\)"
+    ):
+        load_file(bomb, limits=LoadLimits(max_unzipped_mb=10))
+    with pytest.raises(LoaderError, match=r"holds \d+ entries, more than 5 \(ingestion.max_zip_entries\)"):
+        load_file(bomb, limits=LoadLimits(max_zip_entries=5))
+    small = docx_bomb(tmp_path / "small.docx", 1_000)
+    assert len(load_file(small).blocks) > 1_000
+
+
+def test_xlsx_with_too_many_entries_is_refused(tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    for i in range(30):
+        workbook.create_sheet(f"s{i}").append(["a", i])
+    workbook.save(tmp_path / "many.xlsx")
+    with pytest.raises(LoaderError, match=r"entries, more than 20"):
+        load_file(tmp_path / "many.xlsx", limits=LoadLimits(max_zip_entries=20))
+    assert load_file(tmp_path / "many.xlsx").blocks
+
+
+def test_a_document_over_max_document_chars_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "long.txt", ("年假十天。" * 2_000).encode())
+    with pytest.raises(
+        LoaderError, match=r"holds 10000 characters of text, more than 9999 \(ingestion.max_document_chars\)"
+    ):
+        load_file(path, limits=LoadLimits(max_document_chars=9_999))
+    assert load_file(path, limits=LoadLimits(max_document_chars=10_000)).blocks

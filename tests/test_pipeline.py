@@ -81,6 +81,25 @@ def test_same_content_under_another_name_is_skipped(
     assert report.outcomes[0].status == "skipped"
 
 
+def test_a_changed_file_equal_to_another_document_replaces_its_old_version_and_keeps_its_id(
+    service: KnowledgeService, docs: Path
+) -> None:
+    service.ingest("hr", [docs])
+    kb = service.open("hr")
+    before = {d.source: d for d in kb.documents()}
+    # Unchanged means unchanged for that source: expenses.md now holds what leave.md holds.
+    (docs / "expenses.md").write_text(ANNUAL_LEAVE, encoding="utf-8")
+    report = service.ingest("hr", [docs])
+    assert statuses(report)["docs/expenses.md"] == "replaced"
+    after = {d.source: d for d in kb.documents()}
+    assert after["docs/expenses.md"].content_hash == after["docs/hr/leave.md"].content_hash
+    assert after["docs/expenses.md"].id == before["docs/expenses.md"].id  # links to it stay valid
+    assert after["docs/expenses.md"].created_at == before["docs/expenses.md"].created_at
+    texts = " ".join(hit.text for hit in service.search("hr", "差旅费用报销申请", SearchOptions(k=5)))
+    assert "差旅费用应在出差结束后" not in texts
+    assert kb.check().ok
+
+
 def test_bad_files_fail_alone_and_leave_the_knowledge_base_as_it_was(
     service: KnowledgeService, docs: Path, tmp_path: Path
 ) -> None:

@@ -630,3 +630,30 @@ def test_cli_search_with_meta(tmp_path: Path, corpus_dir: Path, e5_embedder) -> 
         result = kbqa("search", "--kb", "cli", "路由器", "--meta", bad)
         assert result.returncode == 2, bad
         assert message in " ".join(result.stderr.split()) and "Traceback" not in result.stderr
+
+
+RARE_CODE_DOCS = {
+    "price.md": "# 价格表\n\n产品多少钱？标准版价格三千元，专业版价格五千元，价格每季度更新。\n",
+    "quote.md": "# 报价\n\n报价单中的价格含税，价格有效期三十天。\n",
+    "buy.md": "# 采购\n\n采购价格须经财务审核，价格超过一万元需总经理批准。\n",
+    "part.md": "# Warehouse\n\nWarehouse inventory: shelves A to F hold cables, screws, adapters and spare fans; "
+    "bin KB0003X sits on shelf C next to the printer toner.\n",
+}
+
+
+def test_hybrid_tie_goes_to_the_chunk_holding_a_rare_exact_term(tmp_path: Path, e5_embedder) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in RARE_CODE_DOCS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    # One candidate from each list: the top dense hit and the top lexical hit tie in fusion.
+    service = KnowledgeService(load_settings(data_dir=tmp_path / "data", retrieval={"candidates": 1}))
+    service.embedder = e5_embedder
+    service.ingest("kb", [docs])
+    query = "KB0003X 价格"
+    dense = service.search("kb", query, SearchOptions(mode="dense", k=1))[0]
+    lexical = service.search("kb", query, SearchOptions(mode="lexical", k=1))[0]
+    assert (dense.source, lexical.source) == ("docs/price.md", "docs/part.md")  # the setting of the tie
+    best = service.search("kb", query, SearchOptions(mode="hybrid", k=1))[0]
+    assert best.source == "docs/part.md"
+    assert best.fusion_score == 1 / (60 + 1)  # first of one list only: the same as the top dense hit

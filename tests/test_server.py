@@ -378,6 +378,8 @@ def test_a_job_running_when_the_server_goes_down_is_resumed(tmp_path: Path, how:
             assert done["files_done"] == done["files_total"] == len(files)
             outcomes = {f["status"] for f in done["files"]}
             assert outcomes == {"added", "skipped"}, done["files"]
+            # Chunks stored before the restart count too (one chunk a file), and none twice.
+            assert done["chunks_done"] == len(files), done
             assert document_sources(http, "crash") == {name for name, _ in files}
             assert http.get("/v1/kbs/crash").json()["documents"] == len(files)
             originals = {name: body for name, body in files}

@@ -25,8 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.jobs import IngestionJobs
 from app.logs import request_id
 from app.server import errors
+from app.server.limits import MIB, BodyLimit
 from app.server.metrics import Metrics
 from app.server.routers import chat, documents, health, jobs, knowledge_bases, openai_compat, search
+from app.server.schemas import ERROR_RESPONSES
 from app.services import KnowledgeService
 from app.settings import Settings, load_settings
 
@@ -61,6 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Scores are cosine similarities in [-1, 1], higher is better. Errors are "
         '`{"error": {"code", "message", "request_id"}}`.',
         lifespan=lifespan,
+        # Served by health.add_docs instead, behind the read key (server.protect_reads).
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.service = service
@@ -69,8 +75,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = threading.Event()
     app.state.load_error = None
     errors.install(app)
-    for module in (health, knowledge_bases, documents, jobs, search, chat, openai_compat):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    for module in (knowledge_bases, documents, jobs, search, chat, openai_compat):
+        app.include_router(module.router, responses=ERROR_RESPONSES)
+    health.add_docs(app)
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -79,7 +87,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["X-Request-ID"],
         )
-    app.add_middleware(UploadLimit, max_bytes=_upload_limit(settings))
+    server = settings.server
+    app.add_middleware(
+        BodyLimit,
+        max_body=int(server.max_body_mb * MIB),
+        max_file=int(server.max_upload_mb * MIB),
+        max_files=server.max_upload_files,
+    )
     app.add_middleware(RequestContext, metrics=app.state.metrics)
     _web_page(app)
     return app
@@ -115,33 +129,6 @@ def _web_page(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(index)
-
-
-def _upload_limit(settings: Settings) -> int:
-    """Return the largest request body an upload may have: every file at its limit, plus form overhead."""
-    server = settings.server
-    return int(server.max_upload_mb * 1024 * 1024) * server.max_upload_files + 1024 * 1024
-
-
-class UploadLimit:
-    """Refuses (413) an upload whose declared length is over the limit before its body is read, so a huge
-    upload is not spooled to disk first; the per-file limit is checked again while the files are stored."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Handle one request."""
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/documents"):
-            length = dict(scope["headers"]).get(b"content-length", b"0")
-            if length.isdigit() and int(length) > self.max_bytes:
-                body = errors.error_body(
-                    "upload_too_large", f"the upload is larger than {self.max_bytes} bytes"
-                )
-                await JSONResponse(body, status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 class RequestContext:

@@ -24,17 +24,20 @@ def jobs(request: Request) -> IngestionJobs:
     return request.app.state.jobs
 
 
-def require_key(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
-) -> None:
-    """Refuse (401) a write without a valid key when keys are configured, and a read with protect_reads."""
+def may(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> bool:
+    """Return whether the request may go on: keys are off, it is a read without protect_reads, or its key is valid."""
     server = request.app.state.settings.server
     if not server.api_keys:
-        return
+        return True
     if request.method in ("GET", "HEAD", "OPTIONS") and not server.protect_reads:
-        return
+        return True
     given = credentials.credentials if credentials else ""
-    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in server.api_keys):
+    return any(hmac.compare_digest(given.encode(), key.encode()) for key in server.api_keys)
+
+
+def require_key(allowed: bool = Depends(may)) -> None:
+    """Refuse (401) a write without a valid key when keys are configured, and a read with protect_reads."""
+    if not allowed:
         raise ApiError(
             401,
             "unauthorized",

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.jobs import JobNotFound, JobQueueFull
+from app.jobs import JobFinished, JobNotFound, JobQueueFull
 from app.logs import request_id
 from llm import LLMError, ModelBusy, ModelLoadError, ModelUnavailable, PromptTooLong, UnknownAdapter
 from retrieval import (
@@ -35,6 +35,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (EmbeddingMismatch, 409, "embedding_mismatch"),
     (KnowledgeBaseError, 400, "knowledge_base_error"),
     (JobQueueFull, 429, "too_many_jobs"),
+    (JobFinished, 409, "job_finished"),
     (ModelBusy, 503, "model_busy"),
     (ModelUnavailable, 503, "model_unavailable"),
     (UnknownAdapter, 400, "unknown_adapter"),
@@ -79,9 +80,11 @@ def install(app: FastAPI) -> None:
         return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-            error.status_code, "http_error"
-        )
+        code = getattr(error, "code", None) or {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+        }.get(error.status_code, "http_error")
         return JSONResponse(
             error_body(code, str(error.detail)), status_code=error.status_code, headers=error.headers
         )
@@ -93,7 +96,7 @@ def install(app: FastAPI) -> None:
         )
         return JSONResponse(error_body("invalid_request", problems), status_code=422)
 
-    for kind in (ApiError, KnowledgeBaseError, LLMError, JobNotFound, JobQueueFull, ValueError):
+    for kind in (ApiError, KnowledgeBaseError, LLMError, JobNotFound, JobQueueFull, JobFinished, ValueError):
         app.add_exception_handler(kind, known)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)

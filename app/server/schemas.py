@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm import Message
 from retrieval import SearchOptions
+
+# The most a request may carry (README, "Request limits"); a longer field is refused with 422 before
+# any work. Texts reaching the embedding model are also cut to its window, so these bound the rest:
+# tokenizing, the prompt, the JSON itself.
+MAX_QUERY_CHARS = 4000
+MAX_QUESTION_CHARS = 8000
+MAX_TURN_CHARS = 20_000
+MAX_HISTORY_TURNS = 50
+MAX_MESSAGES = 100
+MAX_MESSAGE_CHARS = 20_000
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit, which clients batch to
+MAX_EMBEDDING_CHARS = 20_000
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 200
+MAX_NAME_CHARS = 1000  # a model, adapter or knowledge-base name, a Milvus URI
+
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 
 
 class Strict(BaseModel):
@@ -16,15 +33,52 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ErrorDetail(BaseModel):
+    """What went wrong."""
+
+    code: str = Field(examples=["invalid_request"])
+    message: str
+    request_id: str | None = Field(description="The X-Request-ID of the request, repeated in the server log.")
+
+
+class ErrorOut(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+# The errors any route may answer with, listed in the OpenAPI schema (README, "The web service").
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": description}
+    for status, description in {
+        400: "Bad input (a name, a filter, a file)",
+        401: "An API key is needed (server.api_keys)",
+        404: "No such knowledge base, document, job or model",
+        409: "Exists already, busy being written, or finished",
+        413: "A body, an upload or a file over its limit",
+        422: "A malformed body or a field over its documented maximum",
+        429: "Too many ingestion jobs waiting (Retry-After)",
+        503: "The model is busy or its server unavailable (Retry-After)",
+    }.items()
+}
+
+
 class CreateKnowledgeBase(Strict):
     """A knowledge base to create."""
 
-    name: str = Field(..., examples=["员工手册"], description="Letters (Chinese too), digits, '-', '_'.")
+    # Checked by the catalog (400 invalid_name, at most 64 characters); bounded here only against abuse.
+    name: str = Field(
+        ...,
+        max_length=MAX_NAME_CHARS,
+        examples=["员工手册"],
+        description="Letters (Chinese too), digits, '-', '_'.",
+    )
     store: Literal["faiss", "milvus"] | None = Field(
         None, description="Where its vectors are searched; unset, the server's vector_store.backend setting."
     )
     uri: str | None = Field(
         None,
+        max_length=MAX_NAME_CHARS,
         description="Milvus only: a server URI (http://host:19530), or a Milvus Lite file name ending in .db, "
         "kept inside the knowledge base; unset, the server's vector_store.milvus_uri setting (milvus.db).",
     )
@@ -87,7 +141,7 @@ class JobOut(BaseModel):
     id: str
     kb: str
     kind: Literal["ingest", "reindex"]
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     files_total: int
     files_done: int
     chunks_done: int
@@ -115,7 +169,7 @@ class SearchRequest(SearchOptions):
         extra="forbid",
         json_schema_extra={"examples": [{"query": "报销需要多久到账？", "k": 5, "mode": "hybrid"}]},
     )
-    query: str = Field(..., min_length=1, max_length=4000, description="What to look for.")
+    query: str = Field(..., min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")
 
     def options(self) -> SearchOptions:
         """Return the search options without the query."""
@@ -152,7 +206,7 @@ class Turn(Strict):
     """One earlier turn of the conversation."""
 
     role: Literal["user", "assistant"]
-    content: str = Field(..., max_length=100_000)
+    content: str = Field(..., max_length=MAX_TURN_CHARS)
 
     def message(self) -> Message:
         """Return the turn as an llm Message."""
@@ -166,9 +220,11 @@ class GenerationOptions(Strict):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
-    stop: list[str] | None = None
+    stop: list[StopString] | None = Field(None, max_length=MAX_STOP_STRINGS)
     seed: int | None = None
-    adapter: str | None = Field(None, description="LoRA adapter by name; 'base' for none.")
+    adapter: str | None = Field(
+        None, max_length=MAX_NAME_CHARS, description="LoRA adapter by name; 'base' for none."
+    )
 
 
 class ChatRequest(Strict):
@@ -178,9 +234,9 @@ class ChatRequest(Strict):
         extra="forbid",
         json_schema_extra={"examples": [{"question": "报销需要多久到账？", "stream": False}]},
     )
-    question: str = Field(..., min_length=1, max_length=8000)
+    question: str = Field(..., min_length=1, max_length=MAX_QUESTION_CHARS)
     history: list[Turn] = Field(
-        default_factory=list, max_length=200, description="Earlier turns, oldest first."
+        default_factory=list, max_length=MAX_HISTORY_TURNS, description="Earlier turns, oldest first."
     )
     stream: bool = Field(False, description="Answer as server-sent events: citations, deltas, done.")
     retrieval: SearchOptions = Field(default_factory=SearchOptions, description="How chunks are found.")

@@ -7,6 +7,7 @@ from importlib import import_module
 from pathlib import Path
 
 from .base import BLOCK_SEPARATOR, Block, LoadedDocument, LoaderError
+from .limits import ZIP_SUFFIXES, LoadLimits, check_package, check_text_size
 from .ocr import ImageReader, OcrConfig
 
 __all__ = [
@@ -15,9 +16,11 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "Block",
     "ImageReader",
+    "LoadLimits",
     "LoadedDocument",
     "LoaderError",
     "OcrConfig",
+    "check_package",
     "load_file",
 ]
 
@@ -44,12 +47,17 @@ SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(sorted(_LOADERS))
 _READ_IMAGES = {".pdf", ".docx", ".pptx", *IMAGE_SUFFIXES}
 
 
-def load_file(path: Path | str, ocr: ImageReader | None = None) -> LoadedDocument:
+def load_file(
+    path: Path | str, ocr: ImageReader | None = None, limits: LoadLimits | None = None
+) -> LoadedDocument:
     """Return the text blocks of the file at `path`; raise LoaderError saying why when it cannot be read.
 
     `ocr` reads scanned PDF pages, image files and (when its config says so) pictures inside documents;
-    without it they are read with the default OCR settings.
+    without it they are read with the default OCR settings. A ZIP package (.docx, .xlsx, .pptx) is
+    checked against `limits` before it is parsed, and the text of every file after (LoaderError when
+    over them).
     """
+    limits = limits or LoadLimits()
     path = Path(path)
     ocr = ocr or ImageReader()
     suffix = path.suffix.lower()
@@ -60,6 +68,8 @@ def load_file(path: Path | str, ocr: ImageReader | None = None) -> LoadedDocumen
     try:
         if path.stat().st_size == 0:
             raise LoaderError("file is empty")
+        if suffix in ZIP_SUFFIXES:
+            check_package(path, limits)
         document = loader(path, ocr) if suffix in _READ_IMAGES else loader(path)
     except OSError as exc:
         raise LoaderError(f"cannot read file: {exc.strerror or exc}") from exc
@@ -71,6 +81,7 @@ def load_file(path: Path | str, ocr: ImageReader | None = None) -> LoadedDocumen
             + (f": {hint}" if hint else "")
             + (f" ({problems})" if problems else "")
         )
+    check_text_size(document, limits)
     return document
 
 

@@ -12,11 +12,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from app.server.dependencies import knowledge, require_key
-from app.server.errors import describe, error_body
+from app.server.errors import ApiError, describe, error_body
 from app.server.metrics import Metrics
 from app.server.schemas import AnswerOut, ChatRequest
 from app.services import KnowledgeService
-from llm import Answer, AnswerOptions, AnswerStream
+from llm import Answer, AnswerOptions, AnswerStream, Generation, TextStream
 
 router = APIRouter(prefix="/v1/kbs/{kb}", tags=["chat"], dependencies=[Depends(require_key)])
 
@@ -55,11 +55,24 @@ async def chat(
     stream = await open_answer(service, kb, body)
     metrics = request.app.state.metrics
     if not body.stream:
-        answer = await run_in_threadpool(stream.read)
+        answer = await read_unless_gone(request, stream)
         metrics.generated_tokens.inc(answer.usage.completion_tokens)
         return answer_out(answer)
 
     return StreamingResponse(sse(stream, metrics), media_type="text/event-stream")
+
+
+async def read_unless_gone(request: Request, stream: AnswerStream | TextStream) -> Answer | Generation:
+    """Return what `stream` adds up to; stop its work (and raise) when the client goes away meanwhile."""
+    try:
+        while await anyio.to_thread.run_sync(next, stream, None) is not None:
+            if await request.is_disconnected():
+                raise ApiError(499, "client_closed_request", "the client went away; the work was stopped")
+    finally:
+        if stream.result is None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stream.close)
+    return stream.result
 
 
 async def sse(stream: AnswerStream, metrics: Metrics) -> AsyncIterator[str]:

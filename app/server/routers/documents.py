@@ -13,14 +13,15 @@ from fastapi.responses import FileResponse
 from app.jobs import IngestionJobs, Job
 from app.server.dependencies import jobs, knowledge, require_key
 from app.server.errors import ApiError
-from app.server.schemas import DocumentOut, JobAccepted, JobOut, ListOf
-from app.services import KnowledgeService
+from app.server.schemas import DocumentOut, ErrorOut, JobAccepted, JobOut, ListOf
+from app.services import KnowledgeService, storage_name
 from ingestion import SourceFile
 from retrieval import check_metadata
 
 router = APIRouter(prefix="/v1/kbs/{kb}/documents", tags=["documents"], dependencies=[Depends(require_key)])
 
 _CHUNK = 1 << 20
+MAX_FILE_NAME_CHARS = 1000
 
 
 def job_out(job: Job) -> JobOut:
@@ -28,7 +29,13 @@ def job_out(job: Job) -> JobOut:
     return JobOut.model_validate(asdict(job))
 
 
-@router.post("", status_code=202, summary="Upload documents", response_model=JobAccepted)
+@router.post(
+    "",
+    status_code=202,
+    summary="Upload documents",
+    response_model=JobAccepted,
+    responses={415: {"model": ErrorOut, "description": "A file type not allowed (server.allowed_types)"}},
+)
 def upload(
     kb: str,
     request: Request,
@@ -48,13 +55,12 @@ def upload(
         raise ApiError(400, "duplicate_file_names", "two files of this upload have the same name")
     job_id, folder = ingestion.staging_dir()
     try:
+        # A long name is shortened on disk; the document keeps the name it was uploaded with.
         staged = [
-            _store(upload, folder / name, server.max_upload_mb)
+            SourceFile(_store(upload, folder / storage_name(name), server.max_upload_mb, name), name)
             for upload, name in zip(files, names, strict=True)
         ]
-        job = ingestion.submit(
-            kb, [SourceFile(path, path.name) for path in staged], metadata=tags, job_id=job_id
-        )
+        job = ingestion.submit(kb, staged, metadata=tags, job_id=job_id)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -119,6 +125,10 @@ def _file_name(raw: str | None, allowed: list[str]) -> str:
     name = PureWindowsPath(PurePosixPath(raw or "").name).name.strip()
     if not name or name.startswith(".") or name in ("..",):
         raise ApiError(400, "invalid_file_name", f"not a usable file name: {raw!r}")
+    if len(name) > MAX_FILE_NAME_CHARS:
+        raise ApiError(
+            400, "invalid_file_name", f"a file name may hold at most {MAX_FILE_NAME_CHARS} characters"
+        )
     suffix = Path(name).suffix.lower()
     if suffix not in allowed:
         raise ApiError(
@@ -129,17 +139,17 @@ def _file_name(raw: str | None, allowed: list[str]) -> str:
     return name
 
 
-def _store(upload: UploadFile, path: Path, max_mb: float) -> Path:
-    """Copy an upload to `path`; 413 as soon as it passes the limit, 400 when it is empty."""
+def _store(upload: UploadFile, path: Path, max_mb: float, name: str) -> Path:
+    """Copy the upload of file `name` to `path`; 413 as soon as it passes the limit, 400 when it is empty."""
     limit, size = int(max_mb * 1024 * 1024), 0
     with path.open("wb") as out:
         while chunk := upload.file.read(_CHUNK):
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, "file_too_large", f"'{path.name}' is larger than {max_mb:g} MiB")
+                raise ApiError(413, "file_too_large", f"'{name}' is larger than {max_mb:g} MiB")
             out.write(chunk)
     if size == 0:
-        raise ApiError(400, "empty_file", f"'{path.name}' is empty")
+        raise ApiError(400, "empty_file", f"'{name}' is empty")
     return path
 
 

@@ -1,9 +1,17 @@
-"""Liveness, readiness and metrics."""
+"""Liveness, readiness, metrics and the API's own documentation.
+
+With `server.protect_reads`, everything but `/healthz` needs a key: `/metrics`, the OpenAPI schema and
+its pages, and the details of `/readyz` (without a key it says only whether the server is ready, for
+health checks).
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from app.server.dependencies import may, require_key
 
 router = APIRouter(tags=["health"])
 
@@ -15,20 +23,43 @@ def healthz() -> dict:
 
 
 @router.get("/readyz", summary="Models are loaded", responses={503: {"description": "Still loading"}})
-def readyz(request: Request) -> JSONResponse:
-    """Return ready once the embedding model (and the chat model, if any) are loaded."""
+def readyz(request: Request, details: bool = Depends(may)) -> JSONResponse:
+    """Return ready once the embedding model (and the chat model, if any) are loaded; the models' names and
+    a loading error only to a request that may read (a key, with protect_reads)."""
     state = request.app.state
     if not state.ready.is_set():
         return JSONResponse({"status": "loading"}, status_code=503)
     if state.load_error:
-        return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+        body = {"status": "failed", "error": state.load_error} if details else {"status": "failed"}
+        return JSONResponse(body, status_code=503)
+    if not details:
+        return JSONResponse({"status": "ready"})
     settings = state.settings
     return JSONResponse(
         {"status": "ready", "embedding": state.service.embedder.model_name, "llm": settings.llm.backend}
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(require_key)]
+)
 def metrics(request: Request) -> Response:
     """Return request counts and latencies, queue depth, ingestion and generation counters."""
     return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def add_docs(app: FastAPI) -> None:
+    """Serve the OpenAPI schema at /openapi.json and its pages at /docs and /redoc, behind the read key."""
+    protected = [Depends(require_key)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=protected)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=protected)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=protected)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - API")

@@ -26,3 +26,10 @@ def list_jobs(
 def get_job(job_id: str, ingestion: IngestionJobs = Depends(jobs)) -> JobOut:
     """Return the job's status: queued, running (files and chunks done), succeeded, or failed with reasons."""
     return job_out(ingestion.get(job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, summary="Cancel a job")
+def cancel_job(job_id: str, ingestion: IngestionJobs = Depends(jobs)) -> JobOut:
+    """Cancel a queued job at once, or a running one at its next stop point (a few chunks embedded):
+    poll until its status is `cancelled`. Files it stored before stay; 409 when it has already finished."""
+    return job_out(ingestion.cancel(job_id))

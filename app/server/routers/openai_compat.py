@@ -13,18 +13,29 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.server.dependencies import knowledge, require_key
 from app.server.errors import ApiError, describe, error_body
 from app.server.metrics import Metrics
-from app.server.routers.chat import answer_out
+from app.server.routers.chat import answer_out, read_unless_gone
+from app.server.schemas import (
+    MAX_EMBEDDING_CHARS,
+    MAX_EMBEDDING_INPUTS,
+    MAX_MESSAGE_CHARS,
+    MAX_MESSAGES,
+    MAX_NAME_CHARS,
+    MAX_QUESTION_CHARS,
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    StopString,
+)
 from app.services import KnowledgeService
 from llm import AnswerOptions, Message, TextStream
 from retrieval import SearchOptions
@@ -37,7 +48,13 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[dict[str, Any]] | None = Field(None, max_length=MAX_MESSAGE_CHARS)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ChatMessage:
+        if len(self.text()) > MAX_MESSAGE_CHARS:
+            raise ValueError(f"a message's text may hold at most {MAX_MESSAGE_CHARS} characters")
+        return self
 
     def text(self) -> str:
         """Return the message's text."""
@@ -61,17 +78,21 @@ class ChatCompletionRequest(BaseModel):
             "examples": [{"model": "demo", "messages": [{"role": "user", "content": "年假有几天？"}]}]
         },
     )
-    model: str
-    messages: list[ChatMessage] = Field(..., min_length=1)
+    model: str = Field(..., max_length=MAX_NAME_CHARS)
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1, le=32768)
     max_completion_tokens: int | None = Field(None, ge=1, le=32768)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
+    stop: StopString | list[StopString] | None = Field(
+        None, description=f"At most {MAX_STOP_STRINGS} strings of {MAX_STOP_CHARS} characters."
+    )
     seed: int | None = None
-    kb: str | None = Field(None, description="kbqa extra: answer from this knowledge base.")
+    kb: str | None = Field(
+        None, max_length=MAX_NAME_CHARS, description="kbqa extra: answer from this knowledge base."
+    )
     retrieval: SearchOptions | None = Field(None, description="kbqa extra: how chunks are found.")
 
 
@@ -79,8 +100,15 @@ class EmbeddingsRequest(BaseModel):
     """An OpenAI embeddings request."""
 
     model_config = ConfigDict(extra="allow")
-    input: str | list[str] = Field(..., description="A text or a list of texts.")
-    model: str | None = None
+    input: (
+        Annotated[str, Field(max_length=MAX_EMBEDDING_CHARS)]
+        | list[Annotated[str, Field(max_length=MAX_EMBEDDING_CHARS)]]
+    ) = Field(
+        ...,
+        description=f"A text or a list of 1 to {MAX_EMBEDDING_INPUTS} texts, each of at most "
+        f"{MAX_EMBEDDING_CHARS} characters (cut to the model's window).",
+    )
+    model: str | None = Field(None, max_length=MAX_NAME_CHARS)
 
 
 @router.get("/models", summary="List models (OpenAI)")
@@ -116,7 +144,7 @@ async def chat_completions(
         options = AnswerOptions(retrieval=body.retrieval or SearchOptions(), generation=params)
         answer_stream = await run_in_threadpool(service.ask, kb, question, history, options)
         if not body.stream:
-            answer = await run_in_threadpool(answer_stream.read)
+            answer = await read_unless_gone(request, answer_stream)
             out = answer_out(answer).model_dump()
             return completion.whole(answer.text, answer.finish_reason, out["usage"], **_kb_extras(out))
         return _sse(completion, answer_stream, body, lambda: answer_out(answer_stream.answer).model_dump())
@@ -128,7 +156,7 @@ async def chat_completions(
     messages = [Message(_role(m.role), m.text()) for m in body.messages]
     model = service.answerer.model
     if not body.stream:
-        generation = await run_in_threadpool(model.generate, messages, params)
+        generation = await read_unless_gone(request, await run_in_threadpool(model.stream, messages, params))
         usage = {**asdict(generation.usage), "total_tokens": generation.usage.total_tokens}
         return completion.whole(generation.text, generation.finish_reason, usage)
     text_stream = await run_in_threadpool(model.stream, messages, params)
@@ -136,20 +164,31 @@ async def chat_completions(
 
 
 @router.post("/embeddings", summary="Embeddings (OpenAI)")
-async def embeddings(body: EmbeddingsRequest, service: KnowledgeService = Depends(knowledge)) -> dict:
+async def embeddings(
+    body: EmbeddingsRequest, request: Request, service: KnowledgeService = Depends(knowledge)
+) -> dict:
     """Return the configured embedding model's passage vectors (L2-normalised) for the input texts."""
     texts = [body.input] if isinstance(body.input, str) else body.input
-    if not texts or len(texts) > 2048:
-        raise ApiError(400, "invalid_request", "input must hold 1 to 2048 texts")
+    if not texts or len(texts) > MAX_EMBEDDING_INPUTS:
+        raise ApiError(422, "invalid_request", f"input must hold 1 to {MAX_EMBEDDING_INPUTS} texts")
     embedder = service.embedder
-    vectors = await run_in_threadpool(embedder.embed_documents, texts)
-    tokens = sum(embedder.count_tokens(text) for text in texts)
+    vectors = []
+    # A few texts at a time, so the work stops soon after the client goes away.
+    for start in range(0, len(texts), _EMBED_STEP):
+        if await request.is_disconnected():
+            raise ApiError(499, "client_closed_request", "the client went away; the work was stopped")
+        vectors.extend(await run_in_threadpool(embedder.embed_documents, texts[start : start + _EMBED_STEP]))
+    # In a worker thread: counting waits for an engine handle, which must never hold up the event loop.
+    tokens = await run_in_threadpool(lambda: sum(embedder.count_tokens(text) for text in texts))
     return {
         "object": "list",
         "model": embedder.model_name,
         "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+_EMBED_STEP = 4
 
 
 def _kb_extras(answer: dict) -> dict:
@@ -240,6 +279,10 @@ def _question(messages: list[ChatMessage]) -> tuple[str, list[Message]]:
     """Return the last user message as the question and the earlier user/assistant turns as history."""
     if messages[-1].role != "user" or not messages[-1].text().strip():
         raise ApiError(400, "invalid_request", "the last message must be the user's question")
+    if len(messages[-1].text()) > MAX_QUESTION_CHARS:
+        raise ApiError(
+            422, "invalid_request", f"the question may hold at most {MAX_QUESTION_CHARS} characters"
+        )
     turns = [Message(m.role, m.text()) for m in messages[:-1] if m.role in ("user", "assistant")]
     return messages[-1].text(), turns
 

@@ -1,0 +1,327 @@
+"""Replay hostile and heavy requests against `kbqa serve` and print, for each, status, time and RSS growth.
+
+The probe of issue 12, re-runnable: long texts while searches are timed, fields over their maxima, a
+search glob of 10^6 characters and a filter of 1,000 keys, an upload name of 258 bytes, a 300 MiB JSON
+body, a 120 MiB upload over a 100 MiB limit (streamed, no declared length), a .docx zip bomb, a client
+that goes away mid-request, a large spreadsheet cancelled mid-way, and SIGTERM while it is indexed.
+
+By default it starts its own server (`kbqa serve` on a temporary data directory holding knowledge base
+`demo` from examples/docs) and also times SIGTERM; `--url` (with `--pid` for the RSS column) aims it at a
+running server instead, which must hold knowledge base `--kb`. Run from the repository root:
+
+    .venv/bin/python bench/abuse.py
+    .venv/bin/python bench/abuse.py --url http://127.0.0.1:8000 --pid 1234 --kb demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+# ruff: noqa: E402
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import httpx
+
+LONG = ("员工入职满一年后，每年享有十天带薪年假。VPN user names are badge numbers. " * 400)[:20_000]
+KBQA = str(Path(sys.executable).parent / "kbqa")
+
+
+def rss_mb(pid: int | None) -> float | None:
+    """Return the resident memory of process `pid` in MiB (None without a pid)."""
+    if pid is None:
+        return None
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def docx_bomb(paragraphs: int = 300_000) -> bytes:
+    """Return a valid .docx whose body repeats one paragraph: about 27 MiB of XML in 100 KB."""
+    import docx
+
+    buffer = io.BytesIO()
+    docx.Document().save(buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as plain:
+        parts = {info.filename: plain.read(info) for info in plain.infolist()}
+    body = parts["word/document.xml"].decode()
+    start = body.index("<w:body>") + len("<w:body>")
+    paragraph = "<w:p><w:r><w:t>员工入职满一年后，每年享有十天带薪年假。</w:t></w:r></w:p>"
+    parts["word/document.xml"] = (body[:start] + paragraph * paragraphs + body[start:]).encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as bomb:
+        for name, data in parts.items():
+            bomb.writestr(name, data)
+    return out.getvalue()
+
+
+def large_csv(rows: int = 20_000) -> bytes:
+    """Return a CSV of `rows` distinct rows (one document of thousands of chunks)."""
+    lines = ["编号,部门,规定"] + [
+        f"KB{i:05d},第{i % 17}部门,第{i}号规定：差旅报销须在{i % 30 + 1}个工作日内提交。" for i in range(rows)
+    ]
+    return "\n".join(lines).encode()
+
+
+def streamed(prefix: bytes, filler: bytes, total_mb: int, suffix: bytes) -> Iterator[bytes]:
+    """Yield a body of about `total_mb` MiB, 1 MiB at a time, as a client streams it."""
+    yield prefix
+    piece = filler * ((1 << 20) // len(filler))
+    for _ in range(total_mb):
+        yield piece
+    yield suffix
+
+
+class Probe:
+    """Runs the attacks against one server and prints a row for each."""
+
+    def __init__(self, url: str, pid: int | None, kb: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=300)
+        self.url, self.pid, self.kb = url, pid, kb
+
+    def row(self, name: str, attack: Callable[[], str]) -> None:
+        """Run one attack and print its outcome, time and the server's RSS growth."""
+        before = rss_mb(self.pid)
+        started = time.perf_counter()
+        try:
+            outcome = attack()
+        except httpx.HTTPError as error:
+            outcome = f"{type(error).__name__}"
+        seconds = time.perf_counter() - started
+        after = rss_mb(self.pid)
+        growth = f"{after - before:+7.0f}" if before is not None and after is not None else "      -"
+        healthy = self.http.get("/healthz", timeout=10).status_code
+        print(f"{name:<44} {outcome:<44} {seconds:8.1f} {growth}   {healthy}", flush=True)
+
+    def post(self, path: str, body: dict, **kwargs) -> str:
+        """Return the status (and error code) of a JSON POST."""
+        return describe(self.http.post(path, json=body, **kwargs))
+
+    def long_inputs_while_searching(self) -> str:
+        """Send 20,000-character texts from four clients for 20 s; return the slowest concurrent search."""
+        stop, statuses = threading.Event(), []
+        bodies = [
+            ("/v1/embeddings", {"input": [LONG, LONG[::-1]]}),
+            ("/v1/embeddings", {"input": LONG}),
+            (
+                f"/v1/kbs/{self.kb}/chat",
+                {"question": LONG[:8000], "history": [{"role": "user", "content": LONG}]},
+            ),
+            (f"/v1/kbs/{self.kb}/search", {"query": LONG[:4000]}),
+        ]
+
+        def send(path: str, body: dict) -> None:
+            with httpx.Client(base_url=self.url, timeout=300) as client:
+                while not stop.is_set():
+                    statuses.append(client.post(path, json=body).status_code)
+
+        self.http.post(f"/v1/kbs/{self.kb}/search", json={"query": "年假"})  # loads jieba: not what is timed
+        senders = [threading.Thread(target=send, args=item) for item in bodies]
+        for sender in senders:
+            sender.start()
+        slowest, deadline = 0.0, time.monotonic() + 20
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            self.http.post(f"/v1/kbs/{self.kb}/search", json={"query": "VPN user name"})
+            slowest = max(slowest, time.perf_counter() - started)
+            time.sleep(0.2)
+        stop.set()
+        for sender in senders:
+            sender.join()
+        return f"search max {slowest:.2f} s; {len(statuses)} long: {sorted(set(statuses))}"
+
+    def huge_json(self) -> str:
+        """Send a 300 MiB JSON body, declared and then chunked; return both outcomes."""
+        declared = describe(
+            self.http.post(
+                "/v1/embeddings",
+                content=streamed(b'{"input": "', b"x", 300, b'"}'),
+                headers={"content-type": "application/json", "content-length": str(300 * (1 << 20) + 13)},
+            )
+        )
+        chunked = describe(
+            self.http.post(
+                "/v1/embeddings",
+                content=streamed(b'{"input": "', b"x", 300, b'"}'),
+                headers={"content-type": "application/json"},
+            )
+        )
+        return f"{declared}; chunked {chunked}"
+
+    def big_upload(self) -> str:
+        """Stream a 120 MiB file with no declared length; return the outcome."""
+        boundary = "abuse-boundary"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.txt"\r\n'
+            "Content-Type: text/plain\r\n\r\n"
+        ).encode()
+        return describe(
+            self.http.post(
+                f"/v1/kbs/{self.kb}/documents",
+                content=streamed(head, b"x", 120, f"\r\n--{boundary}--\r\n".encode()),
+                headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+            )
+        )
+
+    def upload_and_wait(self, name: str, data: bytes) -> str:
+        """Upload one file; return how its job ended."""
+        response = self.http.post(f"/v1/kbs/{self.kb}/documents", files=[("files", (name, data))])
+        if response.status_code != 202:
+            return describe(response)
+        job = self.wait(response.json()["job"]["id"], lambda j: j["status"] not in ("queued", "running"))
+        reason = (job["files"][0].get("reason") or "")[:30] if job["files"] else ""
+        return f"job {job['status']} {reason}".strip()
+
+    def wait(self, job_id: str, ready: Callable[[dict], bool]) -> dict:
+        """Return the job once `ready(job)` holds."""
+        while not ready(job := self.http.get(f"/v1/jobs/{job_id}").json()):
+            time.sleep(0.1)
+        return job
+
+    def client_goes_away(self) -> str:
+        """Start 2,000 embeddings, leave after 2 s; return how soon the server counted it stopped (499)."""
+        before = self.stopped()
+        try:
+            self.http.post(
+                "/v1/embeddings", json={"input": [LONG[i : i + 500] for i in range(2000)]}, timeout=2
+            )
+            return "answered within 2 s?"
+        except httpx.TimeoutException:
+            pass
+        left = time.perf_counter()
+        while self.stopped() == before:
+            if time.perf_counter() - left > 60:
+                return "work went on for 60 s"
+            time.sleep(0.2)
+        return f"stopped {time.perf_counter() - left:.1f} s after the client left"
+
+    def stopped(self) -> str:
+        """Return the metrics line counting /v1/embeddings requests stopped because the client left."""
+        lines = self.http.get("/metrics").text.splitlines()
+        return next((x for x in lines if '"/v1/embeddings"' in x and 'status="499"' in x), "")
+
+    def cancel_large(self) -> str:
+        """Upload a large spreadsheet, cancel it once it shows progress; return the time to cancelled."""
+        response = self.http.post(
+            f"/v1/kbs/{self.kb}/documents", files=[("files", ("large.csv", large_csv()))]
+        )
+        job_id = response.json()["job"]["id"]
+        self.wait(job_id, lambda j: j["status"] == "running" and j["chunks_done"] > 0)
+        asked = time.perf_counter()
+        self.http.post(f"/v1/jobs/{job_id}/cancel")
+        job = self.wait(job_id, lambda j: j["status"] not in ("queued", "running"))
+        return f"{job['status']} {time.perf_counter() - asked:.1f} s after asked"
+
+
+def describe(response: httpx.Response) -> str:
+    """Return a response's status and, for an error, its code."""
+    try:
+        code = response.json().get("error", {}).get("code", "")
+    except (ValueError, AttributeError):
+        code = ""
+    return f"{response.status_code} {code}".strip()
+
+
+def start_server(data: Path, batch_chunks: int) -> tuple[subprocess.Popen, str]:
+    """Start `kbqa serve` with the sample knowledge base on a free port; return it and its URL once ready."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KBQA_")}
+    env["KBQA_INGESTION__BATCH_CHUNKS"] = str(batch_chunks)
+    process = subprocess.Popen(
+        [KBQA, "--data-dir", str(data), "serve", "--port", str(port), "--sample-kb", "demo"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise SystemExit(f"kbqa serve exited with {process.returncode}")
+        time.sleep(0.5)
+
+
+def main() -> None:
+    """Run every attack and print the table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", help="a running server (default: start one)")
+    parser.add_argument("--pid", type=int, help="its process id, for the RSS column")
+    parser.add_argument("--kb", default="demo", help="a knowledge base of that server to attack")
+    parser.add_argument(
+        "--batch-chunks", type=int, default=16, help="ingestion.batch_chunks of a started server"
+    )
+    args = parser.parse_args()
+    process = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.url is None:
+            process, url = start_server(Path(tmp) / "data", args.batch_chunks)
+            pid = process.pid
+        else:
+            url, pid = args.url, args.pid
+        probe = Probe(url, pid, args.kb)
+        kb = args.kb
+        print(f"{'attack':<44} {'outcome':<44} {'seconds':>8} {'RSS MiB':>7}   healthz")
+        probe.row("20,000-char texts from 4 clients, 20 s", probe.long_inputs_while_searching)
+        probe.row(
+            "chat question of 20,000 chars", lambda: probe.post(f"/v1/kbs/{kb}/chat", {"question": LONG})
+        )
+        probe.row(
+            "/v1/embeddings, 2,049 inputs", lambda: probe.post("/v1/embeddings", {"input": ["x"] * 2049})
+        )
+        probe.row(
+            "search source glob of 10^6 chars",
+            lambda: probe.post(f"/v1/kbs/{kb}/search", {"query": "x", "source": "*" * 10**6}),
+        )
+        probe.row(
+            "search metadata filter of 1,000 keys",
+            lambda: probe.post(
+                f"/v1/kbs/{kb}/search", {"query": "x", "metadata": {f"k{i}": "v" for i in range(1000)}}
+            ),
+        )
+        probe.row("JSON body of 300 MiB", probe.huge_json)
+        probe.row("upload of 120 MiB (limit 100), chunked", probe.big_upload)
+        probe.row(
+            "upload name of 86 Chinese chars (258 B)",
+            lambda: probe.upload_and_wait("长" * 86 + ".md", "# 长名\n\n长文件名。".encode()),
+        )
+        probe.row(".docx zip bomb (27 MiB of XML)", lambda: probe.upload_and_wait("bomb.docx", docx_bomb()))
+        probe.row("client leaves a 2,000-text embedding", probe.client_goes_away)
+        probe.row("cancel a 20,000-row CSV mid-way", probe.cancel_large)
+        if process is not None:
+            response = probe.http.post(
+                f"/v1/kbs/{kb}/documents", files=[("files", ("again.csv", large_csv()))]
+            )
+            probe.wait(
+                response.json()["job"]["id"], lambda j: j["status"] == "running" and j["chunks_done"] > 0
+            )
+            asked = time.perf_counter()
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+            print(
+                f"{'SIGTERM while a 20,000-row CSV is indexed':<44} {'exit ' + str(process.returncode):<44} "
+                f"{time.perf_counter() - asked:8.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
