@@ -283,7 +283,7 @@ class ExtractiveReader:
         shared = _shared_terms(weights, sentences)
         focus = _without(question, shared)
         focused = cosines if focus == question else vectors @ self.embedder.embed_query(focus)
-        asked = {t: w for t, w in weights.items() if t not in shared} or weights
+        asked = {t: w for t, w in weights.items() if t not in shared}  # none left: every sentence covers all
         covered = np.array([coverage(s.text, asked) for s in sentences])
         wanted = answer_type(question)
         typed = [float(bool(wanted and wanted.search(s.text))) for s in sentences]

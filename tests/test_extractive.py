@@ -211,5 +211,19 @@ def test_answer_type_matches_the_value_asked_for(question: str, holds: str, lack
     assert wanted is not None and wanted.search(holds) and not wanted.search(lacks)
 
 
+@pytest.mark.parametrize(
+    ("question", "holds", "lacks"),
+    [
+        ("公司什么时候成立？", "公司于2016年3月18日成立。", "公司位于杭州。"),
+        ("總部在哪裡？", "總部位於臺北市。", "總部有三百名員工。"),
+        ("报销找谁？", "报销问题请联系财务部张敏。", "报销需附发票。"),
+        ("Who approves claims?", "Claims are approved by Zhang Min.", "Claims are approved."),
+    ],
+)
+def test_dates_places_and_people_are_answer_types(question: str, holds: str, lacks: str) -> None:
+    wanted = answer_type(question)
+    assert wanted is not None and wanted.search(holds) and not wanted.search(lacks)
+
+
 def test_questions_without_an_answer_type() -> None:
-    assert answer_type("报销找谁？") is None and answer_type("Who approves claims?") is None
+    assert answer_type("年假没休完怎么办？") is None and answer_type("Why are claims rejected?") is None

@@ -336,7 +336,7 @@ def test_a_refused_question_shows_the_refusal_style(server: str, page: Page) -> 
         route.continue_(post_data=json.dumps(body))
 
     page.route("**/chat", demanding)
-    _ask(page, "报销单要在多少天内提交？")
+    _ask(page, "报销单在多少天内提交？")
     refused = page.locator(".turn .answer").nth(1)
     expect(refused).to_have_class("answer refusal")
     expect(refused.locator(".refusal-title")).to_have_text("Not found in your documents")
@@ -345,35 +345,29 @@ def test_a_refused_question_shows_the_refusal_style(server: str, page: Page) -> 
     assert page.locator(".turn .answer").first.evaluate("e => getComputedStyle(e).borderStyle") == "solid"
 
 
-def test_answerability_and_the_closest_passages_show_when_the_api_sends_them(server: str, page: Page) -> None:
-    """The answer-trust fields (`answerability`, `closest`) added to a real refusal on its way to the page."""
+def test_answerability_is_shown_and_a_refusal_folds_the_closest_passages(server: str, page: Page) -> None:
+    """The answer-trust fields of real answers: answerability beside every answer, and a question the
+    documents cannot answer refused, with the passages the search found folded below it."""
     _knowledge_base(server, "trust", {"expenses.md": POLICY.encode()})
-    hits = httpx.post(f"{server}/v1/kbs/trust/search", json={"query": "发票", "k": 1}).json()["data"]
-    fields = ("chunk_id", "document_id", "source", "title", "page", "score", "text", "heading_path")
-    closest = [{"n": 1, **{name: hit[name] for name in fields}} for hit in hits]
-
-    def trusted(route) -> None:
-        body = json.loads(route.request.post_data)
-        body["retrieval"] = {"score_threshold": 0.99}
-        response = route.fetch(post_data=json.dumps(body))
-        done = {**_done(response.text()), "answerability": 0.07, "closest": closest}
-        events = [block for block in response.text().split("\n\n") if block and "event: done" not in block]
-        events.append(f"event: done\ndata: {json.dumps(done, ensure_ascii=False)}")
-        route.fulfill(response=response, body="\n\n".join(events) + "\n\n")
-
     _open(page, server, "trust")
-    _ask(page, QUESTION)
-    expect(page.locator(".answerability")).to_have_count(0)  # absent from the API: not shown
-    page.route("**/chat", trusted)
-    _ask(page, "发票要原件吗？")
+    answered = _ask(page, QUESTION)
+    assert not answered["refused"] and answered["answerability"] >= 0.2
+    percent = round(100 * answered["answerability"])
+    expect(page.locator(".turn .answer").first.locator(".answerability")).to_have_text(
+        f"answerability {percent}%"
+    )
+    refusal = _ask(page, "Who won the 2022 World Cup?")
+    assert refusal["refused"] and refusal["answerability"] < 0.2 and refusal["closest"]
     refused = page.locator(".turn .answer").nth(1)
     expect(refused).to_have_class("answer refusal")
-    expect(refused.locator(".answerability")).to_have_text("answerability 7%")
+    expect(refused.locator(".answerability")).to_have_text(
+        f"answerability {round(100 * refusal['answerability'])}%"
+    )
     summary = refused.locator("details.closest summary")
-    expect(summary).to_have_text("Closest passages (1)")
+    expect(summary).to_have_text(f"Closest passages ({len(refusal['closest'])})")
     summary.click()
-    refused.locator("details.closest .source").click()
-    expect(page.locator("#source-text")).to_have_text(hits[0]["text"])
+    refused.locator("details.closest .source").first.click()
+    expect(page.locator("#source-text")).to_have_text(refusal["closest"][0]["text"])
     expect(page.locator("#source-number")).to_be_empty()
 
 
@@ -429,7 +423,7 @@ def test_reload_keeps_the_conversation_and_lists_it(server: str, page: Page) -> 
     first_answer = _ask(page, QUESTION)["answer"]
     assert "[1]" in first_answer  # the history keeps the answer as the model wrote it
     # A follow-up carries the first turn as history.
-    page.fill("#question", "报销单要在多少天内提交？")
+    page.fill("#question", "报销单在多少天内提交？")
     with page.expect_request(lambda request: request.url.endswith("/chat")) as follow_up:
         page.press("#question", "Enter")
     assert json.loads(follow_up.value.post_data)["history"] == [
@@ -441,7 +435,7 @@ def test_reload_keeps_the_conversation_and_lists_it(server: str, page: Page) -> 
 
     page.reload()
     expect(page.locator("#chat-title")).to_have_text("kept")
-    expect(page.locator(".turn .question")).to_have_text([QUESTION, "报销单要在多少天内提交？"])
+    expect(page.locator(".turn .question")).to_have_text([QUESTION, "报销单在多少天内提交？"])
     expect(page.locator(".turn .answer-text").first).to_have_text(first_answer.replace("[1]", "1"))
     expect(page.locator(".turn .cite").first).to_be_visible()
     listed = page.locator("#conversation-list .conversation-open")
