@@ -109,8 +109,13 @@ def select(paragraphs: Sequence[Paragraph], limit: int | None) -> tuple[list[Par
 
 
 def write_paragraphs(paragraphs: Sequence[Paragraph], folder: Path) -> None:
-    """Write each paragraph as a UTF-8 .txt file in `folder`, leaving files with the same text untouched."""
+    """Write each paragraph as a UTF-8 .txt file in `folder`, leaving files with the same text untouched
+    and removing those of paragraphs not asked for (an earlier run's, which would be indexed too)."""
     folder.mkdir(parents=True, exist_ok=True)
+    wanted = {paragraph.file_name for paragraph in paragraphs}
+    for stale in folder.glob("*.txt"):
+        if stale.name not in wanted:
+            stale.unlink()
     for paragraph in paragraphs:
         path = folder / paragraph.file_name
         if not path.is_file() or path.read_text(encoding="utf-8") != paragraph.context:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.evaluation import Case, ndcg, percentile, read_squad, relevance, select
+from app.evaluation import Case, Paragraph, ndcg, percentile, read_squad, relevance, select, write_paragraphs
 from app.evaluation import metrics as compute_metrics
 
 KBQA = str(Path(sys.executable).parent / "kbqa")
@@ -166,3 +166,12 @@ def test_cli_eval_retrieval(squad_file: Path, tmp_path: Path) -> None:
     )
     assert limited.returncode == 1
     assert "not among the evaluated paragraphs" in " ".join(limited.stderr.split())
+
+
+def test_writing_paragraphs_leaves_only_the_ones_asked_for(tmp_path: Path) -> None:
+    first = [Paragraph(0, 0, "甲", ()), Paragraph(1, 0, "乙", ())]
+    write_paragraphs(first, tmp_path)
+    written = (tmp_path / "p00001.txt").stat().st_mtime_ns
+    write_paragraphs(first[:1], tmp_path)  # a later run over fewer paragraphs: the other is not indexed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p00001.txt"]
+    assert (tmp_path / "p00001.txt").stat().st_mtime_ns == written  # unchanged text is not rewritten
