@@ -83,6 +83,14 @@ def answer_set(paragraphs: Sequence[Paragraph], holdout: int, seed: int = 0) -> 
     return AnswerSet(indexed, answerable[: len(unanswerable)] + unanswerable)
 
 
+def _first_sentence(answer: str) -> str:
+    """Return an answer's first sentence: up to its first citation, or its first sentence when it cites none."""
+    from llm.extractive import split_sentences
+
+    cited = _MARKER.split(answer, maxsplit=1)
+    return cited[0] if len(cited) > 1 else next(iter(split_sentences(answer)), "")
+
+
 # --- fitting --------------------------------------------------------------------------------------
 
 
@@ -214,7 +222,7 @@ def summary(asked: Sequence[Asked]) -> dict[str, float | int | None]:
     def hit(a: Asked, first_only: bool) -> bool:
         if a.answer.refused:
             return False
-        text = _MARKER.split(a.answer.text, maxsplit=1)[0] if first_only else _MARKER.sub("", a.answer.text)
+        text = _first_sentence(a.answer.text) if first_only else _MARKER.sub("", a.answer.text)
         return any(answer in text for answer in a.case.question.answers)
 
     scored = [a for a in asked if a.answer.answerability is not None]

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.answer_evaluation import answer_set, expected_calibration_error
+from app.answer_evaluation import AnswerCase, Asked, answer_set, expected_calibration_error, summary
 from app.evaluation import Paragraph, Question
+from llm import Answer, Timings, Usage
 from retrieval import Calibration, KnowledgeBaseCatalog, LogisticModel, find_calibration
 from retrieval.answerability import coverage, term_weights
 from retrieval.calibration import BUNDLED_DIR
@@ -128,3 +129,28 @@ def test_a_dataset_splits_into_indexed_paragraphs_and_three_kinds_of_question() 
     assert all(c.question.text.split("-")[0] in ("q1", "q3") for c in same)
     with pytest.raises(ValueError, match="more than 7 articles"):
         answer_set(paragraphs[:4], holdout=7)
+
+
+def _asked(kind: str, text: str, answer: str, refused: bool = False, p: float | None = None) -> Asked:
+    timings = Timings(1.0, 0.0, None, 2.0)
+    reply = Answer(text, [], Usage(0, 0), timings, "stop", not refused, refused, answerability=p)
+    return Asked(AnswerCase(Question("q", (answer,)), kind), reply, 0.002)
+
+
+def test_the_summary_reads_answers_as_a_person_would() -> None:
+    asked = [
+        _asked("answerable", "报销三天到账。[1]另见制度。[2]", "三天", p=0.9),  # first sentence holds it
+        _asked("answerable", "另见制度。[2]报销三天到账。[1]", "三天", p=0.8),  # only a later one does
+        _asked("answerable", "报销制度全文。报销三天到账。", "三天", p=0.7),  # a whole chunk, no citation
+        _asked("answerable", "根据已知信息无法回答该问题。", "三天", refused=True, p=0.1),
+        _asked("off-topic", "根据已知信息无法回答该问题。", "x", refused=True, p=0.1),
+        _asked("same-topic", "年假十天。[1]", "x", p=0.6),
+    ]
+    result = summary(asked)
+    assert (result["answerable"], result["off_topic"], result["same_topic"]) == (4, 1, 1)
+    assert result["answer_hit"] == 0.75 and result["first_sentence_hit"] == 0.25
+    assert result["answerable_refused"] == 0.25
+    assert result["off_topic_refused"] == 1.0 and result["same_topic_refused"] == 0.0
+    assert result["ece"] == pytest.approx(
+        expected_calibration_error([0.9, 0.8, 0.7, 0.1, 0.1, 0.6], [1, 1, 1, 1, 0, 0])
+    )
