@@ -396,7 +396,8 @@ def ask(
         console.print("closest passages (not used):", style="dim", highlight=False)
     for passage in answer.closest:
         place = passage.source + (f", page {passage.page}" if passage.page else "")
-        console.print(f"  {place}: {passage.text[:80]}…", style="dim", highlight=False, markup=False)
+        snippet = " ".join(passage.text.split())[:80]
+        console.print(f"  {place}: {snippet}…", style="dim", highlight=False, markup=False)
     usage = (
         f"{answer.usage.prompt_tokens}+{answer.usage.completion_tokens} tokens, "
         if answer.usage.total_tokens

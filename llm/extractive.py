@@ -26,15 +26,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval.answerability import coverage
-from retrieval.lexical import content_terms
+from retrieval.lexical import CJK_IDEOGRAPHS, content_terms
 
 if TYPE_CHECKING:
     from retrieval import Embedder, SearchHit
     from retrieval.calibration import LogisticModel
 
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_CJK_CHAR = re.compile(f"[{_CJK}]")
-_CJK_RUN = re.compile(f"[{_CJK}]+")
+_CJK_CHAR = re.compile(f"[{CJK_IDEOGRAPHS}]")
+_CJK_RUN = re.compile(f"[{CJK_IDEOGRAPHS}]+")
 _WORD = re.compile(r"[a-z0-9]+(?:['.][a-z0-9]+)*")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}(\s|$)")
 _LIST_MARK = re.compile(

@@ -27,11 +27,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from retrieval.calibration import LogisticModel
+from retrieval.lexical import CJK_IDEOGRAPHS
 
 # Hits whose text is looked at: the answer path reads about this many.
 TOP_HITS = 5
 SIGNALS = ("cosine", "margin", "coverage", "unseen", "agreement")
-_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CJK = re.compile(f"[{CJK_IDEOGRAPHS}]")
 _ASCII_WORD = re.compile(r"[0-9a-z]+")
 
 

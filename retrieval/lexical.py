@@ -13,7 +13,9 @@ from functools import cache
 
 # A term worth indexing holds at least one letter or digit (CJK included); punctuation is dropped.
 _WORD = re.compile(r"\w")
-_CJK_CHAR = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# CJK ideographs: extension A, the unified block, compatibility ideographs (a character class's body).
+CJK_IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK_CHAR = re.compile(f"[{CJK_IDEOGRAPHS}]")
 
 
 @cache

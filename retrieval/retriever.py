@@ -141,7 +141,7 @@ class _Search:
     """A search's hits and the candidate lists behind them."""
 
     hits: list[SearchHit]
-    query_vector: np.ndarray
+    query_vector: np.ndarray | None  # None when a filter left nothing to search
     dense: list[ScoredChunk]
     lexical: list[ScoredChunk]
 
@@ -174,6 +174,9 @@ class Retriever:
         """Return the best chunks for `query` with the probability that they hold its answer."""
         options = options or SearchOptions()
         found = self._search(kb, query, options)
+        if found.query_vector is None:
+            nothing = Signals(cosine=0.0, margin=0.0, coverage=0.0, unseen=1.0, agreement=0.0)
+            return Retrieval([], nothing, {}, None if self.calibration is None else 0.0)
         # The signals are measured the same way whatever the mode, as the calibration was fitted.
         dense = found.dense or kb.search(found.query_vector, self.config.candidates)
         lexical = found.lexical
@@ -211,7 +214,7 @@ class Retriever:
         if options.document_ids is not None or options.source is not None or options.metadata:
             allowed = kb.chunk_ids_where(options.document_ids, options.source, options.metadata)
             if not allowed:
-                return _Search([], self.embedder.embed_query(query), [], [])
+                return _Search([], None, [], [])
         query_vector = self.embedder.embed_query(query)
         depth = max(self.config.candidates, options.k, self.config.reranker.top_n if options.rerank else 0)
         dense = kb.search(query_vector, depth, allowed) if mode != "lexical" else []
