@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval.answerability import coverage
-from retrieval.lexical import CJK_IDEOGRAPHS, content_terms
+from retrieval.lexical import CJK_IDEOGRAPHS, content_terms, fold
 
 if TYPE_CHECKING:
     from retrieval import Embedder, SearchHit
@@ -353,13 +353,13 @@ def _shared_terms(weights: Mapping[str, float], sentences: Sequence[Sentence]) -
 
     A single character (账 of 到账) is left out: as part of other words (账号) it is in many sentences.
     """
-    folded = [s.text.casefold() for s in sentences]
+    folded = [fold(s.text).casefold() for s in sentences]
     return {t for t in weights if len(t) > 1 and sum(t in text for text in folded) >= 2}
 
 
 def _without(question: str, shared: set[str]) -> str:
     """Return the question less the shared terms; the question itself when nothing would be left of it."""
-    focus = question
+    focus = fold(question)  # the terms are folded (Simplified), so the question is too
     for term in sorted(shared, key=len, reverse=True):
         focus = re.sub(re.escape(term), "", focus, flags=re.I)
     return focus if _terms(focus) else question
@@ -468,7 +468,7 @@ def _pieces(sentence: str, max_chars: int) -> list[str]:
 
 def _terms(text: str) -> set[str]:
     """Return the text's content words (English, lowercased, plural s dropped) and Chinese character bigrams."""
-    lowered = text.lower()
+    lowered = fold(text).lower()
     terms = {_singular(w) for w in _WORD.findall(lowered) if w not in _STOPWORDS}
     for run in _CJK_RUN.findall(lowered):
         grams = {run} if len(run) == 1 else {run[i : i + 2] for i in range(len(run) - 1)}

@@ -20,14 +20,13 @@ from __future__ import annotations
 import math
 import re
 import statistics
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from retrieval.calibration import LogisticModel
-from retrieval.lexical import CJK_IDEOGRAPHS
+from retrieval.lexical import CJK_IDEOGRAPHS, fold
 
 # Hits whose text is looked at: the answer path reads about this many.
 TOP_HITS = 5
@@ -71,7 +70,7 @@ def coverage(text: str, weights: Mapping[str, float]) -> float:
     total = sum(weights.values())
     if total <= 0:
         return 1.0
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    folded = fold(text).casefold()
     words = set(_ASCII_WORD.findall(folded))
     return sum(w * _held(term, folded, words) for term, w in weights.items()) / total
 

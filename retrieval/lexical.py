@@ -2,6 +2,11 @@
 
 The FTS5 table lives in the knowledge base's SQLite file and is written in the same transaction as
 the chunks, so the lexical index is updated incrementally and can never disagree with the store.
+
+Traditional Chinese is folded to Simplified (OpenCC) before segmenting: jieba's dictionary is Simplified
+and cuts Traditional text into made-up words, and a question typed in one script then matches documents
+written in the other. `LEXICAL_VERSION` names how terms are made; a store whose terms were made
+another way remakes them from its chunks once (`retrieval/store.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,17 @@ CJK_IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_CHAR = re.compile(f"[{CJK_IDEOGRAPHS}]")
 
 
+# Version of the way `terms` cuts text; 2 folds Traditional Chinese to Simplified first.
+LEXICAL_VERSION = 2
+
+
+@cache
+def _to_simplified():
+    import opencc
+
+    return opencc.OpenCC("t2s").convert
+
+
 @cache
 def _jieba():
     import jieba
@@ -26,12 +42,18 @@ def _jieba():
     return jieba
 
 
-def terms(text: str) -> list[str]:
-    """Return the case-folded search terms of `text`: jieba words (and their sub-words), English words whole.
+def fold(text: str) -> str:
+    """Return `text` as terms are cut from it: NFKC-normalised, Traditional Chinese made Simplified.
 
-    NFKC folds full-width letters and digits (`ＡＰＩ２` → `API2`) so they match their ASCII forms.
+    NFKC folds full-width letters and digits (`ＡＰＩ２` → `API2`) so they match their ASCII forms, and
+    Traditional characters become Simplified (臺灣 → 台湾), so either script matches the other.
     """
-    words = _jieba().cut_for_search(unicodedata.normalize("NFKC", text))
+    return _to_simplified()(unicodedata.normalize("NFKC", text))
+
+
+def terms(text: str) -> list[str]:
+    """Return the case-folded search terms of `fold(text)`: jieba words (and their sub-words), English words whole."""
+    words = _jieba().cut_for_search(fold(text))
     return [word.casefold() for word in (w.strip() for w in words) if word and _WORD.search(word)]
 
 

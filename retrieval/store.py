@@ -8,6 +8,7 @@ after a crash (see `knowledge_base.py`).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +19,10 @@ from typing import Protocol
 import numpy as np
 
 from retrieval.errors import DocumentNotFound
-from retrieval.lexical import indexed_text
+from retrieval.lexical import LEXICAL_VERSION, indexed_text
 from retrieval.metadata import json_path, to_json
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -156,6 +159,7 @@ class ChunkStore:
         self._db.executescript(SCHEMA)
         self._add_column("documents", "metadata", "TEXT NOT NULL DEFAULT '{}'")
         self._add_column("chunks", "ocr", "INTEGER NOT NULL DEFAULT 0")
+        self._remake_stale_terms()
 
     def _add_column(self, table: str, column: str, declaration: str) -> None:
         # Stores made before document metadata (or OCR) lack the column. The change is additive (old rows
@@ -173,6 +177,44 @@ class ChunkStore:
 
     def _has_column(self, table: str, column: str) -> bool:
         return any(row[1] == column for row in self._db.execute(f"PRAGMA table_info({table})"))
+
+    def _remake_stale_terms(self) -> None:
+        # A store whose lexical terms were cut another way (an older LEXICAL_VERSION) would not match the
+        # terms of new queries: its terms are remade from its chunks, once, in one transaction.
+        if self._lexical_version() == LEXICAL_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._lexical_version() != LEXICAL_VERSION:  # another process may have remade them meanwhile
+                rows = self._db.execute(
+                    "SELECT c.id, d.title, c.heading_path, c.text FROM chunks c JOIN documents d ON d.id = c.document_id"
+                ).fetchall()
+                if rows:
+                    log.info(
+                        "remaking the lexical terms of %d chunks (once)",
+                        len(rows),
+                        extra={"store": str(self.path)},
+                    )
+                self._db.execute("DELETE FROM chunk_terms")
+                self._db.executemany(
+                    "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)",
+                    (
+                        (i, indexed_text(_searchable(title, json.loads(path), text)))
+                        for i, title, path, text in rows
+                    ),
+                )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('lexical_version', ?)",
+                    (str(LEXICAL_VERSION),),
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _lexical_version(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'lexical_version'").fetchone()
+        return int(row[0]) if row else 1
 
     def close(self) -> None:
         """Close the database connection; return nothing."""
@@ -265,7 +307,7 @@ class ChunkStore:
             )
             chunk_id = int(cursor.lastrowid)
             chunk_ids.append(chunk_id)
-            searchable = " ".join([document.title, *chunk.heading_path, chunk.text])
+            searchable = _searchable(document.title, chunk.heading_path, chunk.text)
             self._db.execute(
                 "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (chunk_id, indexed_text(searchable))
             )
@@ -433,6 +475,11 @@ class ChunkStore:
             ids = np.asarray([row[0] for row in rows], dtype=np.int64)
             vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
             yield ids, vectors.reshape(len(rows), self.dimension)
+
+
+def _searchable(title: str, heading_path: Sequence[str], text: str) -> str:
+    """Return what the lexical index holds of a chunk: its document's title, its headings and its text."""
+    return " ".join([title, *heading_path, text])
 
 
 def _document_record(row: tuple) -> DocumentRecord:

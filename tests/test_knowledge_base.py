@@ -25,6 +25,7 @@ from retrieval import (
 )
 from retrieval.catalog import METADATA_VALUES_SHOWN
 from retrieval.knowledge_base import STORE_FILE
+from retrieval.lexical import match_expression
 from retrieval.vector_index import INDEX_FILE, INDEX_STATE_FILE
 
 DIM = 8
@@ -335,6 +336,34 @@ def test_store_made_before_metadata_and_ocr_opens_and_gets_the_columns(catalog: 
     assert catalog.info("kb").metadata == {"team": ["hr", "it"]}
     assert [hit.chunk.ocr for hit in reopened.search(unit(5), k=2)] == [True, False]
     reopened.close()
+
+
+def test_lexical_terms_cut_the_old_way_are_remade_once_and_match_either_script(
+    catalog: KnowledgeBaseCatalog,
+) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    taiwan = replace(document("taiwan.md", [1]), chunks=[Piece("國立臺灣大學圖書館於西元1928年開館。")])
+    with kb.writing():
+        kb.add_documents([taiwan])
+    kb.close()
+    simplified = match_expression("台湾大学图书馆哪年开馆？")
+    with sqlite3.connect(kb.directory / STORE_FILE) as db:  # as a store before LEXICAL_VERSION 2 held it
+        db.execute("UPDATE chunk_terms SET terms = '國立 臺灣 大學 圖書館 於 西元 1928 年 開館'")
+        db.execute("DELETE FROM meta WHERE key = 'lexical_version'")
+        assert db.execute(
+            "SELECT COUNT(*) FROM chunk_terms WHERE chunk_terms MATCH ?", (simplified,)
+        ).fetchone() == (0,)
+
+    reopened = catalog.open("kb", IDENTITY)
+    assert [hit.chunk.text for hit in reopened.lexical_search(simplified, 1)] == [taiwan.chunks[0].text]
+    assert reopened.lexical_search(match_expression("臺灣大學圖書館"), 1)  # and the script it is written in
+    assert reopened.check().ok
+    reopened.close()
+    with sqlite3.connect(kb.directory / STORE_FILE) as db:
+        db.execute("UPDATE chunk_terms SET terms = 'kept'")  # a second open finds the terms current
+    again = catalog.open("kb", IDENTITY)
+    assert again.lexical_search('"kept"', 1)
+    again.close()
 
 
 # --- knowledge bases held open by a long-running process (the server) ------------------------------
