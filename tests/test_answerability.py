@@ -13,7 +13,7 @@ from app.answer_evaluation import AnswerCase, Asked, answer_set, expected_calibr
 from app.evaluation import Paragraph, Question
 from llm import Answer, Timings, Usage
 from retrieval import Calibration, KnowledgeBaseCatalog, LogisticModel, find_calibration
-from retrieval.answerability import coverage, term_weights
+from retrieval.answerability import COVERAGE_SATURATION, coverage, signals, term_weights
 from retrieval.calibration import BUNDLED_DIR
 from retrieval.lexical import content_terms
 
@@ -77,6 +77,17 @@ def test_coverage_weighs_rare_terms_and_matches_whole_english_words() -> None:
     # A term no chunk holds weighs most; a term every chunk holds weighs least.
     weights = term_weights(10, {"common": 10, "rare": 1}, ["common", "rare", "unseen"])
     assert weights["common"] < weights["rare"] < weights["unseen"]
+
+
+def test_coverage_is_folded_to_simplified_and_counts_full_from_the_saturation() -> None:
+    weights = {"图书馆": 1.0, "开馆": 1.0}  # terms are folded to Simplified; a Traditional passage holds them
+    assert coverage("臺灣大學圖書館於1928年開館。", weights) == 1.0
+    four_of_five = {"a1": 1.0, "b2": 1.0, "c3": 1.0, "d4": 1.0, "e5": 1.0}
+    assert COVERAGE_SATURATION <= 0.8
+    held = signals(["a1 b2 c3 d4"], [0.9], [0.8, 0.7], four_of_five, [], agreement=True)
+    assert held.coverage == 1.0
+    half = signals(["a1 b2"], [0.9], [0.8, 0.7], four_of_five, [], agreement=True)
+    assert half.coverage == pytest.approx(0.4 / COVERAGE_SATURATION)
 
 
 def test_a_knowledge_base_counts_the_chunks_holding_each_term(tmp_path: Path, tiny_embedder) -> None:
