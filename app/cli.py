@@ -436,7 +436,9 @@ def serve(
     except SettingsError as error:
         fail(str(error), code=2)
     url = f"http://{'127.0.0.1' if server.host in ('0.0.0.0', '::') else server.host}:{server.port}"
-    errors.print(f"kbqa: web page {url}/ · API docs {url}/docs · data in {settings.data_dir.resolve()}")
+    # One address a line, never wrapped: a terminal narrower than a line cuts nothing in the middle of a URL.
+    banner = f"kbqa: web page {url}/\n      API docs {url}/docs\n      data in  {settings.data_dir.resolve()}"
+    errors.print(banner, soft_wrap=True, highlight=False, markup=False)
     # On SIGTERM, requests still open after this long are cut off; the ingestion worker then stops within
     # its batch at hand (README, "Ingestion jobs").
     uvicorn.run(

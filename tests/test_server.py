@@ -420,3 +420,18 @@ def test_writes_need_an_api_key_and_reads_do_not(keyed_server: Server) -> None:
         assert http.get("/v1/kbs/keyed").status_code == 200
         assert http.delete("/v1/kbs/keyed").status_code == 401
         assert http.delete("/v1/kbs/keyed", headers={"Authorization": "Bearer k1"}).status_code == 204
+
+
+def test_the_start_up_banner_keeps_each_address_whole_on_its_line(server: Server, client: httpx.Client) -> None:
+    # The log is a file, not a terminal: a console would fold a long line at its 80 columns.
+    lines = server.output().splitlines()
+    assert any(line.endswith(f"web page {server.url}/") for line in lines), lines[:5]
+    assert any(line.endswith(f"API docs {server.url}/docs") for line in lines), lines[:5]
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg"), icon.text
+    # /docs loads Swagger UI's files from the service itself, not a CDN.
+    docs = client.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn." not in docs
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    redoc = client.get("/redoc").text
+    assert "/docs-assets/redoc.standalone.js" in redoc and "cdn." not in redoc

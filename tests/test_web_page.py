@@ -647,3 +647,50 @@ def test_desktop_screenshot(server: str, browser: Browser, tmp_path: Path) -> No
         tab.locator(".turn .cite").first.click()
         expect(tab.locator("#source-dialog")).to_be_visible()
         tab.screenshot(path=str(SCREENSHOTS / "desktop-source.png"))
+
+
+def test_the_api_docs_list_the_operations_with_the_network_cut(server: str, browser: Browser) -> None:
+    with _tab(browser, viewport={"width": 1280, "height": 800}) as tab:
+        outside: list[str] = []
+
+        def only_the_service(route) -> None:
+            if route.request.url.startswith(server):
+                route.continue_()
+            else:
+                outside.append(route.request.url)
+                route.abort("internetdisconnected")
+
+        tab.context.route("**/*", only_the_service)
+        tab.goto(f"{server}/docs")
+        expect(tab.locator(".opblock-summary-path").first).to_be_visible(timeout=SLOW_MS)
+        paths = tab.locator(".opblock-summary-path").all_inner_texts()
+        assert "/v1/kbs/{kb}/search" in [path.replace("\u200b", "") for path in paths], paths
+        assert outside == [], f"/docs asked the internet for {outside}"
+
+
+def test_chinese_text_renders_with_real_glyphs(server: str, browser: Browser) -> None:
+    # Without a CJK font Chromium draws every Chinese character as the same empty box (.notdef): the
+    # characters of a label, drawn one by one, must differ from each other and from a character no font has.
+    with _tab(browser, viewport={"width": 1280, "height": 800}, locale="zh-CN") as tab:
+        tab.goto(f"{server}/")
+        label = tab.locator("#new-conversation")
+        expect(label).to_contain_text("新对话")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        label.screenshot(path=str(SCREENSHOTS / "chinese-label.png"))
+        tab.evaluate(
+            """() => {
+                const box = document.createElement('div');
+                box.id = 'glyphs';
+                box.style.cssText = 'position:fixed;top:0;left:0;font-size:32px;background:#fff;color:#000;z-index:99';
+                for (const ch of ['新', '对', '话', '\\u{F0000}']) {
+                    const span = document.createElement('span');
+                    span.textContent = ch;
+                    box.append(span);
+                }
+                document.body.append(box);
+            }"""
+        )
+        glyphs = [span.screenshot() for span in tab.locator("#glyphs span").all()]
+    *chinese, missing = glyphs
+    assert len(set(chinese)) == 3, "Chinese characters draw alike: no CJK font (install fonts-wqy-microhei)"
+    assert missing not in chinese, "Chinese characters draw as the missing-glyph box: no CJK font"
