@@ -422,7 +422,9 @@ def test_writes_need_an_api_key_and_reads_do_not(keyed_server: Server) -> None:
         assert http.delete("/v1/kbs/keyed", headers={"Authorization": "Bearer k1"}).status_code == 204
 
 
-def test_the_start_up_banner_keeps_each_address_whole_on_its_line(server: Server, client: httpx.Client) -> None:
+def test_the_start_up_banner_keeps_each_address_whole_on_its_line(
+    server: Server, client: httpx.Client
+) -> None:
     # The log is a file, not a terminal: a console would fold a long line at its 80 columns.
     lines = server.output().splitlines()
     assert any(line.endswith(f"web page {server.url}/") for line in lines), lines[:5]

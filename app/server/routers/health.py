@@ -57,7 +57,9 @@ def add_docs(app: FastAPI) -> None:
     from importlib.resources import files
 
     protected = [Depends(require_key)]
-    app.mount(DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+    app.mount(
+        DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets"
+    )
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=protected)
     def openapi() -> JSONResponse:
