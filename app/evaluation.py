@@ -82,16 +82,13 @@ class Run:
 
 def read_squad(path: Path) -> list[Paragraph]:
     """Return the paragraphs of a SQuAD-format JSON file, in file order, with their questions."""
+    from finetune.squad import squad_paragraphs
+
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    paragraphs: list[Paragraph] = []
-    for article, entry in enumerate(data["data"]):
-        for paragraph in entry["paragraphs"]:
-            questions = tuple(
-                Question(qa["question"], tuple(dict.fromkeys(a["text"] for a in qa["answers"] if a["text"])))
-                for qa in paragraph["qas"]
-            )
-            paragraphs.append(Paragraph(len(paragraphs), article, paragraph["context"], questions))
-    return paragraphs
+    return [
+        Paragraph(index, p.article, p.context, tuple(Question(q.text, q.answers) for q in p.questions))
+        for index, p in enumerate(squad_paragraphs(data))
+    ]
 
 
 def select(paragraphs: Sequence[Paragraph], limit: int | None) -> tuple[list[Paragraph], list[Case]]:

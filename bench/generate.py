@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -54,6 +55,7 @@ from models import CORPUS, build_tiny_causal_lm, train_byte_level_bpe
 
 from llm import GenerationParams, LLMConfig, Message
 from llm.transformers_backend import TransformersChatModel
+from retrieval.cjk import CJK_IDEOGRAPHS
 
 # ChatGLM3-6B's network as transformers' GlmConfig describes it (see llm/chatglm3.py's conversion).
 SHAPES: dict[str, dict[str, Any]] = {
@@ -144,7 +146,7 @@ def confine_output(model: Any, tokenizer: Any) -> int:
 
 
 def _is_cjk(char: str) -> bool:
-    return "\u4e00" <= char <= "\u9fff"
+    return re.fullmatch(f"[{CJK_IDEOGRAPHS}]", char) is not None
 
 
 def conversation(chat: TransformersChatModel, prompt_tokens: int) -> list[Message]:

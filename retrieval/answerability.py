@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from retrieval.calibration import LogisticModel
-from retrieval.lexical import CJK_IDEOGRAPHS
+from retrieval.cjk import CJK_IDEOGRAPHS
 
 # Hits whose text is looked at: the answer path reads about this many.
 TOP_HITS = 5

@@ -11,7 +11,6 @@ import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -20,6 +19,7 @@ import numpy as np
 from retrieval.errors import DocumentNotFound
 from retrieval.lexical import indexed_text
 from retrieval.metadata import json_path, to_json
+from retrieval.timestamps import utc_now
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -138,10 +138,6 @@ class WriteResult:
     generation: int
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 class ChunkStore:
     """Documents and chunks of one knowledge base in a SQLite file (WAL, synchronous=FULL)."""
 
@@ -228,7 +224,7 @@ class ChunkStore:
             raise ValueError(
                 f"{document.source}: {len(document.chunks)} chunks but {len(document.vectors)} vectors"
             )
-        now = _now()
+        now = utc_now()
         cursor = self._db.execute(
             "INSERT INTO documents (id, source, title, content_hash, size, page_count, chunk_count, status,"
             " created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
@@ -288,7 +284,7 @@ class ChunkStore:
         """
         cursor = self._db.execute(
             "UPDATE documents SET metadata = ?, updated_at = ? WHERE id = ?",
-            (to_json(metadata), _now(), document_id),
+            (to_json(metadata), utc_now(), document_id),
         )
         if cursor.rowcount == 0:
             raise DocumentNotFound(f"no document with id {document_id}")
