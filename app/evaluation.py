@@ -149,10 +149,9 @@ def run_questions(
 ) -> Run:
     """Return the relevance of each question's hits and each search's latency in knowledge base `name`."""
     run = Run()
-    kb = service.open(name)
     for case in cases:
         started = time.perf_counter()
-        hits = service.retriever.search(kb, case.question.text, options)
+        hits = service.search(name, case.question.text, options)
         seconds = time.perf_counter() - started
         run.add([(hit.text, hit.source) for hit in hits], case, seconds)
         if advance:

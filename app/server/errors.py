@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.jobs import JobFinished, JobNotFound, JobQueueFull
 from app.logs import request_id
+from app.validation import validation_message
 from llm import LLMError, ModelBusy, ModelLoadError, ModelUnavailable, PromptTooLong, UnknownAdapter
 from retrieval import (
     DocumentNotFound,
@@ -90,11 +91,9 @@ def install(app: FastAPI) -> None:
         )
 
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-            for e in error.errors()
+        return JSONResponse(
+            error_body("invalid_request", validation_message(error.errors())), status_code=422
         )
-        return JSONResponse(error_body("invalid_request", problems), status_code=422)
 
     for kind in (ApiError, KnowledgeBaseError, LLMError, JobNotFound, JobQueueFull, JobFinished, ValueError):
         app.add_exception_handler(kind, known)
