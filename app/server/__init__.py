@@ -102,10 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _load_models(service: KnowledgeService) -> None:
     """Load the embedding model and the answerer (and its chat model); build the sample knowledge base."""
     started = time.perf_counter()
-    _ = service.embedder
-    _ = service.answerer
+    service.load_models()
     server = service.settings.server
-    if server.sample_kb and not service.catalog.exists(server.sample_kb):
+    if server.sample_kb and not service.exists(server.sample_kb):
         if server.sample_docs.is_dir():
             report = service.ingest(server.sample_kb, [server.sample_docs])
             log.info(

@@ -40,7 +40,7 @@ def readyz(request: Request, details: bool = Depends(may)) -> JSONResponse:
         return JSONResponse({"status": "ready"})
     settings = state.settings
     return JSONResponse(
-        {"status": "ready", "embedding": state.service.embedder.model_name, "llm": settings.llm.backend}
+        {"status": "ready", "embedding": state.service.embedding_model, "llm": settings.llm.backend}
     )
 
 
