@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
+
+from llm.types import Generation, GenerationParams, Message, TextStream, Usage
 
 CORPUS = [
     "员工每年享有带薪年假，工作满一年后年假为五天，满十年为十天。",
@@ -155,3 +158,36 @@ def build_random_lora_adapter(model_dir: Path, directory: Path, seed: int) -> Pa
             torch.nn.init.normal_(parameter, std=0.5)
     peft_model.save_pretrained(directory)
     return directory
+
+
+class ScriptedModel:
+    """A chat model that replies with a fixed text and remembers the prompts it was given."""
+
+    name = "scripted"
+    context_window = 4096
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.prompts: list[list[Message]] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    def count_prompt_tokens(self, messages: list[Message]) -> int:
+        return sum(len(m.content) + 4 for m in messages)
+
+    def generate(self, messages: list[Message], params: GenerationParams) -> Generation:
+        return self.stream(messages, params).read()
+
+    def stream(self, messages: list[Message], params: GenerationParams) -> TextStream:
+        self.prompts.append(messages)
+
+        def deltas() -> Generator[str, None, Generation]:
+            for i in range(0, len(self.reply), 4):
+                yield self.reply[i : i + 4]
+            return Generation(self.reply, "stop", Usage(self.count_prompt_tokens(messages), len(self.reply)))
+
+        return TextStream(deltas())
+
+    def close(self) -> None:
+        pass

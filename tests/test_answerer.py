@@ -5,15 +5,14 @@ matter, since a random model's words are noise."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from pathlib import Path
 
 import pytest
+from models import ScriptedModel
 
 from app.services import KnowledgeService
 from app.settings import load_settings
-from llm import Answerer, AnswerOptions, GenerationParams, Message, PromptConfig, TextStream
-from llm.types import Generation, Usage
+from llm import Answerer, AnswerOptions, GenerationParams, Message, PromptConfig
 from retrieval import SearchOptions
 
 DOCS = {
@@ -24,39 +23,6 @@ DOCS = {
     "en/security.md": "# Security policy\n\nPasswords must be rotated every ninety days. "
     "Laptops must use full-disk encryption.\n",
 }
-
-
-class ScriptedModel:
-    """A chat model that replies with a fixed text and remembers the prompts it was given."""
-
-    name = "scripted"
-    context_window = 4096
-
-    def __init__(self, reply: str) -> None:
-        self.reply = reply
-        self.prompts: list[list[Message]] = []
-
-    def count_tokens(self, text: str) -> int:
-        return len(text)
-
-    def count_prompt_tokens(self, messages: list[Message]) -> int:
-        return sum(len(m.content) + 4 for m in messages)
-
-    def generate(self, messages: list[Message], params: GenerationParams) -> Generation:
-        return self.stream(messages, params).read()
-
-    def stream(self, messages: list[Message], params: GenerationParams) -> TextStream:
-        self.prompts.append(messages)
-
-        def deltas() -> Generator[str, None, Generation]:
-            for i in range(0, len(self.reply), 4):
-                yield self.reply[i : i + 4]
-            return Generation(self.reply, "stop", Usage(self.count_prompt_tokens(messages), len(self.reply)))
-
-        return TextStream(deltas())
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from documents import image_pdf, text_page_image
 from fastapi.testclient import TestClient
+from servers import wait_until
 
 from app.server import create_app
 from app.settings import load_settings
@@ -48,13 +49,8 @@ def upload(client: TestClient, kb: str, files: dict[str, str | bytes], **form: s
 
 
 def wait(client: TestClient, job: dict, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job['id']}").json()
-        if job["status"] in ("succeeded", "failed"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job did not finish: {job}")
+    """Return the job once it has finished."""
+    return wait_until(client, job["id"], seconds=timeout, poll=0.05)
 
 
 def assert_error(response, status: int, code: str) -> dict:

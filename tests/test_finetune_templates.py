@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import sentencepiece
+from chatglm3_checkpoints import train_sentencepiece
 from models import CORPUS, train_byte_level_bpe
-from test_chatglm3 import train_sentencepiece
 
 from finetune.conversation import Conversation
 from finetune.errors import FinetuneError

@@ -215,14 +215,14 @@ def test_gptneox_takes_chatglm_style_target_names(tmp_path: Path) -> None:
 
 def test_a_chatglm3_checkpoint_trains_with_its_own_layer_names(tmp_path: Path) -> None:
     import sentencepiece
-    from models import CORPUS
-    from test_chatglm3 import (
+    from chatglm3_checkpoints import (
         SPECIAL_TOKENS,
         TINY_CONFIG,
         random_chatglm_weights,
         train_sentencepiece,
         write_checkpoint,
     )
+    from models import CORPUS
 
     sp_model = train_sentencepiece(tmp_path / "sp" / "tokenizer.model", CORPUS)
     pieces = sentencepiece.SentencePieceProcessor(model_file=str(sp_model)).get_piece_size()
@@ -535,14 +535,14 @@ def test_a_merged_model_carries_its_chat_template_for_servers_outside_kbqa(
     qwen: Path, tmp_path: Path
 ) -> None:
     import sentencepiece
-    from models import CORPUS
-    from test_chatglm3 import (
+    from chatglm3_checkpoints import (
         SPECIAL_TOKENS,
         TINY_CONFIG,
         random_chatglm_weights,
         train_sentencepiece,
         write_checkpoint,
     )
+    from models import CORPUS
     from transformers import AutoTokenizer
 
     from llm.templates import TEMPLATES

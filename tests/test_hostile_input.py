@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_loaders import docx_bomb
-from test_server import (
+from documents import docx_bomb
+from servers import (
     CLEAN_EXIT,
     Server,
     assert_kb_check,
@@ -21,6 +21,7 @@ from test_server import (
     create_kb,
     generated_files,
     upload,
+    wait_until,
 )
 
 from app.jobs import MAX_ATTEMPTS
@@ -233,10 +234,7 @@ def test_a_long_file_name_is_shortened_on_disk_and_kept_whole_by_the_document(ht
     response = http.post("/v1/kbs/demo/documents", files=[("files", (name, text, "text/markdown"))])
     assert response.status_code == 202, response.text
     job_id = response.json()["job"]["id"]
-    deadline = time.monotonic() + 120
-    while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
+    job = wait_until(http, job_id, seconds=120)
     assert job["status"] == "succeeded", job
     documents = {d["source"]: d for d in http.get("/v1/kbs/demo/documents").json()["data"]}
     assert name in documents
@@ -273,15 +271,6 @@ def rss_mb(server: Server) -> float:
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
 
-def wait_for(http: httpx.Client, job_id: str) -> dict:
-    """Return the job once it has finished."""
-    deadline = time.monotonic() + 300
-    while (job := http.get(f"/v1/jobs/{job_id}").json())["status"] not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
-    return job
-
-
 def test_a_docx_zip_bomb_is_refused_with_bounded_memory(
     http: httpx.Client, server: Server, tmp_path: Path
 ) -> None:
@@ -289,7 +278,7 @@ def test_a_docx_zip_bomb_is_refused_with_bounded_memory(
     before = rss_mb(server)
     response = http.post("/v1/kbs/demo/documents", files=[("files", ("bomb.docx", bomb.read_bytes()))])
     assert response.status_code == 202, response.text
-    job = wait_for(http, response.json()["job"]["id"])
+    job = wait_until(http, response.json()["job"]["id"], seconds=300)
     growth = rss_mb(server) - before
     print(f"zip bomb: RSS {before:.0f} MiB, grew {growth:.0f} MiB")
     assert job["status"] == "failed" and "zip bomb" in job["files"][0]["reason"], job
@@ -333,15 +322,6 @@ def large_csv(rows: int) -> bytes:
     return "\n".join(lines).encode()
 
 
-def wait_until(http: httpx.Client, job_id: str, ready, seconds: float = 120) -> dict:
-    """Return the job once `ready(job)` holds."""
-    deadline = time.monotonic() + seconds
-    while not ready(job := http.get(f"/v1/jobs/{job_id}").json()):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
-    return job
-
-
 def test_a_large_document_shows_progress_appears_whole_and_its_job_can_be_cancelled(tmp_path: Path) -> None:
     running = Server(tmp_path / "data", {"KBQA_INGESTION__BATCH_CHUNKS": "8"})
     try:
@@ -351,7 +331,9 @@ def test_a_large_document_shows_progress_appears_whole_and_its_job_can_be_cancel
             big = upload(http, "big", [("big.csv", large_csv(2000))])
             queued = upload(http, "big", [("later.md", "# 后来\n\n报销五天。".encode())])
             # Progress inside one document, which searchers do not see until it is whole.
-            job = wait_until(http, big["id"], lambda j: j["status"] == "running" and j["chunks_done"] >= 8)
+            job = wait_until(
+                http, big["id"], lambda j: j["status"] == "running" and j["chunks_done"] >= 8, 120, 0.05
+            )
             assert job["files_done"] == 0, job
             assert "big.csv" not in {d["source"] for d in http.get("/v1/kbs/big/documents").json()["data"]}
             # A queued job is cancelled at once; the running one within a batch.
@@ -359,7 +341,7 @@ def test_a_large_document_shows_progress_appears_whole_and_its_job_can_be_cancel
             assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled", cancelled.text
             asked = time.monotonic()
             assert http.post(f"/v1/jobs/{big['id']}/cancel").status_code == 202
-            job = wait_until(http, big["id"], lambda j: j["status"] != "running", seconds=60)
+            job = wait_until(http, big["id"], lambda j: j["status"] != "running", 60, 0.05)
             print(f"cancelled within {time.monotonic() - asked:.1f} s at {job['chunks_done']} chunks")
             assert job["status"] == "cancelled", job
             assert {d["source"] for d in http.get("/v1/kbs/big/documents").json()["data"]} == {"small.md"}
@@ -381,7 +363,9 @@ def test_sigterm_during_a_large_document_stops_the_server_within_the_bound(tmp_p
         with httpx.Client(base_url=first.url, timeout=60) as http:
             create_kb(http, "big")
             job = upload(http, "big", [("big.csv", large_csv(2000))])
-            wait_until(http, job["id"], lambda j: j["status"] == "running" and j["chunks_done"] >= 8)
+            wait_until(
+                http, job["id"], lambda j: j["status"] == "running" and j["chunks_done"] >= 8, 120, 0.05
+            )
         asked = time.monotonic()
         assert first.stop() in CLEAN_EXIT, first.output()
         stopped = time.monotonic() - asked
@@ -395,7 +379,7 @@ def test_sigterm_during_a_large_document_stops_the_server_within_the_bound(tmp_p
         with httpx.Client(base_url=second.url, timeout=60) as http:
             assert http.get(f"/v1/jobs/{job['id']}").json()["status"] in ("queued", "running")
             assert http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
-            wait_until(http, job["id"], lambda j: j["status"] == "cancelled", seconds=60)
+            wait_until(http, job["id"], lambda j: j["status"] == "cancelled", 60, 0.05)
     finally:
         assert second.stop() in CLEAN_EXIT, second.output()
     assert_kb_check(tmp_path / "data", "big")

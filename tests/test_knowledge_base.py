@@ -5,11 +5,12 @@ from __future__ import annotations
 import gc
 import sqlite3
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pieces import OcrPiece, Piece
 
 from retrieval import (
     DocumentNotFound,
@@ -31,20 +32,6 @@ DIM = 8
 IDENTITY = EmbeddingIdentity(
     backend="test", model="/models/unit-vectors", model_name="unit-vectors", dimension=DIM
 )
-
-
-@dataclass(frozen=True)
-class Piece:
-    text: str
-    page: int | None = None
-    heading_path: tuple[str, ...] = ()
-    start: int = 0
-    end: int = 0
-
-
-@dataclass(frozen=True)
-class OcrPiece(Piece):
-    ocr: bool = True  # read from an image
 
 
 def unit(axis: int, dim: int = DIM) -> np.ndarray:

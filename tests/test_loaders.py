@@ -6,7 +6,6 @@ import datetime as dt
 import io
 import json
 import tracemalloc
-import zipfile
 from pathlib import Path
 
 import docx
@@ -19,7 +18,9 @@ from documents import (
     SCANNED_EN,
     SCANNED_ZH,
     char_accuracy,
+    docx_bomb,
     image_pdf,
+    make_docx,
     make_pptx,
     photo_png,
     scanned_pdf,
@@ -363,27 +364,6 @@ def test_markdown_unclosed_fence_runs_to_the_end(tmp_path: Path) -> None:
 
 
 # --- Word -------------------------------------------------------------------------------------------
-
-
-def make_docx(path: Path, core_title: str = "") -> Path:
-    """Return `path` after writing a .docx with a title, headings, paragraphs and a table, in that order."""
-    document = docx.Document()
-    document.core_properties.title = core_title
-    document.add_heading("产品说明", level=0)
-    document.add_paragraph("概述段落。")
-    document.add_heading("规格", level=1)
-    document.add_heading("硬件", level=2)
-    table = document.add_table(rows=3, cols=3)
-    rows = [("参数", "规格", "备注"), ("重量", "2.1 kg", ""), ("功耗", "25 W", "最大")]
-    for row, values in zip(table.rows, rows, strict=True):
-        for cell, value in zip(row.cells, values, strict=True):
-            cell.text = value
-    document.add_paragraph("表格后的段落。")
-    document.add_paragraph("   ")
-    document.add_heading("保修", level=1)
-    document.add_paragraph("整机保修 2 年。")
-    document.save(str(path))
-    return path
 
 
 def test_docx_body_order_headings_and_table(tmp_path: Path) -> None:
@@ -788,21 +768,6 @@ def test_image_that_is_not_one(tmp_path: Path) -> None:
 
 
 # --- limits: zip bombs and giant documents -------------------------------------------------------------
-
-
-def docx_bomb(path: Path, paragraphs: int) -> Path:
-    """Return `path` after writing a valid .docx whose body repeats one paragraph `paragraphs` times."""
-    make_docx(path.with_suffix(".plain.docx"))
-    with zipfile.ZipFile(path.with_suffix(".plain.docx")) as plain:
-        parts = {info.filename: plain.read(info) for info in plain.infolist()}
-    body = parts["word/document.xml"].decode()
-    paragraph = "<w:p><w:r><w:t>员工入职满一年后，每年享有十天带薪年假。</w:t></w:r></w:p>"
-    start = body.index("<w:body>") + len("<w:body>")
-    parts["word/document.xml"] = (body[:start] + paragraph * paragraphs + body[start:]).encode()
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as bomb:
-        for name, data in parts.items():
-            bomb.writestr(name, data)
-    return path
 
 
 def test_docx_bomb_is_refused_before_it_is_parsed(tmp_path: Path) -> None:

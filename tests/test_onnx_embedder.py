@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pieces import Piece
 from pydantic import ValidationError
 
 from retrieval import EmbeddingConfig, EmbeddingIdentity, KnowledgeBaseCatalog, load_embedder
@@ -86,17 +86,6 @@ def test_int8_vectors_are_close_to_torch_vectors(tiny_embedder, tiny_model_dir: 
     assert not np.allclose(vectors, expected, atol=1e-6)
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """A chunk as the store takes it."""
-
-    text: str
-    page: int | None = None
-    heading_path: tuple[str, ...] = ()
-    start: int = 0
-    end: int = 0
-
-
 @needs_onnx
 @pytest.mark.slow
 @pytest.mark.parametrize("quantize", ["none", "int8"])
@@ -115,7 +104,7 @@ def test_knowledge_base_built_with_torch_searches_with_onnx(
                         content_hash=str(n),
                         size=len(text),
                         page_count=None,
-                        chunks=[Chunk(text, end=len(text))],
+                        chunks=[Piece(text, end=len(text))],
                         vectors=tiny_embedder.embed_documents([text]),
                     )
                 ]

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_answerer import ScriptedModel
+from models import ScriptedModel
 
 from app.services import KnowledgeService
 from app.settings import load_settings

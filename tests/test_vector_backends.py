@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pieces import Piece
 
 from retrieval import (
     EmbeddingIdentity,
@@ -35,15 +35,6 @@ IDENTITY = EmbeddingIdentity(backend="test", model="/models/random", model_name=
 BACKENDS = ["faiss", "milvus"]
 KBQA = str(Path(sys.executable).parent / "kbqa")
 REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class Piece:
-    text: str
-    page: int | None = None
-    heading_path: tuple[str, ...] = ()
-    start: int = 0
-    end: int = 0
 
 
 def normalised(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from fpdf import FPDF
 from openai_server import Controls, FakeOpenAIServer
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -53,20 +53,13 @@ REVERSED_TEMPLATE = (
 REFUSING_TEMPLATE = "{{ refusal }}{% if false %}{{ chunks }}{{ question }}{% endif %}"
 
 
-def _free_port() -> int:
-    """Return a TCP port that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def _serve(home: Path, settings: dict[str, str]) -> Iterator[str]:
     """Run `kbqa serve` on a fresh data directory with `settings` (KBQA_… variables); yield its base URL."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("KBQA_")}
     env["KBQA_DATA_DIR"] = str(home / "data")
     env.update(settings)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = home / "server.log"
     with log_path.open("w") as log:
