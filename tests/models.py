@@ -160,6 +160,20 @@ def build_random_lora_adapter(model_dir: Path, directory: Path, seed: int) -> Pa
     return directory
 
 
+def build_trainable_lm(directory: Path, architecture: str) -> Path:
+    """A tiny random Qwen2 or Llama whose output head is scaled up: a random head of std 0.02 after RMSNorm
+    caps every logit near 0.6, so no training could make a reply likely; a trained model's head is larger."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    build_tiny_causal_lm(directory, architecture)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)
+    model.save_pretrained(directory)
+    return directory
+
+
 class ScriptedModel:
     """A chat model that replies with a fixed text and remembers the prompts it was given."""
 

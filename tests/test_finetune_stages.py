@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from models import train_byte_level_bpe
+from models import build_trainable_lm, train_byte_level_bpe
 from safetensors.torch import load_file
-from test_finetune_train import build_model
 
 from finetune.arguments import TrainArguments, arguments_from
 from finetune.conversation import Conversation, Preference
@@ -29,7 +28,7 @@ FAST = {"learning_rate": 1e-2, "max_steps": 6, "logging_steps": 2, "per_device_t
 
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_model(tmp_path_factory.mktemp("qwen") / "model", "qwen2")
+    return build_trainable_lm(tmp_path_factory.mktemp("qwen") / "model", "qwen2")
 
 
 @pytest.fixture(scope="module")

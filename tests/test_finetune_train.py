@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from models import build_tiny_causal_lm, train_byte_level_bpe
+from models import build_trainable_lm, train_byte_level_bpe
 from safetensors.torch import load_file
 
 from finetune.arguments import TrainArguments, arguments_from
@@ -38,19 +38,6 @@ GREEDY = GenerationParams(max_new_tokens=24)
 MEMORISE = {"learning_rate": 1e-2, "max_steps": 30, "per_device_train_batch_size": 3, "logging_steps": 5}
 
 
-def build_model(directory: Path, architecture: str) -> Path:
-    """A tiny random Qwen2 or Llama whose output head is scaled up: a random head of std 0.02 after RMSNorm
-    caps every logit near 0.6, so no training could make a reply likely; a trained model's head is larger."""
-    from transformers import AutoModelForCausalLM
-
-    build_tiny_causal_lm(directory, architecture)
-    model = AutoModelForCausalLM.from_pretrained(directory)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(10)
-    model.save_pretrained(directory)
-    return directory
-
-
 def arguments(model: Path, output_dir: Path, **settings: object) -> TrainArguments:
     return TrainArguments(model_name_or_path=str(model), output_dir=str(output_dir), **settings)
 
@@ -63,7 +50,7 @@ def chat(model: Path, **config: object) -> TransformersChatModel:
 def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """(base model directory, the LoRA run's result) of a ChatML-templated run that memorises FAQ."""
     root = tmp_path_factory.mktemp(f"lora-{request.param}")
-    model = build_model(root / "model", request.param)
+    model = build_trainable_lm(root / "model", request.param)
     args = arguments(model, root / "adapter", template="chatml", plot_loss=True, **MEMORISE)
     return model, train(args, CONVERSATIONS)
 
@@ -134,7 +121,7 @@ def test_merge_gives_the_adapter_models_logits(trained, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_model(tmp_path_factory.mktemp("qwen") / "model", "qwen2")
+    return build_trainable_lm(tmp_path_factory.mktemp("qwen") / "model", "qwen2")
 
 
 def test_resume_continues_the_step_count(qwen: Path, tmp_path: Path) -> None:
