@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import paths
 import pytest
 
 KBQA = str(Path(sys.executable).parent / "kbqa")
-REPO = Path(__file__).resolve().parents[1]
+REPO = paths.REPO
 
 
 def kbqa(

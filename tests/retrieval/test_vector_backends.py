@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import paths
 import pytest
 from pieces import Piece
 
@@ -34,7 +35,7 @@ DIM = 16
 IDENTITY = EmbeddingIdentity(backend="test", model="/models/random", model_name="random", dimension=DIM)
 BACKENDS = ["faiss", "milvus"]
 KBQA = str(Path(sys.executable).parent / "kbqa")
-REPO = Path(__file__).resolve().parents[1]
+REPO = paths.REPO
 
 
 def normalised(rng: np.random.Generator, n: int) -> np.ndarray:

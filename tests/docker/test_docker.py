@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import paths
 import pytest
 import yaml
 from pydantic import BaseModel, SecretStr
 
 from app.settings import ServerConfig, Settings, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = paths.REPO
 DOCKER = ROOT / "docker"
 COMPOSE_FILES = [
     "docker-compose.yml",
@@ -34,7 +35,7 @@ COMPOSE_FILES = [
     "compose.milvus.yml",
     "compose.cpu.yml",
 ]
-SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
+SCHEMA = paths.TEST_DATA / "compose-spec.json"
 ENV_LINE = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
 VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?:(:?-)([^}]*))?\}")
 

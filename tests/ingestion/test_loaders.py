@@ -10,6 +10,7 @@ from pathlib import Path
 
 import docx
 import openpyxl
+import paths
 import pptx
 import pytest
 from documents import (
@@ -47,8 +48,8 @@ from ingestion.loaders import ocr as ocr_module
 from ingestion.loaders.ocr import ocr_installed
 from ingestion.loaders.pdf import unwrap_lines
 
-DATA = Path(__file__).parent / "data"
-EXAMPLES = Path(__file__).parent.parent / "examples" / "docs"
+DATA = paths.TEST_DATA
+EXAMPLES = paths.SAMPLE_DOCS
 
 ZH_SIMPLIFIED = (
     "公司成立于2016年，总部位于杭州。员工每年可享受十天带薪年假。"

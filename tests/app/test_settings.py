@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import paths
 import pytest
 
 from app.settings import SettingsError, load_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = paths.REPO
 
 
 def test_defaults_are_offline() -> None:

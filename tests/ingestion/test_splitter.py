@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
+import paths
 import pydantic
 import pytest
 
@@ -413,7 +413,7 @@ def test_tokens_mode_without_a_token_counter_is_rejected() -> None:
 
 def test_importing_the_splitter_does_not_import_langchain() -> None:
     code = "import sys, ingestion.splitter; print('langchain_text_splitters' in sys.modules)"
-    root = Path(__file__).resolve().parents[1]
+    root = paths.REPO
 
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import paths
 import pytest
 from fpdf import FPDF
 from openai_server import Controls, FakeOpenAIServer
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 KBQA = str(Path(sys.executable).parent / "kbqa")
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
+SCREENSHOTS = paths.REPO / "build" / "screenshots"
 # The first ingestion and the first question load the embedding model inside the server.
 SLOW_MS = 90_000
 POLICY = (

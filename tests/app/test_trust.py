@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import paths
 import pytest
 from models import ScriptedModel
 
@@ -15,7 +16,7 @@ from app.settings import load_settings
 from llm import Answerer, AnswerOptions, GenerationParams, PromptConfig
 from retrieval import SearchOptions
 
-SAMPLE_DOCS = Path(__file__).resolve().parents[1] / "examples" / "docs"
+SAMPLE_DOCS = paths.SAMPLE_DOCS
 
 
 @pytest.fixture(scope="module")

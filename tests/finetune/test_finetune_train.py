@@ -582,7 +582,7 @@ def test_merge_saves_a_quantised_model_that_loads_back(trained, tmp_path: Path) 
 
     model, result = trained
     if torch.cuda.is_available():
-        pytest.skip("the CPU path: torchao int8; CUDA takes bitsandbytes (tests/test_gpu.py)")
+        pytest.skip("the CPU path: torchao int8; CUDA takes bitsandbytes (tests/llm/test_gpu.py)")
     merged = merge_adapter(str(model), result.output_dir, tmp_path / "int8", qbits=8)
     assert merged.quantization == "torchao int8 weight-only"
     config = json.loads((tmp_path / "int8" / "config.json").read_text(encoding="utf-8"))
