@@ -39,25 +39,32 @@ def train_wordpiece(directory: Path, vocab_size: int = 400):
     return fast
 
 
-def build_tiny_bert_sentence_transformer(directory: Path, hidden_size: int = 32) -> Path:
-    """Return `directory` holding a random tiny BERT saved as a sentence-transformers model (mean pooling)."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer import modules
-    from transformers import BertConfig, BertModel
+def tiny_bert_config(vocab_size: int, hidden_size: int, **extra: object):
+    """Return the config of a two-layer BERT of `hidden_size` over a vocabulary of `vocab_size`."""
+    from transformers import BertConfig
 
-    torch.manual_seed(0)
-    bert_dir = directory / "bert"
-    tokenizer = train_wordpiece(bert_dir)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
+    return BertConfig(
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=hidden_size * 2,
         max_position_embeddings=128,
+        **extra,
     )
-    BertModel(config).save_pretrained(bert_dir)
+
+
+def build_tiny_bert_sentence_transformer(directory: Path, hidden_size: int = 32) -> Path:
+    """Return `directory` holding a random tiny BERT saved as a sentence-transformers model (mean pooling)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    bert_dir = directory / "bert"
+    tokenizer = train_wordpiece(bert_dir)
+    BertModel(tiny_bert_config(len(tokenizer), hidden_size)).save_pretrained(bert_dir)
     transformer = modules.Transformer(str(bert_dir), max_seq_length=128)
     pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling, modules.Normalize()]).save(str(directory))
@@ -67,20 +74,13 @@ def build_tiny_bert_sentence_transformer(directory: Path, hidden_size: int = 32)
 def build_tiny_cross_encoder(directory: Path, hidden_size: int = 32) -> Path:
     """Return `directory` holding a random tiny BERT with one output (a sentence-transformers CrossEncoder)."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
     tokenizer = train_wordpiece(directory)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=hidden_size * 2,
-        max_position_embeddings=128,
-        num_labels=1,
-    )
-    BertForSequenceClassification(config).save_pretrained(directory)
+    BertForSequenceClassification(
+        tiny_bert_config(len(tokenizer), hidden_size, num_labels=1)
+    ).save_pretrained(directory)
     return directory
 
 
