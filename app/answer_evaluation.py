@@ -130,7 +130,6 @@ def fit_calibration(
     advance: Callable[[], None] | None = None,
 ) -> Calibration:
     """Return the answerability and reader models fitted on the observed questions, with a report."""
-    from llm import ExtractiveReader
     from llm.extractive import READER_FEATURES
     from retrieval import Calibration, LogisticModel
     from retrieval.answerability import SIGNALS
@@ -141,7 +140,7 @@ def fit_calibration(
     answerability = LogisticModel.fit(features, x, y)
     probabilities = answerability.probabilities(x)
 
-    reader = ExtractiveReader(service.embedder, service.settings.llm.extractive)
+    reader = service.extractive_reader()
     rows, labels = [], []
     for case, found, label, probability in zip(seen.cases, seen.found, y, probabilities, strict=True):
         sentences = reader.sentences(found.hits)
@@ -158,7 +157,7 @@ def fit_calibration(
         "ece": expected_calibration_error(probabilities, y),
         "reader_questions": len(rows),
     }
-    return Calibration(service.embedder.model_name, answerability, reader_model, reranker, report)
+    return Calibration(service.embedding_model, answerability, reader_model, reranker, report)
 
 
 def expected_calibration_error(

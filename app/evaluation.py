@@ -82,16 +82,13 @@ class Run:
 
 def read_squad(path: Path) -> list[Paragraph]:
     """Return the paragraphs of a SQuAD-format JSON file, in file order, with their questions."""
+    from finetune.squad import squad_paragraphs
+
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    paragraphs: list[Paragraph] = []
-    for article, entry in enumerate(data["data"]):
-        for paragraph in entry["paragraphs"]:
-            questions = tuple(
-                Question(qa["question"], tuple(dict.fromkeys(a["text"] for a in qa["answers"] if a["text"])))
-                for qa in paragraph["qas"]
-            )
-            paragraphs.append(Paragraph(len(paragraphs), article, paragraph["context"], questions))
-    return paragraphs
+    return [
+        Paragraph(index, p.article, p.context, tuple(Question(q.text, q.answers) for q in p.questions))
+        for index, p in enumerate(squad_paragraphs(data))
+    ]
 
 
 def select(paragraphs: Sequence[Paragraph], limit: int | None) -> tuple[list[Paragraph], list[Case]]:
@@ -152,10 +149,9 @@ def run_questions(
 ) -> Run:
     """Return the relevance of each question's hits and each search's latency in knowledge base `name`."""
     run = Run()
-    kb = service.open(name)
     for case in cases:
         started = time.perf_counter()
-        hits = service.retriever.search(kb, case.question.text, options)
+        hits = service.search(name, case.question.text, options)
         seconds = time.perf_counter() - started
         run.add([(hit.text, hit.source) for hit in hits], case, seconds)
         if advance:

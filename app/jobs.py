@@ -21,13 +21,13 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from app.services import KnowledgeService
 from ingestion import SourceFile
 from ingestion.pipeline import FileOutcome
+from retrieval import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class IngestionJobs:
                     json.dumps(inputs, ensure_ascii=False),
                     None if metadata is None else json.dumps(dict(metadata), ensure_ascii=False),
                     int(force),
-                    _now(),
+                    utc_now(),
                 ),
             )
         self._queue.put(job_id)
@@ -200,7 +200,7 @@ class IngestionJobs:
                 self._db.execute(
                     "UPDATE jobs SET status = 'cancelled', error = 'cancelled before it ran', finished_at = ? "
                     "WHERE id = ?",
-                    (_now(), job_id),
+                    (utc_now(), job_id),
                 )
             elif row[0] == "running":
                 self._cancelled.add(job_id)
@@ -255,7 +255,7 @@ class IngestionJobs:
                 self._run(job_id)
             except Exception:  # a bug in one job must not stop the worker
                 log.exception("ingestion job crashed", extra={"job": job_id})
-                self._update(job_id, status="failed", error="internal error", finished_at=_now())
+                self._update(job_id, status="failed", error="internal error", finished_at=utc_now())
             self._cancelled.discard(job_id)  # asked too late: it had finished
 
     def _run(self, job_id: str) -> None:
@@ -273,7 +273,7 @@ class IngestionJobs:
             started = self._db.execute(
                 "UPDATE jobs SET status = 'running', started_at = ?, files_done = 0, files = '[]', "
                 "attempts = attempts + 1 WHERE id = ? AND status = 'queued'",
-                (_now(), job_id),
+                (utc_now(), job_id),
             ).rowcount
         if not started:  # cancelled while it waited
             return
@@ -292,7 +292,7 @@ class IngestionJobs:
                 job_id,
                 status="cancelled",
                 error=f"cancelled; {len(stored)} of {len(files)} files were stored before it stopped",
-                finished_at=_now(),
+                finished_at=utc_now(),
                 chunks_done=progress.committed,
             )
             log.info("job cancelled", extra={"job": job_id})
@@ -307,7 +307,7 @@ class IngestionJobs:
             return
         except Exception as error:  # the knowledge base was deleted, is locked, a disk is full …
             self._reading.pop(job_id, None)
-            self._update(job_id, status="failed", error=str(error), finished_at=_now())
+            self._update(job_id, status="failed", error=str(error), finished_at=utc_now())
             self._discard_staged(job_id)
             return
         self._keep_originals(kb, files, report.outcomes)
@@ -321,7 +321,7 @@ class IngestionJobs:
             job_id,
             status="failed" if failures else "succeeded",
             error=error,
-            finished_at=_now(),
+            finished_at=utc_now(),
             files=json.dumps([asdict(o) for o in report.outcomes], ensure_ascii=False),
         )
 
@@ -359,7 +359,7 @@ class IngestionJobs:
             f"it had not finished may crash the server: {', '.join(unfinished[:5])}"
         )
         log.error("job given up", extra={"job": job_id, "attempts": attempts})
-        self._update(job_id, status="failed", error=reason, finished_at=_now())
+        self._update(job_id, status="failed", error=reason, finished_at=utc_now())
         self._discard_staged(job_id)
 
     def _discard_staged(self, job_id: str) -> None:
@@ -451,7 +451,3 @@ def _job(row: tuple) -> Job:
     return Job(
         job_id, kb, kind, status, total, done, chunks, json.loads(files), error, created, started, finished
     )
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

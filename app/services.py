@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from app.settings import Settings
 from ingestion import IngestionPipeline, IngestionReport, SourceFile, collect_files
@@ -18,16 +19,19 @@ from llm import (
     ExtractiveReader,
     GenerationParams,
     Message,
+    TextStream,
     load_chat_model,
 )
 from retrieval import (
     Calibration,
+    ConsistencyReport,
     DocumentRecord,
     Embedder,
     EmbeddingIdentity,
     KnowledgeBase,
     KnowledgeBaseCatalog,
     KnowledgeBaseInfo,
+    LogisticModel,
     OpenKnowledgeBases,
     Retrieval,
     Retriever,
@@ -39,6 +43,9 @@ from retrieval import (
     load_embedder,
     new_store,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 # File systems take names of at most 255 bytes; longer ones are shortened, leaving room for temporary suffixes.
@@ -198,8 +205,7 @@ class KnowledgeService:
             "min_answerability": config.min_answerability,
         }
         if config.backend == "extractive":
-            model = self.calibration.reader if self.calibration else None
-            reader = ExtractiveReader(self.embedder, config.extractive, model)
+            reader = self.extractive_reader(self.calibration.reader if self.calibration else None)
             return Answerer(self.retrieve, reader=reader, **common)
         return Answerer(self.retrieve, model=load_chat_model(config), **common)
 
@@ -228,3 +234,55 @@ class KnowledgeService:
     def retrieve(self, name: str, query: str, options: SearchOptions) -> Retrieval:
         """Return the best chunks of the named knowledge base for `query`, with their answerability."""
         return self.retriever.retrieve(self.open(name), query, options)
+
+    # --- what the faces (HTTP, CLI) ask besides answers, so none reaches past the service ---------------
+
+    def names(self) -> list[str]:
+        """Return the names of the knowledge bases."""
+        return self.catalog.names()
+
+    def exists(self, name: str) -> bool:
+        """Return whether the named knowledge base exists."""
+        return self.catalog.exists(name)
+
+    @property
+    def root(self) -> Path:
+        """Return the folder that holds the knowledge bases."""
+        return self.catalog.root
+
+    def check(self, name: str) -> ConsistencyReport:
+        """Return whether the named knowledge base's vector index and chunk store agree (read from disk afresh)."""
+        kb = self.catalog.open(name)
+        try:
+            return kb.check()
+        finally:
+            kb.close()
+
+    def load_models(self) -> None:
+        """Load the embedding model and the answerer with its chat model, if any; return nothing."""
+        _ = self.embedder
+        _ = self.answerer
+
+    @property
+    def embedding_model(self) -> str:
+        """Return the name of the embedding model."""
+        return self.embedder.model_name
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """Return the embedding model's passage vectors (L2-normalised) of `texts`."""
+        return self.embedder.embed_documents(texts)
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Return how many tokens the embedding model reads of `texts`, together."""
+        return sum(self.embedder.count_tokens(text) for text in texts)
+
+    def extractive_reader(self, model: LogisticModel | None = None) -> ExtractiveReader:
+        """Return the configured extractive reader over the embedding model, scoring sentences with `model`."""
+        return ExtractiveReader(self.embedder, self.settings.llm.extractive, model)
+
+    def chat(self, messages: list[Message], params: GenerationParams) -> TextStream:
+        """Return the bare chat model's reply to `messages` (no knowledge base), as a stream."""
+        model = self.answerer.model
+        if model is None:
+            raise ValueError(f"the {self.settings.llm.backend} backend has no chat model")
+        return model.stream(messages, params)

@@ -45,10 +45,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this file's folder leads sys.path and its sibling bench/retrieval.py would shadow the
-# `retrieval` package, so the folder leaves sys.path before the imports below.
+# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
+# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
 # ruff: noqa: E402
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The random models are built with the test suite's builders (tests/ is no package), not a copy of them.
 sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -70,6 +72,7 @@ from typing import Any
 
 from models import CORPUS, build_tiny_causal_lm, train_byte_level_bpe
 
+from bench._common import aligned_table
 from finetune.arguments import TrainArguments
 from finetune.conversation import Conversation, Preference
 from finetune.preprocess import IGNORE_INDEX, encode_example, encode_preference
@@ -517,14 +520,7 @@ def format_table(runs: dict[str, list[Run]]) -> str:
         )
         memory = max(r.gpu_peak_mib or 0.0 for r in side_runs) if gpu else first.python_peak_mib
         rows.append((*row, f"{memory:.1f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    )
+    return aligned_table(rows)
 
 
 COLUMN_NOTES = """\

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -42,18 +43,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's folder leads sys.path and its name would shadow the `retrieval` package,
-# so the folder leaves sys.path before the imports below.
+# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
+# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
 # ruff: noqa: E402
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The random models are built with the test suite's builders (tests/ is no package), not a copy of them.
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from models import CORPUS, build_tiny_causal_lm, train_byte_level_bpe
 
+from bench._common import aligned_table
 from llm import GenerationParams, LLMConfig, Message
 from llm.transformers_backend import TransformersChatModel
+from retrieval.cjk import CJK_IDEOGRAPHS
 
 # ChatGLM3-6B's network as transformers' GlmConfig describes it (see llm/chatglm3.py's conversion).
 SHAPES: dict[str, dict[str, Any]] = {
@@ -144,7 +149,7 @@ def confine_output(model: Any, tokenizer: Any) -> int:
 
 
 def _is_cjk(char: str) -> bool:
-    return "\u4e00" <= char <= "\u9fff"
+    return re.fullmatch(f"[{CJK_IDEOGRAPHS}]", char) is not None
 
 
 def conversation(chat: TransformersChatModel, prompt_tokens: int) -> list[Message]:
@@ -283,14 +288,7 @@ def format_table(runs: dict[tuple[str, str], list[Run]]) -> str:
                 f"{1000 * statistics.median(firsts):.1f}" if firsts else "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(w) if i < 2 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    )
+    return aligned_table(rows, left=(0, 1))
 
 
 def ratios(runs: dict[tuple[str, str], list[Run]]) -> dict[str, float]:

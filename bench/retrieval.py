@@ -21,44 +21,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
 from pathlib import Path
 
-# Run as a script, this file's folder leads sys.path and its name would shadow the `retrieval` package,
-# so the folder leaves sys.path before the imports below.
+# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
+# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
 # ruff: noqa: E402
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from langchain_core.embeddings import Embeddings
+sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 
 from app.evaluation import Case, Run, build_knowledge_base, percentile, read_squad, run_questions, select
 from app.services import KnowledgeService
 from app.settings import load_settings
-from retrieval import Embedder, SearchOptions
+from bench._common import DEFAULT_DATASET
+from bench._langchain import FAISS, SharedModelEmbeddings
+from retrieval import SearchOptions
 
-with warnings.catch_warnings():
-    # langchain-community warns on import that it is being sunset; it is still what users write today.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from langchain_community.vectorstores import FAISS
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "data" / "drcd" / "DRCD_dev.json"
 TOP_K = 10
-
-
-class SharedModelEmbeddings(Embeddings):
-    """LangChain Embeddings over kbqa's already loaded model, so both sides embed identically."""
-
-    def __init__(self, embedder: Embedder) -> None:
-        self._embedder = embedder
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """Return one passage vector per text."""
-        return self._embedder.embed_documents(texts).tolist()
-
-    def embed_query(self, text: str) -> list[float]:
-        """Return the query vector."""
-        return self._embedder.embed_query(text).tolist()
 
 
 def langchain_run(service: KnowledgeService, name: str, cases: list[Case]) -> tuple[Run, int, float]:

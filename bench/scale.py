@@ -45,10 +45,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# `python bench/scale.py` puts bench/ first on sys.path, where a sibling benchmark named like a package
-# (bench/retrieval.py) would shadow kbqa's own; take bench/ off so every import below finds the package.
-if (BENCH_DIR := str(Path(__file__).resolve().parent)) in sys.path:
-    sys.path.remove(BENCH_DIR)
+# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
+# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
+# ruff: noqa: E402
+sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 
 import argparse
 import json
@@ -64,6 +66,7 @@ import faiss
 import numpy as np
 
 from app.evaluation import percentile
+from bench._common import aligned_table
 
 DIM = 768
 TOP_K = 10
@@ -384,14 +387,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         )
         for r in results
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(w) if i in (1, 2) else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    )
+    return aligned_table(rows, left=(1, 2))
 
 
 def parse_args() -> argparse.Namespace:

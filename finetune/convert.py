@@ -103,10 +103,7 @@ def write_examples(
         try:
             records.append(to_record(example, format))
         except Malformed as error:
-            skipped = _origin(example, index, path, str(error))
-            if strict:
-                raise DatasetError(str(skipped)) from None
-            report.skipped.append(skipped)
+            report.skip(_origin(example, index, path, str(error)), strict)
     if not records:
         raise DatasetError(f"{path}: nothing to write: no example fits the {format} format")
     write_records(path, records)

@@ -38,10 +38,11 @@ from finetune.conversation import Conversation
 from llm.config import LLMConfig
 from llm.prompt import PromptConfig
 from llm.types import BASE_MODEL, ChatModel, GenerationParams, Message
+from retrieval.cjk import CJK_IDEOGRAPHS, CJK_PUNCTUATION
 
 # The name the adapter under evaluation is loaded under, next to BASE_MODEL for the bare model.
 ADAPTER = "adapter"
-_CJK = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_CJK = CJK_IDEOGRAPHS + CJK_PUNCTUATION
 _SPACE_BY_CJK = re.compile(rf"\s+(?=[{_CJK}])|(?<=[{_CJK}])\s+")
 _PUNCTUATION = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'", "。": "."})
 _QUESTION = "\x00question\x00"  # stands for the question when the QA template is rendered to find it

@@ -60,9 +60,9 @@ def merge_adapter(
     import torch
     from peft import PeftModel
 
+    from llm.adapter_info import saved_template
     from llm.errors import ModelLoadError
     from llm.templates import template_for
-    from llm.transformers_backend import saved_template
 
     if not (adapter / "adapter_config.json").is_file():
         raise FinetuneError(
@@ -220,7 +220,7 @@ def _dtype_name(base: str, dtype: str) -> str:
 
 def _save(model: Any, tokenizer: Any, out: Path, template: str | None, base: str) -> None:
     """Write the merged model, its tokenizer and the adapter's template into `out`, all or nothing."""
-    from finetune.train import write_adapter_info
+    from llm.adapter_info import write_adapter_info
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -25,6 +25,7 @@ from pathlib import Path
 from finetune.conversation import Conversation
 from finetune.errors import DatasetError, FinetuneError, NoValidRecord
 from finetune.readers import Malformed, ReadReport, Skipped, Unparsable, json_records
+from finetune.squad import squad_paragraphs
 from llm.prompt import PromptBuilder, PromptConfig, language_of
 from llm.types import Message
 
@@ -116,21 +117,14 @@ def read_squad(data: dict, file: str, strict: bool = False) -> tuple[list[RagSam
     report = ReadReport()
     index = -1
     try:
-        for article in data["data"]:
-            for paragraph in article["paragraphs"]:
-                positive = Passage(
-                    paragraph["context"], str(article.get("title") or _name(paragraph["context"]))
-                )
-                for qa in paragraph["qas"]:
-                    index += 1
-                    answers = [a["text"] for a in qa.get("answers", []) if a.get("text")]
-                    if answers and not qa.get("is_impossible"):
-                        samples.append(RagSample(qa["question"], answers[0], positive, (), f"{file}#{index}"))
-                        continue
-                    skipped = Skipped(file, index, "the question has no answer")
-                    if strict:
-                        raise DatasetError(str(skipped))
-                    report.skipped.append(skipped)
+        for paragraph in squad_paragraphs(data):
+            positive = Passage(paragraph.context, paragraph.title or _name(paragraph.context))
+            for qa in paragraph.questions:
+                index += 1
+                if qa.answers and not qa.impossible:
+                    samples.append(RagSample(qa.text, qa.answers[0], positive, (), f"{file}#{index}"))
+                    continue
+                report.skip(Skipped(file, index, "the question has no answer"), strict)
     except (KeyError, TypeError) as error:
         raise DatasetError(
             f"{file}: not SQuAD format (data[].paragraphs[].context/qas): missing {error}"
@@ -152,10 +146,7 @@ def read_multidoc(
         try:
             samples += _multidoc_samples(record, f"{file}#{index}")
         except Malformed as error:
-            skipped = Skipped(file, index, str(error))
-            if strict:
-                raise DatasetError(str(skipped)) from None
-            report.skipped.append(skipped)
+            report.skip(Skipped(file, index, str(error)), strict)
     return _checked(samples, report, file)
 
 

@@ -82,6 +82,12 @@ class ReadReport:
         self.valid += other.valid
         self.skipped.extend(other.skipped)
 
+    def skip(self, skipped: Skipped, strict: bool) -> None:
+        """Count a malformed record as skipped; with `strict`, raise DatasetError naming it instead."""
+        if strict:
+            raise DatasetError(str(skipped)) from None
+        self.skipped.append(skipped)
+
     def reasons(self) -> Counter[str]:
         """Return how many records were skipped for each reason."""
         return Counter(skip.reason for skip in self.skipped)
@@ -212,10 +218,7 @@ def read_records(
         try:
             examples.append(_parse(record, format, ranking, columns, tags, f"{file}#{index}"))
         except Malformed as error:
-            skipped = Skipped(file, index, str(error))
-            if strict:
-                raise DatasetError(str(skipped)) from None
-            report.skipped.append(skipped)
+            report.skip(Skipped(file, index, str(error)), strict)
     report.valid = len(examples)
     if not examples:
         first = f"; the first: {report.skipped[0]}" if report.skipped else ""

@@ -250,10 +250,9 @@ def load_texts(
                 if isinstance(text, str) and text.strip():
                     found.append(text)
                     continue
-                skipped = Skipped(str(path), index, f"missing text (column '{spec.columns.prompt}')")
-                if strict:
-                    raise DatasetError(str(skipped))
-                report.skipped.append(skipped)
+                report.skip(
+                    Skipped(str(path), index, f"missing text (column '{spec.columns.prompt}')"), strict
+                )
         texts += found[:max_samples]
         report.valid += len(found)
     if not texts:

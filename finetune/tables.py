@@ -85,10 +85,7 @@ def table_conversations(
         try:
             conversations.append(_row_conversation(row, index, file, question, answer, input, system))
         except Malformed as error:
-            skipped = Skipped(file, index, str(error))
-            if strict:
-                raise DatasetError(str(skipped)) from None
-            report.skipped.append(skipped)
+            report.skip(Skipped(file, index, str(error)), strict)
     report.valid = len(conversations)
     if not conversations:
         raise NoValidRecord(

@@ -9,7 +9,6 @@ chat template the examples were laid out with, which `TransformersChatModel` the
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import math
 import random
@@ -26,7 +25,7 @@ from finetune.preprocess import IGNORE_INDEX, encode_example, encode_preference,
 from finetune.readers import Example
 from finetune.stages import PREFERENCE_STAGES, check_trl, preference_trainer
 from finetune.tools import with_tools
-from llm.transformers_backend import ADAPTER_INFO
+from llm.adapter_info import write_adapter_info
 
 logger = logging.getLogger(__name__)
 # What TRL logs as the reward margin: DPO and ORPO "rewards/margins", the reward trainer "margin".
@@ -160,18 +159,6 @@ def _check_machine(args: TrainArguments) -> None:
         raise FinetuneError(
             "--plot_loss draws with Pillow, which is not installed: pip install 'kbqa[finetune]'"
         )
-
-
-def write_adapter_info(
-    directory: Path, template: str, base_model: str, finetuning_type: str, stage: str = "sft"
-) -> Path:
-    """Return the path of `kbqa_adapter.json` written into `directory`, naming the template served with it."""
-    path = directory / ADAPTER_INFO
-    info = {"template": template, "base_model": base_model, "finetuning_type": finetuning_type}
-    if stage != "sft":  # what the adapter was trained for, where it is not the usual
-        info["stage"] = stage
-    path.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return path
 
 
 def lora_targets(model: Any, spec: str) -> list[str]:

@@ -26,7 +26,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval.answerability import coverage
-from retrieval.lexical import CJK_IDEOGRAPHS, content_terms, fold
+from retrieval.cjk import CJK_IDEOGRAPHS
+from retrieval.lexical import content_terms, fold
 
 if TYPE_CHECKING:
     from retrieval import Embedder, SearchHit

@@ -38,6 +38,7 @@ from llm.types import (
     TextStream,
     Usage,
 )
+from retrieval.cjk import EAST_ASIAN
 
 # vLLM hands the messages to the served model's Jinja chat template; most templates, and the OpenAI API
 # itself, accept a `tool` message only as the answer to an assistant `tool_calls` entry named by its
@@ -49,12 +50,8 @@ _WIRE_ROLES: dict[Role, Role] = {
     "observation": "user",
 }
 
-# CJK ideographs (extension A, the unified block, compatibility ideographs, extensions B and later),
-# kana, Hangul, and the CJK and full-width punctuation that Chinese text is written with.
-_CJK = re.compile(
-    "[\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff"
-    "\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\U00020000-\U0003134f]"
-)
+# East Asian characters (ideographs, kana, Hangul, and the punctuation Chinese text is written with).
+_CJK = re.compile(f"[{EAST_ASIAN}]")
 _OTHER_CHARS_PER_TOKEN = 3
 _TOKENS_PER_MESSAGE = 4  # role markers and separators around each message
 _TOKENS_PER_REPLY_PROMPT = 3  # the template's prefix and the assistant header that opens the reply

@@ -11,12 +11,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm.errors import PromptTooLong
 from llm.types import Message
+from retrieval.cjk import CJK_IDEOGRAPHS
 
 if TYPE_CHECKING:
     from retrieval import SearchHit
 
 Language = Literal["zh", "en"]
-_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CJK = re.compile(f"[{CJK_IDEOGRAPHS}]")
 
 ZH_SYSTEM = (
     "你是一个严谨的企业知识库问答助手。你只根据用户提供的已知信息回答问题，不使用自己的知识，不编造内容。"

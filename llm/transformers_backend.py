@@ -8,7 +8,6 @@ stopping criterion checks after every token, so a client that goes away frees th
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Generator, Iterator
@@ -16,6 +15,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+from llm.adapter_info import saved_template
 from llm.config import LLMConfig
 from llm.errors import LLMError, ModelBusy, ModelLoadError, UnknownAdapter
 from llm.stopping import ReplyFilter
@@ -25,9 +25,6 @@ from llm.types import BASE_MODEL, Generation, GenerationParams, Message, TextStr
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT_WINDOW = 2048
-# Written by `kbqa finetune train` beside an adapter (and into a merged or fully fine-tuned model):
-# {"template", "base_model", "finetuning_type"}, so serving lays out prompts as training did.
-ADAPTER_INFO = "kbqa_adapter.json"
 
 
 class TransformersChatModel:
@@ -323,18 +320,6 @@ def _attach_adapters(chat_model: TransformersChatModel, config: LLMConfig) -> di
         raise ModelLoadError(f"cannot load a LoRA adapter: {error}") from error
     chat_model.model.eval()
     return adapters
-
-
-def saved_template(directory: str) -> str | None:
-    """Return the chat template a kbqa fine-tune in `directory` was trained with (None: not one of ours)."""
-    path = Path(directory) / ADAPTER_INFO
-    if not path.is_file():
-        return None
-    try:
-        template = json.loads(path.read_text(encoding="utf-8")).get("template")
-    except (OSError, ValueError, AttributeError) as error:
-        raise ModelLoadError(f"{path} is not a JSON object: {error}") from error
-    return template if isinstance(template, str) else None
 
 
 def _template_name(config: LLMConfig) -> str:

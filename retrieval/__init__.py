@@ -21,6 +21,7 @@ from retrieval.open_bases import OpenKnowledgeBases
 from retrieval.reranker import Reranker, RerankerConfig
 from retrieval.retriever import Retrieval, RetrievalConfig, Retriever, SearchHit, SearchOptions
 from retrieval.store import ChunkLike, ChunkRecord, DocumentRecord, NewDocument, WriteResult
+from retrieval.timestamps import utc_now
 
 __all__ = [
     "Calibration",
@@ -62,5 +63,6 @@ __all__ = [
     "load_embedder",
     "new_store",
     "parse_pairs",
+    "utc_now",
     "validate_name",
 ]

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from retrieval.calibration import LogisticModel
-from retrieval.lexical import CJK_IDEOGRAPHS, fold
+from retrieval.cjk import CJK_IDEOGRAPHS
+from retrieval.lexical import fold
 
 # Hits whose text is looked at: the answer path reads about this many.
 TOP_HITS = 5

@@ -16,10 +16,10 @@ import re
 import unicodedata
 from functools import cache
 
+from retrieval.cjk import CJK_IDEOGRAPHS
+
 # A term worth indexing holds at least one letter or digit (CJK included); punctuation is dropped.
 _WORD = re.compile(r"\w")
-# CJK ideographs: extension A, the unified block, compatibility ideographs (a character class's body).
-CJK_IDEOGRAPHS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_CHAR = re.compile(f"[{CJK_IDEOGRAPHS}]")
 
 

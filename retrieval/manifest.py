@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -11,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from retrieval.atomic import atomic_write_text
 from retrieval.errors import EmbeddingMismatch
+from retrieval.timestamps import utc_now
 
 if TYPE_CHECKING:
     from retrieval.embedder import Embedder
@@ -59,7 +59,7 @@ class Manifest(BaseModel):
     metric: Literal["cosine"] = "cosine"
     normalized: bool = Field(True, description="Vectors are L2-normalised, so inner product = cosine.")
     splitter: dict[str, Any] = Field(default_factory=dict, description="Splitter settings used at ingestion.")
-    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    created_at: str = Field(default_factory=utc_now)
     # Manifests written before vector backends existed have none: they mean FAISS.
     store: VectorStore = Field(default_factory=VectorStore)
 

@@ -12,7 +12,6 @@ import logging
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +20,7 @@ import numpy as np
 from retrieval.errors import DocumentNotFound
 from retrieval.lexical import LEXICAL_VERSION, indexed_text
 from retrieval.metadata import json_path, to_json
+from retrieval.timestamps import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,6 @@ class WriteResult:
     removed_ids: np.ndarray
     document_ids: list[int]
     generation: int
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class ChunkStore:
@@ -270,7 +266,7 @@ class ChunkStore:
             raise ValueError(
                 f"{document.source}: {len(document.chunks)} chunks but {len(document.vectors)} vectors"
             )
-        now = _now()
+        now = utc_now()
         cursor = self._db.execute(
             "INSERT INTO documents (id, source, title, content_hash, size, page_count, chunk_count, status,"
             " created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
@@ -330,7 +326,7 @@ class ChunkStore:
         """
         cursor = self._db.execute(
             "UPDATE documents SET metadata = ?, updated_at = ? WHERE id = ?",
-            (to_json(metadata), _now(), document_id),
+            (to_json(metadata), utc_now(), document_id),
         )
         if cursor.rowcount == 0:
             raise DocumentNotFound(f"no document with id {document_id}")

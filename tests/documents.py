@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import subprocess
+import zipfile
 from pathlib import Path
 
+import docx
 import numpy as np
 import pptx
 import pypdfium2
@@ -153,3 +155,39 @@ def char_accuracy(expected: str, got: str) -> float:
         for j, y in enumerate(b, start=1):
             previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
     return 1 - row[-1] / len(a)
+
+
+def make_docx(path: Path, core_title: str = "") -> Path:
+    """Return `path` after writing a .docx with a title, headings, paragraphs and a table, in that order."""
+    document = docx.Document()
+    document.core_properties.title = core_title
+    document.add_heading("产品说明", level=0)
+    document.add_paragraph("概述段落。")
+    document.add_heading("规格", level=1)
+    document.add_heading("硬件", level=2)
+    table = document.add_table(rows=3, cols=3)
+    rows = [("参数", "规格", "备注"), ("重量", "2.1 kg", ""), ("功耗", "25 W", "最大")]
+    for row, values in zip(table.rows, rows, strict=True):
+        for cell, value in zip(row.cells, values, strict=True):
+            cell.text = value
+    document.add_paragraph("表格后的段落。")
+    document.add_paragraph("   ")
+    document.add_heading("保修", level=1)
+    document.add_paragraph("整机保修 2 年。")
+    document.save(str(path))
+    return path
+
+
+def docx_bomb(path: Path, paragraphs: int) -> Path:
+    """Return `path` after writing a valid .docx whose body repeats one paragraph `paragraphs` times."""
+    make_docx(path.with_suffix(".plain.docx"))
+    with zipfile.ZipFile(path.with_suffix(".plain.docx")) as plain:
+        parts = {info.filename: plain.read(info) for info in plain.infolist()}
+    body = parts["word/document.xml"].decode()
+    paragraph = "<w:p><w:r><w:t>员工入职满一年后，每年享有十天带薪年假。</w:t></w:r></w:p>"
+    start = body.index("<w:body>") + len("<w:body>")
+    parts["word/document.xml"] = (body[:start] + paragraph * paragraphs + body[start:]).encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as bomb:
+        for name, data in parts.items():
+            bomb.writestr(name, data)
+    return path

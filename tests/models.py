@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
+
+from llm.types import Generation, GenerationParams, Message, TextStream, Usage
 
 CORPUS = [
     "员工每年享有带薪年假，工作满一年后年假为五天，满十年为十天。",
@@ -36,25 +39,32 @@ def train_wordpiece(directory: Path, vocab_size: int = 400):
     return fast
 
 
-def build_tiny_bert_sentence_transformer(directory: Path, hidden_size: int = 32) -> Path:
-    """Return `directory` holding a random tiny BERT saved as a sentence-transformers model (mean pooling)."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer import modules
-    from transformers import BertConfig, BertModel
+def tiny_bert_config(vocab_size: int, hidden_size: int, **extra: object):
+    """Return the config of a two-layer BERT of `hidden_size` over a vocabulary of `vocab_size`."""
+    from transformers import BertConfig
 
-    torch.manual_seed(0)
-    bert_dir = directory / "bert"
-    tokenizer = train_wordpiece(bert_dir)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
+    return BertConfig(
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=hidden_size * 2,
         max_position_embeddings=128,
+        **extra,
     )
-    BertModel(config).save_pretrained(bert_dir)
+
+
+def build_tiny_bert_sentence_transformer(directory: Path, hidden_size: int = 32) -> Path:
+    """Return `directory` holding a random tiny BERT saved as a sentence-transformers model (mean pooling)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    bert_dir = directory / "bert"
+    tokenizer = train_wordpiece(bert_dir)
+    BertModel(tiny_bert_config(len(tokenizer), hidden_size)).save_pretrained(bert_dir)
     transformer = modules.Transformer(str(bert_dir), max_seq_length=128)
     pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling, modules.Normalize()]).save(str(directory))
@@ -64,20 +74,13 @@ def build_tiny_bert_sentence_transformer(directory: Path, hidden_size: int = 32)
 def build_tiny_cross_encoder(directory: Path, hidden_size: int = 32) -> Path:
     """Return `directory` holding a random tiny BERT with one output (a sentence-transformers CrossEncoder)."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
     tokenizer = train_wordpiece(directory)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=hidden_size * 2,
-        max_position_embeddings=128,
-        num_labels=1,
-    )
-    BertForSequenceClassification(config).save_pretrained(directory)
+    BertForSequenceClassification(
+        tiny_bert_config(len(tokenizer), hidden_size, num_labels=1)
+    ).save_pretrained(directory)
     return directory
 
 
@@ -155,3 +158,50 @@ def build_random_lora_adapter(model_dir: Path, directory: Path, seed: int) -> Pa
             torch.nn.init.normal_(parameter, std=0.5)
     peft_model.save_pretrained(directory)
     return directory
+
+
+def build_trainable_lm(directory: Path, architecture: str) -> Path:
+    """A tiny random Qwen2 or Llama whose output head is scaled up: a random head of std 0.02 after RMSNorm
+    caps every logit near 0.6, so no training could make a reply likely; a trained model's head is larger."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    build_tiny_causal_lm(directory, architecture)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)
+    model.save_pretrained(directory)
+    return directory
+
+
+class ScriptedModel:
+    """A chat model that replies with a fixed text and remembers the prompts it was given."""
+
+    name = "scripted"
+    context_window = 4096
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.prompts: list[list[Message]] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    def count_prompt_tokens(self, messages: list[Message]) -> int:
+        return sum(len(m.content) + 4 for m in messages)
+
+    def generate(self, messages: list[Message], params: GenerationParams) -> Generation:
+        return self.stream(messages, params).read()
+
+    def stream(self, messages: list[Message], params: GenerationParams) -> TextStream:
+        self.prompts.append(messages)
+
+        def deltas() -> Generator[str, None, Generation]:
+            for i in range(0, len(self.reply), 4):
+                yield self.reply[i : i + 4]
+            return Generation(self.reply, "stop", Usage(self.count_prompt_tokens(messages), len(self.reply)))
+
+        return TextStream(deltas())
+
+    def close(self) -> None:
+        pass

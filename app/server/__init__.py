@@ -102,10 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _load_models(service: KnowledgeService) -> None:
     """Load the embedding model and the answerer (and its chat model); build the sample knowledge base."""
     started = time.perf_counter()
-    _ = service.embedder
-    _ = service.answerer
+    service.load_models()
     server = service.settings.server
-    if server.sample_kb and not service.catalog.exists(server.sample_kb):
+    if server.sample_kb and not service.exists(server.sample_kb):
         if server.sample_docs.is_dir():
             report = service.ingest(server.sample_kb, [server.sample_docs])
             log.info(
@@ -120,7 +119,7 @@ def _load_models(service: KnowledgeService) -> None:
 
 
 def _web_page(app: FastAPI) -> None:
-    """Serve the single web page at / and its files under /static, when they are there."""
+    """Serve the single web page at /, its files under /static and its icon at /favicon.ico, when they are there."""
     index = WEB_DIR / "index.html"
     if not index.is_file():
         return
@@ -129,6 +128,11 @@ def _web_page(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(index)
+
+    # Browsers ask for /favicon.ico whatever the page links (the API docs pages link it too).
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
 
 
 class RequestContext:

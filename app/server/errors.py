@@ -11,6 +11,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.jobs import JobFinished, JobNotFound, JobQueueFull
 from app.logs import request_id
+from app.model_routing import ModelNotFound
+from app.validation import validation_message
 from llm import LLMError, ModelBusy, ModelLoadError, ModelUnavailable, PromptTooLong, UnknownAdapter
 from retrieval import (
     DocumentNotFound,
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 # Most specific first: the first class an error is an instance of gives its status and code.
 STATUS: list[tuple[type[Exception], int, str]] = [
     (KnowledgeBaseNotFound, 404, "knowledge_base_not_found"),
+    (ModelNotFound, 404, "model_not_found"),
     (DocumentNotFound, 404, "document_not_found"),
     (JobNotFound, 404, "job_not_found"),
     (KnowledgeBaseExists, 409, "knowledge_base_exists"),
@@ -90,11 +93,9 @@ def install(app: FastAPI) -> None:
         )
 
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-            for e in error.errors()
+        return JSONResponse(
+            error_body("invalid_request", validation_message(error.errors())), status_code=422
         )
-        return JSONResponse(error_body("invalid_request", problems), status_code=422)
 
     for kind in (ApiError, KnowledgeBaseError, LLMError, JobNotFound, JobQueueFull, JobFinished, ValueError):
         app.add_exception_handler(kind, known)

@@ -6,17 +6,16 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 
-import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from app.server.dependencies import knowledge, require_key
-from app.server.errors import ApiError, describe, error_body
 from app.server.metrics import Metrics
 from app.server.schemas import AnswerOut, ChatRequest
+from app.server.streaming import read_unless_gone, relay
 from app.services import KnowledgeService
-from llm import Answer, AnswerOptions, AnswerStream, Generation, TextStream
+from llm import Answer, AnswerOptions, AnswerStream
 
 router = APIRouter(prefix="/v1/kbs/{kb}", tags=["chat"], dependencies=[Depends(require_key)])
 
@@ -62,33 +61,20 @@ async def chat(
     return StreamingResponse(sse(stream, metrics), media_type="text/event-stream")
 
 
-async def read_unless_gone(request: Request, stream: AnswerStream | TextStream) -> Answer | Generation:
-    """Return what `stream` adds up to; stop its work (and raise) when the client goes away meanwhile."""
-    try:
-        while await anyio.to_thread.run_sync(next, stream, None) is not None:
-            if await request.is_disconnected():
-                raise ApiError(499, "client_closed_request", "the client went away; the work was stopped")
-    finally:
-        if stream.result is None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(stream.close)
-    return stream.result
+def sse(stream: AnswerStream, metrics: Metrics) -> AsyncIterator[str]:
+    """Return the answer as server-sent events: citations, deltas, then done (or an error event)."""
 
-
-async def sse(stream: AnswerStream, metrics: Metrics) -> AsyncIterator[str]:
-    """Yield the answer as server-sent events; closing the stream when the client goes away."""
-    try:
-        yield event("citations", {"citations": [asdict(c) for c in stream.sources]})
-        while (delta := await anyio.to_thread.run_sync(next, stream, None)) is not None:
-            yield event("delta", {"text": delta})
+    def done() -> list[str]:
         metrics.generated_tokens.inc(stream.answer.usage.completion_tokens)
-        yield event("done", answer_out(stream.answer).model_dump())
-    except Exception as error:  # after the headers: the error travels as an event
-        _, code, message = describe(error)
-        yield event("error", error_body(code, message))
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(stream.close)
+        return [event("done", answer_out(stream.answer).model_dump())]
+
+    return relay(
+        stream,
+        first=lambda: [event("citations", {"citations": [asdict(c) for c in stream.sources]})],
+        delta=lambda text: event("delta", {"text": text}),
+        last=done,
+        failed=lambda body: event("error", body),
+    )
 
 
 def event(name: str, data: dict) -> str:

@@ -10,10 +10,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from app.server.dependencies import may, require_key
 
 router = APIRouter(tags=["health"])
+
+# Swagger UI's and ReDoc's files, served by the app itself so /docs works without internet.
+DOCS_ASSETS = "/docs-assets"
 
 
 @router.get("/healthz", summary="The process is alive")
@@ -36,7 +40,7 @@ def readyz(request: Request, details: bool = Depends(may)) -> JSONResponse:
         return JSONResponse({"status": "ready"})
     settings = state.settings
     return JSONResponse(
-        {"status": "ready", "embedding": state.service.embedder.model_name, "llm": settings.llm.backend}
+        {"status": "ready", "embedding": state.service.embedding_model, "llm": settings.llm.backend}
     )
 
 
@@ -50,7 +54,12 @@ def metrics(request: Request) -> Response:
 
 def add_docs(app: FastAPI) -> None:
     """Serve the OpenAPI schema at /openapi.json and its pages at /docs and /redoc, behind the read key."""
+    from importlib.resources import files
+
     protected = [Depends(require_key)]
+    app.mount(
+        DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets"
+    )
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=protected)
     def openapi() -> JSONResponse:
@@ -58,8 +67,20 @@ def add_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False, dependencies=protected)
     def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API")
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url="/favicon.ico",
+        )
 
     @app.get("/redoc", include_in_schema=False, dependencies=protected)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - API")
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - API",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url="/favicon.ico",
+            with_google_fonts=False,
+        )

@@ -30,7 +30,7 @@ def knowledge_base_out(info: KnowledgeBaseInfo) -> KnowledgeBaseOut:
 @router.get("", summary="List knowledge bases")
 def list_knowledge_bases(service: KnowledgeService = Depends(knowledge)) -> ListOf:
     """Return every knowledge base with its counts."""
-    return ListOf(data=[knowledge_base_out(service.info(name)) for name in service.catalog.names()])
+    return ListOf(data=[knowledge_base_out(service.info(name)) for name in service.names()])
 
 
 @router.post("", status_code=201, summary="Create a knowledge base")

@@ -2,7 +2,7 @@
 
 A model id is a knowledge-base name (the answer comes from it, with the extra fields `citations`,
 `refused`, `answerability` and `closest`, as in `/v1/kbs/{kb}/chat`), or the bare LLM's name (plain chat, no knowledge base). A request may also name the knowledge
-base in an extra `kb` field.
+base in an extra `kb` field. Which one answers is `ModelRouter`'s to say; this module only speaks the wire format.
 """
 
 from __future__ import annotations
@@ -12,30 +12,25 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.model_routing import ModelRouter
 from app.server.dependencies import knowledge, require_key
-from app.server.errors import ApiError, describe, error_body
+from app.server.errors import ApiError
 from app.server.metrics import Metrics
-from app.server.routers.chat import answer_out, read_unless_gone
+from app.server.routers.chat import answer_out
 from app.server.schemas import (
-    MAX_EMBEDDING_CHARS,
     MAX_EMBEDDING_INPUTS,
-    MAX_MESSAGE_CHARS,
-    MAX_MESSAGES,
-    MAX_NAME_CHARS,
     MAX_QUESTION_CHARS,
-    MAX_STOP_CHARS,
-    MAX_STOP_STRINGS,
-    StopString,
+    ChatCompletionRequest,
+    ChatMessage,
+    EmbeddingsRequest,
 )
+from app.server.streaming import read_unless_gone, relay
 from app.services import KnowledgeService
 from llm import AnswerOptions, Message, TextStream
 from retrieval import SearchOptions
@@ -43,81 +38,11 @@ from retrieval import SearchOptions
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key)])
 
 
-class ChatMessage(BaseModel):
-    """An OpenAI chat message; content is text or a list of text parts."""
-
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = Field(None, max_length=MAX_MESSAGE_CHARS)
-
-    @model_validator(mode="after")
-    def _bounded(self) -> ChatMessage:
-        if len(self.text()) > MAX_MESSAGE_CHARS:
-            raise ValueError(f"a message's text may hold at most {MAX_MESSAGE_CHARS} characters")
-        return self
-
-    def text(self) -> str:
-        """Return the message's text."""
-        if isinstance(self.content, list):
-            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
-        return self.content or ""
-
-
-class StreamOptions(BaseModel):
-    """OpenAI stream options."""
-
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(BaseModel):
-    """An OpenAI chat-completions request; fields kbqa does not use (n, penalties, tools) are ignored."""
-
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [{"model": "demo", "messages": [{"role": "user", "content": "年假有几天？"}]}]
-        },
-    )
-    model: str = Field(..., max_length=MAX_NAME_CHARS)
-    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1, le=32768)
-    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: StopString | list[StopString] | None = Field(
-        None, description=f"At most {MAX_STOP_STRINGS} strings of {MAX_STOP_CHARS} characters."
-    )
-    seed: int | None = None
-    kb: str | None = Field(
-        None, max_length=MAX_NAME_CHARS, description="kbqa extra: answer from this knowledge base."
-    )
-    retrieval: SearchOptions | None = Field(None, description="kbqa extra: how chunks are found.")
-
-
-class EmbeddingsRequest(BaseModel):
-    """An OpenAI embeddings request."""
-
-    model_config = ConfigDict(extra="allow")
-    input: (
-        Annotated[str, Field(max_length=MAX_EMBEDDING_CHARS)]
-        | list[Annotated[str, Field(max_length=MAX_EMBEDDING_CHARS)]]
-    ) = Field(
-        ...,
-        description=f"A text or a list of 1 to {MAX_EMBEDDING_INPUTS} texts, each of at most "
-        f"{MAX_EMBEDDING_CHARS} characters (cut to the model's window).",
-    )
-    model: str | None = Field(None, max_length=MAX_NAME_CHARS)
-
-
 @router.get("/models", summary="List models (OpenAI)")
-def list_models(request: Request, service: KnowledgeService = Depends(knowledge)) -> dict:
+def list_models(service: KnowledgeService = Depends(knowledge)) -> dict:
     """Return one model per knowledge base, plus the bare LLM when one is configured."""
     created = int(time.time())
-    ids = service.catalog.names()
-    if (llm := _llm_name(request)) is not None:
-        ids.append(llm)
+    ids = ModelRouter(service).model_ids()
     return {
         "object": "list",
         "data": [{"id": i, "object": "model", "created": created, "owned_by": "kbqa"} for i in ids],
@@ -137,7 +62,7 @@ async def chat_completions(
         stop=[body.stop] if isinstance(body.stop, str) else body.stop,
         seed=body.seed,
     )
-    kb = body.kb or (body.model if service.catalog.exists(body.model) else None)
+    kb = ModelRouter(service).knowledge_base(body.model, body.kb)
     completion = _Completion(body.model, request.app.state.metrics)
     if kb is not None:
         question, history = _question(body.messages)
@@ -148,18 +73,12 @@ async def chat_completions(
             out = answer_out(answer).model_dump()
             return completion.whole(answer.text, answer.finish_reason, out["usage"], **_kb_extras(out))
         return _sse(completion, answer_stream, body, lambda: answer_out(answer_stream.answer).model_dump())
-    if body.model != _llm_name(request):
-        known = ", ".join([*service.catalog.names(), _llm_name(request) or ""]).strip(", ")
-        raise ApiError(
-            404, "model_not_found", f"no model or knowledge base named '{body.model}'; models: {known}"
-        )
     messages = [Message(_role(m.role), m.text()) for m in body.messages]
-    model = service.answerer.model
     if not body.stream:
-        generation = await read_unless_gone(request, await run_in_threadpool(model.stream, messages, params))
+        generation = await read_unless_gone(request, await run_in_threadpool(service.chat, messages, params))
         usage = {**asdict(generation.usage), "total_tokens": generation.usage.total_tokens}
         return completion.whole(generation.text, generation.finish_reason, usage)
-    text_stream = await run_in_threadpool(model.stream, messages, params)
+    text_stream = await run_in_threadpool(service.chat, messages, params)
     return _sse(completion, text_stream, body, lambda: _generation_summary(text_stream))
 
 
@@ -171,18 +90,17 @@ async def embeddings(
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts or len(texts) > MAX_EMBEDDING_INPUTS:
         raise ApiError(422, "invalid_request", f"input must hold 1 to {MAX_EMBEDDING_INPUTS} texts")
-    embedder = service.embedder
     vectors = []
     # A few texts at a time, so the work stops soon after the client goes away.
     for start in range(0, len(texts), _EMBED_STEP):
         if await request.is_disconnected():
             raise ApiError(499, "client_closed_request", "the client went away; the work was stopped")
-        vectors.extend(await run_in_threadpool(embedder.embed_documents, texts[start : start + _EMBED_STEP]))
+        vectors.extend(await run_in_threadpool(service.embed_documents, texts[start : start + _EMBED_STEP]))
     # In a worker thread: counting waits for an engine handle, which must never hold up the event loop.
-    tokens = await run_in_threadpool(lambda: sum(embedder.count_tokens(text) for text in texts))
+    tokens = await run_in_threadpool(service.count_tokens, texts)
     return {
         "object": "list",
-        "model": embedder.model_name,
+        "model": service.embedding_model,
         "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
@@ -238,32 +156,33 @@ def _sse(
 ) -> StreamingResponse:
     """Return the streamed completion: a role chunk, content chunks, a finish chunk, usage, [DONE]."""
 
+    def finish() -> list[str]:
+        done = summary()
+        completion.metrics.generated_tokens.inc(done["usage"]["completion_tokens"])
+        extra = _kb_extras(done) if "citations" in done else {}
+        frames = [completion.chunk({}, done["finish_reason"], **extra)]
+        if body.stream_options and body.stream_options.include_usage:
+            usage = {k: done["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+            body_usage = {
+                "id": completion.id,
+                "object": "chat.completion.chunk",
+                "created": completion.created,
+                "model": completion.model,
+                "choices": [],
+                "usage": usage,
+            }
+            frames.append(f"data: {json.dumps(body_usage)}\n\n")
+        return frames
+
     async def chunks() -> AsyncIterator[str]:
-        try:
-            yield completion.chunk({"role": "assistant", "content": ""})
-            while (delta := await anyio.to_thread.run_sync(next, stream, None)) is not None:
-                yield completion.chunk({"content": delta})
-            done = summary()
-            completion.metrics.generated_tokens.inc(done["usage"]["completion_tokens"])
-            extra = _kb_extras(done) if "citations" in done else {}
-            yield completion.chunk({}, done["finish_reason"], **extra)
-            if body.stream_options and body.stream_options.include_usage:
-                usage = {k: done["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-                body_usage = {
-                    "id": completion.id,
-                    "object": "chat.completion.chunk",
-                    "created": completion.created,
-                    "model": completion.model,
-                    "choices": [],
-                    "usage": usage,
-                }
-                yield f"data: {json.dumps(body_usage)}\n\n"
-        except Exception as error:  # after the headers: the error travels in the stream
-            _, code, message = describe(error)
-            yield f"data: {json.dumps(error_body(code, message), ensure_ascii=False)}\n\n"
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(stream.close)
+        async for frame in relay(
+            stream,
+            first=lambda: [completion.chunk({"role": "assistant", "content": ""})],
+            delta=lambda text: completion.chunk({"content": text}),
+            last=finish,
+            failed=lambda error: f"data: {json.dumps(error, ensure_ascii=False)}\n\n",
+        ):
+            yield frame
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(chunks(), media_type="text/event-stream")
@@ -289,11 +208,3 @@ def _question(messages: list[ChatMessage]) -> tuple[str, list[Message]]:
 
 def _role(role: str) -> Literal["system", "user", "assistant", "observation"]:
     return {"developer": "system", "tool": "observation"}.get(role, role)  # type: ignore[return-value]
-
-
-def _llm_name(request: Request) -> str | None:
-    """Return the bare LLM's model id, or None with the extractive backend (no LLM)."""
-    llm = request.app.state.settings.llm
-    if llm.backend == "extractive":
-        return None
-    return Path(llm.model).name if Path(llm.model).is_dir() else llm.model

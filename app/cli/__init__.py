@@ -1,0 +1,58 @@
+"""The `kbqa` command line: one module per command group, what they share in `common`.
+
+Heavy libraries are imported inside commands so `kbqa --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.cli.ask import ask
+from app.cli.common import Options
+from app.cli.eval import eval_app
+from app.cli.finetune import finetune_app
+from app.cli.index import index_app
+from app.cli.kb import kb_app
+from app.cli.llm import llm_app
+from app.cli.search import search
+from app.cli.serve import serve
+
+app = typer.Typer(help="kbqa: local knowledge-base question answering.", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+app.add_typer(index_app, name="index")
+app.add_typer(eval_app, name="eval")
+app.add_typer(llm_app, name="llm")
+app.add_typer(finetune_app, name="finetune")
+app.command("search")(search)
+app.command("ask")(ask)
+app.command("serve")(serve)
+
+
+@app.callback()
+def main_options(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="YAML settings file (default: $KBQA_CONFIG, else built-in)."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Data directory (default: $KBQA_DATA_DIR, else ./data).")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "warning",
+) -> None:
+    """kbqa: local knowledge-base question answering."""
+    Options.config = config
+    Options.data_dir = data_dir
+    Options.log_level = log_level
+
+
+def main() -> None:
+    """Run the command line."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""`kbqa search`: the best chunks of a knowledge base for a query, with their scores."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from app.cli.common import (
+    JsonOption,
+    KbOption,
+    console,
+    metadata_or_fail,
+    run_or_fail,
+    service,
+    valid_or_fail,
+)
+
+
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    kb: KbOption,
+    k: Annotated[int, typer.Option("-k", "--top-k", help="How many chunks to return.")] = 5,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode", help="dense, lexical (BM25 over jieba words) or hybrid (both, fused); default hybrid."
+        ),
+    ] = None,
+    rerank: Annotated[
+        bool, typer.Option("--rerank", help="Re-score with the configured cross-encoder.")
+    ] = False,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="Keep hits whose cosine similarity to the query is >= this. Cosines lie in [-1, 1]; "
+            "higher is more similar. Applies in every mode.",
+        ),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="Only documents whose source matches this glob, e.g. 'docs/hr/*'."),
+    ] = None,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--meta",
+            metavar="KEY=VALUE",
+            help="Only documents whose metadata has this key with this value (repeatable: all must match).",
+        ),
+    ] = None,
+    neighbours: Annotated[
+        int, typer.Option("--neighbours", help="Also show this many chunks before and after each hit.")
+    ] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Search a knowledge base: the best chunks, each with its cosine score in [-1, 1] (higher is better)."""
+    from retrieval import SearchOptions
+
+    metadata = metadata_or_fail(meta)
+    options = valid_or_fail(
+        lambda: SearchOptions(
+            k=k,
+            mode=mode,
+            rerank=rerank,
+            score_threshold=threshold,
+            source=source,
+            metadata=metadata,
+            neighbours=neighbours,
+        )
+    )
+    svc = service()
+    hits = run_or_fail(lambda: svc.search(kb, query, options))
+    if as_json:
+        print(json.dumps([asdict(hit) for hit in hits], ensure_ascii=False, indent=2))
+        return
+    if not hits:
+        console.print("no matching chunks")
+    for rank, hit in enumerate(hits, 1):
+        place = hit.source + (f", page {hit.page}" if hit.page else "")
+        if hit.heading_path:
+            place += " — " + " > ".join(hit.heading_path)
+        if hit.metadata:
+            place += " [" + ", ".join(f"{key}={value}" for key, value in hit.metadata.items()) + "]"
+        if hit.ocr:
+            place += " (OCR)"
+        why = f"cosine {hit.score:.3f}"
+        if hit.lexical_score is not None:
+            why += f" · bm25 {hit.lexical_score:.2f}"
+        if hit.rerank_score is not None:
+            why += f" · rerank {hit.rerank_score:.3f}"
+        console.print(f"[bold]{rank}.[/] [green]{why}[/]  [cyan]{escape(place)}[/]", highlight=False)
+        text = "\n".join([*hit.context_before, hit.text, *hit.context_after]).strip()
+        console.print(f"   {text[: 300 * (1 + 2 * neighbours)]}", highlight=False, markup=False)
