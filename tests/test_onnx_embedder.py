@@ -155,7 +155,7 @@ def test_onnx_needs_a_local_directory_or_an_onnx_dir() -> None:
     config = EmbeddingConfig(
         backend="sentence-transformers", model="shibing624/text2vec-base-chinese", runtime="onnx"
     )
-    from retrieval.onnx_embedder import onnx_dir_for
+    from retrieval.embedders.onnx_runtime import onnx_dir_for
 
     with pytest.raises(ValueError, match="not a local directory"):
         onnx_dir_for(config)

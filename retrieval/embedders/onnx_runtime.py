@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.atomic import atomic_write, atomic_write_text
-from retrieval.embedder import (
+from retrieval.embedders.base import (
     E5_PASSAGE_PROMPT,
     E5_QUERY_PROMPT,
     EmbeddingConfig,
-    _prompt_for,
     model_name_of,
+    prompt_for,
 )
 
 if TYPE_CHECKING:
@@ -163,8 +163,8 @@ class OnnxEmbedder:
         self._max_length: int | None = config.max_seq_length or info["max_seq_length"]
         self._tokenizer = AutoTokenizer.from_pretrained(model_file.parent)
         self._session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-        self._query_prompt = _prompt_for(config.query_prompt, self.model_name, E5_QUERY_PROMPT)
-        self._passage_prompt = _prompt_for(config.passage_prompt, self.model_name, E5_PASSAGE_PROMPT)
+        self._query_prompt = prompt_for(config.query_prompt, self.model_name, E5_QUERY_PROMPT)
+        self._passage_prompt = prompt_for(config.passage_prompt, self.model_name, E5_PASSAGE_PROMPT)
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         """Return passage vectors."""
