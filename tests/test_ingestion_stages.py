@@ -50,6 +50,7 @@ def write_files(folder: Path, count: int) -> Path:
 def ingest(tmp_path: Path, embedder, folder: Path, **ingestion) -> tuple[IngestionPipeline, object, object]:
     """Ingest `folder` into a new knowledge base; return the pipeline, its report and the knowledge base."""
     service = KnowledgeService(load_settings(data_dir=tmp_path / "data"))
+    service.embedder = embedder  # the knowledge base is created for this model
     service.create("notes").close()
     files, _ = collect_files([folder])
     kb = service.open("notes")
@@ -122,6 +123,7 @@ def test_a_stop_while_embedding_ends_the_reading_stage_and_writes_nothing(
             raise Stop
 
     service = KnowledgeService(load_settings(data_dir=tmp_path / "data"))
+    service.embedder = tiny_embedder
     service.create("notes").close()
     files, _ = collect_files([folder])
     kb = service.open("notes")

