@@ -107,9 +107,9 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     ("runtime", "quantize", "kind", "floor"),
     [
-        ("torch", "none", E5TorchEmbedder, 0.9999),
+        ("torch", "none", E5TorchEmbedder, 0.9995),
         ("torch", "bf16", E5TorchEmbedder, 0.999),
-        ("onnx", "none", E5OnnxEmbedder, 0.9999),
+        ("onnx", "none", E5OnnxEmbedder, 0.9995),
         ("onnx", "int8", E5OnnxEmbedder, 0.99),
     ],
 )
