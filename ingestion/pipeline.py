@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -13,7 +14,15 @@ from typing import Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingestion.loaders import SUPPORTED_SUFFIXES, ImageReader, LoaderError, LoadLimits, OcrConfig, load_file
+from ingestion.loaders import (
+    SUPPORTED_SUFFIXES,
+    ImageReader,
+    LoadedDocument,
+    LoaderError,
+    LoadLimits,
+    OcrConfig,
+)
+from ingestion.prepare import PreparedFiles
 from ingestion.splitter import ChineseTextSplitter, SplitterConfig
 from retrieval import Embedder, KnowledgeBase, NewDocument, check_metadata
 
@@ -36,6 +45,14 @@ class IngestionConfig(BaseModel):
         gt=0,
         description="Chunks gathered, across files, before one database transaction (embedded EMBED_STEP at "
         "a time, the progress and stop points of a job). Each transaction holds whole documents only.",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes that read and parse files (PDF, Word, ...) side by side. 1: one thread, "
+        "which still reads the next files while a batch is embedded; more helps with many large "
+        "documents to parse (each extra process starts in about a second).",
     )
     ocr: OcrConfig = Field(
         default_factory=OcrConfig,
@@ -206,6 +223,10 @@ class IngestionPipeline:
         splitter_config = SplitterConfig.model_validate(kb.manifest.splitter)
         self.splitter = ChineseTextSplitter(splitter_config, count_tokens=embedder.count_tokens)
         self.embed_seconds = 0.0
+        # Chunks split but not yet written, now and at most: memory stays flat in the number of files.
+        self.chunks_held = 0
+        self.peak_chunks_held = 0
+        self._held_lock = threading.Lock()
         # Raises ValueError here, before any file, when OCR is required ("on") but not installed.
         ImageReader(self.config.ocr)
 
@@ -226,7 +247,6 @@ class IngestionPipeline:
         started = time.perf_counter()
         report = IngestionReport()
         pending: list[_Pending] = []
-        pending_hashes: set[str] = set()
         if progress:
             progress.start(len(files))
 
@@ -235,53 +255,57 @@ class IngestionPipeline:
             if progress:
                 progress.file_done(outcome)
 
-        for file in files:
-            try:
-                item = self._prepare(file, pending_hashes, metadata, force, progress)
-            except LoaderError as error:
-                record(FileOutcome(file.source, "failed", reason=str(error)))
-                continue
-            if isinstance(item, FileOutcome):
-                record(item)
-                continue
-            pending.append(item)
-            pending_hashes.add(item.document.content_hash)
-            if sum(len(p.document.chunks) for p in pending) >= self.config.batch_chunks:
-                self._flush(pending, record, progress)
-                pending, pending_hashes = [], set()
-        self._flush(pending, record, progress)
+        # Files are read and split by a background stage while the batch before them is embedded; it
+        # runs at most a few files ahead, so memory holds about one batch however many files there are.
+        with PreparedFiles(self, files, metadata, force, progress) as prepared:
+            for item in prepared:
+                if isinstance(item, FileOutcome):
+                    record(item)
+                    continue
+                pending.append(item)
+                if sum(len(p.document.chunks) for p in pending) >= self.config.batch_chunks:
+                    self._flush(pending, record, progress)
+                    pending = []
+            self._flush(pending, record, progress)
         report.seconds = time.perf_counter() - started
         return report
 
-    def _prepare(
-        self,
-        file: SourceFile,
-        pending_hashes: set[str],
-        metadata: dict[str, str] | None,
-        force: bool,
-        progress: Progress | None,
-    ) -> _Pending | FileOutcome:
+    def _check(
+        self, file: SourceFile, run_hashes: set[str], metadata: dict[str, str] | None, force: bool
+    ) -> tuple[bytes, str] | FileOutcome:
+        """Return the file's bytes and hash when it is to be loaded, else what happened to it."""
         try:
             data = file.path.read_bytes()
         except OSError as error:
-            raise LoaderError(f"cannot read the file: {error.strerror}") from error
+            return FileOutcome(file.source, "failed", reason=f"cannot read the file: {error.strerror}")
         content_hash = hashlib.sha256(data).hexdigest()
         stored = self.kb.document_by_source(file.source)
         # Unchanged means unchanged for this source; a new source whose content another document already
         # holds is a copy and skipped, but a changed file always replaces its old version.
         unchanged = stored is not None and stored.content_hash == content_hash
-        copy = stored is None and (content_hash in pending_hashes or self.kb.has_content_hash(content_hash))
+        copy = stored is None and (content_hash in run_hashes or self.kb.has_content_hash(content_hash))
         if not force and (unchanged or copy):
             if unchanged and metadata is not None and stored.metadata != metadata:
                 self.kb.set_metadata(stored.id, metadata)
                 return FileOutcome(file.source, "updated")
             return FileOutcome(file.source, "skipped", reason=ALREADY_STORED)
-        loaded = load_file(file.path, self._image_reader(file.source, progress), self.config.load_limits())
+        return data, content_hash
+
+    def _document(
+        self,
+        file: SourceFile,
+        data: bytes,
+        content_hash: str,
+        loaded: LoadedDocument,
+        metadata: dict[str, str] | None,
+    ) -> _Pending:
+        """Return the split document of a loaded file, ready to embed; raise LoaderError when it has no text."""
         for problem in loaded.problems:
             log.warning("part of a file could not be read", extra={"source": file.source, "problem": problem})
         chunks = self.splitter.split(loaded)
         if not chunks:
             raise LoaderError("no text could be extracted")
+        stored = self.kb.document_by_source(file.source)
         document = NewDocument(
             source=file.source,
             title=loaded.title,
@@ -293,6 +317,12 @@ class IngestionPipeline:
             metadata=(stored.metadata if stored else {}) if metadata is None else metadata,
         )
         return _Pending(document, replaces=stored is not None, problems=loaded.problems)
+
+    def _hold_chunks(self, count: int) -> None:
+        """Note `count` more chunks held in memory (negative: written and let go)."""
+        with self._held_lock:
+            self.chunks_held += count
+            self.peak_chunks_held = max(self.peak_chunks_held, self.chunks_held)
 
     def _image_reader(self, source: str, progress: Progress | None) -> ImageReader:
         """Return the OCR reader for one file, which reports each image it reads."""
@@ -313,16 +343,18 @@ class IngestionPipeline:
         texts = [chunk.embed_text for item in pending for chunk in item.document.chunks]
         # One large document is embedded piece by piece too, with progress and a stop point after each
         # (at most EMBED_STEP chunks, so a stop never waits for a whole large batch), yet written in one
-        # transaction with the batch's other documents: searchers see it whole or not at all.
+        # transaction with the batch's other documents: searchers see it whole or not at all. Pieces are
+        # taken longest first, so the texts of one forward pass have about the same length and pad little.
         step = min(self.config.batch_chunks, EMBED_STEP)
-        parts = []
-        for start in range(0, len(texts), step):
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        vectors = np.zeros((len(texts), self.embedder.dimension), np.float32)
+        for start in range(0, len(order), step):
+            piece = order[start : start + step]
             embed_started = time.perf_counter()
-            parts.append(self.embedder.embed_documents(texts[start : start + step]))
+            vectors[piece] = self.embedder.embed_documents([texts[i] for i in piece])
             self.embed_seconds += time.perf_counter() - embed_started
             if progress:
-                progress.chunks_embedded(len(parts[-1]))
-        vectors = np.concatenate(parts) if parts else np.zeros((0, self.embedder.dimension), np.float32)
+                progress.chunks_embedded(len(piece))
         documents, offset = [], 0
         for item in pending:
             count = len(item.document.chunks)
@@ -332,6 +364,7 @@ class IngestionPipeline:
         log.info(
             "stored documents", extra={"kb": self.kb.name, "documents": len(documents), "chunks": len(texts)}
         )
+        self._hold_chunks(-len(texts))
         if progress:
             progress.chunks_written(len(texts))
         for item in pending:

@@ -3,7 +3,7 @@
 from retrieval.answerability import Signals
 from retrieval.calibration import Calibration, LogisticModel, find_calibration
 from retrieval.catalog import KnowledgeBaseCatalog, KnowledgeBaseInfo, validate_name
-from retrieval.embedder import Embedder, EmbeddingConfig, load_embedder
+from retrieval.embedders import Embedder, EmbeddingConfig, load_embedder
 from retrieval.errors import (
     DocumentNotFound,
     EmbeddingMismatch,

