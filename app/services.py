@@ -21,6 +21,7 @@ from llm import (
     load_chat_model,
 )
 from retrieval import (
+    BatchingEmbedder,
     Calibration,
     DocumentRecord,
     Embedder,
@@ -74,8 +75,8 @@ class KnowledgeService:
 
     @cached_property
     def embedder(self) -> Embedder:
-        """Return the embedding model, loaded on first use."""
-        return load_embedder(self.settings.embedding)
+        """Return the embedding model, loaded on first use; concurrent queries share it in micro-batches."""
+        return BatchingEmbedder(load_embedder(self.settings.embedding), self.settings.query_batching)
 
     @cached_property
     def calibration(self) -> Calibration | None:
