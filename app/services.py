@@ -65,7 +65,8 @@ class KnowledgeService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.catalog = KnowledgeBaseCatalog(settings.data_dir, settings.vector_store.token)
+        stores = settings.vector_store
+        self.catalog = KnowledgeBaseCatalog(settings.data_dir, stores.token, stores.faiss_gpu)
         # Shared by every request; callers do not close what `open` returns.
         self.knowledge_bases = OpenKnowledgeBases(self.catalog, settings.server.open_knowledge_bases)
 
