@@ -307,8 +307,8 @@ def in_process_search(
     """Return the seconds of each `KnowledgeService.search` over the questions in turn, after a warm-up."""
     service = KnowledgeService(load_settings(config, data_dir=data_dir))
     options = SearchOptions()  # what the HTTP body {"query"} asks for
-    for question in QUESTIONS:
-        service.search(kb, question, options)
+    for asked in QUESTIONS:
+        service.search(kb, asked, options)
     latencies: list[float] = []
     salt = os.urandom(4).hex() if distinct else None
     deadline = time.perf_counter() + seconds
