@@ -2,8 +2,10 @@
 
 Requests run in threadpools and each embeds one query. Alone, every query is a forward pass of its own;
 here the first query to arrive opens a batch, waits up to `wait_ms` (or until `max_batch` queries have
-joined), then embeds them all in one call while the others wait for their row, as text-embeddings-inference
-does. The same question asked again comes from the cache.
+joined), then embeds them all in one call while the others wait for their row. At most `concurrent`
+batches are embedded at once; while they run, the next batch stays open and gathers every query that
+arrives, so under load batches grow with the queue, as text-embeddings-inference's do. The same question
+asked again comes from the cache.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class QueryBatchConfig(BaseModel):
         "0 embeds at once whatever has arrived.",
     )
     max_batch: int = Field(32, ge=1, description="Most queries embedded in one call; 1 turns batching off.")
+    concurrent: int = Field(
+        2, ge=1, description="Batches embedded at once; the next one gathers queries while they run."
+    )
     cache_size: int = Field(
         1024, ge=0, description="Query vectors kept, least recently used dropped first; 0 keeps none."
     )
@@ -70,6 +75,7 @@ class BatchingEmbedder:
         self.dimension = embedder.dimension
         self._embed_queries = embed_queries_of(embedder)
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.config.concurrent)
         self._open: _Batch | None = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
@@ -121,19 +127,22 @@ class BatchingEmbedder:
         return batch, leads
 
     def _run(self, batch: _Batch) -> None:
-        """Wait for others to join `batch`, close it, embed it and wake its callers; return nothing."""
+        """Wait for others to join `batch` and for a free slot, close it, embed it and wake its callers; return
+        nothing."""
         if self.config.wait_ms > 0 and self.config.max_batch > 1:
             batch.full.wait(self.config.wait_ms / 1000)
-        with self._lock:
-            if self._open is batch:
-                self._open = None
         try:
-            batch.vectors = list(self._checked(self._embed_queries(batch.texts), len(batch.texts)))
-        except Exception as error:
-            if len(batch.texts) == 1:
-                batch.errors[0] = error
-            else:  # one query may be what failed: each gets its own outcome, so only its caller sees an error
-                self._one_by_one(batch)
+            with self._slots:  # until one is free, the batch stays open to queries arriving
+                with self._lock:
+                    if self._open is batch:
+                        self._open = None
+                try:
+                    batch.vectors = list(self._checked(self._embed_queries(batch.texts), len(batch.texts)))
+                except Exception as error:
+                    if len(batch.texts) == 1:
+                        batch.errors[0] = error
+                    else:  # one query may be what failed: each gets its own outcome, only its caller an error
+                        self._one_by_one(batch)
         finally:
             batch.done.set()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -99,6 +100,34 @@ def test_concurrent_queries_are_embedded_together_with_the_same_vectors(embedder
     assert recording.single == []
 
 
+class Held(Recording):
+    """A real embedder whose first batch takes until `release` is set, as a slow forward pass would."""
+
+    def __init__(self, embedder) -> None:
+        super().__init__(embedder)
+        self.release = threading.Event()
+
+    def _embed_queries(self, texts: list[str]) -> np.ndarray:
+        if not self.batches:
+            self.release.wait(10)
+        return super()._embed_queries(texts)
+
+
+def test_queries_arriving_while_a_batch_runs_gather_in_the_next(e5_embedder) -> None:
+    recording = Held(e5_embedder)
+    batcher = BatchingEmbedder(recording, QueryBatchConfig(wait_ms=0, concurrent=1, cache_size=0))
+    with ThreadPoolExecutor(len(QUERIES)) as pool:
+        first = pool.submit(batcher.embed_query, QUERIES[0])
+        time.sleep(0.3)  # its batch is being embedded (held), the one slot taken
+        rest = [pool.submit(batcher.embed_query, q) for q in QUERIES[1:]]
+        time.sleep(0.3)  # without a wait of their own, they still wait together for the slot
+        recording.release.set()
+        vectors = [first.result(), *(f.result() for f in rest)]
+    assert [sorted(batch) for batch in recording.batches] == [[QUERIES[0]], sorted(QUERIES[1:])]
+    for query, vector in zip(QUERIES, vectors, strict=True):
+        np.testing.assert_allclose(vector, e5_embedder.embed_query(query), atol=1e-5)
+
+
 def test_a_batch_holds_at_most_max_batch_queries(e5_embedder) -> None:
     recording = Recording(e5_embedder)
     batcher = BatchingEmbedder(recording, QueryBatchConfig(wait_ms=300, max_batch=3, cache_size=0))
@@ -179,7 +208,7 @@ def test_the_service_batches_queries_as_configured(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("KBQA_QUERY_BATCHING__CACHE_SIZE", "0")
     embedder = KnowledgeService(load_settings()).embedder
     assert isinstance(embedder, BatchingEmbedder)
-    assert embedder.config == QueryBatchConfig(wait_ms=5, max_batch=32, cache_size=0)
+    assert embedder.config == QueryBatchConfig(wait_ms=5, max_batch=32, concurrent=2, cache_size=0)
     monkeypatch.setenv("KBQA_QUERY_BATCHING__MAX_BATCH", "0")
     with pytest.raises(Exception, match="query_batching.max_batch"):
         load_settings()
