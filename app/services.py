@@ -23,6 +23,7 @@ from llm import (
     load_chat_model,
 )
 from retrieval import (
+    BatchingEmbedder,
     Calibration,
     ConsistencyReport,
     DocumentRecord,
@@ -71,7 +72,8 @@ class KnowledgeService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.catalog = KnowledgeBaseCatalog(settings.data_dir, settings.vector_store.token)
+        stores = settings.vector_store
+        self.catalog = KnowledgeBaseCatalog(settings.data_dir, stores.token, stores.faiss_gpu)
         # Shared by every request; callers do not close what `open` returns.
         self.knowledge_bases = OpenKnowledgeBases(self.catalog, settings.server.open_knowledge_bases)
 
@@ -81,8 +83,8 @@ class KnowledgeService:
 
     @cached_property
     def embedder(self) -> Embedder:
-        """Return the embedding model, loaded on first use."""
-        return load_embedder(self.settings.embedding)
+        """Return the embedding model, loaded on first use; concurrent queries share it in micro-batches."""
+        return BatchingEmbedder(load_embedder(self.settings.embedding), self.settings.query_batching)
 
     @cached_property
     def calibration(self) -> Calibration | None:

@@ -26,6 +26,7 @@ from ingestion.splitter import SplitterConfig
 from llm.config import LLMConfig
 from retrieval.embedders import EmbeddingConfig
 from retrieval.index_backends import VectorStoreConfig
+from retrieval.query_batcher import QueryBatchConfig
 from retrieval.retriever import RetrievalConfig
 
 CONFIG_ENV = "KBQA_CONFIG"
@@ -88,6 +89,10 @@ class Settings(BaseSettings):
         Path("data"), description="Where knowledge bases live (`<data_dir>/kbs/<name>/`). Env: KBQA_DATA_DIR."
     )
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig, description="The embedding model.")
+    query_batching: QueryBatchConfig = Field(
+        default_factory=QueryBatchConfig,
+        description="How concurrent searches and questions share the embedding model: micro-batches and a cache.",
+    )
     splitter: SplitterConfig = Field(
         default_factory=SplitterConfig,
         description="How documents are cut into chunks; a knowledge base keeps the settings it was created with.",

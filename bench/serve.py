@@ -20,11 +20,15 @@ same searches sequentially, so the ratio of HTTP `/search` p50 at N=1 to in-proc
 JSON and a second process add to one search. Client and server share the machine's cores, so at high N
 the client's own CPU (a column) is taken from the server. The server inherits the environment: on a small
 machine busy with other work, the embedding engine's OpenMP threads stall each other (single searches
-taking seconds), and OMP_NUM_THREADS=1 steadies the figures. Run from the repository root:
+taking seconds), and OMP_NUM_THREADS=1 steadies the figures. The server keeps the vectors of recent queries
+(`query_batching.cache_size`), so after the warm-up the questions in turn are all answered from it; with
+`--distinct` each request's question is made unique (its turn and a per-level salt added), so none is: the
+figures of users who never repeat a question. Run from the repository root:
 
     .venv/bin/python bench/serve.py --seconds 10
     OMP_NUM_THREADS=1 .venv/bin/python bench/serve.py --seconds 10
     .venv/bin/python bench/serve.py --concurrency 1,16 --requests 500 --json
+    OMP_NUM_THREADS=1 .venv/bin/python bench/serve.py --seconds 10 --distinct
 """
 
 from __future__ import annotations
@@ -124,6 +128,12 @@ class Level:
         return figures | {"errors": dict(self.errors.most_common())}
 
 
+def question(turn: int, salt: str | None) -> str:
+    """Return the question of a request: the questions in turn, each made unique by its turn and `salt` if given."""
+    asked = QUESTIONS[turn % len(QUESTIONS)]
+    return f"{asked} (#{turn}-{salt})" if salt else asked
+
+
 def latency_figures(prefix: str, seconds: list[float]) -> dict[str, float]:
     """Return the p50, p95 and p99 of `seconds` in milliseconds, keyed `<prefix>p50_ms` and so on."""
     return {f"{prefix}p{q}_ms": round(1000 * percentile(seconds, q / 100), 2) for q in (50, 95, 99)}
@@ -171,6 +181,7 @@ async def drive(spec: dict[str, Any]) -> dict[str, Any]:
     ask = search_once if spec["endpoint"] == "search" else chat_once
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     turns = itertools.count()
+    salt = os.urandom(4).hex() if spec["distinct"] else None  # unique to this level
     samples: list[tuple[float | None, float | None, str | None]] = []
     async with httpx.AsyncClient(base_url=spec["url"], timeout=spec["timeout"], limits=limits) as client:
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -181,7 +192,7 @@ async def drive(spec: dict[str, Any]) -> dict[str, Any]:
             while (turn := next(turns)) < last_turn and time.perf_counter() < deadline:
                 sent = time.perf_counter()
                 try:
-                    latency, first_delta = await ask(client, spec["kb"], QUESTIONS[turn % len(QUESTIONS)])
+                    latency, first_delta = await ask(client, spec["kb"], question(turn, salt))
                     samples.append((latency, first_delta, None))
                 except Exception as error:  # every way a request can fail is a figure here
                     # Timeouts carry no message, so the seconds waited say which limit was hit.
@@ -264,6 +275,7 @@ def run_level(
         "seconds": args.seconds,
         "requests": requests,
         "timeout": args.timeout,
+        "distinct": args.distinct,
     }
     process = psutil.Process(server.process.pid)
     before = process.cpu_times()
@@ -290,14 +302,15 @@ def run_level(
 
 
 def in_process_search(
-    data_dir: Path, kb: str, config: Path | None, seconds: float, requests: int | None
+    data_dir: Path, kb: str, config: Path | None, seconds: float, requests: int | None, distinct: bool
 ) -> list[float]:
     """Return the seconds of each `KnowledgeService.search` over the questions in turn, after a warm-up."""
     service = KnowledgeService(load_settings(config, data_dir=data_dir))
     options = SearchOptions()  # what the HTTP body {"query"} asks for
-    for question in QUESTIONS:
-        service.search(kb, question, options)
+    for asked in QUESTIONS:
+        service.search(kb, asked, options)
     latencies: list[float] = []
+    salt = os.urandom(4).hex() if distinct else None
     deadline = time.perf_counter() + seconds
     for turn in itertools.count():
         if (requests is not None and turn >= requests) or (
@@ -305,7 +318,7 @@ def in_process_search(
         ):
             break
         started = time.perf_counter()
-        service.search(kb, QUESTIONS[turn % len(QUESTIONS)], options)
+        service.search(kb, question(turn, salt), options)
         latencies.append(time.perf_counter() - started)
     return latencies
 
@@ -371,6 +384,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before a request fails")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for /readyz")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--distinct",
+        action="store_true",
+        help="make every question unique (its turn number added), so no query embedding is cached",
+    )
     parser.add_argument("--client", metavar="SPEC", help=argparse.SUPPRESS)  # one level, in a child process
     return parser.parse_args()
 
@@ -410,7 +428,7 @@ def print_report(figures: dict[str, Any]) -> None:
         f"server: ready in {server['startup_seconds']}s, embedder {server['readyz'].get('embedding')}, "
         f"llm {server['readyz'].get('llm')}; knowledge base {server['kb']['name']}: "
         f"{server['kb']['documents']} documents, {server['kb']['chunks']} chunks; "
-        f"{figures['questions']} questions in turn"
+        f"{figures['questions']} questions in turn{', each made unique' if figures['distinct'] else ''}"
     )
     print()
     print(format_table(figures["levels"]))
@@ -465,7 +483,9 @@ def main() -> None:
                 print(f"/{endpoint} N={clients}: {levels[-1]['requests']} requests", file=sys.stderr)
         server_log = server.log.read_text(errors="replace")
         # After the server has stopped, so the two do not share the cores.
-        in_process = in_process_search(data_dir, args.kb, args.config, args.seconds, args.requests)
+        in_process = in_process_search(
+            data_dir, args.kb, args.config, args.seconds, args.requests, args.distinct
+        )
 
     base = min(counts)
     http_p50 = next(f["p50_ms"] for f in levels if f["endpoint"] == "search" and f["clients"] == base)
@@ -474,6 +494,7 @@ def main() -> None:
         "machine": machine(load_at_start),
         "server": {"startup_seconds": round(startup, 1), "readyz": ready, "kb": kb.json()},
         "questions": len(QUESTIONS),
+        "distinct": args.distinct,
         "levels": levels,
         "in_process_search": local,
         "http_overhead": {

@@ -18,12 +18,14 @@ from retrieval.knowledge_base import ConsistencyReport, KnowledgeBase, ScoredChu
 from retrieval.manifest import EmbeddingIdentity, Manifest, VectorStore
 from retrieval.metadata import check_metadata, parse_pairs
 from retrieval.open_bases import OpenKnowledgeBases
+from retrieval.query_batcher import BatchingEmbedder, QueryBatchConfig
 from retrieval.reranker import Reranker, RerankerConfig
 from retrieval.retriever import Retrieval, RetrievalConfig, Retriever, SearchHit, SearchOptions
 from retrieval.store import ChunkLike, ChunkRecord, DocumentRecord, NewDocument, WriteResult
 from retrieval.timestamps import utc_now
 
 __all__ = [
+    "BatchingEmbedder",
     "Calibration",
     "ChunkLike",
     "ChunkRecord",
@@ -46,6 +48,7 @@ __all__ = [
     "Manifest",
     "NewDocument",
     "OpenKnowledgeBases",
+    "QueryBatchConfig",
     "Reranker",
     "RerankerConfig",
     "Retrieval",

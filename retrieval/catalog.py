@@ -23,7 +23,7 @@ from retrieval.manifest import (
     write_manifest,
 )
 from retrieval.store import ChunkStore
-from retrieval.vector_index import FaissIndex
+from retrieval.vector_index import FaissGpu, FaissIndex
 
 # Letters (CJK included), digits, '-' and '_'; no dots or slashes, so a name is never a path trick.
 NAME_PATTERN = re.compile(r"^[^\W_][\w-]{0,63}$")
@@ -58,11 +58,13 @@ def validate_name(name: str) -> str:
 
 
 class KnowledgeBaseCatalog:
-    """Knowledge bases kept in `<data_dir>/kbs/<name>/`; `milvus_token` signs in to Milvus servers they use."""
+    """Knowledge bases kept in `<data_dir>/kbs/<name>/`; `milvus_token` signs in to Milvus servers they use,
+    and `faiss_gpu` says whether FAISS indexes search on the GPU."""
 
-    def __init__(self, data_dir: Path, milvus_token: str | None = None) -> None:
+    def __init__(self, data_dir: Path, milvus_token: str | None = None, faiss_gpu: FaissGpu = "off") -> None:
         self.root = Path(data_dir) / "kbs"
         self.milvus_token = milvus_token
+        self.faiss_gpu = faiss_gpu
 
     def path(self, name: str) -> Path:
         """Return the directory of the named knowledge base (which may not exist)."""
@@ -112,7 +114,7 @@ class KnowledgeBaseCatalog:
                 raise KnowledgeBaseExists(f"knowledge base '{name}' already exists") from error
             raise
         try:
-            return KnowledgeBase(target, embedding, self.milvus_token)
+            return KnowledgeBase(target, embedding, self.milvus_token, self.faiss_gpu)
         except ValueError:
             # e.g. an unreachable Milvus server: no knowledge base is left that could never open.
             shutil.rmtree(target, ignore_errors=True)
@@ -122,7 +124,7 @@ class KnowledgeBaseCatalog:
         """Return the named knowledge base open; with `embedding`, refuse one built with another model."""
         if not self.exists(name):
             raise KnowledgeBaseNotFound(f"knowledge base '{name}' does not exist")
-        return KnowledgeBase(self.path(name), embedding, self.milvus_token)
+        return KnowledgeBase(self.path(name), embedding, self.milvus_token, self.faiss_gpu)
 
     def info(self, name: str) -> KnowledgeBaseInfo:
         """Return a summary of the named knowledge base, read from its manifest and chunk store alone."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from retrieval.manifest import Manifest, VectorStore
 from retrieval.milvus_index import DEFAULT_URI, MilvusIndex, check_uri, collection_name, resolve_uri
-from retrieval.vector_index import FaissIndex, VectorIndex
+from retrieval.vector_index import FaissGpu, FaissIndex, VectorIndex, faiss_gpu_problem, use_faiss_gpu
 
 
 class VectorStoreConfig(BaseModel):
@@ -36,6 +36,19 @@ class VectorStoreConfig(BaseModel):
         "(Env: KBQA_VECTOR_STORE__MILVUS_TOKEN). Not used for Milvus Lite files.",
     )
 
+    faiss_gpu: FaissGpu = Field(
+        "auto",
+        description="Exact FAISS search on the GPU: `auto` when faiss has GPU support and sees a CUDA device, "
+        "`on` (an error where it cannot), `off`. The index file on disk is the CPU index either way.",
+    )
+
+    @field_validator("faiss_gpu")
+    @classmethod
+    def _check_faiss_gpu(cls, mode: FaissGpu) -> FaissGpu:
+        if mode == "on" and (problem := faiss_gpu_problem()) is not None:
+            raise ValueError(f"'on', but {problem}; set it to auto or off")
+        return mode
+
     @property
     def token(self) -> str | None:
         """Return the Milvus token in clear, or None."""
@@ -55,24 +68,29 @@ def new_store(name: str, backend: str, uri: str | None = None) -> VectorStore:
     raise ValueError(f"unknown vector store {backend!r}: use faiss or milvus")
 
 
-def load_index(directory: Path, manifest: Manifest, milvus_token: str | None = None) -> VectorIndex | None:
-    """Return the saved vector index of a knowledge base, or None when there is none to load."""
+def load_index(
+    directory: Path, manifest: Manifest, milvus_token: str | None = None, faiss_gpu: FaissGpu = "off"
+) -> VectorIndex | None:
+    """Return the saved vector index of a knowledge base, or None when there is none to load; a FAISS one
+    searches on the GPU as `faiss_gpu` says."""
     store = manifest.store
     if store.backend == "milvus":
         uri = resolve_uri(store.uri, directory)
         dimension = manifest.embedding.dimension
         return MilvusIndex.load(uri, _collection(manifest), dimension, directory, milvus_token)
-    return FaissIndex.load(directory)
+    return FaissIndex.load(directory, use_faiss_gpu(faiss_gpu))
 
 
-def empty_index(directory: Path, manifest: Manifest, milvus_token: str | None = None) -> VectorIndex:
+def empty_index(
+    directory: Path, manifest: Manifest, milvus_token: str | None = None, faiss_gpu: FaissGpu = "off"
+) -> VectorIndex:
     """Return an empty vector index for a knowledge base; for Milvus, its collection is made afresh."""
     store = manifest.store
     if store.backend == "milvus":
         uri = resolve_uri(store.uri, directory)
         dimension = manifest.embedding.dimension
         return MilvusIndex.create(uri, _collection(manifest), dimension, directory, milvus_token)
-    return FaissIndex.empty(manifest.embedding.dimension, directory)
+    return FaissIndex.empty(manifest.embedding.dimension, directory, use_faiss_gpu(faiss_gpu))
 
 
 def _collection(manifest: Manifest) -> str:

