@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -98,6 +98,43 @@ class Embedder(Protocol):
     def count_tokens(self, text: str) -> int:
         """Return how many model tokens `text` takes, without special tokens or prompt (so lengths add up)."""
         ...
+
+
+class PromptedEmbedder:
+    """A Hugging Face model that reads a prompt before each query and passage (e5's `query: `, `passage: `).
+
+    A runtime sets `dimension`, `_tokenizer` (a transformers tokenizer) and the prompts, and encodes in
+    `_encode`; every way of embedding goes through it.
+    """
+
+    dimension: int
+    _tokenizer: Any
+    _query_prompt: str
+    _passage_prompt: str
+
+    def _set_prompts(self, config: EmbeddingConfig, model_name: str) -> None:
+        self._query_prompt = prompt_for(config.query_prompt, model_name, E5_QUERY_PROMPT)
+        self._passage_prompt = prompt_for(config.passage_prompt, model_name, E5_PASSAGE_PROMPT)
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """Return passage vectors."""
+        return self._encode(list(texts), self._passage_prompt)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Return the query vector."""
+        return self._encode([text], self._query_prompt)[0]
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """Return the query vectors of `texts`, batched (concurrent searches share the model)."""
+        return self._encode(list(texts), self._query_prompt)
+
+    def count_tokens(self, text: str) -> int:
+        """Return the number of tokens the model's tokenizer makes of `text`, without special tokens."""
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _encode(self, texts: list[str], prompt: str) -> np.ndarray:
+        """Return the unit vectors of `prompt` + each text, an (n, dimension) float32 array."""
+        raise NotImplementedError
 
 
 def model_name_of(model: str) -> str:

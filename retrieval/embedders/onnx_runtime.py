@@ -19,13 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.atomic import atomic_write, atomic_write_text
-from retrieval.embedders.base import (
-    E5_PASSAGE_PROMPT,
-    E5_QUERY_PROMPT,
-    EmbeddingConfig,
-    model_name_of,
-    prompt_for,
-)
+from retrieval.embedders.base import EmbeddingConfig, PromptedEmbedder, model_name_of
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -168,7 +162,7 @@ def session_options() -> Any:
     return options
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(PromptedEmbedder):
     """A sentence-transformers model run by ONNX Runtime; same identity and vectors as the torch runtime."""
 
     # The manifest checks backend and model name: a knowledge base built with torch opens with ONNX.
@@ -194,24 +188,7 @@ class OnnxEmbedder:
         self._session = ort.InferenceSession(
             str(model_file), session_options(), providers=["CPUExecutionProvider"]
         )
-        self._query_prompt = prompt_for(config.query_prompt, self.model_name, E5_QUERY_PROMPT)
-        self._passage_prompt = prompt_for(config.passage_prompt, self.model_name, E5_PASSAGE_PROMPT)
-
-    def embed_documents(self, texts: list[str]) -> np.ndarray:
-        """Return passage vectors."""
-        return self._encode(list(texts), self._passage_prompt)
-
-    def embed_query(self, text: str) -> np.ndarray:
-        """Return the query vector."""
-        return self._encode([text], self._query_prompt)[0]
-
-    def embed_queries(self, texts: list[str]) -> np.ndarray:
-        """Return the query vectors of `texts`, batched (concurrent searches share the model)."""
-        return self._encode(list(texts), self._query_prompt)
-
-    def count_tokens(self, text: str) -> int:
-        """Return the number of tokens the model's tokenizer makes of `text`, without special tokens."""
-        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+        self._set_prompts(config, self.model_name)
 
     def _encode(self, texts: list[str], prompt: str) -> np.ndarray:
         vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)

@@ -7,14 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from retrieval.embedders.base import (
-    E5_PASSAGE_PROMPT,
-    E5_QUERY_PROMPT,
-    EmbeddingConfig,
-    model_name_of,
-    prompt_for,
-    resolve_device,
-)
+from retrieval.embedders.base import EmbeddingConfig, PromptedEmbedder, model_name_of, resolve_device
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -22,7 +15,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(PromptedEmbedder):
     """Any sentence-transformers model, from a hub id or a local directory."""
 
     backend = "sentence-transformers"
@@ -33,26 +26,11 @@ class SentenceTransformerEmbedder:
         self.model_name = model_name_of(config.model)
         self._model = _load_sentence_transformer(config)
         self.dimension = int(self._model.get_embedding_dimension())
-        self._query_prompt = prompt_for(config.query_prompt, self.model_name, E5_QUERY_PROMPT)
-        self._passage_prompt = prompt_for(config.passage_prompt, self.model_name, E5_PASSAGE_PROMPT)
-
-    def embed_documents(self, texts: list[str]) -> np.ndarray:
-        """Return passage vectors; sentence-transformers sorts each call's texts by length to pad little."""
-        return self._encode(list(texts), self._passage_prompt)
-
-    def embed_query(self, text: str) -> np.ndarray:
-        """Return the query vector."""
-        return self._encode([text], self._query_prompt)[0]
-
-    def embed_queries(self, texts: list[str]) -> np.ndarray:
-        """Return the query vectors of `texts`, batched (concurrent searches share the model)."""
-        return self._encode(list(texts), self._query_prompt)
-
-    def count_tokens(self, text: str) -> int:
-        """Return the number of tokens the model's tokenizer makes of `text`, without special tokens."""
-        return len(self._model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        self._tokenizer = self._model.tokenizer
+        self._set_prompts(config, self.model_name)
 
     def _encode(self, texts: list[str], prompt: str) -> np.ndarray:
+        # sentence-transformers sorts each call's texts by length, so each batch pads little.
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = self._model.encode(

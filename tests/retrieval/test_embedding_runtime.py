@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pieces import Piece
 from pydantic import ValidationError
 
 from retrieval import EmbeddingConfig, EmbeddingIdentity, KnowledgeBaseCatalog, load_embedder
@@ -134,17 +134,6 @@ def test_bundled_model_on_each_runtime_gives_the_engines_vectors(
     assert onnx.embed_documents([]).shape == (0, onnx.dimension)
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """A chunk as the store takes it."""
-
-    text: str
-    page: int | None = None
-    heading_path: tuple[str, ...] = ()
-    start: int = 0
-    end: int = 0
-
-
 @needs_onnx
 @pytest.mark.slow
 def test_a_knowledge_base_built_by_the_engine_searches_on_the_default_runtime(
@@ -154,7 +143,7 @@ def test_a_knowledge_base_built_by_the_engine_searches_on_the_default_runtime(
     kb = catalog.create("handbook", EmbeddingIdentity.of(e5_embedder), splitter={})
     with kb.writing():
         for n, text in enumerate(TEXTS):
-            chunk = Chunk(text, end=len(text))
+            chunk = Piece(text, end=len(text))
             document = NewDocument(
                 source=f"doc-{n}.txt",
                 title=f"doc {n}",

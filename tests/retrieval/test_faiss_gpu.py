@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from pieces import Piece
 
 from app.settings import SettingsError, load_settings
 from retrieval import EmbeddingIdentity, KnowledgeBase, KnowledgeBaseCatalog, NewDocument
@@ -14,15 +14,6 @@ from retrieval.vector_index import INDEX_FILE, faiss_gpu_problem
 
 DIM = 32
 IDENTITY = EmbeddingIdentity(backend="test", model="random", model_name="random", dimension=DIM)
-
-
-@dataclass(frozen=True)
-class Piece:
-    text: str
-    page: int | None = None
-    heading_path: tuple[str, ...] = ()
-    start: int = 0
-    end: int = 0
 
 
 def random_document(source: str, count: int, seed: int) -> NewDocument:
