@@ -125,7 +125,7 @@ def bundled_sentence_transformer(folder: Path) -> Path:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules
     from tokenizers import Regex, normalizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import BertModel, PreTrainedTokenizerFast
 
     from retrieval.embedders.e5_weights import E5Weights
 
@@ -155,18 +155,7 @@ def bundled_sentence_transformer(folder: Path) -> Path:
         model_max_length=header.max_positions,
     )
     fast.save_pretrained(bert_dir)
-    config = BertConfig(
-        vocab_size=header.vocab,
-        hidden_size=header.hidden,
-        num_hidden_layers=header.layers,
-        num_attention_heads=header.heads,
-        intermediate_size=header.intermediate,
-        max_position_embeddings=header.max_positions,
-        type_vocab_size=header.type_vocab,
-        layer_norm_eps=header.eps,
-        pad_token_id=weights.pad,
-    )
-    bert = BertModel(config, add_pooling_layer=False)
+    bert = BertModel(weights.bert_config(pad_token_id=weights.pad), add_pooling_layer=False)
     bert.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.bert_state_dict().items()})
     bert.save_pretrained(bert_dir)
     transformer = modules.Transformer(str(bert_dir), max_seq_length=header.max_positions)

@@ -131,6 +131,24 @@ class E5Weights:
         """Return the float32 word embeddings of token `ids` (any shape), dequantized row by row."""
         return dequantize_q4(self._word_blocks[ids])
 
+    def bert_config(self, **overrides: Any) -> Any:
+        """Return a transformers BertConfig of this file's network (its gelu is the exact, erf one), with `overrides`."""
+        from transformers import BertConfig
+
+        header = self.header
+        shape = {
+            "vocab_size": header.vocab,
+            "hidden_size": header.hidden,
+            "num_hidden_layers": header.layers,
+            "num_attention_heads": header.heads,
+            "intermediate_size": header.intermediate,
+            "max_position_embeddings": header.max_positions,
+            "type_vocab_size": header.type_vocab,
+            "layer_norm_eps": header.eps,
+            "hidden_act": "gelu",
+        }
+        return BertConfig(**(shape | overrides))
+
     def bert_state_dict(self, with_words: bool = True) -> dict[str, np.ndarray]:
         """Return the weights named as transformers' BertModel names them (without the pooler)."""
         h, ff = self.header.hidden, self.header.intermediate
@@ -192,21 +210,10 @@ def _read_normalization(raw: bytes, count: int) -> dict[int, str]:
 def build_encoder(weights: E5Weights, attention: str = "eager") -> Any:
     """Return a torch module: word vectors (batch, tokens, hidden) and mask in, unit sentence vectors out."""
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
-    header = weights.header
-    config = BertConfig(
-        vocab_size=1,  # the word embedding stays out: rows are dequantized per batch from the 4-bit file
-        hidden_size=header.hidden,
-        num_hidden_layers=header.layers,
-        num_attention_heads=header.heads,
-        intermediate_size=header.intermediate,
-        max_position_embeddings=header.max_positions,
-        type_vocab_size=header.type_vocab,
-        layer_norm_eps=header.eps,
-        attn_implementation=attention,
-        hidden_act="gelu",  # the engine's gelu is the exact (erf) one
-    )
+    # The word embedding stays out: its rows are dequantized per batch from the 4-bit file.
+    config = weights.bert_config(vocab_size=1, attn_implementation=attention)
     bert = BertModel(config, add_pooling_layer=False).eval()
     state = {
         name: torch.from_numpy(np.array(value)) for name, value in weights.bert_state_dict(False).items()
