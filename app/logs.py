@@ -11,6 +11,10 @@ from datetime import UTC, datetime
 # The id of the HTTP request being handled (set by the server), added to every record logged meanwhile.
 request_id: ContextVar[str | None] = ContextVar("kbqa_request_id", default=None)
 
+# transformers imports torchao whenever it is installed (the finetune extra has it), and torchao warns
+# on import about kernels a CPU machine lacks and about torch API changes; none of it concerns a user.
+_QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -53,3 +57,5 @@ def configure_logging(level: str = "WARNING") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
