@@ -109,20 +109,40 @@ HoldoutOption = Annotated[
 ]
 ArticlesOption = Annotated[
     int | None,
-    typer.Option("--articles", min=3, help="Use only the first N articles of the dataset (default: all)."),
+    typer.Option(
+        "--articles", min=3, help="Use only N articles of the dataset, from the first on (default: all)."
+    ),
+]
+SkipArticlesOption = Annotated[
+    int,
+    typer.Option(
+        "--skip-articles",
+        min=0,
+        help="Pass over the dataset's first K articles: `--skip-articles 100 --articles 100` uses "
+        "articles 100-199, a slice apart from one measured before.",
+    ),
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Which articles are left out.")]
 
 
 def built_answer_set(
-    svc: KnowledgeService, kb: str, dataset: Path, holdout: int, articles: int | None, seed: int
+    svc: KnowledgeService,
+    kb: str,
+    dataset: Path,
+    holdout: int,
+    articles: int | None,
+    seed: int,
+    skip: int = 0,
 ):
     """Return the dataset's answer set with its knowledge base built (or reused)."""
     from app.answer_evaluation import answer_set
     from app.evaluation import build_knowledge_base, read_squad
 
+    end = None if articles is None else skip + articles
     try:
-        paragraphs = [p for p in read_squad(dataset) if articles is None or p.article < articles]
+        paragraphs = [
+            p for p in read_squad(dataset) if skip <= p.article and (end is None or p.article < end)
+        ]
         chosen = answer_set(paragraphs, holdout, seed)
     except (OSError, ValueError, KeyError, TypeError) as error:
         fail(f"cannot use SQuAD-format dataset {dataset}: {error}")
@@ -194,6 +214,7 @@ def eval_answers(
     ] = None,
     holdout: HoldoutOption = 40,
     articles: ArticlesOption = None,
+    skip: SkipArticlesOption = 0,
     seed: SeedOption = 0,
     as_json: JsonOption = False,
 ) -> None:
@@ -206,7 +227,7 @@ def eval_answers(
 
     svc = service()
     kb = kb or f"answers-{dataset.stem}"
-    chosen = built_answer_set(svc, kb, dataset, holdout, articles, seed)
+    chosen = built_answer_set(svc, kb, dataset, holdout, articles, seed, skip)
     with progress_bar("asking", len(chosen.cases)) as advance:
         asked = run_or_fail(lambda: ask(svc, kb, chosen.cases, advance))
     result = {

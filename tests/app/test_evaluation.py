@@ -175,3 +175,41 @@ def test_writing_paragraphs_leaves_only_the_ones_asked_for(tmp_path: Path) -> No
     write_paragraphs(first[:1], tmp_path)  # a later run over fewer paragraphs: the other is not indexed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p00001.txt"]
     assert (tmp_path / "p00001.txt").stat().st_mtime_ns == written  # unchanged text is not rewritten
+
+
+@pytest.mark.slow
+def test_cli_eval_answers_on_a_later_slice_of_articles(tmp_path: Path) -> None:
+    cities = ["北京", "上海", "广州", "深圳", "成都", "杭州"]
+    articles = [
+        {
+            "title": city,
+            "paragraphs": [
+                {
+                    "context": f"{city}的第{part}段：{city}有{10 * number + part}座博物馆。",
+                    "qas": [
+                        {
+                            "id": f"{number}-{part}",
+                            "question": f"{city}第{part}段说有几座博物馆？",
+                            "answers": [{"text": f"{10 * number + part}座"}],
+                        }
+                    ],
+                }
+                for part in (1, 2)
+            ],
+        }
+        for number, city in enumerate(cities)
+    ]
+    dataset = tmp_path / "slices.json"
+    dataset.write_text(
+        json.dumps({"version": "test", "data": articles}, ensure_ascii=False), encoding="utf-8"
+    )
+    command = [KBQA, "--data-dir", str(tmp_path / "data"), "eval", "answers", "--kb", "later", "--json"]
+    command += ["--dataset", str(dataset), "--articles", "3", "--skip-articles", "3", "--holdout", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    # Of articles 3-5: one left out whole (2 off-topic questions), one's last paragraph (1 same-topic).
+    assert (report["off_topic"], report["same_topic"]) == (2, 1)
+    folder = tmp_path / "data" / "eval" / "later" / "paragraphs"
+    indexed = [p.read_text(encoding="utf-8") for p in folder.iterdir()]
+    assert len(indexed) == 3 and all(text.split("的")[0] in cities[3:] for text in indexed)
