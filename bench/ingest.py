@@ -574,21 +574,15 @@ def write_pdfs(paragraphs: list[tuple[str, str]], folder: Path) -> tuple[Path, P
     return text_pdf, scan_pdf
 
 
-def char_accuracy(expected: str, got: str) -> float:
-    """Return 1 - (edit distance / length) over the non-space characters of `expected` and `got`."""
-    a, b = "".join(expected.split()), "".join(got.split())
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        previous, row[0] = row[0], i
-        for j, y in enumerate(b, start=1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
-    return 1 - row[-1] / len(a)
-
-
 def bench_pdf_pages(paragraphs: list[tuple[str, str]]) -> dict[str, Any]:
     """Return pages/s of loading a text PDF and its scan, and OCR's character accuracy on the scan."""
+    from bench._common import REPO_ROOT
     from ingestion.loaders import load_file
     from ingestion.loaders.ocr import ocr_installed
+
+    # OCR is scored as the test suite scores it (tests/ is no package).
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from documents import char_accuracy
 
     if not ocr_installed():
         raise SystemExit("--pdf-pages needs the `ocr` extra: pip install -e '.[ocr]'")
