@@ -24,7 +24,7 @@ from ingestion.loaders import (
 )
 from ingestion.prepare import PreparedFiles
 from ingestion.splitter import ChineseTextSplitter, SplitterConfig
-from retrieval import Embedder, KnowledgeBase, NewDocument, check_metadata
+from retrieval import DocumentRecord, Embedder, KnowledgeBase, NewDocument, check_metadata
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,15 @@ def collect_files(paths: Iterable[Path]) -> tuple[list[SourceFile], list[FileOut
     return unique, outcomes
 
 
+@dataclass(frozen=True)
+class _ToLoad:
+    """A file that is to be loaded: its bytes, their hash, and the document it replaces, if any."""
+
+    data: bytes
+    content_hash: str
+    stored: DocumentRecord | None
+
+
 @dataclass
 class _Pending:
     document: NewDocument
@@ -247,6 +256,7 @@ class IngestionPipeline:
         started = time.perf_counter()
         report = IngestionReport()
         pending: list[_Pending] = []
+        pending_chunks = 0
         if progress:
             progress.start(len(files))
 
@@ -263,17 +273,18 @@ class IngestionPipeline:
                     record(item)
                     continue
                 pending.append(item)
-                if sum(len(p.document.chunks) for p in pending) >= self.config.batch_chunks:
+                pending_chunks += len(item.document.chunks)
+                if pending_chunks >= self.config.batch_chunks:
                     self._flush(pending, record, progress)
-                    pending = []
+                    pending, pending_chunks = [], 0
             self._flush(pending, record, progress)
         report.seconds = time.perf_counter() - started
         return report
 
     def _check(
         self, file: SourceFile, run_hashes: set[str], metadata: dict[str, str] | None, force: bool
-    ) -> tuple[bytes, str] | FileOutcome:
-        """Return the file's bytes and hash when it is to be loaded, else what happened to it."""
+    ) -> _ToLoad | FileOutcome:
+        """Return the file's bytes, hash and stored version when it is to be loaded, else what happened to it."""
         try:
             data = file.path.read_bytes()
         except OSError as error:
@@ -289,15 +300,10 @@ class IngestionPipeline:
                 self.kb.set_metadata(stored.id, metadata)
                 return FileOutcome(file.source, "updated")
             return FileOutcome(file.source, "skipped", reason=ALREADY_STORED)
-        return data, content_hash
+        return _ToLoad(data, content_hash, stored)
 
     def _document(
-        self,
-        file: SourceFile,
-        data: bytes,
-        content_hash: str,
-        loaded: LoadedDocument,
-        metadata: dict[str, str] | None,
+        self, file: SourceFile, to_load: _ToLoad, loaded: LoadedDocument, metadata: dict[str, str] | None
     ) -> _Pending:
         """Return the split document of a loaded file, ready to embed; raise LoaderError when it has no text."""
         for problem in loaded.problems:
@@ -305,12 +311,12 @@ class IngestionPipeline:
         chunks = self.splitter.split(loaded)
         if not chunks:
             raise LoaderError("no text could be extracted")
-        stored = self.kb.document_by_source(file.source)
+        stored = to_load.stored
         document = NewDocument(
             source=file.source,
             title=loaded.title,
-            content_hash=content_hash,
-            size=len(data),
+            content_hash=to_load.content_hash,
+            size=len(to_load.data),
             page_count=loaded.page_count,
             chunks=chunks,
             vectors=np.zeros((0, 0), np.float32),  # filled by _flush: one embedding call for the batch

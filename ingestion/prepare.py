@@ -104,6 +104,8 @@ class PreparedFiles:
                 pool.shutdown(wait=False, cancel_futures=True)
 
     def _prepare_all(self, pool: ProcessPoolExecutor | None, ahead: int) -> None:
+        from ingestion.pipeline import FileOutcome  # the pipeline imports this module
+
         pipeline, config = self._pipeline, self._pipeline.config
         run_hashes: set[str] = set()
         window: deque[tuple[SourceFile, Any]] = deque()  # files in order, each an outcome or a load
@@ -111,17 +113,16 @@ class PreparedFiles:
             if self._stopped:
                 return
             checked = pipeline._check(file, run_hashes, self._metadata, self._force)
-            if not isinstance(checked, tuple):
+            if isinstance(checked, FileOutcome):
                 window.append((file, checked))
             else:
-                data, content_hash = checked
-                run_hashes.add(content_hash)  # a later copy of this content in the run is skipped
+                run_hashes.add(checked.content_hash)  # a later copy of this content in the run is skipped
                 if pool is None:
                     reader = pipeline._image_reader(file.source, self._progress)
                     load: Any = _loaded_or_error(partial(load_file, file.path, reader, config.load_limits()))
                 else:
                     load = pool.submit(load_in_worker, file.path, config.ocr, config.load_limits())
-                window.append((file, (data, content_hash, load)))
+                window.append((file, (checked, load)))
             while len(window) > (ahead if pool else 0) or (window and not isinstance(window[0][1], tuple)):
                 if not self._finish(*window.popleft(), run_hashes):
                     return
@@ -133,14 +134,14 @@ class PreparedFiles:
         """Queue the outcome or split document of one file; return False when the stage was stopped."""
         if not isinstance(entry, tuple):
             return self._put(entry)
-        data, content_hash, load = entry
+        to_load, load = entry
         loaded = _loaded_or_error(load.result) if isinstance(load, Future) else load
         try:
             if isinstance(loaded, LoaderError):
                 raise loaded
-            prepared = self._pipeline._document(file, data, content_hash, loaded, self._metadata)
+            prepared = self._pipeline._document(file, to_load, loaded, self._metadata)
         except LoaderError as error:
-            run_hashes.discard(content_hash)
+            run_hashes.discard(to_load.content_hash)
             return self._put(_failed(file, str(error)))
         chunks = len(prepared.document.chunks)
         self._pipeline._hold_chunks(chunks)
