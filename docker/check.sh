@@ -204,6 +204,9 @@ api() {
 }
 # `field EXPRESSION` reads JSON on stdin and prints the Python expression over it (`d` is the document).
 field() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
+# `has TEXT PATTERN`: whether TEXT holds PATTERN (case-insensitive). No pipe: `grep -q` stops reading at the
+# first match, and the writer of a pipe then fails on a closed pipe, which `pipefail` reports as a failure.
+has() { grep -qi -- "$2" <<<"$1"; }
 
 up() {
     STACK_UP=1
@@ -230,7 +233,7 @@ ask() { # KB QUESTION: print the answer's JSON
 upload_a_document() {
     [ "$(api GET /readyz | field 'd["status"]')" = ready ] || fail "/readyz is not ready"
     [ "$(compose 60 exec -T kbqa id -u)" = 1000 ] || fail "the service does not run as the user kbqa (1000)"
-    api GET / | grep -qi '<html' || fail "the web page is not served at / (app/web missing from the wheel?)"
+    has "$(api GET /)" '<html' || fail "the web page is not served at / (app/web missing from the wheel?)"
     local demo
     demo=$(api GET /v1/kbs/demo | field 'd["documents"]')
     [ "$demo" -ge 7 ] || fail "the sample knowledge base has $demo documents, not the image's 7"
@@ -250,8 +253,8 @@ ask_about_it() {
     local answer
     answer=$(ask facts "Who built the Harbour Lighthouse?")
     say "answer: $(field 'd["answer"]' <<<"$answer")"
-    field 'd["answer"]' <<<"$answer" | grep -q Olufsen || fail "the answer does not name the builder: $answer"
-    field '" ".join(c["source"] for c in d["citations"])' <<<"$answer" | grep -q lighthouse.md ||
+    has "$(field 'd["answer"]' <<<"$answer")" Olufsen || fail "the answer does not name the builder: $answer"
+    has "$(field '" ".join(c["source"] for c in d["citations"])' <<<"$answer")" lighthouse.md ||
         fail "the answer does not cite lighthouse.md: $answer"
 }
 
@@ -306,7 +309,7 @@ check_interrupted_job() {
 
 check_survivors() {
     [ "$(api GET /v1/kbs/demo | field 'd["documents"]')" -ge 7 ] || fail "the sample knowledge base lost documents"
-    ask facts "When was the Harbour Lighthouse built?" | field 'd["answer"]' | grep -q 1874 ||
+    has "$(ask facts "When was the Harbour Lighthouse built?" | field 'd["answer"]')" 1874 ||
         fail "the knowledge base 'facts' did not survive the restart"
     wait_job "$BIG_JOB" succeeded 600
     local documents
