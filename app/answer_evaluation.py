@@ -6,7 +6,8 @@ articles of several paragraphs (*same-topic*: the rest of the article is there, 
 about; CMRC 2018's articles have one paragraph each, so it has none). Answerable questions are those
 of indexed paragraphs, as many as the unanswerable ones, so both kinds weigh the same.
 
-`fit_calibration` fits the answerability and reader models on such a set; `ask` runs every question
+`fit_calibration` fits the answerability model on such sets (one or several draws of the held-out
+articles) and the reader on every answerable question of their indexed paragraphs; `ask` runs every question
 through the service's own answer path (any backend) and `summary` reports what a user would see.
 """
 
@@ -52,7 +53,8 @@ class AnswerSet:
     """The paragraphs to index and the questions to ask."""
 
     paragraphs: list[Paragraph]
-    cases: list[AnswerCase]
+    cases: list[AnswerCase]  # as many answerable as unanswerable
+    more_answerable: list[AnswerCase] = field(default_factory=list)  # the indexed paragraphs' other questions
 
 
 def answer_set(paragraphs: Sequence[Paragraph], holdout: int, seed: int = 0) -> AnswerSet:
@@ -80,7 +82,8 @@ def answer_set(paragraphs: Sequence[Paragraph], holdout: int, seed: int = 0) -> 
         indexed += group
         answerable += [AnswerCase(q, "answerable") for p in group for q in p.questions]
     random.Random(seed).shuffle(answerable)
-    return AnswerSet(indexed, answerable[: len(unanswerable)] + unanswerable)
+    kept = len(unanswerable)
+    return AnswerSet(indexed, answerable[:kept] + unanswerable, answerable[kept:])
 
 
 def _first_sentence(answer: str) -> str:
@@ -100,6 +103,11 @@ class Observations:
 
     cases: list[AnswerCase] = field(default_factory=list)
     found: list[Retrieval] = field(default_factory=list)
+
+    def extend(self, other: Observations) -> None:
+        """Add another set's questions (another draw of held-out articles) to these."""
+        self.cases += other.cases
+        self.found += other.found
 
 
 def observe(
@@ -126,26 +134,40 @@ def observe(
 def fit_calibration(
     service: KnowledgeService,
     seen: Observations,
+    more_answerable: Observations | None = None,
     reranker: str | None = None,
     advance: Callable[[], None] | None = None,
 ) -> Calibration:
-    """Return the answerability and reader models fitted on the observed questions, with a report."""
+    """Return the answerability and reader models fitted on the observed questions, with a report.
+
+    Answerability is fitted on `seen`, as many answerable questions as unanswerable ones. The reader learns
+    from every answerable question whose answer lies within one retrieved sentence: those of `seen` and
+    `more_answerable` (the indexed paragraphs' other questions), several times the balanced set's.
+    """
     from llm.extractive import READER_FEATURES
     from retrieval import Calibration, LogisticModel
     from retrieval.answerability import SIGNALS
 
     features = SIGNALS + (("rerank",) if reranker else ())
-    x = np.array([found.signals.values(features) for found in seen.found])
+
+    def signals(observed: Observations) -> np.ndarray:
+        return np.array([found.signals.values(features) for found in observed.found])
+
+    x = signals(seen)
     y = np.array([case.label for case in seen.cases])
     answerability = LogisticModel.fit(features, x, y)
-    probabilities = answerability.probabilities(x)
+    answerable = Observations()
+    answerable.extend(seen)
+    if more_answerable:
+        answerable.extend(more_answerable)
+    probabilities = answerability.probabilities(signals(answerable))
 
     reader = service.extractive_reader()
     rows, labels = [], []
-    for case, found, label, probability in zip(seen.cases, seen.found, y, probabilities, strict=True):
+    for case, found, probability in zip(answerable.cases, answerable.found, probabilities, strict=True):
         sentences = reader.sentences(found.hits)
         holds = [any(a in s.text for a in case.question.answers) for s in sentences]
-        if label and any(holds):  # only questions whose answer lies within one retrieved sentence
+        if case.label and any(holds):  # only questions whose answer lies within one retrieved sentence
             rows.append(reader.features(case.question.text, sentences, found.term_weights, probability))
             labels += holds
         if advance:
@@ -154,7 +176,7 @@ def fit_calibration(
     report = {
         "questions": len(y),
         "answerable_share": float(y.mean()),
-        "ece": expected_calibration_error(probabilities, y),
+        "ece": expected_calibration_error(answerability.probabilities(x), y),
         "reader_questions": len(rows),
     }
     return Calibration(service.embedding_model, answerability, reader_model, reranker, report)

@@ -12,6 +12,7 @@ import pytest
 
 from app.evaluation import Case, Paragraph, ndcg, percentile, read_squad, relevance, select, write_paragraphs
 from app.evaluation import metrics as compute_metrics
+from retrieval.calibration import Calibration
 
 KBQA = str(Path(sys.executable).parent / "kbqa")
 
@@ -213,3 +214,51 @@ def test_cli_eval_answers_on_a_later_slice_of_articles(tmp_path: Path) -> None:
     folder = tmp_path / "data" / "eval" / "later" / "paragraphs"
     indexed = [p.read_text(encoding="utf-8") for p in folder.iterdir()]
     assert len(indexed) == 3 and all(text.split("的")[0] in cities[3:] for text in indexed)
+
+
+def test_cli_eval_calibrate_pools_rounds_and_teaches_the_reader_every_answerable_question(
+    tmp_path: Path,
+) -> None:
+    cities = ["北京", "上海", "广州", "深圳", "成都", "杭州", "南京", "武汉"]
+    articles = [
+        {
+            "title": city,
+            "paragraphs": [
+                {
+                    "context": f"{city}第{part}区有{10 * number + part}座博物馆。{city}第{part}区的河叫{city}{part}河。",
+                    "qas": [
+                        {
+                            "id": f"{number}-{part}-museums",
+                            "question": f"{city}第{part}区有几座博物馆？",
+                            "answers": [{"text": f"{10 * number + part}座"}],
+                        },
+                        {
+                            "id": f"{number}-{part}-river",
+                            "question": f"{city}第{part}区的河叫什么？",
+                            "answers": [{"text": f"{city}{part}河"}],
+                        },
+                    ],
+                }
+                for part in (1, 2)
+            ],
+        }
+        for number, city in enumerate(cities)
+    ]
+    dataset = tmp_path / "cities.json"
+    dataset.write_text(
+        json.dumps({"version": "test", "data": articles}, ensure_ascii=False), encoding="utf-8"
+    )
+    data = tmp_path / "data"
+    command = [KBQA, "--data-dir", str(data), "eval", "calibrate", "--kb", "cal", "--json"]
+    command += ["--dataset", str(dataset), "--holdout", "1", "--rounds", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["report"]
+    # Each round leaves out one article (4 off-topic questions) and one paragraph (2 same-topic), and asks
+    # as many answerable ones: 12 questions a round, fitted together.
+    assert (report["questions"], report["answerable_share"], report["rounds"]) == (24, 0.5, 2)
+    # The reader learns from the indexed paragraphs' other questions too, not only the 6 answerable a round.
+    assert report["reader_questions"] > 2 * 6
+    assert {p.name for p in (data / "kbs").iterdir()} == {"cal", "cal-2"}
+    stored = Calibration.read(data / "calibrations" / "multilingual-e5-small.json")
+    assert stored.report["rounds"] == 2 and stored.reader is not None

@@ -135,6 +135,13 @@ def test_a_dataset_splits_into_indexed_paragraphs_and_three_kinds_of_question() 
     for case in chosen.cases:
         held = any(answer in indexed_text for answer in case.question.answers)
         assert held == (case.kind == "answerable")
+    # The indexed paragraphs' other questions are kept apart, for the reader to learn from.
+    answerable = [c.question for c in chosen.cases if c.kind == "answerable"]
+    more = [c.question for c in chosen.more_answerable]
+    assert all(c.kind == "answerable" for c in chosen.more_answerable)
+    assert sorted(q.text for q in answerable + more) == sorted(
+        q.text for p in chosen.paragraphs for q in p.questions
+    )
     # A same-topic question's article is in the knowledge base, less the paragraph that answers it.
     same = [c for c in chosen.cases if c.kind == "same-topic"]
     assert all(c.question.text.split("-")[0] in ("q1", "q3") for c in same)
