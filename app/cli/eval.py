@@ -22,6 +22,7 @@ from app.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from app.answer_evaluation import AnswerSet, Observations
     from app.services import KnowledgeService
 
 eval_app = typer.Typer(
@@ -182,7 +183,7 @@ def eval_calibrate(
 
     The fit is stored under <data_dir>/calibrations/, where every knowledge base of that model finds it.
     """
-    from app.answer_evaluation import Observations, fit_calibration, observe
+    from app.answer_evaluation import Observations, fit_calibration
 
     svc = service()
     kb = kb or f"calibrate-{dataset.stem}"
@@ -193,12 +194,9 @@ def eval_calibrate(
     for round_ in range(rounds):
         round_kb = kb if round_ == 0 else f"{kb}-{round_ + 1}"
         chosen = built_answer_set(svc, round_kb, dataset, holdout, articles, seed + round_)
-        count = len(chosen.cases) + len(chosen.more_answerable)
-        with progress_bar(f"searching ({round_ + 1}/{rounds})", count) as advance:
-            seen.extend(run_or_fail(lambda: observe(svc, round_kb, chosen.cases, rerank, advance)))
-            more_answerable.extend(
-                run_or_fail(lambda: observe(svc, round_kb, chosen.more_answerable, rerank, advance))
-            )
+        balanced, more = _observed_round(svc, round_kb, chosen, rerank, f"searching ({round_ + 1}/{rounds})")
+        seen.extend(balanced)
+        more_answerable.extend(more)
     with progress_bar("reading", len(seen.cases) + len(more_answerable.cases)) as advance:
         calibration = run_or_fail(lambda: fit_calibration(svc, seen, more_answerable, reranker, advance))
     calibration.report.update(dataset=dataset.name, holdout=holdout, rounds=rounds, seed=seed)
@@ -223,6 +221,18 @@ def eval_calibrate(
     for name, weight in zip(model.features, model.weights, strict=True):
         table.add_row(name, f"{weight:+.3f}")
     console.print(table)
+
+
+def _observed_round(
+    svc: KnowledgeService, kb: str, chosen: AnswerSet, rerank: bool, title: str
+) -> tuple[Observations, Observations]:
+    """Return the searches of a round's balanced questions and those of its other answerable ones."""
+    from app.answer_evaluation import observe
+
+    with progress_bar(title, len(chosen.cases) + len(chosen.more_answerable)) as advance:
+        balanced = run_or_fail(lambda: observe(svc, kb, chosen.cases, rerank, advance))
+        more = run_or_fail(lambda: observe(svc, kb, chosen.more_answerable, rerank, advance))
+    return balanced, more
 
 
 @eval_app.command("answers")
