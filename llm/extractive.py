@@ -40,6 +40,8 @@ _HEADING = re.compile(r"^\s{0,3}#{1,6}(\s|$)")
 _LIST_MARK = re.compile(
     r"^\s*(?:[-*+•·]\s+|\d{1,3}[.)]\s+|\d{1,3}、|[（(][一二三四五六七八九十\d]{1,3}[)）]|[一二三四五六七八九十]{1,3}、)"
 )
+# A "name: value" line, as kbqa's loaders write a table row or a record (CSV, Excel, JSON, Word/PDF tables).
+_FIELD = re.compile(r"^[^\s:：][^:：]{0,39}: \S")
 _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
 # A sentence ends at Chinese 。！？；(plus closing quotes), or at English . ! ? followed by a space and
 # something other than a lowercase letter, so "e.g. the" and "3.5" stay whole.
@@ -47,6 +49,9 @@ _SENTENCE = re.compile(
     r"\S.*?(?:[。！？；]+[”’」』）)\"']*|[.!?]+[”’\"')]*(?=\s+[^\sa-z])|$)",
 )
 _CLAUSE_END = re.compile(r"(?<=[，,、：:；;])")
+# A line that opens with a short Chinese label and a colon ("年假：员工累计工作满 1 年后……") is about that
+# label throughout; a colon before a quotation ("他说：“……”") introduces speech, not a label.
+_LABEL = re.compile(r"([^\s：:，,。；;！？!?「“\"'『(（]{1,6})\s*[：:]\s*(?![「“\"'『])\S")
 _EMPHASIS = re.compile(r"\*\*|__|`")
 # English words that say nothing about what is asked.
 _STOPWORD_TEXT = (
@@ -73,10 +78,11 @@ _ANSWER_TYPES = [
             r"|how long|how many (?:days|hours|weeks|months|years)",
             re.I,
         ),
-        re.compile(
-            _NUMBER
-            + r"\s*(?:个|個)?\s*(?:工作日|天|日|小时|小時|周|週|星期|个?月|個?月|年|分钟|分鐘|(?:working |business )?days?"
-            r"|hours?|weeks?|months?|years?)",
+        re.compile(  # not a date: 3 月 31 日 and 2025 年 name a day and a year, 3 个月 and 31 天 last
+            r"(?<![月\d.一二两兩三四五六七八九十百千万萬半])(?<!月\s)(?!\d{4}\s*年)"
+            + _NUMBER
+            + r"\s*(?:(?:个|個)\s*月|(?:个|個)?\s*(?:工作日|天|日|小时|小時|周|週|星期|年|分钟|分鐘"
+            r"|(?:working |business )?days?|hours?|weeks?|months?|years?))",
             re.I,
         ),
     ),
@@ -382,17 +388,28 @@ def split_sentences(text: str, max_chars: int = 240) -> list[str]:
     """Return the readable sentences of a chunk, in order, without headings, list marks and empty fragments."""
     sentences: list[str] = []
     for line in _lines(text):
+        label = _label(line)
         for match in _SENTENCE.finditer(line):
             sentence = match.group().strip()
-            if any(c.isalnum() for c in sentence):
-                sentences.extend(_pieces(sentence, max_chars))
+            if not any(c.isalnum() for c in sentence):
+                continue
+            if label and match.start() > 0 and label not in sentence and not _label(sentence):
+                sentence = f"{label}：{sentence}"
+            sentences.extend(_pieces(sentence, max_chars))
     return sentences
+
+
+def _label(line: str) -> str | None:
+    """Return the Chinese label a line opens with ("年假" of "年假：员工……"), or None."""
+    found = _LABEL.match(line)
+    return found.group(1) if found and _CJK_CHAR.search(found.group(1)) else None
 
 
 def _lines(text: str) -> Iterator[str]:
     """Yield the text's logical lines: headings dropped, list marks removed, wrapped English lines joined."""
     header: list[str] | None = None
     pending = ""
+    in_record = False  # `pending` holds "name: value" lines: a table row or record, read as one sentence
     for raw in _EMPHASIS.sub("", text).splitlines():
         line = raw.strip()
         if line.startswith("|") or _TABLE_RULE.match(line):
@@ -414,14 +431,25 @@ def _lines(text: str) -> Iterator[str]:
             pending = ""
             continue
         line = _LIST_MARK.sub("", line, count=1)
-        if pending and _continues(pending, raw):
+        field = _FIELD.match(line) is not None
+        if pending and field and in_record:
+            pending = _joined_fields(pending, line)
+        elif pending and not field and not in_record and _continues(pending, raw):
             pending = f"{pending} {line}"
         else:
             if pending:
                 yield pending
             pending = line
+        in_record = field
     if pending:
         yield pending
+
+
+def _joined_fields(record: str, field: str) -> str:
+    """Return a record's "name: value" lines so far with one more, as one sentence ("假期: 春节，天数: 8")."""
+    if re.search(r"[。！？.!?]$", record):
+        return record + (" " if record[-1].isascii() else "") + field
+    return record + ("，" if _CJK_CHAR.search(record + field) else ", ") + field
 
 
 def _continues(previous: str, raw_next: str) -> bool:

@@ -40,7 +40,10 @@ def first_sentence(text: str) -> str:
         ("报销款多久到账？", "3 个工作日内打入员工工资卡"),  # the web page's placeholder
         ("差旅住宿标准是多少？", "住宿每晚不超过 500 元"),  # the README's second example
         ("公司的创始人是谁？", "创始人兼首席执行官为林思远"),
-        ("What is the hotel limit in Tokyo?", "Tokyo"),
+        ("What is the hotel limit in Tokyo?", "Tokyo, Nightly limit (USD): 200"),
+        # A table row is read whole: the holiday, its dates and the make-up working days together.
+        ("国庆节放几天假，哪天调休上班？", "10月1日至10月8日，天数: 8，调休上班日期: 9月28日"),
+        ("星河X1 的麦克风拾音距离是多少？", "拾音半径 8 米"),
     ],
 )
 def test_the_sample_questions_get_the_sentence_that_answers(demo: KnowledgeService, question, holds) -> None:

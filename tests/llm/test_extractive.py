@@ -191,6 +191,22 @@ def test_sentences_are_split_for_reading() -> None:
         "系统：星河OA，地址：https://oa.xinghe.example",
         "注意：请用域账号登录。",
     ]
+    # A row or record as kbqa's loaders write it ("name: value" lines) reads as one sentence.
+    record = (
+        "假期: 中秋节、国庆节\n放假日期: 10月1日至10月8日\n天数: 8\n\nCity: Tokyo\nNightly limit (USD): 200"
+    )
+    assert split_sentences(record) == [
+        "假期: 中秋节、国庆节，放假日期: 10月1日至10月8日，天数: 8",
+        "City: Tokyo, Nightly limit (USD): 200",
+    ]
+    # A line that opens with a short label is about it throughout: its later sentences carry the label.
+    labelled = "年假：员工满 1 年后享受年假。满 1 年不满 5 年的，每年 10 天；满 5 年的，每年 12 天。当年的年假可顺延。"
+    assert split_sentences(labelled) == [
+        "年假：员工满 1 年后享受年假。",
+        "年假：满 1 年不满 5 年的，每年 10 天；",
+        "年假：满 5 年的，每年 12 天。",
+        "当年的年假可顺延。",  # it names the label itself
+    ]
     assert split_sentences("甲" * 50 + "，" + "乙" * 50 + "。", max_chars=60) == [
         "甲" * 50 + "…",
         "乙" * 50 + "。",
@@ -204,6 +220,9 @@ def test_sentences_are_split_for_reading() -> None:
         ("How long does approval take?", "Finance reviews within 5 working days.", "Finance reviews claims."),
         ("住宿标准是多少钱？", "每晚不超过 500 元。", "住宿需要事先审批。"),
         ("年假有几天？", "每年十天。", "年假需要提前申请。"),
+        ("年假有几天？", "满 5 年的，每年 12 天；", "当年未休完的年假可顺延至次年 3 月 31 日。"),  # a date
+        ("年假有几天？", "合同期 3 个月。", "放假日期: 1月28日至2月4日"),
+        ("保修期多久？", "整机保修 2 年。", "该型号于 2025 年发布。"),  # a year
     ],
 )
 def test_answer_type_matches_the_value_asked_for(question: str, holds: str, lacks: str) -> None:
