@@ -1,9 +1,11 @@
 """The offline answerer: no model generates; the answer is the retrieved sentences that best match the question.
 
 Each chunk is cut into sentences (Chinese 。！？；and line ends, English . ! ? before a new sentence; a
-markdown table row becomes "header: cell" pairs; a sentence longer than `max_sentence_chars` is cut at
-its commas). Sentences not seen before are embedded in one batch (their vectors are kept for later
-questions). With the embedding model's calibration, a logistic regression learned on DRCD/CMRC gives each
+markdown table row becomes "header: cell" pairs and a record's "name: value" lines (a CSV, Excel or Word
+table row as the loaders write it) one sentence; a line that opens with a short label, 年假：…, lends it
+to its later sentences; a sentence longer than `max_sentence_chars` is cut at its commas). Sentences
+not seen before are embedded in one batch (their vectors are kept for later questions). With the
+embedding model's calibration, a logistic regression learned on CMRC 2018 gives each
 sentence the probability that it holds the answer, from its cosine with the question, its coverage of the
 question's rarer terms, the kind of value it holds, its place and its chunk's rank; without one, a sentence
 scores its cosine plus small bonuses for shared words and the kind of value asked for. The best sentence
