@@ -66,6 +66,8 @@ def test_question_words_are_not_content_terms() -> None:
     assert content_terms("差旅住宿标准是多少？") == ["差旅", "住宿", "标准"]
     assert content_terms("台灣的首都是哪裡？") == ["台湾", "首都"]  # folded to Simplified, as stored
     assert content_terms("Who won the 2022 World Cup?") == ["won", "2022", "world", "cup"]
+    # Workplace words jieba lacks stay whole: 年假 is not 年 + 假, which every 放假 and 病假 would match.
+    assert content_terms("年假有几天？") == ["年假"]
 
 
 def test_coverage_weighs_rare_terms_and_matches_whole_english_words() -> None:
