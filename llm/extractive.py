@@ -1,6 +1,6 @@
 """The offline answerer: no model generates; the answer is the retrieved sentences that best match the question.
 
-Each chunk is cut into sentences (Chinese 。！？；and line ends, English . ! ? before a new sentence; a
+Each chunk is cut into sentences (Chinese 。！？ and line ends, English . ! ? before a new sentence; a
 markdown table row becomes "header: cell" pairs and a record's "name: value" lines (a CSV, Excel or Word
 table row as the loaders write it) one sentence; a line that opens with a short label, 年假：…, lends it
 to its later sentences; a sentence longer than `max_sentence_chars` is cut at its commas). Sentences
@@ -45,10 +45,11 @@ _LIST_MARK = re.compile(
 # A "name: value" line, as kbqa's loaders write a table row or a record (CSV, Excel, JSON, Word/PDF tables).
 _FIELD = re.compile(r"^[^\s:：][^:：]{0,39}: \S")
 _TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
-# A sentence ends at Chinese 。！？；(plus closing quotes), or at English . ! ? followed by a space and
-# something other than a lowercase letter, so "e.g. the" and "3.5" stay whole.
+# A sentence ends at Chinese 。！？ (plus closing quotes), or at English . ! ? followed by a space and
+# something other than a lowercase letter, so "e.g. the" and "3.5" stay whole. A ；joins the parallel
+# clauses of one sentence, such as the tiers of a rule (满 1 年…10 天；满 5 年…12 天), which answer together.
 _SENTENCE = re.compile(
-    r"\S.*?(?:[。！？；]+[”’」』）)\"']*|[.!?]+[”’\"')]*(?=\s+[^\sa-z])|$)",
+    r"\S.*?(?:[。！？]+[”’」』）)\"']*|[.!?]+[”’\"')]*(?=\s+[^\sa-z])|$)",
 )
 _CLAUSE_END = re.compile(r"(?<=[，,、：:；;])")
 # A line that opens with a short Chinese label and a colon ("年假：员工累计工作满 1 年后……") is about that

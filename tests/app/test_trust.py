@@ -44,6 +44,8 @@ def first_sentence(text: str) -> str:
         # A table row is read whole: the holiday, its dates and the make-up working days together.
         ("国庆节放几天假，哪天调休上班？", "10月1日至10月8日，天数: 8，调休上班日期: 9月28日"),
         ("星河X1 的麦克风拾音距离是多少？", "拾音半径 8 米"),
+        # Every tier of the rule, not the top one alone (a ；joins them) nor holiday rows (年假 is one word).
+        ("年假有几天？", "每年 10 天；满 5年不满 10 年的，每年 12 天；满 10 年及以上的，每年 15 天"),
     ],
 )
 def test_the_sample_questions_get_the_sentence_that_answers(demo: KnowledgeService, question, holds) -> None:

@@ -115,7 +115,8 @@ def test_no_sentence_appears_twice(e5_embedder) -> None:
     extract = generous.read("报销需要多久到账？", make_hits(EXPENSE, LEAVE, copy + "\n" + copy))
     assert extract is not None
     texts = [text for text, _ in sentences_of(extract.text)]
-    assert len(texts) >= 4 and len(set(texts)) == len(texts)
+    # Several sentences chosen, some of them held by two hits (the copy), each written once.
+    assert len(texts) >= 3 and set(texts) & set(split_sentences(copy)) and len(set(texts)) == len(texts)
     # A sentence found in several chunks is cited from the best-ranked one: hit 3 only repeats hit 1.
     assert 3 not in extract.cited
     # After the best sentence, the others read in source order: hit rank, then position in the chunk.
@@ -203,8 +204,7 @@ def test_sentences_are_split_for_reading() -> None:
     labelled = "年假：员工满 1 年后享受年假。满 1 年不满 5 年的，每年 10 天；满 5 年的，每年 12 天。当年的年假可顺延。"
     assert split_sentences(labelled) == [
         "年假：员工满 1 年后享受年假。",
-        "年假：满 1 年不满 5 年的，每年 10 天；",
-        "年假：满 5 年的，每年 12 天。",
+        "年假：满 1 年不满 5 年的，每年 10 天；满 5 年的，每年 12 天。",  # a ；joins the tiers of one rule
         "当年的年假可顺延。",  # it names the label itself
     ]
     assert split_sentences("甲" * 50 + "，" + "乙" * 50 + "。", max_chars=60) == [
