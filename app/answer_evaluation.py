@@ -153,18 +153,17 @@ def fit_calibration(
     def signals(observed: Observations) -> np.ndarray:
         return np.array([found.signals.values(features) for found in observed.found])
 
-    x = signals(seen)
     y = np.array([case.label for case in seen.cases])
-    answerability = LogisticModel.fit(features, x, y)
-    answerable = Observations()
-    answerable.extend(seen)
+    answerability = LogisticModel.fit(features, signals(seen), y)
+    read = Observations()  # what the reader learns from: `seen` first, then `more_answerable`
+    read.extend(seen)
     if more_answerable:
-        answerable.extend(more_answerable)
-    probabilities = answerability.probabilities(signals(answerable))
+        read.extend(more_answerable)
+    probabilities = answerability.probabilities(signals(read))
 
     reader = service.extractive_reader()
     rows, labels = [], []
-    for case, found, probability in zip(answerable.cases, answerable.found, probabilities, strict=True):
+    for case, found, probability in zip(read.cases, read.found, probabilities, strict=True):
         sentences = reader.sentences(found.hits)
         holds = [any(a in s.text for a in case.question.answers) for s in sentences]
         if case.label and any(holds):  # only questions whose answer lies within one retrieved sentence
@@ -176,7 +175,7 @@ def fit_calibration(
     report = {
         "questions": len(y),
         "answerable_share": float(y.mean()),
-        "ece": expected_calibration_error(answerability.probabilities(x), y),
+        "ece": expected_calibration_error(probabilities[: len(y)], y),
         "reader_questions": len(rows),
     }
     return Calibration(service.embedding_model, answerability, reader_model, reranker, report)

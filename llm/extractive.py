@@ -412,7 +412,6 @@ def _lines(text: str) -> Iterator[str]:
     """Yield the text's logical lines: headings dropped, list marks removed, wrapped English lines joined."""
     header: list[str] | None = None
     pending = ""
-    in_record = False  # `pending` holds "name: value" lines: a table row or record, read as one sentence
     for raw in _EMPHASIS.sub("", text).splitlines():
         line = raw.strip()
         if line.startswith("|") or _TABLE_RULE.match(line):
@@ -434,8 +433,9 @@ def _lines(text: str) -> Iterator[str]:
             pending = ""
             continue
         line = _LIST_MARK.sub("", line, count=1)
-        field = _FIELD.match(line) is not None
-        if pending and field and in_record:
+        # "name: value" lines (a table row or record) are read as one sentence.
+        field, in_record = _FIELD.match(line), _FIELD.match(pending)
+        if field and in_record:
             pending = _joined_fields(pending, line)
         elif pending and not field and not in_record and _continues(pending, raw):
             pending = f"{pending} {line}"
@@ -443,7 +443,6 @@ def _lines(text: str) -> Iterator[str]:
             if pending:
                 yield pending
             pending = line
-        in_record = field
     if pending:
         yield pending
 

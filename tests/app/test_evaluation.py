@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -178,21 +179,23 @@ def test_writing_paragraphs_leaves_only_the_ones_asked_for(tmp_path: Path) -> No
     assert (tmp_path / "p00001.txt").stat().st_mtime_ns == written  # unchanged text is not rewritten
 
 
-@pytest.mark.slow
-def test_cli_eval_answers_on_a_later_slice_of_articles(tmp_path: Path) -> None:
-    cities = ["北京", "上海", "广州", "深圳", "成都", "杭州"]
+def write_city_dataset(
+    path: Path,
+    cities: list[str],
+    paragraph: Callable[[str, int, int], str],
+    questions: Callable[[str, int, int], list[tuple[str, str]]],
+) -> Path:
+    """Write a SQuAD-format file of one article per city, each of two paragraphs: `paragraph(city, number,
+    part)` is a paragraph's text and `questions(city, number, part)` its (question, answer) pairs."""
     articles = [
         {
             "title": city,
             "paragraphs": [
                 {
-                    "context": f"{city}的第{part}段：{city}有{10 * number + part}座博物馆。",
+                    "context": paragraph(city, number, part),
                     "qas": [
-                        {
-                            "id": f"{number}-{part}",
-                            "question": f"{city}第{part}段说有几座博物馆？",
-                            "answers": [{"text": f"{10 * number + part}座"}],
-                        }
+                        {"id": f"{number}-{part}-{i}", "question": question, "answers": [{"text": answer}]}
+                        for i, (question, answer) in enumerate(questions(city, number, part))
                     ],
                 }
                 for part in (1, 2)
@@ -200,9 +203,18 @@ def test_cli_eval_answers_on_a_later_slice_of_articles(tmp_path: Path) -> None:
         }
         for number, city in enumerate(cities)
     ]
-    dataset = tmp_path / "slices.json"
-    dataset.write_text(
-        json.dumps({"version": "test", "data": articles}, ensure_ascii=False), encoding="utf-8"
+    path.write_text(json.dumps({"version": "test", "data": articles}, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_cli_eval_answers_on_a_later_slice_of_articles(tmp_path: Path) -> None:
+    cities = ["北京", "上海", "广州", "深圳", "成都", "杭州"]
+    dataset = write_city_dataset(
+        tmp_path / "slices.json",
+        cities,
+        lambda city, number, part: f"{city}的第{part}段：{city}有{10 * number + part}座博物馆。",
+        lambda city, number, part: [(f"{city}第{part}段说有几座博物馆？", f"{10 * number + part}座")],
     )
     command = [KBQA, "--data-dir", str(tmp_path / "data"), "eval", "answers", "--kb", "later", "--json"]
     command += ["--dataset", str(dataset), "--articles", "3", "--skip-articles", "3", "--holdout", "1"]
@@ -216,37 +228,20 @@ def test_cli_eval_answers_on_a_later_slice_of_articles(tmp_path: Path) -> None:
     assert len(indexed) == 3 and all(text.split("的")[0] in cities[3:] for text in indexed)
 
 
+@pytest.mark.slow
 def test_cli_eval_calibrate_pools_rounds_and_teaches_the_reader_every_answerable_question(
     tmp_path: Path,
 ) -> None:
-    cities = ["北京", "上海", "广州", "深圳", "成都", "杭州", "南京", "武汉"]
-    articles = [
-        {
-            "title": city,
-            "paragraphs": [
-                {
-                    "context": f"{city}第{part}区有{10 * number + part}座博物馆。{city}第{part}区的河叫{city}{part}河。",
-                    "qas": [
-                        {
-                            "id": f"{number}-{part}-museums",
-                            "question": f"{city}第{part}区有几座博物馆？",
-                            "answers": [{"text": f"{10 * number + part}座"}],
-                        },
-                        {
-                            "id": f"{number}-{part}-river",
-                            "question": f"{city}第{part}区的河叫什么？",
-                            "answers": [{"text": f"{city}{part}河"}],
-                        },
-                    ],
-                }
-                for part in (1, 2)
-            ],
-        }
-        for number, city in enumerate(cities)
-    ]
-    dataset = tmp_path / "cities.json"
-    dataset.write_text(
-        json.dumps({"version": "test", "data": articles}, ensure_ascii=False), encoding="utf-8"
+    dataset = write_city_dataset(
+        tmp_path / "cities.json",
+        ["北京", "上海", "广州", "深圳", "成都", "杭州", "南京", "武汉"],
+        lambda city, number, part: (
+            f"{city}第{part}区有{10 * number + part}座博物馆。{city}第{part}区的河叫{city}{part}河。"
+        ),
+        lambda city, number, part: [
+            (f"{city}第{part}区有几座博物馆？", f"{10 * number + part}座"),
+            (f"{city}第{part}区的河叫什么？", f"{city}{part}河"),
+        ],
     )
     data = tmp_path / "data"
     command = [KBQA, "--data-dir", str(data), "eval", "calibrate", "--kb", "cal", "--json"]
