@@ -342,6 +342,11 @@ class ChatCompletionRequest(BaseModel):
         None, max_length=MAX_NAME_CHARS, description="kbqa extra: answer from this knowledge base."
     )
     retrieval: SearchOptions | None = Field(None, description="kbqa extra: how chunks are found.")
+    adapter: str | None = Field(
+        None,
+        max_length=MAX_NAME_CHARS,
+        description="kbqa extra: LoRA adapter by name ('base' for none), as `model: '<model>:<adapter>'` does.",
+    )
 
 
 class EmbeddingsRequest(BaseModel):

@@ -2,7 +2,7 @@
 
 A model id is a knowledge-base name (the answer comes from it, with the extra fields `citations`,
 `refused`, `answerability` and `closest`, as in `/v1/kbs/{kb}/chat`), or the bare LLM's name (plain chat, no knowledge base). A request may also name the knowledge
-base in an extra `kb` field. Which one answers is `ModelRouter`'s to say; this module only speaks the wire format.
+base in an extra `kb` field, and an adapter as `<model>:<adapter>` or in an extra `adapter` field. Which one answers is `ModelRouter`'s to say; this module only speaks the wire format.
 """
 
 from __future__ import annotations
@@ -40,12 +40,17 @@ router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_
 
 @router.get("/models", summary="List models (OpenAI)")
 def list_models(service: KnowledgeService = Depends(knowledge)) -> dict:
-    """Return one model per knowledge base, plus the bare LLM when one is configured."""
+    """Return one model per knowledge base, plus the bare LLM when one is configured, each also with every
+    adapter (`<base>:<adapter>`, its `parent` the base id, as vLLM lists LoRA modules)."""
     created = int(time.time())
-    ids = ModelRouter(service).model_ids()
+    cards = ModelRouter(service).model_cards()
     return {
         "object": "list",
-        "data": [{"id": i, "object": "model", "created": created, "owned_by": "kbqa"} for i in ids],
+        "data": [
+            {"id": i, "object": "model", "created": created, "owned_by": "kbqa"}
+            | ({"parent": parent} if parent else {})
+            for i, parent in cards
+        ],
     }
 
 
@@ -55,14 +60,16 @@ async def chat_completions(
 ) -> Any:
     """Answer the last user message from the knowledge base named by `model` (or `kb`), or chat plainly
     with the bare LLM."""
+    route = ModelRouter(service).route(body.model, body.kb, body.adapter)
     params = service.generation_params(
+        adapter=route.adapter,
         max_new_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         stop=[body.stop] if isinstance(body.stop, str) else body.stop,
         seed=body.seed,
     )
-    kb = ModelRouter(service).knowledge_base(body.model, body.kb)
+    kb = route.kb
     completion = _Completion(body.model, request.app.state.metrics)
     if kb is not None:
         question, history = _question(body.messages)
