@@ -60,13 +60,18 @@ def merge_adapter(
     import torch
     from peft import PeftModel
 
-    from llm.adapter_info import saved_template
+    from llm.adapter_info import saved_stage, saved_template
     from llm.errors import ModelLoadError
     from llm.templates import template_for
 
     if not (adapter / "adapter_config.json").is_file():
         raise FinetuneError(
             f"{adapter} holds no LoRA adapter (adapter_config.json); a freeze or full fine-tune is a whole model already"
+        )
+    if saved_stage(str(adapter)) == "rm":
+        raise FinetuneError(
+            f"{adapter} is a reward model (--stage rm): merged into a causal LM its value head would be "
+            "dropped; score with the adapter as it is, or merge an sft, dpo or orpo adapter"
         )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FinetuneError(f"{out} exists and is not empty; choose a new directory")

@@ -28,11 +28,34 @@ def write_adapter_info(
 
 def saved_template(directory: str) -> str | None:
     """Return the chat template a kbqa fine-tune in `directory` was trained with (None: not one of ours)."""
+    template = _saved_info(directory).get("template")
+    return template if isinstance(template, str) else None
+
+
+def saved_stage(directory: str) -> str:
+    """Return the stage a kbqa fine-tune in `directory` was trained with (`sft` when none is recorded)."""
+    stage = _saved_info(directory).get("stage")
+    return stage if isinstance(stage, str) else "sft"
+
+
+def require_generating(directory: str) -> None:
+    """Raise ModelLoadError when the fine-tune in `directory` is a reward model, which cannot write replies."""
+    if saved_stage(directory) == "rm":
+        raise ModelLoadError(
+            f"{directory} was trained with --stage rm: a reward model scores replies (its value head) and "
+            "cannot write them; serve, evaluate or merge an sft, dpo or orpo adapter instead"
+        )
+
+
+def _saved_info(directory: str) -> dict:
+    """Return `kbqa_adapter.json` of `directory` ({} when there is none)."""
     path = Path(directory) / ADAPTER_INFO
     if not path.is_file():
-        return None
+        return {}
     try:
-        template = json.loads(path.read_text(encoding="utf-8")).get("template")
-    except (OSError, ValueError, AttributeError) as error:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
         raise ModelLoadError(f"{path} is not a JSON object: {error}") from error
-    return template if isinstance(template, str) else None
+    if not isinstance(info, dict):
+        raise ModelLoadError(f"{path} is not a JSON object")
+    return info

@@ -15,7 +15,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from llm.adapter_info import saved_template
+from llm.adapter_info import require_generating, saved_template
 from llm.config import LLMConfig
 from llm.errors import LLMError, ModelBusy, ModelLoadError, UnknownAdapter
 from llm.stopping import ReplyFilter
@@ -305,6 +305,11 @@ def _attach_adapters(chat_model: TransformersChatModel, config: LLMConfig) -> di
             raise ModelLoadError(f"adapter {name!r} is not in llm.adapters ({', '.join(adapters) or 'none'})")
     if BASE_MODEL in adapters:
         raise ModelLoadError(f"{BASE_MODEL!r} is reserved for the base model; rename that adapter")
+    for name, path in adapters.items():
+        try:
+            require_generating(path)
+        except ModelLoadError as error:
+            raise ModelLoadError(f"llm.adapters.{name}: {error}") from error
     try:
         if config.merge_adapter:
             merged = PeftModel.from_pretrained(chat_model.model, adapters[config.merge_adapter])

@@ -141,3 +141,38 @@ def test_other_stages_and_mismatched_data_are_refused(qwen: Path, data: Path, tm
         run(qwen, tmp_path / "x", data, "dpo", "faq")
     with pytest.raises(FinetuneError, match="holds preference data"):
         run(qwen, tmp_path / "y", data, "sft", "pairs")
+
+
+def test_a_reward_adapter_is_never_merged_or_served_as_a_chat_model(
+    qwen: Path, data: Path, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from servers import KBQA, build_small_kb, clean_env, kbqa
+
+    reward = run(qwen, tmp_path / "rm", data, "rm", "pairs", max_steps=2).output_dir
+    merged = kbqa(
+        "finetune", "merge", "--base", str(qwen), "--adapter", str(reward), "--out", str(tmp_path / "m")
+    )
+    said = " ".join(merged.stderr.split())  # the console wraps long lines
+    assert merged.returncode == 1 and "reward model (--stage rm)" in said, said
+    assert "value head would be dropped" in said and not (tmp_path / "m").exists()
+    env = {
+        "KBQA_LLM__BACKEND": "transformers",
+        "KBQA_LLM__MODEL": str(qwen),
+        "KBQA_LLM__DEVICE": "cpu",
+        "KBQA_LLM__ADAPTERS": json.dumps({"judge": str(reward)}),
+    }
+    data_dir = build_small_kb(tmp_path / "kb")
+    asked = subprocess.run(
+        [KBQA, "--data-dir", str(data_dir), "ask", "--kb", "demo", "--adapter", "judge", "年假有几天？"],
+        capture_output=True,
+        text=True,
+        env=clean_env(**env),
+        timeout=300,
+        check=False,
+    )
+    assert asked.returncode == 1, asked.stdout + asked.stderr
+    said = " ".join(asked.stderr.split())
+    assert "llm.adapters.judge:" in said and "trained with --stage rm" in said, said
+    assert "Traceback" not in asked.stderr
