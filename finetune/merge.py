@@ -121,6 +121,21 @@ def merge_adapter(
     return MergeResult(out, name, difference, allowed, method, drift)
 
 
+def recorded_base(adapter: Path) -> str:
+    """Return the base model `adapter` records (kbqa_adapter.json, else adapter_config.json); FinetuneError if none."""
+    for name, key in (
+        ("kbqa_adapter.json", "base_model"),
+        ("adapter_config.json", "base_model_name_or_path"),
+    ):
+        try:
+            value = json.loads((adapter / name).read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and value:
+            return value
+    raise FinetuneError(f"{adapter} records no base model; give it with --base")
+
+
 def quantization_method(qbits: int) -> str:
     """Return how `qbits`-bit export runs on this machine; FinetuneError naming what is missing otherwise."""
     import importlib.util

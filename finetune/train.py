@@ -9,6 +9,7 @@ chat template the examples were laid out with, which `TransformersChatModel` the
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 import random
@@ -123,6 +124,7 @@ def train(
         trainer.save_metrics("eval", metrics)
         eval_loss = metrics["eval_loss"]
     write_adapter_info(output_dir, template.name, args.model_name_or_path, args.finetuning_type, args.stage)
+    _record_base_model(output_dir, args.model_name_or_path)
     history = trainer.state.log_history
     plot = None
     if args.plot_loss:
@@ -142,6 +144,18 @@ def train(
         loss_plot=plot,
         margins=[(entry["step"], entry[key]) for entry in history for key in MARGIN_KEYS if key in entry],
     )
+
+
+def _record_base_model(output_dir: Path, base: str) -> None:
+    """Name `base` in the adapter's adapter_config.json where peft left it null (a ChatGLM3 checkpoint is
+    converted on load, so the model peft saw has no path), as PeftConfig-based tools read it from there."""
+    path = output_dir / "adapter_config.json"
+    if not path.is_file():  # freeze and full fine-tunes save a whole model
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if not config.get("base_model_name_or_path"):
+        config["base_model_name_or_path"] = base
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _check_machine(args: TrainArguments) -> None:

@@ -89,14 +89,23 @@ finetune_train.__signature__ = _train_signature()  # type: ignore[attr-defined]
 
 
 def finetune_merge(
-    base: Annotated[
-        str,
-        typer.Option("--base", "--model_name_or_path", help="The adapter's base model: directory or hub id."),
-    ],
     adapter: Annotated[
-        Path, typer.Option("--adapter", "--adapter_name_or_path", help="LoRA adapter directory.")
+        Path,
+        typer.Option("--adapter", "--adapter_name_or_path", "--lora_path", help="LoRA adapter directory."),
     ],
-    out: Annotated[Path, typer.Option("--out", "--export_dir", help="New directory for the merged model.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "--export_dir", "--output_path", help="New directory for the merged model."),
+    ],
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            "--model_name_or_path",
+            help="The adapter's base model: directory or hub id (default: the one the adapter records in "
+            "kbqa_adapter.json or adapter_config.json).",
+        ),
+    ] = None,
     dtype: Annotated[
         str,
         typer.Option(
@@ -130,8 +139,9 @@ def finetune_merge(
     The merged model's logits are checked against the adapter model's on a probe prompt; above the
     tolerance nothing is saved and the command fails.
     """
-    from finetune.merge import merge_adapter
+    from finetune.merge import merge_adapter, recorded_base
 
+    base = base or run_or_fail(lambda: recorded_base(adapter))
     result = run_or_fail(
         lambda: merge_adapter(base, adapter, out, dtype, tolerance, trust_remote_code, qbits)
     )
