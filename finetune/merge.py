@@ -247,7 +247,9 @@ def _save(model: Any, tokenizer: Any, out: Path, template: str | None, base: str
     try:
         model.save_pretrained(staging)
         named = TEMPLATES.get(template or "")
-        if isinstance(named, Template):  # `hf` and `auto` keep the tokenizer's own chat template
+        # `hf` and `auto` keep the tokenizer's own chat template, as does llama2, whose fused system turn
+        # the Jinja writer does not lay out (a LLaMA-2 chat tokenizer ships that layout itself).
+        if isinstance(named, Template) and not named.system_in_user:
             tokenizer.chat_template = chat_template_jinja(named)
             # kbqa's ChatGLM3 tokenizer never reads special tokens from text, as ChatGLM3's own does not;
             # a server outside kbqa tokenises the rendered template, whose special tokens must be read.

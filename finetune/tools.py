@@ -1,9 +1,10 @@
-"""Function-call data laid out for the chat templates whose models call tools: chatglm3, glm4 and chatml.
+"""Function-call data laid out for each chat template: chatglm3, glm4, chatml/qwen, and default/llama2.
 
 The tool descriptions join the system message and each function call is written as the model writes it,
 in LLaMA-Factory's tool formats (src/llamafactory/data/tool_utils.py), which its chatglm3, glm4 and qwen
-templates train with: GLM-4's for chatglm3 and glm4 (`name\\narguments`), Qwen's for chatml
-(`<tool_call>{"name", "arguments"}</tool_call>`). Tool results are `observation` messages already.
+templates train with: GLM-4's for chatglm3 and glm4 (`name\\narguments`), Qwen's for chatml and qwen
+(`<tool_call>{"name", "arguments"}</tool_call>`), and the default (`Action: name\\nAction Input: {...}`) that
+LLaMA-Factory's default and llama2 templates use. Tool results are `observation` messages already.
 """
 
 from __future__ import annotations
@@ -26,7 +27,23 @@ QWEN_TOOL_PROMPT = (
     """<tool_call></tool_call> XML tags:\n<tool_call>\n{{"name": <function-name>, """
     """"arguments": <args-json-object>}}\n</tool_call>"""
 )
-TOOL_FORMATS = {"chatglm3": "glm4", "glm4": "glm4", "chatml": "qwen"}
+DEFAULT_TOOL_PROMPT = (
+    "You have access to the following tools:\n{tool_text}"
+    "Use the following format if using a tool:\n"
+    "```\n"
+    "Action: tool name (one of [{tool_names}])\n"
+    "Action Input: the input to the tool, in a JSON format representing the kwargs "
+    """(e.g. ```{{"input": "hello world", "num_beams": 5}}```)\n"""
+    "```\n"
+)
+TOOL_FORMATS = {
+    "chatglm3": "glm4",
+    "glm4": "glm4",
+    "chatml": "qwen",
+    "qwen": "qwen",
+    "default": "default",
+    "llama2": "default",
+}
 
 
 def with_tools(conversation: Conversation, template: str) -> Conversation:
@@ -63,12 +80,33 @@ def _tool_text(tools: list[dict], style: str) -> str:
                 f"\n\n## {tool.get('name', '')}\n\n{body}\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
             )
         return GLM4_TOOL_PROMPT.format(tool_text=text)
+    if style == "default":
+        return _default_tool_text(tools)
     wrapped = (
         tool if tool.get("type") == "function" else {"type": "function", "function": tool} for tool in tools
     )
     return QWEN_TOOL_PROMPT.format(
         tool_text="".join("\n" + json.dumps(t, ensure_ascii=False) for t in wrapped)
     )
+
+
+def _default_tool_text(tools: list[dict]) -> str:
+    """Return the system text describing the tools in LLaMA-Factory's default tool format (ReAct-style)."""
+    text, names = "", []
+    for tool in tools:
+        tool = tool.get("function", tool) if tool.get("type") == "function" else tool
+        parameters = tool.get("parameters") or {}
+        lines = ""
+        for name, param in (parameters.get("properties") or {}).items():
+            required = ", required" if name in parameters.get("required", []) else ""
+            enum = f", should be one of [{', '.join(param['enum'])}]" if param.get("enum") else ""
+            items = (
+                f", where each item should be {param['items'].get('type', '')}" if param.get("items") else ""
+            )
+            lines += f"  - {name} ({param.get('type', '')}{required}): {param.get('description', '')}{enum}{items}\n"
+        text += f"> Tool Name: {tool.get('name', '')}\nTool Description: {tool.get('description', '')}\nTool Args:\n{lines}\n"
+        names.append(tool.get("name", ""))
+    return DEFAULT_TOOL_PROMPT.format(tool_text=text, tool_names=", ".join(names))
 
 
 def _call(content: str, style: str, where: str) -> str:
@@ -84,6 +122,11 @@ def _call(content: str, style: str, where: str) -> str:
         json.loads(call["arguments"]) if isinstance(call.get("arguments"), str) else call.get("arguments", {})
         for call in calls
     ]
+    if style == "default":
+        return "\n".join(
+            f"Action: {call['name']}\nAction Input: {json.dumps(args, ensure_ascii=False)}"
+            for call, args in zip(calls, arguments, strict=True)
+        )
     if style == "glm4":
         if len(calls) > 1:
             raise FinetuneError(f"{where}: GLM models make one function call at a time")

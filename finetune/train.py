@@ -71,8 +71,12 @@ def train(
     """
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from llm.templates import template_for
+    from llm.templates import check_template_name, template_for
 
+    try:
+        check_template_name(args.template)
+    except ValueError as error:
+        raise FinetuneError(str(error)) from error
     _check_machine(args)
     output_dir = Path(args.output_dir)
     resume = _checkpoint_to_resume(args, output_dir)

@@ -67,7 +67,7 @@ class LLMConfig(BaseModel):
     template: str = Field(
         "auto",
         description="Chat template: `auto`, `hf` (the tokenizer's own), `chatglm3`, `glm4`, `chatml`, "
-        "`llama3` or `default`.",
+        "`qwen` (ChatML with LLaMA-Factory's default system prompt), `llama3`, `llama2` or `default`.",
     )
     adapters: dict[str, str] = Field(
         default_factory=dict, description="LoRA adapters by name: name -> directory made by `kbqa finetune`."

@@ -16,7 +16,7 @@ a Jinja template renders and then encodes in one piece.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llm.types import Message, Role
@@ -45,6 +45,7 @@ class Template:
     strip_reply_prefix: str = ""  # characters the model emits before the reply proper (ChatGLM's "\n")
     default_system: str = ""
     needs_tokens: tuple[str, ...] = field(default=())  # special tokens a tokenizer must have to use this
+    system_in_user: bool = False  # the system text opens the first user turn (LLaMA-2's <<SYS>> block)
 
     def encode_prompt(self, tokenizer: Any, messages: Sequence[Message]) -> list[int]:
         """Return the ids of `messages` followed by the generation prompt."""
@@ -106,8 +107,22 @@ class Template:
 
     def _with_system(self, messages: Sequence[Message]) -> list[Message]:
         if self.default_system and not any(m.role == "system" for m in messages):
-            return [Message("system", self.default_system), *messages]
-        return list(messages)
+            messages = [Message("system", self.default_system), *messages]
+        if not self.system_in_user:
+            return list(messages)
+        fused: list[Message] = []
+        system = ""
+        for message in messages:
+            if message.role == "system":
+                system += "".join(
+                    str(slot).replace("{content}", message.content) for slot in self.roles["system"]
+                )
+            elif message.role == "user" and system:
+                fused.append(Message("user", system + message.content))
+                system = ""
+            else:
+                fused.append(message)
+        return fused
 
     @staticmethod
     def _encode(tokenizer: Any, slots: Sequence[Slot], content: str) -> list[int]:
@@ -225,19 +240,42 @@ TEMPLATES: dict[str, Template | TokenizerTemplate] = {
         generation_prompt=("Assistant:",),
         strip_reply_prefix=" ",
     ),
+    # LLaMA-2 chat as LLaMA-Factory and DB-GPT-Hub lay it out: the system block opens the first user turn.
+    # (Their BOS before each user turn and EOS after each reply are left out of the history; training ends
+    # the last reply with EOS, and serving stops there.)
+    "llama2": Template(
+        name="llama2",
+        prefix=(),
+        roles={
+            "system": ("<<SYS>>\n{content}\n<</SYS>>\n\n",),
+            "user": ("[INST] {content} [/INST]",),
+            "assistant": ("{content}",),
+            "observation": ("[INST] {content} [/INST]",),
+        },
+        generation_prompt=(),
+        system_in_user=True,
+    ),
     "hf": TokenizerTemplate(),
 }
+# LLaMA-Factory's `qwen`: ChatML with its default system prompt.
+TEMPLATES["qwen"] = replace(TEMPLATES["chatml"], name="qwen", default_system="You are a helpful assistant.")
+
+
+def check_template_name(name: str) -> str:
+    """Return `name` when it names a template (or `auto`); ValueError otherwise, before any model loads."""
+    if name != "auto" and name not in TEMPLATES:
+        raise ValueError(f"unknown chat template {name!r}; choose auto or one of {', '.join(TEMPLATES)}")
+    return name
 
 
 def template_for(name: str, tokenizer: Any) -> Template | TokenizerTemplate:
     """Return the named template (`auto` picks one for `tokenizer`); ValueError for a name not known."""
+    name = check_template_name(name)
     if name == "auto":
         for candidate in ("chatglm3", "hf"):
             if TEMPLATES[candidate].fits(tokenizer):
                 return TEMPLATES[candidate]
         return TEMPLATES["default"]
-    if name not in TEMPLATES:
-        raise ValueError(f"unknown chat template {name!r}; choose auto or one of {', '.join(TEMPLATES)}")
     template = TEMPLATES[name]
     if not template.fits(tokenizer):
         raise ValueError(f"the tokenizer lacks the special tokens of the {name!r} chat template")

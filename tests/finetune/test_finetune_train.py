@@ -514,8 +514,10 @@ def test_function_call_data_trains_with_its_tools_in_the_prompt(qwen: Path, tmp_
     assert '<tool_call>\n{"name": "weather", "arguments": {"city": "北京"}}\n</tool_call>' in learnt
     assert "北京 20 度。" in learnt and "# Tools" not in learnt and '{"temp": 20}' not in learnt
     assert "# Tools" in tokenizer.decode(example["input_ids"])
+    # llama3 has a tool format of its own in LLaMA-Factory, which kbqa does not write (default now has one:
+    # tests/finetune/test_finetune_template_names.py).
     with pytest.raises(FinetuneError, match="holds function calls; train it with --template"):
-        train(arguments(qwen, tmp_path / "llama", template="default", max_steps=1), [call])
+        with_tools(call, "llama3")
 
 
 def test_a_merged_model_carries_its_chat_template_for_servers_outside_kbqa(
