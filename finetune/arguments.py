@@ -59,7 +59,9 @@ class TrainArguments:
     )
     model_name_or_path: str = _arg("", "Hub id or local directory of the base model (ChatGLM3 is converted).")
     trust_remote_code: bool = _arg(False, "Run the model's own Python code from its directory.")
-    template: str = _arg("auto", "Chat template: auto, chatglm3, glm4, chatml, qwen, llama3, llama2, default or hf.")
+    template: str = _arg(
+        "auto", "Chat template: auto, chatglm3, glm4, chatml, qwen, llama3, llama2, default or hf."
+    )
     dataset: str = _arg("", "Datasets from dataset_info.json, comma-separated; they are mixed.")
     dataset_dir: str = _arg("data", "Directory holding dataset_info.json and the data files.")
     eval_dataset: str = _arg("", "Datasets for the eval loss, comma-separated (or use --val_size).")

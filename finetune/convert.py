@@ -81,15 +81,18 @@ def to_record(example: Example, format: OutputFormat) -> dict:
     raise DatasetError(f"unknown output format '{format}'; use one of {', '.join(OUTPUT_FORMATS)}")
 
 
-def write_records(path: Path, records: Sequence[dict]) -> None:
-    """Write records as a JSON list (.json) or one object a line (.jsonl), UTF-8 with text unescaped."""
+def write_records(path: Path, records: Sequence[dict], as_list: bool | None = None) -> None:
+    """Write records as a JSON list (.json) or one object a line (.jsonl), UTF-8 with text unescaped;
+    `as_list` overrides the suffix's layout (a split keeps its input's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".jsonl":
-        text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    elif path.suffix.lower() == ".json":
+    if path.suffix.lower() not in (".json", ".jsonl"):
+        raise DatasetError(f"{path}: write .json or .jsonl")
+    if as_list is None:
+        as_list = path.suffix.lower() == ".json"
+    if as_list:
         text = json.dumps(list(records), ensure_ascii=False, indent=2) + "\n"
     else:
-        raise DatasetError(f"{path}: write .json or .jsonl")
+        text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
     path.write_text(text, encoding="utf-8")
 
 
@@ -134,15 +137,13 @@ def parse_ratios(text: str) -> tuple[float, ...]:
 
 
 def split_sizes(count: int, ratios: Sequence[float]) -> list[int]:
-    """Return how many of `count` records each part gets: proportional, largest remainders rounded up.
+    """Return how many of `count` records each part gets, rounded as the ChatGLM3 seed's data_helper.py rounds:
+    each later part int(count × its share), the first part the rest (199 at 99:1: 198 and 1).
 
     Every part gets at least one record when there are enough, so 99:1 of 50 records still has a dev set.
     """
-    exact = [count * r / sum(ratios) for r in ratios]
-    sizes = [int(x) for x in exact]
-    by_remainder = sorted(range(len(ratios)), key=lambda i: exact[i] - sizes[i], reverse=True)
-    for i in by_remainder[: count - sum(sizes)]:
-        sizes[i] += 1
+    sizes = [0] + [int(count * r / sum(ratios)) for r in ratios[1:]]
+    sizes[0] = count - sum(sizes)
     for i in range(len(sizes)):
         if sizes[i] == 0 and count >= len(sizes):
             sizes[max(range(len(sizes)), key=sizes.__getitem__)] -= 1
@@ -150,10 +151,12 @@ def split_sizes(count: int, ratios: Sequence[float]) -> list[int]:
     return sizes
 
 
-def split_records(records: Sequence[T], ratios: Sequence[float], seed: int) -> list[list[T]]:
-    """Return the records shuffled with `seed` and cut into parts by ratio; the same seed gives the same parts."""
+def split_records(records: Sequence[T], ratios: Sequence[float], seed: int | None) -> list[list[T]]:
+    """Return the records cut into parts by ratio: in their order (the first ones train), or shuffled with
+    `seed` first; the same seed gives the same parts."""
     order = list(records)
-    random.Random(seed).shuffle(order)
+    if seed is not None:
+        random.Random(seed).shuffle(order)
     parts, start = [], 0
     for size in split_sizes(len(order), ratios):
         parts.append(order[start : start + size])
@@ -174,9 +177,14 @@ def part_names(text: str | None, count: int) -> tuple[str, ...]:
 
 
 def split_file(
-    source: Path, out_dir: Path, ratios: Sequence[float], seed: int, names: Sequence[str] | None = None
+    source: Path,
+    out_dir: Path,
+    ratios: Sequence[float],
+    seed: int | None,
+    names: Sequence[str] | None = None,
 ) -> dict[str, tuple[Path, int]]:
-    """Split a .json or .jsonl file's records into train/dev[/test] (or `names`) files of the same kind.
+    """Split a .json or .jsonl file's records into train/dev[/test] (or `names`) files of the same kind and
+    layout (a JSON list stays a list, JSON Lines stay lines), in file order or shuffled with `seed`.
 
     Records are split as they are, in any format; returns each part's path and record count.
     """
@@ -194,9 +202,16 @@ def split_file(
     written = {}
     for name, part in zip(names, split_records(records, ratios, seed), strict=True):
         path = out_dir / f"{name}{source.suffix.lower()}"
-        write_records(path, part)
+        write_records(path, part, as_list=_holds_a_list(source))
         written[name] = (path, len(part))
     return written
+
+
+def _holds_a_list(path: Path) -> bool:
+    """Return whether a JSON file holds one list (rather than one record a line)."""
+    with path.open(encoding="utf-8-sig") as file:
+        head = file.read(4096).lstrip()
+    return head.startswith("[")
 
 
 def _origin(example: Example, index: int, path: Path, reason: str) -> Skipped:

@@ -149,12 +149,21 @@ def quantization_method(qbits: int) -> str:
         return "bitsandbytes NF4" if qbits == 4 else "bitsandbytes LLM.int8"
     if importlib.util.find_spec("torchao") is not None and (qbits == 8 or cuda):
         return f"torchao int{qbits} weight-only"
-    need = (
-        "CUDA with bitsandbytes or torchao"
-        if qbits == 4
-        else "torchao (pip install torchao), or CUDA with bitsandbytes"
+    if qbits == 4:
+        # Both 4-bit methods (bitsandbytes NF4, torchao int4) run on CUDA only: the GPU is what is missing.
+        missing = (
+            "this machine has no CUDA GPU"
+            if not cuda
+            else "neither bitsandbytes nor torchao is installed (pip install bitsandbytes)"
+        )
+        raise FinetuneError(
+            f"--qbits 4 needs a CUDA GPU (with bitsandbytes or torchao) and {missing}; merge with --qbits 8 "
+            "(torchao int8 runs on the CPU) or without --qbits"
+        )
+    raise FinetuneError(
+        "--qbits 8 needs torchao (pip install torchao), or CUDA with bitsandbytes, which this machine lacks; "
+        "merge without --qbits"
     )
-    raise FinetuneError(f"--qbits {qbits} needs {need}, which this machine lacks; merge without --qbits")
 
 
 def _load_quantized(path: Path, qbits: int, method: str, dtype: Any) -> Any:

@@ -191,9 +191,24 @@ def read_file(
     columns = columns or Columns()
     if ranking is None:
         ranking = _looks_ranked(first, format, columns)
+    _check_not_xtuner(records, str(path), format, columns)
     return read_records(
         records, str(path), format, ranking=ranking, columns=columns, tags=tags, strict=strict
     )
+
+
+def _check_not_xtuner(records: list[object], file: str, format: str, columns: Columns) -> None:
+    """Raise one DatasetError with the fix when alpaca is asked of XTuner records (`conversation` lists, no
+    prompt column), instead of one "missing instruction" per record."""
+    dicts = [record for record in records if isinstance(record, dict)]
+    if format != "alpaca" or not dicts or any(columns.prompt in record for record in dicts):
+        return
+    if all(isinstance(record.get("conversation"), list) for record in dicts):
+        raise DatasetError(
+            f'{file}: the records are XTuner\'s ({{"conversation": [{{"input", "output"}}, ...]}}), read as '
+            f'alpaca (no \'{columns.prompt}\' column); register the dataset with "formatting": "xtuner" in '
+            "dataset_info.json"
+        )
 
 
 def read_records(

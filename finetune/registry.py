@@ -260,6 +260,25 @@ def load_texts(
     return texts, report
 
 
+def load_stage_data(
+    stage: str,
+    names: Sequence[str],
+    dataset_dir: Path,
+    strict: bool = False,
+    max_samples: int | None = None,
+    seed: int = 42,
+) -> tuple[list[Example | str], ReadReport]:
+    """Return what `stage` trains on from the named datasets (texts for pt, preference pairs for dpo, orpo and
+    rm, conversations otherwise) and one report for all."""
+    from finetune.stages import PREFERENCE_STAGES
+
+    if stage == "pt":
+        return load_texts(names, dataset_dir, strict, max_samples)  # type: ignore[return-value]
+    if stage in PREFERENCE_STAGES:
+        return load_preferences(names, dataset_dir, strict, max_samples, seed)  # type: ignore[return-value]
+    return load_dataset(names, dataset_dir, strict, max_samples, seed)  # type: ignore[return-value]
+
+
 def _spec(registry: dict[str, DatasetSpec], name: str, dataset_dir: Path) -> DatasetSpec:
     """Return a registered dataset's entry; DatasetError naming the registered ones."""
     if name not in registry:

@@ -45,6 +45,21 @@ def read_table(path: Path, sheet: str | None = None) -> list[dict[str, str]]:
     return [{name: row[i] if i < len(row) else "" for i, name in enumerate(header)} for row in rows[1:]]
 
 
+def table_label(path: Path, sheet: str | None = None) -> str:
+    """Return how messages name a table: the .csv file, or the .xlsx file with the sheet that was read."""
+    if path.suffix.lower() != ".xlsx":
+        return str(path)
+    from openpyxl import load_workbook
+
+    if sheet is None:
+        workbook = load_workbook(path, read_only=True)
+        try:
+            sheet = workbook.sheetnames[0]
+        finally:
+            workbook.close()
+    return f"{path} (sheet '{sheet}')"
+
+
 def column_letter(index: int) -> str:
     """Return the spreadsheet letter of a 0-based column index: A, …, Z, AA, AB, …"""
     letters = ""

@@ -378,15 +378,11 @@ def _conversations(
 
 def _read(names: str, args: TrainArguments) -> list[Example | str]:
     """Return the stage's data of the named datasets: conversations, texts (pt) or preference pairs."""
-    from finetune.registry import load_dataset, load_preferences, load_texts
+    from finetune.registry import load_stage_data
 
-    options = {"strict": args.strict, "max_samples": args.max_samples}
-    if args.stage == "pt":
-        found, report = load_texts([names], Path(args.dataset_dir), **options)
-    elif args.stage in PREFERENCE_STAGES:
-        found, report = load_preferences([names], Path(args.dataset_dir), seed=args.seed, **options)
-    else:
-        found, report = load_dataset([names], Path(args.dataset_dir), seed=args.seed, **options)
+    found, report = load_stage_data(
+        args.stage, [names], Path(args.dataset_dir), args.strict, args.max_samples, args.seed
+    )
     for skipped in report.skipped:
         logger.warning("skipped %s", skipped)
     logger.info("read %d examples from %s (%d records skipped)", len(found), names, len(report.skipped))

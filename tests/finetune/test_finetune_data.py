@@ -966,8 +966,9 @@ def test_a_jsonl_file_holding_one_json_array_is_read_split_and_converted(tmp_pat
     result = kbqa("finetune", "convert", "split", str(path), "--ratio", "7:3", "--names", "train,test")
     assert result.exit_code == 0, result.output
     assert shows(result.stdout, "train: 7 records") and shows(result.stdout, "test: 3 records")
-    lines = (tmp_path / "test.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 3 and all(json.loads(line) in records for line in lines)
+    # The split keeps the input's layout: one JSON list in, one JSON list out (issue 28; it wrote JSON Lines),
+    # and the first records in file order train, as the seed's data_helper.py splits.
+    assert json.loads((tmp_path / "test.jsonl").read_text(encoding="utf-8")) == records[7:]
     assert not (tmp_path / "dev.jsonl").exists()
     result = kbqa("finetune", "convert", "format", str(path), str(tmp_path / "a.json"), "--to", "alpaca")
     assert result.exit_code == 0, result.output

@@ -602,7 +602,7 @@ def test_merge_saves_a_quantised_model_that_loads_back(trained, tmp_path: Path) 
     assert difference < 0.05 * reference.abs().max().item()
     served = chat(tmp_path / "int8")  # kbqa's transformers backend
     assert served.generate([Message("user", FAQ[0][0])], GREEDY).usage.completion_tokens > 0
-    with pytest.raises(FinetuneError, match="--qbits 4 needs CUDA with bitsandbytes or torchao"):
+    with pytest.raises(FinetuneError, match="--qbits 4 needs a CUDA GPU .* this machine has no CUDA GPU"):
         quantization_method(4)
     with pytest.raises(FinetuneError, match="--qbits must be 4 or 8"):
         quantization_method(3)

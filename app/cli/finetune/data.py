@@ -85,14 +85,20 @@ def convert_table(
 ) -> None:
     """Turn the question and answer columns of an .xlsx sheet or .csv file into training records."""
     from finetune.convert import write_examples
-    from finetune.tables import read_table, table_conversations
+    from finetune.tables import read_table, table_conversations, table_label
 
     output = _output_format(to)
 
     def convert():
-        rows = read_table(source, sheet)
+        rows = read_table(source, sheet)  # checks the file and the sheet first
         conversations, report = table_conversations(
-            rows, str(source), question, answer, input=input_column, system=system, strict=strict
+            rows,
+            table_label(source, sheet),
+            question,
+            answer,
+            input=input_column,
+            system=system,
+            strict=strict,
         )
         report.valid = write_examples(target, conversations, output, strict).valid
         return report
@@ -106,9 +112,16 @@ def convert_split(
     ratio: Annotated[
         str, typer.Option("--ratio", help="train:dev[:test] proportions, e.g. 7:3, 99:1, 8:1:1.")
     ] = "9:1",
+    shuffle: Annotated[
+        bool,
+        typer.Option("--shuffle", help="Shuffle the records (seeded) first instead of keeping file order."),
+    ] = False,
     seed: Annotated[
-        int, typer.Option("--seed", help="Shuffling seed; the same seed gives the same split.")
-    ] = 42,
+        int | None,
+        typer.Option(
+            "--seed", help="Shuffling seed (implies --shuffle; default 42); the same seed, the same split."
+        ),
+    ] = None,
     out_dir: Annotated[
         Path | None,
         typer.Option("--out-dir", help="Folder of train/dev/test files (default: beside the source)."),
@@ -120,12 +133,20 @@ def convert_split(
         ),
     ] = None,
 ) -> None:
-    """Shuffle a data file's records with a seed and split them by ratio into train, dev and test files."""
+    """Split a data file's records by ratio into train, dev and test files of the same layout.
+
+    As the ChatGLM3 seed's data_helper.py splits: the first records in file order train, each later part
+    gets int(count × its share) records (199 at 99:1: 198 and 1); --shuffle (or --seed) shuffles first.
+    """
     from finetune.convert import parse_ratios, part_names, split_file
+
+    order_seed = (42 if seed is None else seed) if shuffle or seed is not None else None
 
     def split():
         ratios = parse_ratios(ratio)
-        return split_file(source, out_dir or source.parent, ratios, seed, part_names(names, len(ratios)))
+        return split_file(
+            source, out_dir or source.parent, ratios, order_seed, part_names(names, len(ratios))
+        )
 
     written = run_or_fail(split)
     for name, (path, count) in written.items():
@@ -259,16 +280,22 @@ def data_check(
     strict: StrictOption = False,
     show: Annotated[int, typer.Option("--show", min=0, help="Malformed records to list per dataset.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            "--stage",
+            help="Check the data as `train --stage` reads it: sft (conversations), pt (plain text: the prompt "
+            "column), dpo, orpo or rm (preference pairs). Default: each dataset as it is registered.",
+        ),
+    ] = None,
 ) -> None:
     """Read registered datasets and print how many records are valid, and why the others are skipped.
 
     Exits 1 when a dataset cannot be read or has no valid record (with --strict: any malformed record).
     """
-    import json
-
-    from rich.markup import escape
-    from rich.table import Table
-
+    if stage is not None:
+        _check_stage(stage, dataset, dataset_dir, strict, show, as_json)
+        return
     from finetune.errors import DatasetError, NoValidRecord
     from finetune.registry import read_dataset, read_dataset_info, split_names
 
@@ -291,6 +318,16 @@ def data_check(
             continue
         kind = "preference" if spec.ranking else "conversation"
         rows.append((name, kind, report))
+    _print_checks(rows, failures, show, as_json)
+
+
+def _print_checks(rows: list, failures: list[str], show: int, as_json: bool) -> None:
+    """Print each dataset's valid and skipped records (a table, or JSON); exit 1 when any failed."""
+    import json
+
+    from rich.markup import escape
+    from rich.table import Table
+
     if as_json:
         print(
             json.dumps(
@@ -312,6 +349,30 @@ def data_check(
                 console.print(f"  {escape(str(skipped))}", highlight=False)
     if failures:
         fail("; ".join(failures))
+
+
+def _check_stage(stage: str, dataset: str, dataset_dir: Path, strict: bool, show: int, as_json: bool) -> None:
+    """`data-check --stage`: read each dataset exactly as `train --stage` does, and report as data-check does."""
+    from finetune.arguments import STAGES
+    from finetune.errors import DatasetError, NoValidRecord
+    from finetune.registry import load_stage_data, split_names
+    from finetune.stages import PREFERENCE_STAGES
+
+    if stage not in STAGES:
+        fail(f"--stage {stage} is not supported; kbqa trains {', '.join(STAGES)}", code=2)
+    kind = "text" if stage == "pt" else "preference" if stage in PREFERENCE_STAGES else "conversation"
+    rows, failures = [], []
+    for name in run_or_fail(lambda: split_names([dataset])):
+        try:
+            _, report = load_stage_data(stage, [name], dataset_dir, strict)
+        except NoValidRecord as error:
+            report = error.report
+            failures.append(str(error))
+        except DatasetError as error:
+            failures.append(str(error))
+            continue
+        rows.append((name, kind, report))
+    _print_checks(rows, failures, show, as_json)
 
 
 def _check_dict(name: str, kind: str, report: ReadReport) -> dict:
