@@ -201,9 +201,15 @@ def convert_rag(
     ratio: Annotated[
         str | None,
         typer.Option(
-            "--ratio", help="Split the records seeded, e.g. 99:1, into TARGET/train.jsonl and dev.jsonl."
+            "--ratio",
+            help="Split the records, e.g. 99:1, into TARGET/train.jsonl and dev.jsonl: the first in source "
+            "order train, as data_helper.py splits.",
         ),
     ] = None,
+    shuffle: Annotated[
+        bool,
+        typer.Option("--shuffle", help="With --ratio: shuffle the records (with --seed) before splitting."),
+    ] = False,
     names: Annotated[
         str | None, typer.Option("--names", help="Names of the split files (default: train,dev[,test]).")
     ] = None,
@@ -260,7 +266,9 @@ def convert_rag(
         if len(conversations) < len(ratios):
             raise DatasetError(f"{len(conversations)} records cannot be split into {len(ratios)} parts")
         written = {}
-        for name, part in zip(parts, split_records(conversations, ratios, seed), strict=True):
+        for name, part in zip(
+            parts, split_records(conversations, ratios, seed if shuffle else None), strict=True
+        ):
             path = target / f"{name}.jsonl"
             written[name] = (path, write_examples(path, part, output, strict).valid)
         report.valid = sum(count for _, count in written.values())
