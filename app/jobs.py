@@ -531,6 +531,11 @@ class _JobProgress:
         self._stop_if_asked()
         self.jobs._reading[self.job_id] = f"{source} {where}"
 
+    def check_stop(self) -> None:
+        """Raise JobCancelled or JobInterrupted when the job is cancelled or the server stops (a loader's
+        checkpoint in a long loop calls it); return nothing otherwise."""
+        self._stop_if_asked()
+
     def _stop_if_asked(self) -> None:
         # Called only after a write has committed or while a file is being read (nothing of it written
         # yet), so the knowledge base is consistent where it stops; a batch embedded but not written is
