@@ -194,9 +194,12 @@ def docx_bomb(path: Path, paragraphs: int) -> Path:
     return path
 
 
+LAST_ROW = '<row r="1048576"><c r="XFD1048576" t="inlineStr"><is><t>end</t></is></c></row>'
+
+
 def xlsx_dimension_bomb(path: Path) -> Path:
-    """Return `path` after writing a 5 KB .xlsx of two real rows whose sheet claims the size A1:XFD1048576
-    (16,384 columns by 1,048,576 rows)."""
+    """Return `path` after writing a 5 KB .xlsx whose sheet claims the size A1:XFD1048576 (16,384 columns
+    by 1,048,576 rows): two real rows at the top and one cell, "end", at XFD1048576."""
     import openpyxl
 
     workbook = openpyxl.Workbook()
@@ -207,9 +210,9 @@ def xlsx_dimension_bomb(path: Path) -> Path:
     with zipfile.ZipFile(path.with_suffix(".plain.xlsx")) as plain:
         parts = {info.filename: plain.read(info) for info in plain.infolist()}
     xml = parts["xl/worksheets/sheet1.xml"].decode()
-    parts["xl/worksheets/sheet1.xml"] = re.sub(
-        r'<dimension ref="[^"]*"\s*/>', '<dimension ref="A1:XFD1048576"/>', xml
-    ).encode()
+    xml = re.sub(r'<dimension ref="[^"]*"\s*/>', '<dimension ref="A1:XFD1048576"/>', xml)
+    # One cell in the sheet's last row and column: every row between is missing, and is made up.
+    parts["xl/worksheets/sheet1.xml"] = xml.replace("</sheetData>", LAST_ROW + "</sheetData>").encode()
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bomb:
         for name, data in parts.items():
             bomb.writestr(name, data)
