@@ -157,7 +157,10 @@ def _loaded_or_error(load: Any) -> LoadedDocument | LoaderError:
     try:
         return load()
     except LoaderError as error:
-        return error
+        # Kept without its traceback: the loader's frames hold the whole file (22 MB of a page refused for
+        # its depth, three times over), and the error, raised again below, would keep them in a cycle
+        # until a full garbage collection.
+        return error.with_traceback(None)
 
 
 def _failed(file: SourceFile, reason: str) -> FileOutcome:
