@@ -173,6 +173,7 @@ class Probe:
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.http = httpx.Client(base_url=url, timeout=300, headers=self.headers)
         self.url, self.pid, self.kb, self.key = url, pid, kb, key
+        self.last_job_seconds = 0.0  # how long the last job of `upload_and_wait` ran, queueing aside
 
     def row(self, name: str, attack: Callable[[], str]) -> None:
         """Run one attack and print its outcome, time and the server's RSS growth."""
@@ -263,7 +264,11 @@ class Probe:
         response = self.http.post(f"/v1/kbs/{self.kb}/documents", files=[("files", (name, data))])
         if response.status_code != 202:
             return describe(response)
-        job = self.wait(response.json()["job"]["id"], lambda j: j["status"] not in ("queued", "running"))
+        job_id = response.json()["job"]["id"]
+        self.wait(job_id, lambda j: j["status"] != "queued")  # the jobs before it (the mixed run's) ran
+        running = time.perf_counter()
+        job = self.wait(job_id, lambda j: j["status"] not in ("queued", "running"))
+        self.last_job_seconds = time.perf_counter() - running
         reason = (job["files"][0].get("reason") or "")[:30] if job["files"] else ""
         return f"job {job['status']} {reason}".strip()
 
@@ -379,11 +384,12 @@ class Probe:
         with PeakRss(self.pid) as peak:
             outcome = self.upload_and_wait(name, data)
         took = time.perf_counter() - started
+        ran = self.last_job_seconds
         if before is None:
-            return f"{outcome}; {took:.1f} s"
+            return f"{outcome}; ran {ran:.1f} s"
         after, waited = settled_rss(self.pid, before)
         return (
-            f"{outcome}; {took:.1f} s; RSS +{peak.peak - before:.0f} MiB at peak, "
+            f"{outcome}; ran {ran:.1f} s of {took:.1f}; RSS +{peak.peak - before:.0f} MiB at peak, "
             f"{(after or 0) - before:+.0f} MiB {waited:.1f} s after"
         )
 
@@ -450,7 +456,9 @@ def describe(response: httpx.Response) -> str:
     return f"{response.status_code} {code}".strip()
 
 
-def start_server(data: Path, batch_chunks: int, key: str | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(
+    data: Path, batch_chunks: int, key: str | None = None, log: Path | None = None
+) -> tuple[subprocess.Popen, str]:
     """Start `kbqa serve` with the sample knowledge base on a free port; return it and its URL once ready."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -462,8 +470,8 @@ def start_server(data: Path, batch_chunks: int, key: str | None = None) -> tuple
     process = subprocess.Popen(
         [KBQA, "--data-dir", str(data), "serve", "--port", str(port), "--sample-kb", "demo"],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("ab") if log else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     while True:
@@ -488,6 +496,7 @@ def main() -> None:
     parser.add_argument(
         "--batch-chunks", type=int, default=16, help="ingestion.batch_chunks of a started server"
     )
+    parser.add_argument("--server-log", type=Path, help="append a started server's log to this file")
     parser.add_argument("--key", help="the API key of a running server (a started one gets key 'abuse')")
     parser.add_argument(
         "--only", choices=("all", "races"), default="all", help="races: only the runs of issue 23"
@@ -497,7 +506,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.url is None:
             args.key = "abuse"
-            process, url = start_server(Path(tmp) / "data", args.batch_chunks, args.key)
+            process, url = start_server(Path(tmp) / "data", args.batch_chunks, args.key, args.server_log)
             pid = process.pid
         else:
             url, pid = args.url, args.pid

@@ -190,6 +190,23 @@ def test_a_spreadsheet_claiming_a_million_rows_is_read_as_the_rows_it_holds(
     assert hits[0]["text"] == "编号: KB0001\n规定: 员工入职满一年后，每年享有十天带薪年假。"
 
 
+def test_a_page_nested_two_million_deep_is_refused_and_its_memory_returns(
+    http: httpx.Client, server: Server
+) -> None:
+    page = (
+        b"<html><body>"
+        + b"<div>" * 2_000_000
+        + "年假十天。".encode()
+        + b"</div>" * 2_000_000
+        + b"</body></html>"
+    )
+    before = rss_mb(server.process.pid)
+    for _ in range(3):  # a leak grows with each; memory that returns does not
+        job = wait_until(http, upload(http, "demo", [("deep.html", page)])["id"], seconds=60)
+        assert job["status"] == "failed" and "nested more than 512 elements deep" in job["files"][0]["reason"]
+    assert rss_mb(server.process.pid) - before < 50
+
+
 def rss_mb(pid: int) -> float:
     """Return the resident memory of process `pid` in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
