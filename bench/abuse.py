@@ -5,12 +5,19 @@ search glob of 10^6 characters and a filter of 1,000 keys, an upload name of 258
 body, a 120 MiB upload over a 100 MiB limit (streamed, no declared length), a .docx zip bomb, a client
 that goes away mid-request, a large spreadsheet cancelled mid-way, and SIGTERM while it is indexed.
 
+The runs of issue 23 (`--only races` runs just these): 32 mixed clients for 60 s with deletes (errors by
+status, RSS before, peak and 10 s after), a 5 KB .xlsx whose sheet claims A1:XFD1048576 and an HTML page
+nested 2,000,000 deep (each: job outcome and time, RSS peak and after, the time a cancel takes), a 90 MiB
+upload without the API key (status, bytes the server wrote), a second `kbqa serve` on the same data
+directory (its exit and message, the first server's health), and SIGTERM during the nested page.
+
 By default it starts its own server (`kbqa serve` on a temporary data directory holding knowledge base
 `demo` from examples/docs) and also times SIGTERM; `--url` (with `--pid` for the RSS column) aims it at a
 running server instead, which must hold knowledge base `--kb`. Run from the repository root:
 
     .venv/bin/python bench/abuse.py
-    .venv/bin/python bench/abuse.py --url http://127.0.0.1:8000 --pid 1234 --kb demo
+    .venv/bin/python bench/abuse.py --url http://127.0.0.1:8000 --pid 1234 --kb demo --key k1
+    .venv/bin/python bench/abuse.py --only races
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +35,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -67,6 +77,78 @@ def docx_bomb(paragraphs: int = 300_000) -> bytes:
     return out.getvalue()
 
 
+def xlsx_dimension_bomb() -> bytes:
+    """Return a 5 KB .xlsx whose sheet claims A1:XFD1048576: two real rows and one cell at XFD1048576."""
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    workbook.active.append(["编号", "规定"])
+    workbook.active.append(["KB0001", "员工入职满一年后，每年享有十天带薪年假。"])
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as plain:
+        parts = {info.filename: plain.read(info) for info in plain.infolist()}
+    sheet = parts["xl/worksheets/sheet1.xml"].decode()
+    sheet = re.sub(r'<dimension ref="[^"]*"\s*/>', '<dimension ref="A1:XFD1048576"/>', sheet)
+    last = '<row r="1048576"><c r="XFD1048576" t="inlineStr"><is><t>end</t></is></c></row>'
+    parts["xl/worksheets/sheet1.xml"] = sheet.replace("</sheetData>", last + "</sheetData>").encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as bomb:
+        for name, data in parts.items():
+            bomb.writestr(name, data)
+    return out.getvalue()
+
+
+def nested_html(depth: int = 2_000_000) -> bytes:
+    """Return an HTML page of `depth` nested <div>s around one sentence (22 MB at 2e6)."""
+    return b"<html><body>" + b"<div>" * depth + "年假十天。".encode() + b"</div>" * depth + b"</body></html>"
+
+
+class PeakRss:
+    """Samples a process's RSS every 50 ms while in use; `peak` is the highest seen."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, rss_mb(self.pid) or 0.0)
+            except OSError:  # the process ended
+                return
+            time.sleep(0.05)
+
+
+def settled_rss(pid: int | None, target: float, seconds: float = 10.0) -> tuple[float | None, float]:
+    """Return the RSS once it is within 50 MiB of `target` (or after `seconds`), and how long that took."""
+    started = time.perf_counter()
+    while True:
+        now = rss_mb(pid)
+        waited = time.perf_counter() - started
+        if now is None or now <= target + 50 or waited >= seconds:
+            return now, waited
+        time.sleep(0.2)
+
+
+def written_bytes(pid: int | None) -> int | None:
+    """Return the bytes process `pid` has written so far (/proc/<pid>/io wchar: files and sockets)."""
+    if pid is None:
+        return None
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return None
+
+
 def large_csv(rows: int = 20_000) -> bytes:
     """Return a CSV of `rows` distinct rows (one document of thousands of chunks)."""
     lines = ["编号,部门,规定"] + [
@@ -87,9 +169,11 @@ def streamed(prefix: bytes, filler: bytes, total_mb: int, suffix: bytes) -> Iter
 class Probe:
     """Runs the attacks against one server and prints a row for each."""
 
-    def __init__(self, url: str, pid: int | None, kb: str) -> None:
-        self.http = httpx.Client(base_url=url, timeout=300)
-        self.url, self.pid, self.kb = url, pid, kb
+    def __init__(self, url: str, pid: int | None, kb: str, key: str | None = None) -> None:
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=url, timeout=300, headers=self.headers)
+        self.url, self.pid, self.kb, self.key = url, pid, kb, key
+        self.last_job_seconds = 0.0  # how long the last job of `upload_and_wait` ran, queueing aside
 
     def row(self, name: str, attack: Callable[[], str]) -> None:
         """Run one attack and print its outcome, time and the server's RSS growth."""
@@ -123,7 +207,7 @@ class Probe:
         ]
 
         def send(path: str, body: dict) -> None:
-            with httpx.Client(base_url=self.url, timeout=300) as client:
+            with httpx.Client(base_url=self.url, timeout=300, headers=self.headers) as client:
                 while not stop.is_set():
                     statuses.append(client.post(path, json=body).status_code)
 
@@ -180,7 +264,11 @@ class Probe:
         response = self.http.post(f"/v1/kbs/{self.kb}/documents", files=[("files", (name, data))])
         if response.status_code != 202:
             return describe(response)
-        job = self.wait(response.json()["job"]["id"], lambda j: j["status"] not in ("queued", "running"))
+        job_id = response.json()["job"]["id"]
+        self.wait(job_id, lambda j: j["status"] != "queued")  # the jobs before it (the mixed run's) ran
+        running = time.perf_counter()
+        job = self.wait(job_id, lambda j: j["status"] not in ("queued", "running"))
+        self.last_job_seconds = time.perf_counter() - running
         reason = (job["files"][0].get("reason") or "")[:30] if job["files"] else ""
         return f"job {job['status']} {reason}".strip()
 
@@ -224,6 +312,140 @@ class Probe:
         job = self.wait(job_id, lambda j: j["status"] not in ("queued", "running"))
         return f"{job['status']} {time.perf_counter() - asked:.1f} s after asked"
 
+    # --- issue 23: races, hostile files, keys, two servers ----------------------------------------------
+
+    def mixed_load_with_deletes(self, clients: int = 32, seconds: float = 60.0) -> str:
+        """Run `clients` clients for `seconds`: searches, chats, uploads of small documents and deletes of
+        them, listings; return the responses by status and the server's RSS before, at peak and after."""
+        kb = "abuse-mixed"
+        self.http.post("/v1/kbs", json={"name": kb})
+        seed = [
+            (f"seed{i:03d}.md", f"# 年假规定{i}\n\n员工入职满一年后每年享有十天带薪年假，编号{i}。\n")
+            for i in range(60)
+        ]
+        response = self.http.post(
+            f"/v1/kbs/{kb}/documents", files=[("files", (n, t.encode())) for n, t in seed]
+        )
+        self.wait(response.json()["job"]["id"], lambda j: j["status"] not in ("queued", "running"))
+        statuses: Counter[int] = Counter()
+        stop = threading.Event()
+        before = rss_mb(self.pid)
+
+        def client(number: int) -> None:
+            rng = random.Random(number)
+            with httpx.Client(base_url=self.url, timeout=300, headers=self.headers) as http:
+                while not stop.is_set():
+                    roll = rng.random()
+                    try:
+                        if roll < 0.4:
+                            r = http.post(
+                                f"/v1/kbs/{kb}/search", json={"query": "年假有几天", "k": 10, "neighbours": 1}
+                            )
+                        elif roll < 0.65:
+                            r = http.post(f"/v1/kbs/{kb}/chat", json={"question": "年假有几天？"})
+                        elif roll < 0.75:
+                            name = f"c{number}-{rng.randrange(10**9)}.md"
+                            text = f"# 年假补充{name}\n\n员工每年享有十天带薪年假，补充说明{name}。\n"
+                            r = http.post(f"/v1/kbs/{kb}/documents", files=[("files", (name, text.encode()))])
+                        elif roll < 0.9:
+                            documents = http.get(f"/v1/kbs/{kb}/documents").json().get("data", [])
+                            if not documents:
+                                continue
+                            r = http.delete(f"/v1/kbs/{kb}/documents/{rng.choice(documents)['id']}")
+                        else:
+                            r = http.get(f"/v1/kbs/{kb}/documents")
+                        statuses[r.status_code] += 1
+                    except httpx.HTTPError as error:
+                        statuses[type(error).__name__] += 1  # type: ignore[index]
+
+        with PeakRss(self.pid) as peak:
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+            for thread in threads:
+                thread.start()
+            time.sleep(seconds)
+            stop.set()
+            for thread in threads:
+                thread.join()
+        time.sleep(10)  # the jobs the uploads queued drain meanwhile
+        after = rss_mb(self.pid)
+        errors = sum(n for status, n in statuses.items() if not isinstance(status, int) or status >= 500)
+        shown = ", ".join(f"{status}×{n}" for status, n in sorted(statuses.items(), key=str))
+        rss = (
+            ""
+            if before is None
+            else f"; RSS {before:.0f} → peak {peak.peak:.0f} → {after:.0f} MiB 10 s after"
+        )
+        return f"{errors} × 5xx of {sum(statuses.values())} ({shown}){rss}"
+
+    def hostile_file(self, name: str, data: bytes) -> str:
+        """Upload one hostile file; return how its job ended, its time, the RSS peak and how soon RSS came back."""
+        before = rss_mb(self.pid)
+        started = time.perf_counter()
+        with PeakRss(self.pid) as peak:
+            outcome = self.upload_and_wait(name, data)
+        took = time.perf_counter() - started
+        ran = self.last_job_seconds
+        if before is None:
+            return f"{outcome}; ran {ran:.1f} s"
+        after, waited = settled_rss(self.pid, before)
+        return (
+            f"{outcome}; ran {ran:.1f} s of {took:.1f}; RSS +{peak.peak - before:.0f} MiB at peak, "
+            f"{(after or 0) - before:+.0f} MiB {waited:.1f} s after"
+        )
+
+    def cancel_hostile(self, name: str, data: bytes) -> str:
+        """Upload a hostile file and cancel its job once it runs; return how long the cancel took."""
+        response = self.http.post(f"/v1/kbs/{self.kb}/documents", files=[("files", (name, data))])
+        job_id = response.json()["job"]["id"]
+        self.wait(job_id, lambda j: j["status"] != "queued")
+        asked = time.perf_counter()
+        cancel = describe(self.http.post(f"/v1/jobs/{job_id}/cancel"))
+        job = self.wait(job_id, lambda j: j["status"] not in ("queued", "running"))
+        return f"cancel {cancel}: {job['status']} {time.perf_counter() - asked:.1f} s after asked"
+
+    def unauthenticated_upload(self, mib: int = 90) -> str:
+        """Send a `mib` MiB upload without the key; return the status and what the server wrote meanwhile."""
+        boundary = "abuse-boundary"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.txt"\r\n'
+            "Content-Type: text/plain\r\n\r\n"
+        ).encode()
+        written = written_bytes(self.pid)
+        try:
+            outcome = describe(
+                httpx.post(
+                    f"{self.url}/v1/kbs/{self.kb}/documents",
+                    content=streamed(head, b"x", mib, f"\r\n--{boundary}--\r\n".encode()),
+                    headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+                    timeout=300,
+                )
+            )
+        except httpx.HTTPError as error:  # the server answered and closed before the body was sent
+            outcome = type(error).__name__
+        after = written_bytes(self.pid)
+        wrote = (
+            "" if written is None or after is None else f"; server wrote {(after - written) / 1024:.0f} KiB"
+        )
+        return f"{outcome}{wrote}"
+
+
+def second_server(data: Path, first_url: str) -> str:
+    """Start a second `kbqa serve` on `data`; return its exit, its message and the first server's health."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KBQA_")}
+    started = time.perf_counter()
+    second = subprocess.run(
+        [KBQA, "--data-dir", str(data), "serve", "--port", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    took = time.perf_counter() - started
+    message = " ".join(second.stderr.split())[:60]
+    healthy = httpx.get(f"{first_url}/healthz", timeout=10).status_code
+    return f"exit {second.returncode} in {took:.1f} s ({message}…); first /healthz {healthy}"
+
 
 def describe(response: httpx.Response) -> str:
     """Return a response's status and, for an error, its code."""
@@ -234,18 +456,22 @@ def describe(response: httpx.Response) -> str:
     return f"{response.status_code} {code}".strip()
 
 
-def start_server(data: Path, batch_chunks: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    data: Path, batch_chunks: int, key: str | None = None, log: Path | None = None
+) -> tuple[subprocess.Popen, str]:
     """Start `kbqa serve` with the sample knowledge base on a free port; return it and its URL once ready."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("KBQA_")}
     env["KBQA_INGESTION__BATCH_CHUNKS"] = str(batch_chunks)
+    if key:
+        env["KBQA_SERVER__API_KEYS"] = f'["{key}"]'
     process = subprocess.Popen(
         [KBQA, "--data-dir", str(data), "serve", "--port", str(port), "--sample-kb", "demo"],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("ab") if log else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     while True:
@@ -270,17 +496,49 @@ def main() -> None:
     parser.add_argument(
         "--batch-chunks", type=int, default=16, help="ingestion.batch_chunks of a started server"
     )
+    parser.add_argument("--server-log", type=Path, help="append a started server's log to this file")
+    parser.add_argument("--key", help="the API key of a running server (a started one gets key 'abuse')")
+    parser.add_argument(
+        "--only", choices=("all", "races"), default="all", help="races: only the runs of issue 23"
+    )
     args = parser.parse_args()
     process = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.url is None:
-            process, url = start_server(Path(tmp) / "data", args.batch_chunks)
+            args.key = "abuse"
+            process, url = start_server(Path(tmp) / "data", args.batch_chunks, args.key, args.server_log)
             pid = process.pid
         else:
             url, pid = args.url, args.pid
-        probe = Probe(url, pid, args.kb)
+        probe = Probe(url, pid, args.kb, args.key)
         kb = args.kb
         print(f"{'attack':<44} {'outcome':<44} {'seconds':>8} {'RSS MiB':>7}   healthz")
+        probe.row("32 mixed clients with deletes, 60 s", probe.mixed_load_with_deletes)
+        probe.row(
+            ".xlsx claiming A1:XFD1048576 (5 KB)",
+            lambda: probe.hostile_file("dim.xlsx", xlsx_dimension_bomb()),
+        )
+        probe.row(
+            "  … cancelled once running", lambda: probe.cancel_hostile("dim2.xlsx", xlsx_dimension_bomb())
+        )
+        probe.row(
+            "HTML nested 2,000,000 deep (22 MB)", lambda: probe.hostile_file("deep.html", nested_html())
+        )
+        probe.row("  … cancelled once running", lambda: probe.cancel_hostile("deep2.html", nested_html()))
+        probe.row("upload of 90 MiB without the API key", probe.unauthenticated_upload)
+        if process is not None:
+            probe.row(
+                "second kbqa serve on the same data dir", lambda: second_server(Path(tmp) / "data", url)
+            )
+        if args.only == "races":
+            if process is not None:
+                sigterm_during(probe, process, "deep3.html", nested_html())
+                # The lock went with it: a new server on the same data directory, stopped during the .xlsx.
+                process, url = start_server(Path(tmp) / "data", args.batch_chunks, args.key, args.server_log)
+                sigterm_during(
+                    Probe(url, process.pid, kb, args.key), process, "dim3.xlsx", xlsx_dimension_bomb()
+                )
+            return
         probe.row("20,000-char texts from 4 clients, 20 s", probe.long_inputs_while_searching)
         probe.row(
             "chat question of 20,000 chars", lambda: probe.post(f"/v1/kbs/{kb}/chat", {"question": LONG})
@@ -321,6 +579,17 @@ def main() -> None:
                 f"{'SIGTERM while a 20,000-row CSV is indexed':<44} {'exit ' + str(process.returncode):<44} "
                 f"{time.perf_counter() - asked:8.1f}"
             )
+
+
+def sigterm_during(probe: Probe, process: subprocess.Popen, name: str, data: bytes) -> None:
+    """Upload a hostile file, send SIGTERM once its job runs, and print how long the server took to exit."""
+    response = probe.http.post(f"/v1/kbs/{probe.kb}/documents", files=[("files", (name, data))])
+    probe.wait(response.json()["job"]["id"], lambda j: j["status"] != "queued")
+    asked = time.perf_counter()
+    process.send_signal(signal.SIGTERM)
+    process.wait()
+    label = f"SIGTERM while {name} is indexed"
+    print(f"{label:<44} {'exit ' + str(process.returncode):<44} {time.perf_counter() - asked:8.1f}")
 
 
 if __name__ == "__main__":

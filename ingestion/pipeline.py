@@ -159,6 +159,8 @@ class Progress(Protocol):
         ...
 
 
+# A Progress may also have `check_stop()`, which loaders call every so many rows or elements of a long
+# file (it raises to stop the run: a cancelled job, a stopping server).
 # A Progress may also have `image_read(source: str, where: str)`, called before each page or picture
 # is read by OCR ("page 3/12"), which takes seconds where everything else takes milliseconds.
 

@@ -12,6 +12,7 @@ from multiprocessing import get_context
 from typing import TYPE_CHECKING, Any
 
 from ingestion.loaders import ImageReader, LoadedDocument, LoaderError, LoadLimits, OcrConfig, load_file
+from ingestion.loaders.base import stop_checks
 
 if TYPE_CHECKING:
     from ingestion.pipeline import FileOutcome, IngestionPipeline, Progress, SourceFile
@@ -119,7 +120,11 @@ class PreparedFiles:
                 run_hashes.add(checked.content_hash)  # a later copy of this content in the run is skipped
                 if pool is None:
                     reader = pipeline._image_reader(file.source, self._progress)
-                    load: Any = _loaded_or_error(partial(load_file, file.path, reader, config.load_limits()))
+                    # A cancel or a stop reaches a loader in a long loop (rows, elements), not only between files.
+                    with stop_checks(getattr(self._progress, "check_stop", None)):
+                        load: Any = _loaded_or_error(
+                            partial(load_file, file.path, reader, config.load_limits())
+                        )
                 else:
                     load = pool.submit(load_in_worker, file.path, config.ocr, config.load_limits())
                 window.append((file, (checked, load)))
@@ -152,7 +157,10 @@ def _loaded_or_error(load: Any) -> LoadedDocument | LoaderError:
     try:
         return load()
     except LoaderError as error:
-        return error
+        # Kept without its traceback: the loader's frames hold the whole file (22 MB of a page refused for
+        # its depth, three times over), and the error, raised again below, would keep them in a cycle
+        # until a full garbage collection.
+        return error.with_traceback(None)
 
 
 def _failed(file: SourceFile, reason: str) -> FileOutcome:

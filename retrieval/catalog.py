@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import tempfile
@@ -146,7 +148,7 @@ class KnowledgeBaseCatalog:
             splitter=manifest.splitter,
             created_at=manifest.created_at,
             store=manifest.store,
-            size_bytes=sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()),
+            size_bytes=_size_on_disk(directory),
             metadata=metadata,
             calibrated=find_calibration(self.root.parent, manifest.embedding.model_name) is not None,
         )
@@ -166,3 +168,18 @@ class KnowledgeBaseCatalog:
         trash = self.root / f".deleted-{name}-{uuid.uuid4().hex}"
         self.path(name).rename(trash)
         shutil.rmtree(trash)
+
+
+def _size_on_disk(directory: Path) -> int:
+    """Return the bytes of the files under `directory`.
+
+    A file listed and then removed before it is measured (an original a delete unlinks, an index's
+    temporary file renamed by a save, under a request asking for `info` at the same time) counts for
+    nothing instead of failing the request.
+    """
+    total = 0
+    for folder, _, names in os.walk(directory):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(folder, name)).st_size
+    return total

@@ -233,6 +233,17 @@ class KnowledgeBase:
             self.index.generation = result.generation
         return result
 
+    @contextmanager
+    def reading(self) -> Iterator[KnowledgeBase]:
+        """Hold one consistent view of the knowledge base for the block: no write lands inside it; yield itself.
+
+        A search reads the vector index and the store several times (candidates, cosines, vectors for
+        dedupe, neighbours); a delete committing between two of those reads would remove ids the next
+        read asks for. Writes and other readers wait for the block, so keep it to reads.
+        """
+        with self._state_lock:
+            yield self
+
     def search(self, query_vector: np.ndarray, k: int, allowed: set[int] | None = None) -> list[ScoredChunk]:
         """Return the `k` chunks most similar to the query vector (among `allowed` ids), best first, with cosines."""
         query_vector = self._check_query(query_vector)

@@ -168,12 +168,22 @@ class Retriever:
 
     def search(self, kb: KnowledgeBase, query: str, options: SearchOptions | None = None) -> list[SearchHit]:
         """Return the best chunks for `query`, best first."""
-        return self._search(kb, query, options or SearchOptions()).hits
+        options = options or SearchOptions()
+        query_vector = self._query_vector(query, options)
+        with kb.reading():  # one view of the knowledge base for the whole search (a delete waits)
+            return self._search(kb, query, query_vector, options).hits
 
     def retrieve(self, kb: KnowledgeBase, query: str, options: SearchOptions | None = None) -> Retrieval:
         """Return the best chunks for `query` with the probability that they hold its answer."""
         options = options or SearchOptions()
-        found = self._search(kb, query, options)
+        query_vector = self._query_vector(query, options)
+        with kb.reading():  # one view of the knowledge base for the whole search (a delete waits)
+            return self._retrieve(kb, query, query_vector, options)
+
+    def _retrieve(
+        self, kb: KnowledgeBase, query: str, query_vector: np.ndarray, options: SearchOptions
+    ) -> Retrieval:
+        found = self._search(kb, query, query_vector, options)
         if found.query_vector is None:
             nothing = Signals(cosine=0.0, margin=0.0, coverage=0.0, unseen=1.0, agreement=0.0)
             return Retrieval([], nothing, {}, None if self.calibration is None else 0.0)
@@ -202,20 +212,25 @@ class Retriever:
             probability = answerability(calibration.answerability, found_signals) if hits else 0.0
         return Retrieval(hits, found_signals, weights, probability)
 
-    def _search(self, kb: KnowledgeBase, query: str, options: SearchOptions) -> _Search:
-        mode = options.mode or self.config.mode
+    def _query_vector(self, query: str, options: SearchOptions) -> np.ndarray:
+        """Return the query's vector, embedded before the knowledge base is held (queries batch meanwhile)."""
         if not query.strip():
             raise ValueError("the query is empty")
         if options.rerank and self._reranker is None:
             raise ValueError(
                 "reranking was asked for, but no reranker model is configured (retrieval.reranker.model)"
             )
+        return self.embedder.embed_query(query)
+
+    def _search(
+        self, kb: KnowledgeBase, query: str, query_vector: np.ndarray, options: SearchOptions
+    ) -> _Search:
+        mode = options.mode or self.config.mode
         allowed = None
         if options.document_ids is not None or options.source is not None or options.metadata:
             allowed = kb.chunk_ids_where(options.document_ids, options.source, options.metadata)
             if not allowed:
                 return _Search([], None, [], [])
-        query_vector = self.embedder.embed_query(query)
         depth = max(self.config.candidates, options.k, self.config.reranker.top_n if options.rerank else 0)
         dense = kb.search(query_vector, depth, allowed) if mode != "lexical" else []
         expression = match_expression(query) if mode != "dense" else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import zipfile
 from pathlib import Path
@@ -188,6 +189,31 @@ def docx_bomb(path: Path, paragraphs: int) -> Path:
     start = body.index("<w:body>") + len("<w:body>")
     parts["word/document.xml"] = (body[:start] + paragraph * paragraphs + body[start:]).encode()
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as bomb:
+        for name, data in parts.items():
+            bomb.writestr(name, data)
+    return path
+
+
+LAST_ROW = '<row r="1048576"><c r="XFD1048576" t="inlineStr"><is><t>end</t></is></c></row>'
+
+
+def xlsx_dimension_bomb(path: Path) -> Path:
+    """Return `path` after writing a 5 KB .xlsx whose sheet claims the size A1:XFD1048576 (16,384 columns
+    by 1,048,576 rows): two real rows at the top and one cell, "end", at XFD1048576."""
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.append(["编号", "规定"])
+    sheet.append(["KB0001", "员工入职满一年后，每年享有十天带薪年假。"])
+    workbook.save(path.with_suffix(".plain.xlsx"))
+    with zipfile.ZipFile(path.with_suffix(".plain.xlsx")) as plain:
+        parts = {info.filename: plain.read(info) for info in plain.infolist()}
+    xml = parts["xl/worksheets/sheet1.xml"].decode()
+    xml = re.sub(r'<dimension ref="[^"]*"\s*/>', '<dimension ref="A1:XFD1048576"/>', xml)
+    # One cell in the sheet's last row and column: every row between is missing, and is made up.
+    parts["xl/worksheets/sheet1.xml"] = xml.replace("</sheetData>", LAST_ROW + "</sheetData>").encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bomb:
         for name, data in parts.items():
             bomb.writestr(name, data)
     return path

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from app.cli.common import Options, errors, settings
+from app.cli.common import Options, errors, fail, settings
 
 # Seconds `kbqa serve` waits, after SIGTERM, for open requests (a long stream) before cutting them off.
 GRACEFUL_SHUTDOWN_S = 10
@@ -31,6 +32,7 @@ def serve(
     overrides = {"host": host, "port": port, "sample_kb": sample_kb}
     server = chosen.server.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     chosen = chosen.model_copy(update={"server": server})
+    _check_data_dir_free(chosen.data_dir)
     url = f"http://{'127.0.0.1' if server.host in ('0.0.0.0', '::') else server.host}:{server.port}"
     # One address a line, never wrapped: a terminal narrower than a line cuts nothing in the middle of a URL.
     banner = f"kbqa: web page {url}/\n      API docs {url}/docs\n      data in  {chosen.data_dir.resolve()}"
@@ -45,3 +47,15 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
+
+
+def _check_data_dir_free(data_dir: Path) -> None:
+    """Exit with a clear message, before any model loads, when another server runs on `data_dir`."""
+    from app.jobs import DataDirectoryInUse, ServerLock
+
+    claim = ServerLock(data_dir)
+    try:
+        claim.acquire()  # held for real by the server's ingestion jobs once it starts
+    except DataDirectoryInUse as error:
+        fail(str(error))
+    claim.release()

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.jobs import IngestionJobs
 from app.logs import request_id
 from app.server import errors
+from app.server.dependencies import KeyFirst
 from app.server.limits import MIB, BodyLimit
 from app.server.metrics import Metrics
 from app.server.routers import chat, documents, health, jobs, knowledge_bases, openai_compat, search
@@ -94,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_file=int(server.max_upload_mb * MIB),
         max_files=server.max_upload_files,
     )
+    # Outside BodyLimit, so a write without a valid key is refused from its headers, before any of its body is read.
+    app.add_middleware(KeyFirst, server=server)
     app.add_middleware(RequestContext, metrics=app.state.metrics)
     _web_page(app)
     return app

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
@@ -43,3 +46,39 @@ class LoadedDocument:
 
 
 BLOCK_SEPARATOR = "\n\n"
+
+
+class LoadStopped(BaseException):
+    """Carries the stop asked for (a cancelled job) out of a loader's long loop: a BaseException, so that no
+    loader's `except Exception` turns it into a failed file; `stop_checks` raises what it carries."""
+
+
+_checks = threading.local()
+
+
+def checkpoint() -> None:
+    """Run the stop check of the load under way in this thread (see `stop_checks`), if any; return nothing.
+
+    Loaders call it every so many rows or elements, so a cancel or a server stop reaches a file that
+    takes long to read, not only the next file.
+    """
+    check = getattr(_checks, "check", None)
+    if check is None:
+        return
+    try:
+        check()
+    except Exception as stop:
+        raise LoadStopped(stop) from stop
+
+
+@contextmanager
+def stop_checks(check: Callable[[], None] | None) -> Iterator[None]:
+    """Run `check` at every `checkpoint()` of loads in this thread inside the block; what it raises comes out."""
+    previous = getattr(_checks, "check", None)
+    _checks.check = check
+    try:
+        yield
+    except LoadStopped as stopped:
+        raise stopped.args[0] from None
+    finally:
+        _checks.check = previous

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from itertools import zip_longest
 from pathlib import Path
 
-from .base import Block, LoaderError
+from .base import Block, LoaderError, checkpoint
 
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
 _TRAILING_SPACE = re.compile(r"[ \t]+$", re.MULTILINE)
@@ -69,24 +69,46 @@ def field_lines(pairs: Iterable[tuple[str, str]]) -> str:
 def table_blocks(
     rows: Iterable[Sequence[object]], heading_path: tuple[str, ...] = (), page: int | None = None
 ) -> list[Block]:
-    """Return one table-row Block per row after the header (the first non-empty row)."""
-    cells = [[format_cell(value) for value in row] for row in rows]
-    cells = [row for row in cells if any(row)]
-    if not cells:
-        return []
-    header, *body = cells
-    if not body:
+    """Return one table-row Block per row after the header (the first non-empty row).
+
+    Rows are taken one at a time and empty ones dropped before anything is kept: a spreadsheet whose
+    stated size is a million rows of 16,384 columns holds in memory only the rows it really has.
+    """
+    header: list[str] | None = None
+    blocks: list[Block] = []
+    for number, row in enumerate(rows):
+        if number % _CHECK_EVERY_ROWS == 0:
+            checkpoint()
+        cells = _trimmed([format_cell(value) for value in row])
+        if not cells:
+            continue
+        if header is None:
+            header = cells
+            continue
+        blocks.append(_row_block(header, cells, heading_path, page))
+    if header is not None and not blocks:
         # A one-row table is usually layout or a lone header; keep its text rather than drop it.
-        body, header = [header], []
-    return [
-        Block(
-            field_lines(zip_longest(header, row, fillvalue="")),
-            page=page,
-            heading_path=heading_path,
-            is_table_row=True,
-        )
-        for row in body
-    ]
+        blocks.append(_row_block([], header, heading_path, page))
+    return blocks
+
+
+_CHECK_EVERY_ROWS = 4096
+
+
+def _trimmed(cells: list[str]) -> list[str]:
+    """Return the cells without the empty ones at the end (an empty list for an empty row)."""
+    while cells and not cells[-1]:
+        cells.pop()
+    return cells
+
+
+def _row_block(header: list[str], cells: list[str], heading_path: tuple[str, ...], page: int | None) -> Block:
+    return Block(
+        field_lines(zip_longest(header, cells, fillvalue="")),
+        page=page,
+        heading_path=heading_path,
+        is_table_row=True,
+    )
 
 
 def require_zip(path: Path, kind: str, old_format: str) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import codecs
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.element import PreformattedString
 from bs4.exceptions import ParserRejectedMarkup
 
-from .base import Block, LoadedDocument, LoaderError
+from .base import Block, LoadedDocument, LoaderError, checkpoint
 from .common import HeadingTrail, reason, table_blocks
 from .encoding import decode_bytes
 
@@ -30,8 +31,10 @@ _BOMS = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 def load_html(path: Path) -> LoadedDocument:
     """Return an HTML page's readable text as blocks under its h1-h6 headings, tables as row blocks."""
+    text = _decode(path.read_bytes())
+    _check_shape(text)
     try:
-        soup = BeautifulSoup(_decode(path.read_bytes()), "html.parser")
+        soup = BeautifulSoup(text, "html.parser")
     except ParserRejectedMarkup as exc:
         raise LoaderError(f"not a valid HTML file: {reason(exc)}") from exc
     title = _text(soup.title) if soup.title else ""
@@ -94,6 +97,50 @@ class _BlockReader:
                 self.blocks.append(Block(text, heading_path=self._trail.path))
         else:
             self.read(tag)
+
+
+# A page's tree costs about 600 bytes an element in memory, and Python keeps much of it after the tree is
+# gone; so the elements are counted, streaming, before any tree is built. Real pages hold thousands of
+# elements and nest a few dozen deep; browsers stop nesting at 512.
+MAX_HTML_ELEMENTS = 200_000
+MAX_HTML_DEPTH = 512
+_VOID = {
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr",
+}  # fmt: skip
+
+
+class _Shape(HTMLParser):
+    """Counts a page's elements and how deep they nest, keeping nothing, and stops at the first limit passed."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.elements = 0
+        self.depth = 0
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        self.elements += 1
+        if self.elements % 10_000 == 0:
+            checkpoint()
+        if self.elements > MAX_HTML_ELEMENTS:
+            raise LoaderError(
+                f"the page holds more than {MAX_HTML_ELEMENTS} elements; split it into smaller pages"
+            )
+        if tag not in _VOID:
+            self.depth += 1
+            if self.depth > MAX_HTML_DEPTH:
+                raise LoaderError(f"HTML is nested more than {MAX_HTML_DEPTH} elements deep")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in _VOID:
+            self.depth = max(self.depth - 1, 0)
+
+
+def _check_shape(text: str) -> None:
+    """Raise LoaderError when the page holds more than MAX_HTML_ELEMENTS elements or nests deeper than MAX_HTML_DEPTH."""
+    shape = _Shape()
+    shape.feed(text)
+    shape.close()
 
 
 def _decode(data: bytes) -> str:

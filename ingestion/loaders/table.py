@@ -38,6 +38,10 @@ def load_xlsx(path: Path) -> LoadedDocument:
         try:
             blocks: list[Block] = []
             for sheet in workbook.worksheets:
+                # The sheet's stated dimension (A1:XFD1048576 in a 1.6 KB file) is not trusted: without it
+                # openpyxl yields the rows the sheet holds, each as wide as its own last cell, instead of
+                # padding every row, and every missing row, to the stated size.
+                sheet.reset_dimensions()
                 blocks.extend(table_blocks(sheet.iter_rows(values_only=True), heading_path=(sheet.title,)))
             title = (workbook.properties.title or "").strip()
         finally:

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from app.jobs import IngestionJobs, Job
@@ -80,7 +80,12 @@ def get_document(kb: str, document_id: int, service: KnowledgeService = Depends(
 
 
 @router.get("/{document_id}/file", summary="Download the original file", response_class=FileResponse)
-def download(kb: str, document_id: int, service: KnowledgeService = Depends(knowledge)) -> FileResponse:
+def download(
+    kb: str,
+    document_id: int,
+    attachment: bool = Query(False, description="Download a PDF instead of showing it in the browser."),
+    service: KnowledgeService = Depends(knowledge),
+) -> FileResponse:
     """Return the file as it was uploaded, a PDF to show inline (404 for documents indexed from the command line)."""
     source = service.document(kb, document_id).source
     path = service.original_path(kb, source)
@@ -91,8 +96,19 @@ def download(kb: str, document_id: int, service: KnowledgeService = Depends(know
     name = PurePosixPath(source).name
     # A PDF opens in the browser (at `#page=N` from a citation); anything else downloads, since an uploaded
     # HTML or SVG shown inline would run its scripts in this site's origin.
-    inline = Path(name).suffix.lower() == ".pdf"
-    return FileResponse(path, filename=name, content_disposition_type="inline" if inline else "attachment")
+    inline = Path(name).suffix.lower() == ".pdf" and not attachment
+    return FileResponse(
+        path,
+        filename=name,
+        content_disposition_type="inline" if inline else "attachment",
+        headers=ORIGINAL_HEADERS,
+    )
+
+
+# An original is someone's file, not this site's page: the browser must not guess a more active type
+# than the one sent (nosniff), and whatever it shows runs sandboxed, in an opaque origin, without
+# scripts, forms or plugins reaching this site (CSP sandbox); a PDF's own JavaScript included.
+ORIGINAL_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
 
 
 @router.delete("/{document_id}", status_code=204, summary="Delete a document")
@@ -158,7 +174,8 @@ def _metadata(raw: str | None) -> dict[str, str] | None:
         return None
     try:
         return check_metadata(json.loads(raw))
-    except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as error:
+    # RecursionError: JSON nested deeper than the parser goes ([[[[…]]]] a million deep).
+    except (json.JSONDecodeError, ValueError, TypeError, AttributeError, RecursionError) as error:
         raise ApiError(
             400, "invalid_metadata", f"metadata must be a JSON object of strings: {error}"
         ) from error
