@@ -72,10 +72,12 @@ def conversation_set(
         if len(title) < 2 or title not in case.question.text or not others:
             continue
         other_article = pick.choice([a for a in articles if a != article])
+        # The earlier turn names the title when a question of the article does, as a person's would.
+        naming = [q for q in others if title in q.text]
         followup = FollowUp(
             case,
             case.question.text.replace(title, PRONOUN),
-            others[0],
+            (naming or others)[0],
             pick.choice(asked_in[other_article]),
         )
         (answerable if case.kind == "answerable" else held_out).append(followup)

@@ -154,11 +154,32 @@ def _subject(previous: str, before: Sequence[str], question: str) -> str:
     )
     standalone = earlier.searched if earlier and earlier.strength == "points-back" else previous
     own = set(content_terms(question))
-    carried = [t for t in _whole_terms(standalone) if t not in own and t not in _POINTERS]
+    topic = _topic(standalone)
+    terms_of = [t for t in _whole_terms(topic) if t not in own and t not in _POINTERS] if topic else []
+    carried = terms_of or [t for t in _whole_terms(standalone) if t not in own and t not in _POINTERS]
     if not carried:
         return ""
     english = all(_ENGLISH.search(t) for t in carried)
     return (" " if english else "").join(carried)
+
+
+# Where the topic of a question ends: its first question word, verb of being or having, or particle. What
+# comes before (笔记本电脑 of 笔记本电脑多久可以更换？, 泡泡战士 of 泡泡战士的主角是谁？) is what a pronoun in
+# the next turn points back to; the rest is what that turn asked about it, which a follow-up does not repeat.
+_TOPIC_END = re.compile(
+    r"什[么麼]|甚[么麼]|哪|[谁誰]|多少|多久|多[长長大高远遠]|[几幾]|如何|怎|[为為]什[么麼]|[为為]何|是否|是|的|有|在|"
+    r"可以|能|[会會]|需要|要|[吗嗎]|呢|由|被|[于於]|\b(?:what|which|who|whom|whose|when|where|why|how|is|are|was|"
+    r"were|does|do|did|can|should|has|have)\b",
+    re.IGNORECASE,
+)
+_ASKING_START = re.compile(r"^\s*(?:请问|請問|please|tell me)\s*[，,]?\s*", re.IGNORECASE)
+
+
+def _topic(question: str) -> str:
+    """Return the start of `question` before its first question word or particle (its topic), or ""."""
+    text = _ASKING_START.sub("", question)
+    end = _TOPIC_END.search(text)
+    return text[: end.start()] if end else ""
 
 
 def _whole_terms(text: str) -> list[str]:

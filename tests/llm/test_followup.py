@@ -28,7 +28,7 @@ def test_an_ellipsis_carries_the_previous_subject() -> None:
 def test_a_pronoun_is_replaced_by_the_subject() -> None:
     candidate = rule_rewrite("它在哪里申请？", LAPTOP)
     assert candidate is not None and candidate.strength == "points-back"
-    assert candidate.searched == candidate.read == "笔记本电脑更换在哪里申请？"
+    assert candidate.searched == candidate.read == "笔记本电脑在哪里申请？"
     english = rule_rewrite("How long does it take?", [Message("user", "How do I submit an expense claim?")])
     assert english is not None and english.searched == "How long does submit expense claim take?"
 
