@@ -36,7 +36,7 @@ class Controls:
     delay_s: float = 0.0  # before answering anything
     delta_delay_s: float = 0.0  # before each streamed delta
     send_usage: bool = True  # the final usage chunk of a stream, when the client asks for it
-    replies: list[str] = field(default_factory=list)  # the next requests' replies, in order, instead of the echo
+    replies: list[str] = field(default_factory=list)  # scripted replies, in order, instead of the echo
     requests: list[dict[str, Any]] = field(default_factory=list)
     disconnects: list[int] = field(default_factory=list)  # deltas sent before each client went away
 
