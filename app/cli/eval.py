@@ -125,6 +125,9 @@ SkipArticlesOption = Annotated[
     ),
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Which articles are left out.")]
+AnswersKbOption = Annotated[
+    str | None, typer.Option("--kb", help="Knowledge base to build (default: answers-<file name>).")
+]
 
 
 def built_answer_set(
@@ -244,9 +247,7 @@ def _observed_round(
 @eval_app.command("answers")
 def eval_answers(
     dataset: Annotated[Path, typer.Option("--dataset", help="SQuAD-format JSON file (e.g. DRCD_dev.json).")],
-    kb: Annotated[
-        str | None, typer.Option("--kb", help="Knowledge base to build (default: answers-<file name>).")
-    ] = None,
+    kb: AnswersKbOption = None,
     holdout: HoldoutOption = 40,
     articles: ArticlesOption = None,
     skip: SkipArticlesOption = 0,
@@ -271,21 +272,13 @@ def eval_answers(
         "min_answerability": svc.settings.llm.min_answerability,
         **summary(asked),
     }
-    if as_json:
-        print(json.dumps(result, ensure_ascii=False, indent=2))
-        return
-    table = Table("measure", "value")
-    for key, value in result.items():
-        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
-    console.print(table)
+    print_measures(result, as_json)
 
 
 @eval_app.command("conversations")
 def eval_conversations(
     dataset: Annotated[Path, typer.Option("--dataset", help="SQuAD-format JSON file (e.g. DRCD_dev.json).")],
-    kb: Annotated[
-        str | None, typer.Option("--kb", help="Knowledge base to build (default: answers-<file name>).")
-    ] = None,
+    kb: AnswersKbOption = None,
     holdout: HoldoutOption = 40,
     articles: ArticlesOption = None,
     skip: SkipArticlesOption = 0,
@@ -323,6 +316,11 @@ def eval_conversations(
     with progress_bar("asking", 4 * answerable + 2 * (len(followups) - answerable)) as advance:
         asked = run_or_fail(lambda: ask_conversations(svc, kb, followups, advance))
     result = {"kb": kb, "backend": svc.settings.llm.backend, **conversation_summary(asked)}
+    print_measures(result, as_json)
+
+
+def print_measures(result: dict, as_json: bool) -> None:
+    """Print a report of measures as JSON, or as a table of measure and value; return nothing."""
     if as_json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return
