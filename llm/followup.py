@@ -72,13 +72,6 @@ class FollowupConfig(BaseModel):
         description="A short turn (one content term) is searched rewritten only when that answerability beats "
         "the question as written by more than this.",
     )
-    keep_margin: float = Field(
-        0.15,
-        ge=0.0,
-        le=1.0,
-        description="A follow-up (pronoun, ellipsis, model rewrite) is searched as written only when that "
-        "answerability beats the rewrite's by more than this.",
-    )
 
 
 @dataclass(frozen=True)
@@ -104,11 +97,13 @@ class Chosen:
 # --- the offline rules ------------------------------------------------------------------------------
 
 # Words that point back to something named earlier (jieba cuts them as words of their own).
-_POINTER_TEXT = """
-它 它们 它們 他 他们 他們 她 她们 她們 其 该 該 此 这 這 这个 這個 那个 那個 这些 這些 那些 这种 這種 那种 那種
-这项 這項 这里 這裡 那里 那裡 it its they them their this that these those he she his her him
+# Pronouns always point back; demonstratives may also begin a phrase of their own (这个月, this year).
+_PRONOUN_TEXT = "它 它们 它們 他 他们 他們 她 她们 她們 其 it its they them their he she his her him"
+_PRONOUNS = frozenset(_PRONOUN_TEXT.split())
+_DEMONSTRATIVE_TEXT = """
+该 該 此 这 這 这个 這個 那个 那個 这些 這些 那些 这种 這種 那种 那種 这项 這項 这里 這裡 那里 那裡 this that these those
 """
-_POINTERS = frozenset(_POINTER_TEXT.split())
+_POINTERS = _PRONOUNS | frozenset(_DEMONSTRATIVE_TEXT.split())
 # An ellipsis: 那餐补呢？ 还有呢？ 那么…？ what about …? and …?
 _ELLIPSIS = re.compile(
     r"^\s*(?:那么?|那麼|还有|還有|另外|以及|和|跟)|^\s*(?:what about|how about|and)\b|呢\s*[？?]?\s*$",
@@ -129,9 +124,9 @@ def rule_rewrite(question: str, history: Sequence[Message], max_turns: int = 3) 
     tokens = terms(question)
     pointer = next((t for t in tokens if t in _POINTERS), None)
     strength: Strength = "none"
-    if pointer is not None or _ELLIPSIS.search(question):
+    if pointer in _PRONOUNS or _ELLIPSIS.search(question):
         strength = "points-back"
-    elif len(content_terms(question)) <= 1:
+    elif pointer is not None or len(content_terms(question)) <= 1:
         strength = "short"
     if pointer is not None:
         resolved = _replace_word(question, pointer, subject)
@@ -263,12 +258,12 @@ def choose(
 ) -> Chosen:
     """Return the question to search, as written or rewritten, with its retrieval.
 
-    A turn that points back (a pronoun, an ellipsis, a model's rewrite) searches the rewrite unless the
-    question as written is clearly more answerable (`keep_margin`); a short one (one content term)
-    searches the rewrite only when it is clearly more answerable (`switch_margin`); any other is tried rewritten only when it is
-    answered poorly as written (`weak_below`), and kept only when more answerable: a question that
-    stands on its own is not changed by the history. Without a calibration a turn that points back
-    searches the rewrite, any other is searched as written.
+    A turn that points back (a pronoun, an ellipsis, a model's rewrite) searches the rewrite; a short one
+    (one content term, or a demonstrative: 这个 may point back or start 这个月) searches the rewrite only
+    when that is clearly more answerable (`switch_margin`); any other is tried rewritten only when it is
+    answered poorly as written (`weak_below`), and kept only when more answerable: a question that stands
+    on its own is not changed by the history. Without a calibration only a turn that points back is
+    rewritten.
     """
     if candidate is None or candidate.searched.strip() == question.strip():
         return Chosen(question, question, search(question), "as-written")
@@ -278,16 +273,9 @@ def choose(
             return Chosen(candidate.searched, candidate.read, rewritten, candidate.method)
         return Chosen(question, question, written, "as-written")
     if candidate.strength == "points-back":
-        rewritten = search(candidate.searched)
-        if rewritten.answerability is None:
-            return Chosen(candidate.searched, candidate.read, rewritten, candidate.method)
-        written = search(question)
-        if (
-            written.answerability is not None
-            and written.answerability > rewritten.answerability + config.keep_margin
-        ):
-            return Chosen(question, question, written, "as-written")
-        return Chosen(candidate.searched, candidate.read, rewritten, candidate.method)
+        # As written it names nothing (它分布在哪些地区？): question words alone match many chunks well,
+        # so its answerability says nothing, and a follow-up the documents cannot answer must be refused.
+        return Chosen(candidate.searched, candidate.read, search(candidate.searched), candidate.method)
     written = search(question)
     if written.answerability is None or written.answerability >= config.weak_below:
         return Chosen(question, question, written, "as-written")
