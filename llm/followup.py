@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm.types import ChatModel, GenerationParams, Message
 from retrieval import Retrieval
-from retrieval.lexical import content_terms, terms
+from retrieval.lexical import content_terms, fold, terms
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +150,20 @@ def _subject(previous: str, before: Sequence[str], question: str) -> str:
     standalone = earlier.searched if earlier and earlier.strength == "points-back" else previous
     own = set(content_terms(question))
     topic = _topic(standalone)
-    terms_of = [t for t in _whole_terms(topic) if t not in own and t not in _POINTERS] if topic else []
-    carried = terms_of or [t for t in _whole_terms(standalone) if t not in own and t not in _POINTERS]
+    if topic and [t for t in _whole_terms(topic) if t not in own and t not in _POINTERS]:
+        return topic.strip(" \t，,、：:；;")  # as the person wrote it (梅艷芳, not the folded 梅艳芳)
+    carried = [t for t in _whole_terms(standalone) if t not in own and t not in _POINTERS]
     if not carried:
         return ""
     english = all(_ENGLISH.search(t) for t in carried)
-    return (" " if english else "").join(carried)
+    return (" " if english else "").join(_as_written(t, standalone) for t in carried)
+
+
+def _as_written(term: str, text: str) -> str:
+    """Return `term` (folded: Simplified, lower case) as `text` writes it, where folding kept the length."""
+    folded = fold(text).casefold()
+    at = folded.find(term)
+    return text[at : at + len(term)] if at >= 0 and len(folded) == len(text) else term
 
 
 # Where the topic of a question ends: its first question word, verb of being or having, or particle. What
