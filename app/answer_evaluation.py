@@ -27,7 +27,7 @@ from app.evaluation import Paragraph, Question, percentile
 
 if TYPE_CHECKING:
     from app.services import KnowledgeService
-    from llm import Answer
+    from llm import Answer, Message
     from retrieval import Calibration, Retrieval
 
 Kind = Literal["answerable", "same-topic", "off-topic"]
@@ -212,17 +212,23 @@ class Asked:
 
 
 def ask(
-    service: KnowledgeService, kb: str, cases: Sequence[AnswerCase], advance: Callable[[], None] | None = None
+    service: KnowledgeService,
+    kb: str,
+    cases: Sequence[AnswerCase],
+    advance: Callable[[], None] | None = None,
+    histories: Sequence[Sequence[Message]] | None = None,
 ) -> list[Asked]:
-    """Return every question's answer from the service's answer path, timed."""
+    """Return every question's answer from the service's answer path, timed; `histories`, when given,
+    holds the earlier turns each question is asked after."""
     from llm import AnswerOptions
     from retrieval import SearchOptions
 
     options = AnswerOptions(retrieval=SearchOptions(k=TOP_K), generation=service.generation_params())
     asked = []
-    for case in cases:
+    for i, case in enumerate(cases):
         started = time.perf_counter()
-        answer = service.ask(kb, case.question.text, options=options).read()
+        history = histories[i] if histories is not None else ()
+        answer = service.ask(kb, case.question.text, history, options=options).read()
         seconds = time.perf_counter() - started
         asked.append(Asked(case, answer, seconds))
         if advance:

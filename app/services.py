@@ -205,6 +205,7 @@ class KnowledgeService:
             "prompt": config.prompt,
             "generation": config.generation,
             "min_answerability": config.min_answerability,
+            "followup": config.followup,
         }
         if config.backend == "extractive":
             reader = self.extractive_reader(self.calibration.reader if self.calibration else None)

@@ -5,6 +5,7 @@ from llm.backends import load_chat_model
 from llm.config import LLMConfig, OpenAIConfig
 from llm.errors import LLMError, ModelBusy, ModelLoadError, ModelUnavailable, PromptTooLong, UnknownAdapter
 from llm.extractive import ExtractiveConfig, ExtractiveReader
+from llm.followup import FollowupConfig
 from llm.prompt import Prompt, PromptBuilder, PromptConfig
 from llm.templates import TEMPLATES, template_for
 from llm.types import BASE_MODEL, ChatModel, Generation, GenerationParams, Message, TextStream, Usage
@@ -20,6 +21,7 @@ __all__ = [
     "Citation",
     "ExtractiveConfig",
     "ExtractiveReader",
+    "FollowupConfig",
     "Generation",
     "GenerationParams",
     "LLMConfig",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm.extractive import ExtractiveReader
+from llm.followup import Candidate, Chosen, FollowupConfig, choose, model_rewrite, rule_rewrite
 from llm.prompt import Prompt, PromptBuilder, PromptConfig
 from llm.types import ChatModel, DeltaStream, FinishReason, Generation, GenerationParams, Message, Usage
 from retrieval import Retrieval, SearchHit, SearchOptions
@@ -67,6 +68,9 @@ class Timings:
     prompt_ms: float
     first_token_ms: float | None
     total_ms: float
+    rewrite_ms: float = (
+        0.0  # making a follow-up standalone (the model's rewrite, or the rules), before retrieval
+    )
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,9 @@ class Answer:
     refused: bool  # the answer is the refusal sentence
     answerability: float | None = None  # probability the chunks hold the answer; None without a calibration
     closest: list[Citation] = field(default_factory=list)  # chunks found but not used, when refused
+    searched_question: str = (
+        ""  # the question searched and judged: the follow-up made standalone, or as typed
+    )
 
 
 class AnswerOptions(BaseModel):
@@ -119,6 +126,7 @@ class Answerer:
         model: ChatModel | None = None,
         reader: ExtractiveReader | None = None,
         min_answerability: float = 0.0,
+        followup: FollowupConfig | None = None,
     ) -> None:
         if (model is None) == (reader is None):
             raise ValueError("an Answerer needs exactly one of a chat model and an extractive reader")
@@ -128,6 +136,7 @@ class Answerer:
         self._generation = generation
         self.model = model
         self._reader = reader
+        self._followup = followup or FollowupConfig()
         self._builder = (
             PromptBuilder(prompt, model.count_prompt_tokens, model.context_window) if model else None
         )
@@ -149,42 +158,62 @@ class Answerer:
         options = options or AnswerOptions()
         params = options.generation or self._generation
         clock = _Clock()
-        found = self._retrieve(kb, question, options.retrieval)
+        chosen, rewrite_ms = self._searched(question, kb, history, options, clock)
+        found = chosen.found
         retrieval_ms = clock.lap()
         hits = found.hits
         if found.answerability is not None and found.answerability < self.min_answerability:
             hits = []  # the chunks found do not hold the answer: none is given to the model
         if self._reader is not None:
-            return self._extractive(question, hits, found, clock, retrieval_ms)
+            return self._extractive(chosen, hits, clock, (retrieval_ms, rewrite_ms))
         assert self._builder is not None and self.model is not None
         if hits:
             prompt = self._builder.build(question, hits, history, params.max_new_tokens)
         elif self._config.no_context == "answer":
             prompt = self._builder.without_context(question, history, params.max_new_tokens)
         else:
-            return self._refusal(question, found, clock, retrieval_ms)
+            return self._refusal(question, chosen, clock, (retrieval_ms, rewrite_ms))
         prompt_ms = clock.lap()
         text_stream = self.model.stream(prompt.messages, params)
         sources = [Citation.of(n, hit) for n, hit in enumerate(prompt.hits, start=1)]
         notice = "" if prompt.hits else self._config.notice(question) + "\n"
-        return AnswerStream(
-            sources,
-            self._generated(question, prompt, text_stream, notice, found, clock, retrieval_ms, prompt_ms),
-        )
+        spent = (retrieval_ms, rewrite_ms, prompt_ms)
+        return AnswerStream(sources, self._generated(prompt, text_stream, notice, chosen, clock, spent))
+
+    def _searched(
+        self, question: str, kb: str, history: Sequence[Message], options: AnswerOptions, clock: _Clock
+    ) -> tuple[Chosen, float]:
+        """Return the question searched (a follow-up made standalone, or as typed) with its retrieval, and
+        the milliseconds the rewrite took."""
+        config = self._followup
+        if not history or not config.enabled:
+            return Chosen(
+                question, question, self._retrieve(kb, question, options.retrieval), "as-written"
+            ), 0.0
+        candidate = None
+        if self.model is not None and config.model_rewrite:
+            rewritten = model_rewrite(self.model, question, history, config)
+            candidate = Candidate(rewritten, rewritten, "points-back", "model") if rewritten else None
+        if candidate is None:  # the extractive backend, or the model failed: the rules
+            candidate = rule_rewrite(question, history, config.max_turns)
+        rewrite_ms = clock.lap()
+        return choose(
+            question, candidate, lambda q: self._retrieve(kb, q, options.retrieval), config
+        ), rewrite_ms
 
     # --- the three ways an answer is made ---------------------------------------------------------
 
     def _generated(
         self,
-        question: str,
         prompt: Prompt,
         text_stream: Iterator[str],
         notice: str,
-        found: Retrieval,
+        chosen: Chosen,
         clock: _Clock,
-        retrieval_ms: float,
-        prompt_ms: float,
+        spent: tuple[float, float, float],  # retrieval, rewrite and prompt milliseconds
     ) -> Generator[str, None, Answer]:
+        retrieval_ms, rewrite_ms, prompt_ms = spent
+        found = chosen.found
         first_token_ms = None
         if notice:
             yield notice
@@ -203,44 +232,56 @@ class Answerer:
             text=notice + reply,
             citations=citations,
             usage=generation.usage,
-            timings=Timings(retrieval_ms, prompt_ms, first_token_ms, clock.total()),
+            timings=Timings(retrieval_ms, prompt_ms, first_token_ms, clock.total(), rewrite_ms),
             finish_reason=generation.finish_reason,
             grounded=bool(prompt.hits),
             refused=refused,
             answerability=found.answerability,
             closest=_closest(found) if refused or not prompt.hits else [],
+            searched_question=chosen.searched,
         )
 
     def _extractive(
-        self, question: str, hits: list[SearchHit], found: Retrieval, clock: _Clock, retrieval_ms: float
+        self, chosen: Chosen, hits: list[SearchHit], clock: _Clock, spent: tuple[float, float]
     ) -> AnswerStream:
-        extract = self._reader.read(question, hits, found.term_weights, found.answerability) if hits else None
+        found = chosen.found
+        # The reader reads the turn as typed (pronouns resolved): the subject a follow-up carried over
+        # found the chunks, and what the turn asks picks the sentence.
+        extract = (
+            self._reader.read(chosen.read, hits, found.term_weights, found.answerability) if hits else None
+        )
         if extract is None:
-            return self._refusal(question, found, clock, retrieval_ms)
+            return self._refusal(chosen.read, chosen, clock, spent)
+        retrieval_ms, rewrite_ms = spent
         citations = [Citation.of(n, hits[n - 1]) for n in extract.cited]
         answer = Answer(
             text=extract.text,
             citations=citations,
             usage=Usage(0, 0),
-            timings=Timings(retrieval_ms, 0.0, clock.total(), clock.total()),
+            timings=Timings(retrieval_ms, 0.0, clock.total(), clock.total(), rewrite_ms),
             finish_reason="stop",
             grounded=True,
             refused=False,
             answerability=found.answerability,
+            searched_question=chosen.searched,
         )
         return AnswerStream(citations, _once(answer))
 
-    def _refusal(self, question: str, found: Retrieval, clock: _Clock, retrieval_ms: float) -> AnswerStream:
+    def _refusal(
+        self, question: str, chosen: Chosen, clock: _Clock, spent: tuple[float, float]
+    ) -> AnswerStream:
+        retrieval_ms, rewrite_ms = spent
         answer = Answer(
             text=self._config.refusal(question),
             citations=[],
             usage=Usage(0, 0),
-            timings=Timings(retrieval_ms, 0.0, None, clock.total()),
+            timings=Timings(retrieval_ms, 0.0, None, clock.total(), rewrite_ms),
             finish_reason="stop",
             grounded=False,
             refused=True,
-            answerability=found.answerability,
-            closest=_closest(found),
+            answerability=chosen.found.answerability,
+            closest=_closest(chosen.found),
+            searched_question=chosen.searched,
         )
         return AnswerStream([], _once(answer))
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm.extractive import ExtractiveConfig
+from llm.followup import FollowupConfig
 from llm.prompt import PromptConfig
 from llm.types import BASE_MODEL, GenerationParams
 
@@ -117,4 +118,9 @@ class LLMConfig(BaseModel):
     )
     extractive: ExtractiveConfig = Field(
         default_factory=ExtractiveConfig, description="How the `extractive` backend picks sentences."
+    )
+    followup: FollowupConfig = Field(
+        default_factory=FollowupConfig,
+        description="How a follow-up question is made standalone before it is searched (README, "
+        '"Conversations").',
     )

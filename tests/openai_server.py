@@ -3,7 +3,8 @@
 Replies are deterministic: `<model> heard: <last user message>`, split into fake tokens one word (with
 its trailing space) each, so tests can tell which model or adapter answered and count tokens. `stop` and
 `max_tokens` are honoured on those tokens. `Controls` injects failures, delays and records what the
-server saw: request bodies, and how many deltas each stream had sent when its client went away.
+server saw: request bodies, and how many deltas each stream had sent when its client went away; `replies`
+scripts the next replies instead of the echo.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Controls:
     delay_s: float = 0.0  # before answering anything
     delta_delay_s: float = 0.0  # before each streamed delta
     send_usage: bool = True  # the final usage chunk of a stream, when the client asks for it
+    replies: list[str] = field(default_factory=list)  # scripted replies, in order, instead of the echo
     requests: list[dict[str, Any]] = field(default_factory=list)
     disconnects: list[int] = field(default_factory=list)  # deltas sent before each client went away
 
@@ -116,6 +118,8 @@ class FakeOpenAIServer:
                     f"requested {body['max_tokens']} tokens in the completion.",
                 )
             tokens, finish_reason = reply_tokens(body)
+            if controls.replies:
+                tokens, finish_reason = fake_tokens(controls.replies.pop(0)), "stop"
             usage = {
                 "prompt_tokens": sum(len(fake_tokens(m["content"])) for m in body["messages"]),
                 "completion_tokens": len(tokens),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from app.cli.common import KbOption, console, errors, run_or_fail, service, valid_or_fail
+from app.cli.common import KbOption, console, errors, fail, run_or_fail, service, valid_or_fail
 
 
 def ask(
@@ -31,11 +32,21 @@ def ask(
         float | None, typer.Option("--temperature", help="Sampling temperature; 0 is greedy.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer and citations as JSON.")] = False,
+    history_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--history",
+            help="JSON file of the earlier turns, oldest first, as the chat route's `history`: "
+            '[{"role": "user", "content": "…"}, {"role": "assistant", "content": "…"}, …]. '
+            "The question is then a follow-up, made standalone before it is searched.",
+        ),
+    ] = None,
 ) -> None:
     """Answer a question from a knowledge base, streaming the answer, then listing its citations."""
     from llm import AnswerOptions
     from retrieval import SearchOptions
 
+    history = read_history(question, history_file) if history_file else []
     svc = service()
     options = valid_or_fail(
         lambda: AnswerOptions(
@@ -45,7 +56,7 @@ def ask(
             ),
         )
     )
-    stream = run_or_fail(lambda: svc.ask(kb, question, options=options))
+    stream = run_or_fail(lambda: svc.ask(kb, question, history, options))
     if as_json:
         answer = run_or_fail(stream.read)
         print(json.dumps(asdict(answer), ensure_ascii=False, indent=2))
@@ -72,5 +83,19 @@ def ask(
         if answer.usage.total_tokens
         else ""
     )
+    if answer.searched_question and answer.searched_question != question:
+        errors.print(f"searched: {answer.searched_question}", style="dim", highlight=False, markup=False)
     found = "" if answer.answerability is None else f"answerability {answer.answerability:.2f}, "
     errors.print(f"[dim]{found}{usage}{answer.timings.total_ms:.0f} ms[/]", highlight=False)
+
+
+def read_history(question: str, path: Path) -> list:
+    """Return the turns of a `--history` file as messages, bounded as the chat route bounds them."""
+    from app.server.schemas import ChatRequest
+
+    try:
+        turns = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        fail(f"cannot read the history file {path}: {error}", code=2)
+    request = valid_or_fail(lambda: ChatRequest.model_validate({"question": question, "history": turns}))
+    return [turn.message() for turn in request.history]

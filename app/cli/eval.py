@@ -23,6 +23,7 @@ from app.cli.common import (
 
 if TYPE_CHECKING:
     from app.answer_evaluation import AnswerSet, Observations
+    from app.evaluation import Paragraph
     from app.services import KnowledgeService
 
 eval_app = typer.Typer(
@@ -124,6 +125,9 @@ SkipArticlesOption = Annotated[
     ),
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Which articles are left out.")]
+AnswersKbOption = Annotated[
+    str | None, typer.Option("--kb", help="Knowledge base to build (default: answers-<file name>).")
+]
 
 
 def built_answer_set(
@@ -137,19 +141,24 @@ def built_answer_set(
 ):
     """Return the dataset's answer set with its knowledge base built (or reused)."""
     from app.answer_evaluation import answer_set
-    from app.evaluation import build_knowledge_base, read_squad
+    from app.evaluation import build_knowledge_base
 
-    end = None if articles is None else skip + articles
     try:
-        paragraphs = [
-            p for p in read_squad(dataset) if skip <= p.article and (end is None or p.article < end)
-        ]
+        paragraphs = dataset_slice(dataset, articles, skip)
         chosen = answer_set(paragraphs, holdout, seed)
     except (OSError, ValueError, KeyError, TypeError) as error:
         fail(f"cannot use SQuAD-format dataset {dataset}: {error}")
     with IngestionProgress() as progress:
         run_or_fail(lambda: build_knowledge_base(svc, kb, chosen.paragraphs, progress))
     return chosen
+
+
+def dataset_slice(dataset: Path, articles: int | None, skip: int = 0) -> list[Paragraph]:
+    """Return the paragraphs of articles `skip` to `skip + articles` of a SQuAD-format file."""
+    from app.evaluation import read_squad
+
+    end = None if articles is None else skip + articles
+    return [p for p in read_squad(dataset) if skip <= p.article and (end is None or p.article < end)]
 
 
 @eval_app.command("calibrate")
@@ -238,9 +247,7 @@ def _observed_round(
 @eval_app.command("answers")
 def eval_answers(
     dataset: Annotated[Path, typer.Option("--dataset", help="SQuAD-format JSON file (e.g. DRCD_dev.json).")],
-    kb: Annotated[
-        str | None, typer.Option("--kb", help="Knowledge base to build (default: answers-<file name>).")
-    ] = None,
+    kb: AnswersKbOption = None,
     holdout: HoldoutOption = 40,
     articles: ArticlesOption = None,
     skip: SkipArticlesOption = 0,
@@ -265,6 +272,55 @@ def eval_answers(
         "min_answerability": svc.settings.llm.min_answerability,
         **summary(asked),
     }
+    print_measures(result, as_json)
+
+
+@eval_app.command("conversations")
+def eval_conversations(
+    dataset: Annotated[Path, typer.Option("--dataset", help="SQuAD-format JSON file (e.g. DRCD_dev.json).")],
+    kb: AnswersKbOption = None,
+    holdout: HoldoutOption = 40,
+    articles: ArticlesOption = None,
+    skip: SkipArticlesOption = 0,
+    seed: SeedOption = 0,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", min=1, help="Ask at most N answerable and N held-out follow-ups (each several ways)."
+        ),
+    ] = 200,
+    as_json: JsonOption = False,
+) -> None:
+    """Ask follow-ups (a question with its article's title made a pronoun, after another question of the
+    article) through the configured answer path, and compare them with the questions as written.
+
+    Reports the follow-up's answer hit with and without the history, the question's hit as written and
+    after an unrelated turn, and the refusals of held-out follow-ups and of the same questions as written.
+    """
+    from app.conversation_evaluation import (
+        article_titles,
+        ask_conversations,
+        conversation_set,
+        conversation_summary,
+    )
+
+    svc = service()
+    kb = kb or f"answers-{dataset.stem}"
+    chosen = built_answer_set(svc, kb, dataset, holdout, articles, seed, skip)
+    try:
+        paragraphs = dataset_slice(dataset, articles, skip)
+        followups = conversation_set(chosen, paragraphs, article_titles(dataset), seed, limit)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        fail(f"cannot use SQuAD-format dataset {dataset}: {error}")
+    answerable = sum(f.original.kind == "answerable" for f in followups)
+    with progress_bar("asking", 4 * answerable + 2 * (len(followups) - answerable)) as advance:
+        asked = run_or_fail(lambda: ask_conversations(svc, kb, followups, advance))
+    result = {"kb": kb, "backend": svc.settings.llm.backend, **conversation_summary(asked)}
+    print_measures(result, as_json)
+
+
+def print_measures(result: dict, as_json: bool) -> None:
+    """Print a report of measures as JSON, or as a table of measure and value; return nothing."""
     if as_json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,6 +17,7 @@ MAX_QUERY_CHARS = 4000
 MAX_QUESTION_CHARS = 8000
 MAX_TURN_CHARS = 20_000
 MAX_HISTORY_TURNS = 50
+MAX_HISTORY_CHARS = 100_000  # all earlier turns together (chat `history`, the earlier `messages`)
 MAX_MESSAGES = 100
 MAX_MESSAGE_CHARS = 20_000
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit, which clients batch to
@@ -242,6 +244,17 @@ class ChatRequest(Strict):
     retrieval: SearchOptions = Field(default_factory=SearchOptions, description="How chunks are found.")
     generation: GenerationOptions = Field(default_factory=GenerationOptions)
 
+    @model_validator(mode="after")
+    def _history_bounded(self) -> ChatRequest:
+        check_history_chars(turn.content for turn in self.history)
+        return self
+
+
+def check_history_chars(contents: Iterable[str]) -> None:
+    """Return nothing; raise ValueError when the earlier turns hold more than `MAX_HISTORY_CHARS` together."""
+    if sum(len(content) for content in contents) > MAX_HISTORY_CHARS:
+        raise ValueError(f"the history may hold at most {MAX_HISTORY_CHARS} characters in all")
+
 
 class CitationOut(BaseModel):
     """A chunk an answer cites as [n]."""
@@ -285,6 +298,11 @@ class AnswerOut(BaseModel):
     )
     closest: list[CitationOut] = Field(
         description="When nothing was cited (a refusal): the closest chunks found, which the answer did not use."
+    )
+    searched_question: str = Field(
+        "",
+        description="The question that was searched and judged: a follow-up made standalone from the history "
+        '(README, "Conversations"), else the question as typed.',
     )
 
 

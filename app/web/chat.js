@@ -8,6 +8,7 @@ import { numberCitations, openSource, sourceLabel } from "./sources.js";
 
 const MAX_CONVERSATIONS = 50;
 const HISTORY_TURNS = 10; // earlier turns sent with a question; the server trims them to its budget too
+const HISTORY_CHARS = 50000; // and at most this much of them, well inside the server's 100,000 (README)
 
 let kb = "";
 let conversations = []; // of the current knowledge base, newest first: {id, title, updated, turns}
@@ -229,6 +230,12 @@ function metaView(turn) {
   if (turn.state === "done" && !turn.refused && !(turn.citations || []).length) {
     meta.append(el("span", t("chat.noSources"), "tag"));
   }
+  if (turn.searchedQuestion && turn.searchedQuestion !== turn.question) {
+    // A follow-up was searched as a standalone question: show which, so an odd answer can be understood.
+    const searched = el("span", t("chat.searched", { question: turn.searchedQuestion }), "tag searched-question");
+    searched.title = t("chat.searchedHint");
+    meta.append(searched);
+  }
   if (typeof turn.answerability === "number") {
     const score = el("span", t("chat.answerability", { percent: Math.round(100 * turn.answerability) }), "tag answerability");
     score.title = t("chat.answerabilityHint");
@@ -242,7 +249,14 @@ function metaView(turn) {
 /** Return the finished turns of the conversation as the API's `history` (oldest first). */
 function history() {
   const finished = current.turns.filter((turn) => turn.state === "done").slice(-HISTORY_TURNS);
-  return finished.flatMap((turn) => [
+  const kept = [];
+  let chars = 0;
+  for (const turn of finished.reverse()) {
+    chars += turn.question.length + turn.answer.length;
+    if (chars > HISTORY_CHARS) break;
+    kept.unshift(turn);
+  }
+  return kept.flatMap((turn) => [
     { role: "user", content: turn.question },
     { role: "assistant", content: turn.answer },
   ]);
@@ -309,6 +323,7 @@ export async function ask(question, retrieval) {
         turn.refused = Boolean(data.refused);
         turn.answerability = typeof data.answerability === "number" ? data.answerability : null;
         turn.closest = Array.isArray(data.closest) ? data.closest : null;
+        turn.searchedQuestion = typeof data.searched_question === "string" ? data.searched_question : null;
         turn.state = "done";
       } else if (event === "error") {
         throw new Error(describeError(data.error) || t("chat.interrupted"));

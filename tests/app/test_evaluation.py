@@ -229,6 +229,28 @@ def test_cli_eval_answers_on_a_later_slice_of_articles(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_cli_eval_conversations_asks_follow_ups_four_ways(tmp_path: Path) -> None:
+    cities = ["北京", "上海", "广州", "深圳", "成都", "杭州"]
+    dataset = write_city_dataset(
+        tmp_path / "cities.json",
+        cities,
+        lambda city, number, part: f"{city}的第{part}段：{city}有{10 * number + part}座博物馆。",
+        lambda city, number, part: [(f"{city}第{part}段说有几座博物馆？", f"{10 * number + part}座")],
+    )
+    command = [KBQA, "--data-dir", str(tmp_path / "data"), "eval", "conversations", "--kb", "talk", "--json"]
+    command += ["--dataset", str(dataset), "--holdout", "1", "--limit", "3"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    # Every question names its city (the title): at most 3 answerable follow-ups; held out: the two
+    # questions of the article left out and the last paragraph's of another.
+    assert report["answerable_followups"] == 3 and report["held_out_followups"] == 3
+    for key in ("followup_hit_with_history", "original_hit", "original_hit_after_unrelated"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["followups_rewritten"] == 1.0  # every 它 question was searched with its city
+
+
+@pytest.mark.slow
 def test_cli_eval_calibrate_pools_rounds_and_teaches_the_reader_every_answerable_question(
     tmp_path: Path,
 ) -> None:

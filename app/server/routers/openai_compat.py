@@ -1,7 +1,7 @@
 """The OpenAI-compatible face: models, chat completions and embeddings, for the official clients.
 
 A model id is a knowledge-base name (the answer comes from it, with the extra fields `citations`,
-`refused`, `answerability` and `closest`, as in `/v1/kbs/{kb}/chat`), or the bare LLM's name (plain chat, no knowledge base). A request may also name the knowledge
+`refused`, `answerability`, `closest` and `searched_question`, as in `/v1/kbs/{kb}/chat`), or the bare LLM's name (plain chat, no knowledge base). A request may also name the knowledge
 base in an extra `kb` field, and an adapter as `<model>:<adapter>` or in an extra `adapter` field. Which one answers is `ModelRouter`'s to say; this module only speaks the wire format.
 """
 
@@ -29,6 +29,7 @@ from app.server.schemas import (
     ChatCompletionRequest,
     ChatMessage,
     EmbeddingsRequest,
+    check_history_chars,
 )
 from app.server.streaming import read_unless_gone, relay
 from app.services import KnowledgeService
@@ -118,7 +119,9 @@ _EMBED_STEP = 4
 
 def _kb_extras(answer: dict) -> dict:
     """Return the kbqa fields a knowledge-base answer adds to an OpenAI response."""
-    return {key: answer[key] for key in ("citations", "refused", "answerability", "closest")}
+    return {
+        key: answer[key] for key in ("citations", "refused", "answerability", "closest", "searched_question")
+    }
 
 
 class _Completion:
@@ -210,6 +213,10 @@ def _question(messages: list[ChatMessage]) -> tuple[str, list[Message]]:
             422, "invalid_request", f"the question may hold at most {MAX_QUESTION_CHARS} characters"
         )
     turns = [Message(m.role, m.text()) for m in messages[:-1] if m.role in ("user", "assistant")]
+    try:
+        check_history_chars(turn.content for turn in turns)
+    except ValueError as error:
+        raise ApiError(422, "invalid_request", str(error)) from None
     return messages[-1].text(), turns
 
 

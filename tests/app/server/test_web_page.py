@@ -445,6 +445,25 @@ def test_reload_keeps_the_conversation_and_lists_it(server: str, page: Page) -> 
     expect(page.locator(".turn .question").first).to_have_text(QUESTION)
 
 
+def test_a_follow_up_is_answered_from_the_conversation_and_shows_what_was_searched(
+    server: str, page: Page
+) -> None:
+    it_faq = (paths.SAMPLE_DOCS / "it_faq.md").read_bytes()
+    _knowledge_base(server, "it", {"it_faq.md": it_faq})
+    _open(page, server, "it")
+    _ask(page, "笔记本电脑多久可以更换？")
+    expect(page.locator(".turn .searched-question")).to_have_count(0)  # searched as typed: nothing shown
+    done = _ask(page, "在哪里申请？")
+    assert done["searched_question"] == "笔记本电脑在哪里申请？"
+    expect(page.locator(".turn .answer-text").nth(1)).to_contain_text("资产申领")
+    searched = page.locator(".turn").nth(1).locator(".searched-question")
+    expect(searched).to_have_text("Searched: 笔记本电脑在哪里申请？")
+    page.reload()  # the saved conversation keeps what was searched
+    expect(page.locator(".turn").nth(1).locator(".searched-question")).to_have_text(
+        "Searched: 笔记本电脑在哪里申请？"
+    )
+
+
 # ---- documents ----
 
 

@@ -1,0 +1,293 @@
+"""Follow-up questions: the standalone question a turn of a conversation searches for.
+
+A follow-up leans on the turns before it ("在哪里申请？" after "笔记本电脑多久可以更换？"), so searching it
+as written finds an answer to a question nobody asked. Every turn with history gets a candidate
+standalone question before retrieval:
+
+- offline (`rule_rewrite`, the extractive backend and every fallback): a turn is a follow-up when it
+  points back (它/他/她/其/该/这个/那些…, it/they/this…), is an ellipsis (那…呢？, 还有呢, what about …?)
+  or holds almost no content terms of its own; the subject terms of the previous question (itself made
+  standalone the same way) replace its pronoun, or lead it. A turn that is none of these is a *weak*
+  candidate: it is changed only when the knowledge base barely answers it as written.
+- with a generating backend (`model_rewrite`): the model rewrites the turn from the recent turns with a
+  short fixed prompt, its tokens and time bounded; on error, timeout or an empty reply the offline
+  rewriter's candidate is used.
+
+`choose` then lets answerability decide between the question as written and the candidate (see there);
+the answer reports the question that was searched, and answerability is that question's.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm.types import ChatModel, GenerationParams, Message
+from retrieval import Retrieval
+from retrieval.lexical import content_terms, fold, terms
+
+log = logging.getLogger(__name__)
+
+Method = Literal["as-written", "rules", "model"]
+# points-back: a pronoun, an ellipsis or a model's rewrite; short: a turn of at most one content term;
+# none: a turn that may stand on its own.
+Strength = Literal["points-back", "short", "none"]
+
+
+class FollowupConfig(BaseModel):
+    """How a follow-up question becomes the standalone question that is searched."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
+
+    enabled: bool = Field(
+        True, description="Rewrite follow-ups before searching; false searches every turn as written."
+    )
+    model_rewrite: bool = Field(
+        True, description="With a generating backend, let the model rewrite the follow-up (else rules only)."
+    )
+    max_new_tokens: int = Field(64, ge=8, le=512, description="Most tokens of the model's rewrite.")
+    timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Seconds the model's rewrite may take before the rules' is used."
+    )
+    max_turns: int = Field(
+        3, ge=1, le=20, description="Earlier question/answer pairs the rewrite looks at (the most recent)."
+    )
+    weak_below: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="A turn without follow-up words is rewritten only when its answerability as written is "
+        "below this, and the rewrite's is higher.",
+    )
+    switch_margin: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="A short turn (one content term) is searched rewritten only when that answerability beats "
+        "the question as written by more than this.",
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A standalone question made from a turn and the turns before it."""
+
+    searched: str  # the question to search and judge
+    read: str  # the question the extractive reader reads: the turn as typed, pronouns resolved
+    strength: Strength  # how surely the turn leans on the ones before it
+    method: Method
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The question that was searched, what the search found, and how the question was made."""
+
+    searched: str
+    read: str
+    found: Retrieval
+    method: Method
+
+
+# --- the offline rules ------------------------------------------------------------------------------
+
+# Words that point back to something named earlier (jieba cuts them as words of their own).
+# Pronouns always point back; demonstratives may also begin a phrase of their own (这个月, this year).
+_PRONOUN_TEXT = "它 它们 它們 他 他们 他們 她 她们 她們 其 it its they them their he she his her him"
+_PRONOUNS = frozenset(_PRONOUN_TEXT.split())
+_DEMONSTRATIVE_TEXT = """
+该 該 此 这 這 这个 這個 那个 那個 这些 這些 那些 这种 這種 那种 那種 这项 這項 这里 這裡 那里 那裡 this that these those
+"""
+_POINTERS = _PRONOUNS | frozenset(_DEMONSTRATIVE_TEXT.split())
+# An ellipsis: 那餐补呢？ 还有呢？ 那么…？ what about …? and …?
+_ELLIPSIS = re.compile(
+    r"^\s*(?:那么?|那麼|还有|還有|另外|以及|和|跟)|^\s*(?:what about|how about|and)\b|呢\s*[？?]?\s*$",
+    re.IGNORECASE,
+)
+_LEADING = re.compile(r"^\s*(?:那么|那麼|那|还有|還有|另外|以及)\s*[，,]?\s*")
+_ENGLISH = re.compile(r"[A-Za-z]")
+
+
+def rule_rewrite(question: str, history: Sequence[Message], max_turns: int = 3) -> Candidate | None:
+    """Return the rules' standalone question for `question` after `history`, or None when nothing to carry."""
+    previous = _previous_questions(history, max_turns)
+    if not previous:
+        return None
+    subject = _subject(previous[-1], previous[:-1], question)
+    if not subject:
+        return None
+    tokens = terms(question)
+    pointer = next((t for t in tokens if t in _POINTERS), None)
+    strength: Strength = "none"
+    if pointer in _PRONOUNS or _ELLIPSIS.search(question):
+        strength = "points-back"
+    elif pointer is not None or len(content_terms(question)) <= 1:
+        strength = "short"
+    if pointer is not None:
+        resolved = _replace_word(question, pointer, subject)
+        return Candidate(resolved, resolved, strength, "rules")
+    typed = _LEADING.sub("", question) or question
+    joiner = " " if _ENGLISH.search(subject[-1:] + typed[:1]) else ""
+    return Candidate(f"{subject}{joiner}{typed}", question, strength, "rules")
+
+
+def _previous_questions(history: Sequence[Message], max_turns: int) -> list[str]:
+    """Return the earlier user questions, oldest first, at most `max_turns` of them."""
+    asked = [m.content for m in history if m.role == "user" and m.content.strip()]
+    return asked[-max_turns:]
+
+
+def _subject(previous: str, before: Sequence[str], question: str) -> str:
+    """Return what `previous` was about (made standalone from `before` first), less what `question` names."""
+    earlier = (
+        rule_rewrite(previous, [Message("user", q) for q in before], len(before) or 1) if before else None
+    )
+    standalone = earlier.searched if earlier and earlier.strength == "points-back" else previous
+    own = set(content_terms(question))
+    topic = _topic(standalone)
+    if topic and [t for t in _whole_terms(topic) if t not in own and t not in _POINTERS]:
+        return topic.strip(" \t，,、：:；;")  # as the person wrote it (梅艷芳, not the folded 梅艳芳)
+    carried = [t for t in _whole_terms(standalone) if t not in own and t not in _POINTERS]
+    if not carried:
+        return ""
+    english = all(_ENGLISH.search(t) for t in carried)
+    return (" " if english else "").join(_as_written(t, standalone) for t in carried)
+
+
+def _as_written(term: str, text: str) -> str:
+    """Return `term` (folded: Simplified, lower case) as `text` writes it, where folding kept the length."""
+    folded = fold(text).casefold()
+    at = folded.find(term)
+    return text[at : at + len(term)] if at >= 0 and len(folded) == len(text) else term
+
+
+# Where the topic of a question ends: its first question word, verb of being or having, or particle. What
+# comes before (笔记本电脑 of 笔记本电脑多久可以更换？, 泡泡战士 of 泡泡战士的主角是谁？) is what a pronoun in
+# the next turn points back to; the rest is what that turn asked about it, which a follow-up does not repeat.
+_TOPIC_END = re.compile(
+    r"什[么麼]|甚[么麼]|哪|[谁誰]|多少|多久|多[长長大高远遠]|[几幾]|如何|怎|[为為]什[么麼]|[为為]何|是否|是|的|有|在|"
+    r"可以|能|[会會]|需要|要|[吗嗎]|呢|由|被|[于於]|\b(?:what|which|who|whom|whose|when|where|why|how|is|are|was|"
+    r"were|does|do|did|can|should|has|have)\b",
+    re.IGNORECASE,
+)
+_ASKING_START = re.compile(r"^\s*(?:请问|請問|please|tell me)\s*[，,]?\s*", re.IGNORECASE)
+
+
+def _topic(question: str) -> str:
+    """Return the start of `question` before its first question word or particle (its topic), or ""."""
+    text = _ASKING_START.sub("", question)
+    end = _TOPIC_END.search(text)
+    return text[: end.start()] if end else ""
+
+
+def _whole_terms(text: str) -> list[str]:
+    """Return the content terms of `text` without the sub-words jieba also yields (笔记本电脑, not 笔记本)."""
+    found = content_terms(text)
+    return [t for t in found if not any(t != other and t in other for other in found)]
+
+
+def _replace_word(question: str, word: str, subject: str) -> str:
+    """Return `question` with its first `word` (a pronoun) replaced by `subject`."""
+    if _ENGLISH.search(word):
+        return re.sub(rf"\b{re.escape(word)}\b", subject, question, count=1, flags=re.IGNORECASE)
+    return question.replace(word, subject, 1)
+
+
+# --- the generating model's rewrite -------------------------------------------------------------------
+
+REWRITE_SYSTEM = (
+    "You rewrite the user's last question into one standalone question that can be searched without the "
+    "conversation: resolve pronouns and omissions from the earlier turns, keep the user's language, add "
+    "nothing else. If the question already stands on its own, repeat it unchanged. Reply with the question "
+    "only.\n把用户最后的问题改写成一个脱离对话也能理解的完整问题：补全代词和省略的内容，保持用户的语言，"
+    "不要添加别的内容；问题本身已经完整时原样重复。只输出问题。"
+)
+_REWRITE_TURN_CHARS = (
+    400  # each earlier turn is cut to this in the rewrite prompt: its subject is near the start
+)
+_PREFIX = re.compile(r"^\s*(?:standalone question|question|问题|改写后?的?问题)\s*[:：]\s*", re.IGNORECASE)
+
+# Rewrites run on these threads, so a slow model is left behind after `timeout_s` (its reply discarded).
+_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="kbqa-rewrite")
+
+
+def rewrite_messages(question: str, history: Sequence[Message], max_turns: int = 3) -> list[Message]:
+    """Return the fixed rewrite prompt: the instruction, the recent turns, then the question."""
+    recent = [m for m in history if m.role in ("user", "assistant")][-2 * max_turns :]
+    lines = [
+        f"{'User' if m.role == 'user' else 'Assistant'}: {' '.join(m.content.split())[:_REWRITE_TURN_CHARS]}"
+        for m in recent
+    ]
+    conversation = "\n".join(lines)
+    return [
+        Message("system", REWRITE_SYSTEM),
+        Message("user", f"Conversation / 对话:\n{conversation}\n\nLast question / 最后的问题: {question}"),
+    ]
+
+
+def model_rewrite(
+    model: ChatModel, question: str, history: Sequence[Message], config: FollowupConfig
+) -> str | None:
+    """Return the model's standalone question, or None on an error, a timeout or an unusable reply."""
+    params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=0.0)
+    future = _EXECUTOR.submit(model.generate, rewrite_messages(question, history, config.max_turns), params)
+    try:
+        generation = future.result(timeout=config.timeout_s)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        log.warning("the model's follow-up rewrite timed out; the rules' rewrite is used")
+        return None
+    except Exception as error:  # any backend failure: the offline rewriter still answers
+        log.warning(
+            "the model's follow-up rewrite failed; the rules' rewrite is used", extra={"error": repr(error)}
+        )
+        return None
+    text = _PREFIX.sub("", generation.text.strip().splitlines()[0] if generation.text.strip() else "")
+    text = text.strip().strip("\"“”'")
+    # An empty, truncated or rambling reply is no question to search.
+    if not text or generation.finish_reason == "length" or len(text) > 4 * len(question) + 200:
+        return None
+    return text
+
+
+# --- choosing what is searched ---------------------------------------------------------------------
+
+
+def choose(
+    question: str,
+    candidate: Candidate | None,
+    search: Callable[[str], Retrieval],
+    config: FollowupConfig,
+) -> Chosen:
+    """Return the question to search, as written or rewritten, with its retrieval.
+
+    A turn that points back (a pronoun, an ellipsis, a model's rewrite) searches the rewrite; a short one
+    (one content term, or a demonstrative: 这个 may point back or start 这个月) searches the rewrite only
+    when that is clearly more answerable (`switch_margin`); any other is tried rewritten only when it is
+    answered poorly as written (`weak_below`), and kept only when more answerable: a question that stands
+    on its own is not changed by the history. Without a calibration only a turn that points back is
+    rewritten.
+    """
+    if candidate is None or candidate.searched.strip() == question.strip():
+        return Chosen(question, question, search(question), "as-written")
+    if candidate.strength == "short":
+        written, rewritten = search(question), search(candidate.searched)
+        if (rewritten.answerability or 0.0) > (written.answerability or 0.0) + config.switch_margin:
+            return Chosen(candidate.searched, candidate.read, rewritten, candidate.method)
+        return Chosen(question, question, written, "as-written")
+    if candidate.strength == "points-back":
+        # As written it names nothing (它分布在哪些地区？): question words alone match many chunks well,
+        # so its answerability says nothing, and a follow-up the documents cannot answer must be refused.
+        return Chosen(candidate.searched, candidate.read, search(candidate.searched), candidate.method)
+    written = search(question)
+    if written.answerability is None or written.answerability >= config.weak_below:
+        return Chosen(question, question, written, "as-written")
+    rewritten = search(candidate.searched)
+    if rewritten.answerability is not None and rewritten.answerability > written.answerability:
+        return Chosen(candidate.searched, candidate.read, rewritten, candidate.method)
+    return Chosen(question, question, written, "as-written")

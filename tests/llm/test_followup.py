@@ -1,0 +1,169 @@
+"""Follow-ups made standalone: the offline rules, the choice by answerability, and a model's rewrite with its
+fallbacks (a scripted model, a failing one, a slow one, and a tiny transformers model)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from models import ScriptedModel
+
+from llm import Answerer, FollowupConfig, GenerationParams, Message, PromptConfig, load_chat_model
+from llm.config import LLMConfig
+from llm.followup import REWRITE_SYSTEM, Candidate, choose, model_rewrite, rule_rewrite
+from retrieval import Retrieval, Signals
+
+LAPTOP = [Message("user", "笔记本电脑多久可以更换？"), Message("assistant", "满 3 年可申请更换。[1]")]
+TRAVEL = [Message("user", "差旅住宿标准是多少？"), Message("assistant", "每晚不超过 500 元。[1]")]
+
+
+def test_an_ellipsis_carries_the_previous_subject() -> None:
+    candidate = rule_rewrite("那餐补呢？", TRAVEL)
+    assert candidate is not None and candidate.strength == "points-back"
+    assert candidate.searched == "差旅住宿标准餐补呢？"
+    assert candidate.read == "那餐补呢？"  # the reader reads what was typed
+
+
+def test_a_pronoun_is_replaced_by_the_subject() -> None:
+    candidate = rule_rewrite("它在哪里申请？", LAPTOP)
+    assert candidate is not None and candidate.strength == "points-back"
+    assert candidate.searched == candidate.read == "笔记本电脑在哪里申请？"
+    english = rule_rewrite("How long does it take?", [Message("user", "How do I submit an expense claim?")])
+    assert english is not None and english.searched == "How long does submit expense claim take?"
+
+
+def test_a_short_turn_and_a_whole_question_are_weaker_candidates() -> None:
+    assert rule_rewrite("在哪里申请？", LAPTOP).strength == "short"
+    assert rule_rewrite("报销款多久能打到工资卡？", LAPTOP).strength == "none"
+    assert rule_rewrite("在哪里申请？", []) is None
+
+
+def test_a_chain_of_follow_ups_carries_the_first_subject() -> None:
+    history = [*LAPTOP, Message("user", "它在哪里申请？"), Message("assistant", "星河OA。")]
+    assert rule_rewrite("这个要审批吗？", history).searched.startswith("笔记本电脑")
+
+
+def _found(answerability: float | None) -> Retrieval:
+    return Retrieval([], Signals(0.5, 0.1, 0.5, 0.0, 0.0), {}, answerability)
+
+
+def _choose(question: str, candidate: Candidate, scores: dict[str, float | None]):
+    searched: list[str] = []
+
+    def search(query: str) -> Retrieval:
+        searched.append(query)
+        return _found(scores[query])
+
+    return choose(question, candidate, search, FollowupConfig()), searched
+
+
+def test_answerability_chooses_between_the_question_as_written_and_the_rewrite() -> None:
+    short = Candidate("笔记本电脑在哪里申请？", "在哪里申请？", "short", "rules")
+    chosen, _ = _choose("在哪里申请？", short, {"在哪里申请？": 0.59, "笔记本电脑在哪里申请？": 0.98})
+    assert chosen.searched == "笔记本电脑在哪里申请？" and chosen.found.answerability == 0.98
+    chosen, _ = _choose("年假有几天？", short, {"年假有几天？": 0.97, "笔记本电脑在哪里申请？": 0.99})
+    assert chosen.searched == "年假有几天？"  # not clearly better: the new topic stays as typed
+
+
+def test_a_question_that_stands_on_its_own_is_searched_once_as_written() -> None:
+    whole = Candidate("笔记本电脑报销款多久到账？", "报销款多久到账？", "none", "rules")
+    chosen, searched = _choose("报销款多久到账？", whole, {"报销款多久到账？": 0.9})
+    assert chosen.searched == "报销款多久到账？" and searched == ["报销款多久到账？"]
+
+
+def test_a_follow_up_the_documents_cannot_answer_is_judged_on_what_was_searched() -> None:
+    pointing = Candidate("笔记本电脑的保修期是多久？", "笔记本电脑的保修期是多久？", "points-back", "rules")
+    chosen, _ = _choose(
+        "它的保修期是多久？", pointing, {"它的保修期是多久？": 0.2, "笔记本电脑的保修期是多久？": 0.1}
+    )
+    assert chosen.searched == "笔记本电脑的保修期是多久？" and chosen.found.answerability == 0.1
+
+
+class _Failing(ScriptedModel):
+    def generate(self, messages, params):
+        self.prompts.append(messages)
+        raise ConnectionError("the server went away")
+
+
+class _Slow(ScriptedModel):
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.release = threading.Event()
+
+    def generate(self, messages, params):
+        self.release.wait(10)
+        return super().generate(messages, params)
+
+
+def test_the_model_rewrite_prompt_is_sent_and_its_reply_used() -> None:
+    model = ScriptedModel("问题：笔记本电脑在哪里申请更换？\n")
+    config = FollowupConfig(max_new_tokens=32)
+    assert model_rewrite(model, "在哪里申请？", LAPTOP, config) == "笔记本电脑在哪里申请更换？"
+    system, user = model.prompts[0]
+    assert system.content == REWRITE_SYSTEM and "笔记本电脑多久可以更换？" in user.content
+    assert user.content.endswith("在哪里申请？")
+
+
+def test_a_failing_or_slow_model_gives_no_rewrite() -> None:
+    assert model_rewrite(_Failing("x"), "在哪里申请？", LAPTOP, FollowupConfig()) is None
+    slow = _Slow("笔记本电脑在哪里申请？")
+    assert model_rewrite(slow, "在哪里申请？", LAPTOP, FollowupConfig(timeout_s=0.2)) is None
+    slow.release.set()
+
+
+def _answerer(model, config: FollowupConfig, searched: list[str]) -> Answerer:
+    def retrieve(kb: str, query: str, options) -> Retrieval:
+        searched.append(query)
+        return _found(None)  # no calibration: a follow-up that points back searches its rewrite
+
+    return Answerer(
+        retrieve, PromptConfig(), GenerationParams(max_new_tokens=16), model=model, followup=config
+    )
+
+
+@pytest.mark.parametrize("model", [_Failing("x"), _Slow("x")], ids=["error", "timeout"])
+def test_the_answerer_falls_back_to_the_rules_and_times_the_rewrite(model) -> None:
+    searched: list[str] = []
+    qa = _answerer(model, FollowupConfig(timeout_s=0.3), searched)
+    answer = qa.answer("那餐补呢？", "kb", history=TRAVEL)
+    assert answer.searched_question == "差旅住宿标准餐补呢？" == searched[0]
+    assert answer.timings.rewrite_ms > 0
+    if isinstance(model, _Slow):
+        assert answer.timings.rewrite_ms >= 300
+        model.release.set()
+
+
+class _Replaying(ScriptedModel):
+    """Gives back a recorded generation, to see what `model_rewrite` makes of it."""
+
+    def __init__(self, generation) -> None:
+        super().__init__(generation.text)
+        self.generation = generation
+
+    def generate(self, messages, params):
+        return self.generation
+
+
+def test_a_tiny_local_model_rewrites_and_its_output_is_searched(tiny_lm_dir: Path) -> None:
+    model = load_chat_model(LLMConfig(backend="transformers", model=str(tiny_lm_dir), device="cpu"))
+    rewrites = []
+    generate = model.generate
+
+    def recording(messages, params):
+        generation = generate(messages, params)
+        if messages[0].content == REWRITE_SYSTEM:
+            assert params.max_new_tokens == 24 and "笔记本电脑多久可以更换？" in messages[1].content
+            rewrites.append(generation)
+        return generation
+
+    model.generate = recording
+    searched: list[str] = []
+    qa = _answerer(model, FollowupConfig(max_new_tokens=24, timeout_s=60), searched)
+    answer = qa.answer("那在哪里申请呢？", "kb", history=LAPTOP)
+    assert len(rewrites) == 1
+    # A random model's reply is used when it is a finished line, else the rules' rewrite is.
+    usable = model_rewrite(_Replaying(rewrites[0]), "那在哪里申请呢？", LAPTOP, FollowupConfig())
+    expected = usable or rule_rewrite("那在哪里申请呢？", LAPTOP).searched
+    assert answer.searched_question == expected == searched[0]
+    assert answer.timings.rewrite_ms > 0
