@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm.answer_types import Span
 from llm.extractive import ExtractiveReader
 from llm.prompt import Prompt, PromptBuilder, PromptConfig
 from llm.types import ChatModel, DeltaStream, FinishReason, Generation, GenerationParams, Message, Usage
@@ -82,6 +83,7 @@ class Answer:
     refused: bool  # the answer is the refusal sentence
     answerability: float | None = None  # probability the chunks hold the answer; None without a calibration
     closest: list[Citation] = field(default_factory=list)  # chunks found but not used, when refused
+    spans: list[Span] = field(default_factory=list)  # the words of `text` that answer (extractive answers)
 
 
 class AnswerOptions(BaseModel):
@@ -227,6 +229,7 @@ class Answerer:
             grounded=True,
             refused=False,
             answerability=found.answerability,
+            spans=extract.spans,
         )
         return AnswerStream(citations, _once(answer))
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from app.cli.common import KbOption, console, errors, run_or_fail, service, valid_or_fail
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+    from llm.answer_types import Span
 
 
 def ask(
@@ -52,6 +58,10 @@ def ask(
         return
 
     def print_deltas():
+        if svc.settings.llm.backend == "extractive":  # one piece, whose answering words are known: bold them
+            answer = stream.read()
+            console.print(marked(answer.text, answer.spans), highlight=False, soft_wrap=True)
+            return answer
         for delta in stream:
             console.print(delta, end="", highlight=False, markup=False, soft_wrap=True)
         console.print()
@@ -74,3 +84,13 @@ def ask(
     )
     found = "" if answer.answerability is None else f"answerability {answer.answerability:.2f}, "
     errors.print(f"[dim]{found}{usage}{answer.timings.total_ms:.0f} ms[/]", highlight=False)
+
+
+def marked(text: str, spans: Sequence[Span]) -> Text:
+    """Return the answer as rich text with the words that answer in bold."""
+    from rich.text import Text
+
+    shown = Text(text)
+    for span in spans:
+        shown.stylize("bold", span.start, span.end)
+    return shown
