@@ -4,7 +4,6 @@ new user meets it, asked through `/v1/kbs/{kb}/chat` (JSON and server-sent event
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 
@@ -12,7 +11,7 @@ import httpx
 import paths
 import pytest
 from openai import OpenAI
-from servers import Server
+from servers import Server, sse_events
 
 pytestmark = pytest.mark.slow
 
@@ -61,19 +60,13 @@ def test_sick_leave_leads_with_the_sick_leave_rule_and_marks_its_days(server: Se
 
 
 def test_the_spans_come_in_the_stream_and_the_openai_extras(server: Server) -> None:
-    events = []
     with httpx.stream(
         "POST",
         f"{server.url}/v1/kbs/demo/chat",
         json={"question": "报销需要多久到账？", "stream": True},
         timeout=120,
     ) as response:
-        name = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
+        events = sse_events(response.iter_lines())
     done = events[-1][1]
     assert events[-1][0] == "done" and done["answer"] == "".join(d["text"] for n, d in events if n == "delta")
     assert "3 个工作日" in marked(done)
