@@ -10,16 +10,21 @@ Two parts, each in one process with one loaded embedding model (the bundled mult
 2. `--demo`: p50/p95 of an extractive answer on the sample knowledge base (`examples/docs`): the answer
    path now (answerability, the learned reader, sentence vectors kept between questions) against the
    path before it (search, then the hand-weighted reader embedding every sentence of every question).
+3. `--bilingual`: the hand-written check set `bench/bilingual_check.json` on the sample knowledge base,
+   questions in the other language than the documents that answer them (half of them unanswerable):
+   answer hit and refusals, each question with what came back.
 
 Run from the repository root:
 
     .venv/bin/python bench/answers.py --articles 100 --holdout 25
     .venv/bin/python bench/answers.py --demo
+    .venv/bin/python bench/answers.py --bilingual
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -117,6 +122,31 @@ def demo_part(args: argparse.Namespace, rounds: int = 5) -> None:
     print(f"p50 now / before: {percentile(now, 0.5) / percentile(before, 0.5):.2f}x")
 
 
+def bilingual_part(args: argparse.Namespace) -> None:
+    """Print answer hit and refusals of the bilingual check set on the sample knowledge base."""
+    service = KnowledgeService(load_settings(args.config, data_dir=args.data_dir))
+    if not service.catalog.exists("demo"):
+        service.ingest("demo", [REPO_ROOT / "examples" / "docs"])
+    checks = json.loads((Path(__file__).parent / "bilingual_check.json").read_text(encoding="utf-8"))
+    answerable, unanswerable = [], []
+    for check in checks["questions"]:
+        answer = service.ask("demo", check["question"]).read()
+        text = " ".join(answer.text.split())
+        if check["answers"]:
+            hit = not answer.refused and any(a in answer.text for a in check["answers"])
+            answerable.append((hit, answer.refused))
+            verdict = "hit" if hit else "refused" if answer.refused else "miss"
+        else:
+            unanswerable.append(answer.refused)
+            verdict = "refused" if answer.refused else "ANSWERED"
+        print(f"{verdict:<9}{answer.answerability or 0:>6.2f}  {check['question']}  →  {text[:70]}")
+    print(
+        f"\n{len(answerable)} answerable: answer hit {sum(h for h, _ in answerable) / len(answerable):.3f}, "
+        f"refused {sum(r for _, r in answerable) / len(answerable):.3f}; "
+        f"{len(unanswerable)} unanswerable: refused {sum(unanswerable) / len(unanswerable):.3f}"
+    )
+
+
 def main() -> None:
     """Run the part asked for."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -126,12 +156,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="Which articles are left out.")
     parser.add_argument("--kb", default=None, help="Knowledge-base name (default: from the arguments).")
     parser.add_argument("--demo", action="store_true", help="Time answers on the sample knowledge base.")
+    parser.add_argument(
+        "--bilingual",
+        action="store_true",
+        help="Answer the bilingual check set on the sample knowledge base.",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="Data directory (default: settings).")
     parser.add_argument("--config", type=Path, default=None, help="YAML settings file.")
     args = parser.parse_args()
     args.articles = args.articles or None
     if args.demo:
         demo_part(args)
+    elif args.bilingual:
+        bilingual_part(args)
     else:
         dataset_part(args)
 

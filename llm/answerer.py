@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm.answer_types import Span
 from llm.extractive import ExtractiveReader
 from llm.followup import Candidate, Chosen, FollowupConfig, choose, model_rewrite, rule_rewrite
 from llm.prompt import Prompt, PromptBuilder, PromptConfig
@@ -89,6 +90,7 @@ class Answer:
     searched_question: str = (
         ""  # the question searched and judged: the follow-up made standalone, or as typed
     )
+    spans: list[Span] = field(default_factory=list)  # the words of `text` that answer (extractive answers)
 
 
 class AnswerOptions(BaseModel):
@@ -264,6 +266,7 @@ class Answerer:
             refused=False,
             answerability=found.answerability,
             searched_question=chosen.searched,
+            spans=extract.spans,
         )
         return AnswerStream(citations, _once(answer))
 

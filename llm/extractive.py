@@ -21,12 +21,13 @@ import statistics
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm.answer_types import Span, answer_spans, answer_type
 from retrieval.answerability import coverage
 from retrieval.cjk import CJK_IDEOGRAPHS
 from retrieval.lexical import content_terms, fold
@@ -56,6 +57,12 @@ _CLAUSE_END = re.compile(r"(?<=[，,、：:；;])")
 # label throughout; a colon before a quotation ("他说：“……”") introduces speech, not a label.
 _LABEL = re.compile(r"([^\s：:，,。；;！？!?「“\"'『(（]{1,6})\s*[：:]\s*(?![「“\"'『])\S")
 _EMPHASIS = re.compile(r"\*\*|__|`")
+# The row of a two-column key-value table ("参数: 重量，规格: 2.1 kg"), whose first header names no value.
+_KEY_VALUE_ROW = re.compile(
+    r"^(参数|項目|项目|名称|名稱|指标|指標|属性|屬性|字段|欄位|配置|规格项|規格項|parameter|item|name|field|property"
+    r"|attribute|key|spec|specification)\s*[:：]\s*([^:：，,]{1,20}?)\s*[，,]\s*[^:：，,]{1,12}\s*[:：]\s*(.+)$",
+    re.I,
+)
 # English words that say nothing about what is asked.
 _STOPWORD_TEXT = (
     "a an the is are was were be been do does did to of in on at for by with from and or not can could "
@@ -69,58 +76,6 @@ _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _FUNCTION_CHARS = frozenset(
     "的了吗呢吧啊是在有和与及或要需多少久什么怎如何几哪谁可以能会这那个些一我你他她们该应请问"
 )
-
-
-_NUMBER = r"(?:\d+(?:\.\d+)?|[一二两兩三四五六七八九十百千万萬半]+)"
-# The kinds of value a question asks for, each as (what asks for it, what holds it), in Simplified and
-# Traditional Chinese and English; the first kind whose question pattern matches is the one asked for.
-_ANSWER_TYPES = [
-    (  # a duration
-        re.compile(
-            r"多久|多长时间|多長時間|几[天年周]|幾[天年週]|几个?(?:小时|月|周|星期|工作日)|幾個?(?:小時|月|週|星期|工作日)"
-            r"|how long|how many (?:days|hours|weeks|months|years)",
-            re.I,
-        ),
-        re.compile(  # not a date: 3 月 31 日 and 2025 年 name a day and a year, 3 个月 and 31 天 last
-            r"(?<![月\d.一二两兩三四五六七八九十百千万萬半])(?<!月\s)(?!\d{4}\s*年)"
-            + _NUMBER
-            + r"\s*(?:(?:个|個)\s*月|(?:个|個)?\s*(?:工作日|天|日|小时|小時|周|週|星期|年|分钟|分鐘"
-            r"|(?:working |business )?days?|hours?|weeks?|months?|years?))",
-            re.I,
-        ),
-    ),
-    (  # money
-        re.compile(r"多少钱|多少錢|多少元|费用是多少|費用是多少|标准是多少|標準是多少|how much", re.I),
-        re.compile(_NUMBER + r"\s*(?:元|块|塊|万元|萬元|美元|RMB|CNY|USD)|[¥$￥]\s*\d", re.I),
-    ),
-    (  # a date or time
-        re.compile(
-            r"什么时候|什麼時候|甚麼時候|何时|何時|哪一?年|哪一?天|哪个月|哪個月|几月|幾月|几号|幾號|何年|when|what year",
-            re.I,
-        ),
-        re.compile(
-            r"\d{1,4}\s*[年月日号號]|[一二三四五六七八九十〇零]+[年月日]|世纪|世紀|年代|\b1\d{3}\b|\b20\d{2}\b"
-        ),
-    ),
-    (  # a count
-        re.compile(r"几|幾|多少|how many", re.I),
-        re.compile(_NUMBER),
-    ),
-    (  # a place
-        re.compile(
-            r"哪里|哪裡|哪儿|哪兒|何处|何處|何地|哪个(?:国家|城市|地方|省)|哪個(?:國家|城市|地方|省)|哪座|where",
-            re.I,
-        ),
-        re.compile(r"[省市县縣州国國城岛島山河湖区區镇鎮村港洲]|位于|位於|地址|located|\bin [A-Z]"),
-    ),
-    (  # a person
-        re.compile(r"谁|誰|何人|哪位|\bwho\b", re.I),
-        re.compile(
-            r"先生|女士|老师|老師|教授|博士|经理|經理|主任|总统|總統|皇帝|国王|國王|作者|导演|導演|创始人|創始人"
-            r"|联系|聯繫|[A-Z][a-z]+ [A-Z][a-z]+"
-        ),
-    ),
-]
 
 
 class ExtractiveConfig(BaseModel):
@@ -191,6 +146,7 @@ READER_FEATURES = (
     "first_in_chunk",
     "hit_rank",
     "answerability",
+    "full_coverage",
 )
 _CACHED_SENTENCES = 20_000  # sentence vectors kept between questions (about 30 MB at 384 dimensions)
 
@@ -201,6 +157,7 @@ class Extract:
 
     text: str  # e.g. "差旅费用应在出差结束后三十天内提交报销申请。[1]"
     cited: list[int]  # 1-based positions of the hits used, in order of first citation
+    spans: list[Span] = field(default_factory=list)  # the words of `text` that answer, in order
 
 
 @dataclass(frozen=True)
@@ -246,7 +203,7 @@ class ExtractiveReader:
             return None
         if self.model is None:
             return self._read_by_score(question, sentences)
-        features = self.features(question, sentences, term_weights, answerability)
+        features = self.features(question, sentences, term_weights, answerability, self.model.features)
         probabilities = self.model.probabilities(features)
         order = sorted(range(len(sentences)), key=lambda i: -probabilities[i])
         best = order[0]
@@ -255,7 +212,7 @@ class ExtractiveReader:
             floor = self.config.runner_up_share * probabilities[best]
             others = [i for i in order[1:] if probabilities[i] >= floor][: self.config.max_sentences - 1]
             chosen += sorted((sentences[i] for i in others), key=lambda s: (s.hit, s.position))
-        return _write(chosen)
+        return _write(question, chosen)
 
     def sentences(self, hits: Sequence[SearchHit]) -> list[Sentence]:
         """Return the distinct sentences of the hits, in hit order; a repeated one is kept from its best hit."""
@@ -275,8 +232,9 @@ class ExtractiveReader:
         sentences: Sequence[Sentence],
         term_weights: Mapping[str, float] | None = None,
         answerability: float | None = None,
+        names: Sequence[str] = READER_FEATURES,
     ) -> np.ndarray:
-        """Return one row of `READER_FEATURES` per sentence.
+        """Return one row per sentence of the features `names` (of `READER_FEATURES`, which a model learnt on).
 
         cosine: the sentence's cosine with the question; cosine_gap: how far below the best sentence's it
         lies; focus_cosine, focus_gap: the same with the question less the terms several sentences share
@@ -284,7 +242,10 @@ class ExtractiveReader:
         idf-weighted share of the question's other content terms it holds; coverage_gap: how far below the
         best coverage; answer_type: it holds the kind of value asked for (a duration, money, a date, a count, a
         place, a person); first_in_chunk: it opens its chunk; hit_rank: 1/(rank + 1) of its chunk;
-        answerability: the question's, the same for every sentence (0.5 when unknown).
+        answerability: the question's, the same for every sentence (0.5 when unknown); full_coverage: the
+        idf-weighted share of all the question's terms, the shared ones too, that it holds: 病假一年有几天
+        has 病假 in several sentences, so `coverage` leaves it out, and 病假：… ties with 年假：… (both hold
+        a duration) without it.
         """
         vectors = self._vectors_of(sentences)
         cosines = vectors @ self.embedder.embed_query(question)
@@ -296,20 +257,20 @@ class ExtractiveReader:
         covered = np.array([coverage(s.text, asked) for s in sentences])
         wanted = answer_type(question)
         typed = [float(bool(wanted and wanted.search(s.text))) for s in sentences]
-        return np.column_stack(
-            [
-                cosines,
-                cosines.max() - cosines,
-                focused,
-                focused.max() - focused,
-                covered,
-                covered.max() - covered,
-                typed,
-                [float(s.position == 0) for s in sentences],
-                [1.0 / (s.hit + 1) for s in sentences],
-                np.full(len(sentences), 0.5 if answerability is None else answerability),
-            ]
-        )
+        columns = {
+            "cosine": cosines,
+            "cosine_gap": cosines.max() - cosines,
+            "focus_cosine": focused,
+            "focus_gap": focused.max() - focused,
+            "coverage": covered,
+            "coverage_gap": covered.max() - covered,
+            "answer_type": typed,
+            "first_in_chunk": [float(s.position == 0) for s in sentences],
+            "hit_rank": [1.0 / (s.hit + 1) for s in sentences],
+            "answerability": np.full(len(sentences), 0.5 if answerability is None else answerability),
+            "full_coverage": [coverage(s.text, weights) if weights else 0.0 for s in sentences],
+        }
+        return np.column_stack([columns[name] for name in names])
 
     def _read_by_score(self, question: str, sentences: list[Sentence]) -> Extract | None:
         cosines = (self._vectors_of(sentences) @ self.embedder.embed_query(question)).tolist()
@@ -337,7 +298,7 @@ class ExtractiveReader:
         ]
         others = close[: self.config.max_sentences - 1]
         chosen = [sentences[best]] + sorted((sentences[i] for i in others), key=lambda s: (s.hit, s.position))
-        return _write(chosen)
+        return _write(question, chosen)
 
     def _vectors_of(self, sentences: Sequence[Sentence]) -> np.ndarray:
         """Return the sentences' vectors; those not seen before are embedded in one batch and kept."""
@@ -375,22 +336,11 @@ def _without(question: str, shared: set[str]) -> str:
     return focus if _terms(focus) else question
 
 
-def answer_type(question: str) -> re.Pattern[str] | None:
-    """Return a pattern for the kind of value `question` asks for (a duration, money, a count), or None.
-
-    Classic answer-type matching: embeddings of a small model rank "who to ask about reimbursements"
-    close to "reimbursement takes 3 working days" for 报销需要多久到账; the sentence holding a duration wins.
-    """
-    for asks, holds in _ANSWER_TYPES:
-        if asks.search(question):
-            return holds
-    return None
-
-
 def split_sentences(text: str, max_chars: int = 240) -> list[str]:
     """Return the readable sentences of a chunk, in order, without headings, list marks and empty fragments."""
     sentences: list[str] = []
     for line in _lines(text):
+        line = _key_value(line)
         label = _label(line)
         for match in _SENTENCE.finditer(line):
             sentence = match.group().strip()
@@ -400,6 +350,18 @@ def split_sentences(text: str, max_chars: int = 240) -> list[str]:
                 sentence = f"{label}：{sentence}"
             sentences.extend(_pieces(sentence, max_chars))
     return sentences
+
+
+def _key_value(line: str) -> str:
+    """Return a two-field record of a key-value table as "key：value" ("参数: 重量，规格: 2.1 kg" → "重量：2.1 kg").
+
+    Such a table's headers (参数/规格, Parameter/Value) say nothing; its rows read as the key and its value.
+    """
+    found = _KEY_VALUE_ROW.match(line)
+    if not found or re.search(r"[:：]", found.group(3)):
+        return line
+    key, value = found.group(2).strip(), found.group(3).strip()
+    return f"{key}：{value}" if _CJK_CHAR.search(key + value) else f"{key}: {value}"
 
 
 def _label(line: str) -> str | None:
@@ -512,11 +474,18 @@ def _singular(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
-def _write(sentences: list[Sentence]) -> Extract:
-    """Return the answer text with one citation after each sentence, and the hits cited."""
+def _write(question: str, sentences: list[Sentence]) -> Extract:
+    """Return the answer text with one citation after each sentence, the hits cited and the spans that answer."""
     parts: list[str] = []
+    spans: list[Span] = []
+    offset = 0
     for sentence in sentences:
+        spans += [
+            Span(offset + start, offset + end, sentence.text[start:end])
+            for start, end in answer_spans(question, sentence.text)
+        ]
         # After Chinese punctuation the marker follows directly and no space separates sentences.
         wide = not sentence.text[-1].isascii()
         parts.append(sentence.text + ("" if wide else " ") + f"[{sentence.hit + 1}]" + ("" if wide else " "))
-    return Extract("".join(parts).rstrip(), list(dict.fromkeys(s.hit + 1 for s in sentences)))
+        offset += len(parts[-1])
+    return Extract("".join(parts).rstrip(), list(dict.fromkeys(s.hit + 1 for s in sentences)), spans)

@@ -3,6 +3,7 @@ HTTP: knowledge bases, uploads and the polling of ingestion jobs."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,15 @@ def document_sources(http: httpx.Client, kb: str) -> set[str]:
 
 
 # --- the OpenAI-compatible face, through the official client ---------------------------------------
+
+
+def sse_events(lines: Iterable[str]) -> list[tuple[str | None, dict]]:
+    """Return the (event name, JSON data) pairs of a server-sent event stream's lines."""
+    events: list[tuple[str | None, dict]] = []
+    name = None
+    for line in lines:
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[6:])))
+    return events

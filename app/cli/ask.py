@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from app.cli.common import KbOption, console, errors, fail, run_or_fail, service, valid_or_fail
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+    from llm.answer_types import Span
 
 
 def ask(
@@ -63,6 +69,10 @@ def ask(
         return
 
     def print_deltas():
+        if svc.settings.llm.backend == "extractive":  # one piece, whose answering words are known: bold them
+            answer = stream.read()
+            console.print(marked(answer.text, answer.spans), highlight=False, soft_wrap=True)
+            return answer
         for delta in stream:
             console.print(delta, end="", highlight=False, markup=False, soft_wrap=True)
         console.print()
@@ -99,3 +109,13 @@ def read_history(question: str, path: Path) -> list:
         fail(f"cannot read the history file {path}: {error}", code=2)
     request = valid_or_fail(lambda: ChatRequest.model_validate({"question": question, "history": turns}))
     return [turn.message() for turn in request.history]
+
+
+def marked(text: str, spans: Sequence[Span]) -> Text:
+    """Return the answer as rich text with the words that answer in bold."""
+    from rich.text import Text
+
+    shown = Text(text)
+    for span in spans:
+        shown.stylize("bold", span.start, span.end)
+    return shown

@@ -280,6 +280,14 @@ class UsageOut(BaseModel):
     total_tokens: int
 
 
+class SpanOut(BaseModel):
+    """Characters [start, end) of an answer that answer the question, and their text."""
+
+    start: int
+    end: int
+    text: str
+
+
 class AnswerOut(BaseModel):
     """An answer with the citations it uses, token counts and timings (milliseconds)."""
 
@@ -303,6 +311,12 @@ class AnswerOut(BaseModel):
         "",
         description="The question that was searched and judged: a follow-up made standalone from the history "
         '(README, "Conversations"), else the question as typed.',
+    )
+    spans: list[SpanOut] = Field(
+        default_factory=list,
+        description="The words of the answer that answer the question (the 12 天 of a sick-leave rule, the "
+        "2.1 kg of 重量：2.1 kg): character offsets [start, end) into `answer`, in order. Extractive answers "
+        "only; empty when none is marked.",
     )
 
 

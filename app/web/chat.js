@@ -149,9 +149,17 @@ function answerView(turn) {
   const known = knownSources(turn);
   const { parts, order } = numberCitations(turn.answer, new Set(known.keys()));
   const text = el("div", null, "answer-text");
+  const marks = spanRanges(turn);
+  let at = 0; // where the part being written starts in the answer, to place the answering words
   for (const part of parts) {
-    if (typeof part === "string") text.append(...inlineMarkdown(part));
-    else text.append(citeButton(known.get(part.n), part.shown, turn));
+    if (typeof part === "string") {
+      at = turn.answer.indexOf(part, at);
+      text.append(...markedPieces(part, at, marks));
+      at += part.length;
+    } else {
+      text.append(citeButton(known.get(part.n), part.shown, turn));
+      at = turn.answer.indexOf(`[${part.n}]`, at) + `[${part.n}]`.length;
+    }
   }
   box.append(text);
 
@@ -177,6 +185,31 @@ function answerView(turn) {
   if (turn.refused) box.append(...closestView(turn));
   box.append(metaView(turn));
   return box;
+}
+
+/** Return the answering words of a finished answer as [start, end) ranges of its JavaScript string. */
+function spanRanges(turn) {
+  if (turn.state !== "done" || !Array.isArray(turn.spans) || !turn.spans.length) return [];
+  // The server counts characters (code points); JavaScript strings count UTF-16 units.
+  const points = Array.from(turn.answer);
+  const units = (n) => points.slice(0, n).join("").length;
+  return turn.spans.map((span) => [units(span.start), units(span.end)]);
+}
+
+/** Return the nodes of a piece of answer text starting at `at`: the answering words in <strong class="answer-span">. */
+function markedPieces(piece, at, marks) {
+  const nodes = [];
+  let from = 0;
+  for (const [start, end] of marks) {
+    const a = Math.max(start - at, from);
+    const b = Math.min(end - at, piece.length);
+    if (b <= a) continue;
+    if (a > from) nodes.push(...inlineMarkdown(piece.slice(from, a)));
+    nodes.push(el("strong", piece.slice(a, b), "answer-span"));
+    from = b;
+  }
+  if (from < piece.length) nodes.push(...inlineMarkdown(piece.slice(from)));
+  return nodes;
 }
 
 /** Return text nodes for `text`, with the **bold** and `code` that chat models write as elements. */
@@ -324,6 +357,7 @@ export async function ask(question, retrieval) {
         turn.answerability = typeof data.answerability === "number" ? data.answerability : null;
         turn.closest = Array.isArray(data.closest) ? data.closest : null;
         turn.searchedQuestion = typeof data.searched_question === "string" ? data.searched_question : null;
+        turn.spans = Array.isArray(data.spans) ? data.spans : [];
         turn.state = "done";
       } else if (event === "error") {
         throw new Error(describeError(data.error) || t("chat.interrupted"));

@@ -143,3 +143,19 @@ def test_build_with_meta_sets_metadata_and_bad_meta_is_refused(tmp_path: Path) -
     assert [hit["metadata"] for hit in json.loads(found.stdout)] == [{"team": "it"}]
     missed = kbqa("--data-dir", data, "search", "--kb", "kb", "打印机", "--meta", "team=hr", "--json")
     assert json.loads(missed.stdout) == []
+
+
+def test_ask_marks_the_words_that_answer(tmp_path: Path) -> None:
+    """`kbqa ask` prints the answering words bold (on a colour terminal) and `--json` gives their offsets."""
+    data = str(tmp_path / "data")
+    assert kbqa("--data-dir", data, "kb", "create", "demo").returncode == 0
+    built = kbqa("--data-dir", data, "index", "build", "--kb", "demo", str(paths.SAMPLE_DOCS))
+    assert built.returncode == 0, built.stderr
+    asked = kbqa("--data-dir", data, "ask", "--kb", "demo", "--json", "星河X1 重量多少？")
+    assert asked.returncode == 0, asked.stderr
+    answer = json.loads(asked.stdout)
+    assert answer["text"].startswith("重量：2.1 kg")
+    assert [answer["text"][s["start"] : s["end"]] for s in answer["spans"]] == ["2.1 kg"]
+    shown = kbqa("--data-dir", data, "ask", "--kb", "demo", "星河X1 重量多少？", env={"FORCE_COLOR": "1"})
+    assert shown.returncode == 0, shown.stderr
+    assert "重量：\x1b[1m2.1 kg\x1b[0m" in shown.stdout, repr(shown.stdout)

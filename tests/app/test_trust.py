@@ -46,6 +46,10 @@ def first_sentence(text: str) -> str:
         ("星河X1 的麦克风拾音距离是多少？", "拾音半径 8 米"),
         # Every tier of the rule, not the top one alone (a ；joins them) nor holiday rows (年假 is one word).
         ("年假有几天？", "每年 10 天；满 5年不满 10 年的，每年 12 天；满 10 年及以上的，每年 15 天"),
+        # 病假 and 年假 share 假 and a duration; the sick-leave rule holds the whole question (full_coverage).
+        ("病假一年有几天？", "病假：每年享有 12 天全薪病假"),
+        # A key-value table row reads as its key and value.
+        ("星河X1 重量多少？", "重量：2.1 kg"),
     ],
 )
 def test_the_sample_questions_get_the_sentence_that_answers(demo: KnowledgeService, question, holds) -> None:

@@ -1,7 +1,7 @@
 """The OpenAI-compatible face: models, chat completions and embeddings, for the official clients.
 
 A model id is a knowledge-base name (the answer comes from it, with the extra fields `citations`,
-`refused`, `answerability`, `closest` and `searched_question`, as in `/v1/kbs/{kb}/chat`), or the bare LLM's name (plain chat, no knowledge base). A request may also name the knowledge
+`refused`, `answerability`, `closest`, `searched_question` and `spans`, as in `/v1/kbs/{kb}/chat`), or the bare LLM's name (plain chat, no knowledge base). A request may also name the knowledge
 base in an extra `kb` field, and an adapter as `<model>:<adapter>` or in an extra `adapter` field. Which one answers is `ModelRouter`'s to say; this module only speaks the wire format.
 """
 
@@ -119,9 +119,11 @@ _EMBED_STEP = 4
 
 def _kb_extras(answer: dict) -> dict:
     """Return the kbqa fields a knowledge-base answer adds to an OpenAI response."""
-    return {
+    extras = {
         key: answer[key] for key in ("citations", "refused", "answerability", "closest", "searched_question")
     }
+    extras["spans"] = answer["spans"]  # the answering words, offsets into the message content
+    return extras
 
 
 class _Completion:

@@ -4,7 +4,6 @@ every endpoint's happy path and each error status, with the offline backends."""
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 from documents import image_pdf, text_page_image
 from fastapi.testclient import TestClient
-from servers import wait_until
+from servers import sse_events, wait_until
 
 from app.server import create_app
 from app.settings import load_settings
@@ -268,17 +267,11 @@ def test_chat_answers_with_citations(client: TestClient) -> None:
 
 
 def test_chat_stream_sends_citations_deltas_and_done(client: TestClient) -> None:
-    events = []
     with client.stream(
         "POST", "/v1/kbs/hr/chat", json={"question": "年假有几天？", "stream": True}
     ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
-        name = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((name, json.loads(line[6:])))
+        events = sse_events(response.iter_lines())
     names = [n for n, _ in events]
     assert names[0] == "citations" and names[-1] == "done" and "delta" in names
     done = events[-1][1]

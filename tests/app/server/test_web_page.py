@@ -365,6 +365,22 @@ def test_answerability_is_shown_and_a_refusal_folds_the_closest_passages(server:
     expect(page.locator("#source-number")).to_be_empty()
 
 
+def test_the_words_that_answer_are_bold(server: str, page: Page) -> None:
+    """The answer's `spans` (the duration asked for by 多久) are bold on the page, at the offsets the server sent."""
+    _knowledge_base(server, "marked", {"expenses.md": POLICY.encode()})
+    _open(page, server, "marked")
+    done = _ask(page, QUESTION)
+    assert done["spans"], done
+    marked = page.locator(".turn .answer .answer-text strong.answer-span")
+    expect(marked).to_have_text([done["answer"][span["start"] : span["end"]] for span in done["spans"]])
+    expect(marked.first).to_have_text("五个工作日")
+    assert int(marked.first.evaluate("e => getComputedStyle(e).fontWeight")) >= 600
+    # The rest of the answer is plain text around it, and the citation still follows.
+    text = page.locator(".turn .answer .answer-text")
+    expect(text).to_contain_text("报销款在审核通过后五个工作日内打到工资卡。")
+    expect(text.locator(".cite")).to_have_count(1)
+
+
 def test_a_citation_shows_its_passage_with_the_page_and_opens_the_pdf_there(
     server: str, page: Page, tmp_path: Path
 ) -> None:

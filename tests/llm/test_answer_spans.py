@@ -1,0 +1,110 @@
+"""The words of an answer that answer: found from the kind of value asked for, or a record's named field."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hits import search_hit
+
+from llm.answer_types import answer_spans
+from llm.extractive import ExtractiveReader, split_sentences
+from retrieval.calibration import LogisticModel
+
+TIERS = "年假：累计工作满 1 年不满 5 年的，每年 10 天；满 5年不满 10 年的，每年 12 天；满 10 年及以上的，每年 15 天。"
+
+
+def spans_of(question: str, sentence: str) -> list[str]:
+    """Return the marked words of `sentence` for `question`."""
+    return [sentence[start:end] for start, end in answer_spans(question, sentence)]
+
+
+@pytest.mark.parametrize(
+    ("question", "sentence", "marked"),
+    [
+        ("星河X1 重量多少？", "重量：2.1 kg", ["2.1 kg"]),  # a key-value row: the value of the named key
+        ("病假一年有几天？", "病假：每年享有 12 天全薪病假，超出部分按基本工资的 80% 发放。", ["12 天"]),
+        ("How many days of sick leave do I get?", "病假：每年享有 12 天全薪病假。", ["12 天"]),
+        # 几天 asks for days: the tiers' days, not the years that condition them.
+        ("年假有几天？", TIERS, ["10 天", "12 天", "15 天"]),
+        ("报销需要多久到账？", "审核通过后 3 个工作日内打入员工工资卡。", ["3 个工作日"]),
+        ("差旅住宿每晚多少钱？", "北京住宿每晚不超过 500 元，其他城市不超过 350 元。", ["500 元", "350 元"]),
+        ("额亦都是在哪一年去世的？", "额亦都于1621年去世，享年六十岁。", ["1621年"]),
+        (
+            "How long does Finance take to review?",
+            "Finance reviews within 5 working days.",
+            ["5 working days"],
+        ),
+        # A record: the field the question names.
+        (
+            "国庆节放几天假，哪天调休上班？",
+            "假期: 国庆节，放假日期: 10月1日至10月8日，天数: 8，调休上班日期: 9月28日（周日）",
+            ["9月28日（周日）"],
+        ),
+    ],
+)
+def test_the_words_that_answer_are_marked(question: str, sentence: str, marked: list[str]) -> None:
+    assert spans_of(question, sentence) == marked
+
+
+@pytest.mark.parametrize(
+    ("question", "sentence"),
+    [
+        (
+            "公司的创始人是谁？",
+            "公司创始人兼首席执行官为林思远。",
+        ),  # a person: not reliably found, not marked
+        ("年假没休完怎么办？", "当年未休完的年假可顺延至次年 3 月 31 日。"),  # asks for no kind of value
+        ("报销需要多久到账？", "报销须附电子发票。"),  # the kind asked for is not there
+    ],
+)
+def test_nothing_is_marked_without_a_value_of_the_kind_asked_for(question: str, sentence: str) -> None:
+    assert answer_spans(question, sentence) == []
+
+
+def test_many_values_mark_only_the_one_nearest_the_question() -> None:
+    sentence = "1998 年建校，2003 年迁址，2010 年扩建，2016 年图书馆落成，2020 年更名。"
+    assert spans_of("图书馆是哪一年落成的？", sentence) == ["2016 年"]
+
+
+def test_a_key_value_table_reads_as_its_keys_and_values() -> None:
+    table = "| 参数 | 规格 |\n|---|---|\n| 重量 | 2.1 kg |\n| 尺寸 | 620 × 90 × 95 mm |"
+    assert split_sentences(table) == ["重量：2.1 kg", "尺寸：620 × 90 × 95 mm"]
+    assert split_sentences("参数: 重量\n规格: 2.1 kg\n") == ["重量：2.1 kg"]
+    assert split_sentences("Parameter: Weight\nValue: 2.1 kg\n") == ["Weight: 2.1 kg"]
+    # Other records keep every field's name: 产品 and 价格 say what the values are.
+    assert split_sentences("产品: 星河X1\n价格: 2999\n") == ["产品: 星河X1，价格: 2999"]
+
+
+def test_the_extract_carries_the_spans_at_their_offsets_in_the_answer(e5_embedder) -> None:
+    hits = [
+        search_hit(0, "年假：员工累计工作满 1 年后享受带薪年假。" + TIERS[3:]),
+        search_hit(1, "病假：每年享有 12 天全薪病假，超出部分按基本工资的 80% 发放。"),
+    ]
+    extract = ExtractiveReader(e5_embedder).read("病假一年有几天？", hits)
+    assert extract is not None and extract.spans
+    for span in extract.spans:
+        assert extract.text[span.start : span.end] == span.text
+        # A span never runs into a citation marker.
+        assert not re.search(r"\[\d+\]", span.text)
+    assert "12 天" in [span.text for span in extract.spans]
+
+
+def test_a_reader_fitted_on_fewer_features_still_reads(e5_embedder) -> None:
+    """A calibration a user fitted before `full_coverage` existed names its own features; the reader computes those."""
+    import numpy as np
+
+    names = ("cosine", "coverage")
+    model = LogisticModel(names, (0.85, 0.3), (0.03, 0.4), (1.0, 1.0), 0.0)
+    reader = ExtractiveReader(e5_embedder, model=model)
+    extract = reader.read(
+        "病假一年有几天？", [search_hit(0, "病假：每年享有 12 天全薪病假。年假每年 10 天。")]
+    )
+    assert extract is not None
+    assert reader.features(
+        "病假一年有几天？", reader.sentences([search_hit(0, "病假。")]), names=names
+    ).shape == (
+        1,
+        2,
+    )
+    assert np.isfinite(model.probabilities(np.zeros((1, 2)))).all()
