@@ -24,6 +24,7 @@ from llm.followup import Candidate, Chosen, FollowupConfig, choose, model_rewrit
 from llm.prompt import Prompt, PromptBuilder, PromptConfig
 from llm.types import ChatModel, DeltaStream, FinishReason, Generation, GenerationParams, Message, Usage
 from retrieval import Retrieval, SearchHit, SearchOptions
+from retrieval.lexical import fold
 
 RetrieveFunction = Callable[
     [str, str, SearchOptions], Retrieval
@@ -250,7 +251,7 @@ class Answerer:
         # The reader reads the turn as typed (pronouns resolved): the subject a follow-up carried over
         # found the chunks, and what the turn asks picks the sentence.
         extract = (
-            self._reader.read(chosen.read, hits, found.term_weights, found.answerability) if hits else None
+            self._reader.read(chosen.read, hits, _read_weights(chosen), found.answerability) if hits else None
         )
         if extract is None:
             return self._refusal(chosen.read, chosen, clock, spent)
@@ -319,3 +320,16 @@ class _Clock:
 
     def total(self) -> float:
         return (time.perf_counter() - self._start) * 1000
+
+
+def _read_weights(chosen: Chosen) -> dict[str, float] | None:
+    """Return the weights of the search terms the reader weighs sentences by: those of the turn as read.
+
+    A follow-up's carried subject (笔记本电脑 of 在哪里申请？) found the chunks; weighed in the sentences too,
+    it would pick the one about the subject (使用满 3 年可申请更换) over the one the turn asks for (申请在星河OA…).
+    """
+    weights = chosen.found.term_weights
+    if chosen.read == chosen.searched or not weights:
+        return weights
+    read = fold(chosen.read)
+    return {term: weight for term, weight in weights.items() if term in read} or None
