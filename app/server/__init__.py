@@ -9,7 +9,6 @@ running job's batch at hand) on shutdown. Routers stay thin over `KnowledgeServi
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
