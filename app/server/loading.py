@@ -38,7 +38,9 @@ class ModelLoading:
         self.error: str | None = None
         self.seconds: float | None = None
         server = service.settings.server
-        self.sample_kb = server.sample_kb if server.sample_kb and not service.exists(server.sample_kb) else None
+        self.sample_kb = (
+            server.sample_kb if server.sample_kb and not service.exists(server.sample_kb) else None
+        )
         self.steps = ["embedding model", "answer model"] + (
             [f"sample knowledge base {self.sample_kb}"] if self.sample_kb else []
         )

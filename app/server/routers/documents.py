@@ -96,9 +96,7 @@ def download(kb: str, document_id: int, service: KnowledgeService = Depends(know
     return FileResponse(path, filename=name, content_disposition_type="inline" if inline else "attachment")
 
 
-@router.delete(
-    "/{document_id}", status_code=204, summary="Delete a document", dependencies=[Depends(loaded)]
-)
+@router.delete("/{document_id}", status_code=204, summary="Delete a document", dependencies=[Depends(loaded)])
 def delete_document(kb: str, document_id: int, service: KnowledgeService = Depends(knowledge)) -> Response:
     """Delete the document, its chunks and its original."""
     service.delete_document(kb, document_id)

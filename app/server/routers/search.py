@@ -10,7 +10,9 @@ from app.server.dependencies import knowledge, loaded, require_key
 from app.server.schemas import HitOut, ListOf, SearchRequest
 from app.services import KnowledgeService
 
-router = APIRouter(prefix="/v1/kbs/{kb}", tags=["search"], dependencies=[Depends(require_key), Depends(loaded)])
+router = APIRouter(
+    prefix="/v1/kbs/{kb}", tags=["search"], dependencies=[Depends(require_key), Depends(loaded)]
+)
 
 
 @router.post("/search", summary="Search a knowledge base")
