@@ -76,12 +76,12 @@ def _serve(home: Path, settings: dict[str, str]) -> Iterator[str]:
             if process.poll() is not None:
                 pytest.fail(f"kbqa serve exited with {process.returncode}:\n{log_path.read_text()}")
             try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"kbqa serve did not answer /healthz within 60 s:\n{log_path.read_text()}")
+                pytest.fail(f"kbqa serve was not ready (/readyz) within 60 s:\n{log_path.read_text()}")
             time.sleep(0.2)
         yield url
     finally:
