@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from app.examples import example_questions
 from app.settings import Settings
 from ingestion import IngestionPipeline, IngestionReport, SourceFile, collect_files
 from ingestion.pipeline import Progress
@@ -238,6 +239,10 @@ class KnowledgeService:
         return self.retriever.retrieve(self.open(name), query, options)
 
     # --- what the faces (HTTP, CLI) ask besides answers, so none reaches past the service ---------------
+
+    def example_questions(self, name: str, count: int = 4) -> list[str]:
+        """Return up to `count` questions a newcomer could ask the named knowledge base, from its headings."""
+        return example_questions(self.knowledge_bases.get(name).headings(), count)
 
     def names(self) -> list[str]:
         """Return the names of the knowledge bases."""

@@ -102,7 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _web_page(app: FastAPI) -> None:
-    """Serve the single web page at /, its files under /static and its icon at /favicon.ico, when they are there."""
+    """Serve the single web page at /, its files under /static, its settings at /page-config.json and its icon
+    at /favicon.ico, when they are there."""
     index = WEB_DIR / "index.html"
     if not index.is_file():
         return
@@ -111,6 +112,11 @@ def _web_page(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(index)
+
+    # What the upload box says it takes, from the one list the server checks uploads against.
+    @app.get("/page-config.json", include_in_schema=False)
+    def page_config() -> dict:
+        return {"upload_types": app.state.settings.server.allowed_types}
 
     # Browsers ask for /favicon.ico whatever the page links (the API docs pages link it too).
     @app.get("/favicon.ico", include_in_schema=False)

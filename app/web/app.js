@@ -5,7 +5,7 @@
 import { $, api, apiKey, currentKb, el, kbPath, setApiKey } from "./api.js";
 import { ask, busy, newConversation, render, showKnowledgeBase, stop } from "./chat.js";
 import { confirmAction } from "./confirm.js";
-import { initDocuments, loadDocuments } from "./documents.js";
+import { initDocuments, loadDocuments, showUploadTypes } from "./documents.js";
 import { language, setLanguage, t, translatePage } from "./i18n.js";
 import { initSources } from "./sources.js";
 
@@ -59,6 +59,35 @@ function showCounts() {
     : kb.documents === 0
       ? t("chat.emptyNoDocs")
       : t("chat.emptyHint");
+  showExamples(kb && kb.documents ? kb.name : "");
+}
+
+/** Offer, in an empty conversation, a few questions made from the knowledge base's headings; one click asks. */
+async function showExamples(kb) {
+  const box = $("examples");
+  let questions = [];
+  if (kb) {
+    try {
+      ({ data: questions } = await api("GET", kbPath("/examples", kb)));
+    } catch (_) {
+      questions = []; // an older server has none to offer; the hint above still says what to do
+    }
+  }
+  if (kb && kb !== currentKb()) return; // another knowledge base was chosen meanwhile
+  box.replaceChildren(
+    ...questions.map((question) => {
+      const button = el("button", question, "example");
+      button.type = "button";
+      button.addEventListener("click", () => {
+        $("question").value = question;
+        $("ask-form").requestSubmit();
+      });
+      const item = el("li");
+      item.append(button);
+      return item;
+    }),
+  );
+  $("examples-label").hidden = questions.length === 0;
 }
 
 /** Make the selected knowledge base current: remember it, list its documents and conversations. */
@@ -127,6 +156,7 @@ function languageChanged() {
   showCounts();
   render();
   loadDocuments();
+  showUploadTypes();
 }
 
 // ---- wiring ----

@@ -48,6 +48,13 @@ def get_knowledge_base(kb: str, service: KnowledgeService = Depends(knowledge)) 
     return knowledge_base_out(service.info(kb))
 
 
+@router.get("/{kb}/examples", summary="Example questions")
+def example_questions(kb: str, service: KnowledgeService = Depends(knowledge)) -> ListOf:
+    """Return a few questions to ask the knowledge base, made from its headings (the web page shows them in
+    an empty conversation)."""
+    return ListOf(data=service.example_questions(kb))
+
+
 @router.delete("/{kb}", status_code=204, summary="Delete a knowledge base")
 def delete_knowledge_base(kb: str, service: KnowledgeService = Depends(knowledge)) -> Response:
     """Delete the knowledge base with its documents and originals."""
