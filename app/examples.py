@@ -1,5 +1,7 @@
 """Example questions for an empty conversation, made from a knowledge base's headings: a heading that is
-a question already is taken as it is, any other becomes "Tell me about …" (介绍一下…)."""
+a question already is taken as it is, any other is asked as itself ("Hotel limits?", "服务时间？"), the
+form the answerer found answerable most often on the sample documents (more than "Tell me about …" or
+"介绍一下…")."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from retrieval.cjk import CJK_IDEOGRAPHS
 _CJK = re.compile(f"[{CJK_IDEOGRAPHS}]")
 # "2.1 视频会议" -> "视频会议": a section number says nothing to a reader.
 _NUMBERING = re.compile(r"^\s*(?:第?[\d.]+[章节条]?|[一二三四五六七八九十]+[、.])\s*")
+# An example is answered surely, not just above the refusal line: the first answer a newcomer sees.
+EXAMPLE_ANSWERABILITY = 0.5
 # Longer headings are sentences of their own, poor as a prompt to click.
 _MAX_CHARS = 40
 
@@ -42,9 +46,4 @@ def _question(heading: str) -> str | None:
         return None
     if leaf.endswith(("?", "？")):
         return leaf
-    if _CJK.search(leaf):
-        return f"介绍一下{leaf}"
-    # "Hotel limits" -> "hotel limits", but "VPN access" stays as it is.
-    if leaf[0].isupper() and (len(leaf) == 1 or not leaf[1].isupper()):
-        leaf = leaf[0].lower() + leaf[1:]
-    return f"Tell me about {leaf}"
+    return f"{leaf}？" if _CJK.search(leaf) else f"{leaf}?"

@@ -48,10 +48,10 @@ def get_knowledge_base(kb: str, service: KnowledgeService = Depends(knowledge)) 
     return knowledge_base_out(service.info(kb))
 
 
-@router.get("/{kb}/examples", summary="Example questions")
+@router.get("/{kb}/examples", summary="Example questions", dependencies=[Depends(loaded)])
 def example_questions(kb: str, service: KnowledgeService = Depends(knowledge)) -> ListOf:
-    """Return a few questions to ask the knowledge base, made from its headings (the web page shows them in
-    an empty conversation)."""
+    """Return up to four questions the knowledge base answers, made from its headings (the web page offers
+    them in an empty conversation)."""
     return ListOf(data=service.example_questions(kb))
 
 
