@@ -7,6 +7,7 @@ const STRINGS = {
   zh: {
     "app.title": "kbqa 知识库问答",
     "app.tagline": "基于你的文档回答，每个回答都附带出处",
+    "app.loading": "kbqa 正在加载模型，稍等片刻即可提问…",
     "nav.menu": "菜单",
     "nav.close": "关闭",
     "kb.label": "知识库",
@@ -92,6 +93,7 @@ const STRINGS = {
   en: {
     "app.title": "kbqa knowledge base QA",
     "app.tagline": "Answers from your documents, each with its sources",
+    "app.loading": "kbqa is loading its models; you can ask in a moment…",
     "nav.menu": "Menu",
     "nav.close": "Close",
     "kb.label": "Knowledge base",

@@ -701,6 +701,42 @@ def test_phone_names_wrap_between_words_the_hint_names_every_kind_and_examples_a
         tab.screenshot(path=str(SCREENSHOTS / "phone-example-asked.png"))
 
 
+def test_the_page_says_the_models_load_then_offers_the_sample_questions(
+    tmp_path: Path, browser: Browser
+) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("KBQA_")}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [KBQA, "--data-dir", str(tmp_path / "data"), "serve", "--sample-kb", "demo", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "web page" not in log.read_text():  # printed once the port accepts
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        with _tab(browser, viewport={"width": 390, "height": 844}, is_mobile=True) as tab:
+            tab.goto(f"{url}/")
+            if httpx.get(f"{url}/readyz").status_code == 503:
+                expect(tab.locator("#chat-error")).to_contain_text("loading its models")
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                tab.screenshot(path=str(SCREENSHOTS / "phone-loading.png"))
+            # Once ready, the sample knowledge base is chosen and offers questions it answers.
+            expect(tab.locator("#chat-title")).to_have_text("demo", timeout=SLOW_MS)
+            expect(tab.locator("#examples .example").first).to_be_visible(timeout=SLOW_MS)
+            expect(tab.locator("#chat-error")).to_have_text("")
+            examples = httpx.get(f"{url}/v1/kbs/demo/examples").json()["data"]
+            assert tab.locator("#examples .example").all_inner_texts() == examples and len(examples) == 4
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_desktop_screenshot(server: str, browser: Browser, tmp_path: Path) -> None:
     pdf = _pdf(
         tmp_path / "travel-policy.pdf",
