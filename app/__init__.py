@@ -1,1 +1,7 @@
-"""Settings, the command line, and (later) the web service of kbqa."""
+"""Settings, the command line, and the web service of kbqa."""
+
+from app.logs import quiet_import_noise
+
+# Here rather than in configure_logging alone: `kbqa finetune` (which needs no kbqa settings) and any
+# in-process use (a script, a notebook, the tests) import torchao through transformers too.
+quiet_import_noise()

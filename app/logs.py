@@ -57,5 +57,10 @@ def configure_logging(level: str = "WARNING") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet_import_noise()
+
+
+def quiet_import_noise() -> None:
+    """Show only errors of the loggers that warn on import about nothing a user can act on; return nothing."""
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)

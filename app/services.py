@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from app.examples import EXAMPLE_ANSWERABILITY, example_questions
 from app.settings import Settings
 from ingestion import IngestionPipeline, IngestionReport, SourceFile, collect_files
 from ingestion.pipeline import Progress
@@ -239,6 +240,18 @@ class KnowledgeService:
         return self.retriever.retrieve(self.open(name), query, options)
 
     # --- what the faces (HTTP, CLI) ask besides answers, so none reaches past the service ---------------
+
+    def example_questions(self, name: str, count: int = 4) -> list[str]:
+        """Return up to `count` questions a newcomer could ask the named knowledge base, made from its headings,
+        each one its search finds an answer to (answerability at least EXAMPLE_ANSWERABILITY)."""
+        kept = []
+        for question in example_questions(self.knowledge_bases.get(name).headings(), 2 * count):
+            found = self.retrieve(name, question, SearchOptions())
+            if found.hits and (found.answerability is None or found.answerability >= EXAMPLE_ANSWERABILITY):
+                kept.append(question)
+            if len(kept) == count:
+                break
+        return kept
 
     def names(self) -> list[str]:
         """Return the names of the knowledge bases."""

@@ -321,6 +321,11 @@ class KnowledgeBase:
         with self._state_lock:
             return self.store.has_content_hash(content_hash)
 
+    def headings(self) -> list[tuple[int, tuple[str, ...]]]:
+        """Return the distinct (document id, heading path) pairs of the chunks, in reading order."""
+        with self._state_lock:
+            return self.store.headings()
+
     def counts(self) -> tuple[int, int]:
         """Return (documents, chunks)."""
         with self._state_lock:

@@ -447,6 +447,15 @@ class ChunkStore:
         )
         return [_chunk_record(row) for row in rows]
 
+    def headings(self, limit: int = 500) -> list[tuple[int, tuple[str, ...]]]:
+        """Return up to `limit` distinct (document id, heading path) pairs, in each document's reading order."""
+        rows = self._db.execute(
+            "SELECT document_id, heading_path FROM chunks GROUP BY document_id, heading_path "
+            "ORDER BY document_id, MIN(ordinal) LIMIT ?",
+            (limit,),
+        )
+        return [(document_id, tuple(json.loads(path))) for document_id, path in rows]
+
     def count(self) -> tuple[int, int]:
         """Return (documents, chunks) stored."""
         documents = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]

@@ -169,6 +169,35 @@ def wait_until(
     return job
 
 
+def wait_loaded(http: httpx.Client | Any, seconds: float = READY_TIMEOUT_S) -> dict:
+    """Return /readyz's body once the app's models have loaded (ready, or failed); fail the test when they
+    have not within `seconds`. The app listens while they load, and refuses model routes meanwhile."""
+    deadline = time.monotonic() + seconds
+    while (body := http.get("/readyz").json())["status"] == "loading":
+        if time.monotonic() > deadline:
+            pytest.fail(f"the models did not load within {seconds:.0f} s: {body}")
+        time.sleep(0.05)
+    return body
+
+
+class LoadedTestClient:
+    """FastAPI's TestClient over `app`, which once entered waits for the models to load (the lifespan only
+    starts their loading)."""
+
+    def __init__(self, app: Any) -> None:
+        from fastapi.testclient import TestClient
+
+        self.client = TestClient(app)
+
+    def __enter__(self) -> Any:
+        client = self.client.__enter__()
+        wait_loaded(client)
+        return client
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.__exit__(*exc)
+
+
 def create_kb(http: httpx.Client, name: str) -> None:
     """Create an empty knowledge base through the API."""
     response = http.post("/v1/kbs", json={"name": name})

@@ -67,7 +67,12 @@ def kb_list(as_json: JsonOption = False) -> None:
     if not infos:
         console.print(f"no knowledge bases in {svc.root}")
         return
-    table = Table("name", "documents", "chunks", "embedding model", "store", "created")
+    # Long values fold onto more lines rather than end in "…": a model name cut short names no model.
+    table = Table()
+    for column in ("name", "documents", "chunks", "embedding model", "store", "created"):
+        table.add_column(
+            column, overflow="fold", justify="right" if column in ("documents", "chunks") else "left"
+        )
     for info in infos:
         table.add_row(
             info.name,
@@ -75,7 +80,7 @@ def kb_list(as_json: JsonOption = False) -> None:
             str(info.chunks),
             info.embedding.model,
             info.store.backend,
-            info.created_at,
+            _when(info.created_at),
         )
     console.print(table)
 
@@ -89,8 +94,10 @@ def kb_info(name: NameArgument, as_json: JsonOption = False) -> None:
         print(json.dumps(info_dict(info), ensure_ascii=False, indent=2))
         return
     table = Table(show_header=False)
-    for key, value in info_dict(info).items():
-        table.add_row(key, json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else str(value))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in _readable(info).items():
+        table.add_row(key, value)
     console.print(table)
 
 
@@ -120,6 +127,46 @@ def kb_check(name: NameArgument) -> None:
             f"{len(report.chunks_without_vector)} chunks without a vector"
         )
     console.print(f"knowledge base [bold]{name}[/] is consistent")
+
+
+def _when(timestamp: str) -> str:
+    """Return an ISO timestamp as date and minute (2026-12-04 07:08), as a person reads it."""
+    return timestamp[:16].replace("T", " ")
+
+
+def _readable(info) -> dict[str, str]:
+    """Return a knowledge base's summary as lines a person reads (`--json` has every field as it is)."""
+    embedding, store, splitter = info.embedding, info.store, info.splitter
+    where = ", ".join(
+        f"{key} {value}" for key, value in (("uri", store.uri), ("collection", store.collection)) if value
+    )
+    unit = splitter.get("length_unit", "chars")
+    chunking = f"{splitter.get('chunk_size')} {unit}, overlap {splitter.get('chunk_overlap')}"
+    if splitter.get("context_prefix"):
+        chunking += ", headings prefixed"
+    metadata = "\n".join(f"{key}: {', '.join(values)}" for key, values in info.metadata.items())
+    return {
+        "name": info.name,
+        "documents": str(info.documents),
+        "chunks": str(info.chunks),
+        "embedding": f"{embedding.model} ({embedding.backend}, {embedding.dimension} dimensions)",
+        "splitter": chunking,
+        "store": store.backend + (f" ({where})" if where else ""),
+        "created": _when(info.created_at),
+        "size": _size(info.size_bytes),
+        "metadata": metadata or "none",
+        "answerability": info_dict(info)["answerability"],
+    }
+
+
+def _size(count: int) -> str:
+    """Return a byte count as bytes, KiB, MiB or GiB."""
+    size = float(count)
+    for unit in ("bytes", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def info_dict(info) -> dict:

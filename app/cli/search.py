@@ -7,7 +7,7 @@ from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from app.cli.common import (
     JsonOption,
@@ -93,6 +93,15 @@ def search(
             why += f" · bm25 {hit.lexical_score:.2f}"
         if hit.rerank_score is not None:
             why += f" · rerank {hit.rerank_score:.3f}"
-        console.print(f"[bold]{rank}.[/] [green]{why}[/]  [cyan]{escape(place)}[/]", highlight=False)
+        console.print(f"[bold]{rank}.[/] [green]{why}[/]", highlight=False)
         text = "\n".join([*hit.context_before, hit.text, *hit.context_after]).strip()
-        console.print(f"   {text[: 300 * (1 + 2 * neighbours)]}", highlight=False, markup=False)
+        _indented(Text(place, style="cyan"))
+        _indented(Text(text[: 300 * (1 + 2 * neighbours)]))
+        console.print()
+
+
+def _indented(text: Text, indent: int = 3) -> None:
+    """Print `text` with every line, wrapped ones too, under the hit's number (no trailing spaces)."""
+    for line in text.wrap(console, max(20, console.width - indent)):
+        line.rstrip()
+        console.print(Text(" " * indent) + line, highlight=False, soft_wrap=True)

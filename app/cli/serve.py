@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,7 @@ def serve(
     import uvicorn
 
     from app.server import create_app
+    from app.server.announcing import AnnouncingServer
 
     chosen = settings("INFO" if Options.log_level.upper() == "WARNING" else Options.log_level)
     overrides = {"host": host, "port": port, "sample_kb": sample_kb}
@@ -35,18 +37,23 @@ def serve(
     _check_data_dir_free(chosen.data_dir)
     url = f"http://{'127.0.0.1' if server.host in ('0.0.0.0', '::') else server.host}:{server.port}"
     # One address a line, never wrapped: a terminal narrower than a line cuts nothing in the middle of a URL.
-    banner = f"kbqa: web page {url}/\n      API docs {url}/docs\n      data in  {chosen.data_dir.resolve()}"
-    errors.print(banner, soft_wrap=True, highlight=False, markup=False)
+    banner = (
+        f"kbqa: web page {url}/\n      API docs {url}/docs\n      data in  {chosen.data_dir.resolve()}\n"
+        f"      loading the models ({url}/readyz shows progress); Ctrl-C stops"
+    )
+    web = create_app(chosen)
     # On SIGTERM, requests still open after this long are cut off; the ingestion worker then stops within
     # its batch at hand (README, "Ingestion jobs").
-    uvicorn.run(
-        create_app(chosen),
+    config = uvicorn.Config(
+        web,
         host=server.host,
         port=server.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
+    say = partial(errors.print, soft_wrap=True, highlight=False, markup=False)
+    AnnouncingServer(config, banner, web.state.loading, say).run()
 
 
 def _check_data_dir_free(data_dir: Path) -> None:

@@ -1,14 +1,14 @@
 """The FastAPI application: `create_app(settings)` builds it; `kbqa serve` runs it under uvicorn.
 
-Models load once, in the lifespan, before the server accepts requests; the ingestion worker starts
-there too and stops (after the running job's batch at hand) on shutdown. Routers stay thin over `KnowledgeService` and
+Models load once, in a background thread the lifespan starts (`loading.py`), so the server listens and
+`/healthz` answers while they load; the ingestion worker starts once they are loaded and stops (after the
+running job's batch at hand) on shutdown. Routers stay thin over `KnowledgeService` and
 `IngestionJobs`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,6 +27,7 @@ from app.logs import request_id
 from app.server import errors
 from app.server.dependencies import KeyFirst
 from app.server.limits import MIB, BodyLimit
+from app.server.loading import ModelLoading
 from app.server.metrics import Metrics
 from app.server.routers import chat, documents, health, jobs, knowledge_bases, openai_compat, search
 from app.server.schemas import ERROR_RESPONSES
@@ -34,6 +35,9 @@ from app.services import KnowledgeService
 from app.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+
+# Seconds the shutdown waits for the models' loading to end before the process exits anyway.
+SHUTDOWN_WAIT_S = 10
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -43,19 +47,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     service = KnowledgeService(settings)
     ingestion = IngestionJobs(service, settings.server.job_queue_size)
+    loading = ModelLoading(service, then=ingestion.start)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            await run_in_threadpool(_load_models, service)
-        except Exception as error:  # /readyz says why; /healthz still answers
-            log.exception("loading the models failed")
-            app.state.load_error = str(error)
-        ingestion.start()
-        app.state.ready.set()
+        loading.start()
         yield
-        await run_in_threadpool(ingestion.stop)
-        service.close()
+        # A model half-loaded cannot be interrupted: the shutdown waits for it no longer than for requests.
+        if await run_in_threadpool(loading.stop, SHUTDOWN_WAIT_S):
+            await run_in_threadpool(ingestion.stop)
+            service.close()
+        else:
+            log.warning("shutting down while the models still load", extra={"waited_s": SHUTDOWN_WAIT_S})
 
     app = FastAPI(
         title="kbqa",
@@ -73,8 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     app.state.jobs = ingestion
     app.state.metrics = Metrics(ingestion)
-    app.state.ready = threading.Event()
-    app.state.load_error = None
+    app.state.loading = loading
     errors.install(app)
     app.include_router(health.router)
     for module in (knowledge_bases, documents, jobs, search, chat, openai_compat):
@@ -102,27 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _load_models(service: KnowledgeService) -> None:
-    """Load the embedding model and the answerer (and its chat model); build the sample knowledge base."""
-    started = time.perf_counter()
-    service.load_models()
-    server = service.settings.server
-    if server.sample_kb and not service.exists(server.sample_kb):
-        if server.sample_docs.is_dir():
-            report = service.ingest(server.sample_kb, [server.sample_docs])
-            log.info(
-                "built the sample knowledge base", extra={"kb": server.sample_kb, "chunks": report.chunks}
-            )
-        else:
-            log.warning(
-                "no sample documents: the sample knowledge base is not built",
-                extra={"kb": server.sample_kb, "sample_docs": str(server.sample_docs)},
-            )
-    log.info("models loaded", extra={"seconds": round(time.perf_counter() - started, 1)})
-
-
 def _web_page(app: FastAPI) -> None:
-    """Serve the single web page at /, its files under /static and its icon at /favicon.ico, when they are there."""
+    """Serve the single web page at /, its files under /static, its settings at /page-config.json and its icon
+    at /favicon.ico, when they are there."""
     index = WEB_DIR / "index.html"
     if not index.is_file():
         return
@@ -131,6 +115,11 @@ def _web_page(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(index)
+
+    # What the upload box says it takes, from the one list the server checks uploads against.
+    @app.get("/page-config.json", include_in_schema=False)
+    def page_config() -> dict:
+        return {"upload_types": app.state.settings.server.allowed_types}
 
     # Browsers ask for /favicon.ico whatever the page links (the API docs pages link it too).
     @app.get("/favicon.ico", include_in_schema=False)

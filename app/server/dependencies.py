@@ -27,6 +27,11 @@ def jobs(request: Request) -> IngestionJobs:
     return request.app.state.jobs
 
 
+def loaded(request: Request) -> None:
+    """Refuse (503, with Retry-After) a request that needs a model while the models load; return nothing."""
+    request.app.state.loading.refuse_while_loading()
+
+
 def may(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> bool:
     """Return whether the request may go on: keys are off, it is a read without protect_reads, or its key is valid."""
     return key_allows(

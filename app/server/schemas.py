@@ -60,7 +60,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "A body, an upload or a file over its limit",
         422: "A malformed body or a field over its documented maximum",
         429: "Too many ingestion jobs waiting (Retry-After)",
-        503: "The model is busy or its server unavailable (Retry-After)",
+        503: "The models are still loading, or the model is busy or its server unavailable (Retry-After)",
     }.items()
 }
 

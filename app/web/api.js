@@ -15,6 +15,14 @@ export function el(tag, text, className) {
   return node;
 }
 
+/** Return `name` as text nodes with a line-break opportunity after each / _ and -, so a narrow column
+ * wraps a file name between its parts rather than inside a word. */
+export function breakableName(name) {
+  return String(name)
+    .split(/(?<=[/_\-])/)
+    .flatMap((part, i) => (i ? [document.createElement("wbr"), document.createTextNode(part)] : [document.createTextNode(part)]));
+}
+
 /** Return the stored API key ("" when none). */
 export function apiKey() {
   return localStorage.getItem(KEY_STORAGE) || "";

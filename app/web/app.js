@@ -2,10 +2,10 @@
 // documents on the right (both fold away on a narrow screen). This module wires the parts together.
 "use strict";
 
-import { $, api, apiKey, currentKb, el, kbPath, setApiKey } from "./api.js";
+import { $, api, apiKey, currentKb, el, headers, kbPath, setApiKey } from "./api.js";
 import { ask, busy, newConversation, render, showKnowledgeBase, stop } from "./chat.js";
 import { confirmAction } from "./confirm.js";
-import { initDocuments, loadDocuments } from "./documents.js";
+import { initDocuments, loadDocuments, showUploadTypes } from "./documents.js";
 import { language, setLanguage, t, translatePage } from "./i18n.js";
 import { initSources } from "./sources.js";
 
@@ -14,6 +14,7 @@ const DOCS_STORAGE = "kbqa.docsOpen";
 const WIDE = window.matchMedia("(min-width: 1100px)");
 
 let knowledgeBases = []; // as the API lists them
+let sawLoading = false; // the service was loading its models when the page opened
 
 // ---- knowledge bases ----
 
@@ -59,6 +60,35 @@ function showCounts() {
     : kb.documents === 0
       ? t("chat.emptyNoDocs")
       : t("chat.emptyHint");
+  showExamples(kb && kb.documents ? kb.name : "");
+}
+
+/** Offer, in an empty conversation, a few questions made from the knowledge base's headings; one click asks. */
+async function showExamples(kb) {
+  const box = $("examples");
+  let questions = [];
+  if (kb) {
+    try {
+      ({ data: questions } = await api("GET", kbPath("/examples", kb)));
+    } catch (_) {
+      questions = []; // an older server has none to offer; the hint above still says what to do
+    }
+  }
+  if (kb && kb !== currentKb()) return; // another knowledge base was chosen meanwhile
+  box.replaceChildren(
+    ...questions.map((question) => {
+      const button = el("button", question, "example");
+      button.type = "button";
+      button.addEventListener("click", () => {
+        $("question").value = question;
+        $("ask-form").requestSubmit();
+      });
+      const item = el("li");
+      item.append(button);
+      return item;
+    }),
+  );
+  $("examples-label").hidden = questions.length === 0;
 }
 
 /** Make the selected knowledge base current: remember it, list its documents and conversations. */
@@ -103,6 +133,29 @@ async function deleteKb() {
   kbChanged();
 }
 
+/** While the service loads its models, say so above the question box and look again every 2 s; once it
+ * is ready, list the knowledge bases again (the sample one is built meanwhile) with their examples. */
+async function waitUntilReady() {
+  let body;
+  try {
+    body = await (await fetch("/readyz", { headers: headers() })).json();
+  } catch (_) {
+    return; // not JSON (a proxy's page): the API calls will say what is wrong
+  }
+  if (body.status === "loading") {
+    sawLoading = true;
+    $("chat-error").textContent = t("app.loading");
+    $("chat-error").classList.add("notice");
+    setTimeout(waitUntilReady, 2000);
+  } else if (sawLoading) {
+    sawLoading = false;
+    if ($("chat-error").textContent === t("app.loading")) $("chat-error").textContent = "";
+    $("chat-error").classList.remove("notice");
+    await loadKbs();
+    kbChanged();
+  }
+}
+
 // ---- layout: the side panels ----
 
 function setSidebarOpen(open) {
@@ -127,6 +180,7 @@ function languageChanged() {
   showCounts();
   render();
   loadDocuments();
+  showUploadTypes();
 }
 
 // ---- wiring ----
@@ -196,6 +250,7 @@ function init() {
   initSources();
   initDocuments(() => loadKbs());
   loadKbs().then(kbChanged);
+  waitUntilReady();
 }
 
 /** Grow the question box with its text, up to a limit (then it scrolls). */

@@ -2,7 +2,7 @@
 // and the document list with pages, chunks, metadata, re-index and delete.
 "use strict";
 
-import { $, ApiError, api, currentKb, el, kbPath, uploadFile } from "./api.js";
+import { $, ApiError, api, breakableName, currentKb, el, kbPath, uploadFile } from "./api.js";
 import { confirmAction } from "./confirm.js";
 import { t } from "./i18n.js";
 import { openWithKey } from "./sources.js";
@@ -11,6 +11,51 @@ const JOB_POLL_MS = 500;
 const KEPT_ROWS = 12; // upload rows kept on show; older finished ones go
 
 let changed = () => {}; // called when a job finishes or a document goes, to refresh the counts
+let uploadTypes = []; // the file suffixes the server takes (server.allowed_types)
+
+// What each suffix is called in the upload hint (kind.* in i18n.js); a suffix not here is shown as it is.
+const KINDS = {
+  ".pdf": "pdf",
+  ".docx": "word",
+  ".pptx": "powerpoint",
+  ".md": "markdown",
+  ".markdown": "markdown",
+  ".txt": "text",
+  ".htm": "html",
+  ".html": "html",
+  ".csv": "csv",
+  ".xlsx": "excel",
+  ".json": "json",
+  ".jsonl": "json",
+  ".bmp": "images",
+  ".jpeg": "images",
+  ".jpg": "images",
+  ".png": "images",
+  ".tif": "images",
+  ".tiff": "images",
+  ".webp": "images",
+};
+
+/** Say in the upload box, in the page language, every kind of file the server takes. */
+export function showUploadTypes() {
+  const order = Object.values(KINDS);
+  const kinds = [...new Set(uploadTypes.map((suffix) => KINDS[suffix] || suffix))].sort(
+    (a, b) => (order.indexOf(a) + 1 || 99) - (order.indexOf(b) + 1 || 99),
+  );
+  const names = kinds.map((kind) => (kind.startsWith(".") ? kind : t(`kind.${kind}`)));
+  $("upload-types").textContent = names.join(t("list.separator"));
+  $("upload-types").title = uploadTypes.join(" ");
+}
+
+async function loadUploadTypes() {
+  try {
+    ({ upload_types: uploadTypes } = await api("GET", "/page-config.json"));
+  } catch (_) {
+    uploadTypes = Object.keys(KINDS); // an older server: what this page knows
+  }
+  $("file-input").accept = uploadTypes.join(",");
+  showUploadTypes();
+}
 
 /** Return the text of a job's status in the page language (its own word for a status we do not know). */
 function statusText(status) {
@@ -43,7 +88,8 @@ function documentItem(doc) {
   const item = el("li", null, "doc");
   item.dataset.id = doc.id;
   const main = el("div", null, "doc-main");
-  const link = el("a", doc.source, "doc-name");
+  const link = el("a", null, "doc-name");
+  link.append(...breakableName(doc.source));
   link.href = kbPath(`/documents/${encodeURIComponent(doc.id)}/file`);
   link.target = "_blank";
   link.rel = "noopener";
@@ -105,7 +151,9 @@ function jobRow(name) {
   const row = el("li", null, "upload");
   row.dataset.state = "uploading";
   const head = el("div", null, "upload-head");
-  head.append(el("span", name, "upload-name"));
+  const label = el("span", null, "upload-name");
+  label.append(...breakableName(name));
+  head.append(label);
   const progress = el("progress");
   progress.max = 100;
   progress.value = 0;
@@ -213,6 +261,7 @@ function cancelButton(row, job) {
 /** Wire the drop zone and the file picker; `onChanged` runs when documents were added or removed. */
 export function initDocuments(onChanged) {
   changed = onChanged;
+  loadUploadTypes();
   const zone = $("dropzone");
   const input = $("file-input");
   input.addEventListener("change", () => {

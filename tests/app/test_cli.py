@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import paths
 import pytest
+from rich.cells import cell_len
 
 KBQA = str(Path(sys.executable).parent / "kbqa")
 REPO = paths.REPO
@@ -68,6 +70,25 @@ def test_kb_lifecycle_build_and_search(tmp_path: Path) -> None:
         "--data-dir", data, "search", "--kb", "手册", "报销需要多久到账", "--threshold", "0.99", "--json"
     )
     assert json.loads(strict.stdout) == []
+
+    # At 80 columns (rich reads COLUMNS off a terminal) nothing is cut with "…", no line is wider, no raw dict
+    # shows, and every line of a hit sits under its number.
+    narrow = {"COLUMNS": "80"}
+    model = listed[0]["embedding"]["model"]
+    shown = {
+        "list": kbqa("--data-dir", data, "kb", "list", env=narrow).stdout,
+        "info": kbqa("--data-dir", data, "kb", "info", "手册", env=narrow).stdout,
+        "search": kbqa(
+            "--data-dir", data, "search", "--kb", "手册", "报销需要多久到账", "-k", "2", env=narrow
+        ).stdout,
+    }
+    for command, text in shown.items():
+        assert "…" not in text and max(cell_len(line) for line in text.splitlines()) <= 80, (command, text)
+    assert model in shown["list"] and model in shown["info"], shown
+    assert "{" not in shown["info"] and "dimensions" in shown["info"], shown["info"]
+    hit_lines = shown["search"].splitlines()
+    assert hit_lines[0].startswith("1. cosine"), hit_lines
+    assert all(re.match(r"(\d+\. cosine |   \S|$)", line) for line in hit_lines), hit_lines
 
     assert kbqa("--data-dir", data, "kb", "check", "手册").returncode == 0
     assert kbqa("--data-dir", data, "kb", "delete", "手册", input="n\n").returncode == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -33,3 +35,15 @@ def test_records_are_json_lines_and_torchao_import_warnings_are_quiet(
         ("torchao", "a real failure still shows"),
     ]
     assert lines[0]["kb"] == "demo" and lines[0]["level"] == "warning"
+
+
+def test_using_kbqa_in_process_imports_torchao_quietly() -> None:
+    # No configure_logging here, as in a script, a notebook or `kbqa finetune`: importing kbqa is enough.
+    pytest.importorskip("torchao")
+    script = "import app.services, torchao, transformers, torch.utils._pytree; print('imported')"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr
+    noise = [line for line in done.stderr.splitlines() if "torchao" in line or "_pytree" in line]
+    assert noise == [], noise

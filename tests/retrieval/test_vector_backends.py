@@ -263,7 +263,7 @@ def test_cli_milvus_answers_like_faiss_and_migrate(tmp_path: Path) -> None:
 
 
 def test_http_create_with_milvus_store_searches_like_faiss(tmp_path: Path, e5_embedder) -> None:
-    from fastapi.testclient import TestClient
+    from servers import LoadedTestClient
 
     from app.server import create_app
     from app.settings import load_settings
@@ -273,7 +273,7 @@ def test_http_create_with_milvus_store_searches_like_faiss(tmp_path: Path, e5_em
     policy = "# 报销制度\n\n差旅费用在出差结束后三十天内提交，财务审核后五个工作日内到账。\n"
     leave = "# 休假制度\n\n员工工作满一年后享有带薪年假，每年十天。\n"
     found, shown = {}, {}
-    with TestClient(app) as client:
+    with LoadedTestClient(app) as client:
         bad = client.post("/v1/kbs", json={"name": "x", "store": "faiss", "uri": "http://h:19530"})
         assert bad.status_code == 400, bad.text
         assert client.post("/v1/kbs", json={"name": "x", "store": "qdrant"}).status_code == 422

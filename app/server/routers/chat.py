@@ -10,14 +10,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from app.server.dependencies import knowledge, require_key
+from app.server.dependencies import knowledge, loaded, require_key
 from app.server.metrics import Metrics
 from app.server.schemas import AnswerOut, ChatRequest
 from app.server.streaming import read_unless_gone, relay
 from app.services import KnowledgeService
 from llm import Answer, AnswerOptions, AnswerStream
 
-router = APIRouter(prefix="/v1/kbs/{kb}", tags=["chat"], dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1/kbs/{kb}", tags=["chat"], dependencies=[Depends(require_key), Depends(loaded)])
 
 _STREAM_DOC = {
     200: {

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from fastapi.responses import FileResponse
 
 from app.jobs import IngestionJobs, Job
-from app.server.dependencies import jobs, knowledge, require_key
+from app.server.dependencies import jobs, knowledge, loaded, require_key
 from app.server.errors import ApiError
 from app.server.schemas import DocumentOut, ErrorOut, JobAccepted, JobOut, ListOf
 from app.services import KnowledgeService, storage_name
@@ -33,6 +33,7 @@ def job_out(job: Job) -> JobOut:
     "",
     status_code=202,
     summary="Upload documents",
+    dependencies=[Depends(loaded)],
     response_model=JobAccepted,
     responses={415: {"model": ErrorOut, "description": "A file type not allowed (server.allowed_types)"}},
 )
@@ -111,7 +112,7 @@ def download(
 ORIGINAL_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
 
 
-@router.delete("/{document_id}", status_code=204, summary="Delete a document")
+@router.delete("/{document_id}", status_code=204, summary="Delete a document", dependencies=[Depends(loaded)])
 def delete_document(kb: str, document_id: int, service: KnowledgeService = Depends(knowledge)) -> Response:
     """Delete the document, its chunks and its original."""
     service.delete_document(kb, document_id)
@@ -119,7 +120,11 @@ def delete_document(kb: str, document_id: int, service: KnowledgeService = Depen
 
 
 @router.post(
-    "/{document_id}/reindex", status_code=202, summary="Re-index a document", response_model=JobAccepted
+    "/{document_id}/reindex",
+    status_code=202,
+    summary="Re-index a document",
+    response_model=JobAccepted,
+    dependencies=[Depends(loaded)],
 )
 def reindex(
     kb: str,

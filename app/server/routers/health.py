@@ -13,28 +13,33 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.server.dependencies import may, require_key
+from app.server.loading import RETRY_AFTER_S
 
 router = APIRouter(tags=["health"])
 
 # Swagger UI's and ReDoc's files, served by the app itself so /docs works without internet.
 DOCS_ASSETS = "/docs-assets"
+REDOC_POLICY = "img-src 'self' data: blob:"
 
 
 @router.get("/healthz", summary="The process is alive")
 def healthz() -> dict:
-    """Return ok while the process serves requests."""
+    """Return ok while the process serves requests, from its first second (the models may still load)."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", summary="Models are loaded", responses={503: {"description": "Still loading"}})
 def readyz(request: Request, details: bool = Depends(may)) -> JSONResponse:
-    """Return ready once the embedding model (and the chat model, if any) are loaded; the models' names and
-    a loading error only to a request that may read (a key, with protect_reads)."""
+    """Return ready once the embedding model (and the chat model, if any) are loaded and the sample knowledge
+    base is built; while loading, what is done and pending with the sample's progress; the models' names
+    and a loading error only to a request that may read (a key, with protect_reads)."""
     state = request.app.state
-    if not state.ready.is_set():
-        return JSONResponse({"status": "loading"}, status_code=503)
-    if state.load_error:
-        body = {"status": "failed", "error": state.load_error} if details else {"status": "failed"}
+    loading = state.loading
+    if not loading.finished.is_set():
+        body = {"status": "loading", **loading.status()} if details else {"status": "loading"}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    if loading.error:
+        body = {"status": "failed", "error": loading.error} if details else {"status": "failed"}
         return JSONResponse(body, status_code=503)
     if not details:
         return JSONResponse({"status": "ready"})
@@ -77,10 +82,14 @@ def add_docs(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False, dependencies=protected)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url="/openapi.json",
             title=f"{app.title} - API",
             redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
             redoc_favicon_url="/favicon.ico",
             with_google_fonts=False,
         )
+        # ReDoc draws its maker's logo from cdn.redoc.ly and has no option against it: the browser is told
+        # to load images from here only, so no request leaves (the logo hides itself when it fails).
+        page.headers["Content-Security-Policy"] = REDOC_POLICY
+        return page

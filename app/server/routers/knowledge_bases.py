@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from app.server.dependencies import knowledge, require_key
+from app.server.dependencies import knowledge, loaded, require_key
 from app.server.schemas import CreateKnowledgeBase, KnowledgeBaseOut, ListOf, StoreOut
 from app.services import KnowledgeService
 from retrieval import KnowledgeBaseInfo
@@ -33,7 +33,7 @@ def list_knowledge_bases(service: KnowledgeService = Depends(knowledge)) -> List
     return ListOf(data=[knowledge_base_out(service.info(name)) for name in service.names()])
 
 
-@router.post("", status_code=201, summary="Create a knowledge base")
+@router.post("", status_code=201, summary="Create a knowledge base", dependencies=[Depends(loaded)])
 def create_knowledge_base(
     body: CreateKnowledgeBase, service: KnowledgeService = Depends(knowledge)
 ) -> KnowledgeBaseOut:
@@ -46,6 +46,13 @@ def create_knowledge_base(
 def get_knowledge_base(kb: str, service: KnowledgeService = Depends(knowledge)) -> KnowledgeBaseOut:
     """Return the knowledge base's counts, embedding model and size on disk."""
     return knowledge_base_out(service.info(kb))
+
+
+@router.get("/{kb}/examples", summary="Example questions", dependencies=[Depends(loaded)])
+def example_questions(kb: str, service: KnowledgeService = Depends(knowledge)) -> ListOf:
+    """Return up to four questions the knowledge base answers, made from its headings (the web page offers
+    them in an empty conversation)."""
+    return ListOf(data=service.example_questions(kb))
 
 
 @router.delete("/{kb}", status_code=204, summary="Delete a knowledge base")

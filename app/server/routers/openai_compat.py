@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from app.model_routing import ModelRouter
-from app.server.dependencies import knowledge, require_key
+from app.server.dependencies import knowledge, loaded, require_key
 from app.server.errors import ApiError
 from app.server.metrics import Metrics
 from app.server.routers.chat import answer_out
@@ -36,7 +36,7 @@ from app.services import KnowledgeService
 from llm import AnswerOptions, Message, TextStream
 from retrieval import SearchOptions
 
-router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key), Depends(loaded)])
 
 
 @router.get("/models", summary="List models (OpenAI)")

@@ -6,11 +6,13 @@ from dataclasses import asdict
 
 from fastapi import APIRouter, Depends
 
-from app.server.dependencies import knowledge, require_key
+from app.server.dependencies import knowledge, loaded, require_key
 from app.server.schemas import HitOut, ListOf, SearchRequest
 from app.services import KnowledgeService
 
-router = APIRouter(prefix="/v1/kbs/{kb}", tags=["search"], dependencies=[Depends(require_key)])
+router = APIRouter(
+    prefix="/v1/kbs/{kb}", tags=["search"], dependencies=[Depends(require_key), Depends(loaded)]
+)
 
 
 @router.post("/search", summary="Search a knowledge base")

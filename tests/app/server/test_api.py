@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from documents import image_pdf, text_page_image
 from fastapi.testclient import TestClient
-from servers import sse_events, wait_until
+from servers import LoadedTestClient, sse_events, wait_until
 
 from app.server import create_app
 from app.settings import load_settings
@@ -23,10 +23,10 @@ POLICY = (
 LEAVE = "# 休假制度\n\n员工工作满一年后享有带薪年假，每年十天。\n"
 
 
-def make_client(data_dir: Path, e5_embedder, **server: object) -> TestClient:
+def make_client(data_dir: Path, e5_embedder, **server: object) -> LoadedTestClient:
     app = create_app(load_settings(data_dir=data_dir, server=server))
     app.state.service.embedder = e5_embedder  # the session's loaded model, not a second copy
-    return TestClient(app)
+    return LoadedTestClient(app)
 
 
 @pytest.fixture(scope="module")
@@ -368,7 +368,7 @@ def test_a_local_model_answers_and_a_full_queue_is_503(
     llm = {"backend": "transformers", "model": str(tiny_lm_dir), "device": "cpu", "queue_size": 0}
     app = create_app(load_settings(data_dir=tmp_path / "data", llm=llm))
     app.state.service.embedder = e5_embedder
-    with TestClient(app) as client:
+    with LoadedTestClient(app) as client:
         client.post("/v1/kbs", json={"name": "hr"})
         assert wait(client, upload(client, "hr", {"expenses.md": POLICY}))["status"] == "succeeded"
         question = {"question": "报销款多久到账？", "generation": {"max_new_tokens": 4}}

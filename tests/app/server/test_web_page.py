@@ -26,6 +26,9 @@ from openai_server import Controls, FakeOpenAIServer
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from servers import free_port
 
+from ingestion import SUPPORTED_SUFFIXES
+from ingestion.loaders import IMAGE_SUFFIXES
+
 pytestmark = pytest.mark.slow
 
 KBQA = str(Path(sys.executable).parent / "kbqa")
@@ -76,12 +79,12 @@ def _serve(home: Path, settings: dict[str, str]) -> Iterator[str]:
             if process.poll() is not None:
                 pytest.fail(f"kbqa serve exited with {process.returncode}:\n{log_path.read_text()}")
             try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"kbqa serve did not answer /healthz within 60 s:\n{log_path.read_text()}")
+                pytest.fail(f"kbqa serve was not ready (/readyz) within 60 s:\n{log_path.read_text()}")
             time.sleep(0.2)
         yield url
     finally:
@@ -637,6 +640,138 @@ def test_phone_layout_has_no_horizontal_scroll(server: str, browser: Browser) ->
         tab.screenshot(path=str(SCREENSHOTS / "phone-documents.png"))
 
 
+# What the upload hint calls each supported suffix, in English.
+KIND_WORDS = {
+    ".pdf": "PDF",
+    ".docx": "Word",
+    ".pptx": "PowerPoint",
+    ".md": "Markdown",
+    ".markdown": "Markdown",
+    ".txt": "text",
+    ".htm": "HTML",
+    ".html": "HTML",
+    ".csv": "CSV",
+    ".xlsx": "Excel",
+    ".json": "JSON",
+    ".jsonl": "JSON",
+    **dict.fromkeys(IMAGE_SUFFIXES, "images"),
+}
+LONG_NAMES = {
+    "employee_handbook.md": HANDBOOK,
+    "quarterly_sales_report_east_region_2025_q3.md": "# Sales\n\n## East region\n\nSales grew by nine percent.\n",
+    "travel-expense-policy-for-international-staff.md": "# Travel\n\n## Hotel limits\n\nTokyo: 25,000 yen a night.\n",
+    "员工手册_2025年版_人事部发布.md": POLICY,
+}
+
+
+def _line_breaks(page: Page, selector: str) -> list[tuple[str, list[int]]]:
+    """Return, for each element matching `selector`, its text and the indexes of the characters that begin
+    a new line on screen."""
+    return page.evaluate(
+        """(selector) => [...document.querySelectorAll(selector)].map((node) => {
+            const chars = [];
+            const walker = document.createTreeWalker(node, NodeFilter.SHOW_TEXT);
+            for (let text; (text = walker.nextNode()); ) for (let i = 0; i < text.data.length; i++) chars.push([text, i]);
+            const breaks = [];
+            let last = null;
+            chars.forEach(([text, i], k) => {
+                const range = document.createRange();
+                range.setStart(text, i);
+                range.setEnd(text, i + 1);
+                const rect = range.getClientRects()[0];
+                if (!rect) return;
+                if (last !== null && rect.top > last + 2) breaks.push(k);
+                last = rect.top;
+            });
+            return [node.textContent, breaks];
+        })""",
+        selector,
+    )
+
+
+def _inside_a_word(text: str, at: int) -> bool:
+    """Return whether a line starting at text[at] cuts a word: not after a separator, space or Chinese."""
+    before, after = text[at - 1], text[at]
+    if before in "/_- " or after == " ":
+        return False
+    return not (re.match(r"[\u3400-\u9fff]", before) or re.match(r"[\u3400-\u9fff]", after))
+
+
+def test_phone_names_wrap_between_words_the_hint_names_every_kind_and_examples_ask(
+    server: str, browser: Browser
+) -> None:
+    _knowledge_base(server, "phone", {name: text.encode() for name, text in LONG_NAMES.items()})
+    examples = httpx.get(f"{server}/v1/kbs/phone/examples").json()["data"]
+    assert "Leave?" in examples and len(examples) <= 4, examples
+    with _tab(browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True) as tab:
+        tab.goto(f"{server}/")
+        tab.click("#menu-toggle")
+        tab.select_option("#kb-select", "phone")
+        tab.click("#scrim", position={"x": 370, "y": 400})
+        expect(tab.locator("#kb-name")).to_have_attribute("placeholder", "New knowledge base name")
+        # An empty conversation offers the knowledge base's own questions.
+        expect(tab.locator("#examples .example")).to_have_text(examples)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        tab.screenshot(path=str(SCREENSHOTS / "phone-examples.png"))
+
+        tab.click("#docs-toggle")
+        expect(tab.locator("#documents .doc")).to_have_count(len(LONG_NAMES))
+        hint = tab.locator("#upload-types").inner_text()
+        missing = {suffix: KIND_WORDS.get(suffix) for suffix in SUPPORTED_SUFFIXES}
+        assert None not in missing.values(), f"a new file type: name it in KIND_WORDS and i18n.js {missing}"
+        assert [word for word in missing.values() if word not in hint] == [], hint
+        broken = _line_breaks(tab, "#documents .doc-name")
+        assert any(breaks for _, breaks in broken), f"no name wrapped at 390 px; use longer ones: {broken}"
+        cut = [(text, at) for text, breaks in broken for at in breaks if _inside_a_word(text, at)]
+        assert cut == [], f"document names broken inside a word: {cut}"
+        _no_horizontal_scroll(tab)
+        tab.screenshot(path=str(SCREENSHOTS / "phone-long-names.png"))
+        tab.click("#docs-close")
+
+        with tab.expect_response(lambda response: response.url.endswith("/chat"), timeout=SLOW_MS):
+            tab.locator("#examples .example").first.click()
+        expect(tab.locator(".turn .question").first).to_have_text(examples[0])
+        expect(tab.locator(".turn .answer").first).to_have_attribute("data-state", "done", timeout=SLOW_MS)
+        expect(tab.locator("#empty-state")).to_be_hidden()
+        tab.screenshot(path=str(SCREENSHOTS / "phone-example-asked.png"))
+
+
+def test_the_page_says_the_models_load_then_offers_the_sample_questions(
+    tmp_path: Path, browser: Browser
+) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("KBQA_")}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [KBQA, "--data-dir", str(tmp_path / "data"), "serve", "--sample-kb", "demo", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "web page" not in log.read_text():  # printed once the port accepts
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        with _tab(browser, viewport={"width": 390, "height": 844}, is_mobile=True) as tab:
+            tab.goto(f"{url}/")
+            if httpx.get(f"{url}/readyz").status_code == 503:
+                expect(tab.locator("#chat-error")).to_contain_text("loading its models")
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                tab.screenshot(path=str(SCREENSHOTS / "phone-loading.png"))
+            # Once ready, the sample knowledge base is chosen and offers questions it answers.
+            expect(tab.locator("#chat-title")).to_have_text("demo", timeout=SLOW_MS)
+            expect(tab.locator("#examples .example").first).to_be_visible(timeout=SLOW_MS)
+            expect(tab.locator("#chat-error")).to_have_text("")
+            examples = httpx.get(f"{url}/v1/kbs/demo/examples").json()["data"]
+            assert tab.locator("#examples .example").all_inner_texts() == examples and len(examples) == 4
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def test_desktop_screenshot(server: str, browser: Browser, tmp_path: Path) -> None:
     pdf = _pdf(
         tmp_path / "travel-policy.pdf",
@@ -695,6 +830,10 @@ def test_the_api_docs_list_the_operations_with_the_network_cut(server: str, brow
         paths = tab.locator(".opblock-summary-path").all_inner_texts()
         assert "/v1/kbs/{kb}/search" in [path.replace("\u200b", "") for path in paths], paths
         assert outside == [], f"/docs asked the internet for {outside}"
+        tab.goto(f"{server}/redoc")
+        expect(tab.get_by_role("heading", name="Search a knowledge base")).to_be_visible(timeout=SLOW_MS)
+        tab.wait_for_load_state("networkidle")
+        assert outside == [], f"/redoc asked the internet for {outside}"
 
 
 def test_chinese_text_renders_with_real_glyphs(server: str, browser: Browser) -> None:
