@@ -18,6 +18,7 @@ from app.cli.finetune import finetune_app
 from app.cli.index import index_app
 from app.cli.kb import kb_app
 from app.cli.llm import llm_app
+from app.cli.mcp import mcp
 from app.cli.search import search
 from app.cli.serve import serve
 
@@ -30,6 +31,7 @@ app.add_typer(finetune_app, name="finetune")
 app.command("search")(search)
 app.command("ask")(ask)
 app.command("serve")(serve)
+app.command("mcp")(mcp)
 
 
 @app.callback()
