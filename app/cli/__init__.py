@@ -44,11 +44,22 @@ def main_options(
         Path | None, typer.Option("--data-dir", help="Data directory (default: $KBQA_DATA_DIR, else ./data).")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "warning",
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", help="A running kbqa (http://host:8000): `ask` and `search` use it instead."
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", help="The --server's API key, if it has keys.")
+    ] = None,
 ) -> None:
     """kbqa: local knowledge-base question answering."""
     Options.config = config
     Options.data_dir = data_dir
     Options.log_level = log_level
+    Options.server = server
+    Options.api_key = api_key
 
 
 def main() -> None:

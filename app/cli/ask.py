@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from app.cli.common import KbOption, console, errors, run_or_fail, service, valid_or_fail
+from app.cli.common import KbOption, Options, console, errors, run_or_fail, service, valid_or_fail
 
 
 def ask(
@@ -33,6 +33,12 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer and citations as JSON.")] = False,
 ) -> None:
     """Answer a question from a knowledge base, streaming the answer, then listing its citations."""
+    if Options.server:  # a remote kbqa: the same options and output, through the client
+        from app.cli.remote import ask_remote
+
+        generation = {"adapter": adapter, "max_new_tokens": max_new_tokens, "temperature": temperature}
+        retrieval = {"k": k, "mode": mode, "score_threshold": threshold}
+        return ask_remote(kb, question, retrieval, generation, as_json)
     from llm import AnswerOptions
     from retrieval import SearchOptions
 
@@ -58,6 +64,11 @@ def ask(
         return stream.answer
 
     answer = run_or_fail(print_deltas)
+    print_sources(answer, answer.timings.total_ms)
+
+
+def print_sources(answer: Any, total_ms: float) -> None:
+    """Print an answer's citations, the closest passages of a refusal, and its counts (local or remote)."""
     for citation in answer.citations:
         place = citation.source + (f", page {citation.page}" if citation.page else "")
         console.print(f"[{citation.n}] {place} (cosine {citation.score:.3f})", highlight=False, markup=False)
@@ -73,4 +84,4 @@ def ask(
         else ""
     )
     found = "" if answer.answerability is None else f"answerability {answer.answerability:.2f}, "
-    errors.print(f"[dim]{found}{usage}{answer.timings.total_ms:.0f} ms[/]", highlight=False)
+    errors.print(f"[dim]{found}{usage}{total_ms:.0f} ms[/]", highlight=False)

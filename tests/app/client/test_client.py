@@ -4,13 +4,14 @@ an answer stream the server cuts."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 from openai_server import Controls, FakeOpenAIServer
-from servers import SMALL_DOCS, Server, serve_small_kb
+from servers import SMALL_DOCS, Server, kbqa, serve_small_kb
 
 from app.client import (
     Answer,
@@ -192,6 +193,29 @@ def test_503_is_tried_again_after_retry_after(server: Server, llm: FakeOpenAISer
         answer = patient.ask("demo", "年假有几天？", generation={"max_new_tokens": 2})
     assert answer.usage.completion_tokens == 2
     assert len(llm.controls.requests) - asked == 3, "one request refused, then one failed and one retried"
+
+
+def test_the_cli_asks_and_searches_a_remote_kbqa(server: Server) -> None:
+    remote = ("--server", server.url, "--api-key", KEY)
+    searched = kbqa(*remote, "search", "年假有几天？", "--kb", "demo", "-k", "1")
+    assert searched.returncode == 0, searched.stderr
+    assert "leave.md" in searched.stdout and "cosine" in searched.stdout and "年假制度" in searched.stdout
+    hits = json.loads(kbqa(*remote, "search", "VPN", "--kb", "demo", "-k", "2", "--json").stdout)
+    assert len(hits) == 2 and hits[0]["source"] == "vpn.md"
+
+    asked = kbqa(*remote, "ask", "年假有几天？", "--kb", "demo", "--max-new-tokens", "6")
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout.startswith("m heard:") and "leave.md" in asked.stdout
+    assert "answerability" in asked.stderr and "tokens" in asked.stderr
+    answer = json.loads(
+        kbqa(*remote, "ask", "年假?", "--kb", "demo", "--max-new-tokens", "3", "--json").stdout
+    )
+    assert answer["usage"]["completion_tokens"] == 3
+
+    keyless = kbqa("--server", server.url, "ask", "年假有几天？", "--kb", "demo")
+    assert keyless.returncode == 1 and "401 unauthorized" in keyless.stderr
+    missing = kbqa(*remote, "search", "x", "--kb", "nope")
+    assert missing.returncode == 1 and "knowledge_base_not_found" in missing.stderr
 
 
 def test_a_stream_the_server_cuts_raises(server: Server, client: Client) -> None:
