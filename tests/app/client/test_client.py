@@ -135,9 +135,9 @@ def test_ask_whole_and_streamed_with_history(client: Client, llm: FakeOpenAIServ
     assert len(deltas) == 5
 
 
-def test_async_client(server: Server) -> None:
+def test_async_client(server: Server, llm: FakeOpenAIServer) -> None:
     async def main() -> None:
-        async with AsyncClient(server.url, api_key=KEY) as client:
+        async with AsyncClient(server.url, api_key=KEY, max_wait=0.2) as client:
             assert "demo" in {kb.name for kb in await client.knowledge_bases()}
             hits = await client.search("demo", "VPN user name", k=1)
             assert hits[0].source == "vpn.md"
@@ -153,6 +153,14 @@ def test_async_client(server: Server) -> None:
             assert job.status == "succeeded"
             with pytest.raises(NotFound):
                 await client.documents("missing")
+            llm.controls.fail_next, llm.controls.fail_status = 1, 503  # answered 503, then tried again
+            assert (
+                await client.ask("demo", "VPN?", generation={"max_new_tokens": 2})
+            ).usage.completion_tokens == 2
+            async with AsyncClient(server.url, api_key=KEY, retries=0) as once:
+                llm.controls.fail_next = 1
+                with pytest.raises(Unavailable):
+                    await once.ask("demo", "VPN?")
 
     anyio.run(main)
 
