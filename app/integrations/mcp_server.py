@@ -59,6 +59,9 @@ class AskResult(BaseModel):
     citations: list[Passage]
     closest: list[Passage] = Field(description="When refused: the closest passages, which did not answer.")
     answerability: float | None
+    searched_question: str | None = Field(
+        None, description="The question actually searched, when a follow-up was rewritten with the history."
+    )
 
 
 class KnowledgeBaseSummary(BaseModel):
@@ -138,6 +141,8 @@ def build_server(service: KnowledgeService) -> MCPServer:
             citations=[_passage(kb, asdict(c)) for c in answer.citations],
             closest=[_passage(kb, asdict(c)) for c in answer.closest],
             answerability=answer.answerability,
+            # Answers say what was searched once follow-ups are rewritten (design.md, "Conversations").
+            searched_question=getattr(answer, "searched_question", None),
         )
 
     @server.resource(DOCUMENT_URI, mime_type="text/plain")
