@@ -88,6 +88,12 @@ def _nothing(response: httpx.Response) -> None:
     return None
 
 
+def connection(url: str, api_key: str | None, timeout: float) -> dict[str, Any]:
+    """Return the settings of an httpx client for a kbqa server at `url`."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return {"base_url": url, "headers": headers, "timeout": timeout}
+
+
 # --- the routes ------------------------------------------------------------------------------------------
 
 

@@ -28,10 +28,8 @@ class AsyncClient:
         max_wait: float = 30.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.url = url.rstrip("/")
-        self.retries, self.max_wait = retries, max_wait
-        self._http = http or httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+        self.url, self.retries, self.max_wait = url.rstrip("/"), retries, max_wait
+        self._http = http or httpx.AsyncClient(**_calls.connection(self.url, api_key, timeout))
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -27,10 +27,8 @@ class Client:
         max_wait: float = 30.0,
         http: httpx.Client | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.url = url.rstrip("/")
-        self.retries, self.max_wait = retries, max_wait
-        self._http = http or httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.url, self.retries, self.max_wait = url.rstrip("/"), retries, max_wait
+        self._http = http or httpx.Client(**_calls.connection(self.url, api_key, timeout))
 
     def __enter__(self) -> Client:
         return self
