@@ -26,6 +26,7 @@ from llm import (
 from retrieval import (
     BatchingEmbedder,
     Calibration,
+    ChunkRecord,
     ConsistencyReport,
     DocumentRecord,
     Embedder,
@@ -152,6 +153,13 @@ class KnowledgeService:
     def document(self, name: str, document_id: int) -> DocumentRecord:
         """Return one document of the named knowledge base (DocumentNotFound if it has no such id)."""
         return self.knowledge_bases.get(name).document(document_id)
+
+    def document_chunks(self, name: str, document_id: int) -> list[ChunkRecord]:
+        """Return the chunks of one document in reading order (DocumentNotFound if it has no such id)."""
+        kb = self.knowledge_bases.get(name)
+        kb.document(document_id)
+        ids = kb.chunk_ids_where([document_id], None)
+        return sorted(kb.store.chunks(sorted(ids)).values(), key=lambda chunk: chunk.ordinal)
 
     def delete_document(self, name: str, document_id: int) -> None:
         """Delete one document, its chunks and its original file."""

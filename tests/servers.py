@@ -230,3 +230,14 @@ def sse_events(lines: Iterable[str]) -> list[tuple[str | None, dict]]:
         elif line.startswith("data: "):
             events.append((name, json.loads(line[6:])))
     return events
+
+
+def serve_small_kb(root: Path, env: dict[str, str] | None = None, api_key: str | None = None) -> Server:
+    """Return a started `kbqa serve` holding knowledge base `demo` of SMALL_DOCS, uploaded over HTTP."""
+    server = Server(root / "data", env)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
+        create_kb(http, "demo")
+        job = upload(http, "demo", [(name, text.encode()) for name, text in SMALL_DOCS.items()])
+        assert wait_until(http, job["id"])["status"] == "succeeded", server.output()
+    return server

@@ -18,6 +18,7 @@ from app.cli.finetune import finetune_app
 from app.cli.index import index_app
 from app.cli.kb import kb_app
 from app.cli.llm import llm_app
+from app.cli.mcp import mcp
 from app.cli.search import search
 from app.cli.serve import serve
 
@@ -30,6 +31,7 @@ app.add_typer(finetune_app, name="finetune")
 app.command("search")(search)
 app.command("ask")(ask)
 app.command("serve")(serve)
+app.command("mcp")(mcp)
 
 
 @app.callback()
@@ -42,11 +44,22 @@ def main_options(
         Path | None, typer.Option("--data-dir", help="Data directory (default: $KBQA_DATA_DIR, else ./data).")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "warning",
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server", help="A running kbqa (http://host:8000): `ask` and `search` use it instead."
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", help="The --server's API key, if it has keys.")
+    ] = None,
 ) -> None:
     """kbqa: local knowledge-base question answering."""
     Options.config = config
     Options.data_dir = data_dir
     Options.log_level = log_level
+    Options.server = server
+    Options.api_key = api_key
 
 
 def main() -> None:

@@ -6,15 +6,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from app.cli.common import KbOption, console, errors, fail, run_or_fail, service, valid_or_fail
+from app.cli.common import KbOption, Options, console, errors, fail, run_or_fail, service, valid_or_fail
 
 if TYPE_CHECKING:
     from rich.text import Text
 
+    from app.server.schemas import Turn
     from llm.answer_types import Span
 
 
@@ -49,10 +50,17 @@ def ask(
     ] = None,
 ) -> None:
     """Answer a question from a knowledge base, streaming the answer, then listing its citations."""
+    history = read_history(question, history_file) if history_file else []
+    if Options.server:  # a remote kbqa: the same options and output, through the client
+        from app.cli.remote import ask_remote
+
+        generation = {"adapter": adapter, "max_new_tokens": max_new_tokens, "temperature": temperature}
+        retrieval = {"k": k, "mode": mode, "score_threshold": threshold}
+        turns = [turn.model_dump() for turn in history]
+        return ask_remote(kb, question, turns, retrieval, generation, as_json)
     from llm import AnswerOptions
     from retrieval import SearchOptions
 
-    history = read_history(question, history_file) if history_file else []
     svc = service()
     options = valid_or_fail(
         lambda: AnswerOptions(
@@ -62,7 +70,8 @@ def ask(
             ),
         )
     )
-    stream = run_or_fail(lambda: svc.ask(kb, question, history, options))
+    messages = [turn.message() for turn in history]
+    stream = run_or_fail(lambda: svc.ask(kb, question, messages, options))
     if as_json:
         answer = run_or_fail(stream.read)
         print(json.dumps(asdict(answer), ensure_ascii=False, indent=2))
@@ -79,6 +88,11 @@ def ask(
         return stream.answer
 
     answer = run_or_fail(print_deltas)
+    print_sources(answer, question, answer.timings.total_ms)
+
+
+def print_sources(answer: Any, question: str, total_ms: float) -> None:
+    """Print an answer's citations, the closest passages of a refusal, and its counts (local or remote)."""
     for citation in answer.citations:
         place = citation.source + (f", page {citation.page}" if citation.page else "")
         console.print(f"[{citation.n}] {place} (cosine {citation.score:.3f})", highlight=False, markup=False)
@@ -96,11 +110,11 @@ def ask(
     if answer.searched_question and answer.searched_question != question:
         errors.print(f"searched: {answer.searched_question}", style="dim", highlight=False, markup=False)
     found = "" if answer.answerability is None else f"answerability {answer.answerability:.2f}, "
-    errors.print(f"[dim]{found}{usage}{answer.timings.total_ms:.0f} ms[/]", highlight=False)
+    errors.print(f"[dim]{found}{usage}{total_ms:.0f} ms[/]", highlight=False)
 
 
-def read_history(question: str, path: Path) -> list:
-    """Return the turns of a `--history` file as messages, bounded as the chat route bounds them."""
+def read_history(question: str, path: Path) -> list[Turn]:
+    """Return the turns of a `--history` file, bounded as the chat route bounds them."""
     from app.server.schemas import ChatRequest
 
     try:
@@ -108,7 +122,7 @@ def read_history(question: str, path: Path) -> list:
     except (OSError, ValueError) as error:
         fail(f"cannot read the history file {path}: {error}", code=2)
     request = valid_or_fail(lambda: ChatRequest.model_validate({"question": question, "history": turns}))
-    return [turn.message() for turn in request.history]
+    return request.history
 
 
 def marked(text: str, spans: Sequence[Span]) -> Text:

@@ -32,6 +32,8 @@ class Options:
     config: Path | None = None
     data_dir: Path | None = None
     log_level: str = "WARNING"
+    server: str | None = None  # `--server URL`: ask and search a remote kbqa instead
+    api_key: str | None = None
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

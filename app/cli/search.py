@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
@@ -12,6 +12,7 @@ from rich.text import Text
 from app.cli.common import (
     JsonOption,
     KbOption,
+    Options,
     console,
     metadata_or_fail,
     run_or_fail,
@@ -59,6 +60,12 @@ def search(
     as_json: JsonOption = False,
 ) -> None:
     """Search a knowledge base: the best chunks, each with its cosine score in [-1, 1] (higher is better)."""
+    if Options.server:  # a remote kbqa, through the client
+        from app.cli.remote import search_remote
+
+        options = {"k": k, "mode": mode, "rerank": rerank, "score_threshold": threshold, "source": source}
+        options |= {"metadata": metadata_or_fail(meta), "neighbours": neighbours}
+        return search_remote(kb, query, options, as_json)
     from retrieval import SearchOptions
 
     metadata = metadata_or_fail(meta)
@@ -78,6 +85,11 @@ def search(
     if as_json:
         print(json.dumps([asdict(hit) for hit in hits], ensure_ascii=False, indent=2))
         return
+    print_hits(hits, neighbours)
+
+
+def print_hits(hits: list[Any], neighbours: int) -> None:
+    """Print search hits with their cosine, place and text (local or remote)."""
     if not hits:
         console.print("no matching chunks")
     for rank, hit in enumerate(hits, 1):

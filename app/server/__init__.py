@@ -8,14 +8,16 @@ running job's batch at hand) on shutdown. Routers stay thin over `KnowledgeServi
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
@@ -48,11 +50,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     service = KnowledgeService(settings)
     ingestion = IngestionJobs(service, settings.server.job_queue_size)
     loading = ModelLoading(service, then=ingestion.start)
+    mcp = _mcp_server(service)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading.start()
-        yield
+        async with mcp_running(mcp):
+            yield
         # A model half-loaded cannot be interrupted: the shutdown waits for it no longer than for requests.
         if await run_in_threadpool(loading.stop, SHUTDOWN_WAIT_S):
             await run_in_threadpool(ingestion.stop)
@@ -82,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (knowledge_bases, documents, jobs, search, chat, openai_compat):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     health.add_docs(app)
+    if mcp is not None:
+        app.router.routes.extend(mcp_routes(mcp))
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -102,6 +108,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContext, metrics=app.state.metrics)
     _web_page(app)
     return app
+
+
+def _mcp_server(service: KnowledgeService) -> Any:
+    """Return the MCP server to serve at /mcp, or None when the `mcp` extra is not installed."""
+    if importlib.util.find_spec("mcp") is None:
+        log.info("the mcp package is not installed: no MCP endpoint at /mcp")
+        return None
+    from app.integrations.mcp_server import build_server
+
+    return build_server(service)
+
+
+def mcp_routes(server: Any) -> list[Any]:
+    """Return the /mcp route, behind the same keys as the API (a key whenever server.api_keys is set)."""
+    from fastapi.security import HTTPBearer
+
+    from app.integrations.mcp_server import http_routes
+    from app.server.dependencies import may
+
+    bearer = HTTPBearer(auto_error=False)
+
+    async def allowed(scope: Scope) -> bool:
+        request = Request(scope)
+        request.app.state.loading.refuse_while_loading()  # as the API's routes: 503 until the models load
+        return may(request, await bearer(request))
+
+    return http_routes(server, allowed)
+
+
+@asynccontextmanager
+async def mcp_running(server: Any) -> AsyncIterator[None]:
+    """Run the MCP server's HTTP sessions while the app serves (nothing when there is no MCP server)."""
+    if server is None:
+        yield
+        return
+    from app.integrations.mcp_server import session_manager
+
+    async with session_manager(server):
+        yield
 
 
 def _web_page(app: FastAPI) -> None:

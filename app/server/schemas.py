@@ -204,6 +204,16 @@ class ListOf(BaseModel):
     data: list[Any]
 
 
+class SearchOut(ListOf):
+    """The hits of a search (`data`) and how likely they hold the answer."""
+
+    answerability: float | None = Field(
+        None,
+        description="Probability in [0, 1] that the hits hold the answer to the query, as /chat judges it; "
+        "null when the embedding model has no calibration.",
+    )
+
+
 class Turn(Strict):
     """One earlier turn of the conversation."""
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from fastapi import APIRouter, Depends
 
 from app.server.dependencies import knowledge, loaded, require_key
-from app.server.schemas import HitOut, ListOf, SearchRequest
+from app.server.schemas import HitOut, SearchOut, SearchRequest
 from app.services import KnowledgeService
 
 router = APIRouter(
@@ -16,8 +16,10 @@ router = APIRouter(
 
 
 @router.post("/search", summary="Search a knowledge base")
-def search(kb: str, body: SearchRequest, service: KnowledgeService = Depends(knowledge)) -> ListOf:
+def search(kb: str, body: SearchRequest, service: KnowledgeService = Depends(knowledge)) -> SearchOut:
     """Return the best chunks; each `score` is a cosine similarity in [-1, 1] (higher is more similar),
-    in every mode, so `score_threshold` means the same everywhere."""
-    hits = service.search(kb, body.query, body.options())
-    return ListOf(data=[HitOut.model_validate(asdict(hit)) for hit in hits])
+    in every mode, so `score_threshold` means the same everywhere; `answerability` is how likely they
+    hold the answer."""
+    found = service.retrieve(kb, body.query, body.options())
+    hits = [HitOut.model_validate(asdict(hit)) for hit in found.hits]
+    return SearchOut(data=hits, answerability=found.answerability)
