@@ -62,7 +62,7 @@ def ensure_exported(weights: E5Weights, folder: Path, quantize: str) -> Path:
         atomic_write_text(info_path, json.dumps(_fingerprint(weights.path), indent=2) + "\n")
     target = folder / MODEL_FILES[quantize]
     if not target.exists():
-        quantize_int8(fp32, target)
+        quantize_int8(fp32, target, mixed=quantize == "int8-mixed")
     return target
 
 
