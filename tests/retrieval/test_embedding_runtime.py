@@ -42,7 +42,9 @@ def test_the_bundled_model_runs_on_the_runtime_measured_fastest_here(
     recall = {("torch", "none"): 0.986, ("torch", "bf16"): 0.986, ("onnx", "int8"): 0.978}
     monkeypatch.setattr(runtime_choice, "MEASURED_RECALL", {"multilingual-e5-small": recall})
     chosen = resolve_runtime(EmbeddingConfig())
-    (record,) = json.loads((tmp_path / "kbqa" / "embedding-runtime.json").read_text(encoding="utf-8")).values()
+    (record,) = json.loads(
+        (tmp_path / "kbqa" / "embedding-runtime.json").read_text(encoding="utf-8")
+    ).values()
     rates = record["texts_per_second"]
     assert set(rates) == {"torch/none", "torch/bf16"} and record["failed"] == {}
     assert chosen == tuple(max(rates, key=rates.__getitem__).split("/"))
