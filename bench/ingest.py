@@ -659,7 +659,7 @@ def describe_floor(floor: dict[str, float]) -> str:
     return (
         f"float32 floor: {floor['mflop_per_token']} MFLOP a token / {floor['gemm_gflop_per_cpu_second']} GFLOP "
         f"per CPU-second (torch GEMM, float32) = {floor['floor_tokens_per_cpu_second']} tokens per CPU-second; "
-        f"the default runtime: {floor['default_tokens_per_cpu_second']} ({floor['floor_over_default']}x below the floor)"
+        f"the default runtime: {floor['default_tokens_per_cpu_second']} (floor / default = {floor['floor_over_default']})"
     )
 
 
