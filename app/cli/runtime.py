@@ -45,8 +45,8 @@ def _print(shown: dict[str, Any], as_json: bool) -> None:
     line = f"embedding runtime: {shown['runtime']}/{shown['quantize']} ({shown['how']}"
     line += f" {shown['measured_at']})" if "measured_at" in shown else ")"
     console.print(line, highlight=False, markup=False)
-    for label, rate in shown.get("texts_per_second", {}).items():
-        console.print(f"  {label}: {rate} texts/s", highlight=False, markup=False)
+    for label, rate in shown.get("texts_per_cpu_second", {}).items():
+        console.print(f"  {label}: {rate} texts per CPU-second", highlight=False, markup=False)
     for label, recall in shown.get("below_quality_bar", {}).items():
         console.print(f"  {label}: not a candidate (recall@5 {recall})", highlight=False, markup=False)
     for label, why in shown.get("failed", {}).items():

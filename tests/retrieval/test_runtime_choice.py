@@ -88,7 +88,7 @@ def test_the_fastest_eligible_runtime_is_chosen_and_the_reason_recorded(tmp_path
     assert choose(tmp_path, seconds, loaded) == ("onnx", "int8-mixed")
     (record,) = read_choices(tmp_path / "choice.json").values()
     assert record["how"] == "measured"
-    assert record["texts_per_second"] == {"torch/none": 4.0, "torch/bf16": 2.29, "onnx/int8-mixed": 6.67}
+    assert record["texts_per_cpu_second"] == {"torch/none": 4.0, "torch/bf16": 2.29, "onnx/int8-mixed": 6.67}
     assert record["below_quality_bar"] == {"onnx/int8": 0.978}
     assert record["cpu"] == CPU and record["model"] == MODEL_ID
     # Slower on another machine: the same logic picks another runtime.
