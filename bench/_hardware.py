@@ -35,6 +35,7 @@ def cpu_report() -> dict[str, Any]:
         "model": name,
         "flags": [flag for flag in KERNEL_FLAGS if flag in flags],
         "usable_cores": len(os.sched_getaffinity(0)),
+        "amx_usable": runtime_choice.amx_usable() if "amx_bf16" in flags else False,
         "settings": {name: os.environ[name] for name in ISA_VARIABLES if name in os.environ},
     }
 
@@ -44,7 +45,8 @@ def describe_cpu(report: dict[str, Any]) -> str:
     settings = " ".join(f"{k}={v}" for k, v in report["settings"].items()) or "none"
     return (
         f"CPU: {report['model']}, {report['usable_cores']} usable cores; kernel flags: "
-        f"{' '.join(report['flags']) or 'none of ' + ', '.join(KERNEL_FLAGS)}; ISA settings: {settings}"
+        f"{' '.join(report['flags']) or 'none of ' + ', '.join(KERNEL_FLAGS)}; AMX usable by this process: "
+        f"{'yes' if report['amx_usable'] else 'no'}; ISA settings: {settings}"
     )
 
 

@@ -108,7 +108,26 @@ def cpu_identity() -> dict[str, Any]:
         "threads": intra_op_threads(),
         # Settings that change the kernels on the same CPU (oneDNN without AMX, say) change the timings too.
         "isa": {name: os.environ[name] for name in ISA_VARIABLES if name in os.environ},
+        "amx": amx_usable() if " amx_tile" in f" {flags}" else False,
     }
+
+
+def amx_usable() -> bool:
+    """Return whether the kernel lets this process use AMX tiles (what oneDNN and ONNX Runtime ask before using them).
+
+    A CPU may list `amx_tile` and still refuse it (an old kernel, a sandbox, `bench/noamx`), and then
+    every runtime runs as on a CPU without AMX: a different machine as far as the timings go.
+    """
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return False
+    arch_prctl, req_xcomp_perm, xtiledata = 158, 0x1023, 18  # x86-64 Linux syscall and its arguments
+    try:
+        return ctypes.CDLL(None, use_errno=True).syscall(arch_prctl, req_xcomp_perm, xtiledata) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def usable_cores() -> int:
