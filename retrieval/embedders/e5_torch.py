@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.embedders.base import EmbeddingConfig
+from retrieval.embedders.base import EmbeddingConfig, intra_op_threads
 from retrieval.embedders.e5_weights import E5Embedder, build_encoder
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ class E5TorchEmbedder(E5Embedder):
         import torch
 
         super().__init__(config)
+        if torch.get_num_threads() != intra_op_threads():
+            torch.set_num_threads(intra_op_threads())  # the cores this process may use, not the machine's
         self.dtype = dtype
         self._torch = torch
         self._dtype = torch.bfloat16 if dtype == "bf16" else torch.float32

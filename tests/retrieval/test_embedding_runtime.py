@@ -32,12 +32,23 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_the_bundled_model_runs_on_torch_by_default(monkeypatch: pytest.MonkeyPatch, amx: bool) -> None:
-    from retrieval.embedders import e5_torch
+def test_the_bundled_model_runs_on_the_runtime_measured_fastest_here(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `auto` used to follow the amx_bf16 flag; now it times the real runtimes (two here, to stay quick).
+    from retrieval.embedders import runtime_choice
 
-    monkeypatch.setattr(e5_torch, "cpu_has_amx_bf16", lambda: amx)
-    assert resolve_runtime(EmbeddingConfig()) == ("torch", "bf16" if amx else "none")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    recall = {("torch", "none"): 0.986, ("torch", "bf16"): 0.986, ("onnx", "int8"): 0.978}
+    monkeypatch.setattr(runtime_choice, "MEASURED_RECALL", {"multilingual-e5-small": recall})
+    chosen = resolve_runtime(EmbeddingConfig())
+    (record,) = json.loads(
+        (tmp_path / "kbqa" / "embedding-runtime.json").read_text(encoding="utf-8")
+    ).values()
+    rates = record["texts_per_cpu_second"]
+    assert set(rates) == {"torch/none", "torch/bf16"} and record["failed"] == {}
+    assert chosen == tuple(max(rates, key=rates.__getitem__).split("/"))
+    assert record["below_quality_bar"] == {"onnx/int8": 0.978}
 
 
 @needs_onnx
