@@ -102,7 +102,9 @@ class TransformersChatModel:
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.full((input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool)
+                return torch.full(
+                    (input_ids.shape[0],), cancelled.is_set(), dtype=torch.bool, device=input_ids.device
+                )
 
         class ReplyStreamer(TextIteratorStreamer):
             """Leaves out stop tokens, whose text (for ids that are not special tokens) is no reply."""

@@ -610,6 +610,7 @@ def test_merge_saves_a_quantised_model_that_loads_back(trained, tmp_path: Path) 
 
 @pytest.mark.gpu
 def test_merge_saves_a_bitsandbytes_4bit_model_on_cuda(trained, tmp_path: Path) -> None:
+    pytest.importorskip("bitsandbytes")  # the `gpu` extra, as the other 4-bit tests (tests/llm/test_gpu.py)
     from transformers import AutoModelForCausalLM
 
     model, result = trained
