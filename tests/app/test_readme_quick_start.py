@@ -105,7 +105,14 @@ def test_each_quick_start_command_exists(words: list[str], tmp_path: Path) -> No
 def test_each_command_of_the_command_table_exists() -> None:
     table = [line for line in section("Command line").splitlines() if line.startswith("| `kbqa")]
     assert len(table) >= 8, table
+    root_options = {name for param in typer.main.get_command(cli).params for name in param.opts}
+    global_options = r"(`kbqa )((?:\[?--[\w-]+(?: [A-Z]+)?\]? )+)"  # kbqa --server URL [--api-key KEY] ask
     for row in table:
-        for shown in re.findall(r"`((?:kbqa )?[a-z][\w-]*(?: [a-z][\w-]*)?)", row.split(" | ")[0]):
+        cell = row.split(" | ")[0]
+        for _, options in re.findall(global_options, cell):
+            for option in re.findall(r"--[\w-]+", options):
+                assert option in root_options, f"{option}: no such kbqa option"
+        cell = re.sub(global_options, r"\1", cell)
+        for shown in re.findall(r"`((?:kbqa )?[a-z][\w-]*(?: [a-z][\w-]*)?)", cell):
             command, rest = resolve(shown.removeprefix("kbqa ").split())
             assert rest == [], f"{shown}: no such kbqa command"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,15 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory) -> schemathesis.BaseSch
         app_settings = load_settings(data_dir=root / "data")
     report = KnowledgeService(app_settings).ingest("demo", [Path(docs)])
     assert not report.failures
-    return schemathesis.openapi.from_asgi("/openapi.json", create_app(app_settings))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(app_settings))
+    # The app's lifespan, started by the first request and kept running between requests, only starts the
+    # models' loading: fuzz once they are loaded, or every route that needs one answers 503 `loading`.
+    ready = schema["/readyz"]["GET"]
+    deadline = time.monotonic() + 300
+    while ready.Case().call().status_code != 200:
+        assert time.monotonic() < deadline, "the models did not load within 300 s"
+        time.sleep(0.2)
+    return schema
 
 
 def cases_of(operation: schemathesis.APIOperation) -> st.SearchStrategy[schemathesis.Case]:
