@@ -284,9 +284,13 @@ class E5Embedder:
         encoded = self._tokenizer.encode_batch([self._normalize(t) for t in texts], add_special_tokens=False)
         return [e.ids for e in encoded]
 
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Return each text's token ids as the model reads them: cut to 512 with the specials around."""
+        return [[self._weights.bos, *row[: self._max_content], self._weights.eos] for row in self._ids(texts)]
+
     def _encode(self, texts: list[str]) -> np.ndarray:
         vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        ids = [[self._weights.bos, *row[: self._max_content], self._weights.eos] for row in self._ids(texts)]
+        ids = self._token_ids(texts)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         start = 0
         while start < len(order):
