@@ -58,7 +58,8 @@ class EmbeddingConfig(BaseModel):
     quantize: Literal["auto", "none", "int8", "int8-mixed", "bf16"] = Field(
         "auto",
         description="Weights: `int8` (ONNX, dynamic, per-channel), `int8-mixed` (the same but each "
-        "layer's feed-forward output in float32: closer to float32), `bf16` (torch on a CPU, bundled model "
+        "layer's feed-forward output in float32; for the bundled model, that product in int8 with one "
+        "activation scale per token instead: as close to float32, at int8 speed), `bf16` (torch on a CPU, bundled model "
         "only: fast on CPUs with AMX) or `none` (float32). `auto`: what the `auto` runtime picks; none "
         "when the runtime is pinned.",
     )

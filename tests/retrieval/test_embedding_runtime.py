@@ -122,6 +122,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ("torch", "bf16", E5TorchEmbedder, 0.999),
         ("onnx", "none", E5OnnxEmbedder, 0.9995),
         ("onnx", "int8", E5OnnxEmbedder, 0.99),
+        ("onnx", "int8-mixed", E5OnnxEmbedder, 0.997),
     ],
 )
 def test_bundled_model_on_each_runtime_gives_the_engines_vectors(
@@ -135,9 +136,9 @@ def test_bundled_model_on_each_runtime_gives_the_engines_vectors(
     assert passages.min() >= floor, passages
     query = float(onnx.embed_query(TEXTS[0]) @ e5_embedder.embed_query(TEXTS[0]))
     assert query >= floor
-    # Many queries in one pass (the query batcher's call) give each query's own vector, on both sides;
-    # int8's dynamic quantisation scales activations by the whole batch, so its vectors move a little.
-    for embedder, alike in ((onnx, floor if quantize == "int8" else 0.9999), (e5_embedder, 0.9999)):
+    # Many queries in one pass (the query batcher's call) give each query's own vector, on both sides
+    # (ONNX runs each text alone, so even int8's activation scales are the text's own).
+    for embedder, alike in ((onnx, 0.9999), (e5_embedder, 0.9999)):
         together = embedder.embed_queries(TEXTS)
         alone = np.stack([embedder.embed_query(t) for t in TEXTS])
         assert cosines(together, alone).min() >= alike
