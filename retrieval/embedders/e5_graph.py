@@ -50,6 +50,15 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op, inputs, [output], name=output, domain=domain, **attributes))
         return output
 
+    def split(self, x: str, sizes: list[int], output: str) -> list[str]:
+        """Add a Split of x's last axis into `sizes`; return the parts' names."""
+        from onnx import helper
+
+        parts = [f"{output}.{i}" for i in range(len(sizes))]
+        sizes_name = self.const(output + ".sizes", np.array(sizes, np.int64))
+        self.nodes.append(helper.make_node("Split", [x, sizes_name], parts, name=output, axis=-1))
+        return parts
+
     def model(self, inputs: list[Any], outputs: list[Any]) -> Any:
         """Return the onnx ModelProto of the graph (opset 17 and com.microsoft)."""
         from onnx import helper
@@ -103,7 +112,10 @@ def build_encoder_graph(weights: E5Weights, ffn_out_rows: bool = False) -> Any:
     )
     for layer in range(header.layers):
         p = f"l{layer}."
-        q, k, v = (matmul(x, p + f"{name}.w", hidden, hidden) for name in "qkv")
+        # One product for Q, K and V (one quantisation of x and a wider GEMM), split after.
+        qkv_matrix = np.concatenate([weights.tensor(p + f"{n}.w", (hidden, hidden)) for n in "qkv"])
+        qkv = g.node("MatMul", [x, g.const(p + "qkv.w", qkv_matrix.T.copy())], p + "qkv.w.out")
+        q, k, v = g.split(qkv, [hidden] * 3, p + "qkv")
         qkv_bias = g.const(
             p + "qkv.b", np.concatenate([weights.tensor(p + f"{n}.b", (hidden,)) for n in "qkv"])
         )
@@ -126,8 +138,11 @@ def build_encoder_graph(weights: E5Weights, ffn_out_rows: bool = False) -> Any:
 
 
 def per_token_int8_matmul(g: GraphBuilder, x: str, name: str, matrix: np.ndarray) -> str:
-    """Add x @ matrix.T computed in int8 to `g`: one scale per token (row) of x, one per output column; return its name."""
-    from onnx import TensorProto
+    """Add x @ matrix.T computed in int8 to `g`: one scale per token (row) of x, one per output column; return its name.
+
+    x is (1, tokens, inner): one text.
+    """
+    from onnx import TensorProto, numpy_helper
 
     column_scale = np.maximum(np.abs(matrix).max(axis=1), 1e-12) / INT8_MAX
     quantized = np.clip(np.round(matrix / column_scale[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
@@ -136,12 +151,16 @@ def per_token_int8_matmul(g: GraphBuilder, x: str, name: str, matrix: np.ndarray
     token_scale = g.node(
         "Mul", [peak, g.const(name + ".inv", np.array(1 / INT8_MAX, np.float32))], name + ".ts"
     )
-    scaled = g.node("Div", [x, token_scale], name + ".scaled")
-    # round(scaled) + 128 as uint8 in one pass: QuantizeLinear with scale 1 and zero point 128.
-    middle = g.const(name + ".zp", np.array(UINT8_MIDDLE, np.uint8))
-    shifted = g.node(
-        "QuantizeLinear", [scaled, g.const(name + ".one", np.array(1.0, np.float32)), middle], name + ".u8"
+    # round(x / token scale) + 128 as uint8 in one pass: QuantizeLinear with a scale per token (axis 1).
+    scales = g.node("Reshape", [token_scale, g.const(name + ".flat", np.array([-1]))], name + ".ts1")
+    middles = g.node(
+        "ConstantOfShape",
+        [g.node("Shape", [scales], name + ".n")],
+        name + ".zps",
+        value=numpy_helper.from_array(np.array([UINT8_MIDDLE], np.uint8)),
     )
+    shifted = g.node("QuantizeLinear", [x, scales, middles], name + ".u8", axis=1)
+    middle = g.const(name + ".zp", np.array(UINT8_MIDDLE, np.uint8))
     products = g.node(
         "MatMulInteger", [shifted, g.const(name + ".q", quantized.T.copy()), middle], name + ".i32"
     )
