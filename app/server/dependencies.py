@@ -30,7 +30,8 @@ bearer = HTTPBearer(
 
 UNAUTHORIZED = "a valid API key is required: Authorization: Bearer <key>"
 _READS = ("GET", "HEAD", "OPTIONS")
-# Paths whose requests are judged by their key: a wrong key there is a 401 (elsewhere it is ignored).
+# Paths whose requests are judged by their key: a wrong key there is a 401 (elsewhere it is ignored;
+# /readyz only shows its details to a good one).
 _PROTECTED = re.compile(r"^/(v1/|mcp|metrics$|readyz$|openapi\.json$|docs$|redoc$)")
 _UPLOAD = re.compile(r"^/v1/kbs/([^/]+)/documents/?$")
 MAX_CLIENTS_TRACKED = 10_000
@@ -159,7 +160,13 @@ class Authenticate:
         protected = bool(_PROTECTED.match(scope["path"]))
         try:
             given = _bearer_of(scope) if protected else None
-            caller = self.access.identify(given, _client(scope))
+            try:
+                caller = self.access.identify(given, _client(scope))
+            except ApiError:
+                if scope["path"] != "/readyz":
+                    raise
+                # A health check stays a health check: a bad key there only loses the details.
+                caller = self.access.identify(None, _client(scope))
             if protected and scope["method"] not in _READS:
                 if not caller.authenticated:
                     raise ApiError(401, "unauthorized", UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
