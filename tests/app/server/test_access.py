@@ -176,7 +176,9 @@ def test_every_route_for_every_caller(served: tuple[TestClient, dict]) -> None:
             got = response.status_code
             ok = got < 500 and got not in (401, 403) if status is None else got == status
             if not ok:
-                wrong.append(f"{method} {path} as {who}: {got} (wanted {status or 'a pass'}) {response.text[:120]}")
+                wrong.append(
+                    f"{method} {path} as {who}: {got} (wanted {status or 'a pass'}) {response.text[:120]}"
+                )
             if got in (401, 403):
                 body = response.json()["error"]
                 assert body["message"] and body["code"] in ("unauthorized", "forbidden", "key_expired")
@@ -190,9 +192,13 @@ def test_refusals_say_why(served: tuple[TestClient, dict]) -> None:
     assert expired.status_code == 401 and expired.json()["error"]["code"] == "key_expired"
     assert "expired" in expired.json()["error"]["message"]
     other = client.post(
-        "/v1/kbs/docs/search", json={"query": "年假"}, headers={"Authorization": f"Bearer {secrets['other_reader']}"}
+        "/v1/kbs/docs/search",
+        json={"query": "年假"},
+        headers={"Authorization": f"Bearer {secrets['other_reader']}"},
     )
-    assert other.status_code == 403 and "may not read knowledge base 'docs'" in other.json()["error"]["message"]
+    assert (
+        other.status_code == 403 and "may not read knowledge base 'docs'" in other.json()["error"]["message"]
+    )
     missing = client.post("/v1/kbs/docs/search", json={"query": "年假"})
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
     # A key's own view: what the web page shows.
@@ -216,7 +222,9 @@ def test_a_reader_cannot_upload_and_its_body_is_never_read(served: tuple[TestCli
 def test_the_audit_log_records_writes_by_key_name(served: tuple[TestClient, dict]) -> None:
     client, facts = served
     admin = {"Authorization": f"Bearer {FLAT}"}
-    made = client.post("/v1/keys", json={"name": "audited", "role": "reader", "knowledge_bases": ["*"]}, headers=admin)
+    made = client.post(
+        "/v1/keys", json={"name": "audited", "role": "reader", "knowledge_bases": ["*"]}, headers=admin
+    )
     assert made.status_code == 201
     client.delete("/v1/keys/audited", headers={"Authorization": f"Bearer {facts['secrets']['reader']}"})
     assert client.delete("/v1/keys/audited", headers=admin).status_code == 204
@@ -227,7 +235,9 @@ def test_the_audit_log_records_writes_by_key_name(served: tuple[TestClient, dict
         ("key.revoke", "reader", "denied"),
         ("key.revoke", "server.api_keys[0]", "ok"),
     ]
-    assert all(made.json()["key"] not in line for line in (facts["data"] / "audit.log").read_text().splitlines())
+    assert all(
+        made.json()["key"] not in line for line in (facts["data"] / "audit.log").read_text().splitlines()
+    )
     # Reads are not writes: a search leaves no line.
     assert not [e for e in lines if e["route"].endswith("/search")]
 
@@ -244,7 +254,9 @@ def test_flat_api_keys_still_work_as_admins(tmp_path: Path, e5_embedder) -> None
         assert client.get("/v1/kbs/a/documents").status_code == 200
         assert client.post("/v1/kbs/a/search", json={"query": "x"}).status_code == 401  # a POST, as before
         assert client.post("/v1/kbs/a/search", json={"query": "x"}, headers=key).status_code == 200
-        made = client.post("/v1/keys", json={"name": "r", "role": "reader", "knowledge_bases": ["a"]}, headers=key)
+        made = client.post(
+            "/v1/keys", json={"name": "r", "role": "reader", "knowledge_bases": ["a"]}, headers=key
+        )
         assert made.status_code == 201  # a flat key is an admin: it manages keys too
         assert client.delete("/v1/kbs/a", headers=key).status_code == 204
 
@@ -265,12 +277,18 @@ def test_wrong_keys_are_throttled(tmp_path: Path, e5_embedder) -> None:
     app.state.service.embedder = e5_embedder
     with LoadedTestClient(app) as client:
         for guess in range(3):
-            assert client.get("/v1/kbs", headers={"Authorization": f"Bearer guess-{guess}"}).status_code == 401
+            assert (
+                client.get("/v1/kbs", headers={"Authorization": f"Bearer guess-{guess}"}).status_code == 401
+            )
         throttled = client.get("/v1/kbs", headers={"Authorization": "Bearer guess-4"})
         assert throttled.status_code == 429 and throttled.json()["error"]["code"] == "too_many_failed_keys"
         assert 1 <= int(throttled.headers["retry-after"]) <= 30
         # While throttled, even the right key waits (a guess that hits is not told so), and no key is looked at.
         assert client.get("/v1/kbs", headers={"Authorization": "Bearer k1"}).status_code == 429
         assert client.get("/v1/kbs").status_code == 200  # without a key: an anonymous read, as before
-        lines = (tmp_path / "data" / "audit.log").read_text() if (tmp_path / "data" / "audit.log").exists() else ""
+        lines = (
+            (tmp_path / "data" / "audit.log").read_text()
+            if (tmp_path / "data" / "audit.log").exists()
+            else ""
+        )
         assert "guess-" not in lines
