@@ -141,8 +141,10 @@ def test_no_face_leaks_a_hidden_document(
     ).json()
     assert [h["chunk_id"] for h in searched.json()["data"]] == [h["chunk_id"] for h in reference["data"]]
 
-    # Chat, as JSON and as events; a question nothing answers, for the refusal's closest passages.
-    for asked in (question, "火星上的首都叫什么名字？"):
+    # Chat, as JSON and as events; a question nothing answers, for the refusal's closest passages. (Without
+    # the marker: an answer repeats its question, as `searched_question`.)
+    asked_about = f"{TOPICS[topic]}的规定是什么？"
+    for asked in (asked_about, "火星上的首都叫什么名字？"):
         answer = key.post("/v1/kbs/hr/chat", json={"question": asked})
         assert answer.status_code == 200, answer.text
         seen.append(("chat", answer.text))
@@ -157,7 +159,7 @@ def test_no_face_leaks_a_hidden_document(
     from openai import OpenAI
 
     openai = OpenAI(base_url="http://testserver/v1", api_key=made["key"], http_client=client)
-    completion = openai.chat.completions.create(model="hr", messages=[{"role": "user", "content": question}])
+    completion = openai.chat.completions.create(model="hr", messages=[{"role": "user", "content": asked_about}])
     seen.append(("openai", completion.model_dump_json()))
     seen.append(("models", json.dumps([m.id for m in openai.models.list()])))
 
