@@ -159,7 +159,9 @@ def test_no_face_leaks_a_hidden_document(
     from openai import OpenAI
 
     openai = OpenAI(base_url="http://testserver/v1", api_key=made["key"], http_client=client)
-    completion = openai.chat.completions.create(model="hr", messages=[{"role": "user", "content": asked_about}])
+    completion = openai.chat.completions.create(
+        model="hr", messages=[{"role": "user", "content": asked_about}]
+    )
     seen.append(("openai", completion.model_dump_json()))
     seen.append(("models", json.dumps([m.id for m in openai.models.list()])))
 
