@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fastapi import APIRouter, Depends, Request, Response
 
 from app.keys import Caller
@@ -9,8 +11,26 @@ from app.server.dependencies import admin, bearer, caller, knowledge, loaded, re
 from app.server.schemas import CreateKnowledgeBase, KnowledgeBaseOut, ListOf, StoreOut
 from app.services import KnowledgeService
 from retrieval import KnowledgeBaseInfo
+from retrieval.catalog import METADATA_VALUES_SHOWN
 
 router = APIRouter(prefix="/v1/kbs", tags=["knowledge bases"], dependencies=[Depends(bearer)])
+
+
+def as_seen(info: KnowledgeBaseInfo, service: KnowledgeService, who: Caller) -> KnowledgeBaseInfo:
+    """Return the summary as a caller limited to groups sees it: its counts and metadata values are those of
+    the documents it may read."""
+    groups = who.groups_in(info.name)
+    if groups is None:
+        return info
+    documents = service.documents(info.name, groups)
+    values: dict[str, set[str]] = {}
+    for document in documents:
+        for key, value in document.metadata.items():
+            values.setdefault(key, set()).add(value)
+    shown = {key: sorted(found)[:METADATA_VALUES_SHOWN] for key, found in sorted(values.items())}
+    return replace(
+        info, documents=len(documents), chunks=sum(d.chunk_count for d in documents), metadata=shown
+    )
 
 
 def knowledge_base_out(info: KnowledgeBaseInfo) -> KnowledgeBaseOut:
@@ -34,7 +54,7 @@ def list_knowledge_bases(
 ) -> ListOf:
     """Return every knowledge base the key may read, with its counts."""
     names = [name for name in service.names() if who.reads(name, request.method)]
-    return ListOf(data=[knowledge_base_out(service.info(name)) for name in names])
+    return ListOf(data=[knowledge_base_out(as_seen(service.info(name), service, who)) for name in names])
 
 
 @router.post(
@@ -49,10 +69,12 @@ def create_knowledge_base(
     return knowledge_base_out(service.info(body.name))
 
 
-@router.get("/{kb}", summary="Get a knowledge base", dependencies=[Depends(reader)])
-def get_knowledge_base(kb: str, service: KnowledgeService = Depends(knowledge)) -> KnowledgeBaseOut:
-    """Return the knowledge base's counts, embedding model and size on disk."""
-    return knowledge_base_out(service.info(kb))
+@router.get("/{kb}", summary="Get a knowledge base")
+def get_knowledge_base(
+    kb: str, service: KnowledgeService = Depends(knowledge), who: Caller = Depends(reader)
+) -> KnowledgeBaseOut:
+    """Return the knowledge base's counts (of the documents the key may read), embedding model and size on disk."""
+    return knowledge_base_out(as_seen(service.info(kb), service, who))
 
 
 @router.get("/{kb}/examples", summary="Example questions", dependencies=[Depends(loaded)])
