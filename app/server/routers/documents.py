@@ -62,6 +62,16 @@ def upload(
     names = [_file_name(f.filename, server.allowed_types) for f in files]
     if len(set(names)) != len(names):
         raise ApiError(400, "duplicate_file_names", "two files of this upload have the same name")
+    if (own := who.groups_in(kb)) is not None:
+        # A file replaces the document of its name: a key limited to groups must not replace one it cannot see.
+        seen = {d.source for d in service.documents(kb, own)}
+        taken = [
+            name for name in names if name not in seen and name in {d.source for d in service.documents(kb)}
+        ]
+        if taken:
+            raise ApiError(
+                409, "document_not_yours", f"'{taken[0]}' names a document this key may not replace"
+            )
     job_id, folder = ingestion.staging_dir()
     try:
         # A long name is shortened on disk; the document keeps the name it was uploaded with.

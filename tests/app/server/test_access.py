@@ -292,3 +292,28 @@ def test_wrong_keys_are_throttled(tmp_path: Path, e5_embedder) -> None:
             else ""
         )
         assert "guess-" not in lines
+
+
+def test_a_key_with_groups_cannot_replace_a_document_it_cannot_see(served: tuple[TestClient, dict]) -> None:
+    client, facts = served
+    admin = {"Authorization": f"Bearer {FLAT}"}
+    body = {"name": "eng-editor", "role": "editor", "knowledge_bases": ["docs"], "groups": ["eng"]}
+    editor = {"Authorization": f"Bearer {client.post('/v1/keys', json=body, headers=admin).json()['key']}"}
+    groups = f"/v1/kbs/docs/documents/{facts['document_id']}/groups"
+    assert client.put(groups, json={"groups": ["hr"]}, headers=admin).status_code == 200
+    try:
+        files = [("files", ("leave.md", io.BytesIO(b"# overwritten\n\nby eng\n")))]
+        refused = client.post("/v1/kbs/docs/documents", files=files, headers=editor)
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "document_not_yours"
+        # Nor may it hand out groups it does not hold, or take a hidden document's groups away.
+        other = [("files", ("eng.md", io.BytesIO(b"# eng\n\nnotes\n")))]
+        assert (
+            client.post(
+                "/v1/kbs/docs/documents", files=other, data={"groups": "hr"}, headers=editor
+            ).status_code
+            == 403
+        )
+        assert client.put(groups, json={"groups": []}, headers=editor).status_code == 404
+    finally:
+        assert client.put(groups, json={"groups": []}, headers=admin).status_code == 200
+        client.delete("/v1/keys/eng-editor", headers=admin)
