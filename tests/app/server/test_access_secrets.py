@@ -42,6 +42,17 @@ def test_secrets_are_nowhere_after_creation(tmp_path: Path) -> None:
         )
         job = upload(editor, "demo", [(name, text.encode()) for name, text in SMALL_DOCS.items()])
         assert wait_until(editor, job["id"])["status"] == "succeeded"
+        # The Python client sets groups at upload.
+        from app.client import Client
+
+        with Client(server.url, api_key=cli_secret) as client:
+            done = client.upload(
+                "demo", [("pay.md", "# 工资\n\n每月十日发放。\n".encode())], groups=["pay"], wait=True
+            )
+        assert done.status == "succeeded"
+        assert {d["source"]: d["groups"] for d in admin.get("/v1/kbs/demo/documents").json()["data"]}[
+            "pay.md"
+        ] == ["pay"]
         reader = {"Authorization": f"Bearer {http_secret}"}
         searched = httpx.post(f"{server.url}/v1/kbs/demo/search", json={"query": "年假"}, headers=reader)
         assert searched.status_code == 200
