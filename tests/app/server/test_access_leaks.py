@@ -163,6 +163,10 @@ def test_no_face_leaks_a_hidden_document(
         model="hr", messages=[{"role": "user", "content": asked_about}]
     )
     seen.append(("openai", completion.model_dump_json()))
+    streamed = openai.chat.completions.create(
+        model="hr", messages=[{"role": "user", "content": asked_about}], stream=True
+    )
+    seen.append(("openai events", "\n".join(chunk.model_dump_json() for chunk in streamed)))
     seen.append(("models", json.dumps([m.id for m in openai.models.list()])))
 
     # Documents: the list is exactly the permitted ones; a hidden one, its original and its groups are 404.
