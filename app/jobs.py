@@ -150,6 +150,7 @@ class Job:
     started_at: str | None = None
     finished_at: str | None = None
     reading: str | None = None  # the page OCR is reading now ("scan.pdf page 3/12"), while running
+    groups: list[str] | None = None  # the access groups its documents get (None: each keeps its own)
 
 
 class IngestionJobs:
@@ -168,6 +169,8 @@ class IngestionJobs:
         for column in ("attempts", "chunks_stored"):  # a table made by an older kbqa lacks them
             if column not in columns:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+        if "access_groups" not in columns:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN access_groups TEXT")  # JSON list, or NULL
         self._lock = threading.Lock()
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -231,16 +234,18 @@ class IngestionJobs:
         metadata: Mapping[str, str] | None = None,
         force: bool = False,
         job_id: str | None = None,
+        groups: Sequence[str] | None = None,
     ) -> Job:
-        """Queue a job that ingests `files` into `kb`; return it. JobQueueFull when too many wait."""
+        """Queue a job that ingests `files` into `kb` (with these access `groups`, when given); return it.
+        JobQueueFull when too many wait."""
         if self.depth() >= self.queue_size:
             raise JobQueueFull(f"{self.queue_size} ingestion jobs are already waiting; try again later")
         job_id = job_id or uuid.uuid4().hex
         inputs = [{"source": f.source, "path": str(f.path)} for f in files]
         with self._lock:
             self._db.execute(
-                "INSERT INTO jobs (id, kb, kind, status, inputs, metadata, force, created_at, seq) "
-                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs))",
+                "INSERT INTO jobs (id, kb, kind, status, inputs, metadata, force, created_at, access_groups, seq) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs))",
                 (
                     job_id,
                     kb,
@@ -249,6 +254,7 @@ class IngestionJobs:
                     None if metadata is None else json.dumps(dict(metadata), ensure_ascii=False),
                     int(force),
                     utc_now(),
+                    None if groups is None else json.dumps(list(groups), ensure_ascii=False),
                 ),
             )
         self._queue.put(job_id)
@@ -327,8 +333,8 @@ class IngestionJobs:
 
     def _run(self, job_id: str) -> None:
         with self._lock:
-            kb, inputs, metadata, force = self._db.execute(
-                "SELECT kb, inputs, metadata, force FROM jobs WHERE id = ?", (job_id,)
+            kb, inputs, metadata, force, groups = self._db.execute(
+                "SELECT kb, inputs, metadata, force, access_groups FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
         files = [SourceFile(Path(i["path"]), i["source"]) for i in json.loads(inputs)]
         # A resumed job keeps the chunks it stored before the restart (those files are now skipped).
@@ -347,7 +353,13 @@ class IngestionJobs:
         progress = _JobProgress(self, job_id, chunks_before)
         try:
             report = self._ingest_when_free(
-                job_id, progress, kb, files, None if metadata is None else json.loads(metadata), bool(force)
+                job_id,
+                progress,
+                kb,
+                files,
+                None if metadata is None else json.loads(metadata),
+                bool(force),
+                None if groups is None else json.loads(groups),
             )
         except JobCancelled:
             self._cancelled.discard(job_id)
@@ -400,6 +412,7 @@ class IngestionJobs:
         files: Sequence[SourceFile],
         metadata: dict[str, str] | None,
         force: bool,
+        groups: list[str] | None = None,
     ) -> IngestionReport:
         """Return the report of ingesting `files`, waiting up to WRITE_LOCK_WAIT_S while another writer
         holds the knowledge base (KnowledgeBaseBusy after that), rather than failing and dropping the files."""
@@ -407,7 +420,7 @@ class IngestionJobs:
         while True:
             try:
                 # The write lock is taken before anything is read or stored, so a busy refusal changed nothing.
-                return self.service.ingest_files(kb, files, progress, metadata, force)
+                return self.service.ingest_files(kb, files, progress, metadata, force, groups)
             except KnowledgeBaseBusy:
                 if time.monotonic() >= deadline:
                     raise
@@ -585,12 +598,24 @@ class _JobProgress:
 
 _COLUMNS = (
     "id, kb, kind, status, json_array_length(inputs), files_done, chunks_done, files, error, "
-    "created_at, started_at, finished_at"
+    "created_at, started_at, finished_at, access_groups"
 )
 
 
 def _job(row: tuple) -> Job:
-    (job_id, kb, kind, status, total, done, chunks, files, error, created, started, finished) = row
+    (job_id, kb, kind, status, total, done, chunks, files, error, created, started, finished, groups) = row
     return Job(
-        job_id, kb, kind, status, total, done, chunks, json.loads(files), error, created, started, finished
+        job_id,
+        kb,
+        kind,
+        status,
+        total,
+        done,
+        chunks,
+        json.loads(files),
+        error,
+        created,
+        started,
+        finished,
+        groups=None if groups is None else json.loads(groups),
     )

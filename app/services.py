@@ -28,6 +28,7 @@ from retrieval import (
     Calibration,
     ChunkRecord,
     ConsistencyReport,
+    DocumentNotFound,
     DocumentRecord,
     Embedder,
     EmbeddingIdentity,
@@ -41,8 +42,10 @@ from retrieval import (
     SearchHit,
     SearchOptions,
     VectorStore,
+    check_groups,
     check_metadata,
     find_calibration,
+    groups_visible,
     load_embedder,
     new_store,
 )
@@ -146,13 +149,24 @@ class KnowledgeService:
         with self.knowledge_bases.removing(name):
             self.catalog.delete(name)
 
-    def documents(self, name: str) -> list[DocumentRecord]:
-        """Return the documents of the named knowledge base, oldest first."""
-        return self.knowledge_bases.get(name).documents()
+    def documents(self, name: str, groups: frozenset[str] | None = None) -> list[DocumentRecord]:
+        """Return the documents of the named knowledge base a caller limited to `groups` may see, oldest first."""
+        return [d for d in self.knowledge_bases.get(name).documents() if groups_visible(d.groups, groups)]
 
-    def document(self, name: str, document_id: int) -> DocumentRecord:
-        """Return one document of the named knowledge base (DocumentNotFound if it has no such id)."""
-        return self.knowledge_bases.get(name).document(document_id)
+    def document(self, name: str, document_id: int, groups: frozenset[str] | None = None) -> DocumentRecord:
+        """Return one document of the named knowledge base (DocumentNotFound if it has no such id, or one a
+        caller limited to `groups` may not see: the two look the same)."""
+        document = self.knowledge_bases.get(name).document(document_id)
+        if not groups_visible(document.groups, groups):
+            raise DocumentNotFound(f"no document with id {document_id}")
+        return document
+
+    def set_groups(self, name: str, document_id: int, groups: Sequence[str]) -> DocumentRecord:
+        """Replace one document's access groups (its chunks stay as they are); return the document."""
+        checked = check_groups(groups)
+        with (kb := self.open(name)).writing():
+            kb.set_groups(document_id, checked)
+            return kb.document(document_id)
 
     def document_chunks(self, name: str, document_id: int) -> list[ChunkRecord]:
         """Return the chunks of one document in reading order (DocumentNotFound if it has no such id)."""
@@ -179,17 +193,20 @@ class KnowledgeService:
         paths: Sequence[Path],
         progress: Progress | None = None,
         metadata: Mapping[str, str] | None = None,
+        groups: Sequence[str] | None = None,
     ) -> IngestionReport:
         """Ingest files and folders into the named knowledge base (created if missing); return the report.
 
-        `metadata`, when given, is set on every file of this run (see `IngestionPipeline.run`).
+        `metadata` and `groups`, when given, are set on every file of this run (see `IngestionPipeline.run`).
         """
         if metadata is not None:
             check_metadata(metadata)  # before a missing knowledge base is created for nothing
+        if groups is not None:
+            check_groups(groups)
         files, outcomes = collect_files(paths)
         if not self.catalog.exists(name):
             self.create(name).close()
-        report = self.ingest_files(name, files, progress, metadata)
+        report = self.ingest_files(name, files, progress, metadata, groups=groups)
         report.outcomes[:0] = outcomes
         return report
 
@@ -200,11 +217,12 @@ class KnowledgeService:
         progress: Progress | None = None,
         metadata: Mapping[str, str] | None = None,
         force: bool = False,
+        groups: Sequence[str] | None = None,
     ) -> IngestionReport:
         """Ingest `files` (each with its source name) into the existing knowledge base `name`."""
         with (kb := self.open(name)).writing():
             pipeline = IngestionPipeline(kb, self.embedder, self.settings.ingestion)
-            return pipeline.run(files, progress, metadata, force)
+            return pipeline.run(files, progress, metadata, force, groups)
 
     @cached_property
     def answerer(self) -> Answerer:
@@ -249,12 +267,17 @@ class KnowledgeService:
 
     # --- what the faces (HTTP, CLI) ask besides answers, so none reaches past the service ---------------
 
-    def example_questions(self, name: str, count: int = 4) -> list[str]:
+    def example_questions(self, name: str, count: int = 4, groups: frozenset[str] | None = None) -> list[str]:
         """Return up to `count` questions a newcomer could ask the named knowledge base, made from its headings,
-        each one its search finds an answer to (answerability at least EXAMPLE_ANSWERABILITY)."""
+        each one its search finds an answer to (answerability at least EXAMPLE_ANSWERABILITY); for a caller
+        limited to `groups`, from the documents it may see only."""
+        headings = self.knowledge_bases.get(name).headings()
+        if groups is not None:
+            seen = {d.id for d in self.documents(name, groups)}
+            headings = [(document_id, path) for document_id, path in headings if document_id in seen]
         kept = []
-        for question in example_questions(self.knowledge_bases.get(name).headings(), 2 * count):
-            found = self.retrieve(name, question, SearchOptions())
+        for question in example_questions(headings, 2 * count):
+            found = self.retrieve(name, question, SearchOptions().within_groups(groups))
             if found.hits and (found.answerability is None or found.answerability >= EXAMPLE_ANSWERABILITY):
                 kept.append(question)
             if len(kept) == count:

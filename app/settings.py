@@ -58,10 +58,26 @@ class ServerConfig(BaseModel):
     )
     api_keys: list[str] = Field(
         default_factory=list,
-        description="Bearer keys; when set, every write (POST, DELETE) needs one. "
+        description="Bearer keys, each an admin (the keys of `kbqa keys create` add roles per knowledge base); "
+        "when any key exists, every write (POST, PUT, DELETE) needs one. "
         'Env: KBQA_SERVER__API_KEYS=\'["key1","key2"]\'.',
     )
-    protect_reads: bool = Field(False, description="With api_keys, require a key for reads too.")
+    protect_reads: bool = Field(
+        False,
+        description="With keys, require a key for reads too; without it, a request with no key may make GET "
+        "reads of documents without access groups.",
+    )
+    auth_failures: int = Field(
+        10,
+        ge=1,
+        description="Wrong or expired keys one client may send within `auth_window_s` before its requests "
+        "bearing a key are refused (429 with Retry-After) until the window has passed.",
+    )
+    auth_window_s: float = Field(60.0, gt=0, description="The window of `auth_failures`, in seconds.")
+    audit_max_mb: float = Field(
+        10.0, gt=0, description="Size at which `<data_dir>/audit.log` is rotated to audit.log.1, in MiB."
+    )
+    audit_backups: int = Field(5, ge=0, description="Rotated audit logs kept (audit.log.1 … .N).")
     cors_origins: list[str] = Field(
         default_factory=list, description="Browser origins allowed to call the API (CORS); none by default."
     )

@@ -11,6 +11,12 @@ nested 2,000,000 deep (each: job outcome and time, RSS peak and after, the time 
 upload without the API key (status, bytes the server wrote), a second `kbqa serve` on the same data
 directory (its exit and message, the first server's health), and SIGTERM during the nested page.
 
+The runs of issue 26 (`--only auth` runs just these; the others end with them): a key of another
+knowledge base (403) and its 90 MiB upload (refused before the body), an expired key, a reader limited
+to groups searching for a hidden document's own words (what it gets, and whether it still gets k hits),
+the latency of 200 searches with a stored key and with a flat one, and 200 wrong keys in a row (how
+many 401 before the 429s, the Retry-After, and whether the right key waits too).
+
 By default it starts its own server (`kbqa serve` on a temporary data directory holding knowledge base
 `demo` from examples/docs) and also times SIGTERM; `--url` (with `--pid` for the RSS column) aims it at a
 running server instead, which must hold knowledge base `--kb`. Run from the repository root:
@@ -18,6 +24,7 @@ running server instead, which must hold knowledge base `--kb`. Run from the repo
     .venv/bin/python bench/abuse.py
     .venv/bin/python bench/abuse.py --url http://127.0.0.1:8000 --pid 1234 --kb demo --key k1
     .venv/bin/python bench/abuse.py --only races
+    .venv/bin/python bench/abuse.py --only auth
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import random
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -403,8 +411,9 @@ class Probe:
         job = self.wait(job_id, lambda j: j["status"] not in ("queued", "running"))
         return f"cancel {cancel}: {job['status']} {time.perf_counter() - asked:.1f} s after asked"
 
-    def unauthenticated_upload(self, mib: int = 90) -> str:
-        """Send a `mib` MiB upload without the key; return the status and what the server wrote meanwhile."""
+    def unauthenticated_upload(self, mib: int = 90, key: str | None = None) -> str:
+        """Send a `mib` MiB upload without the key (or with `key`, one that may not write there); return the
+        status and what the server wrote meanwhile."""
         boundary = "abuse-boundary"
         head = (
             f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.txt"\r\n'
@@ -416,7 +425,8 @@ class Probe:
                 httpx.post(
                     f"{self.url}/v1/kbs/{self.kb}/documents",
                     content=streamed(head, b"x", mib, f"\r\n--{boundary}--\r\n".encode()),
-                    headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+                    headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+                    | ({"Authorization": f"Bearer {key}"} if key else {}),
                     timeout=300,
                 )
             )
@@ -427,6 +437,87 @@ class Probe:
             "" if written is None or after is None else f"; server wrote {(after - written) / 1024:.0f} KiB"
         )
         return f"{outcome}{wrote}"
+
+    # --- issue 26: keys, roles, groups, throttling ---------------------------------------------------
+
+    def make_key(self, name: str, role: str, kbs: list[str], **extra: object) -> str:
+        """Return the secret of a new key (made with the admin key this probe holds)."""
+        body = {"name": f"{name}-{random.randrange(10**9)}", "role": role, "knowledge_bases": kbs, **extra}
+        made = self.http.post("/v1/keys", json=body)
+        if made.status_code != 201:
+            raise SystemExit(f"could not make a key ({describe(made)}): the probe needs an admin key")
+        return made.json()["key"]
+
+    def other_kb_key(self) -> str:
+        """Return what a reader of another knowledge base gets: a search, and a 90 MiB upload."""
+        key = self.make_key("other", "reader", ["not-" + self.kb])
+        searched = describe(
+            httpx.post(
+                f"{self.url}/v1/kbs/{self.kb}/search",
+                json={"query": "年假"},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+        )
+        return f"search {searched}; 90 MiB upload {self.unauthenticated_upload(key=key)}"
+
+    def expired_key(self) -> str:
+        """Return what a key gets once it has expired (made to expire in 2 s)."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2))
+        key = self.make_key("expiring", "reader", [self.kb], expires_at=when)
+        before = describe(httpx.get(f"{self.url}/v1/kbs", headers={"Authorization": f"Bearer {key}"}))
+        time.sleep(3)
+        after = describe(httpx.get(f"{self.url}/v1/kbs", headers={"Authorization": f"Bearer {key}"}))
+        return f"before {before}; after {after}"
+
+    def hidden_document(self, k: int = 5) -> str:
+        """Put one document in a group, search its own words as a reader outside it; return what came back."""
+        documents = self.http.get(f"/v1/kbs/{self.kb}/documents").json()["data"]
+        target = documents[0]
+        self.http.put(f"/v1/kbs/{self.kb}/documents/{target['id']}/groups", json={"groups": ["abuse-secret"]})
+        try:
+            text = self.http.post(f"/v1/kbs/{self.kb}/search", json={"query": target["title"], "k": 1}).json()
+            query = text["data"][0]["text"][:200] if text["data"] else target["title"]
+            key = self.make_key("grouped", "reader", [self.kb], groups=["abuse-other"])
+            hits = httpx.post(
+                f"{self.url}/v1/kbs/{self.kb}/search",
+                json={"query": query, "k": k},
+                headers={"Authorization": f"Bearer {key}"},
+            ).json()["data"]
+            leaked = sum(hit["document_id"] == target["id"] for hit in hits)
+            return f"{leaked} hits of it; {len(hits)} of k={k} hits (permitted: {len(documents) - 1} docs)"
+        finally:
+            self.http.put(f"/v1/kbs/{self.kb}/documents/{target['id']}/groups", json={"groups": []})
+
+    def key_latency(self, rounds: int = 200) -> str:
+        """Return the median latency of a search with a stored key and with the probe's own key."""
+        stored = {"Authorization": f"Bearer {self.make_key('timed', 'reader', [self.kb])}"}
+
+        def median_ms(headers: dict) -> float:
+            times = []
+            for _ in range(rounds):
+                started = time.perf_counter()
+                self.http.get(f"/v1/kbs/{self.kb}/documents", headers=headers)
+                times.append((time.perf_counter() - started) * 1000)
+            return statistics.median(times)
+
+        return f"stored key {median_ms(stored):.1f} ms, this key {median_ms(self.headers):.1f} ms (median)"
+
+    def wrong_keys(self, tries: int = 200) -> str:
+        """Send `tries` wrong keys in a row; return the statuses, Retry-After, and what the right key gets."""
+        statuses: Counter[int] = Counter()
+        retry_after = None
+        with httpx.Client(base_url=self.url, timeout=30) as guesser:
+            for guess in range(tries):
+                response = guesser.get(
+                    "/v1/kbs", headers={"Authorization": f"Bearer kbqa_{guess:012x}_guess"}
+                )
+                statuses[response.status_code] += 1
+                retry_after = response.headers.get("retry-after", retry_after)
+            right = guesser.get("/v1/kbs", headers=self.headers).status_code
+            time.sleep(int(retry_after or 0) + 1)  # the throttle must let go, for this client's next rows
+            later = guesser.get("/v1/kbs", headers=self.headers).status_code
+        counts = ", ".join(f"{status}×{n}" for status, n in sorted(statuses.items()))
+        return f"{counts}; Retry-After {retry_after}; right key {right}, then {later}"
 
 
 def second_server(data: Path, first_url: str) -> str:
@@ -499,7 +590,10 @@ def main() -> None:
     parser.add_argument("--server-log", type=Path, help="append a started server's log to this file")
     parser.add_argument("--key", help="the API key of a running server (a started one gets key 'abuse')")
     parser.add_argument(
-        "--only", choices=("all", "races"), default="all", help="races: only the runs of issue 23"
+        "--only",
+        choices=("all", "races", "auth"),
+        default="all",
+        help="races: only the runs of issue 23; auth: only those of issue 26",
     )
     args = parser.parse_args()
     process = None
@@ -513,6 +607,9 @@ def main() -> None:
         probe = Probe(url, pid, args.kb, args.key)
         kb = args.kb
         print(f"{'attack':<44} {'outcome':<44} {'seconds':>8} {'RSS MiB':>7}   healthz")
+        if args.only == "auth":
+            auth_rows(probe)
+            return
         probe.row("32 mixed clients with deletes, 60 s", probe.mixed_load_with_deletes)
         probe.row(
             ".xlsx claiming A1:XFD1048576 (5 KB)",
@@ -565,6 +662,7 @@ def main() -> None:
         probe.row(".docx zip bomb (27 MiB of XML)", lambda: probe.upload_and_wait("bomb.docx", docx_bomb()))
         probe.row("client leaves a 2,000-text embedding", probe.client_goes_away)
         probe.row("cancel a 20,000-row CSV mid-way", probe.cancel_large)
+        auth_rows(probe)
         if process is not None:
             response = probe.http.post(
                 f"/v1/kbs/{kb}/documents", files=[("files", ("again.csv", large_csv()))]
@@ -579,6 +677,15 @@ def main() -> None:
                 f"{'SIGTERM while a 20,000-row CSV is indexed':<44} {'exit ' + str(process.returncode):<44} "
                 f"{time.perf_counter() - asked:8.1f}"
             )
+
+
+def auth_rows(probe: Probe) -> None:
+    """Print the rows of issue 26; the wrong keys last, since they throttle this client for a while."""
+    probe.row("key of another knowledge base", probe.other_kb_key)
+    probe.row("expired key", probe.expired_key)
+    probe.row("reader outside a document's group", probe.hidden_document)
+    probe.row("200 document lists, stored key vs flat", probe.key_latency)
+    probe.row("200 wrong keys in a row", probe.wrong_keys)
 
 
 def sigterm_during(probe: Probe, process: subprocess.Popen, name: str, data: bytes) -> None:

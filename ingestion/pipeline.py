@@ -24,7 +24,7 @@ from ingestion.loaders import (
 )
 from ingestion.prepare import PreparedFiles
 from ingestion.splitter import ChineseTextSplitter, SplitterConfig
-from retrieval import DocumentRecord, Embedder, KnowledgeBase, NewDocument, check_metadata
+from retrieval import DocumentRecord, Embedder, KnowledgeBase, NewDocument, check_groups, check_metadata
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,7 @@ class IngestionPipeline:
         self.chunks_held = 0
         self.peak_chunks_held = 0
         self._held_lock = threading.Lock()
+        self._groups: tuple[str, ...] | None = None  # the access groups of the run at hand (see run)
         # Raises ValueError here, before any file, when OCR is required ("on") but not installed.
         ImageReader(self.config.ocr)
 
@@ -247,14 +248,21 @@ class IngestionPipeline:
         progress: Progress | None = None,
         metadata: Mapping[str, str] | None = None,
         force: bool = False,
+        groups: Sequence[str] | None = None,
     ) -> IngestionReport:
         """Ingest `files` into the knowledge base; return what happened to each. The caller holds `kb.writing()`.
+
+        `groups`, when given, become the access groups of every file of the run as metadata does (an
+        unchanged file's are set in place); without them, a replaced document keeps its groups.
 
         `metadata`, when given, becomes the metadata of every file of the run, unchanged ones included
         (set in place, without embedding them again). Without it, a replaced document keeps the metadata it had.
         `force` loads, splits and embeds files again even when their content is already stored (re-index).
         """
         metadata = None if metadata is None else check_metadata(metadata)
+        # Read by _check and _document for this run; written with each document, in its own transaction,
+        # so a document is never visible without its groups.
+        self._groups = None if groups is None else tuple(check_groups(groups))
         started = time.perf_counter()
         report = IngestionReport()
         pending: list[_Pending] = []
@@ -298,8 +306,13 @@ class IngestionPipeline:
         unchanged = stored is not None and stored.content_hash == content_hash
         copy = stored is None and (content_hash in run_hashes or self.kb.has_content_hash(content_hash))
         if not force and (unchanged or copy):
-            if unchanged and metadata is not None and stored.metadata != metadata:
+            new_metadata = unchanged and metadata is not None and stored.metadata != metadata
+            new_groups = unchanged and self._groups is not None and stored.groups != self._groups
+            if new_metadata:
                 self.kb.set_metadata(stored.id, metadata)
+            if new_groups:
+                self.kb.set_groups(stored.id, self._groups)
+            if new_metadata or new_groups:
                 return FileOutcome(file.source, "updated")
             return FileOutcome(file.source, "skipped", reason=ALREADY_STORED)
         return _ToLoad(data, content_hash, stored)
@@ -323,6 +336,7 @@ class IngestionPipeline:
             chunks=chunks,
             vectors=np.zeros((0, 0), np.float32),  # filled by _flush: one embedding call for the batch
             metadata=(stored.metadata if stored else {}) if metadata is None else metadata,
+            groups=(stored.groups if stored else ()) if self._groups is None else self._groups,
         )
         return _Pending(document, replaces=stored is not None, problems=loaded.problems)
 

@@ -16,7 +16,7 @@ from retrieval.errors import (
 from retrieval.index_backends import VectorStoreConfig, new_store
 from retrieval.knowledge_base import ConsistencyReport, KnowledgeBase, ScoredChunk
 from retrieval.manifest import EmbeddingIdentity, Manifest, VectorStore
-from retrieval.metadata import check_metadata, parse_pairs
+from retrieval.metadata import check_groups, check_metadata, groups_visible, parse_pairs
 from retrieval.open_bases import OpenKnowledgeBases
 from retrieval.query_batcher import BatchingEmbedder, QueryBatchConfig
 from retrieval.reranker import Reranker, RerankerConfig
@@ -61,8 +61,10 @@ __all__ = [
     "VectorStore",
     "VectorStoreConfig",
     "WriteResult",
+    "check_groups",
     "check_metadata",
     "find_calibration",
+    "groups_visible",
     "load_embedder",
     "new_store",
     "parse_pairs",

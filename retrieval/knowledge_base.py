@@ -218,6 +218,12 @@ class KnowledgeBase:
         with self._state_lock:
             self.store.set_metadata(document_id, metadata)
 
+    def set_groups(self, document_id: int, groups: Sequence[str]) -> None:
+        """Replace one document's access groups without touching its chunks or vectors; return nothing."""
+        self._check_writer()
+        with self._state_lock:
+            self.store.set_groups(document_id, groups)
+
     def _check_writer(self) -> None:
         if not self._writer_lock.locked():
             raise RuntimeError("write to a knowledge base inside `with kb.writing():`")
@@ -263,10 +269,22 @@ class KnowledgeBase:
             chunks = self.store.chunks([chunk_id for chunk_id, _ in found])
         return [ScoredChunk(score, chunks[chunk_id]) for chunk_id, score in found if chunk_id in chunks]
 
-    def term_counts(self, terms: Sequence[str]) -> tuple[int, dict[str, int]]:
-        """Return how many chunks this knowledge base holds, and how many of them hold each of these terms."""
+    def term_counts(
+        self, terms: Sequence[str], allowed: set[int] | None = None
+    ) -> tuple[int, dict[str, int]]:
+        """Return how many chunks this knowledge base holds (of `allowed` ids, if given), and how many of them
+        hold each of these terms."""
         with self._state_lock:
-            return self.index.count, self.store.term_counts(terms)
+            if allowed is None:
+                return self.index.count, self.store.term_counts(terms)
+            # Counted over the allowed chunks only: what a caller may not read must not shape its answerability.
+            counts = {}
+            for term in terms:
+                phrase = '"' + term.replace('"', '""') + '"'
+                held = len(self.store.lexical_search(phrase, len(allowed), allowed)) if allowed else 0
+                if held:
+                    counts[term] = held
+            return len(allowed), counts
 
     def vectors(self, chunk_ids: Sequence[int]) -> np.ndarray:
         """Return the vectors of these chunks, in order."""
@@ -282,10 +300,12 @@ class KnowledgeBase:
         document_ids: Sequence[int] | None,
         source_glob: str | None,
         metadata: Mapping[str, str] | None = None,
+        groups: frozenset[str] | None = None,
     ) -> set[int]:
-        """Return the ids of chunks passing every filter given: document ids, source glob, metadata values."""
+        """Return the ids of chunks passing every filter given: document ids, source glob, metadata values,
+        access groups (documents without groups or sharing one of `groups`; None: every document)."""
         with self._state_lock:
-            return self.store.chunk_ids_where(document_ids, source_glob, metadata)
+            return self.store.chunk_ids_where(document_ids, source_glob, metadata, groups)
 
     def neighbours(self, chunk: ChunkRecord, before: int, after: int) -> list[ChunkRecord]:
         """Return the chunks around `chunk` in its document, in order, itself included."""

@@ -50,3 +50,30 @@ def json_path(key: str) -> str:
 def to_json(metadata: Mapping[str, str]) -> str:
     """Return checked metadata as the JSON text stored in the `documents.metadata` column."""
     return json.dumps(check_metadata(metadata), ensure_ascii=False, sort_keys=True)
+
+
+# Access groups: the same characters as a metadata key, so a group can be bound into SQL and JSON safely.
+MAX_GROUPS = 32
+
+
+def check_groups(groups: Iterable[str]) -> list[str]:
+    """Return `groups` checked, without repeats and sorted (the stored form), or raise ValueError naming a bad one."""
+    checked = set()
+    for group in groups:
+        if not isinstance(group, str) or not KEY_PATTERN.fullmatch(group):
+            raise ValueError(
+                f"invalid group {group!r}: use 1 to 64 letters (Chinese too), digits, '_' or '-'"
+            )
+        checked.add(group)
+    if len(checked) > MAX_GROUPS:
+        raise ValueError(f"at most {MAX_GROUPS} groups")
+    return sorted(checked)
+
+
+def groups_visible(document_groups: Iterable[str], allowed: frozenset[str] | None) -> bool:
+    """Return whether a document with `document_groups` may be seen by a caller limited to `allowed` groups
+    (None: not limited): it has no groups, or shares one with the caller."""
+    if allowed is None:
+        return True
+    held = set(document_groups)
+    return not held or bool(held & allowed)

@@ -13,7 +13,7 @@ from itertools import pairwise
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from retrieval.answerability import Signals, answerability, signals, term_weights
 from retrieval.calibration import Calibration
@@ -87,6 +87,23 @@ class SearchOptions(BaseModel):
         0, ge=0, le=5, description="Also return this many chunks before and after each hit."
     )
     dedupe: bool = Field(True, description="Drop hits that nearly duplicate a better one.")
+    # The access groups of the caller (None: every document). Private, so no request body can set it: the
+    # server sets it from the API key with `within_groups`.
+    _groups: frozenset[str] | None = PrivateAttr(None)
+
+    @property
+    def groups(self) -> frozenset[str] | None:
+        """Return the access groups this search is limited to (None: not limited)."""
+        return self._groups
+
+    def within_groups(self, groups: frozenset[str] | None) -> SearchOptions:
+        """Return a copy of these options limited to documents without groups or sharing one of `groups`
+        (None: unchanged); the limit applies inside retrieval, before the top-k is taken."""
+        if groups is None:
+            return self
+        copy = self.model_copy()
+        copy._groups = frozenset(groups) if self._groups is None else self._groups & frozenset(groups)
+        return copy
 
     @field_validator("metadata")
     @classmethod
@@ -144,6 +161,7 @@ class _Search:
     query_vector: np.ndarray | None  # None when a filter left nothing to search
     dense: list[ScoredChunk]
     lexical: list[ScoredChunk]
+    allowed: set[int] | None = None  # the chunk ids the filters allowed (None: every chunk)
 
 
 class Retriever:
@@ -188,12 +206,14 @@ class Retriever:
             nothing = Signals(cosine=0.0, margin=0.0, coverage=0.0, unseen=1.0, agreement=0.0)
             return Retrieval([], nothing, {}, None if self.calibration is None else 0.0)
         # The signals are measured the same way whatever the mode, as the calibration was fitted.
-        dense = found.dense or kb.search(found.query_vector, self.config.candidates)
+        # Over the allowed chunks only: what the caller may not read must not shape its answerability.
+        allowed = found.allowed if options.groups is not None else None
+        dense = found.dense or kb.search(found.query_vector, self.config.candidates, allowed)
         lexical = found.lexical
         if not lexical and (expression := match_expression(query)):
-            lexical = kb.lexical_search(expression, 1)
+            lexical = kb.lexical_search(expression, 1, allowed)
         asked = content_terms(query)
-        chunks, counts = kb.term_counts(asked)
+        chunks, counts = kb.term_counts(asked, allowed)
         weights = term_weights(chunks, counts, asked)
         hits = found.hits
         reranked = options.rerank and bool(hits) and hits[0].rerank_score is not None
@@ -227,10 +247,15 @@ class Retriever:
     ) -> _Search:
         mode = options.mode or self.config.mode
         allowed = None
-        if options.document_ids is not None or options.source is not None or options.metadata:
-            allowed = kb.chunk_ids_where(options.document_ids, options.source, options.metadata)
+        filtered = options.document_ids is not None or options.source is not None or options.metadata
+        if filtered or options.groups is not None:
+            # The caller's access groups join the filters here, so the top-k below is taken among the
+            # chunks it may read (its k best, not k minus the hidden ones), in every mode and store.
+            allowed = kb.chunk_ids_where(
+                options.document_ids, options.source, options.metadata, options.groups
+            )
             if not allowed:
-                return _Search([], None, [], [])
+                return _Search([], None, [], [], set())
         depth = max(self.config.candidates, options.k, self.config.reranker.top_n if options.rerank else 0)
         dense = kb.search(query_vector, depth, allowed) if mode != "lexical" else []
         expression = match_expression(query) if mode != "dense" else None
@@ -238,7 +263,8 @@ class Retriever:
 
         candidates = self._rank(mode, dense, lexical)
         if mode == "hybrid":
-            candidates = self._rarest_first_on_ties(kb, query, candidates)
+            limit = allowed if options.groups is not None else None
+            candidates = self._rarest_first_on_ties(kb, query, candidates, limit)
         dense_ids = {hit.chunk.id for hit in dense}
         missing = [c for c in candidates if c.chunk.id not in dense_ids]
         for candidate, cosine in zip(
@@ -252,7 +278,7 @@ class Retriever:
         if options.rerank:
             candidates = self._rerank(query, candidates)
         hits = [self._hit(kb, c, options.neighbours) for c in candidates[: options.k]]
-        return _Search(hits, query_vector, dense, lexical)
+        return _Search(hits, query_vector, dense, lexical, allowed)
 
     def _rank(self, mode: Mode, dense: list[ScoredChunk], lexical: list[ScoredChunk]) -> list[_Candidate]:
         if mode == "dense":
@@ -272,7 +298,7 @@ class Retriever:
 
     @staticmethod
     def _rarest_first_on_ties(
-        kb: KnowledgeBase, query: str, candidates: list[_Candidate]
+        kb: KnowledgeBase, query: str, candidates: list[_Candidate], allowed: set[int] | None = None
     ) -> list[_Candidate]:
         """Return the candidates with each run of equal fusion scores ordered by the rarest query term they hold.
 
@@ -284,7 +310,7 @@ class Retriever:
         if not tied:
             return candidates
         wanted = set(terms(query))
-        _, counts = kb.term_counts(sorted(wanted))
+        _, counts = kb.term_counts(sorted(wanted), allowed)
 
         def rarity(candidate: _Candidate) -> int:
             chunk = candidate.chunk

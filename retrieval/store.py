@@ -19,7 +19,7 @@ import numpy as np
 
 from retrieval.errors import DocumentNotFound
 from retrieval.lexical import LEXICAL_VERSION, indexed_text
-from retrieval.metadata import json_path, to_json
+from retrieval.metadata import check_groups, json_path, to_json
 from retrieval.timestamps import utc_now
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', '0');
 
 # Named rather than `*`, so a record's shape never depends on how the table grew (ALTER TABLE appends).
 DOCUMENT_COLUMNS = (
-    "id, source, title, content_hash, size, page_count, chunk_count, status, created_at, updated_at, metadata"
+    "id, source, title, content_hash, size, page_count, chunk_count, status, created_at, updated_at, metadata, "
+    "access_groups"
 )
 CHUNK_COLUMNS = (
     "c.id, c.document_id, c.ordinal, c.text, c.page, c.heading_path, c.start_offset, c.end_offset, "
@@ -93,6 +94,7 @@ class NewDocument:
     chunks: Sequence[ChunkLike]
     vectors: np.ndarray
     metadata: dict[str, str] = field(default_factory=dict)
+    groups: Sequence[str] = ()  # access groups: empty for a document every reader of its knowledge base sees
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class DocumentRecord:
     created_at: str
     updated_at: str
     metadata: dict[str, str] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()  # access groups, sorted; empty: seen by every reader of the knowledge base
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ class ChunkStore:
         self._db.executescript(SCHEMA)
         self._add_column("documents", "metadata", "TEXT NOT NULL DEFAULT '{}'")
         self._add_column("chunks", "ocr", "INTEGER NOT NULL DEFAULT 0")
+        self._add_column("documents", "access_groups", "TEXT NOT NULL DEFAULT '[]'")
         self._remake_stale_terms()
 
     def _add_column(self, table: str, column: str, declaration: str) -> None:
@@ -269,7 +273,7 @@ class ChunkStore:
         now = utc_now()
         cursor = self._db.execute(
             "INSERT INTO documents (id, source, title, content_hash, size, page_count, chunk_count, status,"
-            " created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
+            " created_at, updated_at, metadata, access_groups) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?)",
             (
                 document_id,
                 document.source,
@@ -281,6 +285,7 @@ class ChunkStore:
                 created_at or now,
                 now,
                 to_json(document.metadata),
+                _groups_json(document.groups),
             ),
         )
         document_id = int(cursor.lastrowid)
@@ -327,6 +332,15 @@ class ChunkStore:
         cursor = self._db.execute(
             "UPDATE documents SET metadata = ?, updated_at = ? WHERE id = ?",
             (to_json(metadata), utc_now(), document_id),
+        )
+        if cursor.rowcount == 0:
+            raise DocumentNotFound(f"no document with id {document_id}")
+
+    def set_groups(self, document_id: int, groups: Sequence[str]) -> None:
+        """Replace one document's access groups; return nothing (chunks, vectors and generation untouched)."""
+        cursor = self._db.execute(
+            "UPDATE documents SET access_groups = ?, updated_at = ? WHERE id = ?",
+            (_groups_json(groups), utc_now(), document_id),
         )
         if cursor.rowcount == 0:
             raise DocumentNotFound(f"no document with id {document_id}")
@@ -419,10 +433,13 @@ class ChunkStore:
         document_ids: Sequence[int] | None,
         source_glob: str | None,
         metadata: Mapping[str, str] | None = None,
+        groups: frozenset[str] | None = None,
     ) -> set[int]:
-        """Return the ids of chunks passing every filter given: document ids, source glob, metadata values.
+        """Return the ids of chunks passing every filter given: document ids, source glob, metadata values,
+        access groups.
 
-        A metadata filter keeps documents whose metadata has each given key with exactly that value.
+        A metadata filter keeps documents whose metadata has each given key with exactly that value; a
+        groups filter keeps documents without groups and those sharing one of `groups` (None: no filter).
         """
         clauses, values = [], []
         if document_ids is not None:
@@ -434,6 +451,11 @@ class ChunkStore:
         for key, value in (metadata or {}).items():
             clauses.append("json_extract(d.metadata, ?) = ?")
             values += [json_path(key), value]
+        if groups is not None:
+            wanted = check_groups(groups)
+            shared = f"EXISTS (SELECT 1 FROM json_each(d.access_groups) g WHERE g.value IN ({','.join('?' * len(wanted))}))"
+            clauses.append(f"(d.access_groups = '[]' OR {shared})" if wanted else "d.access_groups = '[]'")
+            values += wanted
         where = " AND ".join(clauses) or "1"
         query = f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE {where}"
         return {row[0] for row in self._db.execute(query, values)}
@@ -488,8 +510,13 @@ def _searchable(title: str, heading_path: Sequence[str], text: str) -> str:
 
 
 def _document_record(row: tuple) -> DocumentRecord:
-    *facts, metadata = row
-    return DocumentRecord(*facts, metadata=json.loads(metadata))
+    *facts, metadata, groups = row
+    return DocumentRecord(*facts, metadata=json.loads(metadata), groups=tuple(json.loads(groups)))
+
+
+def _groups_json(groups: Sequence[str]) -> str:
+    """Return access groups as stored in `documents.access_groups`: a sorted JSON list, `[]` for none."""
+    return json.dumps(check_groups(groups), ensure_ascii=False, separators=(",", ":"))
 
 
 def _chunk_record(row: tuple) -> ChunkRecord:

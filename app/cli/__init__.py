@@ -17,6 +17,7 @@ from app.cli.eval import eval_app
 from app.cli.finetune import finetune_app
 from app.cli.index import index_app
 from app.cli.kb import kb_app
+from app.cli.keys import audit, keys_app
 from app.cli.llm import llm_app
 from app.cli.mcp import mcp
 from app.cli.runtime import runtime_app
@@ -30,6 +31,8 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(llm_app, name="llm")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(runtime_app, name="runtime")
+app.add_typer(keys_app, name="keys")
+app.command("audit")(audit)
 app.command("search")(search)
 app.command("ask")(ask)
 app.command("serve")(serve)

@@ -25,15 +25,24 @@ def index_build(
             "unchanged files included (without embedding them again); without it, files keep theirs.",
         ),
     ] = None,
+    groups: Annotated[
+        str | None,
+        typer.Option(
+            "--groups",
+            help="Comma-separated access groups of every file of this run: only keys sharing one see them "
+            "(unchanged files get them in place; '' for none). Without it, files keep theirs.",
+        ),
+    ] = None,
 ) -> None:
     """Index files and folders into a knowledge base (created if missing).
 
     Unchanged files are skipped, changed ones replaced. Exits 1 if any file failed.
     """
     metadata = metadata_or_fail(meta)
+    group_list = None if groups is None else [g.strip() for g in groups.split(",") if g.strip()]
     svc = service()
     with IngestionProgress() as progress:
-        report = run_or_fail(lambda: svc.ingest(kb, paths, progress, metadata))
+        report = run_or_fail(lambda: svc.ingest(kb, paths, progress, metadata, group_list))
     print_report(report)
     if report.failures:
         raise typer.Exit(1)

@@ -118,11 +118,17 @@ def delete_knowledge_base(kb: str) -> Call:
     return Call("DELETE", f"/v1/kbs/{_kb(kb)}", _nothing)
 
 
-def upload(kb: str, files: Sequence[Upload], metadata: Mapping[str, str] | None) -> Call:
-    """Return the call that uploads files (answered with the job that indexes them)."""
+def upload(
+    kb: str, files: Sequence[Upload], metadata: Mapping[str, str] | None, groups: Sequence[str] | None = None
+) -> Call:
+    """Return the call that uploads files, with these access groups when given (answered with the job that
+    indexes them)."""
     if not files:
         raise ValueError("upload needs at least one file")
-    data = {"metadata": json.dumps(dict(metadata), ensure_ascii=False)} if metadata else None
+    data = {"metadata": json.dumps(dict(metadata), ensure_ascii=False)} if metadata else {}
+    if groups is not None:
+        data["groups"] = ",".join(groups)
+    data = data or None
     read = lambda response: Job.model_validate(response.json()["job"])  # noqa: E731
     return Call("POST", f"/v1/kbs/{_kb(kb)}/documents", read, files=list(files), data=data)
 

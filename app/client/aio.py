@@ -93,10 +93,11 @@ class AsyncClient:
         wait: bool = False,
         progress: Callable[[Job], None] | None = None,
         timeout: float = 600.0,
+        groups: Sequence[str] | None = None,
     ) -> Job:
-        """Return the job indexing `files` (paths, or (name, bytes)); with `wait`, the finished job, calling
-        `progress(job)` at each poll."""
-        job = await self._call(_calls.upload(kb, files, metadata))
+        """Return the job indexing `files` (paths, or (name, bytes)), with these access `groups` when given;
+        with `wait`, the finished job, calling `progress(job)` at each poll."""
+        job = await self._call(_calls.upload(kb, files, metadata, groups))
         return await self.wait(job.id, progress, timeout) if wait else job
 
     async def wait(

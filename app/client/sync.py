@@ -92,10 +92,11 @@ class Client:
         wait: bool = False,
         progress: Callable[[Job], None] | None = None,
         timeout: float = 600.0,
+        groups: Sequence[str] | None = None,
     ) -> Job:
-        """Return the job indexing `files` (paths, or (name, bytes)); with `wait`, the finished job, calling
-        `progress(job)` at each poll."""
-        job = self._call(_calls.upload(kb, files, metadata))
+        """Return the job indexing `files` (paths, or (name, bytes)), with these access `groups` when given;
+        with `wait`, the finished job, calling `progress(job)` at each poll."""
+        job = self._call(_calls.upload(kb, files, metadata, groups))
         return self.wait(job.id, progress, timeout) if wait else job
 
     def wait(

@@ -48,6 +48,7 @@ class Document(Wire):
     created_at: str = ""
     updated_at: str = ""
     metadata: dict[str, str] = Field(default_factory=dict)
+    groups: list[str] = Field(default_factory=list)  # access groups (none: every reader sees it)
 
 
 class FileOutcome(Wire):

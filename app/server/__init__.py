@@ -24,14 +24,17 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.audit import AuditLog
 from app.jobs import IngestionJobs
+from app.keys import KeyStore
 from app.logs import request_id
 from app.server import errors
-from app.server.dependencies import KeyFirst
+from app.server.auditing import Audit
+from app.server.dependencies import Access, Authenticate
 from app.server.limits import MIB, BodyLimit
 from app.server.loading import ModelLoading
 from app.server.metrics import Metrics
-from app.server.routers import chat, documents, health, jobs, knowledge_bases, openai_compat, search
+from app.server.routers import chat, documents, health, jobs, keys, knowledge_bases, openai_compat, search
 from app.server.schemas import ERROR_RESPONSES
 from app.services import KnowledgeService
 from app.settings import Settings, load_settings
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ingestion = IngestionJobs(service, settings.server.job_queue_size)
     loading = ModelLoading(service, then=ingestion.start)
     mcp = _mcp_server(service)
+    key_store = KeyStore(settings.data_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if await run_in_threadpool(loading.stop, SHUTDOWN_WAIT_S):
             await run_in_threadpool(ingestion.stop)
             service.close()
+            key_store.close()
         else:
             log.warning("shutting down while the models still load", extra={"waited_s": SHUTDOWN_WAIT_S})
 
@@ -81,9 +86,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jobs = ingestion
     app.state.metrics = Metrics(ingestion)
     app.state.loading = loading
+    app.state.access = Access(settings.server, key_store)
+    app.state.audit = AuditLog(
+        settings.data_dir, int(settings.server.audit_max_mb * MIB), settings.server.audit_backups
+    )
     errors.install(app)
     app.include_router(health.router)
-    for module in (knowledge_bases, documents, jobs, search, chat, openai_compat):
+    for module in (knowledge_bases, documents, jobs, search, chat, openai_compat, keys):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     health.add_docs(app)
     if mcp is not None:
@@ -104,7 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_files=server.max_upload_files,
     )
     # Outside BodyLimit, so a write without a valid key is refused from its headers, before any of its body is read.
-    app.add_middleware(KeyFirst, server=server)
+    app.add_middleware(Authenticate, access=app.state.access)
+    # Outside Authenticate, so writes it refuses are audited too.
+    app.add_middleware(Audit, log=app.state.audit)
     app.add_middleware(RequestContext, metrics=app.state.metrics)
     _web_page(app)
     return app
@@ -121,18 +132,15 @@ def _mcp_server(service: KnowledgeService) -> Any:
 
 
 def mcp_routes(server: Any) -> list[Any]:
-    """Return the /mcp route, behind the same keys as the API (a key whenever server.api_keys is set)."""
-    from fastapi.security import HTTPBearer
-
+    """Return the /mcp route, for keys that read every document of every knowledge base (any request on a
+    server without keys): its tools take any knowledge base."""
     from app.integrations.mcp_server import http_routes
-    from app.server.dependencies import may
-
-    bearer = HTTPBearer(auto_error=False)
+    from app.server.dependencies import reads_everything
 
     async def allowed(scope: Scope) -> bool:
         request = Request(scope)
         request.app.state.loading.refuse_while_loading()  # as the API's routes: 503 until the models load
-        return may(request, await bearer(request))
+        return reads_everything(request.scope["state"]["caller"])
 
     return http_routes(server, allowed)
 

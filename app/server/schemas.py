@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -126,6 +127,9 @@ class DocumentOut(BaseModel):
     created_at: str
     updated_at: str
     metadata: dict[str, str]
+    groups: list[str] = Field(
+        default_factory=list, description="Access groups: only keys sharing one see it; none: every reader."
+    )
 
 
 class FileOutcomeOut(BaseModel):
@@ -155,6 +159,9 @@ class JobOut(BaseModel):
     reading: str | None = Field(
         None,
         description='While running: the page OCR is reading ("scan.pdf page 3/12"), which takes seconds.',
+    )
+    groups: list[str] | None = Field(
+        None, description="The access groups its documents get (null: their own)."
     )
 
 
@@ -404,3 +411,63 @@ class EmbeddingsRequest(BaseModel):
         f"{MAX_EMBEDDING_CHARS} characters (cut to the model's window).",
     )
     model: str | None = Field(None, max_length=MAX_NAME_CHARS)
+
+
+# --- keys and access groups (issue 26) ------------------------------------------------------------------
+
+
+class GroupsIn(Strict):
+    """A document's new access groups."""
+
+    groups: list[str] = Field(
+        ...,
+        max_length=32,
+        description="Only keys sharing one of these see the document; [] for every reader.",
+    )
+
+
+class CreateKey(Strict):
+    """A key to make: its name, role, knowledge bases, groups and expiry."""
+
+    name: str = Field(..., max_length=64, description="Letters, digits, '_' or '-'; shown in the audit log.")
+    role: Literal["admin", "editor", "reader"]
+    knowledge_bases: list[str] = Field(
+        default_factory=list, max_length=256, description="Names, or `*` for all; none for an admin."
+    )
+    groups: list[str] | None = Field(
+        None, max_length=32, description="Only documents without groups or sharing one of these (null: all)."
+    )
+    expires_at: datetime | None = Field(
+        None, description="When the key stops working (UTC unless a zone is given)."
+    )
+
+
+class KeyOut(BaseModel):
+    """A key's facts; never its secret."""
+
+    name: str
+    role: str
+    knowledge_bases: list[str]
+    groups: list[str] | None
+    created_at: str
+    expires_at: str | None
+    expired: bool
+
+
+class KeyCreated(KeyOut):
+    """A new key, with its secret: shown this once, not kept."""
+
+    key: str = Field(..., description="The secret: `Authorization: Bearer <key>`. It cannot be shown again.")
+
+
+class CallerOut(BaseModel):
+    """Who the request's key is and what it may do."""
+
+    name: str | None
+    role: str | None
+    knowledge_bases: list[str]
+    groups: list[str] | None
+    anonymous: bool
+    readable: list[str] = Field(description="The knowledge bases it may read.")
+    editable: list[str] = Field(description="The knowledge bases whose documents it may change.")
+    admin: bool

@@ -3,6 +3,8 @@
 // never as HTML, so a document cannot inject markup or script.
 "use strict";
 
+import { t } from "./i18n.js";
+
 const KEY_STORAGE = "kbqa.apiKey";
 
 export const $ = (id) => document.getElementById(id);
@@ -67,12 +69,42 @@ export function errorMessage(status, bodyText) {
   }
 }
 
-/** An error response of the API, with its HTTP status. */
+/** An error response of the API, with its HTTP status; a 401 or 403 also says what to do about it. */
 export class ApiError extends Error {
   constructor(status, bodyText) {
-    super(errorMessage(status, bodyText));
+    const hint = status === 401 ? t("auth.unauthorized") : status === 403 ? t("auth.forbidden") : "";
+    super(hint ? `${hint} ${errorMessage(status, bodyText)}` : errorMessage(status, bodyText));
     this.status = status;
   }
+}
+
+// ---- what the API key may do (GET /v1/me) ----
+
+let access = null; // null: not known (an older server without /v1/me), so every control shows
+
+/** Ask the server what the stored key may do; return it ({error} when the key is refused). */
+export async function loadAccess() {
+  try {
+    access = await api("GET", "/v1/me");
+  } catch (error) {
+    access = error.status === 404 ? null : { error: error.message, readable: [], editable: [], admin: false };
+  }
+  return access;
+}
+
+/** Return what the stored key may do, as `loadAccess` last found it (null when unknown). */
+export function currentAccess() {
+  return access;
+}
+
+/** Return whether the key may create and delete knowledge bases. */
+export function mayAdminister() {
+  return !access || access.admin;
+}
+
+/** Return whether the key may upload to, and change the documents of, knowledge base `kb`. */
+export function mayEdit(kb) {
+  return !access || access.admin || (access.editable || []).includes(kb);
 }
 
 /** Return the parsed JSON body of a request; throw an ApiError on a non-2xx status. */

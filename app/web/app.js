@@ -2,7 +2,20 @@
 // documents on the right (both fold away on a narrow screen). This module wires the parts together.
 "use strict";
 
-import { $, api, apiKey, currentKb, el, headers, kbPath, setApiKey } from "./api.js";
+import {
+  $,
+  api,
+  apiKey,
+  currentAccess,
+  currentKb,
+  el,
+  headers,
+  kbPath,
+  loadAccess,
+  mayAdminister,
+  mayEdit,
+  setApiKey,
+} from "./api.js";
 import { ask, busy, newConversation, render, showKnowledgeBase, stop } from "./chat.js";
 import { confirmAction } from "./confirm.js";
 import { initDocuments, loadDocuments, showUploadTypes } from "./documents.js";
@@ -91,8 +104,46 @@ async function showExamples(kb) {
   $("examples-label").hidden = questions.length === 0;
 }
 
+// ---- what the key may do ----
+
+/** Show only what the API key may do: creating and deleting knowledge bases for an admin, uploading and
+ * changing documents for an editor of the selected one; and say under the key field what the key is. */
+function applyAccess() {
+  const admin = mayAdminister();
+  $("create-kb-form").hidden = !admin;
+  $("delete-kb").hidden = !admin;
+  document.body.dataset.canEdit = String(mayEdit(currentKb()));
+  const access = currentAccess();
+  const status = $("key-status");
+  status.classList.toggle("error", Boolean(access && access.error));
+  if (!access) {
+    status.textContent = "";
+  } else if (access.error) {
+    status.textContent = t("auth.invalid", { error: access.error });
+  } else if (access.anonymous && !access.admin) {
+    status.textContent = t("auth.noKey");
+  } else if (access.role) {
+    const kbs = access.admin || access.knowledge_bases.includes("*") ? t("auth.everything") : access.knowledge_bases.join(", ");
+    const parts = [t("auth.role", { role: t(`role.${access.role}`), kbs })];
+    if (access.groups) parts.push(t("auth.groups", { groups: access.groups.join(", ") || "—" }));
+    status.textContent = parts.join(" · ");
+  } else {
+    status.textContent = "";
+  }
+}
+
+/** The key changed: learn what it may do, then list what it may read. */
+async function keyChanged(value) {
+  setApiKey(value);
+  await loadAccess();
+  applyAccess();
+  await loadKbs();
+  kbChanged();
+}
+
 /** Make the selected knowledge base current: remember it, list its documents and conversations. */
 function kbChanged() {
+  applyAccess();
   const kb = currentKb();
   if (kb) localStorage.setItem(KB_STORAGE, kb);
   showKnowledgeBase(kb);
@@ -191,7 +242,7 @@ function init() {
   $("language").addEventListener("change", languageChanged);
   const key = $("api-key");
   key.value = apiKey();
-  key.addEventListener("change", () => setApiKey(key.value.trim()));
+  key.addEventListener("change", () => keyChanged(key.value.trim()));
 
   $("kb-select").addEventListener("change", () => {
     showCounts();
@@ -249,7 +300,10 @@ function init() {
 
   initSources();
   initDocuments(() => loadKbs());
-  loadKbs().then(kbChanged);
+  loadAccess()
+    .then(applyAccess)
+    .then(() => loadKbs())
+    .then(kbChanged);
   waitUntilReady();
 }
 

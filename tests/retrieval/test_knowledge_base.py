@@ -313,7 +313,7 @@ def test_store_made_before_metadata_and_ocr_opens_and_gets_the_columns(catalog: 
     with sqlite3.connect(store) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(documents)")]
         chunk_columns = [row[1] for row in db.execute("PRAGMA table_info(chunks)")]
-    assert columns[-1] == "metadata" and columns.count("metadata") == 1
+    assert columns[-2:] == ["metadata", "access_groups"] and columns.count("metadata") == 1
     assert chunk_columns[-1] == "ocr" and chunk_columns.count("ocr") == 1
     reopened = catalog.open("kb", IDENTITY)  # a second open finds the column and leaves it be
     assert {d.source: d.metadata for d in reopened.documents()} == {

@@ -10,14 +10,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from app.server.dependencies import knowledge, loaded, require_key
+from app.keys import Caller
+from app.server.dependencies import bearer, knowledge, loaded, reader
 from app.server.metrics import Metrics
 from app.server.schemas import AnswerOut, ChatRequest
 from app.server.streaming import read_unless_gone, relay
 from app.services import KnowledgeService
 from llm import Answer, AnswerOptions, AnswerStream
 
-router = APIRouter(prefix="/v1/kbs/{kb}", tags=["chat"], dependencies=[Depends(require_key), Depends(loaded)])
+router = APIRouter(prefix="/v1/kbs/{kb}", tags=["chat"], dependencies=[Depends(bearer), Depends(loaded)])
 
 _STREAM_DOC = {
     200: {
@@ -37,10 +38,14 @@ def answer_out(answer: Answer) -> AnswerOut:
     return AnswerOut.model_validate(body)
 
 
-async def open_answer(service: KnowledgeService, kb: str, body: ChatRequest) -> AnswerStream:
-    """Return the answer stream of a chat request; retrieval and the prompt are done (errors raise here)."""
+async def open_answer(
+    service: KnowledgeService, kb: str, body: ChatRequest, groups: frozenset[str] | None = None
+) -> AnswerStream:
+    """Return the answer stream of a chat request, from the documents a caller limited to `groups` may read;
+    retrieval and the prompt are done (errors raise here)."""
     options = AnswerOptions(
-        retrieval=body.retrieval, generation=service.generation_params(**body.generation.model_dump())
+        retrieval=body.retrieval.within_groups(groups),
+        generation=service.generation_params(**body.generation.model_dump()),
     )
     history = [turn.message() for turn in body.history]
     return await run_in_threadpool(service.ask, kb, body.question, history, options)
@@ -48,10 +53,15 @@ async def open_answer(service: KnowledgeService, kb: str, body: ChatRequest) -> 
 
 @router.post("/chat", summary="Ask a question", responses=_STREAM_DOC)
 async def chat(
-    kb: str, body: ChatRequest, request: Request, service: KnowledgeService = Depends(knowledge)
+    kb: str,
+    body: ChatRequest,
+    request: Request,
+    service: KnowledgeService = Depends(knowledge),
+    who: Caller = Depends(reader),
 ) -> AnswerOut:
-    """Answer from the knowledge base with citations, token counts and timings."""
-    stream = await open_answer(service, kb, body)
+    """Answer from the knowledge base with citations, token counts and timings, from the documents the key
+    may read."""
+    stream = await open_answer(service, kb, body, who.groups_in(kb))
     metrics = request.app.state.metrics
     if not body.stream:
         answer = await read_unless_gone(request, stream)

@@ -29,10 +29,11 @@ def healthz() -> dict:
 
 
 @router.get("/readyz", summary="Models are loaded", responses={503: {"description": "Still loading"}})
-def readyz(request: Request, details: bool = Depends(may)) -> JSONResponse:
+def readyz(request: Request) -> JSONResponse:
     """Return ready once the embedding model (and the chat model, if any) are loaded and the sample knowledge
     base is built; while loading, what is done and pending with the sample's progress; the models' names
     and a loading error only to a request that may read (a key, with protect_reads)."""
+    details = may(request)
     state = request.app.state
     loading = state.loading
     if not loading.finished.is_set():

@@ -18,8 +18,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from app.model_routing import ModelRouter
-from app.server.dependencies import knowledge, loaded, require_key
+from app.keys import Caller
+from app.model_routing import ModelNotFound, ModelRouter
+from app.server.dependencies import authenticated, bearer, caller, deny, knowledge, loaded
 from app.server.errors import ApiError
 from app.server.metrics import Metrics
 from app.server.routers.chat import answer_out
@@ -36,15 +37,32 @@ from app.services import KnowledgeService
 from llm import AnswerOptions, Message, TextStream
 from retrieval import SearchOptions
 
-router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_key), Depends(loaded)])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(bearer), Depends(loaded)])
+
+
+def _may_use(service: KnowledgeService, who: Caller, model_id: str, method: str) -> bool:
+    """Return whether `who` may use a model id: a knowledge base's (with or without an adapter) when it
+    reads that knowledge base, the bare LLM's when it bears a key."""
+    base = model_id.split(":", 1)[0]
+    if service.exists(model_id) or service.exists(base):
+        return who.reads(model_id if service.exists(model_id) else base, method)
+    return who.authenticated or who.open_reads
 
 
 @router.get("/models", summary="List models (OpenAI)")
-def list_models(service: KnowledgeService = Depends(knowledge)) -> dict:
-    """Return one model per knowledge base, plus the bare LLM when one is configured, each also with every
-    adapter (`<base>:<adapter>`, its `parent` the base id, as vLLM lists LoRA modules)."""
+def list_models(
+    request: Request, service: KnowledgeService = Depends(knowledge), who: Caller = Depends(caller)
+) -> dict:
+    """Return one model per knowledge base the key may read, plus the bare LLM when one is configured, each
+    also with every adapter (`<base>:<adapter>`, its `parent` the base id, as vLLM lists LoRA modules)."""
+    if not (who.authenticated or who.open_reads):
+        raise deny(who, "a key is required")
     created = int(time.time())
-    cards = ModelRouter(service).model_cards()
+    cards = [
+        (i, parent)
+        for i, parent in ModelRouter(service).model_cards()
+        if _may_use(service, who, parent or i, request.method)
+    ]
     return {
         "object": "list",
         "data": [
@@ -57,11 +75,24 @@ def list_models(service: KnowledgeService = Depends(knowledge)) -> dict:
 
 @router.post("/chat/completions", summary="Chat completions (OpenAI)")
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, service: KnowledgeService = Depends(knowledge)
+    body: ChatCompletionRequest,
+    request: Request,
+    service: KnowledgeService = Depends(knowledge),
+    who: Caller = Depends(authenticated),
 ) -> Any:
-    """Answer the last user message from the knowledge base named by `model` (or `kb`), or chat plainly
-    with the bare LLM."""
-    route = ModelRouter(service).route(body.model, body.kb, body.adapter)
+    """Answer the last user message from the knowledge base named by `model` (or `kb`), from the documents
+    the key may read, or chat plainly with the bare LLM."""
+    try:
+        route = ModelRouter(service).route(body.model, body.kb, body.adapter)
+    except ModelNotFound:
+        if who.is_admin:
+            raise
+        # Without the list of every model, which would name knowledge bases this key may not read.
+        raise ModelNotFound(
+            f"no model or knowledge base named '{body.model}' (GET /v1/models lists yours)"
+        ) from None
+    if route.kb is not None and not who.reads(route.kb, request.method):
+        raise deny(who, f"this key may not read knowledge base '{route.kb}'")
     params = service.generation_params(
         adapter=route.adapter,
         max_new_tokens=body.max_completion_tokens or body.max_tokens,
@@ -74,7 +105,8 @@ async def chat_completions(
     completion = _Completion(body.model, request.app.state.metrics)
     if kb is not None:
         question, history = _question(body.messages)
-        options = AnswerOptions(retrieval=body.retrieval or SearchOptions(), generation=params)
+        retrieval = (body.retrieval or SearchOptions()).within_groups(who.groups_in(kb))
+        options = AnswerOptions(retrieval=retrieval, generation=params)
         answer_stream = await run_in_threadpool(service.ask, kb, question, history, options)
         if not body.stream:
             answer = await read_unless_gone(request, answer_stream)
@@ -92,7 +124,10 @@ async def chat_completions(
 
 @router.post("/embeddings", summary="Embeddings (OpenAI)")
 async def embeddings(
-    body: EmbeddingsRequest, request: Request, service: KnowledgeService = Depends(knowledge)
+    body: EmbeddingsRequest,
+    request: Request,
+    service: KnowledgeService = Depends(knowledge),
+    who: Caller = Depends(authenticated),
 ) -> dict:
     """Return the configured embedding model's passage vectors (L2-normalised) for the input texts."""
     texts = [body.input] if isinstance(body.input, str) else body.input

@@ -6,20 +6,24 @@ from dataclasses import asdict
 
 from fastapi import APIRouter, Depends
 
-from app.server.dependencies import knowledge, loaded, require_key
+from app.keys import Caller
+from app.server.dependencies import bearer, knowledge, loaded, reader
 from app.server.schemas import HitOut, SearchOut, SearchRequest
 from app.services import KnowledgeService
 
-router = APIRouter(
-    prefix="/v1/kbs/{kb}", tags=["search"], dependencies=[Depends(require_key), Depends(loaded)]
-)
+router = APIRouter(prefix="/v1/kbs/{kb}", tags=["search"], dependencies=[Depends(bearer), Depends(loaded)])
 
 
 @router.post("/search", summary="Search a knowledge base")
-def search(kb: str, body: SearchRequest, service: KnowledgeService = Depends(knowledge)) -> SearchOut:
+def search(
+    kb: str,
+    body: SearchRequest,
+    service: KnowledgeService = Depends(knowledge),
+    who: Caller = Depends(reader),
+) -> SearchOut:
     """Return the best chunks; each `score` is a cosine similarity in [-1, 1] (higher is more similar),
     in every mode, so `score_threshold` means the same everywhere; `answerability` is how likely they
-    hold the answer."""
-    found = service.retrieve(kb, body.query, body.options())
+    hold the answer. Only the documents the key may read are searched."""
+    found = service.retrieve(kb, body.query, body.options().within_groups(who.groups_in(kb)))
     hits = [HitOut.model_validate(asdict(hit)) for hit in found.hits]
     return SearchOut(data=hits, answerability=found.answerability)

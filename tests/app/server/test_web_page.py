@@ -862,3 +862,67 @@ def test_chinese_text_renders_with_real_glyphs(server: str, browser: Browser) ->
     *chinese, missing = glyphs
     assert len(set(chinese)) == 3, "Chinese characters draw alike: no CJK font (install fonts-wqy-microhei)"
     assert missing not in chinese, "Chinese characters draw as the missing-glyph box: no CJK font"
+
+
+# ---- keys with roles (issue 26) ----
+
+
+def test_the_page_shows_only_what_the_key_may_do(tmp_path: Path, browser: Browser) -> None:
+    from app.keys import KeyStore
+
+    home = tmp_path / "keyed"
+    store = KeyStore(home / "data")
+    reader = store.create("hr-reader", "reader", ["hr"])[1]
+    editor = store.create("hr-editor", "editor", ["hr"])[1]
+    store.close()
+    settings = {"KBQA_SERVER__API_KEYS": '["admin-key"]', "KBQA_SERVER__PROTECT_READS": "true"}
+    with _serve(home, settings) as url, _tab(browser, viewport={"width": 1280, "height": 800}) as page:
+        admin = {"Authorization": "Bearer admin-key"}
+        for kb in ("hr", "ops"):
+            assert httpx.post(f"{url}/v1/kbs", json={"name": kb}, headers=admin).status_code == 201
+        upload = [("files", ("expenses.md", POLICY.encode()))]
+        job = httpx.post(f"{url}/v1/kbs/hr/documents", files=upload, headers=admin, timeout=30).json()["job"]
+        deadline = time.monotonic() + SLOW_MS / 1000
+        while job["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+            job = httpx.get(f"{url}/v1/jobs/{job['id']}", headers=admin).json()
+
+        # No key on a server that protects reads: a clear message, nothing listed.
+        page.goto(f"{url}/")
+        expect(page.locator("#kb-error")).to_contain_text("A valid API key is needed")
+
+        # A reader of hr: hr only, no knowledge-base or document controls, its role under the key field.
+        page.fill("#api-key", reader)
+        page.dispatch_event("#api-key", "change")
+        expect(page.locator("#key-status")).to_contain_text("reader: hr")
+        expect(page.locator("#kb-select option")).to_have_count(1)
+        expect(page.locator("#kb-select")).to_have_value("hr")
+        expect(page.locator("#create-kb-form")).to_be_hidden()
+        expect(page.locator("#delete-kb")).to_be_hidden()
+        page.click("#docs-toggle")
+        expect(page.locator("#documents > li")).to_have_count(1)
+        expect(page.locator("#dropzone")).to_be_hidden()
+        expect(page.locator(".doc-actions").first).to_be_hidden()
+        assert "[1]" in _ask(page, QUESTION)["answer"]
+
+        # An editor of hr: the upload box and the document actions; still no knowledge-base controls.
+        page.fill("#api-key", editor)
+        page.dispatch_event("#api-key", "change")
+        expect(page.locator("#key-status")).to_contain_text("editor: hr")
+        expect(page.locator("#dropzone")).to_be_visible()
+        expect(page.locator(".doc-actions").first).to_be_visible()
+        expect(page.locator("#create-kb-form")).to_be_hidden()
+
+        # A wrong key: said so under the field.
+        page.fill("#api-key", "kbqa_000000000000_wrong")
+        page.dispatch_event("#api-key", "change")
+        expect(page.locator("#key-status")).to_contain_text("Key not accepted")
+        expect(page.locator("#key-status")).to_contain_text("not valid")
+
+        # The admin: everything.
+        page.fill("#api-key", "admin-key")
+        page.dispatch_event("#api-key", "change")
+        expect(page.locator("#kb-select option")).to_have_count(2)
+        expect(page.locator("#create-kb-form")).to_be_visible()
+        expect(page.locator("#delete-kb")).to_be_visible()
