@@ -46,6 +46,7 @@ from retrieval import (
     load_embedder,
     new_store,
 )
+from retrieval.answerability import term_weights as inverse_document_frequency
 
 if TYPE_CHECKING:
     import numpy as np
@@ -215,6 +216,7 @@ class KnowledgeService:
             "generation": config.generation,
             "min_answerability": config.min_answerability,
             "followup": config.followup,
+            "term_weights": self.term_weights,
         }
         if config.backend == "extractive":
             reader = self.extractive_reader(self.calibration.reader if self.calibration else None)
@@ -246,6 +248,11 @@ class KnowledgeService:
     def retrieve(self, name: str, query: str, options: SearchOptions) -> Retrieval:
         """Return the best chunks of the named knowledge base for `query`, with their answerability."""
         return self.retriever.retrieve(self.open(name), query, options)
+
+    def term_weights(self, name: str, terms: Sequence[str]) -> dict[str, float]:
+        """Return each term's inverse document frequency in the named knowledge base (rarer: higher)."""
+        chunks, counts = self.open(name).term_counts(terms)
+        return inverse_document_frequency(chunks, counts, terms)
 
     # --- what the faces (HTTP, CLI) ask besides answers, so none reaches past the service ---------------
 
