@@ -193,12 +193,12 @@ def _as_written(term: str, text: str) -> str:
 
 
 # Words that end the topic of a question: question words, verbs of being or having, modal verbs and the
-# particles that start what is asked. What comes before (笔记本电脑 of 笔记本电脑多久可以更换？, 伏尔泰的朋友们
-# of 伏尔泰的朋友们是什么体裁？) is what a pronoun in the next turn points back to; the rest is what that turn
+# particles that start what is asked. What comes before (笔记本电脑 of 笔记本电脑多久可以更换？, 蔡敏 of
+# 蔡敏的出生地在哪里？) is what a pronoun in the next turn points back to; the rest is what that turn
 # asked about it, which a follow-up does not repeat. The question is cut at jieba's words, never inside one:
 # 多伦多大学位于哪里？ is about 多伦多大学, not 多 (cut at 多大), 萱侬律位于… about 萱侬律, not 萱侬律位.
 _TOPIC_END_TEXT = """
-是 有 在 为 被 由 于 位于 可以 能 能否 会 需要 要 吗 呢
+的 是 有 在 为 被 由 于 可以 能 能否 会 需要 要 吗 呢 不 没有 并未
 what which who whom whose when where why how is are was were does do did can should has have
 """
 _TOPIC_END = frozenset(_TOPIC_END_TEXT.split())
@@ -206,9 +206,14 @@ _ASKING_WORD = re.compile(
     r"^(?:什么|甚么|哪|谁|多少|多久|多[长大高远]|几|如何|怎|为什么|为何|何时|何处|何地|是否)"
 )
 _PUNCTUATION = re.compile(r"^[\W_]+$")
+_VERB_YU = re.compile(r"^\w于$")  # 位于, 生于, 属于, 用于: jieba's words, ending the topic as 于 does
 _CLAUSE_END = re.compile(r"^[,;:?!、。…]+$")  # folded (NFKC): ， is ","; a hyphen or a dot is part of a name
-# Words before a topic: asking (请问, 是 of 什么是…), leading on (那么, 该 of 那么该棱柱…).
-_BEFORE_TOPIC = frozenset(["请问", "please", "tell", "me", "是", "那么", *_POINTERS])
+# Words before a topic: asking (请问, 是 of 什么是…), leading on (那么, 该 of 那么该棱柱…), saying when
+# (后来 of 后来又有些凉茶铺…).
+_BEFORE_TEXT = """
+请问 是 那么 后来 以前 之前 当时 目前 现在 如今 最早 最初 起初 早期 近年 近年来 曾经 原本 原来 又 please tell me
+"""
+_BEFORE_TOPIC = frozenset([*_BEFORE_TEXT.split(), *_POINTERS])
 # A topic of more terms than MAX_TOPIC_TERMS, or a question without one, carries its MAX_CARRIED terms the
 # knowledge base holds least often when it is known (`Rarity`): 猴面包树 of 非洲的猴面包树果实的长度, not
 # every word of the phrase.
@@ -243,9 +248,11 @@ def _topic(question: str) -> str:
             continue
         if start == i and (not key or _PUNCTUATION.match(key) or key in _BEFORE_TOPIC or asking):
             start = i + 1  # still asking or leading on: the topic starts after this word
-        elif key in _TOPIC_END or asking:
-            if i > start:
+        elif key in _TOPIC_END or asking or _VERB_YU.match(key):
+            if len(_WORD.findall(folded[at[start] : at[i]])) >= 2:
                 return text[at[start] : at[i]].strip()
+            if i > start:
+                continue  # one character is no topic but part of a name: 在 of 自在奥义书
             skipping = True  # a clause opening with 在, 有…: a place or a condition, not the topic
     return "" if skipping else text[at[start] :].strip()
 
