@@ -177,7 +177,7 @@ def _subject(previous: str, before: Sequence[str], question: str, rarity: Rarity
         return ""
     if rarity is not None and len(carried) > MAX_CARRIED:
         # Without a topic every term of the previous question would drown the follow-up's own: the rarest
-        # in the knowledge base name what it was about (猴面包树, not 非洲 or 长度).
+        # in the knowledge base name what it was about (淮海中路 and 街道, not 开始 or 彻底).
         weights = rarity(carried)
         rarest = set(sorted(carried, key=lambda t: -weights.get(t, 0.0))[:MAX_CARRIED])
         carried = [t for t in carried if t in rarest]
@@ -209,14 +209,15 @@ _PUNCTUATION = re.compile(r"^[\W_]+$")
 _VERB_YU = re.compile(r"^\w于$")  # 位于, 生于, 属于, 用于: jieba's words, ending the topic as 于 does
 _CLAUSE_END = re.compile(r"^[,;:?!、。…]+$")  # folded (NFKC): ， is ","; a hyphen or a dot is part of a name
 # Words before a topic: asking (请问, 是 of 什么是…), leading on (那么, 该 of 那么该棱柱…), saying when
-# (后来 of 后来又有些凉茶铺…).
+# or how often (后来 of 后来又有些凉茶铺…, 一般).
 _BEFORE_TEXT = """
-请问 是 那么 后来 以前 之前 当时 目前 现在 如今 最早 最初 起初 早期 近年 近年来 曾经 原本 原来 又 please tell me
+请问 是 那么 后来 以前 之前 当时 目前 现在 如今 最早 最初 起初 早期 近年 近年来 曾经 原本 原来 又 一般 通常
+please tell me
 """
 _BEFORE_TOPIC = frozenset([*_BEFORE_TEXT.split(), *_POINTERS])
 # A topic of more terms than MAX_TOPIC_TERMS, or a question without one, carries its MAX_CARRIED terms the
-# knowledge base holds least often when it is known (`Rarity`): 猴面包树 of 非洲的猴面包树果实的长度, not
-# every word of the phrase.
+# knowledge base holds least often when it is known (`Rarity`): 淮海中路街道 of 淮海中路街道开始彻底改建,
+# not every word of the clause.
 MAX_TOPIC_TERMS = 3
 MAX_CARRIED = 2
 
