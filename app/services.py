@@ -46,7 +46,6 @@ from retrieval import (
     load_embedder,
     new_store,
 )
-from retrieval.answerability import term_weights as inverse_document_frequency
 
 if TYPE_CHECKING:
     import numpy as np
@@ -216,7 +215,7 @@ class KnowledgeService:
             "generation": config.generation,
             "min_answerability": config.min_answerability,
             "followup": config.followup,
-            "term_weights": self.term_weights,
+            "term_counts": self.term_counts,
         }
         if config.backend == "extractive":
             reader = self.extractive_reader(self.calibration.reader if self.calibration else None)
@@ -249,10 +248,10 @@ class KnowledgeService:
         """Return the best chunks of the named knowledge base for `query`, with their answerability."""
         return self.retriever.retrieve(self.open(name), query, options)
 
-    def term_weights(self, name: str, terms: Sequence[str]) -> dict[str, float]:
-        """Return each term's inverse document frequency in the named knowledge base (rarer: higher)."""
-        chunks, counts = self.open(name).term_counts(terms)
-        return inverse_document_frequency(chunks, counts, terms)
+    def term_counts(self, name: str, terms: Sequence[str]) -> dict[str, int]:
+        """Return how many chunks of the named knowledge base hold each of these search terms (0: none)."""
+        _, counts = self.open(name).term_counts(terms)
+        return {term: counts.get(term, 0) for term in terms}
 
     # --- what the faces (HTTP, CLI) ask besides answers, so none reaches past the service ---------------
 

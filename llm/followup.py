@@ -38,8 +38,8 @@ Method = Literal["as-written", "rules", "model"]
 # points-back: a pronoun, an ellipsis or a model's rewrite; short: a turn of at most one content term;
 # none: a turn that may stand on its own.
 Strength = Literal["points-back", "short", "none"]
-# Search terms → their weight in the knowledge base (its inverse document frequency: rarer terms weigh more).
-Rarity = Callable[[Sequence[str]], Mapping[str, float]]
+# Search terms → how many chunks of the knowledge base hold each (0: none; the fewer, the rarer).
+Rarity = Callable[[Sequence[str]], Mapping[str, int]]
 
 
 class FollowupConfig(BaseModel):
@@ -178,8 +178,8 @@ def _subject(previous: str, before: Sequence[str], question: str, rarity: Rarity
     if rarity is not None and len(carried) > MAX_CARRIED:
         # Without a topic every term of the previous question would drown the follow-up's own: the rarest
         # in the knowledge base name what it was about (淮海中路 and 街道, not 开始 or 彻底).
-        weights = rarity(carried)
-        rarest = set(sorted(carried, key=lambda t: -weights.get(t, 0.0))[:MAX_CARRIED])
+        counts = rarity(carried)
+        rarest = set(sorted(carried, key=lambda t: counts.get(t, 0))[:MAX_CARRIED])
         carried = [t for t in carried if t in rarest]
     english = all(_ENGLISH.search(t) for t in carried)
     return (" " if english else "").join(_as_written(t, standalone) for t in carried)

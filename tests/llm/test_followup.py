@@ -69,13 +69,21 @@ def test_a_new_topic_is_not_changed_by_the_history() -> None:
 
 
 def test_a_long_topic_or_none_carries_only_the_rarest_terms() -> None:
-    idf = {"淮海中路": 6.0, "街道": 4.0, "开始": 0.5, "彻底": 1.0, "改建": 2.0}
-    idf |= {"expense": 3.0, "claim": 2.0, "submit": 0.5}
+    held = {
+        "淮海中路": 1,
+        "街道": 3,
+        "开始": 40,
+        "彻底": 12,
+        "改建": 5,
+        "expense": 4,
+        "claim": 6,
+        "submit": 9,
+    }
     seen: list[list[str]] = []
 
     def rarity(terms):
         seen.append(list(terms))
-        return {t: idf[t] for t in terms}
+        return {t: held.get(t, 0) for t in terms}
 
     road = _after("什么时候开始，淮海中路街道开始彻底改建？")
     assert rule_rewrite("它有多长？", road).searched == "淮海中路街道开始彻底改建有多长？"
@@ -157,7 +165,7 @@ def test_a_failing_or_slow_model_gives_no_rewrite() -> None:
     slow.release.set()
 
 
-def _answerer(model, config: FollowupConfig, searched: list[str], term_weights=None) -> Answerer:
+def _answerer(model, config: FollowupConfig, searched: list[str], term_counts=None) -> Answerer:
     def retrieve(kb: str, query: str, options) -> Retrieval:
         searched.append(query)
         return _found(None)  # no calibration: a follow-up that points back searches its rewrite
@@ -168,7 +176,7 @@ def _answerer(model, config: FollowupConfig, searched: list[str], term_weights=N
         GenerationParams(max_new_tokens=16),
         model=model,
         followup=config,
-        term_weights=term_weights,
+        term_counts=term_counts,
     )
 
 
@@ -187,12 +195,12 @@ def test_the_answerer_falls_back_to_the_rules_and_times_the_rewrite(model) -> No
 def test_the_answerer_asks_the_knowledge_base_which_terms_are_rarest() -> None:
     asked: list[tuple[str, list[str]]] = []
 
-    def term_weights(kb: str, terms) -> dict[str, float]:
+    def term_counts(kb: str, terms) -> dict[str, int]:
         asked.append((kb, list(terms)))
-        return {t: 5.0 if t == "expense" else 1.0 for t in terms}
+        return {t: 1 if t == "expense" else 5 for t in terms}
 
     searched: list[str] = []
-    qa = _answerer(_Failing("x"), FollowupConfig(), searched, term_weights)
+    qa = _answerer(_Failing("x"), FollowupConfig(), searched, term_counts)
     claim = _after("How do I submit an expense claim today?")
     answer = qa.answer("How long does it take?", "claims", history=claim)
     assert asked and asked[0][0] == "claims"
