@@ -121,8 +121,8 @@ def rule_rewrite(
 ) -> Candidate | None:
     """Return the rules' standalone question for `question` after `history`, or None when nothing to carry.
 
-    `rarity` gives search terms their weight in the knowledge base (rarer: higher); with it, a long topic
-    or a question without one carries only its rarest terms.
+    `rarity` says how many chunks of the knowledge base hold each search term; with it, a long topic or a
+    question without one carries only its rarest terms.
     """
     previous = _previous_questions(history, max_turns)
     if not previous:
