@@ -233,6 +233,7 @@ class KnowledgeService:
             "generation": config.generation,
             "min_answerability": config.min_answerability,
             "followup": config.followup,
+            "term_counts": self.term_counts,
         }
         if config.backend == "extractive":
             reader = self.extractive_reader(self.calibration.reader if self.calibration else None)
@@ -264,6 +265,11 @@ class KnowledgeService:
     def retrieve(self, name: str, query: str, options: SearchOptions) -> Retrieval:
         """Return the best chunks of the named knowledge base for `query`, with their answerability."""
         return self.retriever.retrieve(self.open(name), query, options)
+
+    def term_counts(self, name: str, terms: Sequence[str]) -> dict[str, int]:
+        """Return how many chunks of the named knowledge base hold each of these search terms (0: none)."""
+        _, counts = self.open(name).term_counts(terms)
+        return {term: counts.get(term, 0) for term in terms}
 
     # --- what the faces (HTTP, CLI) ask besides answers, so none reaches past the service ---------------
 

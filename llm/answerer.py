@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -130,6 +130,7 @@ class Answerer:
         reader: ExtractiveReader | None = None,
         min_answerability: float = 0.0,
         followup: FollowupConfig | None = None,
+        term_counts: Callable[[str, Sequence[str]], Mapping[str, int]] | None = None,
     ) -> None:
         if (model is None) == (reader is None):
             raise ValueError("an Answerer needs exactly one of a chat model and an extractive reader")
@@ -140,6 +141,7 @@ class Answerer:
         self.model = model
         self._reader = reader
         self._followup = followup or FollowupConfig()
+        self._term_counts = term_counts  # (kb, terms) -> chunks holding each: which terms a follow-up carries
         self._builder = (
             PromptBuilder(prompt, model.count_prompt_tokens, model.context_window) if model else None
         )
@@ -198,7 +200,9 @@ class Answerer:
             rewritten = model_rewrite(self.model, question, history, config)
             candidate = Candidate(rewritten, rewritten, "points-back", "model") if rewritten else None
         if candidate is None:  # the extractive backend, or the model failed: the rules
-            candidate = rule_rewrite(question, history, config.max_turns)
+            counts = self._term_counts
+            rarity = (lambda terms: counts(kb, terms)) if counts else None
+            candidate = rule_rewrite(question, history, config.max_turns, rarity)
         rewrite_ms = clock.lap()
         return choose(
             question, candidate, lambda q: self._retrieve(kb, q, options.retrieval), config

@@ -22,7 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm.types import ChatModel, GenerationParams, Message
 from retrieval import Retrieval
-from retrieval.lexical import content_terms, fold, terms
+from retrieval.lexical import content_terms, fold, terms, words
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ Method = Literal["as-written", "rules", "model"]
 # points-back: a pronoun, an ellipsis or a model's rewrite; short: a turn of at most one content term;
 # none: a turn that may stand on its own.
 Strength = Literal["points-back", "short", "none"]
+# Search terms → how many chunks of the knowledge base hold each (0: none; the fewer, the rarer).
+Rarity = Callable[[Sequence[str]], Mapping[str, int]]
 
 
 class FollowupConfig(BaseModel):
@@ -111,14 +113,21 @@ _ELLIPSIS = re.compile(
 )
 _LEADING = re.compile(r"^\s*(?:那么|那麼|那|还有|還有|另外|以及)\s*[，,]?\s*")
 _ENGLISH = re.compile(r"[A-Za-z]")
+_WORD = re.compile(r"\w")
 
 
-def rule_rewrite(question: str, history: Sequence[Message], max_turns: int = 3) -> Candidate | None:
-    """Return the rules' standalone question for `question` after `history`, or None when nothing to carry."""
+def rule_rewrite(
+    question: str, history: Sequence[Message], max_turns: int = 3, rarity: Rarity | None = None
+) -> Candidate | None:
+    """Return the rules' standalone question for `question` after `history`, or None when nothing to carry.
+
+    `rarity` says how many chunks of the knowledge base hold each search term; with it, a long topic or a
+    question without one carries only its rarest terms.
+    """
     previous = _previous_questions(history, max_turns)
     if not previous:
         return None
-    subject = _subject(previous[-1], previous[:-1], question)
+    subject = _subject(previous[-1], previous[:-1], question, rarity)
     if not subject:
         return None
     tokens = terms(question)
@@ -142,19 +151,36 @@ def _previous_questions(history: Sequence[Message], max_turns: int) -> list[str]
     return asked[-max_turns:]
 
 
-def _subject(previous: str, before: Sequence[str], question: str) -> str:
+def _subject(previous: str, before: Sequence[str], question: str, rarity: Rarity | None = None) -> str:
     """Return what `previous` was about (made standalone from `before` first), less what `question` names."""
     earlier = (
-        rule_rewrite(previous, [Message("user", q) for q in before], len(before) or 1) if before else None
+        rule_rewrite(previous, [Message("user", q) for q in before], len(before) or 1, rarity)
+        if before
+        else None
     )
     standalone = earlier.searched if earlier and earlier.strength == "points-back" else previous
     own = set(content_terms(question))
+
+    def unsaid(text: str) -> list[str]:
+        return [t for t in _whole_terms(text) if t not in own and t not in _POINTERS]
+
     topic = _topic(standalone)
-    if topic and [t for t in _whole_terms(topic) if t not in own and t not in _POINTERS]:
-        return topic.strip(" \t，,、：:；;")  # as the person wrote it (梅艷芳, not the folded 梅艳芳)
-    carried = [t for t in _whole_terms(standalone) if t not in own and t not in _POINTERS]
+    named = unsaid(topic) if topic else []
+    # A topic of one character is a piece of a word jieba did not know (自 of 自在奥义书的成书时间是…).
+    if len("".join(named)) >= 2:
+        if rarity is None or len(named) <= MAX_TOPIC_TERMS:
+            return topic.strip(" \t，,、：:；;")  # as the person wrote it (梅艷芳, not the folded 梅艳芳)
+        carried = named
+    else:
+        carried = unsaid(standalone)
     if not carried:
         return ""
+    if rarity is not None and len(carried) > MAX_CARRIED:
+        # Without a topic every term of the previous question would drown the follow-up's own: the rarest
+        # in the knowledge base name what it was about (淮海中路 and 街道, not 开始 or 彻底).
+        counts = rarity(carried)
+        rarest = set(sorted(carried, key=lambda t: counts.get(t, 0))[:MAX_CARRIED])
+        carried = [t for t in carried if t in rarest]
     english = all(_ENGLISH.search(t) for t in carried)
     return (" " if english else "").join(_as_written(t, standalone) for t in carried)
 
@@ -166,23 +192,70 @@ def _as_written(term: str, text: str) -> str:
     return text[at : at + len(term)] if at >= 0 and len(folded) == len(text) else term
 
 
-# Where the topic of a question ends: its first question word, verb of being or having, or particle. What
-# comes before (笔记本电脑 of 笔记本电脑多久可以更换？, 泡泡战士 of 泡泡战士的主角是谁？) is what a pronoun in
-# the next turn points back to; the rest is what that turn asked about it, which a follow-up does not repeat.
-_TOPIC_END = re.compile(
-    r"什[么麼]|甚[么麼]|哪|[谁誰]|多少|多久|多[长長大高远遠]|[几幾]|如何|怎|[为為]什[么麼]|[为為]何|是否|是|的|有|在|"
-    r"可以|能|[会會]|需要|要|[吗嗎]|呢|由|被|[于於]|\b(?:what|which|who|whom|whose|when|where|why|how|is|are|was|"
-    r"were|does|do|did|can|should|has|have)\b",
-    re.IGNORECASE,
+# Words that end the topic of a question: question words, verbs of being or having, modal verbs and the
+# particles that start what is asked. What comes before (笔记本电脑 of 笔记本电脑多久可以更换？, 蔡敏 of
+# 蔡敏的出生地在哪里？) is what a pronoun in the next turn points back to; the rest is what that turn
+# asked about it, which a follow-up does not repeat. The question is cut at jieba's words, never inside one:
+# 多伦多大学位于哪里？ is about 多伦多大学, not 多 (cut at 多大), 萱侬律位于… about 萱侬律, not 萱侬律位.
+_TOPIC_END_TEXT = """
+的 是 有 在 为 被 由 于 可以 能 能否 会 需要 要 吗 呢 不 没有 并未
+what which who whom whose when where why how is are was were does do did can should has have
+"""
+_TOPIC_END = frozenset(_TOPIC_END_TEXT.split())
+_ASKING_WORD = re.compile(
+    r"^(?:什么|甚么|哪|谁|多少|多久|多[长大高远]|几|如何|怎|为什么|为何|何时|何处|何地|是否)"
 )
-_ASKING_START = re.compile(r"^\s*(?:请问|請問|please|tell me)\s*[，,]?\s*", re.IGNORECASE)
+_PUNCTUATION = re.compile(r"^[\W_]+$")
+_VERB_YU = re.compile(r"^\w于$")  # 位于, 生于, 属于, 用于: jieba's words, ending the topic as 于 does
+_CLAUSE_END = re.compile(r"^[,;:?!、。…]+$")  # folded (NFKC): ， is ","; a hyphen or a dot is part of a name
+# Words before a topic: asking (请问, 是 of 什么是…), leading on (那么, 该 of 那么该棱柱…), saying when
+# or how often (后来 of 后来又有些凉茶铺…, 一般).
+_BEFORE_TEXT = """
+请问 是 那么 后来 以前 之前 当时 目前 现在 如今 最早 最初 起初 早期 近年 近年来 曾经 原本 原来 又 一般 通常
+please tell me
+"""
+_BEFORE_TOPIC = frozenset([*_BEFORE_TEXT.split(), *_POINTERS])
+# A topic of more terms than MAX_TOPIC_TERMS, or a question without one, carries its MAX_CARRIED terms the
+# knowledge base holds least often when it is known (`Rarity`): 淮海中路街道 of 淮海中路街道开始彻底改建,
+# not every word of the clause.
+MAX_TOPIC_TERMS = 3
+MAX_CARRIED = 2
 
 
 def _topic(question: str) -> str:
-    """Return the start of `question` before its first question word or particle (its topic), or ""."""
-    text = _ASKING_START.sub("", question)
-    end = _TOPIC_END.search(text)
-    return text[: end.start()] if end else ""
+    """Return the words of `question` before its first question word or particle (its topic), or "".
+
+    A question that opens by asking (为什么飞机的翼尖…, 什么是奥义书？) has its topic after the asking
+    words; one that opens with a clause of time or place (天启三年后，史继偕为什么…; 在中国，假苹婆…) in the
+    clause after it.
+    """
+    pieces = words(question)
+    folded = "".join(pieces)
+    # In the person's own script where folding kept the length (梅艷芳, not the folded 梅艳芳).
+    text = question if len(folded) == len(question) else folded
+    at = [0]
+    for word in pieces:
+        at.append(at[-1] + len(word))
+    start, skipping = 0, False
+    for i, word in enumerate(pieces):
+        key = word.strip().casefold()
+        if _CLAUSE_END.match(key):
+            if not skipping and i > start and not _WORD.search(folded[at[i] :]):
+                return text[at[start] : at[i]].strip()  # the last clause, all topic (…开始彻底改建？)
+            start, skipping = i + 1, False  # a clause of time or place: the topic is in the next one
+            continue
+        asking = bool(_ASKING_WORD.match(key))
+        if skipping:
+            continue
+        if start == i and (not key or _PUNCTUATION.match(key) or key in _BEFORE_TOPIC or asking):
+            start = i + 1  # still asking or leading on: the topic starts after this word
+        elif key in _TOPIC_END or asking or _VERB_YU.match(key):
+            if len(_WORD.findall(folded[at[start] : at[i]])) >= 2:
+                return text[at[start] : at[i]].strip()
+            if i > start:
+                continue  # one character is no topic but part of a name: 在 of 自在奥义书
+            skipping = True  # a clause opening with 在, 有…: a place or a condition, not the topic
+    return "" if skipping else text[at[start] :].strip()
 
 
 def _whole_terms(text: str) -> list[str]:

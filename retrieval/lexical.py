@@ -56,6 +56,16 @@ def fold(text: str) -> str:
     return _to_simplified()(unicodedata.normalize("NFKC", text))
 
 
+def words(text: str) -> list[str]:
+    """Return the jieba words of `fold(text)` in order, punctuation and spaces included: joined, they are it.
+
+    Unlike `terms` (a word and its sub-words, for matching), each character is in exactly one word, so a
+    phrase can be cut at a word (多伦多大学 is 多伦多 + 大学, never cut at the question word 多大). Only the
+    dictionary's words: jieba's guessing of new words glues particles to their neighbours (歌有 of 的歌有哪些).
+    """
+    return list(_jieba().cut(fold(text), HMM=False))
+
+
 def terms(text: str) -> list[str]:
     """Return the case-folded search terms of `fold(text)`: jieba words (and their sub-words), English words whole."""
     words = _jieba().cut_for_search(fold(text))

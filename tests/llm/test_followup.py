@@ -44,6 +44,59 @@ def test_a_chain_of_follow_ups_carries_the_first_subject() -> None:
     assert rule_rewrite("这个要审批吗？", history).searched.startswith("笔记本电脑")
 
 
+def _after(question: str) -> list[Message]:
+    return [Message("user", question), Message("assistant", "……")]
+
+
+def test_the_topic_is_cut_at_whole_words() -> None:
+    # The question word 多大 is inside 多倫多大學, and 于 inside 位于: neither cuts the name.
+    toronto = rule_rewrite("它有多少學生？", _after("多倫多大學位於哪裡？"))
+    assert toronto.searched == "多倫多大學有多少學生？"  # in the person's own script
+    park = rule_rewrite("它什么时候开始对公众开放？", _after("萱侬律位于什么地方？"))
+    assert park.searched == "萱侬律什么时候开始对公众开放？"
+    # A leading clause of time is passed over; a question that opens by asking has its topic after that.
+    assert rule_rewrite("它的籍贯是哪里？", _after("天启三年后，史继偕为什么会家居六年？")).searched == (
+        "史继偕的籍贯是哪里？"
+    )
+    assert rule_rewrite("它有什么毒性？", _after("什么是放线菌酮？")).searched == "放线菌酮有什么毒性？"
+
+
+def test_a_new_topic_is_not_changed_by_the_history() -> None:
+    candidate = rule_rewrite("多伦多大学有多少学生？", _after("笔记本电脑多久可以更换？"))
+    assert candidate.strength == "none"
+    chosen, searched = _choose("多伦多大学有多少学生？", candidate, {"多伦多大学有多少学生？": 0.8})
+    assert chosen.searched == "多伦多大学有多少学生？" and searched == ["多伦多大学有多少学生？"]
+
+
+def test_a_long_topic_or_none_carries_only_the_rarest_terms() -> None:
+    held = {
+        "淮海中路": 1,
+        "街道": 3,
+        "开始": 40,
+        "彻底": 12,
+        "改建": 5,
+        "expense": 4,
+        "claim": 6,
+        "submit": 9,
+    }
+    seen: list[list[str]] = []
+
+    def rarity(terms):
+        seen.append(list(terms))
+        return {t: held.get(t, 0) for t in terms}
+
+    road = _after("什么时候开始，淮海中路街道开始彻底改建？")
+    assert rule_rewrite("它有多长？", road).searched == "淮海中路街道开始彻底改建有多长？"
+    assert rule_rewrite("它有多长？", road, rarity=rarity).searched == "淮海中路街道有多长？"
+    assert sorted(seen[-1]) == sorted(["淮海中路", "街道", "开始", "彻底", "改建"])
+    claim = _after("How do I submit an expense claim?")  # no topic: asking from its first word
+    assert rule_rewrite("How long does it take?", claim, rarity=rarity).searched == (
+        "How long does expense claim take?"
+    )
+    # A short topic is carried as written, whatever the knowledge base holds.
+    assert rule_rewrite("那餐补呢？", TRAVEL, rarity=rarity).searched == "差旅住宿标准餐补呢？"
+
+
 def _found(answerability: float | None) -> Retrieval:
     return Retrieval([], Signals(0.5, 0.1, 0.5, 0.0, 0.0), {}, answerability)
 
@@ -112,13 +165,18 @@ def test_a_failing_or_slow_model_gives_no_rewrite() -> None:
     slow.release.set()
 
 
-def _answerer(model, config: FollowupConfig, searched: list[str]) -> Answerer:
+def _answerer(model, config: FollowupConfig, searched: list[str], term_counts=None) -> Answerer:
     def retrieve(kb: str, query: str, options) -> Retrieval:
         searched.append(query)
         return _found(None)  # no calibration: a follow-up that points back searches its rewrite
 
     return Answerer(
-        retrieve, PromptConfig(), GenerationParams(max_new_tokens=16), model=model, followup=config
+        retrieve,
+        PromptConfig(),
+        GenerationParams(max_new_tokens=16),
+        model=model,
+        followup=config,
+        term_counts=term_counts,
     )
 
 
@@ -132,6 +190,22 @@ def test_the_answerer_falls_back_to_the_rules_and_times_the_rewrite(model) -> No
     if isinstance(model, _Slow):
         assert answer.timings.rewrite_ms >= 300
         model.release.set()
+
+
+def test_the_answerer_asks_the_knowledge_base_which_terms_are_rarest() -> None:
+    asked: list[tuple[str, list[str]]] = []
+
+    def term_counts(kb: str, terms) -> dict[str, int]:
+        asked.append((kb, list(terms)))
+        return {t: 1 if t == "expense" else 5 for t in terms}
+
+    searched: list[str] = []
+    qa = _answerer(_Failing("x"), FollowupConfig(), searched, term_counts)
+    claim = _after("How do I submit an expense claim today?")
+    answer = qa.answer("How long does it take?", "claims", history=claim)
+    assert asked and asked[0][0] == "claims"
+    # the rarest, then the first of the equally common, in their order
+    assert answer.searched_question == "How long does submit expense take?" == searched[0]
 
 
 class _Replaying(ScriptedModel):
