@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm.answer_types import Span, answer_spans, answer_type
 from retrieval.answerability import coverage
+from retrieval.bilingual import is_chinese
 from retrieval.cjk import CJK_IDEOGRAPHS
 from retrieval.lexical import content_terms, fold
 
@@ -254,7 +255,10 @@ class ExtractiveReader:
         focus = _without(question, shared)
         focused = cosines if focus == question else vectors @ self.embedder.embed_query(focus)
         asked = {t: w for t, w in weights.items() if t not in shared}  # none left: every sentence covers all
-        covered = np.array([coverage(s.text, asked) for s in sentences])
+        chinese = is_chinese(
+            question
+        )  # a sentence in the other language holds a term through its translation
+        covered = np.array([coverage(s.text, asked, chinese) for s in sentences])
         wanted = answer_type(question)
         typed = [float(bool(wanted and wanted.search(s.text))) for s in sentences]
         columns = {
@@ -268,7 +272,7 @@ class ExtractiveReader:
             "first_in_chunk": [float(s.position == 0) for s in sentences],
             "hit_rank": [1.0 / (s.hit + 1) for s in sentences],
             "answerability": np.full(len(sentences), 0.5 if answerability is None else answerability),
-            "full_coverage": [coverage(s.text, weights) if weights else 0.0 for s in sentences],
+            "full_coverage": [coverage(s.text, weights, chinese) if weights else 0.0 for s in sentences],
         }
         return np.column_stack([columns[name] for name in names])
 
