@@ -255,9 +255,8 @@ class ExtractiveReader:
         focus = _without(question, shared)
         focused = cosines if focus == question else vectors @ self.embedder.embed_query(focus)
         asked = {t: w for t, w in weights.items() if t not in shared}  # none left: every sentence covers all
-        chinese = is_chinese(
-            question
-        )  # a sentence in the other language holds a term through its translation
+        # A sentence in the other language than the question holds a term through its translation.
+        chinese = is_chinese(question)
         covered = np.array([coverage(s.text, asked, chinese) for s in sentences])
         wanted = answer_type(question)
         typed = [float(bool(wanted and wanted.search(s.text))) for s in sentences]

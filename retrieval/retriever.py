@@ -384,9 +384,9 @@ class Retriever:
 
 
 def _translated(kb: KnowledgeBase, query: str) -> tuple[dict[str, tuple[int, str]], float]:
-    """Return the query's content terms that no chunk holds but some chunk holds in the other language, each
-    with how many chunks hold its most common translation and those translations (space-separated); and
-    their share of the idf weight of all the query's content terms.
+    """Return the query's content terms that no chunk holds as written but some chunk holds in translation,
+    each with how many chunks hold its most common translation and those translations (space-separated);
+    and their share of the idf weight of all the query's content terms.
 
     "How many days of sick leave do I get?" on a Chinese handbook: sick and leave are in no chunk, 病假 is.
     A question in the documents' language finds its terms as written, and nothing is added.
