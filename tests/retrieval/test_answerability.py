@@ -38,7 +38,7 @@ def test_a_ranking_fit_learns_which_row_of_a_group_answers_and_keeps_probabiliti
     groups, labels = [], []
     for _ in range(400):
         # "a" tells which row of a group answers; "level" is the same for every row of a group and says
-        # nothing about which one: a pointwise fit leans on it, a ranking fit ignores it.
+        # nothing about which one, so the ranking fit must give it (almost) no weight.
         a = rng.normal(size=8)
         level = np.full(8, rng.normal())
         answer = np.zeros(8)
