@@ -168,10 +168,10 @@ def fit_calibration(
         holds = [any(a in s.text for a in case.question.answers) for s in sentences]
         if case.label and any(holds):  # only questions whose answer lies within one retrieved sentence
             rows.append(reader.features(case.question.text, sentences, found.term_weights, probability))
-            labels += holds
+            labels.append(np.array(holds, dtype=float))
         if advance:
             advance()
-    reader_model = LogisticModel.fit(READER_FEATURES, np.vstack(rows), np.array(labels, dtype=float))
+    reader_model = LogisticModel.fit_ranking(READER_FEATURES, rows, labels)
     report = {
         "questions": len(y),
         "answerable_share": float(y.mean()),

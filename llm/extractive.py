@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm.answer_types import Span, answer_spans, answer_type
 from retrieval.answerability import coverage
+from retrieval.bilingual import is_chinese
 from retrieval.cjk import CJK_IDEOGRAPHS
 from retrieval.lexical import content_terms, fold
 
@@ -147,6 +148,10 @@ READER_FEATURES = (
     "hit_rank",
     "answerability",
     "full_coverage",
+    "full_rank",
+    "previous_coverage",
+    "type_rank",
+    "char_overlap",
 )
 _CACHED_SENTENCES = 20_000  # sentence vectors kept between questions (about 30 MB at 384 dimensions)
 
@@ -245,7 +250,7 @@ class ExtractiveReader:
         answerability: the question's, the same for every sentence (0.5 when unknown); full_coverage: the
         idf-weighted share of all the question's terms, the shared ones too, that it holds: 病假一年有几天
         has 病假 in several sentences, so `coverage` leaves it out, and 病假：… ties with 年假：… (both hold
-        a duration) without it.
+        a duration) without it. The rest place a sentence among the others (`_context_columns`).
         """
         vectors = self._vectors_of(sentences)
         cosines = vectors @ self.embedder.embed_query(question)
@@ -254,7 +259,9 @@ class ExtractiveReader:
         focus = _without(question, shared)
         focused = cosines if focus == question else vectors @ self.embedder.embed_query(focus)
         asked = {t: w for t, w in weights.items() if t not in shared}  # none left: every sentence covers all
-        covered = np.array([coverage(s.text, asked) for s in sentences])
+        # A sentence in the other language than the question holds a term through its translation.
+        chinese = is_chinese(question)
+        covered = np.array([coverage(s.text, asked, chinese) for s in sentences])
         wanted = answer_type(question)
         typed = [float(bool(wanted and wanted.search(s.text))) for s in sentences]
         columns = {
@@ -268,8 +275,9 @@ class ExtractiveReader:
             "first_in_chunk": [float(s.position == 0) for s in sentences],
             "hit_rank": [1.0 / (s.hit + 1) for s in sentences],
             "answerability": np.full(len(sentences), 0.5 if answerability is None else answerability),
-            "full_coverage": [coverage(s.text, weights) if weights else 0.0 for s in sentences],
+            "full_coverage": [coverage(s.text, weights, chinese) if weights else 0.0 for s in sentences],
         }
+        columns.update(_context_columns(question, sentences, columns))
         return np.column_stack([columns[name] for name in names])
 
     def _read_by_score(self, question: str, sentences: list[Sentence]) -> Extract | None:
@@ -317,6 +325,40 @@ class ExtractiveReader:
                 while len(self._vectors) > _CACHED_SENTENCES:
                     self._vectors.popitem(last=False)
         return np.stack([known[t] for t in texts])
+
+
+def _context_columns(
+    question: str, sentences: Sequence[Sentence], columns: Mapping[str, Sequence[float]]
+) -> dict[str, np.ndarray]:
+    """Return the features that place a sentence among the question's others, from its own `columns`.
+
+    full_rank: 1/(rank + 1) of its full coverage (tied sentences share the best rank: a cosine a
+    thousandth higher must not move one a whole rank); type_rank: the same with the
+    sentences that hold the asked-for kind of value ranked above the rest; previous_coverage: the coverage
+    of the sentence before it in its chunk (the answer often follows the sentence naming the subject, 他
+    standing for it); char_overlap: the share of the question's distinct Chinese characters it holds,
+    which counts what the segmenter cut differently.
+    """
+    full = np.asarray(columns["full_coverage"], dtype=np.float64)
+    typed = np.asarray(columns["answer_type"], dtype=np.float64)
+    covered = np.asarray(columns["coverage"], dtype=np.float64)
+    where = {(s.hit, s.position): i for i, s in enumerate(sentences)}
+    before = [where.get((s.hit, s.position - 1)) for s in sentences]
+    asked = set(_CJK_CHAR.findall(question))
+    return {
+        "full_rank": _inverse_rank(full),
+        "previous_coverage": np.array([0.0 if i is None else covered[i] for i in before]),
+        "type_rank": _inverse_rank(10 * typed + full),
+        "char_overlap": np.array(
+            [len(asked & set(s.text)) / len(asked) if asked else 0.0 for s in sentences]
+        ),
+    }
+
+
+def _inverse_rank(values: np.ndarray) -> np.ndarray:
+    """Return 1/(rank + 1) of each value, the highest ranked 0; equal values share the best rank."""
+    ranks = np.searchsorted(np.sort(-values), -values, side="left")
+    return 1.0 / (ranks + 1)
 
 
 def _shared_terms(weights: Mapping[str, float], sentences: Sequence[Sentence]) -> set[str]:

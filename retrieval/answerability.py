@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from retrieval.bilingual import is_chinese, lemma, translations
 from retrieval.calibration import LogisticModel
 from retrieval.cjk import CJK_IDEOGRAPHS
 from retrieval.lexical import fold
@@ -65,19 +66,35 @@ def term_weights(chunks: int, counts: Mapping[str, int], terms: Sequence[str]) -
     return {t: math.log(1 + (chunks - counts.get(t, 0) + 0.5) / (counts.get(t, 0) + 0.5)) for t in terms}
 
 
-def coverage(text: str, weights: Mapping[str, float]) -> float:
+def coverage(text: str, weights: Mapping[str, float], asked_in_chinese: bool | None = None) -> float:
     """Return the weighted share of the terms in `weights` that `text` holds (1.0 when there are none).
 
     A Chinese term counts by the share of its character pairs (or its one character) the text holds,
     since a question and a passage may be segmented differently (jieba cuts Traditional Chinese into odd
-    words like 時樂山市); an English term or number counts when it is one of the text's words.
+    words like 時樂山市); an English term or number counts when it is one of the text's words. When the
+    question's language (`asked_in_chinese`) is not the text's, a term the text does not hold as written
+    counts as held when the text holds one of its translations (`retrieval/bilingual.py`).
     """
     total = sum(weights.values())
     if total <= 0:
         return 1.0
     folded = fold(text).casefold()
     words = set(_ASCII_WORD.findall(folded))
-    return sum(w * _held(term, folded, words) for term, w in weights.items()) / total
+    across = asked_in_chinese is not None and asked_in_chinese != is_chinese(folded)
+    lemmas = {lemma(w) for w in words} if across else set()
+
+    def held(term: str) -> float:
+        found = _held(term, folded, words)
+        if found < 1.0 and across and _translated_held(translations(term, weights), folded, lemmas):
+            return 1.0
+        return found
+
+    return sum(w * held(term) for term, w in weights.items()) / total
+
+
+def _translated_held(words: frozenset[str], folded: str, lemmas: set[str]) -> bool:
+    """Return whether the text holds one of a term's translations (Chinese words, or English lemmas)."""
+    return any(word in lemmas if word.isascii() else word in folded for word in words)
 
 
 def _held(term: str, folded: str, words: set[str]) -> float:
@@ -97,8 +114,13 @@ def signals(
     unseen_terms: Sequence[str],
     agreement: bool,
     rerank: float | None = None,
+    asked_in_chinese: bool | None = None,
 ) -> Signals:
-    """Return the signals of a search from its best hits, its dense candidates' cosines and the term weights."""
+    """Return the signals of a search from its best hits, its dense candidates' cosines and the term weights.
+
+    `asked_in_chinese` (the question's language) lets a term count through its translation in a hit
+    written in the other language (`coverage`); None compares words as written only.
+    """
     total = sum(weights.values())
     texts = list(hit_texts[:TOP_HITS])
     best = max(hit_cosines[:TOP_HITS], default=0.0)
@@ -107,7 +129,9 @@ def signals(
         cosine=float(best),
         margin=float(best - typical),
         coverage=min(
-            max((coverage(text, weights) for text in texts), default=0.0) / COVERAGE_SATURATION, 1.0
+            max((coverage(text, weights, asked_in_chinese) for text in texts), default=0.0)
+            / COVERAGE_SATURATION,
+            1.0,
         ),
         unseen=sum(weights[t] for t in unseen_terms) / total if total > 0 else 0.0,
         agreement=float(agreement),

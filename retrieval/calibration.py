@@ -69,6 +69,81 @@ class LogisticModel:
             theta[-1],
         )
 
+    @classmethod
+    def fit_ranking(
+        cls,
+        features: Sequence[str],
+        groups: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        l2: float = 1.0,
+        iterations: int = 50,
+    ) -> LogisticModel:
+        """Return a model that ranks each group's positive rows first, its scores calibrated to probabilities.
+
+        The weights maximise each group's softmax likelihood of its positive rows (spread evenly among
+        them; a listwise fit, Newton's method with a halving line search): they learn which row of a
+        group holds the answer rather than whether a row does in general, so features that are constant
+        within a group cost nothing. The score is then mapped to a probability by a one-feature logistic
+        fit over all rows, so thresholds on probabilities keep their meaning.
+        """
+        xs = [np.asarray(x, dtype=np.float64) for x in groups]
+        ys = [np.asarray(y, dtype=np.float64) for y in labels]
+        if not xs or len(xs) != len(ys):
+            raise ValueError("fitting needs one label array per group")
+        if any(
+            x.ndim != 2 or x.shape[1] != len(features) or len(x) != len(y)
+            for x, y in zip(xs, ys, strict=True)
+        ):
+            raise ValueError("fitting needs rows of every feature and one label per row")
+        rows, y = np.vstack(xs), np.concatenate(ys)
+        if len(set(y.tolist())) < 2:
+            raise ValueError("fitting needs both labels among the rows")
+        mean = rows.mean(axis=0)
+        scale = rows.std(axis=0)
+        scale[scale < 1e-9] = 1.0
+        # Only groups with both labels tell which row ranks first.
+        ranked = [
+            ((x - mean) / scale, t / t.sum()) for x, t in zip(xs, ys, strict=True) if 0 < t.sum() < len(t)
+        ]
+
+        def loss(w: np.ndarray) -> float:
+            total = 0.5 * l2 * w @ w
+            for z, target in ranked:
+                s = z @ w
+                top = s.max()
+                total += np.log(np.exp(s - top).sum()) + top - target @ s
+            return float(total)
+
+        w = np.zeros(len(features))
+        current = loss(w)
+        for _ in range(iterations):
+            gradient, hessian = l2 * w, l2 * np.eye(len(w))
+            for z, target in ranked:
+                s = z @ w
+                p = np.exp(s - s.max())
+                p /= p.sum()
+                mean_row = p @ z
+                gradient = gradient + z.T @ (p - target)
+                hessian = hessian + (z * p[:, None]).T @ z - np.outer(mean_row, mean_row)
+            step = np.linalg.solve(hessian, gradient)
+            shrink = 1.0  # a full Newton step overshoots along the features that barely vary within a group
+            while (candidate := loss(w - shrink * step)) > current and shrink > 1e-6:
+                shrink /= 2
+            if candidate > current:
+                break
+            w -= shrink * step
+            converged = current - candidate < 1e-9 * max(1.0, abs(current))
+            current = candidate
+            if converged:
+                break
+        score = ((rows - mean) / scale) @ w
+        link = cls.fit(("score",), score[:, None], y, l2=0.0)
+        slope = link.weights[0] / link.scale[0]
+        bias = link.bias - slope * link.mean[0]
+        return cls(
+            tuple(features), tuple(mean.tolist()), tuple(scale.tolist()), tuple((slope * w).tolist()), bias
+        )
+
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Return the probability of the positive label for each row of feature values."""
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))

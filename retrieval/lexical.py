@@ -83,6 +83,7 @@ _QUESTION_WORD_TEXT = """
 by with from and or not can could i we you my our your it its this that these those what which who
 whom whose when where why how much many long should would will shall may must have has had there
 their they me us if as into than then please answer detail details explain tell describe briefly
+get got
 """
 _QUESTION_WORDS = frozenset(_QUESTION_WORD_TEXT.split())
 

@@ -8,6 +8,7 @@ cross-encoder's score when reranking; the hit keeps each of those scores so call
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Annotated, Literal
@@ -16,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from retrieval.answerability import Signals, answerability, signals, term_weights
+from retrieval.bilingual import is_chinese, translations
 from retrieval.calibration import Calibration
 from retrieval.embedders import Embedder
 from retrieval.knowledge_base import KnowledgeBase, ScoredChunk
@@ -162,6 +164,8 @@ class _Search:
     dense: list[ScoredChunk]
     lexical: list[ScoredChunk]
     allowed: set[int] | None = None  # the chunk ids the filters allowed (None: every chunk)
+    # The query's terms no chunk holds as written, with how many chunks hold their most common translation.
+    translated: dict[str, int] = field(default_factory=dict)
 
 
 class Retriever:
@@ -214,6 +218,7 @@ class Retriever:
             lexical = kb.lexical_search(expression, 1, allowed)
         asked = content_terms(query)
         chunks, counts = kb.term_counts(asked, allowed)
+        counts = {**counts, **found.translated}  # a term held in the other language is not unseen
         weights = term_weights(chunks, counts, asked)
         hits = found.hits
         reranked = options.rerank and bool(hits) and hits[0].rerank_score is not None
@@ -225,6 +230,7 @@ class Retriever:
             [t for t in asked if not counts.get(t)],
             agreement=bool(dense and lexical and dense[0].chunk.id == lexical[0].chunk.id),
             rerank=hits[0].rerank_score if reranked else None,
+            asked_in_chinese=is_chinese(query),
         )
         calibration = self.rerank_calibration if reranked and self.rerank_calibration else self.calibration
         probability = None
@@ -260,8 +266,22 @@ class Retriever:
         dense = kb.search(query_vector, depth, allowed) if mode != "lexical" else []
         expression = match_expression(query) if mode != "dense" else None
         lexical = kb.lexical_search(expression, depth, allowed) if expression else []
+        # A question in another language than the documents: the chunks that hold its terms' translations
+        # are a third list, so that a chunk in the question's language that shares a word (days) does not
+        # outrank the one that answers (病假) in both the dense and the lexical list.
+        translated, share = _translated(kb, query, allowed if options.groups is not None else None)
+        in_other_language: list[ScoredChunk] = []
+        if translated:
+            words = match_expression(" ".join(words for _, words in translated.values()))
+            chinese = is_chinese(query)
+            found = kb.lexical_search(words, depth, allowed) if words else []
+            # Only chunks written in the other language count: an English word in a Chinese article
+            # (a name, a title) is no sign that the question is asked in another language than the documents.
+            in_other_language = [hit for hit in found if is_chinese(hit.chunk.text) != chinese]
+            if not in_other_language:
+                translated, share = {}, 0.0
 
-        candidates = self._rank(mode, dense, lexical)
+        candidates = self._rank(mode, dense, lexical, in_other_language, share)
         if mode == "hybrid":
             limit = allowed if options.groups is not None else None
             candidates = self._rarest_first_on_ties(kb, query, candidates, limit)
@@ -278,21 +298,38 @@ class Retriever:
         if options.rerank:
             candidates = self._rerank(query, candidates)
         hits = [self._hit(kb, c, options.neighbours) for c in candidates[: options.k]]
-        return _Search(hits, query_vector, dense, lexical, allowed)
+        counts = {term: count for term, (count, _) in translated.items()}
+        return _Search(hits, query_vector, dense, lexical, allowed, counts)
 
-    def _rank(self, mode: Mode, dense: list[ScoredChunk], lexical: list[ScoredChunk]) -> list[_Candidate]:
+    def _rank(
+        self,
+        mode: Mode,
+        dense: list[ScoredChunk],
+        lexical: list[ScoredChunk],
+        other_language: Sequence[ScoredChunk] = (),
+        other_share: float = 0.0,
+    ) -> list[_Candidate]:
+        """Return the candidates in the mode's order; in hybrid mode the lexical weight is shared between
+        the question's terms as written and their translations (`other_language`) by their idf share."""
         if mode == "dense":
             return [_Candidate(hit.chunk, cosine=hit.score) for hit in dense]
         if mode == "lexical":
-            return [_Candidate(hit.chunk, lexical=hit.score) for hit in lexical]
+            held = {hit.chunk.id for hit in lexical}
+            more = [hit for hit in other_language if hit.chunk.id not in held]
+            return [_Candidate(hit.chunk, lexical=hit.score) for hit in [*lexical, *more]]
         fused: dict[int, _Candidate] = {}
-        for weight, hits in ((self.config.dense_weight, dense), (self.config.lexical_weight, lexical)):
+        lists = (
+            (self.config.dense_weight, dense),
+            (self.config.lexical_weight * (1.0 - other_share), lexical),
+            (self.config.lexical_weight * other_share, other_language),
+        )
+        for weight, hits in lists:
             for rank, hit in enumerate(hits, start=1):
                 candidate = fused.setdefault(hit.chunk.id, _Candidate(hit.chunk, fusion=0.0))
                 candidate.fusion += weight / (self.config.rrf_k + rank)
                 if hits is dense:
                     candidate.cosine = hit.score
-                else:
+                elif candidate.lexical is None:
                     candidate.lexical = hit.score
         return sorted(fused.values(), key=lambda c: c.fusion, reverse=True)
 
@@ -370,3 +407,35 @@ class Retriever:
             metadata=chunk.metadata,
             ocr=chunk.ocr,
         )
+
+
+def _translated(
+    kb: KnowledgeBase, query: str, allowed: set[int] | None = None
+) -> tuple[dict[str, tuple[int, str]], float]:
+    """Return the query's content terms that no chunk holds as written but some chunk holds in translation,
+    each with how many chunks hold its most common translation and those translations (space-separated);
+    and their share of the idf weight of all the query's content terms.
+
+    "How many days of sick leave do I get?" on a Chinese handbook: sick and leave are in no chunk, 病假 is.
+    A question in the documents' language finds its terms as written, and nothing is added. Counted over
+    the `allowed` chunks only when given (a key limited to groups).
+    """
+    asked = content_terms(query)
+    chunks, counts = kb.term_counts(asked, allowed)
+    unseen = {t: translations(t, asked) for t in asked if not counts.get(t)}
+    if not any(unseen.values()):
+        return {}, 0.0
+    # An English translation is looked up as written in documents too: plural as well as singular.
+    forms = {
+        t: sorted({f for w in words for f in ((w, w + "s") if w.isascii() else (w,))})
+        for t, words in unseen.items()
+    }
+    _, held = kb.term_counts(sorted({f for words in forms.values() for f in words}), allowed)
+    found: dict[str, tuple[int, str]] = {}
+    for term, words in forms.items():
+        present = [w for w in words if held.get(w)]
+        if present:
+            found[term] = (max(held[w] for w in present), " ".join(present))
+    weights = term_weights(chunks, counts, asked)
+    total = sum(weights.values())
+    return found, (sum(weights[t] for t in found) / total if total > 0 else 0.0)

@@ -7,7 +7,7 @@ import re
 import pytest
 from hits import search_hit
 
-from llm.extractive import ExtractiveConfig, ExtractiveReader, answer_type, split_sentences
+from llm.extractive import READER_FEATURES, ExtractiveConfig, ExtractiveReader, answer_type, split_sentences
 from retrieval import SearchHit
 
 EXPENSE = (
@@ -246,3 +246,21 @@ def test_dates_places_and_people_are_answer_types(question: str, holds: str, lac
 
 def test_questions_without_an_answer_type() -> None:
     assert answer_type("年假没休完怎么办？") is None and answer_type("Why are claims rejected?") is None
+
+
+def test_the_features_place_each_sentence_among_the_others(e5_embedder) -> None:
+    reader = ExtractiveReader(e5_embedder)
+    hits = [search_hit(0, "他出生于上海。他于1990年去世。"), search_hit(1, "额亦都是清朝的开国功臣。")]
+    sentences = reader.sentences(hits)
+    assert [s.text for s in sentences] == ["他出生于上海。", "他于1990年去世。", "额亦都是清朝的开国功臣。"]
+    weights = {"额亦都": 3.0, "去世": 1.0}
+    rows = reader.features("额亦都是在哪一年去世的？", sentences, weights, 0.9)
+    column = {name: rows[:, i] for i, name in enumerate(READER_FEATURES)}
+    # Only the death sentence holds a year; it ranks first by type, the subject's sentence first by coverage.
+    assert column["type_rank"].tolist() == [pytest.approx(1 / 3), 1.0, 0.5]
+    assert column["full_rank"][2] == 1.0
+    # The sentence before the death sentence is its chunk's first; the chunk's first has none before it.
+    assert column["previous_coverage"][0] == 0.0 and column["previous_coverage"][2] == 0.0
+    assert column["previous_coverage"][1] == column["coverage"][0]
+    # 额亦都是在哪一年去世的 has 11 distinct characters; 他于1990年去世 holds 年, 去, 世.
+    assert column["char_overlap"][1] == pytest.approx(3 / 11)

@@ -33,6 +33,28 @@ def test_logistic_regression_recovers_the_weights_it_was_drawn_from() -> None:
     assert np.allclose(again.probabilities(x[:10]), model.probabilities(x[:10]))
 
 
+def test_a_ranking_fit_learns_which_row_of_a_group_answers_and_keeps_probabilities_calibrated() -> None:
+    rng = np.random.default_rng(1)
+    groups, labels = [], []
+    for _ in range(400):
+        # "a" tells which row of a group answers; "level" is the same for every row of a group and says
+        # nothing about which one, so the ranking fit must give it (almost) no weight.
+        a = rng.normal(size=8)
+        level = np.full(8, rng.normal())
+        answer = np.zeros(8)
+        answer[np.argmax(a + 0.3 * rng.normal(size=8))] = 1.0
+        groups.append(np.column_stack([a, level]))
+        labels.append(answer)
+    model = LogisticModel.fit_ranking(("a", "level"), groups, labels)
+    assert model.weights[0] > 1.0 and abs(model.weights[1]) < 0.05 * model.weights[0]
+    # It picks the row with the highest "a", the best choice there is, whatever the group's level.
+    assert all(np.argmax(model.probabilities(x)) == np.argmax(x[:, 0]) for x in groups)
+    # The score is mapped to probabilities: their mean is the share of answering rows (1 in 8).
+    assert model.probabilities(np.vstack(groups)).mean() == pytest.approx(1 / 8, abs=0.01)
+    with pytest.raises(ValueError, match="both labels"):
+        LogisticModel.fit_ranking(("a", "level"), groups[:2], [np.zeros(8), np.zeros(8)])
+
+
 def test_fitting_needs_both_labels() -> None:
     with pytest.raises(ValueError, match="both labels"):
         LogisticModel.fit(("a",), np.ones((5, 1)), np.ones(5))

@@ -4,6 +4,7 @@ new user meets it, asked through `/v1/kbs/{kb}/chat` (JSON and server-sent event
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 
@@ -95,3 +96,21 @@ def test_a_refusal_marks_nothing_and_english_off_topic_questions_stay_refused(se
     ):
         body = ask(server, question)
         assert body["refused"] and body["spans"] == [], (question, body)
+
+
+def test_an_english_question_is_answered_from_the_chinese_handbook(server: Server) -> None:
+    """No word of the question is in the handbook; CC-CEDICT's 病假 ("sick leave") carries it across."""
+    body = ask(server, "How many days of sick leave do I get?")
+    assert not body["refused"] and body["answerability"] >= 0.32, body
+    assert first_sentence(body["answer"]).startswith("病假：每年享有 12 天全薪病假"), body["answer"]
+    assert marked(body)[0] == "12 天"
+    assert body["citations"][0]["source"].endswith("employee_handbook.pdf")
+
+
+def test_the_unanswerable_english_questions_of_the_check_set_stay_refused(server: Server) -> None:
+    """The English questions of bench/bilingual_check.json that the sample documents do not answer."""
+    checks = json.loads((paths.REPO / "bench" / "bilingual_check.json").read_text(encoding="utf-8"))
+    english = [c["question"] for c in checks["questions"] if not c["answers"] and c["question"].isascii()]
+    assert len(english) >= 20
+    answered = [q for q in english if not ask(server, q)["refused"]]
+    assert answered == []
