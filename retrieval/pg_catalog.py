@@ -154,7 +154,11 @@ class PgKnowledgeBaseCatalog:
         documents, chunks = store.count()
         with self.database.connection() as conn:
             (size,) = conn.execute(
-                "SELECT COALESCE(SUM(pg_column_size(c.*)), 0) FROM chunks c WHERE kb_id = %s", (kb_id,)
+                "SELECT (SELECT pg_column_size(k.*) FROM knowledge_bases k WHERE id = %(kb)s)"
+                " + (SELECT COALESCE(SUM(pg_column_size(d.*)), 0) FROM documents d WHERE kb_id = %(kb)s)"
+                " + (SELECT COALESCE(SUM(pg_column_size(c.*)), 0) FROM chunks c WHERE kb_id = %(kb)s)"
+                " + (SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM chunk_terms t WHERE kb_id = %(kb)s)",
+                {"kb": kb_id},
             ).fetchone()
         return KnowledgeBaseInfo(
             name=name,

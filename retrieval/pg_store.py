@@ -410,7 +410,7 @@ class PgChunkStore:
             (self.kb_id, after, batch_size),
         ):
             ids = np.asarray([row[0] for row in rows], dtype=np.int64)
-            yield ids, np.stack([np.asarray(row[1], dtype=np.float32) for row in rows])
+            yield ids, np.stack([_array(row[1]) for row in rows])
             after = int(ids[-1])
 
     def _all(self, query: str, params: Sequence | Mapping) -> list[tuple]:
@@ -506,7 +506,7 @@ class PgVectorIndex:
             rows = conn.execute(
                 "SELECT id, embedding FROM chunks WHERE kb_id = %s AND id = ANY(%s)", (self.kb_id, wanted)
             ).fetchall()
-        found = {row[0]: np.asarray(row[1], dtype=np.float32) for row in rows}
+        found = {row[0]: _array(row[1]) for row in rows}
         missing = [i for i in wanted if i not in found]
         if missing:
             raise KeyError(f"no vector for chunk ids {missing[:5]}")
@@ -522,6 +522,12 @@ class PgVectorIndex:
         """Drop this knowledge base's HNSW index (its vectors go with its rows); return nothing."""
         with self.db.connection() as conn:
             self.drop_hnsw(conn, self.kb_id)
+
+
+def _array(value: object) -> np.ndarray:
+    """Return a vector read from pgvector as a float32 array (its adapter gives a `Vector` or an array)."""
+    to_numpy = getattr(value, "to_numpy", None)
+    return np.asarray(to_numpy() if to_numpy else value, dtype=np.float32)
 
 
 def glob_regex(glob: str) -> str:

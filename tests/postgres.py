@@ -57,3 +57,11 @@ def pg_server_or_skip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgSe
     server = PgServer(tmp_path_factory.mktemp("pg") / "pgdata")
     yield server
     server.server.cleanup()
+
+
+def pg_catalog(dsn: str, data_dir: Path):
+    """Return a catalog of knowledge bases on the PostgreSQL database at `dsn`."""
+    from retrieval.pg_catalog import PgKnowledgeBaseCatalog
+    from retrieval.postgres import Database, StoreConfig
+
+    return PgKnowledgeBaseCatalog(Database(StoreConfig(backend="postgres", dsn=dsn)), data_dir)
