@@ -33,6 +33,7 @@ from retrieval import (
     EmbeddingIdentity,
     KnowledgeBase,
     KnowledgeBaseCatalog,
+    KnowledgeBaseError,
     KnowledgeBaseInfo,
     LogisticModel,
     OpenKnowledgeBases,
@@ -90,6 +91,16 @@ class KnowledgeService:
     def close(self) -> None:
         """Close the knowledge bases held open; return nothing."""
         self.knowledge_bases.close()
+
+    def database_problem(self) -> str | None:
+        """Return why the PostgreSQL store cannot be used now, or None when it can (or the store is SQLite)."""
+        if self.database is None:
+            return None
+        try:
+            self.database.check()
+        except KnowledgeBaseError as error:
+            return str(error)
+        return None
 
     @cached_property
     def embedder(self) -> Embedder:

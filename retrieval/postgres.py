@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from retrieval.errors import DatabaseError, DatabaseUnavailable
 
@@ -116,6 +116,14 @@ class StoreConfig(BaseModel):
         gt=0,
         description="How long a request waits for a database connection before it fails with 503.",
     )
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> StoreConfig:
+        if self.backend == "postgres" and self.dsn is None:
+            raise ValueError(
+                "backend is postgres but no dsn is set (KBQA_STORE__DSN=postgresql://user:pw@host/db)"
+            )
+        return self
 
     def secret_dsn(self) -> str:
         """Return the DSN in clear; ValueError when the postgres backend has none."""
