@@ -47,6 +47,7 @@ from retrieval import (
     load_embedder,
     new_store,
 )
+from retrieval.atomic import atomic_write
 
 if TYPE_CHECKING:
     import numpy as np
@@ -192,12 +193,26 @@ class KnowledgeService:
         with (kb := self.open(name)).writing():
             source = kb.document(document_id).source
             kb.delete_documents([document_id])
+        if self.database is not None:
+            self.catalog.delete_original(name, source)
         self.original_path(name, source).unlink(missing_ok=True)
 
     def original_path(self, name: str, source: str) -> Path:
-        """Return where the original file of a document uploaded over HTTP is kept (long names shortened)."""
+        """Return where the original file of a document uploaded over HTTP is kept (long names shortened).
+
+        On the PostgreSQL store the originals are in the database: this node's copy is made afresh from it
+        (or removed, when the database has none), so a file replaced through another node is never stale.
+        """
         parts = [storage_name(part) for part in PurePosixPath(source).parts]
-        return self.catalog.path(name).joinpath("originals", *parts)
+        path = self.catalog.path(name).joinpath("originals", *parts)
+        if self.database is not None:
+            content = self.catalog.original(name, source)
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, lambda tmp: Path(tmp).write_bytes(content))
+        return path
 
     def ingest(
         self,

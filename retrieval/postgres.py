@@ -87,6 +87,47 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX chunk_terms_by_chunk ON chunk_terms(chunk_id);
     """,
+    # 2: the shared ingestion queue, the files uploaded with its jobs, and the documents' originals.
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        kb TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        inputs JSONB NOT NULL,                      -- [{source, name}], in the order of `uploads.ordinal`
+        metadata JSONB,
+        force BOOLEAN NOT NULL,
+        files_done INTEGER NOT NULL DEFAULT 0,
+        chunks_done INTEGER NOT NULL DEFAULT 0,
+        files JSONB NOT NULL DEFAULT '[]',
+        error TEXT,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        seq BIGSERIAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        chunks_stored INTEGER NOT NULL DEFAULT 0,
+        worker TEXT,                                -- who holds the lease of a running job
+        lease_until TIMESTAMPTZ,                    -- past it, another worker may claim the job
+        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+        reading TEXT                                -- the page OCR reads now, for every node to show
+    );
+    CREATE INDEX jobs_by_kb ON jobs(kb, seq);
+    CREATE INDEX jobs_by_status ON jobs(status, seq);
+    CREATE TABLE uploads (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        ordinal INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        content BYTEA NOT NULL,
+        PRIMARY KEY (job_id, ordinal)
+    );
+    CREATE TABLE originals (
+        kb_id INTEGER NOT NULL REFERENCES knowledge_bases(id) ON DELETE CASCADE,
+        source TEXT NOT NULL,
+        content BYTEA NOT NULL,
+        PRIMARY KEY (kb_id, source)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -111,6 +152,12 @@ class StoreConfig(BaseModel):
     )
     pool_min: int = Field(1, ge=0, description="Connections each process keeps open to PostgreSQL.")
     pool_max: int = Field(10, ge=1, description="Most connections one process opens to PostgreSQL.")
+    job_lease_s: float = Field(
+        30.0,
+        ge=1,
+        description="How long a worker's claim on a running job lasts without a heartbeat (renewed every third "
+        "of it): a job whose worker died is taken by another within about this long.",
+    )
     connect_timeout_s: float = Field(
         5.0,
         gt=0,
