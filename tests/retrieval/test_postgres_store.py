@@ -137,3 +137,44 @@ def test_a_database_without_pgvector_for_this_user_is_one_clear_error(pg_server,
 def cli(dsn: str, *args: str) -> subprocess.CompletedProcess:
     env = clean_env(KBQA_STORE__BACKEND="postgres", KBQA_STORE__DSN=dsn, KBQA_STORE__CONNECT_TIMEOUT_S="1")
     return subprocess.run([KBQA, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_a_node_follows_what_another_node_writes_deletes_and_creates_again(pg_dsn: str, tmp_path: Path) -> None:
+    from retrieval import KnowledgeBaseBusy, KnowledgeBaseNotFound, OpenKnowledgeBases
+
+    # Two nodes: each its own connection pool and its own knowledge bases held open, nothing else shared.
+    node_a, node_b = pg_catalog(pg_dsn, tmp_path / "a"), pg_catalog(pg_dsn, tmp_path / "b")
+    try:
+        writer = node_b.create("kb", IDENTITY, {})
+        held = OpenKnowledgeBases(node_a)
+        shared = held.get("kb")
+        assert shared.counts() == (0, 0)
+        first, *rest = documents()
+        with writer.writing():
+            with pytest.raises(KnowledgeBaseBusy, match="another process"):  # one writer across the nodes
+                with held.get("kb").writing():
+                    pass
+            writer.add_documents([first])
+        generation = writer.store.generation
+        assert held.get("kb") is shared and shared.index.generation == generation
+        query = first.vectors[0]
+        assert shared.search(query, 1)[0].chunk.source == "d0.md"
+
+        with writer.writing():
+            writer.delete_documents([writer.documents()[0].id])
+            writer.add_documents(rest)
+        assert held.get("kb").index.generation > generation
+        assert "d0.md" not in {hit.chunk.source for hit in shared.search(query, 10)}
+
+        node_b.delete("kb")
+        with pytest.raises(KnowledgeBaseNotFound):
+            held.get("kb")
+        again = node_b.create("kb", IDENTITY, {})
+        with again.writing():
+            again.add_documents([first])
+        reopened = held.get("kb")
+        assert reopened is not shared and [d.source for d in reopened.documents()] == ["d0.md"]
+        held.close()
+    finally:
+        node_a.database.close()
+        node_b.database.close()

@@ -4,7 +4,8 @@ ingestion worker of their own and two `kbqa worker` processes, all on one databa
 An upload through one node is searchable through the other once its job is done; a worker killed with -9
 in the middle of a job leaves it to the other, which finishes it with every file stored once; a cancel
 through either node stops a running job; the originals are read back through either node; and a
-database restart makes requests fail fast with a 503 and recover by themselves.
+database restart makes requests fail fast with a 503 and recover by themselves; and an API node killed
+with -9 right after it accepted an upload loses none of it.
 """
 
 from __future__ import annotations
@@ -168,6 +169,17 @@ def test_a_database_restart_fails_requests_fast_with_503_and_they_recover(cluste
     # The workers come back too: a new upload is ingested.
     job = upload(second, "shared", [("after.md", b"# After\n\nThe database came back.")])
     assert wait_until(first, job["id"], seconds=120)["status"] == "succeeded"
+
+
+def test_an_api_node_killed_after_accepting_an_upload_loses_none_of_it(cluster: dict) -> None:
+    first, second = cluster["http"]
+    files = generated_files(6, seed=27)
+    job = upload(first, "shared", files)  # 202: the job and its files are committed in the database
+    cluster["nodes"][0].kill()
+    done = wait_until(second, job["id"], seconds=120)
+    assert done["status"] == "succeeded", done
+    stored = {d["source"] for d in documents(second)}
+    assert {name for name, _ in files} <= stored
 
 
 def _holder(cluster: dict, job_id: str) -> Worker:
