@@ -192,6 +192,15 @@ class PgKnowledgeBaseCatalog:
             ).fetchone()
         return bytes(row[0]) if row else None
 
+    def put_original(self, name: str, source: str, content: bytes) -> None:
+        """Keep `content` as the original file of a document of the named knowledge base; return nothing."""
+        with self.database.connection() as conn:
+            conn.execute(
+                "INSERT INTO originals (kb_id, source, content) SELECT id, %s, %s FROM knowledge_bases"
+                " WHERE name = %s ON CONFLICT (kb_id, source) DO UPDATE SET content = EXCLUDED.content",
+                (source, content, name),
+            )
+
     def delete_original(self, name: str, source: str) -> None:
         """Forget the original file of a document of the named knowledge base; return nothing."""
         with self.database.connection() as conn:

@@ -29,6 +29,7 @@ from retrieval.store import (
     WriteResult,
     _chunk_record,
     _document_record,
+    _document_row,
     _searchable,
 )
 from retrieval.timestamps import utc_now
@@ -230,6 +231,71 @@ class PgChunkStore:
                 " WHERE id = %(kb)s",
                 {"v": LEXICAL_VERSION, "kb": self.kb_id},
             )
+
+    def id_counters(self) -> tuple[int, int]:
+        """Return the next document id and the next chunk id this store would give (ids are never reused)."""
+        rows = self._all(
+            "SELECT next_document_id, next_chunk_id FROM knowledge_bases WHERE id = %s", (self.kb_id,)
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    def restore(
+        self,
+        documents: Sequence[DocumentRecord],
+        chunks: Sequence[tuple[ChunkRecord, np.ndarray]],
+        counters: tuple[int, int],
+    ) -> int:
+        """Write documents and chunks as they were in another store, ids included, into this empty store, in
+        one transaction, and continue its ids from `counters`; return the new generation."""
+        titles = {d.id: d.title for d in documents}
+        with self.db.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM knowledge_bases WHERE id = %s FOR UPDATE", (self.kb_id,))
+            cur.execute("SELECT COUNT(*) FROM documents WHERE kb_id = %s", (self.kb_id,))
+            if cur.fetchone()[0]:
+                raise ValueError("a knowledge base is restored only into an empty store")
+            for d in documents:
+                cur.execute(
+                    "INSERT INTO documents (kb_id, id, source, title, content_hash, size, page_count, chunk_count,"
+                    " status, created_at, updated_at, metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (self.kb_id, *_document_row(d), to_json(d.metadata)),
+                )
+            term_rows = []
+            for chunk, vector in chunks:
+                tokens = fts_tokens(
+                    indexed_text(_searchable(titles[chunk.document_id], chunk.heading_path, chunk.text))
+                )
+                cur.execute(
+                    "INSERT INTO chunks (kb_id, id, document_id, ordinal, text, page, heading_path, start_offset,"
+                    " end_offset, ocr, tokens, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        self.kb_id,
+                        chunk.id,
+                        chunk.document_id,
+                        chunk.ordinal,
+                        chunk.text,
+                        chunk.page,
+                        json.dumps(list(chunk.heading_path), ensure_ascii=False),
+                        chunk.start,
+                        chunk.end,
+                        chunk.ocr,
+                        len(tokens),
+                        np.asarray(vector, dtype=np.float32),
+                    ),
+                )
+                term_rows += [(self.kb_id, term, chunk.id, tf) for term, tf in Counter(tokens).items()]
+            if term_rows:
+                with cur.copy("COPY chunk_terms (kb_id, term, chunk_id, tf) FROM STDIN") as copy:
+                    for row in term_rows:
+                        copy.write_row(row)
+            cur.execute(
+                "UPDATE knowledge_bases SET generation = generation + 1, next_document_id = %(d)s,"
+                " next_chunk_id = %(c)s, chunk_count = (SELECT COUNT(*) FROM chunks WHERE kb_id = %(kb)s),"
+                " token_total = (SELECT COALESCE(SUM(tokens), 0) FROM chunks WHERE kb_id = %(kb)s)"
+                " WHERE id = %(kb)s RETURNING generation",
+                {"d": counters[0], "c": counters[1], "kb": self.kb_id},
+            )
+            (generation,) = cur.fetchone()
+        return int(generation)
 
     def set_metadata(self, document_id: int, metadata: Mapping[str, str]) -> None:
         """Replace one document's metadata; return nothing (chunks, vectors and the generation stay)."""

@@ -139,7 +139,9 @@ def cli(dsn: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([KBQA, *args], env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_a_node_follows_what_another_node_writes_deletes_and_creates_again(pg_dsn: str, tmp_path: Path) -> None:
+def test_a_node_follows_what_another_node_writes_deletes_and_creates_again(
+    pg_dsn: str, tmp_path: Path
+) -> None:
     from retrieval import KnowledgeBaseBusy, KnowledgeBaseNotFound, OpenKnowledgeBases
 
     # Two nodes: each its own connection pool and its own knowledge bases held open, nothing else shared.
@@ -151,9 +153,9 @@ def test_a_node_follows_what_another_node_writes_deletes_and_creates_again(pg_ds
         assert shared.counts() == (0, 0)
         first, *rest = documents()
         with writer.writing():
-            with pytest.raises(KnowledgeBaseBusy, match="another process"):  # one writer across the nodes
-                with held.get("kb").writing():
-                    pass
+            # One writer across the nodes.
+            with pytest.raises(KnowledgeBaseBusy, match="another process"), held.get("kb").writing():
+                pass
             writer.add_documents([first])
         generation = writer.store.generation
         assert held.get("kb") is shared and shared.index.generation == generation
@@ -178,3 +180,55 @@ def test_a_node_follows_what_another_node_writes_deletes_and_creates_again(pg_ds
     finally:
         node_a.database.close()
         node_b.database.close()
+
+
+def test_migrate_to_postgres_and_back_keeps_ids_metadata_vectors_and_originals(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    from app.services import KnowledgeService
+    from app.settings import load_settings
+
+    data = tmp_path / "data"
+    files = KnowledgeBaseCatalog(data)
+    kb = files.create("kb", IDENTITY, {"chunk_size": 300})
+    with kb.writing():
+        kb.add_documents(documents())
+        kb.delete_documents([kb.documents()[-1].id])  # the highest ids are gone: never to be given again
+    original = files.path("kb") / "originals" / "d0.md"
+    original.parent.mkdir(parents=True)
+    original.write_bytes(b"# the uploaded file")
+
+    def state(kb) -> tuple:
+        query = documents()[2].vectors[0]
+        return (
+            [(d.id, d.source, d.metadata, d.created_at) for d in kb.documents()],
+            [(h.chunk.id, round(h.score, 5)) for h in kb.search(query, 10)],
+            [(h.chunk.id, round(h.score, 6)) for h in kb.lexical_search(match_expression("年假 VPN"), 10)],
+            kb.store.id_counters(),
+        )
+
+    before = state(kb)
+    kb.close()
+    service = KnowledgeService(
+        load_settings(data_dir=data, store={"backend": "sqlite", "dsn": pg_dsn})  # the DSN to move to
+    )
+    service.migrate("kb", "postgres")
+    assert files.names() == [], "the SQLite copy is gone once the database has it"
+    database = pg_catalog(pg_dsn, data)
+    on_pg = database.open("kb")
+    assert state(on_pg) == before and on_pg.check().ok
+    assert on_pg.manifest.store.backend == "pgvector" and on_pg.manifest.splitter == {"chunk_size": 300}
+    assert database.original("kb", "d0.md") == b"# the uploaded file"
+    on_pg.close()
+
+    service.migrate("kb", "sqlite")
+    assert database.names() == []
+    back = files.open("kb")
+    assert state(back) == before and back.check().ok and back.manifest.store.backend == "faiss"
+    assert original.read_bytes() == b"# the uploaded file"
+    with back.writing():
+        added = back.add_documents(documents()[:1])
+    assert added.document_ids[0] == before[0][0][0], "a replaced document keeps its id"
+    assert min(added.added_ids) >= before[3][1], "no chunk id is given twice"
+    back.close()
+    database.database.close()
