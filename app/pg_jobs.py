@@ -22,7 +22,6 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from pathlib import Path
 
 from app.jobs import (
     MAX_ATTEMPTS,
@@ -104,13 +103,6 @@ class PgIngestionJobs(IngestionJobs):
         self._worker = self._heart = None
 
     # --- requests ----------------------------------------------------------------------------------
-
-    def staging_dir(self) -> tuple[str, Path]:
-        """Return a new job id and the empty local folder its uploaded files go to until `submit`."""
-        job_id = uuid.uuid4().hex
-        folder = self.uploads / job_id
-        folder.mkdir(parents=True)
-        return job_id, folder
 
     def submit(
         self,

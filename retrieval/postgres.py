@@ -280,7 +280,9 @@ class Database:
             kwargs={"connect_timeout": max(1, int(self.config.connect_timeout_s))},
             configure=_configure,
             check=ConnectionPool.check_connection,  # a connection a restart broke is replaced, not handed out
-            reconnect_timeout=0,  # keep trying for ever: the nodes recover by themselves when it is back
+            # A connection that cannot be made is retried with backoff for a minute, then on demand: the
+            # nodes recover by themselves when the database is back, however long it was away.
+            reconnect_timeout=60,
             open=False,
             name="kbqa",
         )

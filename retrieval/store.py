@@ -272,12 +272,7 @@ class ChunkStore:
             " created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
             (
                 document_id,
-                document.source,
-                document.title,
-                document.content_hash,
-                document.size,
-                document.page_count,
-                len(document.chunks),
+                *document_facts(document),
                 created_at or now,
                 now,
                 to_json(document.metadata),
@@ -292,11 +287,7 @@ class ChunkStore:
                 (
                     document_id,
                     ordinal,
-                    chunk.text,
-                    chunk.page,
-                    json.dumps(list(chunk.heading_path), ensure_ascii=False),
-                    chunk.start,
-                    chunk.end,
+                    *chunk_facts(chunk),
                     np.asarray(vector, dtype=np.float32).tobytes(),
                     int(getattr(chunk, "ocr", False)),
                 ),
@@ -350,11 +341,7 @@ class ChunkStore:
                         chunk.id,
                         chunk.document_id,
                         chunk.ordinal,
-                        chunk.text,
-                        chunk.page,
-                        json.dumps(list(chunk.heading_path), ensure_ascii=False),
-                        chunk.start,
-                        chunk.end,
+                        *chunk_facts(chunk),
                         np.asarray(vector, dtype=np.float32).tobytes(),
                         int(chunk.ocr),
                     ),
@@ -535,6 +522,18 @@ class ChunkStore:
             ids = np.asarray([row[0] for row in rows], dtype=np.int64)
             vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32)
             yield ids, vectors.reshape(len(rows), self.dimension)
+
+
+def document_facts(document: NewDocument) -> tuple:
+    """Return (source, title, content hash, size, page count, chunk count) of a document to store."""
+    facts = (document.source, document.title, document.content_hash, document.size, document.page_count)
+    return (*facts, len(document.chunks))
+
+
+def chunk_facts(chunk: ChunkLike) -> tuple:
+    """Return (text, page, heading path as JSON, start, end) of a chunk to store."""
+    heading_path = json.dumps(list(chunk.heading_path), ensure_ascii=False)
+    return chunk.text, chunk.page, heading_path, chunk.start, chunk.end
 
 
 def _searchable(title: str, heading_path: Sequence[str], text: str) -> str:

@@ -64,22 +64,29 @@ def cluster(pg_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         "KBQA_INGESTION__BATCH_CHUNKS": "4",
     }
     workers = [Worker(root / f"worker{i}", env) for i in (1, 2)]
-    with ThreadPoolExecutor(2) as starting:  # the two nodes load their models side by side
-        nodes = list(starting.map(lambda i: Server(root / f"node{i}", env), (1, 2)))
-    for worker in workers:
-        worker.wait_claiming()
-    clients = [httpx.Client(base_url=node.url, timeout=30) for node in nodes]
-    assert clients[0].post("/v1/kbs", json={"name": "shared"}).status_code == 201
-    yield {"nodes": nodes, "http": clients, "workers": workers, "pg": pg_server, "env": env}
-    for client in clients:
-        client.close()
-    for process in [*(n.process for n in nodes), *(w.process for w in workers)]:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for node in nodes:
-        node.stop()
-    for worker in workers:
-        worker.process.wait(timeout=60)
+    nodes: list[Server] = []
+    clients: list[httpx.Client] = []
+    try:
+        with ThreadPoolExecutor(2) as starting:  # the two nodes load their models side by side
+            nodes += starting.map(lambda i: Server(root / f"node{i}", env), (1, 2))
+        for worker in workers:
+            worker.wait_claiming()
+        clients += [httpx.Client(base_url=node.url, timeout=30) for node in nodes]
+        assert clients[0].post("/v1/kbs", json={"name": "shared"}).status_code == 201
+        yield {"nodes": nodes, "http": clients, "workers": workers, "pg": pg_server, "env": env}
+    finally:  # every process started here ends here, whatever failed
+        for client in clients:
+            client.close()
+        for node in nodes:
+            node.stop()
+        for worker in workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+                try:
+                    worker.process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    worker.process.kill()
+                    worker.process.wait()
 
 
 def documents(http: httpx.Client) -> list[dict]:
