@@ -112,16 +112,7 @@ class PgChunkStore:
                 {"kb": self.kb_id},
             )
             (generation,) = cur.fetchone()
-        vectors = (
-            np.concatenate(added_vectors) if added_vectors else np.zeros((0, self.dimension), np.float32)
-        )
-        return WriteResult(
-            added_ids=np.asarray(added_ids, dtype=np.int64),
-            added_vectors=vectors,
-            removed_ids=np.asarray(removed_ids, dtype=np.int64),
-            document_ids=document_ids,
-            generation=int(generation),
-        )
+        return WriteResult.of(added_ids, added_vectors, removed_ids, document_ids, generation, self.dimension)
 
     def _insert_document(
         self, cur, document: NewDocument, document_id: int | None = None, created_at: str | None = None
