@@ -243,3 +243,9 @@ def test_settings_refuse_a_postgres_store_without_dsn_and_a_server_without_worke
         load_settings(server={"ingest_worker": False})
     settings = load_settings(store={"backend": "postgres", "dsn": "postgresql://kbqa:secret@db/kbqa"})
     assert "secret" not in repr(settings.store) and settings.server.ingest_worker
+
+
+def test_kbqa_worker_on_the_sqlite_store_says_what_it_needs() -> None:
+    result = subprocess.run([KBQA, "worker"], env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "store.backend postgres" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
