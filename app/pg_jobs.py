@@ -50,7 +50,7 @@ POLL_S = 1.0
 
 _COLUMNS = (
     "id, kb, kind, status, jsonb_array_length(inputs), files_done, chunks_done, files::text, error, "
-    "created_at, started_at, finished_at, reading"
+    "created_at, started_at, finished_at, reading, access_groups::text"
 )
 
 
@@ -113,8 +113,10 @@ class PgIngestionJobs(IngestionJobs):
         metadata: Mapping[str, str] | None = None,
         force: bool = False,
         job_id: str | None = None,
+        groups: Sequence[str] | None = None,
     ) -> Job:
-        """Queue a job with its files (copied into the database, one transaction); return it.
+        """Queue a job with its files (copied into the database, one transaction), whose documents get these
+        access `groups` when given; return it.
 
         JobQueueFull when too many wait. The local staging folder is removed once the files are in.
         """
@@ -124,8 +126,8 @@ class PgIngestionJobs(IngestionJobs):
         inputs = [{"source": f.source, "name": f.path.name} for f in files]
         with self.database.connection() as conn:
             conn.execute(
-                "INSERT INTO jobs (id, kb, kind, status, inputs, metadata, force, created_at)"
-                " VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s)",
+                "INSERT INTO jobs (id, kb, kind, status, inputs, metadata, force, created_at, access_groups)"
+                " VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s)",
                 (
                     job_id,
                     kb,
@@ -134,6 +136,7 @@ class PgIngestionJobs(IngestionJobs):
                     None if metadata is None else json.dumps(dict(metadata), ensure_ascii=False),
                     force,
                     utc_now(),
+                    None if groups is None else json.dumps(list(groups), ensure_ascii=False),
                 ),
             )
             for ordinal, file in enumerate(files):
@@ -276,8 +279,9 @@ class PgIngestionJobs(IngestionJobs):
 
     def _run_claimed(self, job_id: str) -> None:
         with self.database.connection() as conn:
-            kb, inputs, metadata, force, chunks_before = conn.execute(
-                "SELECT kb, inputs::text, metadata::text, force, chunks_stored FROM jobs WHERE id = %s",
+            kb, inputs, metadata, force, chunks_before, groups = conn.execute(
+                "SELECT kb, inputs::text, metadata::text, force, chunks_stored, access_groups::text FROM jobs"
+                " WHERE id = %s",
                 (job_id,),
             ).fetchone()
             uploads = conn.execute(
@@ -296,7 +300,13 @@ class PgIngestionJobs(IngestionJobs):
         progress = _JobProgress(self, job_id, chunks_before)
         try:
             report = self._ingest_when_free(
-                job_id, progress, kb, files, None if metadata is None else json.loads(metadata), bool(force)
+                job_id,
+                progress,
+                kb,
+                files,
+                None if metadata is None else json.loads(metadata),
+                bool(force),
+                None if groups is None else json.loads(groups),
             )
         except JobCancelled:
             if job_id in self._lost:
@@ -424,19 +434,14 @@ class _SharedReading(dict):
 
 
 def _job(row: tuple) -> Job:
-    (job_id, kb, kind, status, total, done, chunks, files, error, created, started, finished, reading) = row
+    *facts, files, error, created, started, finished, reading, groups = row
     return Job(
-        job_id,
-        kb,
-        kind,
-        status,
-        total,
-        done,
-        chunks,
+        *facts,
         json.loads(files),
         error,
         created,
         started,
         finished,
-        reading if status == "running" else None,
+        reading if facts[3] == "running" else None,  # facts: id, kb, kind, status, total, done, chunks
+        groups=None if groups is None else json.loads(groups),
     )

@@ -20,7 +20,7 @@ import numpy as np
 
 from retrieval.errors import DocumentNotFound
 from retrieval.lexical import LEXICAL_VERSION, expression_terms, fts_tokens, indexed_text
-from retrieval.metadata import to_json
+from retrieval.metadata import check_groups, to_json
 from retrieval.postgres import Database
 from retrieval.store import (
     ChunkRecord,
@@ -45,7 +45,7 @@ MAX_EF_SEARCH = 1000
 
 DOCUMENT_COLUMNS = (
     "id, source, title, content_hash, size, page_count, chunk_count, status, created_at, updated_at, "
-    "metadata::text"
+    "metadata::text, array_to_json(access_groups)::text"
 )
 CHUNK_COLUMNS = (
     "c.id, c.document_id, c.ordinal, c.text, c.page, c.heading_path, c.start_offset, c.end_offset, "
@@ -127,8 +127,8 @@ class PgChunkStore:
             self._next[0] += 1
         cur.execute(
             "INSERT INTO documents (id, kb_id, source, title, content_hash, size, page_count, chunk_count,"
-            " status, created_at, updated_at, metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'ready', %s, %s, %s)"
-            " RETURNING id",
+            " status, created_at, updated_at, metadata, access_groups)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'ready', %s, %s, %s, %s::text[]) RETURNING id",
             (
                 document_id,
                 self.kb_id,
@@ -136,6 +136,7 @@ class PgChunkStore:
                 created_at or now,
                 now,
                 to_json(document.metadata),
+                check_groups(document.groups),
             ),
         )
         (document_id,) = cur.fetchone()
@@ -240,8 +241,9 @@ class PgChunkStore:
             for d in documents:
                 cur.execute(
                     "INSERT INTO documents (kb_id, id, source, title, content_hash, size, page_count, chunk_count,"
-                    " status, created_at, updated_at, metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (self.kb_id, *_document_row(d), to_json(d.metadata)),
+                    " status, created_at, updated_at, metadata, access_groups)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[])",
+                    (self.kb_id, *_document_row(d), to_json(d.metadata), check_groups(d.groups)),
                 )
             term_rows = []
             for chunk, vector in chunks:
@@ -283,6 +285,16 @@ class PgChunkStore:
             cursor = conn.execute(
                 "UPDATE documents SET metadata = %s, updated_at = %s WHERE id = %s AND kb_id = %s",
                 (to_json(metadata), utc_now(), document_id, self.kb_id),
+            )
+            if cursor.rowcount == 0:
+                raise DocumentNotFound(f"no document with id {document_id}")
+
+    def set_groups(self, document_id: int, groups: Sequence[str]) -> None:
+        """Replace one document's access groups; return nothing (chunks, vectors and generation untouched)."""
+        with self.db.connection() as conn:
+            cursor = conn.execute(
+                "UPDATE documents SET access_groups = %s::text[], updated_at = %s WHERE id = %s AND kb_id = %s",
+                (check_groups(groups), utc_now(), document_id, self.kb_id),
             )
             if cursor.rowcount == 0:
                 raise DocumentNotFound(f"no document with id {document_id}")
@@ -405,8 +417,14 @@ class PgChunkStore:
         document_ids: Sequence[int] | None,
         source_glob: str | None,
         metadata: Mapping[str, str] | None = None,
+        groups: frozenset[str] | None = None,
     ) -> set[int]:
-        """Return the ids of chunks passing every filter given: document ids, source glob, metadata values."""
+        """Return the ids of chunks passing every filter given: document ids, source glob, metadata values,
+        access groups.
+
+        A metadata filter keeps documents whose metadata has each given key with exactly that value; a
+        groups filter keeps documents without groups and those sharing one of `groups` (None: no filter).
+        """
         clauses, values = ["c.kb_id = %s"], [self.kb_id]
         if document_ids is not None:
             clauses.append("d.id = ANY(%s)")
@@ -417,6 +435,14 @@ class PgChunkStore:
         for key, value in (metadata or {}).items():
             clauses.append("d.metadata ->> %s = %s")
             values += [key, value]
+        if groups is not None:
+            wanted = check_groups(groups)
+            clauses.append(
+                "(cardinality(d.access_groups) = 0 OR d.access_groups && %s::text[])"
+                if wanted
+                else "cardinality(d.access_groups) = 0"
+            )
+            values += [wanted] if wanted else []
         query = f"SELECT c.id FROM chunks c JOIN documents d ON d.kb_id = c.kb_id AND d.id = c.document_id WHERE {' AND '.join(clauses)}"
         return {row[0] for row in self._all(query, values)}
 

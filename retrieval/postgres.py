@@ -135,6 +135,13 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (kb_id, source)
     );
     """,
+    # 3: access groups: a document's (sorted; empty: every reader of its knowledge base sees it) and those a
+    # job gives its documents (NULL: each keeps its own).
+    """
+    ALTER TABLE documents ADD COLUMN access_groups TEXT[] NOT NULL DEFAULT '{}';
+    CREATE INDEX documents_by_groups ON documents USING GIN (access_groups);
+    ALTER TABLE jobs ADD COLUMN access_groups JSONB;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -347,8 +347,8 @@ class ChunkStore:
             if db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]:
                 raise ValueError("a knowledge base is restored only into an empty store")
             db.executemany(
-                f"INSERT INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*_document_row(d), to_json(d.metadata)) for d in documents],
+                f"INSERT INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*_document_row(d), to_json(d.metadata), _groups_json(d.groups)) for d in documents],
             )
             titles = {d.id: d.title for d in documents}
             for chunk, vector in chunks:
@@ -577,7 +577,7 @@ def _searchable(title: str, heading_path: Sequence[str], text: str) -> str:
 
 
 def _document_row(document: DocumentRecord) -> tuple:
-    """Return a document's facts in DOCUMENT_COLUMNS order, its metadata left out."""
+    """Return a document's facts in DOCUMENT_COLUMNS order, its metadata and groups left out."""
     return (
         document.id,
         document.source,

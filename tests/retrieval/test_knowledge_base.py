@@ -246,6 +246,66 @@ def test_metadata_round_trips_and_is_set_in_place(catalog: KnowledgeBaseCatalog)
     assert reopened.check().ok
 
 
+def test_groups_are_written_with_the_document_set_in_place_and_filter_chunks(
+    catalog: KnowledgeBaseCatalog,
+) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    with kb.writing():
+        added = kb.add_documents(
+            [
+                replace(document("hr.md", [0]), groups=["人事", "hr", "hr"]),
+                replace(document("both.md", [1]), groups=["eng", "hr"]),
+                document("open.md", [2]),
+            ]
+        )
+    hr, both, everyone = (int(i) for i in added.added_ids)
+    assert [(d.source, d.groups) for d in kb.documents()] == [
+        ("hr.md", ("hr", "人事")),  # sorted, without repeats
+        ("both.md", ("eng", "hr")),
+        ("open.md", ()),
+    ]
+    assert kb.document_by_source("both.md").groups == ("eng", "hr")
+    assert kb.chunk_ids_where(None, None) == {hr, both, everyone}  # no groups filter: every document
+    assert kb.chunk_ids_where(None, None, None, frozenset({"hr"})) == {hr, both, everyone}
+    assert kb.chunk_ids_where(None, None, None, frozenset({"eng", "x"})) == {both, everyone}
+    assert kb.chunk_ids_where(None, None, None, frozenset({"人事"})) == {hr, everyone}
+    assert kb.chunk_ids_where(None, None, None, frozenset()) == {everyone}  # only documents without groups
+    assert kb.chunk_ids_where(None, "h*", None, frozenset({"eng"})) == set()
+
+    with pytest.raises(RuntimeError, match="kb.writing"):
+        kb.set_groups(1, [])
+    generation = kb.store.generation
+    with kb.writing():
+        kb.set_groups(kb.document_by_source("open.md").id, ["eng"])
+        kb.set_groups(kb.document_by_source("hr.md").id, [])
+        with pytest.raises(DocumentNotFound):
+            kb.set_groups(10**6, ["hr"])
+        with pytest.raises(ValueError, match="invalid group"):
+            kb.set_groups(1, ["a b"])
+    assert kb.store.generation == generation  # chunks untouched, so the vector index stays current
+    kb.close()
+
+    reopened = catalog.open("kb", IDENTITY)
+    assert [d.groups for d in reopened.documents()] == [(), ("eng", "hr"), ("eng",)]
+    assert reopened.chunk_ids_where(None, None, None, frozenset()) == {hr}
+    assert reopened.chunk_ids_where(None, None, None, frozenset({"eng"})) == {hr, both, everyone}
+    with reopened.writing():  # a new version of a document has the groups it is written with
+        reopened.add_documents([document("both.md", [3])])
+    assert reopened.document_by_source("both.md").groups == ()
+    assert reopened.check().ok
+    reopened.close()
+
+
+def test_bad_groups_write_nothing(catalog: KnowledgeBaseCatalog) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    bad = replace(document("bad.md", [1]), groups=["hr') OR 1=1 --"])
+    with kb.writing(), pytest.raises(ValueError, match="invalid group"):
+        kb.add_documents([document("good.md", [0]), bad])
+    assert kb.counts() == (0, 0)
+    assert kb.check().ok
+    kb.close()
+
+
 def test_bad_metadata_writes_nothing(catalog: KnowledgeBaseCatalog) -> None:
     kb = catalog.create("kb", IDENTITY, {})
     bad = replace(document("bad.md", [1]), metadata={'a") OR 1=1 --': "x"})
