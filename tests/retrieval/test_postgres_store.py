@@ -105,6 +105,41 @@ def test_a_schema_newer_than_kbqa_is_one_clear_error(pg_dsn: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_database_of_schema_2_gets_the_groups_columns_and_keeps_its_documents(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    import psycopg
+
+    catalog = pg_catalog(pg_dsn, tmp_path)
+    kb = catalog.create("kb", IDENTITY, {})
+    with kb.writing():
+        kb.add_documents(documents())
+    chunks = kb.chunk_ids_where(None, None)
+    kb.close()
+    catalog.database.close()
+    with psycopg.connect(pg_dsn) as conn:  # as a database made before access groups (schema 2) is
+        conn.execute("ALTER TABLE documents DROP COLUMN access_groups")
+        conn.execute("ALTER TABLE jobs DROP COLUMN access_groups")
+        conn.execute("UPDATE kbqa_schema SET version = 2")
+
+    catalog = pg_catalog(pg_dsn, tmp_path)
+    kb = catalog.open("kb")
+    assert [d.groups for d in kb.documents()] == [()] * len(TEXTS)  # upgraded: every document open to all
+    assert kb.chunk_ids_where(None, None, None, frozenset()) == chunks
+    with kb.writing():
+        kb.set_groups(kb.documents()[0].id, ["hr"])
+    assert kb.chunk_ids_where(None, None, None, frozenset()) < chunks
+    kb.close()
+    catalog.database.close()
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT version FROM kbqa_schema").fetchone() == (SCHEMA_VERSION,)
+        columns = conn.execute(
+            "SELECT table_name FROM information_schema.columns WHERE column_name = 'access_groups'"
+            " ORDER BY table_name"
+        ).fetchall()
+    assert columns == [("documents",), ("jobs",)]
+
+
 def test_a_wrong_dsn_is_one_clear_error_on_every_face(tmp_path: Path) -> None:
     dsn = f"postgresql://kbqa:secret@/kbqa?host={tmp_path}&port=5999"  # nobody listens there
     with pytest.raises(DatabaseUnavailable, match="is unavailable"):
@@ -182,7 +217,7 @@ def test_a_node_follows_what_another_node_writes_deletes_and_creates_again(
         node_b.database.close()
 
 
-def test_migrate_to_postgres_and_back_keeps_ids_metadata_vectors_and_originals(
+def test_migrate_to_postgres_and_back_keeps_ids_metadata_groups_vectors_and_originals(
     pg_dsn: str, tmp_path: Path
 ) -> None:
     from app.services import KnowledgeService
@@ -194,6 +229,8 @@ def test_migrate_to_postgres_and_back_keeps_ids_metadata_vectors_and_originals(
     with kb.writing():
         kb.add_documents(documents())
         kb.delete_documents([kb.documents()[-1].id])  # the highest ids are gone: never to be given again
+        kb.set_groups(kb.documents()[0].id, ["hr", "人事"])
+        kb.set_groups(kb.documents()[1].id, ["eng"])
     original = files.path("kb") / "originals" / "d0.md"
     original.parent.mkdir(parents=True)
     original.write_bytes(b"# the uploaded file")
@@ -201,13 +238,15 @@ def test_migrate_to_postgres_and_back_keeps_ids_metadata_vectors_and_originals(
     def state(kb) -> tuple:
         query = documents()[2].vectors[0]
         return (
-            [(d.id, d.source, d.metadata, d.created_at) for d in kb.documents()],
+            [(d.id, d.source, d.metadata, d.groups, d.created_at) for d in kb.documents()],
+            sorted(kb.chunk_ids_where(None, None, None, frozenset({"hr"}))),
             [(h.chunk.id, round(h.score, 5)) for h in kb.search(query, 10)],
             [(h.chunk.id, round(h.score, 6)) for h in kb.lexical_search(match_expression("年假 VPN"), 10)],
             kb.store.id_counters(),
         )
 
     before = state(kb)
+    assert [d[3] for d in before[0][:2]] == [("hr", "人事"), ("eng",)]
     kb.close()
     service = KnowledgeService(
         load_settings(data_dir=data, store={"backend": "sqlite", "dsn": pg_dsn})  # the DSN to move to
@@ -229,7 +268,7 @@ def test_migrate_to_postgres_and_back_keeps_ids_metadata_vectors_and_originals(
     with back.writing():
         added = back.add_documents(documents()[:1])
     assert added.document_ids[0] == before[0][0][0], "a replaced document keeps its id"
-    assert min(added.added_ids) >= before[3][1], "no chunk id is given twice"
+    assert min(added.added_ids) >= before[4][1], "no chunk id is given twice"
     back.close()
     database.database.close()
 

@@ -171,6 +171,32 @@ def test_upload_list_download_reindex_and_delete(client: TestClient) -> None:
     assert client.post("/v1/kbs/docs/search", json={"query": "备份"}).json()["data"] == []
 
 
+def test_an_upload_with_groups_gives_them_to_its_job_and_documents(client: TestClient) -> None:
+    # On the PostgreSQL store the job row carries them to whichever worker claims it.
+    client.post("/v1/kbs", json={"name": "grouped"})
+    job = upload(client, "grouped", {"pay.md": POLICY, "days.md": LEAVE}, groups="pay, hr,pay")
+    assert job["groups"] == ["hr", "pay"]
+    done = wait(client, job)
+    assert done["status"] == "succeeded" and done["groups"] == ["hr", "pay"]
+    assert client.get(f"/v1/jobs/{job['id']}").json()["groups"] == ["hr", "pay"]
+    stored = documents(client, "grouped")
+    assert {source: d["groups"] for source, d in stored.items()} == {
+        "pay.md": ["hr", "pay"],
+        "days.md": ["hr", "pay"],
+    }
+    changed = client.put(f"/v1/kbs/grouped/documents/{stored['days.md']['id']}/groups", json={"groups": []})
+    assert changed.status_code == 200 and changed.json()["groups"] == []
+    assert documents(client, "grouped")["days.md"]["groups"] == []
+    assert_error(
+        client.put("/v1/kbs/grouped/documents/999999/groups", json={"groups": ["hr"]}),
+        404,
+        "document_not_found",
+    )
+    again = wait(client, upload(client, "grouped", {"pay.md": POLICY + "\n补充。"}))  # no groups: kept
+    assert again["groups"] is None and documents(client, "grouped")["pay.md"]["groups"] == ["hr", "pay"]
+    assert client.delete("/v1/kbs/grouped").status_code == 204
+
+
 def test_upload_errors_leave_the_knowledge_base_as_it_was(client: TestClient) -> None:
     before = documents(client, "hr")
     assert_error(
