@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +26,7 @@ from ingestion.splitter import SplitterConfig
 from llm.config import LLMConfig
 from retrieval.embedders import EmbeddingConfig
 from retrieval.index_backends import VectorStoreConfig
+from retrieval.postgres import StoreConfig
 from retrieval.query_batcher import QueryBatchConfig
 from retrieval.retriever import RetrievalConfig
 
@@ -92,6 +93,12 @@ class ServerConfig(BaseModel):
         None, description="Build this knowledge base from `sample_docs` at start-up when it does not exist."
     )
     sample_docs: Path = Field(Path("examples/docs"), description="Documents of the sample knowledge base.")
+    ingest_worker: bool = Field(
+        True,
+        description="Run an ingestion worker inside `kbqa serve`. With the postgres store, API nodes may leave "
+        "ingestion to `kbqa worker` processes (false); uploads then wait in the shared queue for them. "
+        "Env: KBQA_SERVER__INGEST_WORKER.",
+    )
 
 
 class Settings(BaseSettings):
@@ -118,6 +125,11 @@ class Settings(BaseSettings):
         default_factory=VectorStoreConfig,
         description="The vector store of new knowledge bases (FAISS or Milvus) and Milvus credentials.",
     )
+    store: StoreConfig = Field(
+        default_factory=StoreConfig,
+        description="Where knowledge bases keep their truth: sqlite (files under data_dir, the default) or "
+        "postgres (one database shared by several nodes and workers; KBQA_STORE__BACKEND, KBQA_STORE__DSN).",
+    )
     retrieval: RetrievalConfig = Field(
         default_factory=RetrievalConfig, description="Search mode, fusion weights, and the optional reranker."
     )
@@ -126,6 +138,15 @@ class Settings(BaseSettings):
         description="How answers are generated: extractive (default, no model), transformers or openai.",
     )
     server: ServerConfig = Field(default_factory=ServerConfig, description="The HTTP service.")
+
+    @model_validator(mode="after")
+    def _worker_elsewhere_needs_postgres(self) -> Settings:
+        if not self.server.ingest_worker and self.store.backend != "postgres":
+            raise ValueError(
+                "server.ingest_worker false leaves uploads to `kbqa worker` processes, which need "
+                "store.backend postgres; with sqlite the server runs the ingestion itself"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

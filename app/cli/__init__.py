@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from app.cli.ask import ask
 from app.cli.common import Options
@@ -23,6 +24,7 @@ from app.cli.mcp import mcp
 from app.cli.runtime import runtime_app
 from app.cli.search import search
 from app.cli.serve import serve
+from app.cli.worker import worker
 
 app = typer.Typer(help="kbqa: local knowledge-base question answering.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
@@ -37,6 +39,7 @@ app.command("search")(search)
 app.command("ask")(ask)
 app.command("serve")(serve)
 app.command("mcp")(mcp)
+app.command("worker")(worker)
 
 
 @app.callback()
@@ -69,7 +72,16 @@ def main_options(
 
 def main() -> None:
     """Run the command line."""
-    app()
+    from retrieval.errors import DatabaseError, DatabaseUnavailable
+
+    try:
+        app()
+    except (DatabaseUnavailable, DatabaseError) as error:
+        # The PostgreSQL store down, unreachable or unusable, met wherever a command first asks it: one line.
+        from app.cli.common import errors
+
+        errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

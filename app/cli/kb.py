@@ -38,6 +38,9 @@ def kb_create(
     svc = service()
     kb = run_or_fail(lambda: svc.create(name, store, uri))
     kb.close()
+    if kb.directory is None:  # the PostgreSQL store: rows of the shared database, no folder
+        console.print(f"created knowledge base [bold]{name}[/] (pgvector) in {svc.database.where}")
+        return
     where = kb.manifest.store.uri or "files"
     console.print(
         f"created knowledge base [bold]{name}[/] ({kb.manifest.store.backend}, {where}) in {kb.directory}"
@@ -47,10 +50,18 @@ def kb_create(
 @kb_app.command("migrate")
 def kb_migrate(
     name: NameArgument,
-    to: Annotated[str, typer.Option("--to", help="The vector store to move to: faiss or milvus.")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="The vector store to move to (faiss or milvus), or the whole knowledge base's store: postgres "
+            "(store.dsn) or back to sqlite (the data directory); ids, metadata and vectors are kept.",
+        ),
+    ],
     uri: Annotated[str | None, typer.Option("--uri", help="Milvus: server URI or Milvus Lite file.")] = None,
 ) -> None:
-    """Rebuild a knowledge base's vectors in another store from its SQLite copy, then switch to it."""
+    """Rebuild a knowledge base's vectors in another store from its SQLite copy, then switch to it; or move it
+    between SQLite and PostgreSQL without embedding anything again."""
     svc = service()
     run_or_fail(lambda: svc.migrate(name, to, uri))
     console.print(f"knowledge base [bold]{name}[/] now uses {to}")

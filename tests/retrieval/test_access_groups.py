@@ -1,6 +1,7 @@
 """Access groups inside retrieval: a caller limited to groups gets the top-k of the documents it may read,
 taken before the cut (not k minus the hidden ones), in dense, lexical, hybrid and reranked searches, on
-FAISS and on Milvus Lite; and what it may not read shapes neither its hits nor its answerability."""
+FAISS, on Milvus Lite and on the PostgreSQL store (pgvector); and what it may not read shapes neither its
+hits nor its answerability."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from models import build_tiny_cross_encoder
 from pieces import Piece
+from postgres import pg_catalog
 
 from retrieval import (
     EmbeddingIdentity,
@@ -58,12 +60,17 @@ def chunk_text(document: int, ordinal: int) -> str:
     return " ".join(rng.choice(WORDS, size=4)) + f" d{document}c{ordinal}"
 
 
-@pytest.fixture(scope="module", params=["faiss", "milvus"])
+@pytest.fixture(scope="module", params=["faiss", "milvus", "pgvector"])
 def kb(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
-    if request.param == "milvus":
-        pytest.importorskip("pymilvus")
-    catalog = KnowledgeBaseCatalog(tmp_path_factory.mktemp(request.param) / "data")
-    kb = catalog.create("kb", IDENTITY, {}, new_store("kb", request.param))
+    data = tmp_path_factory.mktemp(request.param) / "data"
+    if request.param == "pgvector":  # the PostgreSQL store: groups filtered in SQL, vectors in pgvector
+        catalog = pg_catalog(request.getfixturevalue("pg_server").new_database(), data)
+        kb = catalog.create("kb", IDENTITY, {})
+    else:
+        if request.param == "milvus":
+            pytest.importorskip("pymilvus")
+        catalog = KnowledgeBaseCatalog(data)
+        kb = catalog.create("kb", IDENTITY, {}, new_store("kb", request.param))
     documents = []
     for d in range(DOCUMENTS):
         texts = [chunk_text(d, i) for i in range(CHUNKS_PER_DOCUMENT)]
@@ -82,6 +89,8 @@ def kb(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
         kb.add_documents(documents)
     yield kb
     kb.close()
+    if request.param == "pgvector":
+        catalog.database.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import gc
 import sqlite3
 import weakref
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pieces import OcrPiece, Piece
+from postgres import pg_catalog
 
 from retrieval import (
     DocumentNotFound,
@@ -57,9 +59,21 @@ def document(source: str, axes: list[int], content_hash: str | None = None) -> N
     )
 
 
-@pytest.fixture
-def catalog(tmp_path: Path) -> KnowledgeBaseCatalog:
-    return KnowledgeBaseCatalog(tmp_path / "data")
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KnowledgeBaseCatalog]:
+    """The catalog of each store: SQLite files under a data directory, or a database of its own on PostgreSQL."""
+    if request.param == "sqlite":
+        yield KnowledgeBaseCatalog(tmp_path / "data")
+        return
+    catalog = pg_catalog(request.getfixturevalue("pg_dsn"), tmp_path / "data")
+    yield catalog
+    catalog.database.close()
+
+
+def sqlite_only(catalog: KnowledgeBaseCatalog) -> None:
+    """Skip a test of the SQLite store's files on the PostgreSQL store, which keeps no files."""
+    if not isinstance(catalog, KnowledgeBaseCatalog):
+        pytest.skip("about the SQLite store's files; the PostgreSQL store keeps none")
 
 
 def test_create_list_info_delete(catalog: KnowledgeBaseCatalog) -> None:
@@ -176,6 +190,7 @@ def test_other_embedding_model_is_refused_with_both_names(catalog: KnowledgeBase
 
 @pytest.mark.parametrize("damage", ["missing_index", "stale_generation", "corrupt_index"])
 def test_index_is_rebuilt_from_the_store_when_it_lags(catalog: KnowledgeBaseCatalog, damage: str) -> None:
+    sqlite_only(catalog)
     kb = catalog.create("kb", IDENTITY, {})
     directory = kb.directory
     with kb.writing():
@@ -229,6 +244,66 @@ def test_metadata_round_trips_and_is_set_in_place(catalog: KnowledgeBaseCatalog)
     assert reopened.chunk_ids_where(None, None, {"部门": "人事"}) == set()
     assert reopened.chunk_ids_where(None, None, {"year": "2025"}) == set(added.added_ids[:2].tolist())
     assert reopened.check().ok
+
+
+def test_groups_are_written_with_the_document_set_in_place_and_filter_chunks(
+    catalog: KnowledgeBaseCatalog,
+) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    with kb.writing():
+        added = kb.add_documents(
+            [
+                replace(document("hr.md", [0]), groups=["人事", "hr", "hr"]),
+                replace(document("both.md", [1]), groups=["eng", "hr"]),
+                document("open.md", [2]),
+            ]
+        )
+    hr, both, everyone = (int(i) for i in added.added_ids)
+    assert [(d.source, d.groups) for d in kb.documents()] == [
+        ("hr.md", ("hr", "人事")),  # sorted, without repeats
+        ("both.md", ("eng", "hr")),
+        ("open.md", ()),
+    ]
+    assert kb.document_by_source("both.md").groups == ("eng", "hr")
+    assert kb.chunk_ids_where(None, None) == {hr, both, everyone}  # no groups filter: every document
+    assert kb.chunk_ids_where(None, None, None, frozenset({"hr"})) == {hr, both, everyone}
+    assert kb.chunk_ids_where(None, None, None, frozenset({"eng", "x"})) == {both, everyone}
+    assert kb.chunk_ids_where(None, None, None, frozenset({"人事"})) == {hr, everyone}
+    assert kb.chunk_ids_where(None, None, None, frozenset()) == {everyone}  # only documents without groups
+    assert kb.chunk_ids_where(None, "h*", None, frozenset({"eng"})) == set()
+
+    with pytest.raises(RuntimeError, match="kb.writing"):
+        kb.set_groups(1, [])
+    generation = kb.store.generation
+    with kb.writing():
+        kb.set_groups(kb.document_by_source("open.md").id, ["eng"])
+        kb.set_groups(kb.document_by_source("hr.md").id, [])
+        with pytest.raises(DocumentNotFound):
+            kb.set_groups(10**6, ["hr"])
+        with pytest.raises(ValueError, match="invalid group"):
+            kb.set_groups(1, ["a b"])
+    assert kb.store.generation == generation  # chunks untouched, so the vector index stays current
+    kb.close()
+
+    reopened = catalog.open("kb", IDENTITY)
+    assert [d.groups for d in reopened.documents()] == [(), ("eng", "hr"), ("eng",)]
+    assert reopened.chunk_ids_where(None, None, None, frozenset()) == {hr}
+    assert reopened.chunk_ids_where(None, None, None, frozenset({"eng"})) == {hr, both, everyone}
+    with reopened.writing():  # a new version of a document has the groups it is written with
+        reopened.add_documents([document("both.md", [3])])
+    assert reopened.document_by_source("both.md").groups == ()
+    assert reopened.check().ok
+    reopened.close()
+
+
+def test_bad_groups_write_nothing(catalog: KnowledgeBaseCatalog) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    bad = replace(document("bad.md", [1]), groups=["hr') OR 1=1 --"])
+    with kb.writing(), pytest.raises(ValueError, match="invalid group"):
+        kb.add_documents([document("good.md", [0]), bad])
+    assert kb.counts() == (0, 0)
+    assert kb.check().ok
+    kb.close()
 
 
 def test_bad_metadata_writes_nothing(catalog: KnowledgeBaseCatalog) -> None:
@@ -288,6 +363,7 @@ INSERT INTO chunk_terms (rowid, terms) VALUES (1, 'old chunk');
 
 
 def test_store_made_before_metadata_and_ocr_opens_and_gets_the_columns(catalog: KnowledgeBaseCatalog) -> None:
+    sqlite_only(catalog)
     directory = catalog.create("kb", IDENTITY, {}).directory
     store = directory / STORE_FILE
     store.unlink()
@@ -328,6 +404,7 @@ def test_store_made_before_metadata_and_ocr_opens_and_gets_the_columns(catalog: 
 def test_lexical_terms_cut_the_old_way_are_remade_once_and_match_either_script(
     catalog: KnowledgeBaseCatalog,
 ) -> None:
+    sqlite_only(catalog)
     kb = catalog.create("kb", IDENTITY, {})
     taiwan = replace(document("taiwan.md", [1]), chunks=[Piece("國立臺灣大學圖書館於西元1928年開館。")])
     with kb.writing():

@@ -89,9 +89,15 @@ def test_the_table_names_each_status() -> None:
     assert expected("key", "none") == 401 and expected("open", "wrong") is None
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, e5_embedder) -> Iterator[tuple[TestClient, dict]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, e5_embedder
+) -> Iterator[tuple[TestClient, dict]]:
+    """The app over each store: SQLite files, or a database of its own on the session's PostgreSQL."""
     data = tmp_path_factory.mktemp("access") / "data"
+    backend = {"backend": "sqlite"}
+    if request.param == "postgres":
+        backend = {"backend": "postgres", "dsn": request.getfixturevalue("pg_server").new_database()}
     store = KeyStore(data)
     secrets = {"admin": FLAT, "wrong": "kbqa_000000000000_not-a-key"}
     for who, role, kbs in (
@@ -104,7 +110,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, e5_embedder) -> Iterator[tu
     secrets["expired"] = store.create("expired", "editor", ["*"], None, datetime.now(UTC) - timedelta(1))[1]
     store.close()
     server = {"api_keys": [FLAT], "protect_reads": True, "auth_failures": 100_000}
-    app = create_app(load_settings(data_dir=data, server=server))
+    app = create_app(load_settings(data_dir=data, server=server, store=backend))
     app.state.service.embedder = e5_embedder
     with LoadedTestClient(app) as client:
         admin = {"Authorization": f"Bearer {FLAT}"}

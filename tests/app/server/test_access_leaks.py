@@ -55,11 +55,17 @@ class _Keyed:
         return self.client.delete(url, headers=self.headers, **kw)
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, e5_embedder) -> Iterator[tuple[TestClient, dict]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, e5_embedder
+) -> Iterator[tuple[TestClient, dict]]:
+    """The app over each store: SQLite files, or a database of its own on the session's PostgreSQL."""
     data = tmp_path_factory.mktemp("leaks") / "data"
     server = {"api_keys": [ADMIN], "protect_reads": True, "auth_failures": 100_000}
-    app = create_app(load_settings(data_dir=data, server=server))
+    store = {"backend": "sqlite"}
+    if request.param == "postgres":
+        store = {"backend": "postgres", "dsn": request.getfixturevalue("pg_server").new_database()}
+    app = create_app(load_settings(data_dir=data, server=server, store=store))
     app.state.service.embedder = e5_embedder
     with LoadedTestClient(app) as client:
         admin = _Keyed(client, ADMIN)
