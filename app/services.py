@@ -33,6 +33,7 @@ from retrieval import (
     EmbeddingIdentity,
     KnowledgeBase,
     KnowledgeBaseCatalog,
+    KnowledgeBaseError,
     KnowledgeBaseInfo,
     LogisticModel,
     OpenKnowledgeBases,
@@ -75,13 +76,31 @@ class KnowledgeService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         stores = settings.vector_store
-        self.catalog = KnowledgeBaseCatalog(settings.data_dir, stores.token, stores.faiss_gpu)
+        self.database = None
+        if settings.store.backend == "postgres":
+            from retrieval.pg_catalog import PgKnowledgeBaseCatalog
+            from retrieval.postgres import shared_database
+
+            self.database = shared_database(settings.store)
+            self.catalog = PgKnowledgeBaseCatalog(self.database, settings.data_dir)
+        else:
+            self.catalog = KnowledgeBaseCatalog(settings.data_dir, stores.token, stores.faiss_gpu)
         # Shared by every request; callers do not close what `open` returns.
         self.knowledge_bases = OpenKnowledgeBases(self.catalog, settings.server.open_knowledge_bases)
 
     def close(self) -> None:
         """Close the knowledge bases held open; return nothing."""
         self.knowledge_bases.close()
+
+    def database_problem(self) -> str | None:
+        """Return why the PostgreSQL store cannot be used now, or None when it can (or the store is SQLite)."""
+        if self.database is None:
+            return None
+        try:
+            self.database.check()
+        except KnowledgeBaseError as error:
+            return str(error)
+        return None
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -124,6 +143,13 @@ class KnowledgeService:
         self.open(name).switch_store(self._new_store(name, store, uri))
 
     def _new_store(self, name: str, store: str | None, uri: str | None) -> VectorStore:
+        if self.database is not None:
+            if store not in (None, "pgvector") or uri is not None:
+                raise ValueError(
+                    "with store.backend postgres, a knowledge base keeps its vectors in pgvector "
+                    "(no --store faiss/milvus or URI)"
+                )
+            return VectorStore(backend="pgvector")
         configured = self.settings.vector_store
         store = store or configured.backend
         if store == "milvus" and uri is None:

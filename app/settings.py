@@ -26,6 +26,7 @@ from ingestion.splitter import SplitterConfig
 from llm.config import LLMConfig
 from retrieval.embedders import EmbeddingConfig
 from retrieval.index_backends import VectorStoreConfig
+from retrieval.postgres import StoreConfig
 from retrieval.query_batcher import QueryBatchConfig
 from retrieval.retriever import RetrievalConfig
 
@@ -76,6 +77,12 @@ class ServerConfig(BaseModel):
         None, description="Build this knowledge base from `sample_docs` at start-up when it does not exist."
     )
     sample_docs: Path = Field(Path("examples/docs"), description="Documents of the sample knowledge base.")
+    ingest_worker: bool = Field(
+        True,
+        description="Run an ingestion worker inside `kbqa serve`. With the postgres store, API nodes may leave "
+        "ingestion to `kbqa worker` processes (false); uploads then wait in the shared queue for them. "
+        "Env: KBQA_SERVER__INGEST_WORKER.",
+    )
 
 
 class Settings(BaseSettings):
@@ -101,6 +108,11 @@ class Settings(BaseSettings):
     vector_store: VectorStoreConfig = Field(
         default_factory=VectorStoreConfig,
         description="The vector store of new knowledge bases (FAISS or Milvus) and Milvus credentials.",
+    )
+    store: StoreConfig = Field(
+        default_factory=StoreConfig,
+        description="Where knowledge bases keep their truth: sqlite (files under data_dir, the default) or "
+        "postgres (one database shared by several nodes and workers; KBQA_STORE__BACKEND, KBQA_STORE__DSN).",
     )
     retrieval: RetrievalConfig = Field(
         default_factory=RetrievalConfig, description="Search mode, fusion weights, and the optional reranker."

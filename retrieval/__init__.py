@@ -5,6 +5,8 @@ from retrieval.calibration import Calibration, LogisticModel, find_calibration
 from retrieval.catalog import KnowledgeBaseCatalog, KnowledgeBaseInfo, validate_name
 from retrieval.embedders import Embedder, EmbeddingConfig, load_embedder
 from retrieval.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
     DocumentNotFound,
     EmbeddingMismatch,
     InvalidName,
@@ -30,6 +32,8 @@ __all__ = [
     "ChunkLike",
     "ChunkRecord",
     "ConsistencyReport",
+    "DatabaseError",
+    "DatabaseUnavailable",
     "DocumentNotFound",
     "DocumentRecord",
     "Embedder",

@@ -76,6 +76,16 @@ class KnowledgeBaseCatalog:
         """Return whether the named knowledge base exists."""
         return (self.path(name) / MANIFEST_FILE).is_file()
 
+    def identity(self, name: str) -> tuple[int, int, int]:
+        """Return what tells the named knowledge base on disk apart from one deleted and made again (a new
+        folder) or migrated (a manifest rewritten as a new file); KnowledgeBaseNotFound if it does not exist."""
+        directory = self.path(name)
+        try:
+            folder, manifest = directory.stat(), (directory / MANIFEST_FILE).stat()
+        except FileNotFoundError:
+            raise KnowledgeBaseNotFound(f"knowledge base '{name}' does not exist") from None
+        return folder.st_ino, manifest.st_ino, manifest.st_mtime_ns
+
     def names(self) -> list[str]:
         """Return the names of every knowledge base, sorted."""
         if not self.root.is_dir():

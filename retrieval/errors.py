@@ -27,3 +27,11 @@ class KnowledgeBaseBusy(KnowledgeBaseError):
 
 class DocumentNotFound(KnowledgeBaseError):
     """No document with that id in the knowledge base."""
+
+
+class DatabaseUnavailable(KnowledgeBaseError):
+    """The PostgreSQL store cannot be reached now (down, restarting, or a wrong address); try again later."""
+
+
+class DatabaseError(KnowledgeBaseError):
+    """The PostgreSQL store cannot be used as it is (its schema is newer than kbqa, pgvector is missing)."""

@@ -115,3 +115,34 @@ def match_expression(query: str) -> str | None:
     if not unique:
         return None
     return " OR ".join('"' + term.replace('"', '""') + '"' for term in unique)
+
+
+# The Latin letters whose accents FTS5's unicode61 tokenizer drops (remove_diacritics=1) end here.
+_LATIN_END = 0x250
+
+
+def fts_tokens(indexed: str) -> list[str]:
+    """Return the tokens SQLite's FTS5 (unicode61) makes of `indexed` text: runs of letters, digits and
+    private-use characters, Latin accents removed.
+
+    The PostgreSQL store keeps these tokens, so that its BM25 counts term frequencies, lengths and
+    document frequencies as FTS5 does and its scores equal the SQLite store's.
+    """
+    tokens, current = [], []
+    for char in indexed:
+        category = unicodedata.category(char)
+        if category[0] in "LN" or category == "Co":
+            if ord(char) < _LATIN_END and not char.isascii():
+                char = "".join(c for c in unicodedata.normalize("NFD", char) if not unicodedata.combining(c))
+            current.append(char.lower())
+        elif current:
+            tokens.append("".join(current))
+            current = []
+    if current:
+        tokens.append("".join(current))
+    return tokens
+
+
+def expression_terms(expression: str) -> list[str]:
+    """Return the terms of a `match_expression` (each quoted phrase, unquoted), in order."""
+    return [phrase.replace('""', '"') for phrase in re.findall(r'"((?:[^"]|"")*)"', expression)]

@@ -41,7 +41,8 @@ class EmbeddingIdentity(BaseModel):
 class VectorStore(BaseModel):
     """Where a knowledge base keeps the searchable copy of its vectors (SQLite keeps the truth)."""
 
-    backend: Literal["faiss", "milvus"] = "faiss"
+    # pgvector: the knowledge base is on the PostgreSQL store (`store.backend: postgres`), its vectors in its rows.
+    backend: Literal["faiss", "milvus", "pgvector"] = "faiss"
     uri: str | None = Field(
         None,
         description="Milvus only: a server URI (http://host:19530), or a Milvus Lite file; a relative "

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 
 from retrieval.catalog import KnowledgeBaseCatalog
 from retrieval.errors import KnowledgeBaseNotFound
 from retrieval.knowledge_base import KnowledgeBase
-from retrieval.manifest import MANIFEST_FILE
 
-# What tells that a knowledge base on disk is still the one held open: its folder (a deleted and
-# re-created one is a new folder) and its manifest (rewritten atomically, as a new file, by a migration).
-OnDisk = tuple[int, int, int]
+# What tells that a knowledge base is still the one held open (`catalog.identity`): on disk its folder
+# and manifest, in PostgreSQL its row id and manifest.
+OnDisk = Hashable
 
 
 class OpenKnowledgeBases:
@@ -87,10 +86,8 @@ class OpenKnowledgeBases:
         return held[1]
 
     def _on_disk(self, name: str) -> OnDisk:
-        directory = self.catalog.path(name)
         try:
-            folder, manifest = directory.stat(), (directory / MANIFEST_FILE).stat()
-        except FileNotFoundError:
+            return self.catalog.identity(name)
+        except KnowledgeBaseNotFound:
             self._open.pop(name, None)
-            raise KnowledgeBaseNotFound(f"knowledge base '{name}' does not exist") from None
-        return folder.st_ino, manifest.st_ino, manifest.st_mtime_ns
+            raise

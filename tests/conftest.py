@@ -91,3 +91,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs CUDA")
     for item in gpu_tests:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory):
+    """The session's PostgreSQL server with pgvector (tests/postgres.py); skipped without the wheel."""
+    from postgres import pg_server_or_skip
+
+    yield from pg_server_or_skip(tmp_path_factory)
+
+
+@pytest.fixture
+def pg_dsn(pg_server) -> str:
+    """The DSN of an empty database of its own on the session's PostgreSQL server."""
+    return pg_server.new_database()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from app.cli.ask import ask
 from app.cli.common import Options
@@ -66,7 +67,16 @@ def main_options(
 
 def main() -> None:
     """Run the command line."""
-    app()
+    from retrieval.errors import DatabaseError, DatabaseUnavailable
+
+    try:
+        app()
+    except (DatabaseUnavailable, DatabaseError) as error:
+        # The PostgreSQL store down, unreachable or unusable, met wherever a command first asks it: one line.
+        from app.cli.common import errors
+
+        errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from app.model_routing import ModelNotFound
 from app.validation import validation_message
 from llm import LLMError, ModelBusy, ModelLoadError, ModelUnavailable, PromptTooLong, UnknownAdapter
 from retrieval import (
+    DatabaseError,
+    DatabaseUnavailable,
     DocumentNotFound,
     EmbeddingMismatch,
     InvalidName,
@@ -36,6 +38,8 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (KnowledgeBaseBusy, 409, "knowledge_base_busy"),
     (InvalidName, 400, "invalid_name"),
     (EmbeddingMismatch, 409, "embedding_mismatch"),
+    (DatabaseUnavailable, 503, "database_unavailable"),  # the PostgreSQL store is down: retry shortly
+    (DatabaseError, 503, "database_unavailable"),  # it cannot be used as it is (schema newer, no pgvector)
     (KnowledgeBaseError, 400, "knowledge_base_error"),
     (JobQueueFull, 429, "too_many_jobs"),
     (JobFinished, 409, "job_finished"),

@@ -5,12 +5,14 @@ from __future__ import annotations
 import gc
 import sqlite3
 import weakref
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pieces import OcrPiece, Piece
+from postgres import pg_catalog
 
 from retrieval import (
     DocumentNotFound,
@@ -57,9 +59,21 @@ def document(source: str, axes: list[int], content_hash: str | None = None) -> N
     )
 
 
-@pytest.fixture
-def catalog(tmp_path: Path) -> KnowledgeBaseCatalog:
-    return KnowledgeBaseCatalog(tmp_path / "data")
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KnowledgeBaseCatalog]:
+    """The catalog of each store: SQLite files under a data directory, or a database of its own on PostgreSQL."""
+    if request.param == "sqlite":
+        yield KnowledgeBaseCatalog(tmp_path / "data")
+        return
+    catalog = pg_catalog(request.getfixturevalue("pg_dsn"), tmp_path / "data")
+    yield catalog
+    catalog.database.close()
+
+
+def sqlite_only(catalog: KnowledgeBaseCatalog) -> None:
+    """Skip a test of the SQLite store's files on the PostgreSQL store, which keeps no files."""
+    if not isinstance(catalog, KnowledgeBaseCatalog):
+        pytest.skip("about the SQLite store's files; the PostgreSQL store keeps none")
 
 
 def test_create_list_info_delete(catalog: KnowledgeBaseCatalog) -> None:
@@ -176,6 +190,7 @@ def test_other_embedding_model_is_refused_with_both_names(catalog: KnowledgeBase
 
 @pytest.mark.parametrize("damage", ["missing_index", "stale_generation", "corrupt_index"])
 def test_index_is_rebuilt_from_the_store_when_it_lags(catalog: KnowledgeBaseCatalog, damage: str) -> None:
+    sqlite_only(catalog)
     kb = catalog.create("kb", IDENTITY, {})
     directory = kb.directory
     with kb.writing():
@@ -288,6 +303,7 @@ INSERT INTO chunk_terms (rowid, terms) VALUES (1, 'old chunk');
 
 
 def test_store_made_before_metadata_and_ocr_opens_and_gets_the_columns(catalog: KnowledgeBaseCatalog) -> None:
+    sqlite_only(catalog)
     directory = catalog.create("kb", IDENTITY, {}).directory
     store = directory / STORE_FILE
     store.unlink()
@@ -328,6 +344,7 @@ def test_store_made_before_metadata_and_ocr_opens_and_gets_the_columns(catalog: 
 def test_lexical_terms_cut_the_old_way_are_remade_once_and_match_either_script(
     catalog: KnowledgeBaseCatalog,
 ) -> None:
+    sqlite_only(catalog)
     kb = catalog.create("kb", IDENTITY, {})
     taiwan = replace(document("taiwan.md", [1]), chunks=[Piece("國立臺灣大學圖書館於西元1928年開館。")])
     with kb.writing():

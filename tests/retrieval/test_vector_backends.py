@@ -1,4 +1,5 @@
-"""The vector store contract run against FAISS and Milvus Lite, migration between them, and the CLI."""
+"""The vector store contract run against FAISS, Milvus Lite and pgvector (the PostgreSQL store), migration
+between them, and the CLI."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import paths
 import pytest
 from pieces import Piece
+from postgres import pg_catalog
 
 from retrieval import (
     EmbeddingIdentity,
@@ -59,7 +62,8 @@ def document(source: str, vectors: np.ndarray) -> NewDocument:
 def filled(catalog: KnowledgeBaseCatalog, name: str, backend: str, seed: int = 0) -> KnowledgeBase:
     """Return a knowledge base on `backend` holding three documents of random vectors (same for a seed)."""
     rng = np.random.default_rng(seed)
-    kb = catalog.create(name, IDENTITY, {}, new_store(name, backend))
+    store = VectorStore(backend="pgvector") if backend == "pgvector" else new_store(name, backend)
+    kb = catalog.create(name, IDENTITY, {}, store)
     with kb.writing():
         kb.add_documents([document(f"doc{i}.txt", normalised(rng, 10)) for i in range(3)])
     return kb
@@ -76,8 +80,17 @@ def catalog(tmp_path: Path) -> KnowledgeBaseCatalog:
     return KnowledgeBaseCatalog(tmp_path / "data")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_store_contract(catalog: KnowledgeBaseCatalog, backend: str) -> None:
+@pytest.fixture
+def pg(pg_dsn: str, tmp_path: Path) -> Iterator[KnowledgeBaseCatalog]:
+    """A catalog on the PostgreSQL store (its vectors in pgvector), on a database of its own."""
+    catalog = pg_catalog(pg_dsn, tmp_path / "pg-data")
+    yield catalog
+    catalog.database.close()
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "pgvector"])
+def test_store_contract(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
+    catalog = request.getfixturevalue("pg" if backend == "pgvector" else "catalog")
     kb = filled(catalog, "知识库", backend)
     assert kb.manifest.store.backend == backend
     assert kb.index.count == 30 and kb.check().ok
@@ -109,12 +122,20 @@ def test_store_contract(catalog: KnowledgeBaseCatalog, backend: str) -> None:
     assert catalog.names() == []
 
 
-def test_scores_equal_between_backends(catalog: KnowledgeBaseCatalog) -> None:
+def test_scores_equal_between_backends(catalog: KnowledgeBaseCatalog, pg: KnowledgeBaseCatalog) -> None:
     faiss_kb, milvus_kb = (filled(catalog, backend, backend) for backend in BACKENDS)
+    pgvector_kb = filled(pg, "pgvector", "pgvector")
     for query in normalised(np.random.default_rng(3), 5):
-        on_faiss, on_milvus = top(faiss_kb, query, 8), top(milvus_kb, query, 8)
-        assert [i for i, _ in on_faiss] == [i for i, _ in on_milvus]
-        np.testing.assert_allclose([s for _, s in on_faiss], [s for _, s in on_milvus], atol=1e-5)
+        on_faiss = top(faiss_kb, query, 8)
+        for other in (milvus_kb, pgvector_kb):
+            on_other = top(other, query, 8)
+            # Chunk ids are the same on every store: the same writes in the same order from id 1.
+            assert [i for i, _ in on_faiss] == [i for i, _ in on_other]
+            np.testing.assert_allclose([s for _, s in on_faiss], [s for _, s in on_other], atol=1e-5)
+        # Among allowed ids (exact on pgvector) too.
+        allowed = set(range(5, 25))
+        on_faiss, on_pg = top(faiss_kb, query, 8, allowed), top(pgvector_kb, query, 8, allowed)
+        assert [i for i, _ in on_faiss] == [i for i, _ in on_pg]
     faiss_kb.close()
     milvus_kb.close()
 

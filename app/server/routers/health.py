@@ -41,6 +41,14 @@ def readyz(request: Request, details: bool = Depends(may)) -> JSONResponse:
     if loading.error:
         body = {"status": "failed", "error": loading.error} if details else {"status": "failed"}
         return JSONResponse(body, status_code=503)
+    if (problem := state.service.database_problem()) is not None:
+        # The PostgreSQL store is down: this node answers nothing useful until it is back (it recovers by itself).
+        body = (
+            {"status": "database_unavailable", "error": problem}
+            if details
+            else {"status": "database_unavailable"}
+        )
+        return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
     if not details:
         return JSONResponse({"status": "ready"})
     settings = state.settings

@@ -1,0 +1,314 @@
+"""The PostgreSQL store of a deployment: settings, the connection pool, and the schema kbqa keeps there.
+
+One database (one schema) holds every knowledge base of a deployment as rows: their manifests,
+documents, chunks with their pgvector vectors, the lexical terms, and (see `app/pg_jobs.py`) the job
+queue and the uploaded originals. Any number of kbqa nodes and workers share it, so none keeps state
+of its own on disk. psycopg is imported only here, and only when this backend is used.
+
+The schema is created and upgraded by kbqa itself, step by step, under an advisory lock (two nodes
+starting together upgrade it once); its version is kept in `kbqa_schema`, and a database whose schema
+is newer than this kbqa is refused with one clear line rather than misread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from retrieval.errors import DatabaseError, DatabaseUnavailable
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+log = logging.getLogger(__name__)
+
+# The advisory lock that serialises schema upgrades (an arbitrary constant of kbqa's).
+SCHEMA_LOCK = 0x6B627161  # "kbqa"
+# The advisory-lock class of one knowledge base's writer (the second key is its id).
+WRITER_LOCK_CLASS = 0x6B6271
+
+MIGRATIONS: list[str] = [
+    # 1: knowledge bases, documents, chunks with their vectors, the lexical terms.
+    """
+    CREATE TABLE knowledge_bases (
+        id SERIAL PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        manifest JSONB NOT NULL,
+        generation BIGINT NOT NULL DEFAULT 0,       -- write transactions committed (caches compare it)
+        chunk_count BIGINT NOT NULL DEFAULT 0,      -- BM25's N, kept with each write
+        token_total BIGINT NOT NULL DEFAULT 0,      -- BM25's total length, kept with each write
+        lexical_version INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE documents (
+        id BIGSERIAL PRIMARY KEY,
+        kb_id INTEGER NOT NULL REFERENCES knowledge_bases(id) ON DELETE CASCADE,
+        source TEXT NOT NULL,
+        title TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        page_count INTEGER,
+        chunk_count INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        metadata JSONB NOT NULL DEFAULT '{}',
+        UNIQUE (kb_id, source)
+    );
+    CREATE INDEX documents_by_hash ON documents(kb_id, content_hash);
+    CREATE TABLE chunks (
+        id BIGSERIAL PRIMARY KEY,
+        kb_id INTEGER NOT NULL REFERENCES knowledge_bases(id) ON DELETE CASCADE,
+        document_id BIGINT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        ordinal INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        page INTEGER,
+        heading_path TEXT NOT NULL,
+        start_offset INTEGER NOT NULL,
+        end_offset INTEGER NOT NULL,
+        ocr BOOLEAN NOT NULL DEFAULT FALSE,
+        tokens INTEGER NOT NULL,                    -- BM25's length of this chunk (its lexical tokens)
+        embedding vector NOT NULL                   -- each knowledge base has its HNSW index (of its dimension)
+    );
+    CREATE INDEX chunks_by_document ON chunks(document_id, ordinal);
+    CREATE INDEX chunks_by_kb ON chunks(kb_id, id);
+    CREATE TABLE chunk_terms (
+        kb_id INTEGER NOT NULL,
+        term TEXT NOT NULL,
+        chunk_id BIGINT NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+        tf INTEGER NOT NULL,
+        PRIMARY KEY (kb_id, term, chunk_id)
+    );
+    CREATE INDEX chunk_terms_by_chunk ON chunk_terms(chunk_id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreConfig(BaseModel):
+    """Where knowledge bases keep their truth: SQLite files in the data directory, or one PostgreSQL database.
+
+    With `postgres`, every knowledge base, its vectors (pgvector), the ingestion queue and the uploaded
+    originals live in the database at `dsn`, so several `kbqa serve` nodes and `kbqa worker` processes
+    share them; see the README's "Several nodes on PostgreSQL".
+    """
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
+
+    backend: Literal["sqlite", "postgres"] = Field(
+        "sqlite", description="sqlite (files under data_dir, one node) or postgres (shared by several nodes)."
+    )
+    dsn: SecretStr | None = Field(
+        None,
+        description="PostgreSQL connection string, e.g. postgresql://kbqa:secret@db:5432/kbqa "
+        "(Env: KBQA_STORE__DSN). The database needs the pgvector extension.",
+    )
+    pool_min: int = Field(1, ge=0, description="Connections each process keeps open to PostgreSQL.")
+    pool_max: int = Field(10, ge=1, description="Most connections one process opens to PostgreSQL.")
+    connect_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="How long a request waits for a database connection before it fails with 503.",
+    )
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> StoreConfig:
+        if self.backend == "postgres" and self.dsn is None:
+            raise ValueError(
+                "backend is postgres but no dsn is set (KBQA_STORE__DSN=postgresql://user:pw@host/db)"
+            )
+        return self
+
+    def secret_dsn(self) -> str:
+        """Return the DSN in clear; ValueError when the postgres backend has none."""
+        if self.dsn is None:
+            raise ValueError("store.backend is postgres but store.dsn is not set (KBQA_STORE__DSN)")
+        return self.dsn.get_secret_value()
+
+
+def where(dsn: str) -> str:
+    """Return the host (or socket folder), port and database of a DSN, without its password."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        parts = conninfo_to_dict(dsn)
+    except Exception:  # a DSN psycopg cannot even parse is shown by its own error
+        return "the configured database"
+    host = parts.get("host") or "localhost"
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"{host}{port}/{parts.get('dbname') or parts.get('user') or ''}"
+
+
+class Database:
+    """A pool of connections to the deployment's PostgreSQL, with kbqa's schema made current on first use.
+
+    Opening never blocks: a node started while the database is down serves 503 until it is back, and
+    a connection broken by a database restart is checked and replaced when next taken from the pool.
+    """
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.dsn = config.secret_dsn()
+        self.where = where(self.dsn)
+        self._pool: ConnectionPool | None = None
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close every connection of the pool; return nothing."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+            self._ready = False
+
+    def check(self) -> None:
+        """Connect and make the schema current; raise DatabaseUnavailable or DatabaseError saying why not."""
+        with self.connection() as conn:
+            conn.execute("SELECT 1")
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """Yield a pooled connection inside one transaction (committed when the block ends, else rolled back).
+
+        Losing the database (before or during the block) raises DatabaseUnavailable.
+        """
+        import psycopg
+        import psycopg_pool
+
+        try:
+            pool = self._ensure_ready()
+            with pool.connection(timeout=self.config.connect_timeout_s) as conn:
+                yield conn
+        except psycopg_pool.PoolTimeout as error:
+            raise DatabaseUnavailable(self._unavailable(self._last_problem() or str(error))) from None
+        except psycopg.OperationalError as error:
+            raise DatabaseUnavailable(self._unavailable(_first_line(error))) from None
+
+    def _unavailable(self, reason: str) -> str:
+        return f"the database ({self.where}) is unavailable: {reason}; try again shortly"
+
+    def _last_problem(self) -> str | None:
+        # The pool keeps trying in the background; one direct attempt says why it fails (wrong password,
+        # no such database, refused) better than its timeout does.
+        import psycopg
+
+        try:
+            psycopg.connect(self.dsn, connect_timeout=2).close()
+        except psycopg.Error as error:
+            return _first_line(error)
+        return None
+
+    def _ensure_ready(self) -> ConnectionPool:
+        if self._ready and self._pool is not None:
+            return self._pool
+        with self._lock:
+            if not self._ready:
+                self._prepare()
+                self._ready = True
+            if self._pool is None:
+                self._pool = self._new_pool()
+            return self._pool
+
+    def _new_pool(self) -> ConnectionPool:
+        from psycopg_pool import ConnectionPool
+
+        pool = ConnectionPool(
+            self.dsn,
+            min_size=self.config.pool_min,
+            max_size=max(self.config.pool_max, self.config.pool_min),
+            kwargs={"connect_timeout": max(1, int(self.config.connect_timeout_s))},
+            configure=_configure,
+            check=ConnectionPool.check_connection,  # a connection a restart broke is replaced, not handed out
+            reconnect_timeout=0,  # keep trying for ever: the nodes recover by themselves when it is back
+            open=False,
+            name="kbqa",
+        )
+        pool.open(wait=False)
+        return pool
+
+    def _prepare(self) -> None:
+        """Check pgvector and bring the schema to SCHEMA_VERSION, on a connection of its own."""
+        import psycopg
+
+        try:
+            conn = psycopg.connect(self.dsn, connect_timeout=max(1, int(self.config.connect_timeout_s)))
+        except psycopg.OperationalError as error:
+            raise DatabaseUnavailable(self._unavailable(_first_line(error))) from None
+        with conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+            try:
+                self._create_extension(conn)
+                conn.execute("CREATE TABLE IF NOT EXISTS kbqa_schema (version INTEGER NOT NULL)")
+                row = conn.execute("SELECT version FROM kbqa_schema").fetchone()
+                version = row[0] if row else 0
+                if version > SCHEMA_VERSION:
+                    raise DatabaseError(
+                        f"the database ({self.where}) has kbqa schema version {version}, newer than this kbqa's "
+                        f"({SCHEMA_VERSION}): upgrade kbqa on this node"
+                    )
+                for number in range(version + 1, SCHEMA_VERSION + 1):
+                    log.info("upgrading the database schema", extra={"version": number})
+                    conn.execute(MIGRATIONS[number - 1])
+                if row is None:
+                    conn.execute("INSERT INTO kbqa_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+                elif version < SCHEMA_VERSION:
+                    conn.execute("UPDATE kbqa_schema SET version = %s", (SCHEMA_VERSION,))
+                conn.commit()
+            finally:
+                conn.rollback()
+                conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+                conn.commit()
+
+    def _create_extension(self, conn: psycopg.Connection) -> None:
+        import psycopg
+
+        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+            return
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedFile):
+            conn.rollback()
+            raise DatabaseError(
+                f"the database ({self.where}) has no pgvector extension: install it on the PostgreSQL server "
+                "(Debian: postgresql-17-pgvector; or the pgvector/pgvector image)"
+            ) from None
+        except psycopg.errors.InsufficientPrivilege:
+            conn.rollback()
+            raise DatabaseError(
+                f"the database ({self.where}) lacks the pgvector extension and this user may not create it: "
+                "run CREATE EXTENSION vector as its owner"
+            ) from None
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    """Teach a new connection the vector type (numpy arrays in and out)."""
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
+    conn.commit()
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+_databases: dict[str, Database] = {}
+_databases_lock = threading.Lock()
+
+
+def shared_database(config: StoreConfig) -> Database:
+    """Return this process's one Database for `config`'s DSN (one pool per process, whoever asks)."""
+    dsn = config.secret_dsn()
+    with _databases_lock:
+        database = _databases.get(dsn)
+        if database is None or database.config != config:
+            database = _databases[dsn] = Database(config)
+        return database
