@@ -47,6 +47,7 @@ from retrieval import (
     load_embedder,
     new_store,
 )
+from retrieval.atomic import atomic_write
 
 if TYPE_CHECKING:
     import numpy as np
@@ -139,8 +140,41 @@ class KnowledgeService:
         return self.catalog.create(name, identity, self.settings.splitter.model_dump(), settings)
 
     def migrate(self, name: str, store: str, uri: str | None = None) -> None:
-        """Move the named knowledge base's vectors to the `store` backend (rebuilt from SQLite); return nothing."""
+        """Move the named knowledge base's vectors to the `store` backend (rebuilt from SQLite), or the whole
+        knowledge base to the `postgres` or `sqlite` store (ids, metadata, vectors and originals kept); return nothing."""
+        if store in ("postgres", "sqlite"):
+            if uri is not None:
+                raise ValueError("--uri is for a Milvus store; the PostgreSQL store is store.dsn")
+            self._move_store(name, store)
+            return
         self.open(name).switch_store(self._new_store(name, store, uri))
+
+    def _move_store(self, name: str, to: str) -> None:
+        """Move the named knowledge base between the data directory's SQLite files and the PostgreSQL store."""
+        from retrieval.pg_catalog import PgKnowledgeBaseCatalog
+        from retrieval.postgres import shared_database
+        from retrieval.store_migration import move_knowledge_base
+
+        if self.settings.store.dsn is None:
+            raise ValueError(
+                "moving a knowledge base to or from PostgreSQL needs store.dsn (KBQA_STORE__DSN)"
+            )
+        stores = self.settings.vector_store
+        files = KnowledgeBaseCatalog(self.settings.data_dir, stores.token, stores.faiss_gpu)
+        database = PgKnowledgeBaseCatalog(shared_database(self.settings.store), self.settings.data_dir)
+        source, target = (files, database) if to == "postgres" else (database, files)
+
+        def carry_originals(old: KnowledgeBase) -> None:
+            for document in old.documents():
+                parts = [storage_name(part) for part in PurePosixPath(document.source).parts]
+                kept = files.path(name).joinpath("originals", *parts)
+                if to == "postgres" and kept.is_file():
+                    database.put_original(name, document.source, kept.read_bytes())
+                elif to == "sqlite" and (content := database.original(name, document.source)) is not None:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write(kept, lambda tmp, content=content: Path(tmp).write_bytes(content))
+
+        move_knowledge_base(name, source, target, carry_originals).close()
 
     def _new_store(self, name: str, store: str | None, uri: str | None) -> VectorStore:
         if self.database is not None:
@@ -192,12 +226,26 @@ class KnowledgeService:
         with (kb := self.open(name)).writing():
             source = kb.document(document_id).source
             kb.delete_documents([document_id])
+        if self.database is not None:
+            self.catalog.delete_original(name, source)
         self.original_path(name, source).unlink(missing_ok=True)
 
     def original_path(self, name: str, source: str) -> Path:
-        """Return where the original file of a document uploaded over HTTP is kept (long names shortened)."""
+        """Return where the original file of a document uploaded over HTTP is kept (long names shortened).
+
+        On the PostgreSQL store the originals are in the database: this node's copy is made afresh from it
+        (or removed, when the database has none), so a file replaced through another node is never stale.
+        """
         parts = [storage_name(part) for part in PurePosixPath(source).parts]
-        return self.catalog.path(name).joinpath("originals", *parts)
+        path = self.catalog.path(name).joinpath("originals", *parts)
+        if self.database is not None:
+            content = self.catalog.original(name, source)
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, lambda tmp: Path(tmp).write_bytes(content))
+        return path
 
     def ingest(
         self,

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -122,6 +122,15 @@ class Settings(BaseSettings):
         description="How answers are generated: extractive (default, no model), transformers or openai.",
     )
     server: ServerConfig = Field(default_factory=ServerConfig, description="The HTTP service.")
+
+    @model_validator(mode="after")
+    def _worker_elsewhere_needs_postgres(self) -> Settings:
+        if not self.server.ingest_worker and self.store.backend != "postgres":
+            raise ValueError(
+                "server.ingest_worker false leaves uploads to `kbqa worker` processes, which need "
+                "store.backend postgres; with sqlite the server runs the ingestion itself"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -182,6 +182,33 @@ class PgKnowledgeBaseCatalog:
             conn.execute("DELETE FROM knowledge_bases WHERE id = %s", (kb_id,))
             PgVectorIndex.drop_hnsw(conn, kb_id)
 
+    def original(self, name: str, source: str) -> bytes | None:
+        """Return the original file kept for a document of the named knowledge base, or None."""
+        with self.database.connection() as conn:
+            row = conn.execute(
+                "SELECT o.content FROM originals o JOIN knowledge_bases k ON k.id = o.kb_id"
+                " WHERE k.name = %s AND o.source = %s",
+                (name, source),
+            ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def put_original(self, name: str, source: str, content: bytes) -> None:
+        """Keep `content` as the original file of a document of the named knowledge base; return nothing."""
+        with self.database.connection() as conn:
+            conn.execute(
+                "INSERT INTO originals (kb_id, source, content) SELECT id, %s, %s FROM knowledge_bases"
+                " WHERE name = %s ON CONFLICT (kb_id, source) DO UPDATE SET content = EXCLUDED.content",
+                (source, content, name),
+            )
+
+    def delete_original(self, name: str, source: str) -> None:
+        """Forget the original file of a document of the named knowledge base; return nothing."""
+        with self.database.connection() as conn:
+            conn.execute(
+                "DELETE FROM originals o USING knowledge_bases k WHERE k.id = o.kb_id AND k.name = %s AND o.source = %s",
+                (name, source),
+            )
+
     def _row(self, name: str) -> tuple[int, Manifest]:
         validate_name(name)
         with self.database.connection() as conn:

@@ -29,7 +29,10 @@ from retrieval.store import (
     WriteResult,
     _chunk_record,
     _document_record,
+    _document_row,
     _searchable,
+    chunk_facts,
+    document_facts,
 )
 from retrieval.timestamps import utc_now
 
@@ -57,6 +60,7 @@ class PgChunkStore:
         self.db = database
         self.kb_id = kb_id
         self.dimension = dimension
+        self._next = [1, 1]  # the next document and chunk ids, read under the write's row lock
         self._remake_stale_terms()
 
     def close(self) -> None:
@@ -79,7 +83,11 @@ class PgChunkStore:
         document_ids: list[int] = []
         with self.db.connection() as conn, conn.cursor() as cur:
             # Writers of one knowledge base queue here, whichever node they run on.
-            cur.execute("SELECT 1 FROM knowledge_bases WHERE id = %s FOR UPDATE", (self.kb_id,))
+            cur.execute(
+                "SELECT next_document_id, next_chunk_id FROM knowledge_bases WHERE id = %s FOR UPDATE",
+                (self.kb_id,),
+            )
+            self._next = list(cur.fetchone())
             for document_id in delete_ids:
                 removed_ids += self._delete_document(cur, document_id)
             for document in documents:
@@ -97,6 +105,7 @@ class PgChunkStore:
                 added_vectors.append(np.asarray(document.vectors, dtype=np.float32))
             cur.execute(
                 "UPDATE knowledge_bases SET generation = generation + 1,"
+                f" next_document_id = {int(self._next[0])}, next_chunk_id = {int(self._next[1])},"
                 " chunk_count = (SELECT COUNT(*) FROM chunks WHERE kb_id = %(kb)s),"
                 " token_total = (SELECT COALESCE(SUM(tokens), 0) FROM chunks WHERE kb_id = %(kb)s)"
                 " WHERE id = %(kb)s RETURNING generation",
@@ -122,19 +131,17 @@ class PgChunkStore:
                 f"{document.source}: {len(document.chunks)} chunks but {len(document.vectors)} vectors"
             )
         now = utc_now()
+        if document_id is None:
+            document_id = self._next[0]
+            self._next[0] += 1
         cur.execute(
             "INSERT INTO documents (id, kb_id, source, title, content_hash, size, page_count, chunk_count,"
-            " status, created_at, updated_at, metadata) VALUES (COALESCE(%s, nextval('documents_id_seq')),"
-            " %s, %s, %s, %s, %s, %s, %s, 'ready', %s, %s, %s) RETURNING id",
+            " status, created_at, updated_at, metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'ready', %s, %s, %s)"
+            " RETURNING id",
             (
                 document_id,
                 self.kb_id,
-                document.source,
-                document.title,
-                document.content_hash,
-                document.size,
-                document.page_count,
-                len(document.chunks),
+                *document_facts(document),
                 created_at or now,
                 now,
                 to_json(document.metadata),
@@ -145,25 +152,22 @@ class PgChunkStore:
         term_rows: list[tuple] = []
         for ordinal, (chunk, vector) in enumerate(zip(document.chunks, document.vectors, strict=True)):
             tokens = fts_tokens(indexed_text(_searchable(document.title, chunk.heading_path, chunk.text)))
+            chunk_id = self._next[1]
+            self._next[1] += 1
             cur.execute(
-                "INSERT INTO chunks (kb_id, document_id, ordinal, text, page, heading_path, start_offset,"
-                " end_offset, ocr, tokens, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " RETURNING id",
+                "INSERT INTO chunks (id, kb_id, document_id, ordinal, text, page, heading_path, start_offset,"
+                " end_offset, ocr, tokens, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
+                    chunk_id,
                     self.kb_id,
                     document_id,
                     ordinal,
-                    chunk.text,
-                    chunk.page,
-                    json.dumps(list(chunk.heading_path), ensure_ascii=False),
-                    chunk.start,
-                    chunk.end,
+                    *chunk_facts(chunk),
                     bool(getattr(chunk, "ocr", False)),
                     len(tokens),
                     np.asarray(vector, dtype=np.float32),
                 ),
             )
-            (chunk_id,) = cur.fetchone()
             chunk_ids.append(int(chunk_id))
             term_rows += [(self.kb_id, term, chunk_id, tf) for term, tf in Counter(tokens).items()]
         if term_rows:
@@ -174,10 +178,13 @@ class PgChunkStore:
 
     def _delete_document(self, cur, document_id: int) -> list[int]:
         cur.execute(
-            "DELETE FROM chunk_terms WHERE chunk_id IN (SELECT id FROM chunks WHERE document_id = %s)",
-            (document_id,),
+            "DELETE FROM chunk_terms WHERE kb_id = %(kb)s AND chunk_id IN"
+            " (SELECT id FROM chunks WHERE kb_id = %(kb)s AND document_id = %(d)s)",
+            {"kb": self.kb_id, "d": document_id},
         )
-        cur.execute("DELETE FROM chunks WHERE document_id = %s RETURNING id", (document_id,))
+        cur.execute(
+            "DELETE FROM chunks WHERE kb_id = %s AND document_id = %s RETURNING id", (self.kb_id, document_id)
+        )
         ids = [row[0] for row in cur.fetchall()]
         cur.execute("DELETE FROM documents WHERE id = %s AND kb_id = %s", (document_id, self.kb_id))
         if cur.rowcount == 0:
@@ -195,7 +202,8 @@ class PgChunkStore:
             if cur.fetchone()[0] == LEXICAL_VERSION:
                 return
             cur.execute(
-                "SELECT c.id, d.title, c.heading_path, c.text FROM chunks c JOIN documents d ON d.id = c.document_id"
+                "SELECT c.id, d.title, c.heading_path, c.text FROM chunks c"
+                " JOIN documents d ON d.kb_id = c.kb_id AND d.id = c.document_id"
                 " WHERE c.kb_id = %s",
                 (self.kb_id,),
             )
@@ -203,7 +211,10 @@ class PgChunkStore:
             cur.execute("DELETE FROM chunk_terms WHERE kb_id = %s", (self.kb_id,))
             for chunk_id, title, path, text in rows:
                 tokens = fts_tokens(indexed_text(_searchable(title, json.loads(path), text)))
-                cur.execute("UPDATE chunks SET tokens = %s WHERE id = %s", (len(tokens), chunk_id))
+                cur.execute(
+                    "UPDATE chunks SET tokens = %s WHERE kb_id = %s AND id = %s",
+                    (len(tokens), self.kb_id, chunk_id),
+                )
                 with cur.copy("COPY chunk_terms (kb_id, term, chunk_id, tf) FROM STDIN") as copy:
                     for term, tf in Counter(tokens).items():
                         copy.write_row((self.kb_id, term, chunk_id, tf))
@@ -213,6 +224,67 @@ class PgChunkStore:
                 " WHERE id = %(kb)s",
                 {"v": LEXICAL_VERSION, "kb": self.kb_id},
             )
+
+    def id_counters(self) -> tuple[int, int]:
+        """Return the next document id and the next chunk id this store would give (ids are never reused)."""
+        rows = self._all(
+            "SELECT next_document_id, next_chunk_id FROM knowledge_bases WHERE id = %s", (self.kb_id,)
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    def restore(
+        self,
+        documents: Sequence[DocumentRecord],
+        chunks: Sequence[tuple[ChunkRecord, np.ndarray]],
+        counters: tuple[int, int],
+    ) -> int:
+        """Write documents and chunks as they were in another store, ids included, into this empty store, in
+        one transaction, and continue its ids from `counters`; return the new generation."""
+        titles = {d.id: d.title for d in documents}
+        with self.db.connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM knowledge_bases WHERE id = %s FOR UPDATE", (self.kb_id,))
+            cur.execute("SELECT COUNT(*) FROM documents WHERE kb_id = %s", (self.kb_id,))
+            if cur.fetchone()[0]:
+                raise ValueError("a knowledge base is restored only into an empty store")
+            for d in documents:
+                cur.execute(
+                    "INSERT INTO documents (kb_id, id, source, title, content_hash, size, page_count, chunk_count,"
+                    " status, created_at, updated_at, metadata) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (self.kb_id, *_document_row(d), to_json(d.metadata)),
+                )
+            term_rows = []
+            for chunk, vector in chunks:
+                tokens = fts_tokens(
+                    indexed_text(_searchable(titles[chunk.document_id], chunk.heading_path, chunk.text))
+                )
+                cur.execute(
+                    "INSERT INTO chunks (kb_id, id, document_id, ordinal, text, page, heading_path, start_offset,"
+                    " end_offset, ocr, tokens, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        self.kb_id,
+                        chunk.id,
+                        chunk.document_id,
+                        chunk.ordinal,
+                        *chunk_facts(chunk),
+                        chunk.ocr,
+                        len(tokens),
+                        np.asarray(vector, dtype=np.float32),
+                    ),
+                )
+                term_rows += [(self.kb_id, term, chunk.id, tf) for term, tf in Counter(tokens).items()]
+            if term_rows:
+                with cur.copy("COPY chunk_terms (kb_id, term, chunk_id, tf) FROM STDIN") as copy:
+                    for row in term_rows:
+                        copy.write_row(row)
+            cur.execute(
+                "UPDATE knowledge_bases SET generation = generation + 1, next_document_id = %(d)s,"
+                " next_chunk_id = %(c)s, chunk_count = (SELECT COUNT(*) FROM chunks WHERE kb_id = %(kb)s),"
+                " token_total = (SELECT COALESCE(SUM(tokens), 0) FROM chunks WHERE kb_id = %(kb)s)"
+                " WHERE id = %(kb)s RETURNING generation",
+                {"d": counters[0], "c": counters[1], "kb": self.kb_id},
+            )
+            (generation,) = cur.fetchone()
+        return int(generation)
 
     def set_metadata(self, document_id: int, metadata: Mapping[str, str]) -> None:
         """Replace one document's metadata; return nothing (chunks, vectors and the generation stay)."""
@@ -272,7 +344,7 @@ class PgChunkStore:
         if not len(ids):
             return {}
         rows = self._all(
-            f"SELECT {CHUNK_COLUMNS} FROM chunks c JOIN documents d ON d.id = c.document_id"
+            f"SELECT {CHUNK_COLUMNS} FROM chunks c JOIN documents d ON d.kb_id = c.kb_id AND d.id = c.document_id"
             " WHERE c.kb_id = %s AND c.id = ANY(%s)",
             (self.kb_id, [int(i) for i in ids]),
         )
@@ -310,7 +382,7 @@ class PgChunkStore:
             "  FROM found f, stats s GROUP BY f.phrase, s.n)"
             " SELECT f.chunk_id, SUM(CASE WHEN idf.w <= 0 THEN 1e-6 ELSE idf.w END * f.tf * %(k1p1)s"
             "  / (f.tf + %(k1)s * (1 - %(b)s + %(b)s * c.tokens / s.avgdl))) AS score"
-            " FROM found f JOIN idf ON idf.phrase = f.phrase JOIN chunks c ON c.id = f.chunk_id, stats s"
+            " FROM found f JOIN idf ON idf.phrase = f.phrase JOIN chunks c ON c.kb_id = %(kb)s AND c.id = f.chunk_id, stats s"
             f" WHERE TRUE {filter_clause}"
             " GROUP BY f.chunk_id ORDER BY score DESC, f.chunk_id LIMIT %(k)s",
             {
@@ -354,15 +426,15 @@ class PgChunkStore:
         for key, value in (metadata or {}).items():
             clauses.append("d.metadata ->> %s = %s")
             values += [key, value]
-        query = f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE {' AND '.join(clauses)}"
+        query = f"SELECT c.id FROM chunks c JOIN documents d ON d.kb_id = c.kb_id AND d.id = c.document_id WHERE {' AND '.join(clauses)}"
         return {row[0] for row in self._all(query, values)}
 
     def neighbours(self, chunk: ChunkRecord, before: int, after: int) -> list[ChunkRecord]:
         """Return the chunks within `before`/`after` places of `chunk` in its document, in order, itself included."""
         rows = self._all(
-            f"SELECT {CHUNK_COLUMNS} FROM chunks c JOIN documents d ON d.id = c.document_id"
-            " WHERE c.document_id = %s AND c.ordinal BETWEEN %s AND %s ORDER BY c.ordinal",
-            (chunk.document_id, chunk.ordinal - before, chunk.ordinal + after),
+            f"SELECT {CHUNK_COLUMNS} FROM chunks c JOIN documents d ON d.kb_id = c.kb_id AND d.id = c.document_id"
+            " WHERE c.kb_id = %s AND c.document_id = %s AND c.ordinal BETWEEN %s AND %s ORDER BY c.ordinal",
+            (self.kb_id, chunk.document_id, chunk.ordinal - before, chunk.ordinal + after),
         )
         return [_chunk_record(row) for row in rows]
 
@@ -395,7 +467,7 @@ class PgChunkStore:
         """Return the chunk ids held by the lexical index (each chunk written with its terms and length)."""
         rows = self._all(
             "SELECT c.id FROM chunks c WHERE c.kb_id = %s AND (c.tokens = 0 OR EXISTS"
-            " (SELECT 1 FROM chunk_terms t WHERE t.chunk_id = c.id))",
+            " (SELECT 1 FROM chunk_terms t WHERE t.kb_id = c.kb_id AND t.chunk_id = c.id))",
             (self.kb_id,),
         )
         return {row[0] for row in rows}

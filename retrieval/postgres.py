@@ -44,11 +44,15 @@ MIGRATIONS: list[str] = [
         chunk_count BIGINT NOT NULL DEFAULT 0,      -- BM25's N, kept with each write
         token_total BIGINT NOT NULL DEFAULT 0,      -- BM25's total length, kept with each write
         lexical_version INTEGER NOT NULL,
+        -- Ids are the knowledge base's own, as in its SQLite file (AUTOINCREMENT: never reused), so a
+        -- migration between the stores keeps them.
+        next_document_id BIGINT NOT NULL DEFAULT 1,
+        next_chunk_id BIGINT NOT NULL DEFAULT 1,
         created_at TEXT NOT NULL
     );
     CREATE TABLE documents (
-        id BIGSERIAL PRIMARY KEY,
         kb_id INTEGER NOT NULL REFERENCES knowledge_bases(id) ON DELETE CASCADE,
+        id BIGINT NOT NULL,
         source TEXT NOT NULL,
         title TEXT NOT NULL,
         content_hash TEXT NOT NULL,
@@ -59,13 +63,14 @@ MIGRATIONS: list[str] = [
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL,
         metadata JSONB NOT NULL DEFAULT '{}',
+        PRIMARY KEY (kb_id, id),
         UNIQUE (kb_id, source)
     );
     CREATE INDEX documents_by_hash ON documents(kb_id, content_hash);
     CREATE TABLE chunks (
-        id BIGSERIAL PRIMARY KEY,
-        kb_id INTEGER NOT NULL REFERENCES knowledge_bases(id) ON DELETE CASCADE,
-        document_id BIGINT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        kb_id INTEGER NOT NULL,
+        id BIGINT NOT NULL,
+        document_id BIGINT NOT NULL,
         ordinal INTEGER NOT NULL,
         text TEXT NOT NULL,
         page INTEGER,
@@ -74,18 +79,61 @@ MIGRATIONS: list[str] = [
         end_offset INTEGER NOT NULL,
         ocr BOOLEAN NOT NULL DEFAULT FALSE,
         tokens INTEGER NOT NULL,                    -- BM25's length of this chunk (its lexical tokens)
-        embedding vector NOT NULL                   -- each knowledge base has its HNSW index (of its dimension)
+        embedding vector NOT NULL,                  -- each knowledge base has its HNSW index (of its dimension)
+        PRIMARY KEY (kb_id, id),
+        FOREIGN KEY (kb_id, document_id) REFERENCES documents(kb_id, id) ON DELETE CASCADE
     );
-    CREATE INDEX chunks_by_document ON chunks(document_id, ordinal);
-    CREATE INDEX chunks_by_kb ON chunks(kb_id, id);
+    CREATE INDEX chunks_by_document ON chunks(kb_id, document_id, ordinal);
     CREATE TABLE chunk_terms (
         kb_id INTEGER NOT NULL,
         term TEXT NOT NULL,
-        chunk_id BIGINT NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+        chunk_id BIGINT NOT NULL,
         tf INTEGER NOT NULL,
-        PRIMARY KEY (kb_id, term, chunk_id)
+        PRIMARY KEY (kb_id, term, chunk_id),
+        FOREIGN KEY (kb_id, chunk_id) REFERENCES chunks(kb_id, id) ON DELETE CASCADE
     );
-    CREATE INDEX chunk_terms_by_chunk ON chunk_terms(chunk_id);
+    CREATE INDEX chunk_terms_by_chunk ON chunk_terms(kb_id, chunk_id);
+    """,
+    # 2: the shared ingestion queue, the files uploaded with its jobs, and the documents' originals.
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        kb TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        inputs JSONB NOT NULL,                      -- [{source, name}], in the order of `uploads.ordinal`
+        metadata JSONB,
+        force BOOLEAN NOT NULL,
+        files_done INTEGER NOT NULL DEFAULT 0,
+        chunks_done INTEGER NOT NULL DEFAULT 0,
+        files JSONB NOT NULL DEFAULT '[]',
+        error TEXT,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        seq BIGSERIAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        chunks_stored INTEGER NOT NULL DEFAULT 0,
+        worker TEXT,                                -- who holds the lease of a running job
+        lease_until TIMESTAMPTZ,                    -- past it, another worker may claim the job
+        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+        reading TEXT                                -- the page OCR reads now, for every node to show
+    );
+    CREATE INDEX jobs_by_kb ON jobs(kb, seq);
+    CREATE INDEX jobs_by_status ON jobs(status, seq);
+    CREATE TABLE uploads (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        ordinal INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        content BYTEA NOT NULL,
+        PRIMARY KEY (job_id, ordinal)
+    );
+    CREATE TABLE originals (
+        kb_id INTEGER NOT NULL REFERENCES knowledge_bases(id) ON DELETE CASCADE,
+        source TEXT NOT NULL,
+        content BYTEA NOT NULL,
+        PRIMARY KEY (kb_id, source)
+    );
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -111,6 +159,12 @@ class StoreConfig(BaseModel):
     )
     pool_min: int = Field(1, ge=0, description="Connections each process keeps open to PostgreSQL.")
     pool_max: int = Field(10, ge=1, description="Most connections one process opens to PostgreSQL.")
+    job_lease_s: float = Field(
+        30.0,
+        ge=1,
+        description="How long a worker's claim on a running job lasts without a heartbeat (renewed every third "
+        "of it): a job whose worker died is taken by another within about this long.",
+    )
     connect_timeout_s: float = Field(
         5.0,
         gt=0,
@@ -226,7 +280,9 @@ class Database:
             kwargs={"connect_timeout": max(1, int(self.config.connect_timeout_s))},
             configure=_configure,
             check=ConnectionPool.check_connection,  # a connection a restart broke is replaced, not handed out
-            reconnect_timeout=0,  # keep trying for ever: the nodes recover by themselves when it is back
+            # A connection that cannot be made is retried with backoff for a minute, then on demand: the
+            # nodes recover by themselves when the database is back, however long it was away.
+            reconnect_timeout=60,
             open=False,
             name="kbqa",
         )

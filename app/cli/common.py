@@ -46,10 +46,12 @@ def run_or_fail(action: Callable[[], T], code: int = 1) -> T:
     """Return `action()`, turning the errors a user can cause into a message and exit `code`."""
     from finetune.errors import FinetuneError
     from llm import LLMError
-    from retrieval import KnowledgeBaseError
+    from retrieval import DatabaseError, DatabaseUnavailable, KnowledgeBaseError
 
     try:
         return action()
+    except (DatabaseUnavailable, DatabaseError):
+        raise  # the PostgreSQL store's one line and exit 2, whichever command met it (`app.cli.main`)
     except (KnowledgeBaseError, LLMError, FinetuneError, ValueError, OSError) as error:
         fail(str(error), code)
 

@@ -47,10 +47,18 @@ def kb_create(
 @kb_app.command("migrate")
 def kb_migrate(
     name: NameArgument,
-    to: Annotated[str, typer.Option("--to", help="The vector store to move to: faiss or milvus.")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="The vector store to move to (faiss or milvus), or the whole knowledge base's store: postgres "
+            "(store.dsn) or back to sqlite (the data directory); ids, metadata and vectors are kept.",
+        ),
+    ],
     uri: Annotated[str | None, typer.Option("--uri", help="Milvus: server URI or Milvus Lite file.")] = None,
 ) -> None:
-    """Rebuild a knowledge base's vectors in another store from its SQLite copy, then switch to it."""
+    """Rebuild a knowledge base's vectors in another store from its SQLite copy, then switch to it; or move it
+    between SQLite and PostgreSQL without embedding anything again."""
     svc = service()
     run_or_fail(lambda: svc.migrate(name, to, uri))
     console.print(f"knowledge base [bold]{name}[/] now uses {to}")

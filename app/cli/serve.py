@@ -34,7 +34,8 @@ def serve(
     overrides = {"host": host, "port": port, "sample_kb": sample_kb}
     server = chosen.server.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     chosen = chosen.model_copy(update={"server": server})
-    _check_data_dir_free(chosen.data_dir)
+    if chosen.store.backend == "sqlite":  # on PostgreSQL the nodes share the database, not a data directory
+        _check_data_dir_free(chosen.data_dir)
     url = f"http://{'127.0.0.1' if server.host in ('0.0.0.0', '::') else server.host}:{server.port}"
     # One address a line, never wrapped: a terminal narrower than a line cuts nothing in the middle of a URL.
     banner = (

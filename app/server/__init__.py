@@ -48,7 +48,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Return the kbqa web application over `settings` (by default: config file, environment)."""
     settings = settings or load_settings()
     service = KnowledgeService(settings)
-    ingestion = IngestionJobs(service, settings.server.job_queue_size)
+    if settings.store.backend == "postgres":  # the queue every node and `kbqa worker` shares
+        from app.pg_jobs import PgIngestionJobs
+
+        ingestion = PgIngestionJobs(service, settings.server.job_queue_size, settings.server.ingest_worker)
+    else:
+        ingestion = IngestionJobs(service, settings.server.job_queue_size)
     loading = ModelLoading(service, then=ingestion.start)
     mcp = _mcp_server(service)
 

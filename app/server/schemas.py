@@ -75,7 +75,7 @@ class CreateKnowledgeBase(Strict):
         examples=["员工手册"],
         description="Letters (Chinese too), digits, '-', '_'.",
     )
-    store: Literal["faiss", "milvus"] | None = Field(
+    store: Literal["faiss", "milvus", "pgvector"] | None = Field(
         None, description="Where its vectors are searched; unset, the server's vector_store.backend setting."
     )
     uri: str | None = Field(
@@ -89,7 +89,7 @@ class CreateKnowledgeBase(Strict):
 class StoreOut(BaseModel):
     """Where a knowledge base's vectors are searched."""
 
-    backend: Literal["faiss", "milvus"]
+    backend: Literal["faiss", "milvus", "pgvector"]  # pgvector: the knowledge base is on the PostgreSQL store
     uri: str | None = Field(
         description="Milvus: the server URI or the Milvus Lite file in the knowledge base."
     )

@@ -1,0 +1,404 @@
+"""Ingestion jobs shared by every node through PostgreSQL: a queue any worker claims, and the uploaded files.
+
+With `store.backend: postgres`, an upload through any node becomes a job row with its files (bytea, in the
+same transaction), and any worker (`kbqa serve` with `server.ingest_worker`, or `kbqa worker`) claims
+it with `SELECT … FOR UPDATE SKIP LOCKED`. The claim is a lease the worker renews by heartbeats; a
+worker that dies (kill -9, a lost machine) stops renewing, and once its lease has run out another
+worker claims the job again. Running it again stores nothing twice: a document is one row per source,
+files already stored are skipped as unchanged, and one knowledge base has one writer at a time (an
+advisory lock). When the job ends, its stored files become the documents' originals (table
+`originals`, which every node reads) and its uploads are dropped, in the transaction that finishes it.
+A cancel from any node marks the row; the worker running it sees the mark at its next heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+
+from app.jobs import (
+    MAX_ATTEMPTS,
+    IngestionJobs,
+    Job,
+    JobCancelled,
+    JobFinished,
+    JobInterrupted,
+    JobKind,
+    JobNotFound,
+    JobQueueFull,
+    _JobProgress,
+    map_large_blocks,
+    return_freed_memory,
+)
+from app.services import KnowledgeService, storage_name
+from ingestion import SourceFile
+from ingestion.pipeline import FileOutcome
+from retrieval import KnowledgeBaseError, utc_now
+
+log = logging.getLogger(__name__)
+
+# How often an idle worker looks for a job another node queued.
+POLL_S = 1.0
+
+_COLUMNS = (
+    "id, kb, kind, status, jsonb_array_length(inputs), files_done, chunks_done, files::text, error, "
+    "created_at, started_at, finished_at, reading"
+)
+
+
+class PgIngestionJobs(IngestionJobs):
+    """The job table and uploaded files in PostgreSQL, and (with `run_worker`) a worker thread claiming jobs."""
+
+    def __init__(self, service: KnowledgeService, queue_size: int, run_worker: bool = True) -> None:
+        self.service = service
+        self.queue_size = queue_size
+        self.run_worker = run_worker
+        if service.database is None:
+            raise ValueError("the shared job queue needs store.backend postgres")
+        self.database = service.database
+        self.lease_s = service.settings.store.job_lease_s
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        data_dir = service.settings.data_dir
+        # Uploads are staged here only until `submit` has them in the database; workers unpack theirs here.
+        self.uploads = data_dir / "uploads"
+        self.work_dir = data_dir / "work"
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._heart: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._reading: dict[str, str] = {}
+        self._cancelled: set[str] = set()
+        self._running: str | None = None  # the job this worker holds the lease of
+        self._lost: set[str] = set()  # running jobs whose lease another worker took: left to it
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start claiming jobs (when this process runs a worker); return nothing. Nothing is requeued at start:
+        a job whose worker died is claimed again when its lease runs out."""
+        if not self.run_worker:
+            return
+        map_large_blocks()
+        shutil.rmtree(self.work_dir, ignore_errors=True)  # what a killed worker of this node unpacked
+        self._worker = threading.Thread(target=self._work, name="kbqa-ingestion", daemon=True)
+        self._heart = threading.Thread(target=self._heartbeat, name="kbqa-job-lease", daemon=True)
+        self._worker.start()
+        self._heart.start()
+
+    def stop(self) -> None:
+        """Stop once the running job has stored the file or batch at hand, and hand it back to the queue."""
+        self._stopping.set()
+        self._wake.set()
+        for thread in (self._worker, self._heart):
+            if thread is not None:
+                thread.join()
+        self._worker = self._heart = None
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        kb: str,
+        files: Sequence[SourceFile],
+        kind: JobKind = "ingest",
+        metadata: Mapping[str, str] | None = None,
+        force: bool = False,
+        job_id: str | None = None,
+    ) -> Job:
+        """Queue a job with its files (copied into the database, one transaction); return it.
+
+        JobQueueFull when too many wait. The local staging folder is removed once the files are in.
+        """
+        if self.depth() >= self.queue_size:
+            raise JobQueueFull(f"{self.queue_size} ingestion jobs are already waiting; try again later")
+        job_id = job_id or uuid.uuid4().hex
+        inputs = [{"source": f.source, "name": f.path.name} for f in files]
+        with self.database.connection() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, kb, kind, status, inputs, metadata, force, created_at)"
+                " VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s)",
+                (
+                    job_id,
+                    kb,
+                    kind,
+                    json.dumps(inputs, ensure_ascii=False),
+                    None if metadata is None else json.dumps(dict(metadata), ensure_ascii=False),
+                    force,
+                    utc_now(),
+                ),
+            )
+            for ordinal, file in enumerate(files):
+                conn.execute(
+                    "INSERT INTO uploads (job_id, ordinal, source, content) VALUES (%s, %s, %s, %s)",
+                    (job_id, ordinal, file.source, file.path.read_bytes()),
+                )
+        shutil.rmtree(self.uploads / job_id, ignore_errors=True)
+        self._wake.set()
+        return self.get(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job from any node: a queued one at once, a running one at its worker's next heartbeat and
+        stop point, keeping what it stored; return it. JobFinished if it has ended."""
+        with self.database.connection() as conn:
+            row = conn.execute("SELECT status FROM jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"job '{job_id}' does not exist")
+            if row[0] == "queued":
+                conn.execute(
+                    "UPDATE jobs SET status = 'cancelled', error = 'cancelled before it ran', finished_at = %s"
+                    " WHERE id = %s",
+                    (utc_now(), job_id),
+                )
+                conn.execute("DELETE FROM uploads WHERE job_id = %s", (job_id,))
+            elif row[0] == "running":
+                conn.execute("UPDATE jobs SET cancel_requested = TRUE WHERE id = %s", (job_id,))
+            else:
+                raise JobFinished(f"job '{job_id}' has already finished ({row[0]})")
+        if row[0] == "running" and job_id == self._running:
+            self._cancelled.add(job_id)
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        """Return the job with this id; JobNotFound if there is none."""
+        with self.database.connection() as conn:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"job '{job_id}' does not exist")
+        return _job(row)
+
+    def list(self, kb: str | None = None, limit: int = 100) -> list[Job]:
+        """Return the newest jobs, of one knowledge base or all."""
+        where, args = ("WHERE kb = %s", (kb,)) if kb else ("", ())
+        with self.database.connection() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT %s", (*args, limit)
+            ).fetchall()
+        return [_job(row) for row in rows]
+
+    def depth(self) -> int:
+        """Return how many jobs wait to run, on every node."""
+        with self.database.connection() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0])
+
+    def totals(self) -> tuple[dict[str, int], int]:
+        """Return files handled by finished jobs per outcome, and the chunks they wrote."""
+        with self.database.connection() as conn:
+            files = conn.execute(
+                "SELECT f ->> 'status', COUNT(*) FROM jobs, jsonb_array_elements(jobs.files) AS f GROUP BY 1"
+            ).fetchall()
+            (chunks,) = conn.execute("SELECT COALESCE(SUM(chunks_done), 0) FROM jobs").fetchone()
+        return dict(files), int(chunks)
+
+    # --- the worker --------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                claimed = self._claim()
+            except KnowledgeBaseError as error:  # the database is down: try again shortly
+                log.warning("cannot claim ingestion jobs", extra={"reason": str(error)})
+                claimed = None
+            if claimed is None:
+                self._wake.wait(POLL_S)
+                self._wake.clear()
+                continue
+            job_id, attempts, status = claimed
+            try:
+                if status == "running" and attempts > MAX_ATTEMPTS:
+                    self._give_up_claimed(job_id, attempts - 1)
+                else:
+                    self._run_claimed(job_id)
+            except Exception:  # a bug in one job (or the database lost under it) must not stop the worker
+                log.exception("ingestion job crashed", extra={"job": job_id})
+                self._finish(job_id, [], status="failed", error="internal error")
+            finally:
+                self._running = None
+                self._cancelled.discard(job_id)
+                self._lost.discard(job_id)
+                self._reading.pop(job_id, None)
+                shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
+            return_freed_memory()
+
+    def _claim(self) -> tuple[str, int, str] | None:
+        """Take the oldest queued job, or a running one whose worker's lease ran out; return (id, attempts,
+        status it had), or None."""
+        with self.database.connection() as conn:
+            row = conn.execute(
+                "SELECT id, status FROM jobs WHERE status = 'queued'"
+                " OR (status = 'running' AND lease_until < now()) ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+            ).fetchone()
+            if row is None:
+                return None
+            job_id, status = row
+            (attempts,) = conn.execute(
+                "UPDATE jobs SET status = 'running', worker = %s, lease_until = now() + make_interval(secs => %s),"
+                " started_at = COALESCE(started_at, %s), attempts = attempts + 1 WHERE id = %s RETURNING attempts",
+                (self.worker_id, self.lease_s, utc_now(), job_id),
+            ).fetchone()
+        self._running = job_id
+        if status == "running":
+            log.warning("job taken over from a worker whose lease ran out", extra={"job": job_id})
+        return job_id, int(attempts), status
+
+    def _heartbeat(self) -> None:
+        """Renew the lease of the running job every third of it, and learn of a cancel asked on another node."""
+        while not self._stopping.wait(self.lease_s / 3):
+            job_id = self._running
+            if job_id is None:
+                continue
+            try:
+                with self.database.connection() as conn:
+                    row = conn.execute(
+                        "UPDATE jobs SET lease_until = now() + make_interval(secs => %s), reading = %s"
+                        " WHERE id = %s AND worker = %s AND status = 'running' RETURNING cancel_requested",
+                        (self.lease_s, self._reading.get(job_id), job_id, self.worker_id),
+                    ).fetchone()
+            except KnowledgeBaseError as error:
+                log.warning("cannot renew the job's lease", extra={"job": job_id, "reason": str(error)})
+                continue
+            if (
+                row is None
+            ):  # the lease ran out and another worker has the job: stop, and leave it to that one
+                self._lost.add(job_id)
+            if row is None or row[0]:  # or it was cancelled from some node: stop at the next stop point
+                self._cancelled.add(job_id)
+
+    def _run_claimed(self, job_id: str) -> None:
+        with self.database.connection() as conn:
+            kb, inputs, metadata, force, chunks_before = conn.execute(
+                "SELECT kb, inputs::text, metadata::text, force, chunks_stored FROM jobs WHERE id = %s",
+                (job_id,),
+            ).fetchone()
+            uploads = conn.execute(
+                "SELECT ordinal, source, content FROM uploads WHERE job_id = %s ORDER BY ordinal", (job_id,)
+            ).fetchall()
+        folder = self.work_dir / job_id
+        shutil.rmtree(folder, ignore_errors=True)
+        names = [i["name"] for i in json.loads(inputs)]
+        files = []
+        for ordinal, source, content in uploads:
+            path = folder / str(ordinal) / (names[ordinal] if ordinal < len(names) else storage_name(source))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            files.append(SourceFile(path, source))
+        del uploads
+        progress = _JobProgress(self, job_id, chunks_before)
+        try:
+            report = self._ingest_when_free(
+                job_id, progress, kb, files, None if metadata is None else json.loads(metadata), bool(force)
+            )
+        except JobCancelled:
+            if job_id in self._lost:
+                log.warning("job left to the worker that took over its lease", extra={"job": job_id})
+                return
+            stored = [FileOutcome(**o) for o in progress.outcomes if o["status"] != "failed"]
+            error = f"cancelled; {len(stored)} of {len(files)} files were stored before it stopped"
+            self._finish(job_id, [o.source for o in stored], status="cancelled", error=error, kb=kb)
+            log.info("job cancelled", extra={"job": job_id})
+            return
+        except JobInterrupted:
+            # Handed back to the queue, its attempt not counted: another worker (or this one, later) goes on.
+            with self.database.connection() as conn:
+                conn.execute(
+                    "UPDATE jobs SET status = 'queued', worker = NULL, lease_until = NULL,"
+                    " attempts = attempts - 1, chunks_done = chunks_stored WHERE id = %s AND worker = %s",
+                    (job_id, self.worker_id),
+                )
+            log.info("job handed back to the queue at shutdown", extra={"job": job_id})
+            return
+        except Exception as error:  # the knowledge base was deleted, is locked, …
+            self._finish(job_id, [], status="failed", error=str(error))
+            return
+        failures = report.failures
+        error = None
+        if failures:
+            reasons = "; ".join(f"{f.source}: {f.reason}" for f in failures[:5])
+            error = f"{len(failures)} of {len(files)} files failed: {reasons}"
+        failed = {f.source for f in failures}
+        self._finish(
+            job_id,
+            [f.source for f in files if f.source not in failed],
+            status="failed" if failures else "succeeded",
+            error=error,
+            kb=kb,
+            outcomes=[asdict(o) for o in report.outcomes],
+        )
+
+    def _finish(
+        self,
+        job_id: str,
+        kept: Sequence[str],
+        status: str,
+        error: str | None,
+        kb: str | None = None,
+        outcomes: list[dict] | None = None,
+    ) -> None:
+        """End a job in one transaction: its stored files become originals, its uploads go, its row says how it ended."""
+        with self.database.connection() as conn:
+            if kept and kb is not None:
+                # Only sources stored as documents: a file skipped as unchanged keeps its original as it is.
+                conn.execute(
+                    "INSERT INTO originals (kb_id, source, content)"
+                    " SELECT k.id, u.source, u.content FROM uploads u, knowledge_bases k"
+                    " WHERE u.job_id = %s AND k.name = %s AND u.source = ANY(%s)"
+                    " AND EXISTS (SELECT 1 FROM documents d WHERE d.kb_id = k.id AND d.source = u.source)"
+                    " ON CONFLICT (kb_id, source) DO UPDATE SET content = EXCLUDED.content",
+                    (job_id, kb, list(kept)),
+                )
+            conn.execute("DELETE FROM uploads WHERE job_id = %s", (job_id,))
+            assignments = "status = %s, error = %s, finished_at = %s, lease_until = NULL, reading = NULL"
+            values: list = [status, error, utc_now()]
+            if outcomes is not None:
+                assignments += ", files = %s"
+                values.append(json.dumps(outcomes, ensure_ascii=False))
+            # Only while this worker holds it: a job taken over meanwhile is the other worker's to end.
+            conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = %s AND worker = %s",
+                (*values, job_id, self.worker_id),
+            )
+
+    def _give_up_claimed(self, job_id: str, attempts: int) -> None:
+        """Fail a job whose workers died `attempts` times running it, naming the files it had not finished."""
+        job = self.get(job_id)
+        with self.database.connection() as conn:
+            (inputs,) = conn.execute("SELECT inputs::text FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        done = {outcome["source"] for outcome in job.files}
+        unfinished = [i["source"] for i in json.loads(inputs) if i["source"] not in done]
+        reason = (
+            f"the workers running this job went down {attempts} times; given up. One of the files it had "
+            f"not finished may crash them: {', '.join(unfinished[:5])}"
+        )
+        log.error("job given up", extra={"job": job_id, "attempts": attempts})
+        self._finish(job_id, [], status="failed", error=reason)
+
+    def _update(self, job_id: str, **values: object) -> None:
+        assignments = ", ".join(f"{name} = %s" for name in values)
+        with self.database.connection() as conn:
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = %s", (*values.values(), job_id))
+
+
+def _job(row: tuple) -> Job:
+    (job_id, kb, kind, status, total, done, chunks, files, error, created, started, finished, reading) = row
+    return Job(
+        job_id,
+        kb,
+        kind,
+        status,
+        total,
+        done,
+        chunks,
+        json.loads(files),
+        error,
+        created,
+        started,
+        finished,
+        reading if status == "running" else None,
+    )
