@@ -169,7 +169,8 @@ def kbqa_variables() -> dict[str, str]:
 
 
 # Settings valid only with another one set too: that one is set beside them.
-COMPANIONS = {"KBQA_STORE__BACKEND": {"KBQA_STORE__DSN": "postgresql://kbqa@postgres:5432/kbqa"}}
+POSTGRES = {"KBQA_STORE__BACKEND": "postgres", "KBQA_STORE__DSN": "postgresql://kbqa@postgres:5432/kbqa"}
+COMPANIONS = {"KBQA_STORE__BACKEND": POSTGRES, "KBQA_SERVER__INGEST_WORKER": POSTGRES}
 
 
 @pytest.mark.parametrize("name", sorted(kbqa_variables()))
@@ -178,7 +179,8 @@ def test_every_kbqa_variable_sets_an_existing_setting(name, monkeypatch):
     path = setting_path(name)
     monkeypatch.setenv(name, value)
     for companion, companion_value in COMPANIONS.get(name, {}).items():
-        monkeypatch.setenv(companion, companion_value)
+        if companion != name:
+            monkeypatch.setenv(companion, companion_value)
     setting: Any = load_settings(ROOT / "configs" / "default.yaml")
     for part in path:
         setting = getattr(setting, part)
@@ -285,7 +287,9 @@ def test_cpu_override_drops_the_gpu_reservation():
     kbqa = compose("compose.cpu.yml")["services"]["kbqa"]
     assert kbqa["deploy"]["resources"]["reservations"]["devices"] == []
     # postgres: the PostgreSQL store's client, so that the one CPU image also runs the cluster profile.
-    assert kbqa["build"]["args"]["TORCH_VARIANT"] == "cpu" and kbqa["build"]["args"]["KBQA_EXTRAS"] == "postgres"
+    assert (
+        kbqa["build"]["args"]["TORCH_VARIANT"] == "cpu" and kbqa["build"]["args"]["KBQA_EXTRAS"] == "postgres"
+    )
     assert environment(kbqa)["KBQA_EMBEDDING__DEVICE"] == "cpu"
 
 
@@ -479,7 +483,9 @@ def test_the_database_image_takes_the_official_images_settings():
     mounts = dict(volume.split(":")[:2] for volume in postgres["volumes"])
     assert mounts["postgres-data"] == "/var/lib/postgresql/data"
     assert mounts["./postgres/initdb"] == "/docker-entrypoint-initdb.d"
-    assert "CREATE EXTENSION IF NOT EXISTS vector" in (DOCKER / "postgres" / "initdb" / "vector.sql").read_text()
+    assert (
+        "CREATE EXTENSION IF NOT EXISTS vector" in (DOCKER / "postgres" / "initdb" / "vector.sql").read_text()
+    )
     entrypoint = (DOCKER / "postgres" / "entrypoint.sh").read_text()
     for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "/docker-entrypoint-initdb.d"):
         assert name in entrypoint
