@@ -13,6 +13,7 @@ A cancel from any node marks the row; the worker running it sees the mark at its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from app.jobs import (
 from app.services import KnowledgeService, storage_name
 from ingestion import SourceFile
 from ingestion.pipeline import FileOutcome
-from retrieval import KnowledgeBaseError, utc_now
+from retrieval import DatabaseUnavailable, KnowledgeBaseError, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,9 @@ class PgIngestionJobs(IngestionJobs):
                     self._give_up_claimed(job_id, attempts - 1)
                 else:
                     self._run_claimed(job_id)
-            except Exception:  # a bug in one job (or the database lost under it) must not stop the worker
+            except DatabaseUnavailable as error:  # lost between the steps of a job: it goes on later
+                self._hand_back(job_id, error)
+            except Exception:  # a bug in one job must not stop the worker
                 log.exception("ingestion job crashed", extra={"job": job_id})
                 self._finish(job_id, [], status="failed", error="internal error")
             finally:
@@ -306,13 +309,11 @@ class PgIngestionJobs(IngestionJobs):
             return
         except JobInterrupted:
             # Handed back to the queue, its attempt not counted: another worker (or this one, later) goes on.
-            with self.database.connection() as conn:
-                conn.execute(
-                    "UPDATE jobs SET status = 'queued', worker = NULL, lease_until = NULL,"
-                    " attempts = attempts - 1, chunks_done = chunks_stored WHERE id = %s AND worker = %s",
-                    (job_id, self.worker_id),
-                )
+            self._requeue(job_id)
             log.info("job handed back to the queue at shutdown", extra={"job": job_id})
+            return
+        except DatabaseUnavailable as error:
+            self._hand_back(job_id, error)
             return
         except Exception as error:  # the knowledge base was deleted, is locked, …
             self._finish(job_id, [], status="failed", error=str(error))
@@ -331,6 +332,26 @@ class PgIngestionJobs(IngestionJobs):
             kb=kb,
             outcomes=[asdict(o) for o in report.outcomes],
         )
+
+    def _hand_back(self, job_id: str, error: Exception) -> None:
+        """Queue a job again whose database went away under it (what it committed stays; the rest is done again
+        by whichever worker claims it); if the database is still away, its lease runs out instead."""
+        log.warning(
+            "database lost during a job; it goes back to the queue",
+            extra={"job": job_id, "reason": str(error)},
+        )
+        with contextlib.suppress(DatabaseUnavailable):  # still away: its lease runs out instead
+            self._requeue(job_id)
+        self._stopping.wait(POLL_S)  # not straight back into a database that is still coming up
+
+    def _requeue(self, job_id: str) -> None:
+        """Put a job this worker holds back in the queue, its attempt not counted; return nothing."""
+        with self.database.connection() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = 'queued', worker = NULL, lease_until = NULL,"
+                " attempts = GREATEST(attempts - 1, 0), chunks_done = chunks_stored WHERE id = %s AND worker = %s",
+                (job_id, self.worker_id),
+            )
 
     def _finish(
         self,

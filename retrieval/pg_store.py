@@ -112,16 +112,7 @@ class PgChunkStore:
                 {"kb": self.kb_id},
             )
             (generation,) = cur.fetchone()
-        vectors = (
-            np.concatenate(added_vectors) if added_vectors else np.zeros((0, self.dimension), np.float32)
-        )
-        return WriteResult(
-            added_ids=np.asarray(added_ids, dtype=np.int64),
-            added_vectors=vectors,
-            removed_ids=np.asarray(removed_ids, dtype=np.int64),
-            document_ids=document_ids,
-            generation=int(generation),
-        )
+        return WriteResult.of(added_ids, added_vectors, removed_ids, document_ids, generation, self.dimension)
 
     def _insert_document(
         self, cur, document: NewDocument, document_id: int | None = None, created_at: str | None = None
@@ -555,15 +546,16 @@ class PgVectorIndex:
         exact = allowed is not None or k > MAX_EF_SEARCH
         if allowed is not None:
             params["allowed"] = sorted(int(i) for i in allowed)
-        # `+ 0` keeps the planner off the HNSW index where the answer must be exact.
-        order = f"({distance}) + 0" if exact else distance
+        # `+ 0` keeps the planner off the HNSW index where the answer must be exact (ties then go by id); the
+        # index orders by the distance alone.
+        order = f"({distance}) + 0, id" if exact else distance
         with self.db.connection() as conn:
             if not exact:
                 conn.execute(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, min(k, MAX_EF_SEARCH))}")
             rows = conn.execute(
                 f"SELECT id, 1 - ({distance}) FROM chunks WHERE kb_id = %(kb)s"
                 + (" AND id = ANY(%(allowed)s)" if allowed is not None else "")
-                + f" ORDER BY {order}, id LIMIT %(k)s",
+                + f" ORDER BY {order} LIMIT %(k)s",
                 params,
             ).fetchall()
         ids = np.asarray([row[0] for row in rows], dtype=np.int64)

@@ -238,12 +238,34 @@ class Database:
 
         try:
             pool = self._ensure_ready()
-            with pool.connection(timeout=self.config.connect_timeout_s) as conn:
-                yield conn
-        except psycopg_pool.PoolTimeout as error:
-            raise DatabaseUnavailable(self._unavailable(self._last_problem() or str(error))) from None
+            try:
+                conn = pool.getconn(timeout=self.config.connect_timeout_s)
+            except psycopg_pool.PoolTimeout as error:
+                if (problem := self._last_problem()) is not None:
+                    raise DatabaseUnavailable(self._unavailable(problem)) from None
+                # The database answers, but the pool is still waiting out its back-off from when it did
+                # not: a fresh pool serves at once, rather than in up to half a minute.
+                pool = self._renew_pool(pool)
+                try:
+                    conn = pool.getconn(timeout=self.config.connect_timeout_s)
+                except psycopg_pool.PoolTimeout:
+                    raise DatabaseUnavailable(self._unavailable(str(error))) from None
+            try:
+                with conn:
+                    yield conn
+            finally:
+                pool.putconn(conn)
         except psycopg.OperationalError as error:
             raise DatabaseUnavailable(self._unavailable(_first_line(error))) from None
+
+    def _renew_pool(self, stale: ConnectionPool) -> ConnectionPool:
+        """Return a new pool in place of `stale` (closed in the background, its connections handed back first)."""
+        with self._lock:
+            if self._pool is stale:
+                self._pool = self._new_pool()
+                threading.Thread(target=stale.close, kwargs={"timeout": 30}, daemon=True).start()
+                log.warning("connection pool renewed after the database came back")
+            return self._pool
 
     def _unavailable(self, reason: str) -> str:
         return f"the database ({self.where}) is unavailable: {reason}; try again shortly"

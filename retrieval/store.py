@@ -140,6 +140,26 @@ class WriteResult:
     document_ids: list[int]
     generation: int
 
+    @classmethod
+    def of(
+        cls,
+        added_ids: Sequence[int],
+        added_vectors: Sequence[np.ndarray],
+        removed_ids: Sequence[int],
+        document_ids: list[int],
+        generation: int,
+        dimension: int,
+    ) -> WriteResult:
+        """Return the result of a write from its lists (the vectors one array per document)."""
+        vectors = np.concatenate(added_vectors) if added_vectors else np.zeros((0, dimension), np.float32)
+        return cls(
+            added_ids=np.asarray(added_ids, dtype=np.int64),
+            added_vectors=vectors,
+            removed_ids=np.asarray(removed_ids, dtype=np.int64),
+            document_ids=document_ids,
+            generation=int(generation),
+        )
+
 
 class ChunkStore:
     """Documents and chunks of one knowledge base in a SQLite file (WAL, synchronous=FULL)."""
@@ -248,15 +268,8 @@ class ChunkStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        vectors = (
-            np.concatenate(added_vectors) if added_vectors else np.zeros((0, self.dimension), np.float32)
-        )
-        return WriteResult(
-            added_ids=np.asarray(added_ids, dtype=np.int64),
-            added_vectors=vectors,
-            removed_ids=np.asarray(removed_ids, dtype=np.int64),
-            document_ids=document_ids,
-            generation=self.generation,
+        return WriteResult.of(
+            added_ids, added_vectors, removed_ids, document_ids, self.generation, self.dimension
         )
 
     def _insert_document(

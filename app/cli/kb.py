@@ -38,6 +38,9 @@ def kb_create(
     svc = service()
     kb = run_or_fail(lambda: svc.create(name, store, uri))
     kb.close()
+    if kb.directory is None:  # the PostgreSQL store: rows of the shared database, no folder
+        console.print(f"created knowledge base [bold]{name}[/] (pgvector) in {svc.database.where}")
+        return
     where = kb.manifest.store.uri or "files"
     console.print(
         f"created knowledge base [bold]{name}[/] ({kb.manifest.store.backend}, {where}) in {kb.directory}"

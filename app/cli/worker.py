@@ -21,10 +21,12 @@ def worker() -> None:
         )
     service = KnowledgeService(chosen)
     service.database.check()  # a wrong DSN or a database down: one line (kbqa's main), before the model loads
-    run_or_fail(lambda: service.embedder)
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before the model loads: a stop then still exits 0
         signal.signal(signum, lambda *_: stop.set())
+    run_or_fail(lambda: service.embedder)
+    if stop.is_set():
+        return
     jobs = PgIngestionJobs(service, chosen.server.job_queue_size)
     jobs.start()
     say = lambda line: errors.print(line, soft_wrap=True, highlight=False, markup=False)  # noqa: E731

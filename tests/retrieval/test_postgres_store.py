@@ -232,3 +232,20 @@ def test_migrate_to_postgres_and_back_keeps_ids_metadata_vectors_and_originals(
     assert min(added.added_ids) >= before[3][1], "no chunk id is given twice"
     back.close()
     database.database.close()
+
+
+def test_settings_refuse_a_postgres_store_without_dsn_and_a_server_without_worker_on_sqlite() -> None:
+    from app.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="KBQA_STORE__DSN"):
+        load_settings(store={"backend": "postgres"})
+    with pytest.raises(SettingsError, match="ingest_worker false .* store.backend postgres"):
+        load_settings(server={"ingest_worker": False})
+    settings = load_settings(store={"backend": "postgres", "dsn": "postgresql://kbqa:secret@db/kbqa"})
+    assert "secret" not in repr(settings.store) and settings.server.ingest_worker
+
+
+def test_kbqa_worker_on_the_sqlite_store_says_what_it_needs() -> None:
+    result = subprocess.run([KBQA, "worker"], env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "store.backend postgres" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

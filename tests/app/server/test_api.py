@@ -23,15 +23,22 @@ POLICY = (
 LEAVE = "# 休假制度\n\n员工工作满一年后享有带薪年假，每年十天。\n"
 
 
-def make_client(data_dir: Path, e5_embedder, **server: object) -> LoadedTestClient:
-    app = create_app(load_settings(data_dir=data_dir, server=server))
+def make_client(data_dir: Path, e5_embedder, store: dict | None = None, **server: object) -> LoadedTestClient:
+    app = create_app(load_settings(data_dir=data_dir, server=server, store=store))
     app.state.service.embedder = e5_embedder  # the session's loaded model, not a second copy
     return LoadedTestClient(app)
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory, e5_embedder) -> Iterator[TestClient]:
-    with make_client(tmp_path_factory.mktemp("data"), e5_embedder, max_upload_mb=0.05) as client:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def client(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, e5_embedder
+) -> Iterator[TestClient]:
+    """The API over each store: SQLite files, or a database of its own on the session's PostgreSQL."""
+    store = {"backend": "sqlite"}
+    if request.param == "postgres":
+        store = {"backend": "postgres", "dsn": request.getfixturevalue("pg_server").new_database()}
+    data_dir = tmp_path_factory.mktemp("data")
+    with make_client(data_dir, e5_embedder, store=store, max_upload_mb=0.05) as client:
         assert client.post("/v1/kbs", json={"name": "hr"}).status_code == 201
         job = upload(client, "hr", {"expenses.md": POLICY, "leave.md": LEAVE})
         assert wait(client, job)["status"] == "succeeded"
@@ -232,7 +239,10 @@ def test_path_tricks_in_file_names_are_reduced_to_the_name(client: TestClient) -
     job = wait(client, upload(client, "tricks", {"../../outside.md": "# 外面\n\n不应写到知识库之外。"}))
     assert job["status"] == "succeeded" and job["files"][0]["source"] == "outside.md"
     data_dir = client.app.state.settings.data_dir
-    assert (data_dir / "kbs" / "tricks" / "originals" / "outside.md").is_file()
+    if client.app.state.settings.store.backend == "sqlite":
+        assert (data_dir / "kbs" / "tricks" / "originals" / "outside.md").is_file()
+    else:  # the original is kept in the database, under its reduced name
+        assert client.app.state.service.catalog.original("tricks", "outside.md") is not None
     assert not (data_dir.parent / "outside.md").exists()
     response = client.post("/v1/kbs/tricks/documents", files=[("files", ("..", b"x"))])
     assert response.status_code in (400, 415)
