@@ -75,7 +75,7 @@ class PgIngestionJobs(IngestionJobs):
         self._worker: threading.Thread | None = None
         self._heart: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._reading: dict[str, str] = {}
+        self._reading: dict[str, str] = _SharedReading(self._show_reading)
         self._cancelled: set[str] = set()
         self._running: str | None = None  # the job this worker holds the lease of
         self._lost: set[str] = set()  # running jobs whose lease another worker took: left to it
@@ -400,10 +400,27 @@ class PgIngestionJobs(IngestionJobs):
         log.error("job given up", extra={"job": job_id, "attempts": attempts})
         self._finish(job_id, [], status="failed", error=reason)
 
+    def _show_reading(self, job_id: str, reading: str) -> None:
+        """Write the page OCR reads now into the job's row, for every node to show (an OCR'd page takes seconds)."""
+        with contextlib.suppress(DatabaseUnavailable):  # progress only: the next heartbeat writes it again
+            self._update(job_id, reading=reading)
+
     def _update(self, job_id: str, **values: object) -> None:
         assignments = ", ".join(f"{name} = %s" for name in values)
         with self.database.connection() as conn:
             conn.execute(f"UPDATE jobs SET {assignments} WHERE id = %s", (*values.values(), job_id))
+
+
+class _SharedReading(dict):
+    """The page OCR reads now, per running job, written through to the job rows as it changes."""
+
+    def __init__(self, show) -> None:
+        super().__init__()
+        self._show = show
+
+    def __setitem__(self, job_id: str, reading: str) -> None:
+        super().__setitem__(job_id, reading)
+        self._show(job_id, reading)
 
 
 def _job(row: tuple) -> Job:

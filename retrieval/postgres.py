@@ -241,6 +241,8 @@ class Database:
             try:
                 conn = pool.getconn(timeout=self.config.connect_timeout_s)
             except psycopg_pool.PoolTimeout as error:
+                if pool.get_stats().get("pool_size", 0) >= pool.max_size:  # all in use: busy, not broken
+                    raise DatabaseUnavailable(self._unavailable("every connection is in use")) from None
                 if (problem := self._last_problem()) is not None:
                     raise DatabaseUnavailable(self._unavailable(problem)) from None
                 # The database answers, but the pool is still waiting out its back-off from when it did
