@@ -62,9 +62,6 @@ def _runtime_choice_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     with pytest.MonkeyPatch.context() as session_env:
         session_env.setenv("XDG_CACHE_HOME", str(folder))
         yield folder
-    choice = Candidate("torch", "bf16" if cpu_has_amx_bf16() else "none")
-    force_choice(bundled_model_id(), choice, folder / "kbqa" / "embedding-runtime.json")
-    return folder
 
 
 @pytest.fixture(autouse=True)
