@@ -357,9 +357,9 @@ class IngestionJobs:
                 progress,
                 kb,
                 files,
-                None if metadata is None else json.loads(metadata),
-                bool(force),
-                None if groups is None else json.loads(groups),
+                metadata,
+                force,
+                groups,
             )
         except JobCancelled:
             self._cancelled.discard(job_id)
@@ -410,17 +410,22 @@ class IngestionJobs:
         progress: _JobProgress,
         kb: str,
         files: Sequence[SourceFile],
-        metadata: dict[str, str] | None,
-        force: bool,
-        groups: list[str] | None = None,
+        metadata: str | None,
+        force: int,
+        groups: str | None,
     ) -> IngestionReport:
-        """Return the report of ingesting `files`, waiting up to WRITE_LOCK_WAIT_S while another writer
-        holds the knowledge base (KnowledgeBaseBusy after that), rather than failing and dropping the files."""
+        """Return the report of ingesting `files` with the job row's stored `metadata` and `groups` (JSON or
+        NULL) and `force`, waiting up to WRITE_LOCK_WAIT_S while another writer holds the knowledge base
+        (KnowledgeBaseBusy after that), rather than failing and dropping the files."""
+        stored_metadata = None if metadata is None else json.loads(metadata)
+        stored_groups = None if groups is None else json.loads(groups)
         deadline = time.monotonic() + WRITE_LOCK_WAIT_S
         while True:
             try:
                 # The write lock is taken before anything is read or stored, so a busy refusal changed nothing.
-                return self.service.ingest_files(kb, files, progress, metadata, force, groups)
+                return self.service.ingest_files(
+                    kb, files, progress, stored_metadata, bool(force), stored_groups
+                )
             except KnowledgeBaseBusy:
                 if time.monotonic() >= deadline:
                     raise

@@ -304,9 +304,9 @@ class PgIngestionJobs(IngestionJobs):
                 progress,
                 kb,
                 files,
-                None if metadata is None else json.loads(metadata),
-                bool(force),
-                None if groups is None else json.loads(groups),
+                metadata,
+                force,
+                groups,
             )
         except JobCancelled:
             if job_id in self._lost:
