@@ -7,7 +7,7 @@ KBQA := $(BIN)/kbqa
 .PHONY: run test docker-check bench-ingest clean
 
 # The virtual environment is rebuilt when pyproject.toml changes. torch is installed first, pinned to
-# the CPU build, so that pip does not pull the multi-gigabyte CUDA wheels (see the README for GPU boxes).
+# the CPU build, so that pip does not pull the multi-gigabyte CUDA wheels (see docs/deploy.md for GPU boxes).
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

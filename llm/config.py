@@ -112,7 +112,7 @@ class LLMConfig(BaseModel):
         description="Refuse (the refusal sentence, no model call) when the calibrated probability that the "
         "retrieved chunks hold the answer is below this. 0.32 is the lowest that refused at least 90% of "
         "off-topic and 60% of same-topic questions on each of three slices of DRCD, with at most 6.2% of "
-        "answerable ones (README, `kbqa eval answers`); 0 never refuses on it. Ignored, "
+        "answerable ones (docs/benchmarks.md, `kbqa eval answers`); 0 never refuses on it. Ignored, "
         "with a warning, for an embedding model without a calibration: then only an explicit "
         "`score_threshold` filters chunks.",
     )
@@ -121,6 +121,6 @@ class LLMConfig(BaseModel):
     )
     followup: FollowupConfig = Field(
         default_factory=FollowupConfig,
-        description="How a follow-up question is made standalone before it is searched (README, "
+        description="How a follow-up question is made standalone before it is searched (docs/usage.md, "
         '"Conversations").',
     )

@@ -35,7 +35,7 @@ TOP_HITS = 5
 SIGNALS = ("cosine", "margin", "coverage", "unseen", "agreement")
 # A passage that holds this share of a question's weighted terms counts as holding them all: people word
 # the rest of a question in their own way (DRCD's askers more than CMRC's, whose calibration measured on
-# DRCD was too cautious above it). Chosen on DRCD articles 100-199; the README's figures are on 0-99.
+# DRCD was too cautious above it). Chosen on DRCD articles 100-199; docs/benchmarks.md's figures are on 0-99.
 COVERAGE_SATURATION = 0.8
 _CJK = re.compile(f"[{CJK_IDEOGRAPHS}]")
 _ASCII_WORD = re.compile(r"[0-9a-z]+")

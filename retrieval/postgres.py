@@ -151,7 +151,7 @@ class StoreConfig(BaseModel):
 
     With `postgres`, every knowledge base, its vectors (pgvector), the ingestion queue and the uploaded
     originals live in the database at `dsn`, so several `kbqa serve` nodes and `kbqa worker` processes
-    share them; see the README's "Several nodes on PostgreSQL".
+    share them; see docs/deploy.md, "Several nodes on PostgreSQL".
     """
 
     model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored

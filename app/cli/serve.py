@@ -44,7 +44,7 @@ def serve(
     )
     web = create_app(chosen)
     # On SIGTERM, requests still open after this long are cut off; the ingestion worker then stops within
-    # its batch at hand (README, "Ingestion jobs").
+    # its batch at hand (docs/usage.md, "The web service").
     config = uvicorn.Config(
         web,
         host=server.host,

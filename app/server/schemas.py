@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from llm import Message
 from retrieval import SearchOptions
 
-# The most a request may carry (README, "Request limits"); a longer field is refused with 422 before
+# The most a request may carry (docs/security.md, "Request limits"); a longer field is refused with 422 before
 # any work. Texts reaching the embedding model are also cut to its window, so these bound the rest:
 # tokenizing, the prompt, the JSON itself.
 MAX_QUERY_CHARS = 4000
@@ -50,7 +50,7 @@ class ErrorOut(BaseModel):
     error: ErrorDetail
 
 
-# The errors any route may answer with, listed in the OpenAPI schema (README, "The web service").
+# The errors any route may answer with, listed in the OpenAPI schema (docs/usage.md, "The web service").
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorOut, "description": description}
     for status, description in {
@@ -327,7 +327,7 @@ class AnswerOut(BaseModel):
     searched_question: str = Field(
         "",
         description="The question that was searched and judged: a follow-up made standalone from the history "
-        '(README, "Conversations"), else the question as typed.',
+        '(docs/usage.md, "Conversations"), else the question as typed.',
     )
     spans: list[SpanOut] = Field(
         default_factory=list,

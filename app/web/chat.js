@@ -8,7 +8,7 @@ import { numberCitations, openSource, sourceLabel } from "./sources.js";
 
 const MAX_CONVERSATIONS = 50;
 const HISTORY_TURNS = 10; // earlier turns sent with a question; the server trims them to its budget too
-const HISTORY_CHARS = 50000; // and at most this much of them, well inside the server's 100,000 (README)
+const HISTORY_CHARS = 50000; // and at most this much of them, well inside the server's 100,000 (docs/security.md)
 
 let kb = "";
 let conversations = []; // of the current knowledge base, newest first: {id, title, updated, turns}

@@ -6,7 +6,7 @@ Built op by op rather than traced from torch, so it takes ONNX Runtime's fused C
 - attention is ONNX Runtime's `MultiHeadAttention` (com.microsoft): one kernel that keeps each head's
   scores in cache. The traced graph's separate MatMul, mask Add, Softmax and MatMul wrote the scores of
   the whole batch to memory four times: 48% of the CPU time of `int8-mixed` without AMX (profiled,
-  README "CPUs with and without AMX"), against 34% now;
+  docs/benchmarks.md "CPUs with and without AMX"), against 34% now;
 - `BiasGelu` (erf GELU with its bias) and plain `LayerNormalization`.
 
 `ffn_out_rows=True` (the `int8-mixed` graph) writes each layer's feed-forward output product in int8 with

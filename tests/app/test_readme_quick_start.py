@@ -1,6 +1,7 @@
 """The README's quick start, read as a newcomer follows it: every command it shows exists and takes the
 arguments it is given (make targets, apt packages, the venv, `kbqa` subcommands and options, curl routes),
-and every command of the command table is a real `kbqa` command."""
+and every command of the command tables (the README's main commands, docs/usage.md's full table) is a real
+`kbqa` command."""
 
 from __future__ import annotations
 
@@ -18,15 +19,16 @@ from app.server import create_app
 from app.settings import load_settings
 
 README = (paths.REPO / "README.md").read_text(encoding="utf-8")
+USAGE = (paths.REPO / "docs" / "usage.md").read_text(encoding="utf-8")
 MAKEFILE = (paths.REPO / "Makefile").read_text(encoding="utf-8")
 CI = (paths.REPO / ".ci" / "run").read_text(encoding="utf-8")
 
 
-def section(title: str) -> str:
-    """Return the README's `## title` section, up to the next `## ` heading."""
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start : end if end > 0 else None]
+def section(title: str, page: str = README) -> str:
+    """Return the `## title` section of `page` (the README by default), up to the next `## ` heading."""
+    start = page.index(f"\n## {title}\n")
+    end = page.find("\n## ", start + 1)
+    return page[start : end if end > 0 else None]
 
 
 def commands(text: str) -> list[list[str]]:
@@ -102,9 +104,10 @@ def test_each_quick_start_command_exists(words: list[str], tmp_path: Path) -> No
         pytest.fail(f"a new kind of command in the quick start, which this test cannot check yet: {words}")
 
 
-def test_each_command_of_the_command_table_exists() -> None:
-    table = [line for line in section("Command line").splitlines() if line.startswith("| `kbqa")]
-    assert len(table) >= 8, table
+@pytest.mark.parametrize(("page", "rows"), [(README, 8), (USAGE, 15)], ids=["README.md", "docs/usage.md"])
+def test_each_command_of_the_command_table_exists(page: str, rows: int) -> None:
+    table = [line for line in section("Command line", page).splitlines() if line.startswith("| `kbqa")]
+    assert len(table) >= rows, table
     root_options = {name for param in typer.main.get_command(cli).params for name in param.opts}
     global_options = r"(`kbqa )((?:\[?--[\w-]+(?: [A-Z]+)?\]? )+)"  # kbqa --server URL [--api-key KEY] ask
     for row in table:
