@@ -119,3 +119,18 @@ def test_each_command_of_the_command_table_exists(page: str, rows: int) -> None:
         for shown in re.findall(r"`((?:kbqa )?[a-z][\w-]*(?: [a-z][\w-]*)?)", cell):
             command, rest = resolve(shown.removeprefix("kbqa ").split())
             assert rest == [], f"{shown}: no such kbqa command"
+
+
+def test_each_command_of_the_first_conversation_exists() -> None:
+    """The `$ kbqa …` lines of the README's first conversation parse as the command line takes them."""
+    shown = [
+        shlex.split(line[2:], comments=True)
+        for block in re.findall(r"```console\n(.*?)```", section("A first conversation"), flags=re.S)
+        for line in block.splitlines()
+        if line.startswith("$ kbqa ")
+    ]
+    assert len(shown) >= 2, shown
+    for words in shown:
+        command, rest = resolve(words[1:])
+        assert not hasattr(command, "commands"), f"{words}: not a kbqa command"
+        command.make_context(command.name, rest)  # every argument and option parses, nothing runs

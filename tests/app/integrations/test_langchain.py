@@ -102,7 +102,7 @@ def test_documents_carry_source_page_heading_cosine_and_answerability(kbqa: Serv
 
 
 def test_a_rag_chain_on_the_retriever(kbqa: Server) -> None:
-    """The README's chain, with kbqa's own OpenAI-compatible endpoint as the chat model."""
+    """The chain of docs/usage.md ("LangChain"), with kbqa's own OpenAI-compatible endpoint as the chat model."""
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_core.runnables import RunnablePassthrough

@@ -1,6 +1,6 @@
 """Who may do what over HTTP: every route of the OpenAPI document × every kind of caller (no key, a wrong
 key, an expired key, a reader of another knowledge base, a reader, an editor, an admin) gets the status
-the README's table says; the flat `server.api_keys` still work as admins; failed keys are throttled; the
+the table of docs/security.md says; the flat `server.api_keys` still work as admins; failed keys are throttled; the
 audit log records writes by key name.
 
 One in-process app (FastAPI's TestClient runs the real app with its worker) serves the walk.
@@ -26,7 +26,7 @@ from app.settings import load_settings
 FLAT = "flat-admin-key"
 DOC = "# 年假制度\n\n员工入职满一年后，每年享有十天带薪年假。\n"
 
-# What each route needs (README, "Security"): open to anyone; `key`: any valid key (or, without one, only
+# What each route needs (docs/security.md, "Roles"): open to anyone; `key`: any valid key (or, without one, only
 # when reads are open); `read`/`edit`: a reader/editor of the route's knowledge base; `jobs`: an editor
 # of some knowledge base (a job it may see); `admin`.
 NEEDS: dict[tuple[str, str], str] = {
@@ -173,7 +173,7 @@ def test_every_route_for_every_caller(served: tuple[TestClient, dict]) -> None:
     admin = {"Authorization": f"Bearer {FLAT}"}
     schema = client.get("/openapi.json", headers=admin).json()
     routes = {(m.upper(), p) for p, item in schema["paths"].items() for m in item}
-    assert routes <= set(NEEDS), f"routes missing from the table (and the README's): {routes - set(NEEDS)}"
+    assert routes <= set(NEEDS), f"routes missing from the table (docs/security.md): {routes - set(NEEDS)}"
     wrong = []
     for (method, path), need in NEEDS.items():
         for who in CALLERS:
