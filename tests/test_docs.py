@@ -37,11 +37,25 @@ def prose_lines(text: str) -> list[tuple[int, str]]:
 
 
 def links(text: str) -> list[tuple[int, str]]:
-    """Return every link target of a Markdown text with its line number (code blocks and spans left out)."""
-    found = []
+    """Return every link target of a Markdown text with the number of the line it starts on (code blocks and
+    spans left out); a link's text may run over a line break."""
+    paragraphs: list[tuple[int, list[str]]] = []
+    last = -1
     for number, line in prose_lines(text):
-        found += [(number, target) for target in _LINK.findall(line)]
-        found += [(number, target) for target in _AUTOLINK.findall(line)]
+        if not line.strip():
+            continue  # a blank line ends a paragraph: the next line is not its neighbour
+        if paragraphs and number == last + 1:
+            paragraphs[-1][1].append(line)
+        else:
+            paragraphs.append((number, [line]))
+        last = number
+    found = []
+    for first, lines in paragraphs:
+        paragraph = "\n".join(lines)
+        matches = sorted(
+            (*_LINK.finditer(paragraph), *_AUTOLINK.finditer(paragraph)), key=lambda m: m.start()
+        )
+        found += [(first + paragraph.count("\n", 0, match.start()), match.group(1)) for match in matches]
     return found
 
 
@@ -130,6 +144,11 @@ def test_the_link_check_catches_what_it_should(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("# Top\n\n[ok](#top) `[no](#nope)`\n\n```\n[no](missing.md)\n```\n", encoding="utf-8")
     assert links(page.read_text(encoding="utf-8")) == [(3, "#top")]
+    assert links("one [link over\ntwo lines](#x) and\n[another](#y)\n\n[a third](#z)\n") == [
+        (1, "#x"),
+        (3, "#y"),
+        (5, "#z"),
+    ]
     bad = "[a](#nope) [b](missing.md) [c](https://) [d](ftp://example.org) [e](http://example.org/x)\n"
     targets = [target for _, target in links(bad)]
     assert targets == ["#nope", "missing.md", "https://", "ftp://example.org", "http://example.org/x"]
