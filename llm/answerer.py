@@ -24,7 +24,7 @@ from llm.followup import Candidate, Chosen, FollowupConfig, choose, model_rewrit
 from llm.prompt import Prompt, PromptBuilder, PromptConfig
 from llm.types import ChatModel, DeltaStream, FinishReason, Generation, GenerationParams, Message, Usage
 from retrieval import Retrieval, SearchHit, SearchOptions
-from retrieval.lexical import fold
+from retrieval.text_rules import fold
 
 RetrieveFunction = Callable[
     [str, str, SearchOptions], Retrieval

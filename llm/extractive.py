@@ -30,15 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from llm.answer_types import Span, answer_spans, answer_type
 from retrieval.answerability import coverage
 from retrieval.bilingual import is_chinese
-from retrieval.cjk import CJK_IDEOGRAPHS
-from retrieval.lexical import content_terms, fold
+from retrieval.lexical import content_terms
+from retrieval.text_rules import CJK_CHAR, CJK_RUN, ENGLISH_FUNCTION_WORDS, FUNCTION_CHARS, fold
 
 if TYPE_CHECKING:
     from retrieval import Embedder, SearchHit
     from retrieval.calibration import LogisticModel
 
-_CJK_CHAR = re.compile(f"[{CJK_IDEOGRAPHS}]")
-_CJK_RUN = re.compile(f"[{CJK_IDEOGRAPHS}]+")
 _WORD = re.compile(r"[a-z0-9]+(?:['.][a-z0-9]+)*")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}(\s|$)")
 _LIST_MARK = re.compile(
@@ -63,19 +61,6 @@ _KEY_VALUE_ROW = re.compile(
     r"^(参数|項目|项目|名称|名稱|指标|指標|属性|屬性|字段|欄位|配置|规格项|規格項|parameter|item|name|field|property"
     r"|attribute|key|spec|specification)\s*[:：]\s*([^:：，,]{1,20}?)\s*[，,]\s*[^:：，,]{1,12}\s*[:：]\s*(.+)$",
     re.I,
-)
-# English words that say nothing about what is asked.
-_STOPWORD_TEXT = (
-    "a an the is are was were be been do does did to of in on at for by with from and or not can could "
-    "i we you my our your it its this that these those what which who whom when where why how much many "
-    "long should would will shall may must have has had there their they me us if as into than then"
-)
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-
-# Chinese characters of question words and grammar: a bigram made only of them (需要, 多久, 什么, 可以)
-# says nothing about what is asked, while one with a content character (到账, 会议) does.
-_FUNCTION_CHARS = frozenset(
-    "的了吗呢吧啊是在有和与及或要需多少久什么怎如何几哪谁可以能会这那个些一我你他她们该应请问"
 )
 
 
@@ -344,7 +329,7 @@ def _context_columns(
     covered = np.asarray(columns["coverage"], dtype=np.float64)
     where = {(s.hit, s.position): i for i, s in enumerate(sentences)}
     before = [where.get((s.hit, s.position - 1)) for s in sentences]
-    asked = set(_CJK_CHAR.findall(question))
+    asked = set(CJK_CHAR.findall(question))
     return {
         "full_rank": _inverse_rank(full),
         "previous_coverage": np.array([0.0 if i is None else covered[i] for i in before]),
@@ -403,13 +388,13 @@ def _key_value(line: str) -> str:
     if not found or re.search(r"[:：]", found.group(3)):
         return line
     key, value = found.group(2).strip(), found.group(3).strip()
-    return f"{key}：{value}" if _CJK_CHAR.search(key + value) else f"{key}: {value}"
+    return f"{key}：{value}" if CJK_CHAR.search(key + value) else f"{key}: {value}"
 
 
 def _label(line: str) -> str | None:
     """Return the Chinese label a line opens with ("年假" of "年假：员工……"), or None."""
     found = _LABEL.match(line)
-    return found.group(1) if found and _CJK_CHAR.search(found.group(1)) else None
+    return found.group(1) if found and CJK_CHAR.search(found.group(1)) else None
 
 
 def _lines(text: str) -> Iterator[str]:
@@ -455,7 +440,7 @@ def _joined_fields(record: str, field: str) -> str:
     """Return a record's "name: value" lines so far with one more, as one sentence ("假期: 春节，天数: 8")."""
     if re.search(r"[。！？.!?]$", record):
         return record + (" " if record[-1].isascii() else "") + field
-    return record + ("，" if _CJK_CHAR.search(record + field) else ", ") + field
+    return record + ("，" if CJK_CHAR.search(record + field) else ", ") + field
 
 
 def _continues(previous: str, raw_next: str) -> bool:
@@ -470,7 +455,7 @@ def _continues(previous: str, raw_next: str) -> bool:
 
 def _table_row(header: list[str], cells: list[str]) -> str:
     """Return a table row as "header: cell" pairs, so the row reads on its own."""
-    separator = "，" if _CJK_CHAR.search("".join(header + cells)) else ", "
+    separator = "，" if CJK_CHAR.search("".join(header + cells)) else ", "
     colon = "：" if separator == "，" else ": "
     pairs = [
         f"{name}{colon}{cell}" if name else cell for name, cell in zip(header, cells, strict=False) if cell
@@ -504,10 +489,10 @@ def _pieces(sentence: str, max_chars: int) -> list[str]:
 def _terms(text: str) -> set[str]:
     """Return the text's content words (English, lowercased, plural s dropped) and Chinese character bigrams."""
     lowered = fold(text).lower()
-    terms = {_singular(w) for w in _WORD.findall(lowered) if w not in _STOPWORDS}
-    for run in _CJK_RUN.findall(lowered):
+    terms = {_singular(w) for w in _WORD.findall(lowered) if w not in ENGLISH_FUNCTION_WORDS}
+    for run in CJK_RUN.findall(lowered):
         grams = {run} if len(run) == 1 else {run[i : i + 2] for i in range(len(run) - 1)}
-        terms.update(g for g in grams if not all(c in _FUNCTION_CHARS for c in g))
+        terms.update(g for g in grams if not all(c in FUNCTION_CHARS for c in g))
     return terms
 
 

@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm.types import ChatModel, GenerationParams, Message
 from retrieval import Retrieval
-from retrieval.lexical import content_terms, fold, terms, words
+from retrieval.lexical import content_terms, terms, words
+from retrieval.text_rules import fold
 
 log = logging.getLogger(__name__)
 
