@@ -2,9 +2,9 @@
 
 from llm.answerer import Answer, Answerer, AnswerOptions, AnswerStream, Citation, Timings
 from llm.backends import load_chat_model
-from llm.config import LLMConfig, OpenAIConfig
+from llm.config import ExtractiveConfig, LLMConfig, OpenAIConfig
 from llm.errors import LLMError, ModelBusy, ModelLoadError, ModelUnavailable, PromptTooLong, UnknownAdapter
-from llm.extractive import ExtractiveConfig, ExtractiveReader
+from llm.extractive import ExtractiveReader
 from llm.followup import FollowupConfig
 from llm.prompt import Prompt, PromptBuilder, PromptConfig
 from llm.templates import TEMPLATES, template_for

@@ -1,13 +1,20 @@
-"""The text rules every package shares: CJK character ranges, folding, and the words a question asks with.
+"""The text rules every package shares: CJK character ranges, folding, the words a question asks with,
+the "name: value" lines of a table row, and sentence splitting.
 
-One definition of each, so the lexical index, answerability, the follow-up rules, the extractive reader
-and fine-tuning's metrics read Chinese and English text the same way (docs/architecture.md).
+One definition of each, so the loaders, the lexical index, answerability, the follow-up rules, the
+extractive reader and fine-tuning's metrics read Chinese and English text the same way.
+
+Sentences (`split_sentences`): Chinese 。！？ and line ends, English . ! ? before a new sentence; a
+markdown table row becomes "header: cell" pairs and a record's "name: value" lines (a CSV, Excel or Word
+table row as the loaders write it, `field_lines`) one sentence; a line that opens with a short label,
+年假：…, lends it to its later sentences; a sentence longer than `max_chars` is cut at its commas.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator
 from functools import cache
 
 # --- character ranges, as bodies of a regex character class (`f"[{…}]"`) ------------------------------
@@ -87,3 +94,167 @@ GLUE_PARTICLES = frozenset("在要是的了着过吗呢把被给和与與及或�
 FUNCTION_CHARS = frozenset(
     "的了吗呢吧啊是在有和与及或要需多少久什么怎如何几哪谁可以能会这那个些一我你他她们该应请问"
 )
+
+
+# --- table rows and records, as the loaders write them and the reader reads them ----------------------
+
+# A table row or a record (CSV, Excel, JSON, and the tables of Word, PDF, HTML, Markdown and slides) is
+# stored as "name: value" lines (`ingestion/loaders`); `split_sentences` reads such lines back as one
+# sentence ("参数: 重量，规格: 2.1 kg"), so both sides take the format from here.
+FIELD_SEPARATOR = ": "
+# A line `field_lines` wrote: a name of at most 40 characters without a colon, the separator, a value.
+FIELD_LINE = re.compile(rf"^[^\s:：][^:：]{{0,39}}{FIELD_SEPARATOR}\S")
+
+
+def field_lines(pairs: Iterable[tuple[str, str]]) -> str:
+    """Return "name: value" lines for the pairs with a value (a value without a name stands alone)."""
+    return "\n".join(f"{name}{FIELD_SEPARATOR}{value}" if name else value for name, value in pairs if value)
+
+
+# --- sentences -----------------------------------------------------------------------------------------
+
+_HEADING = re.compile(r"^\s{0,3}#{1,6}(\s|$)")
+_LIST_MARK = re.compile(
+    r"^\s*(?:[-*+•·]\s+|\d{1,3}[.)]\s+|\d{1,3}、|[（(][一二三四五六七八九十\d]{1,3}[)）]|[一二三四五六七八九十]{1,3}、)"
+)
+_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+# A sentence ends at Chinese 。！？ (plus closing quotes), or at English . ! ? followed by a space and
+# something other than a lowercase letter, so "e.g. the" and "3.5" stay whole. A ；joins the parallel
+# clauses of one sentence, such as the tiers of a rule (满 1 年…10 天；满 5 年…12 天), which answer together.
+_SENTENCE = re.compile(
+    r"\S.*?(?:[。！？]+[”’」』）)\"']*|[.!?]+[”’\"')]*(?=\s+[^\sa-z])|$)",
+)
+_CLAUSE_END = re.compile(r"(?<=[，,、：:；;])")
+# A line that opens with a short Chinese label and a colon ("年假：员工累计工作满 1 年后……") is about that
+# label throughout; a colon before a quotation ("他说：“……”") introduces speech, not a label.
+_LABEL = re.compile(r"([^\s：:，,。；;！？!?「“\"'『(（]{1,6})\s*[：:]\s*(?![「“\"'『])\S")
+_EMPHASIS = re.compile(r"\*\*|__|`")
+# The row of a two-column key-value table ("参数: 重量，规格: 2.1 kg"), whose first header names no value.
+_KEY_VALUE_ROW = re.compile(
+    r"^(参数|項目|项目|名称|名稱|指标|指標|属性|屬性|字段|欄位|配置|规格项|規格項|parameter|item|name|field|property"
+    r"|attribute|key|spec|specification)\s*[:：]\s*([^:：，,]{1,20}?)\s*[，,]\s*[^:：，,]{1,12}\s*[:：]\s*(.+)$",
+    re.I,
+)
+
+
+def split_sentences(text: str, max_chars: int = 240) -> list[str]:
+    """Return the readable sentences of a chunk, in order, without headings, list marks and empty fragments."""
+    sentences: list[str] = []
+    for line in _lines(text):
+        line = _key_value(line)
+        label = _label(line)
+        for match in _SENTENCE.finditer(line):
+            sentence = match.group().strip()
+            if not any(c.isalnum() for c in sentence):
+                continue
+            if label and match.start() > 0 and label not in sentence and not _label(sentence):
+                sentence = f"{label}：{sentence}"
+            sentences.extend(_pieces(sentence, max_chars))
+    return sentences
+
+
+def _key_value(line: str) -> str:
+    """Return a two-field record of a key-value table as "key：value" ("参数: 重量，规格: 2.1 kg" → "重量：2.1 kg").
+
+    Such a table's headers (参数/规格, Parameter/Value) say nothing; its rows read as the key and its value.
+    """
+    found = _KEY_VALUE_ROW.match(line)
+    if not found or re.search(r"[:：]", found.group(3)):
+        return line
+    key, value = found.group(2).strip(), found.group(3).strip()
+    return f"{key}：{value}" if CJK_CHAR.search(key + value) else f"{key}: {value}"
+
+
+def _label(line: str) -> str | None:
+    """Return the Chinese label a line opens with ("年假" of "年假：员工……"), or None."""
+    found = _LABEL.match(line)
+    return found.group(1) if found and CJK_CHAR.search(found.group(1)) else None
+
+
+def _lines(text: str) -> Iterator[str]:
+    """Yield the text's logical lines: headings dropped, list marks removed, wrapped English lines joined."""
+    header: list[str] | None = None
+    pending = ""
+    for raw in _EMPHASIS.sub("", text).splitlines():
+        line = raw.strip()
+        if line.startswith("|") or _TABLE_RULE.match(line):
+            if pending:
+                yield pending
+                pending = ""
+            if _TABLE_RULE.match(line):
+                continue
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            if header is None:
+                header = cells
+                continue
+            yield _table_row(header, cells)
+            continue
+        header = None
+        if not line or _HEADING.match(line):
+            if pending:
+                yield pending
+            pending = ""
+            continue
+        line = _LIST_MARK.sub("", line, count=1)
+        # "name: value" lines (a table row or record) are read as one sentence.
+        field, in_record = FIELD_LINE.match(line), FIELD_LINE.match(pending)
+        if field and in_record:
+            pending = _joined_fields(pending, line)
+        elif pending and not field and not in_record and _continues(pending, raw):
+            pending = f"{pending} {line}"
+        else:
+            if pending:
+                yield pending
+            pending = line
+    if pending:
+        yield pending
+
+
+def _joined_fields(record: str, field: str) -> str:
+    """Return a record's "name: value" lines so far with one more, as one sentence ("假期: 春节，天数: 8")."""
+    if re.search(r"[。！？.!?]$", record):
+        return record + (" " if record[-1].isascii() else "") + field
+    return record + ("，" if CJK_CHAR.search(record + field) else ", ") + field
+
+
+def _continues(previous: str, raw_next: str) -> bool:
+    """Return whether a line carries on the previous one's English sentence (a hard-wrapped paragraph)."""
+    following = raw_next.strip()
+    return (
+        re.search(r"[A-Za-z0-9,;:(\-–]$", previous) is not None
+        and re.match(r"[A-Za-z0-9(]", following) is not None
+        and not _LIST_MARK.match(following)
+    )
+
+
+def _table_row(header: list[str], cells: list[str]) -> str:
+    """Return a table row as "header: cell" pairs, so the row reads on its own."""
+    separator = "，" if CJK_CHAR.search("".join(header + cells)) else ", "
+    colon = "：" if separator == "，" else ": "
+    pairs = [
+        f"{name}{colon}{cell}" if name else cell for name, cell in zip(header, cells, strict=False) if cell
+    ]
+    return separator.join(pairs)
+
+
+def _pieces(sentence: str, max_chars: int) -> list[str]:
+    """Return the sentence, or pieces of at most `max_chars` cut at its commas when it is longer."""
+    if len(sentence) <= max_chars:
+        return [sentence]
+    pieces: list[str] = []
+    current = ""
+    for clause in _CLAUSE_END.split(sentence):
+        while len(clause) > max_chars:  # no comma for too long: cut hard
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(clause[:max_chars])
+            clause = clause[max_chars:]
+        if len(current) + len(clause) > max_chars:
+            pieces.append(current)
+            current = ""
+        current += clause
+    if current:
+        pieces.append(current)
+    # A piece that stops mid-sentence says so instead of ending on a comma.
+    return [p.strip().rstrip("，,、：:；;") + "…" for p in pieces[:-1]] + [pieces[-1].strip()]
