@@ -16,7 +16,9 @@ standalone question before retrieval:
 `choose` then lets answerability decide between the question as written and the candidate (see there);
 the answer reports the question that was searched, and answerability is that question's. `search_turn`
 does all of it for one turn; the service calls it with its knowledge base's search (`app/services.py`),
-and the answerer answers from what it returns.
+and the answerer answers from what it returns. One job past ~400 lines: the question a turn searches;
+the rules, the model's rewrite and the choice share `Candidate` and `FollowupConfig` and nothing else uses
+them apart.
 """
 
 from __future__ import annotations

@@ -75,6 +75,18 @@ def test_prompt_holds_the_chunks_and_citations_are_the_ones_used(service: Knowle
     assert answer.usage.completion_tokens == len(answer.text) and answer.timings.first_token_ms is not None
 
 
+def test_the_answerer_answers_from_the_retrieval_it_is_given(service: KnowledgeService) -> None:
+    model = ScriptedModel("五个工作日[1]。")
+    qa = Answerer(PromptConfig(), GenerationParams(max_new_tokens=64), model=model)
+    found = service.retrieve("hr", "报销多久到账？", SearchOptions(k=2))
+    answer = qa.answer("报销多久到账？", found)
+    assert answer.searched_question == "报销多久到账？" and not answer.refused
+    assert [c.chunk_id for c in answer.citations] == [found.hits[0].chunk_id]
+    assert (
+        len(model.prompts) == 1 and "报销多久到账？" in model.prompts[0][-1].content
+    )  # no search, no rewrite
+
+
 def test_an_answer_without_markers_cites_every_chunk_given(service: KnowledgeService) -> None:
     qa, _ = answerer(service, "五个工作日。")
     answer = qa.ask("hr", "报销多久到账？", options=AnswerOptions(retrieval=SearchOptions(k=2))).read()
