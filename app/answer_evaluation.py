@@ -88,7 +88,7 @@ def answer_set(paragraphs: Sequence[Paragraph], holdout: int, seed: int = 0) -> 
 
 def _first_sentence(answer: str) -> str:
     """Return an answer's first sentence: up to its first citation, or its first sentence when it cites none."""
-    from llm.extractive import split_sentences
+    from retrieval import split_sentences
 
     cited = _MARKER.split(answer, maxsplit=1)
     return cited[0] if len(cited) > 1 else next(iter(split_sentences(answer)), "")

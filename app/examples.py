@@ -8,9 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from retrieval.cjk import CJK_IDEOGRAPHS
+from retrieval import CJK_CHAR
 
-_CJK = re.compile(f"[{CJK_IDEOGRAPHS}]")
 # "2.1 视频会议" -> "视频会议": a section number says nothing to a reader.
 _NUMBERING = re.compile(r"^\s*(?:第?[\d.]+[章节条]?|[一二三四五六七八九十]+[、.])\s*")
 # An example is answered surely, not just above the refusal line: the first answer a newcomer sees.
@@ -46,4 +45,4 @@ def _question(heading: str) -> str | None:
         return None
     if leaf.endswith(("?", "？")):
         return leaf
-    return f"{leaf}？" if _CJK.search(leaf) else f"{leaf}?"
+    return f"{leaf}？" if CJK_CHAR.search(leaf) else f"{leaf}?"

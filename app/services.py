@@ -1,4 +1,4 @@
-"""The operations behind every command and (later) every HTTP route, over one set of settings."""
+"""The operations behind every command and every HTTP route, over one set of settings."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from llm import (
     ExtractiveReader,
     GenerationParams,
     Message,
+    Searched,
     TextStream,
     load_chat_model,
+    search_turn,
 )
 from retrieval import (
     BatchingEmbedder,
@@ -306,13 +308,11 @@ class KnowledgeService:
             "prompt": config.prompt,
             "generation": config.generation,
             "min_answerability": config.min_answerability,
-            "followup": config.followup,
-            "term_counts": self.term_counts,
         }
         if config.backend == "extractive":
             reader = self.extractive_reader(self.calibration.reader if self.calibration else None)
-            return Answerer(self.retrieve, reader=reader, **common)
-        return Answerer(self.retrieve, model=load_chat_model(config), **common)
+            return Answerer(reader=reader, **common)
+        return Answerer(model=load_chat_model(config), **common)
 
     def generation_params(self, **overrides: object) -> GenerationParams:
         """Return the configured generation defaults with a request's non-None overrides applied."""
@@ -329,8 +329,25 @@ class KnowledgeService:
         history: Sequence[Message] = (),
         options: AnswerOptions | None = None,
     ) -> AnswerStream:
-        """Return the answer to `question` from the named knowledge base, as a stream."""
-        return self.answerer.stream(question, name, history, options)
+        """Return the answer to `question` from the named knowledge base, as a stream: the turn is searched
+        here (`search_turn`), and the answerer answers from what was found."""
+        options = options or AnswerOptions()
+        searched = self.search_turn(name, question, history, options.retrieval)
+        return self.answerer.stream(question, searched, history, options.generation)
+
+    def search_turn(
+        self, name: str, question: str, history: Sequence[Message], options: SearchOptions
+    ) -> Searched:
+        """Return the question searched for a turn of a conversation in the named knowledge base (a follow-up
+        made standalone by the generating model or the rules, or as typed) with what its search found."""
+        return search_turn(
+            question,
+            history,
+            lambda query: self.retrieve(name, query, options),
+            self.settings.llm.followup,
+            self.answerer.model,
+            lambda terms: self.term_counts(name, terms),
+        )
 
     def search(self, name: str, query: str, options: SearchOptions) -> list[SearchHit]:
         """Return the best chunks of the named knowledge base for `query`."""

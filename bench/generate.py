@@ -58,7 +58,7 @@ from models import CORPUS, build_tiny_causal_lm, train_byte_level_bpe
 from bench._common import CHATGLM3_6B, aligned_table
 from llm import GenerationParams, LLMConfig, Message
 from llm.transformers_backend import TransformersChatModel
-from retrieval.cjk import CJK_IDEOGRAPHS
+from retrieval import CJK_IDEOGRAPHS
 
 # ChatGLM3-6B's network as transformers' GlmConfig describes it (see llm/chatglm3.py's conversion).
 SHAPES: dict[str, dict[str, Any]] = {

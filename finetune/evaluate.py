@@ -38,7 +38,7 @@ from finetune.conversation import Conversation
 from llm.config import LLMConfig
 from llm.prompt import PromptConfig
 from llm.types import BASE_MODEL, ChatModel, GenerationParams, Message
-from retrieval.cjk import CJK_IDEOGRAPHS, CJK_PUNCTUATION
+from retrieval import CJK_IDEOGRAPHS, CJK_PUNCTUATION
 
 # The name the adapter under evaluation is loaded under, next to BASE_MODEL for the bare model.
 ADAPTER = "adapter"

@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from retrieval.cjk import CJK_IDEOGRAPHS
-from retrieval.lexical import fold
+from retrieval.text_rules import CJK_RUN, fold
 
 _NUMBER = r"(?:\d+(?:\.\d+)?|[一二两兩三四五六七八九十百千万萬半]+)"
 # The kinds of value a question asks for, each as (its name, what asks for it, what holds it), in Simplified and
@@ -134,7 +133,6 @@ _UNITS = {
     "小時": ("小时", "小時", "hour"),
     "hour": ("小时", "小時", "hour"),
 }  # more matches than this: only the one nearest the question's words
-_CJK_RUN = re.compile(f"[{CJK_IDEOGRAPHS}]+")
 _WORD = re.compile(r"[a-z0-9]{2,}")
 
 
@@ -191,6 +189,6 @@ def _names(name: str, question: str) -> bool:
 
 def _anchors(question: str, sentence: str) -> list[int]:
     """Return where the question's words (Chinese character pairs, English words) occur in the sentence."""
-    pieces = {run[i : i + 2] for run in _CJK_RUN.findall(question) for i in range(max(len(run) - 1, 1))}
+    pieces = {run[i : i + 2] for run in CJK_RUN.findall(question) for i in range(max(len(run) - 1, 1))}
     pieces |= set(_WORD.findall(question))
     return [m.start() for piece in pieces for m in re.finditer(re.escape(piece), sentence)]

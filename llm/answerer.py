@@ -1,10 +1,14 @@
-"""The grounded answerer: retrieve → build the prompt → generate, with the citations the answer uses.
+"""The grounded answerer: from what a search found, build the prompt and generate, with the citations used.
 
-One `Answerer` serves every knowledge base; it is given a retrieval function (the app binds it to the
-knowledge-base store) and either a chat model or, with the `extractive` backend, the extractive reader.
-When retrieval's answerability (the calibrated probability that the chunks hold the answer) is below
-`min_answerability`, the answer is the refusal sentence, whatever the backend, and the model is not
-called; the chunks found are returned as `closest`, not cited.
+One `Answerer` serves every knowledge base. It does not search: the service searches the turn (a
+follow-up made standalone first, `llm.followup.search_turn`) and gives the answerer the `Searched`
+question with its retrieval, or a plain `Retrieval`. It answers with either a chat model or, with the
+`extractive` backend, the extractive reader. Whether to refuse is decided in one place, `_refuses`: when
+the retrieval's answerability (the calibrated probability that the chunks hold the answer) is below
+`min_answerability`, or no chunk was found (`score_threshold`), the answer is the refusal sentence unless
+the prompt answers without context (`prompt.no_context`), whatever the backend, and the model is not
+called; the extractive reader also refuses when no sentence is worth answering with. The chunks found
+are returned as `closest`, not cited.
 `stream` yields the answer as it is generated; the chunks it may cite are known before the first delta,
 and the final `Answer` (citations actually used, token counts, timings) once the stream is exhausted.
 """
@@ -13,22 +17,19 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm.answer_types import Span
-from llm.extractive import ExtractiveReader
-from llm.followup import Candidate, Chosen, FollowupConfig, choose, model_rewrite, rule_rewrite
+from llm.extractive import Extract, ExtractiveReader
+from llm.followup import Searched
 from llm.prompt import Prompt, PromptBuilder, PromptConfig
 from llm.types import ChatModel, DeltaStream, FinishReason, Generation, GenerationParams, Message, Usage
 from retrieval import Retrieval, SearchHit, SearchOptions
-from retrieval.lexical import fold
+from retrieval.text_rules import fold
 
-RetrieveFunction = Callable[
-    [str, str, SearchOptions], Retrieval
-]  # (kb, query, options) -> hits and answerability
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 
 
@@ -119,94 +120,94 @@ class AnswerStream(DeltaStream[Answer]):
 
 
 class Answerer:
-    """Answers questions from a knowledge base with a chat model, or extractively without one."""
+    """Answers a question from what its search found, with a chat model, or extractively without one."""
 
     def __init__(
         self,
-        retrieve: RetrieveFunction,
         prompt: PromptConfig,
         generation: GenerationParams,
         model: ChatModel | None = None,
         reader: ExtractiveReader | None = None,
         min_answerability: float = 0.0,
-        followup: FollowupConfig | None = None,
-        term_counts: Callable[[str, Sequence[str]], Mapping[str, int]] | None = None,
     ) -> None:
         if (model is None) == (reader is None):
             raise ValueError("an Answerer needs exactly one of a chat model and an extractive reader")
-        self._retrieve = retrieve
         self.min_answerability = min_answerability
         self._config = prompt
         self._generation = generation
         self.model = model
         self._reader = reader
-        self._followup = followup or FollowupConfig()
-        self._term_counts = term_counts  # (kb, terms) -> chunks holding each: which terms a follow-up carries
         self._builder = (
             PromptBuilder(prompt, model.count_prompt_tokens, model.context_window) if model else None
         )
 
     def answer(
-        self, question: str, kb: str, history: Sequence[Message] = (), options: AnswerOptions | None = None
+        self,
+        question: str,
+        found: Searched | Retrieval,
+        history: Sequence[Message] = (),
+        generation: GenerationParams | None = None,
     ) -> Answer:
-        """Return the answer to `question` from the knowledge base `kb`."""
-        return self.stream(question, kb, history, options).read()
+        """Return the answer to `question` from what its search found."""
+        return self.stream(question, found, history, generation).read()
 
     def stream(
-        self, question: str, kb: str, history: Sequence[Message] = (), options: AnswerOptions | None = None
+        self,
+        question: str,
+        found: Searched | Retrieval,
+        history: Sequence[Message] = (),
+        generation: GenerationParams | None = None,
     ) -> AnswerStream:
-        """Return the answer to `question` as a stream; retrieval and the prompt are done before it returns.
+        """Return the answer to `question` as a stream, from `found` (the question searched and its retrieval,
+        or the retrieval of `question` as typed); the prompt is built before it returns.
 
-        Raises the knowledge base's errors (unknown name, other embedding model) and the model's
-        (busy, unavailable, prompt too long) here, before any delta.
+        Raises the model's errors (busy, unavailable, prompt too long) here, before any delta.
+        `generation` overrides the configured generation parameters.
         """
-        options = options or AnswerOptions()
-        params = options.generation or self._generation
-        clock = _Clock()
-        chosen, rewrite_ms = self._searched(question, kb, history, options, clock)
-        found = chosen.found
-        retrieval_ms = clock.lap()
-        hits = found.hits
-        if found.answerability is not None and found.answerability < self.min_answerability:
-            hits = []  # the chunks found do not hold the answer: none is given to the model
-        if self._reader is not None:
-            return self._extractive(chosen, hits, clock, (retrieval_ms, rewrite_ms))
+        chosen = found if isinstance(found, Searched) else Searched.as_written(question, found)
+        params = generation or self._generation
+        clock = _Clock(chosen.rewrite_ms + chosen.retrieval_ms)
+        spent = (chosen.retrieval_ms, chosen.rewrite_ms)
+        hits = self._grounding(chosen.found)
+        # The reader reads the turn as typed (pronouns resolved): the subject a follow-up carried over
+        # found the chunks, and what the turn asks picks the sentence.
+        extract = (
+            self._reader.read(chosen.read, hits, _read_weights(chosen), chosen.found.answerability)
+            if self._reader is not None and hits
+            else None
+        )
+        if self._refuses(hits, extract):
+            # The refusal speaks the language of what was read (the extractive reader) or asked.
+            return self._refusal(chosen.read if self._reader is not None else question, chosen, clock, spent)
+        if extract is not None:
+            return self._extractive(chosen, hits, extract, clock, spent)
         assert self._builder is not None and self.model is not None
         if hits:
             prompt = self._builder.build(question, hits, history, params.max_new_tokens)
-        elif self._config.no_context == "answer":
+        else:  # no_context == "answer"
             prompt = self._builder.without_context(question, history, params.max_new_tokens)
-        else:
-            return self._refusal(question, chosen, clock, (retrieval_ms, rewrite_ms))
         prompt_ms = clock.lap()
         text_stream = self.model.stream(prompt.messages, params)
         sources = [Citation.of(n, hit) for n, hit in enumerate(prompt.hits, start=1)]
         notice = "" if prompt.hits else self._config.notice(question) + "\n"
-        spent = (retrieval_ms, rewrite_ms, prompt_ms)
-        return AnswerStream(sources, self._generated(prompt, text_stream, notice, chosen, clock, spent))
+        return AnswerStream(
+            sources, self._generated(prompt, text_stream, notice, chosen, clock, (*spent, prompt_ms))
+        )
 
-    def _searched(
-        self, question: str, kb: str, history: Sequence[Message], options: AnswerOptions, clock: _Clock
-    ) -> tuple[Chosen, float]:
-        """Return the question searched (a follow-up made standalone, or as typed) with its retrieval, and
-        the milliseconds the rewrite took."""
-        config = self._followup
-        if not history or not config.enabled:
-            return Chosen(
-                question, question, self._retrieve(kb, question, options.retrieval), "as-written"
-            ), 0.0
-        candidate = None
-        if self.model is not None and config.model_rewrite:
-            rewritten = model_rewrite(self.model, question, history, config)
-            candidate = Candidate(rewritten, rewritten, "points-back", "model") if rewritten else None
-        if candidate is None:  # the extractive backend, or the model failed: the rules
-            counts = self._term_counts
-            rarity = (lambda terms: counts(kb, terms)) if counts else None
-            candidate = rule_rewrite(question, history, config.max_turns, rarity)
-        rewrite_ms = clock.lap()
-        return choose(
-            question, candidate, lambda q: self._retrieve(kb, q, options.retrieval), config
-        ), rewrite_ms
+    def _grounding(self, found: Retrieval) -> list[SearchHit]:
+        """Return the chunks an answer may be made from: none when their answerability is below
+        `min_answerability` (the chunks found do not hold the answer: none is given to the model)."""
+        if found.answerability is not None and found.answerability < self.min_answerability:
+            return []
+        return found.hits
+
+    def _refuses(self, hits: Sequence[SearchHit], extract: Extract | None) -> bool:
+        """Return whether the answer is the refusal sentence, the one place this is decided: no chunk to
+        answer from (`_grounding`, or none over the search's `score_threshold`) and the prompt does not answer
+        without context (`no_context`), or, extractively, no sentence worth answering with."""
+        if self._reader is not None:
+            return extract is None
+        return not hits and self._config.no_context != "answer"
 
     # --- the three ways an answer is made ---------------------------------------------------------
 
@@ -215,7 +216,7 @@ class Answerer:
         prompt: Prompt,
         text_stream: Iterator[str],
         notice: str,
-        chosen: Chosen,
+        chosen: Searched,
         clock: _Clock,
         spent: tuple[float, float, float],  # retrieval, rewrite and prompt milliseconds
     ) -> Generator[str, None, Answer]:
@@ -249,16 +250,14 @@ class Answerer:
         )
 
     def _extractive(
-        self, chosen: Chosen, hits: list[SearchHit], clock: _Clock, spent: tuple[float, float]
+        self,
+        chosen: Searched,
+        hits: list[SearchHit],
+        extract: Extract,
+        clock: _Clock,
+        spent: tuple[float, float],
     ) -> AnswerStream:
         found = chosen.found
-        # The reader reads the turn as typed (pronouns resolved): the subject a follow-up carried over
-        # found the chunks, and what the turn asks picks the sentence.
-        extract = (
-            self._reader.read(chosen.read, hits, _read_weights(chosen), found.answerability) if hits else None
-        )
-        if extract is None:
-            return self._refusal(chosen.read, chosen, clock, spent)
         retrieval_ms, rewrite_ms = spent
         citations = [Citation.of(n, hits[n - 1]) for n in extract.cited]
         answer = Answer(
@@ -276,7 +275,7 @@ class Answerer:
         return AnswerStream(citations, _once(answer))
 
     def _refusal(
-        self, question: str, chosen: Chosen, clock: _Clock, spent: tuple[float, float]
+        self, question: str, chosen: Searched, clock: _Clock, spent: tuple[float, float]
     ) -> AnswerStream:
         retrieval_ms, rewrite_ms = spent
         answer = Answer(
@@ -312,9 +311,10 @@ def _cited(reply: str, hits: Sequence[SearchHit]) -> list[Citation]:
 
 
 class _Clock:
-    """Milliseconds since the question, and since the last lap."""
+    """Milliseconds since the question (`before` of them spent before answering began), and since the last lap."""
 
-    def __init__(self) -> None:
+    def __init__(self, before: float = 0.0) -> None:
+        self._before = before
         self._start = self._last = time.perf_counter()
 
     def lap(self) -> float:
@@ -323,10 +323,10 @@ class _Clock:
         return elapsed
 
     def total(self) -> float:
-        return (time.perf_counter() - self._start) * 1000
+        return self._before + (time.perf_counter() - self._start) * 1000
 
 
-def _read_weights(chosen: Chosen) -> dict[str, float] | None:
+def _read_weights(chosen: Searched) -> dict[str, float] | None:
     """Return the weights of the search terms the reader weighs sentences by: those of the turn as read.
 
     A follow-up's carried subject (笔记本电脑 of 在哪里申请？) found the chunks; weighed in the sentences too,

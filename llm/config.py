@@ -6,10 +6,66 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llm.extractive import ExtractiveConfig
 from llm.followup import FollowupConfig
 from llm.prompt import PromptConfig
 from llm.types import BASE_MODEL, GenerationParams
+
+
+class ExtractiveConfig(BaseModel):
+    """How the extractive answerer picks and writes sentences."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
+
+    max_sentences: int = Field(3, ge=1, le=20, description="Most sentences in an answer.")
+    confident: float = Field(
+        0.7,
+        ge=0.0,
+        le=1.0,
+        description="Learned reader: answer with the best sentence alone when its probability of holding "
+        "the answer reaches this; below it, runners-up follow (`runner_up_share`).",
+    )
+    runner_up_share: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Learned reader: a further sentence follows only when its probability is at least this "
+        "share of the best one's (1 keeps only the best sentence).",
+    )
+    min_relative_score: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="Without a calibration: keep a further sentence only if its score lies at least this far "
+        "from the median sentence's score towards the best one's (1 keeps only the best sentence). "
+        "Scale-free, so it means the same with any embedding model.",
+    )
+    min_score: float = Field(
+        -1.0,
+        ge=-1.0,
+        le=2.0,
+        description="Without a calibration: answer nothing when the best sentence scores below this (cosine "
+        "plus bonuses). Model-specific: e5 models score unrelated sentences around 0.8-0.88; with a "
+        "calibration, `llm.min_answerability` decides instead.",
+    )
+    lexical_weight: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Without a calibration: weight of the share of the question's words/bigrams a sentence "
+        "contains, added to its cosine; it breaks the near-ties that embeddings leave between sentences.",
+    )
+    answer_type_weight: float = Field(
+        0.03,
+        ge=0.0,
+        le=1.0,
+        description="Without a calibration: added to a sentence that holds the kind of value the question "
+        "asks for: a duration for 多久/how long, money for 多少钱/how much, a date for 什么时候/when, a number "
+        "for 几/多少/how many, a place for 哪里/where, a person for 谁/who.",
+    )
+    max_sentence_chars: int = Field(
+        240, ge=20, description="Longer sentences are cut at commas (or hard) into pieces of at most this."
+    )
+
 
 Backend = Literal["extractive", "transformers", "openai"]
 

@@ -1,15 +1,13 @@
 """The offline answerer: no model generates; the answer is the retrieved sentences that best match the question.
 
-Each chunk is cut into sentences (Chinese 。！？ and line ends, English . ! ? before a new sentence; a
-markdown table row becomes "header: cell" pairs and a record's "name: value" lines (a CSV, Excel or Word
-table row as the loaders write it) one sentence; a line that opens with a short label, 年假：…, lends it
-to its later sentences; a sentence longer than `max_sentence_chars` is cut at its commas). Sentences
-not seen before are embedded in one batch (their vectors are kept for later questions). With the
-embedding model's calibration, a logistic regression learned on CMRC 2018 gives each
-sentence the probability that it holds the answer, from its cosine with the question, its coverage of the
-question's rarer terms, the kind of value it holds, its place and its chunk's rank; without one, a sentence
-scores its cosine plus small bonuses for shared words and the kind of value asked for. The best sentence
-leads the answer; others follow, in the order of the source (hit rank, then position) and each with the
+Each chunk is cut into sentences by the shared rules (`retrieval.text_rules.split_sentences`; a sentence
+longer than `max_sentence_chars` is cut at its commas). Sentences not seen before are embedded in one
+batch (their vectors are kept for later questions). With the embedding model's calibration, a logistic
+regression learned on CMRC 2018 gives each sentence the probability that it holds the answer, from its
+cosine with the question, its coverage of the question's rarer terms, the kind of value it holds
+(`llm/answer_types.py`), its place and its chunk's rank; without one, a sentence scores its cosine plus
+small bonuses for shared words and the kind of value asked for (weights in `llm.config.ExtractiveConfig`).
+The best sentence leads the answer; others follow, in the order of the source (hit rank, then position) and each with the
 citation [n] of its hit, only when the best is not clearly the answer (`confident`) and they come close
 (`runner_up_share`).
 """
@@ -20,119 +18,31 @@ import re
 import statistics
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from llm.answer_types import Span, answer_spans, answer_type
+from llm.config import ExtractiveConfig
 from retrieval.answerability import coverage
 from retrieval.bilingual import is_chinese
-from retrieval.cjk import CJK_IDEOGRAPHS
-from retrieval.lexical import content_terms, fold
+from retrieval.lexical import content_terms
+from retrieval.text_rules import (
+    CJK_CHAR,
+    CJK_RUN,
+    ENGLISH_FUNCTION_WORDS,
+    FUNCTION_CHARS,
+    fold,
+    split_sentences,
+)
 
 if TYPE_CHECKING:
     from retrieval import Embedder, SearchHit
     from retrieval.calibration import LogisticModel
 
-_CJK_CHAR = re.compile(f"[{CJK_IDEOGRAPHS}]")
-_CJK_RUN = re.compile(f"[{CJK_IDEOGRAPHS}]+")
 _WORD = re.compile(r"[a-z0-9]+(?:['.][a-z0-9]+)*")
-_HEADING = re.compile(r"^\s{0,3}#{1,6}(\s|$)")
-_LIST_MARK = re.compile(
-    r"^\s*(?:[-*+•·]\s+|\d{1,3}[.)]\s+|\d{1,3}、|[（(][一二三四五六七八九十\d]{1,3}[)）]|[一二三四五六七八九十]{1,3}、)"
-)
-# A "name: value" line, as kbqa's loaders write a table row or a record (CSV, Excel, JSON, Word/PDF tables).
-_FIELD = re.compile(r"^[^\s:：][^:：]{0,39}: \S")
-_TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
-# A sentence ends at Chinese 。！？ (plus closing quotes), or at English . ! ? followed by a space and
-# something other than a lowercase letter, so "e.g. the" and "3.5" stay whole. A ；joins the parallel
-# clauses of one sentence, such as the tiers of a rule (满 1 年…10 天；满 5 年…12 天), which answer together.
-_SENTENCE = re.compile(
-    r"\S.*?(?:[。！？]+[”’」』）)\"']*|[.!?]+[”’\"')]*(?=\s+[^\sa-z])|$)",
-)
-_CLAUSE_END = re.compile(r"(?<=[，,、：:；;])")
-# A line that opens with a short Chinese label and a colon ("年假：员工累计工作满 1 年后……") is about that
-# label throughout; a colon before a quotation ("他说：“……”") introduces speech, not a label.
-_LABEL = re.compile(r"([^\s：:，,。；;！？!?「“\"'『(（]{1,6})\s*[：:]\s*(?![「“\"'『])\S")
-_EMPHASIS = re.compile(r"\*\*|__|`")
-# The row of a two-column key-value table ("参数: 重量，规格: 2.1 kg"), whose first header names no value.
-_KEY_VALUE_ROW = re.compile(
-    r"^(参数|項目|项目|名称|名稱|指标|指標|属性|屬性|字段|欄位|配置|规格项|規格項|parameter|item|name|field|property"
-    r"|attribute|key|spec|specification)\s*[:：]\s*([^:：，,]{1,20}?)\s*[，,]\s*[^:：，,]{1,12}\s*[:：]\s*(.+)$",
-    re.I,
-)
-# English words that say nothing about what is asked.
-_STOPWORD_TEXT = (
-    "a an the is are was were be been do does did to of in on at for by with from and or not can could "
-    "i we you my our your it its this that these those what which who whom when where why how much many "
-    "long should would will shall may must have has had there their they me us if as into than then"
-)
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-
-# Chinese characters of question words and grammar: a bigram made only of them (需要, 多久, 什么, 可以)
-# says nothing about what is asked, while one with a content character (到账, 会议) does.
-_FUNCTION_CHARS = frozenset(
-    "的了吗呢吧啊是在有和与及或要需多少久什么怎如何几哪谁可以能会这那个些一我你他她们该应请问"
-)
-
-
-class ExtractiveConfig(BaseModel):
-    """How the extractive answerer picks and writes sentences."""
-
-    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
-
-    max_sentences: int = Field(3, ge=1, le=20, description="Most sentences in an answer.")
-    confident: float = Field(
-        0.7,
-        ge=0.0,
-        le=1.0,
-        description="Learned reader: answer with the best sentence alone when its probability of holding "
-        "the answer reaches this; below it, runners-up follow (`runner_up_share`).",
-    )
-    runner_up_share: float = Field(
-        0.3,
-        ge=0.0,
-        le=1.0,
-        description="Learned reader: a further sentence follows only when its probability is at least this "
-        "share of the best one's (1 keeps only the best sentence).",
-    )
-    min_relative_score: float = Field(
-        0.8,
-        ge=0.0,
-        le=1.0,
-        description="Without a calibration: keep a further sentence only if its score lies at least this far "
-        "from the median sentence's score towards the best one's (1 keeps only the best sentence). "
-        "Scale-free, so it means the same with any embedding model.",
-    )
-    min_score: float = Field(
-        -1.0,
-        ge=-1.0,
-        le=2.0,
-        description="Without a calibration: answer nothing when the best sentence scores below this (cosine "
-        "plus bonuses). Model-specific: e5 models score unrelated sentences around 0.8-0.88; with a "
-        "calibration, `llm.min_answerability` decides instead.",
-    )
-    lexical_weight: float = Field(
-        0.05,
-        ge=0.0,
-        le=1.0,
-        description="Without a calibration: weight of the share of the question's words/bigrams a sentence "
-        "contains, added to its cosine; it breaks the near-ties that embeddings leave between sentences.",
-    )
-    answer_type_weight: float = Field(
-        0.03,
-        ge=0.0,
-        le=1.0,
-        description="Without a calibration: added to a sentence that holds the kind of value the question "
-        "asks for: a duration for 多久/how long, money for 多少钱/how much, a date for 什么时候/when, a number "
-        "for 几/多少/how many, a place for 哪里/where, a person for 谁/who.",
-    )
-    max_sentence_chars: int = Field(
-        240, ge=20, description="Longer sentences are cut at commas (or hard) into pieces of at most this."
-    )
 
 
 # What the learned reader knows of each (question, sentence) pair; see `ExtractiveReader.features`.
@@ -344,7 +254,7 @@ def _context_columns(
     covered = np.asarray(columns["coverage"], dtype=np.float64)
     where = {(s.hit, s.position): i for i, s in enumerate(sentences)}
     before = [where.get((s.hit, s.position - 1)) for s in sentences]
-    asked = set(_CJK_CHAR.findall(question))
+    asked = set(CJK_CHAR.findall(question))
     return {
         "full_rank": _inverse_rank(full),
         "previous_coverage": np.array([0.0 if i is None else covered[i] for i in before]),
@@ -378,136 +288,13 @@ def _without(question: str, shared: set[str]) -> str:
     return focus if _terms(focus) else question
 
 
-def split_sentences(text: str, max_chars: int = 240) -> list[str]:
-    """Return the readable sentences of a chunk, in order, without headings, list marks and empty fragments."""
-    sentences: list[str] = []
-    for line in _lines(text):
-        line = _key_value(line)
-        label = _label(line)
-        for match in _SENTENCE.finditer(line):
-            sentence = match.group().strip()
-            if not any(c.isalnum() for c in sentence):
-                continue
-            if label and match.start() > 0 and label not in sentence and not _label(sentence):
-                sentence = f"{label}：{sentence}"
-            sentences.extend(_pieces(sentence, max_chars))
-    return sentences
-
-
-def _key_value(line: str) -> str:
-    """Return a two-field record of a key-value table as "key：value" ("参数: 重量，规格: 2.1 kg" → "重量：2.1 kg").
-
-    Such a table's headers (参数/规格, Parameter/Value) say nothing; its rows read as the key and its value.
-    """
-    found = _KEY_VALUE_ROW.match(line)
-    if not found or re.search(r"[:：]", found.group(3)):
-        return line
-    key, value = found.group(2).strip(), found.group(3).strip()
-    return f"{key}：{value}" if _CJK_CHAR.search(key + value) else f"{key}: {value}"
-
-
-def _label(line: str) -> str | None:
-    """Return the Chinese label a line opens with ("年假" of "年假：员工……"), or None."""
-    found = _LABEL.match(line)
-    return found.group(1) if found and _CJK_CHAR.search(found.group(1)) else None
-
-
-def _lines(text: str) -> Iterator[str]:
-    """Yield the text's logical lines: headings dropped, list marks removed, wrapped English lines joined."""
-    header: list[str] | None = None
-    pending = ""
-    for raw in _EMPHASIS.sub("", text).splitlines():
-        line = raw.strip()
-        if line.startswith("|") or _TABLE_RULE.match(line):
-            if pending:
-                yield pending
-                pending = ""
-            if _TABLE_RULE.match(line):
-                continue
-            cells = [cell.strip() for cell in line.strip("|").split("|")]
-            if header is None:
-                header = cells
-                continue
-            yield _table_row(header, cells)
-            continue
-        header = None
-        if not line or _HEADING.match(line):
-            if pending:
-                yield pending
-            pending = ""
-            continue
-        line = _LIST_MARK.sub("", line, count=1)
-        # "name: value" lines (a table row or record) are read as one sentence.
-        field, in_record = _FIELD.match(line), _FIELD.match(pending)
-        if field and in_record:
-            pending = _joined_fields(pending, line)
-        elif pending and not field and not in_record and _continues(pending, raw):
-            pending = f"{pending} {line}"
-        else:
-            if pending:
-                yield pending
-            pending = line
-    if pending:
-        yield pending
-
-
-def _joined_fields(record: str, field: str) -> str:
-    """Return a record's "name: value" lines so far with one more, as one sentence ("假期: 春节，天数: 8")."""
-    if re.search(r"[。！？.!?]$", record):
-        return record + (" " if record[-1].isascii() else "") + field
-    return record + ("，" if _CJK_CHAR.search(record + field) else ", ") + field
-
-
-def _continues(previous: str, raw_next: str) -> bool:
-    """Return whether a line carries on the previous one's English sentence (a hard-wrapped paragraph)."""
-    following = raw_next.strip()
-    return (
-        re.search(r"[A-Za-z0-9,;:(\-–]$", previous) is not None
-        and re.match(r"[A-Za-z0-9(]", following) is not None
-        and not _LIST_MARK.match(following)
-    )
-
-
-def _table_row(header: list[str], cells: list[str]) -> str:
-    """Return a table row as "header: cell" pairs, so the row reads on its own."""
-    separator = "，" if _CJK_CHAR.search("".join(header + cells)) else ", "
-    colon = "：" if separator == "，" else ": "
-    pairs = [
-        f"{name}{colon}{cell}" if name else cell for name, cell in zip(header, cells, strict=False) if cell
-    ]
-    return separator.join(pairs)
-
-
-def _pieces(sentence: str, max_chars: int) -> list[str]:
-    """Return the sentence, or pieces of at most `max_chars` cut at its commas when it is longer."""
-    if len(sentence) <= max_chars:
-        return [sentence]
-    pieces: list[str] = []
-    current = ""
-    for clause in _CLAUSE_END.split(sentence):
-        while len(clause) > max_chars:  # no comma for too long: cut hard
-            if current:
-                pieces.append(current)
-                current = ""
-            pieces.append(clause[:max_chars])
-            clause = clause[max_chars:]
-        if len(current) + len(clause) > max_chars:
-            pieces.append(current)
-            current = ""
-        current += clause
-    if current:
-        pieces.append(current)
-    # A piece that stops mid-sentence says so instead of ending on a comma.
-    return [p.strip().rstrip("，,、：:；;") + "…" for p in pieces[:-1]] + [pieces[-1].strip()]
-
-
 def _terms(text: str) -> set[str]:
     """Return the text's content words (English, lowercased, plural s dropped) and Chinese character bigrams."""
     lowered = fold(text).lower()
-    terms = {_singular(w) for w in _WORD.findall(lowered) if w not in _STOPWORDS}
-    for run in _CJK_RUN.findall(lowered):
+    terms = {_singular(w) for w in _WORD.findall(lowered) if w not in ENGLISH_FUNCTION_WORDS}
+    for run in CJK_RUN.findall(lowered):
         grams = {run} if len(run) == 1 else {run[i : i + 2] for i in range(len(run) - 1)}
-        terms.update(g for g in grams if not all(c in _FUNCTION_CHARS for c in g))
+        terms.update(g for g in grams if not all(c in FUNCTION_CHARS for c in g))
     return terms
 
 

@@ -14,7 +14,11 @@ standalone question before retrieval:
   rewriter's candidate is used.
 
 `choose` then lets answerability decide between the question as written and the candidate (see there);
-the answer reports the question that was searched, and answerability is that question's.
+the answer reports the question that was searched, and answerability is that question's. `search_turn`
+does all of it for one turn; the service calls it with its knowledge base's search (`app/services.py`),
+and the answerer answers from what it returns. One job past ~400 lines: the question a turn searches;
+the rules, the model's rewrite and the choice share `Candidate` and `FollowupConfig` and nothing else uses
+them apart.
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm.types import ChatModel, GenerationParams, Message
 from retrieval import Retrieval
-from retrieval.lexical import content_terms, fold, terms, words
+from retrieval.lexical import content_terms, terms, words
+from retrieval.text_rules import fold
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +93,20 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Chosen:
+class Searched:
     """The question that was searched, what the search found, and how the question was made."""
 
     searched: str
-    read: str
+    read: str  # the question the extractive reader reads: the turn as typed, pronouns resolved
     found: Retrieval
     method: Method
+    rewrite_ms: float = 0.0  # making a follow-up standalone (the model's rewrite, or the rules)
+    retrieval_ms: float = 0.0  # the search, or the searches when both questions were tried
+
+    @classmethod
+    def as_written(cls, question: str, found: Retrieval) -> Searched:
+        """Return `question` searched as typed, with what the search found."""
+        return cls(question, question, found, "as-written")
 
 
 # --- the offline rules ------------------------------------------------------------------------------
@@ -331,12 +344,47 @@ def model_rewrite(
 # --- choosing what is searched ---------------------------------------------------------------------
 
 
+def search_turn(
+    question: str,
+    history: Sequence[Message],
+    search: Callable[[str], Retrieval],
+    config: FollowupConfig,
+    model: ChatModel | None = None,
+    rarity: Rarity | None = None,
+) -> Searched:
+    """Return the question searched for a turn (a follow-up made standalone, or as typed) with its retrieval
+    and the milliseconds the rewrite and the search took.
+
+    `search` finds the chunks of one question; `model`, a generating backend's, rewrites the follow-up
+    first when `config.model_rewrite` (the rules otherwise, or when it fails); `rarity` is the knowledge
+    base's count of chunks holding each term (see `rule_rewrite`).
+    """
+    start = time.perf_counter()
+    if not history or not config.enabled:
+        return replace(Searched.as_written(question, search(question)), retrieval_ms=_ms_since(start))
+    candidate = None
+    if model is not None and config.model_rewrite:
+        rewritten = model_rewrite(model, question, history, config)
+        candidate = Candidate(rewritten, rewritten, "points-back", "model") if rewritten else None
+    if candidate is None:  # the extractive backend, or the model failed: the rules
+        candidate = rule_rewrite(question, history, config.max_turns, rarity)
+    rewritten_at = time.perf_counter()
+    searched = choose(question, candidate, search, config)
+    rewrite_ms = (rewritten_at - start) * 1000
+    return replace(searched, rewrite_ms=rewrite_ms, retrieval_ms=_ms_since(rewritten_at))
+
+
+def _ms_since(start: float) -> float:
+    """Return the milliseconds since `start` (a `time.perf_counter()`)."""
+    return (time.perf_counter() - start) * 1000
+
+
 def choose(
     question: str,
     candidate: Candidate | None,
     search: Callable[[str], Retrieval],
     config: FollowupConfig,
-) -> Chosen:
+) -> Searched:
     """Return the question to search, as written or rewritten, with its retrieval.
 
     A turn that points back (a pronoun, an ellipsis, a model's rewrite) searches the rewrite; a short one
@@ -347,20 +395,20 @@ def choose(
     rewritten.
     """
     if candidate is None or candidate.searched.strip() == question.strip():
-        return Chosen(question, question, search(question), "as-written")
+        return Searched.as_written(question, search(question))
     if candidate.strength == "short":
         written, rewritten = search(question), search(candidate.searched)
         if (rewritten.answerability or 0.0) > (written.answerability or 0.0) + config.switch_margin:
-            return Chosen(candidate.searched, candidate.read, rewritten, candidate.method)
-        return Chosen(question, question, written, "as-written")
+            return Searched(candidate.searched, candidate.read, rewritten, candidate.method)
+        return Searched.as_written(question, written)
     if candidate.strength == "points-back":
         # As written it names nothing (它分布在哪些地区？): question words alone match many chunks well,
         # so its answerability says nothing, and a follow-up the documents cannot answer must be refused.
-        return Chosen(candidate.searched, candidate.read, search(candidate.searched), candidate.method)
+        return Searched(candidate.searched, candidate.read, search(candidate.searched), candidate.method)
     written = search(question)
     if written.answerability is None or written.answerability >= config.weak_below:
-        return Chosen(question, question, written, "as-written")
+        return Searched.as_written(question, written)
     rewritten = search(candidate.searched)
     if rewritten.answerability is not None and rewritten.answerability > written.answerability:
-        return Chosen(candidate.searched, candidate.read, rewritten, candidate.method)
-    return Chosen(question, question, written, "as-written")
+        return Searched(candidate.searched, candidate.read, rewritten, candidate.method)
+    return Searched.as_written(question, written)

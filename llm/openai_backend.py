@@ -38,7 +38,7 @@ from llm.types import (
     TextStream,
     Usage,
 )
-from retrieval.cjk import EAST_ASIAN
+from retrieval.text_rules import EAST_ASIAN
 
 # vLLM hands the messages to the served model's Jinja chat template; most templates, and the OpenAI API
 # itself, accept a `tool` message only as the answer to an assistant `tool_calls` entry named by its

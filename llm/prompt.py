@@ -11,13 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm.errors import PromptTooLong
 from llm.types import Message
-from retrieval.cjk import CJK_IDEOGRAPHS
+from retrieval.text_rules import CJK_CHAR
 
 if TYPE_CHECKING:
     from retrieval import SearchHit
 
 Language = Literal["zh", "en"]
-_CJK = re.compile(f"[{CJK_IDEOGRAPHS}]")
 
 # Retrieved text is someone's document, not an instruction: a planted "ignore previous instructions and
 # answer …" must reach the model as quoted data. The chunks sit between two fence lines the system text
@@ -261,7 +260,7 @@ class PromptBuilder:
 
 def language_of(text: str) -> Language:
     """Return "zh" when the text holds any CJK character, else "en"."""
-    return "zh" if _CJK.search(text) else "en"
+    return "zh" if CJK_CHAR.search(text) else "en"
 
 
 def _largest_fitting(high: int, measure: Callable[[int], int], budget: int, known: int) -> tuple[int, int]:

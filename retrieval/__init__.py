@@ -24,9 +24,14 @@ from retrieval.query_batcher import BatchingEmbedder, QueryBatchConfig
 from retrieval.reranker import Reranker, RerankerConfig
 from retrieval.retriever import Retrieval, RetrievalConfig, Retriever, SearchHit, SearchOptions
 from retrieval.store import ChunkLike, ChunkRecord, DocumentRecord, NewDocument, WriteResult
+from retrieval.text_rules import CJK_CHAR, CJK_IDEOGRAPHS, CJK_PUNCTUATION, EAST_ASIAN, fold, split_sentences
 from retrieval.timestamps import utc_now
 
 __all__ = [
+    "CJK_CHAR",
+    "CJK_IDEOGRAPHS",
+    "CJK_PUNCTUATION",
+    "EAST_ASIAN",
     "BatchingEmbedder",
     "Calibration",
     "ChunkLike",
@@ -68,10 +73,12 @@ __all__ = [
     "check_groups",
     "check_metadata",
     "find_calibration",
+    "fold",
     "groups_visible",
     "load_embedder",
     "new_store",
     "parse_pairs",
+    "split_sentences",
     "utc_now",
     "validate_name",
 ]

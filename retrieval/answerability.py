@@ -27,8 +27,7 @@ import numpy as np
 
 from retrieval.bilingual import is_chinese, lemma, translations
 from retrieval.calibration import LogisticModel
-from retrieval.cjk import CJK_IDEOGRAPHS
-from retrieval.lexical import fold
+from retrieval.text_rules import CJK_CHAR, fold
 
 # Hits whose text is looked at: the answer path reads about this many.
 TOP_HITS = 5
@@ -37,7 +36,6 @@ SIGNALS = ("cosine", "margin", "coverage", "unseen", "agreement")
 # the rest of a question in their own way (DRCD's askers more than CMRC's, whose calibration measured on
 # DRCD was too cautious above it). Chosen on DRCD articles 100-199; docs/benchmarks.md's figures are on 0-99.
 COVERAGE_SATURATION = 0.8
-_CJK = re.compile(f"[{CJK_IDEOGRAPHS}]")
 _ASCII_WORD = re.compile(r"[0-9a-z]+")
 
 
@@ -98,7 +96,7 @@ def _translated_held(words: frozenset[str], folded: str, lemmas: set[str]) -> bo
 
 
 def _held(term: str, folded: str, words: set[str]) -> float:
-    if not _CJK.search(term):
+    if not CJK_CHAR.search(term):
         return float(term in words)
     if term in folded:
         return 1.0

@@ -21,9 +21,8 @@ from collections.abc import Collection
 from functools import cache
 from importlib import resources
 
-from retrieval.cjk import CJK_IDEOGRAPHS
+from retrieval.text_rules import CJK_CHAR, CJK_IDEOGRAPHS
 
-_CJK_CHAR = re.compile(f"[{CJK_IDEOGRAPHS}]")
 _CJK_WORD = re.compile(f"^[{CJK_IDEOGRAPHS}]{{2,4}}$")
 _ASCII_WORD = re.compile(r"[a-z]+")
 _ENTRY = re.compile(r"^\S+ (\S+) \[[^\]]*\] /(.*)/$")
@@ -58,7 +57,7 @@ def lemma(word: str) -> str:
 
 def is_chinese(text: str) -> bool:
     """Return whether most of the text's letters are Chinese characters (a passage or a question in Chinese)."""
-    chinese = len(_CJK_CHAR.findall(text))
+    chinese = len(CJK_CHAR.findall(text))
     return chinese > 0 and chinese >= len(_ASCII_WORD.findall(text.casefold()))
 
 
@@ -67,7 +66,7 @@ def translations(term: str, context: Collection[str] = ()) -> frozenset[str]:
     glosses alone, and those a two-word gloss names with another word of `context` (the question's terms:
     sick and leave → 病假); for a Chinese word the lemmas of its glosses' words. Empty when none is known."""
     single, paired, chinese = _dictionary()
-    if _CJK_CHAR.search(term):
+    if CJK_CHAR.search(term):
         return frozenset(chinese.get(term, "").split())
     word = lemma(term.casefold())
     others = {lemma(t.casefold()) for t in context} - {word}

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llm import Message
+from llm import Citation, Message
 from retrieval import SearchOptions
 
 # The most a request may carry (docs/security.md, "Request limits"); a longer field is refused with 422 before
@@ -273,20 +274,14 @@ def check_history_chars(contents: Iterable[str]) -> None:
         raise ValueError(f"the history may hold at most {MAX_HISTORY_CHARS} characters in all")
 
 
-class CitationOut(BaseModel):
+@dataclass(frozen=True)
+class CitationOut(Citation):
     """A chunk an answer cites as [n]."""
 
-    n: int
-    chunk_id: int
-    document_id: int
-    source: str
-    title: str
-    page: int | None
-    score: float
-    text: str
-    heading_path: list[str] = Field(
-        default_factory=list, description="The titles above the chunk; a spreadsheet's: the sheet name."
-    )
+    # The answerer's `Citation` owns the fields; on the wire its heading path is a list.
+    heading_path: Annotated[
+        list[str], Field(description="The titles above the chunk; a spreadsheet's: the sheet name.")
+    ] = field(default_factory=list)
 
 
 class UsageOut(BaseModel):

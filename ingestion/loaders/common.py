@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from itertools import zip_longest
 from pathlib import Path
 
+from retrieval.text_rules import field_lines
+
 from .base import Block, LoaderError, checkpoint
 
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
@@ -59,11 +61,6 @@ def format_cell(value: object) -> str:
     if isinstance(value, dt.date | dt.time):
         return value.isoformat()
     return str(value).strip()
-
-
-def field_lines(pairs: Iterable[tuple[str, str]]) -> str:
-    """Return "name: value" lines for the pairs with a value (a value without a name stands alone)."""
-    return "\n".join(f"{name}: {value}" if name else value for name, value in pairs if value)
 
 
 def table_blocks(

@@ -4,6 +4,7 @@ that answers. Real bundled e5 model, real knowledge base built from examples/doc
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -74,17 +75,19 @@ def test_questions_the_documents_cannot_answer_are_refused(demo: KnowledgeServic
 
 def test_a_generating_backend_is_not_called_below_the_threshold(demo: KnowledgeService) -> None:
     model = ScriptedModel("世界杯冠军是阿根廷[1]。")
-    qa = Answerer(demo.retrieve, PromptConfig(), GenerationParams(), model=model, min_answerability=0.2)
-    refused = qa.answer("Who won the 2022 World Cup?", "demo")
+    qa = copy.copy(demo)  # the service searches; an answerer with a scripted model answers
+    qa.answerer = Answerer(PromptConfig(), GenerationParams(), model=model, min_answerability=0.2)
+    refused = qa.ask("demo", "Who won the 2022 World Cup?").read()
     assert refused.refused and model.prompts == [] and refused.closest
-    answered = qa.answer("报销需要多久到账？", "demo")
+    answered = qa.ask("demo", "报销需要多久到账？").read()
     assert len(model.prompts) == 1 and not answered.refused and answered.answerability >= 0.2
 
 
 def test_answerability_zero_never_refuses(demo: KnowledgeService) -> None:
     model = ScriptedModel("我不知道。")
-    qa = Answerer(demo.retrieve, PromptConfig(), GenerationParams(), model=model, min_answerability=0.0)
-    answer = qa.answer("Who won the 2022 World Cup?", "demo")
+    qa = copy.copy(demo)
+    qa.answerer = Answerer(PromptConfig(), GenerationParams(), model=model, min_answerability=0.0)
+    answer = qa.ask("demo", "Who won the 2022 World Cup?").read()
     assert not answer.refused and len(model.prompts) == 1 and answer.answerability is not None
 
 

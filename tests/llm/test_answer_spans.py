@@ -7,9 +7,11 @@ import re
 import pytest
 from hits import search_hit
 
+from ingestion import load_file
 from llm.answer_types import answer_spans
-from llm.extractive import ExtractiveReader, split_sentences
+from llm.extractive import ExtractiveReader
 from retrieval.calibration import LogisticModel
+from retrieval.text_rules import field_lines, split_sentences
 
 TIERS = "年假：累计工作满 1 年不满 5 年的，每年 10 天；满 5年不满 10 年的，每年 12 天；满 10 年及以上的，每年 15 天。"
 
@@ -74,6 +76,15 @@ def test_a_key_value_table_reads_as_its_keys_and_values() -> None:
     assert split_sentences("Parameter: Weight\nValue: 2.1 kg\n") == ["Weight: 2.1 kg"]
     # Other records keep every field's name: 产品 and 价格 say what the values are.
     assert split_sentences("产品: 星河X1\n价格: 2999\n") == ["产品: 星河X1，价格: 2999"]
+
+
+def test_a_row_as_the_loaders_write_it_reads_as_one_sentence(tmp_path) -> None:
+    # The loaders write a table row with `field_lines`; the reader takes the same format back.
+    (tmp_path / "specs.csv").write_text("参数,规格\n重量,2.1 kg\n", encoding="utf-8")
+    (tmp_path / "price.csv").write_text("产品,价格\n星河X1,2999\n", encoding="utf-8")
+    rows = [load_file(tmp_path / name).blocks[0].text for name in ("specs.csv", "price.csv")]
+    assert rows == [field_lines([("参数", "重量"), ("规格", "2.1 kg")]), "产品: 星河X1\n价格: 2999"]
+    assert [split_sentences(row) for row in rows] == [["重量：2.1 kg"], ["产品: 星河X1，价格: 2999"]]
 
 
 def test_the_extract_carries_the_spans_at_their_offsets_in_the_answer(e5_embedder) -> None:

@@ -5,6 +5,7 @@ matter, since a random model's words are noise."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,15 @@ def service(tmp_path_factory: pytest.TempPathFactory, e5_embedder) -> KnowledgeS
     return svc
 
 
-def answerer(service: KnowledgeService, reply: str, **prompt: object) -> tuple[Answerer, ScriptedModel]:
+def answerer(
+    service: KnowledgeService, reply: str, **prompt: object
+) -> tuple[KnowledgeService, ScriptedModel]:
+    """Return the service answering with a scripted model (the service searches, this answerer answers)."""
     model = ScriptedModel(reply)
     config = PromptConfig(**prompt)
-    return Answerer(service.retrieve, config, GenerationParams(max_new_tokens=64), model=model), model
+    asking = copy.copy(service)  # shares the knowledge bases and the embedder, not the answerer
+    asking.answerer = Answerer(config, GenerationParams(max_new_tokens=64), model=model)
+    return asking, model
 
 
 def test_extractive_default_answers_with_the_right_sentence_and_citation(service: KnowledgeService) -> None:
@@ -55,7 +61,7 @@ def test_extractive_default_answers_with_the_right_sentence_and_citation(service
 
 def test_prompt_holds_the_chunks_and_citations_are_the_ones_used(service: KnowledgeService) -> None:
     qa, model = answerer(service, "报销款会在五个工作日内到账[2]。")
-    stream = qa.stream("报销多久到账？", "hr", options=AnswerOptions(retrieval=SearchOptions(k=3)))
+    stream = qa.ask("hr", "报销多久到账？", options=AnswerOptions(retrieval=SearchOptions(k=3)))
     assert [s.n for s in stream.sources] == [1, 2, 3]  # known before the first delta
     deltas = list(stream)
     answer = stream.answer
@@ -69,32 +75,44 @@ def test_prompt_holds_the_chunks_and_citations_are_the_ones_used(service: Knowle
     assert answer.usage.completion_tokens == len(answer.text) and answer.timings.first_token_ms is not None
 
 
+def test_the_answerer_answers_from_the_retrieval_it_is_given(service: KnowledgeService) -> None:
+    model = ScriptedModel("五个工作日[1]。")
+    qa = Answerer(PromptConfig(), GenerationParams(max_new_tokens=64), model=model)
+    found = service.retrieve("hr", "报销多久到账？", SearchOptions(k=2))
+    answer = qa.answer("报销多久到账？", found)
+    assert answer.searched_question == "报销多久到账？" and not answer.refused
+    assert [c.chunk_id for c in answer.citations] == [found.hits[0].chunk_id]
+    assert (
+        len(model.prompts) == 1 and "报销多久到账？" in model.prompts[0][-1].content
+    )  # no search, no rewrite
+
+
 def test_an_answer_without_markers_cites_every_chunk_given(service: KnowledgeService) -> None:
     qa, _ = answerer(service, "五个工作日。")
-    answer = qa.answer("报销多久到账？", "hr", options=AnswerOptions(retrieval=SearchOptions(k=2)))
+    answer = qa.ask("hr", "报销多久到账？", options=AnswerOptions(retrieval=SearchOptions(k=2))).read()
     assert [c.n for c in answer.citations] == [1, 2]
 
 
 def test_the_model_refusing_gives_no_citations(service: KnowledgeService) -> None:
     qa, _ = answerer(service, "根据已知信息无法回答该问题。")
-    answer = qa.answer("公司的股票代码是多少？", "hr")
+    answer = qa.ask("hr", "公司的股票代码是多少？").read()
     assert answer.refused and answer.citations == [] and answer.grounded
 
 
 def test_no_chunk_over_the_threshold_refuses_without_generating(service: KnowledgeService) -> None:
     qa, model = answerer(service, "编造的答案")
     options = AnswerOptions(retrieval=SearchOptions(score_threshold=0.99))
-    answer = qa.answer("公司的股票代码是多少？", "hr", options=options)
+    answer = qa.ask("hr", "公司的股票代码是多少？", options=options).read()
     assert answer.text == "根据已知信息无法回答该问题。" and answer.refused and not answer.grounded
     assert model.prompts == [] and answer.usage.total_tokens == 0
-    english = qa.answer("What is the stock ticker?", "hr", options=options)
+    english = qa.ask("hr", "What is the stock ticker?", options=options).read()
     assert english.text == "The provided information does not answer this question."
 
 
 def test_no_context_answer_mode_says_so_and_sends_no_chunks(service: KnowledgeService) -> None:
     qa, model = answerer(service, "我不确定。", no_context="answer")
     options = AnswerOptions(retrieval=SearchOptions(score_threshold=0.99))
-    stream = qa.stream("公司的股票代码是多少？", "hr", options=options)
+    stream = qa.ask("hr", "公司的股票代码是多少？", options=options)
     deltas = list(stream)
     notice = PromptConfig().no_context_notice_zh
     assert deltas[0] == notice + "\n" and stream.answer.text == notice + "\n我不确定。"
@@ -105,7 +123,7 @@ def test_no_context_answer_mode_says_so_and_sends_no_chunks(service: KnowledgeSe
 def test_history_reaches_the_model(service: KnowledgeService) -> None:
     qa, model = answerer(service, "十天[1]。")
     history = [Message("user", "病假要什么材料？"), Message("assistant", "需要医院证明[1]。")]
-    qa.answer("那年假呢？", "hr", history=history)
+    qa.ask("hr", "那年假呢？", history=history).read()
     # The first call rewrites the follow-up into the question to search (llm/followup.py); the answer's
     # prompt is the last.
     roles = [m.role for m in model.prompts[-1]]
@@ -118,7 +136,7 @@ def test_unknown_knowledge_base_fails_before_any_delta(service: KnowledgeService
 
     qa, model = answerer(service, "x")
     with pytest.raises(KnowledgeBaseNotFound):
-        qa.stream("问题", "nope")
+        qa.ask("nope", "问题")
     assert model.prompts == []
 
 

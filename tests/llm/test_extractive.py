@@ -7,8 +7,11 @@ import re
 import pytest
 from hits import search_hit
 
-from llm.extractive import READER_FEATURES, ExtractiveConfig, ExtractiveReader, answer_type, split_sentences
+from llm.answer_types import answer_type
+from llm.config import ExtractiveConfig
+from llm.extractive import READER_FEATURES, ExtractiveReader
 from retrieval import SearchHit
+from retrieval.text_rules import split_sentences
 
 EXPENSE = (
     "## 报销流程\n\n"

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from models import ScriptedModel
 
+from app.services import KnowledgeService
+from app.settings import load_settings
 from llm import Answerer, FollowupConfig, GenerationParams, Message, PromptConfig, load_chat_model
 from llm.config import LLMConfig
 from llm.followup import REWRITE_SYSTEM, Candidate, choose, model_rewrite, rule_rewrite
@@ -165,26 +167,27 @@ def test_a_failing_or_slow_model_gives_no_rewrite() -> None:
     slow.release.set()
 
 
-def _answerer(model, config: FollowupConfig, searched: list[str], term_counts=None) -> Answerer:
+def _service(
+    tmp_path: Path, model, config: FollowupConfig, searched: list[str], term_counts=None
+) -> KnowledgeService:
+    """Return the service with `config`, answering with `model` over a search that records its queries."""
+
     def retrieve(kb: str, query: str, options) -> Retrieval:
         searched.append(query)
         return _found(None)  # no calibration: a follow-up that points back searches its rewrite
 
-    return Answerer(
-        retrieve,
-        PromptConfig(),
-        GenerationParams(max_new_tokens=16),
-        model=model,
-        followup=config,
-        term_counts=term_counts,
-    )
+    service = KnowledgeService(load_settings(data_dir=tmp_path, llm=LLMConfig(followup=config)))
+    service.retrieve = retrieve
+    service.term_counts = term_counts or (lambda kb, terms: dict.fromkeys(terms, 0))
+    service.answerer = Answerer(PromptConfig(), GenerationParams(max_new_tokens=16), model=model)
+    return service
 
 
 @pytest.mark.parametrize("model", [_Failing("x"), _Slow("x")], ids=["error", "timeout"])
-def test_the_answerer_falls_back_to_the_rules_and_times_the_rewrite(model) -> None:
+def test_the_answerer_falls_back_to_the_rules_and_times_the_rewrite(model, tmp_path: Path) -> None:
     searched: list[str] = []
-    qa = _answerer(model, FollowupConfig(timeout_s=0.3), searched)
-    answer = qa.answer("那餐补呢？", "kb", history=TRAVEL)
+    qa = _service(tmp_path, model, FollowupConfig(timeout_s=0.3), searched)
+    answer = qa.ask("kb", "那餐补呢？", history=TRAVEL).read()
     assert answer.searched_question == "差旅住宿标准餐补呢？" == searched[0]
     assert answer.timings.rewrite_ms > 0
     if isinstance(model, _Slow):
@@ -192,7 +195,7 @@ def test_the_answerer_falls_back_to_the_rules_and_times_the_rewrite(model) -> No
         model.release.set()
 
 
-def test_the_answerer_asks_the_knowledge_base_which_terms_are_rarest() -> None:
+def test_the_answerer_asks_the_knowledge_base_which_terms_are_rarest(tmp_path: Path) -> None:
     asked: list[tuple[str, list[str]]] = []
 
     def term_counts(kb: str, terms) -> dict[str, int]:
@@ -200,9 +203,9 @@ def test_the_answerer_asks_the_knowledge_base_which_terms_are_rarest() -> None:
         return {t: 1 if t == "expense" else 5 for t in terms}
 
     searched: list[str] = []
-    qa = _answerer(_Failing("x"), FollowupConfig(), searched, term_counts)
+    qa = _service(tmp_path, _Failing("x"), FollowupConfig(), searched, term_counts)
     claim = _after("How do I submit an expense claim today?")
-    answer = qa.answer("How long does it take?", "claims", history=claim)
+    answer = qa.ask("claims", "How long does it take?", history=claim).read()
     assert asked and asked[0][0] == "claims"
     # the rarest, then the first of the equally common, in their order
     assert answer.searched_question == "How long does submit expense take?" == searched[0]
@@ -219,7 +222,7 @@ class _Replaying(ScriptedModel):
         return self.generation
 
 
-def test_a_tiny_local_model_rewrites_and_its_output_is_searched(tiny_lm_dir: Path) -> None:
+def test_a_tiny_local_model_rewrites_and_its_output_is_searched(tiny_lm_dir: Path, tmp_path: Path) -> None:
     model = load_chat_model(LLMConfig(backend="transformers", model=str(tiny_lm_dir), device="cpu"))
     rewrites = []
     generate = model.generate
@@ -233,8 +236,8 @@ def test_a_tiny_local_model_rewrites_and_its_output_is_searched(tiny_lm_dir: Pat
 
     model.generate = recording
     searched: list[str] = []
-    qa = _answerer(model, FollowupConfig(max_new_tokens=24, timeout_s=60), searched)
-    answer = qa.answer("那在哪里申请呢？", "kb", history=LAPTOP)
+    qa = _service(tmp_path, model, FollowupConfig(max_new_tokens=24, timeout_s=60), searched)
+    answer = qa.ask("kb", "那在哪里申请呢？", history=LAPTOP).read()
     assert len(rewrites) == 1
     # A random model's reply is used when it is a finished line, else the rules' rewrite is.
     usable = model_rewrite(_Replaying(rewrites[0]), "那在哪里申请呢？", LAPTOP, FollowupConfig())

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from retrieval.lexical import fold, words
+from retrieval.lexical import words
+from retrieval.text_rules import fold
 
 
 def test_words_cover_the_folded_text_and_never_split_a_known_word() -> None:
