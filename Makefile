@@ -23,6 +23,7 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # the package layers, cycles and private names ([tool.importlinter] in pyproject.toml)
 	$(BIN)/pytest
 
 # Builds the CPU image and runs the compose stack for real: upload, ask, stop, restart; then the cluster
