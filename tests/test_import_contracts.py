@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import paths
@@ -93,3 +95,22 @@ def test_lint_imports_breaks_the_contract_on_a_private_use(tmp_path: Path) -> No
         [str(lint_imports), "--no-cache"], cwd=tmp_path, env=environment, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_architecture_table_says_what_the_layers_contract_enforces() -> None:
+    # docs/architecture.md's "may import" column, package by package, against the layers of pyproject.toml.
+    config = tomllib.loads((paths.REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (layers,) = [contract["layers"] for contract in config["contracts"] if contract["type"] == "layers"]
+    levels = [[name.strip() for name in layer.split("|")] for layer in layers]
+    below = {
+        name: {lower for layer in levels[n + 1 :] for lower in layer}
+        for n, level in enumerate(levels)
+        for name in level
+    }
+    table = (paths.REPO / "docs" / "architecture.md").read_text()
+    documented = {}
+    for package in below:
+        (row,) = re.findall(rf"^\| \[`{package}/`\]\(\.\./{package}\) \|.*\| (.*) \|$", table, re.MULTILINE)
+        documented[package] = set(re.findall(r"`(\w+)`", row))
+    assert documented == below
+    assert set(below) == set(config["root_packages"])
