@@ -1,4 +1,4 @@
-"""The operations behind every command and (later) every HTTP route, over one set of settings."""
+"""The operations behind every command and every HTTP route, over one set of settings."""
 
 from __future__ import annotations
 
