@@ -16,16 +16,8 @@ from typing import Literal, TypeVar
 
 from finetune.conversation import Conversation, Preference
 from finetune.errors import DatasetError
-from finetune.readers import (
-    Example,
-    Format,
-    Malformed,
-    ReadReport,
-    Skipped,
-    Unparsable,
-    load_records,
-    read_file,
-)
+from finetune.readers import Example, Format, read_file
+from finetune.records import Malformed, ReadReport, Skipped, Unparsable, load_records
 from llm.types import Message
 
 OutputFormat = Literal["alpaca", "sharegpt", "openai", "xtuner"]

@@ -18,18 +18,8 @@ from pathlib import Path
 
 from finetune.conversation import Conversation, Preference
 from finetune.errors import DatasetError
-from finetune.readers import (
-    FORMATS,
-    READABLE_SUFFIXES,
-    Columns,
-    Example,
-    Format,
-    ReadReport,
-    Skipped,
-    Tags,
-    load_records,
-    read_file,
-)
+from finetune.readers import FORMATS, Columns, Example, Format, Tags, read_file
+from finetune.records import READABLE_SUFFIXES, ReadReport, Skipped, load_records
 
 DATASET_INFO = "dataset_info.json"
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")

@@ -12,7 +12,8 @@ from app.cli.common import console, errors, existing_kb, fail, progress_bar, run
 
 if TYPE_CHECKING:
     from finetune.convert import OutputFormat
-    from finetune.readers import Format, ReadReport
+    from finetune.readers import Format
+    from finetune.records import ReadReport
 
 Result = TypeVar("Result")
 
@@ -304,7 +305,8 @@ def data_check(
     if stage is not None:
         _check_stage(stage, dataset, dataset_dir, strict, show, as_json)
         return
-    from finetune.errors import DatasetError, NoValidRecord
+    from finetune.errors import DatasetError
+    from finetune.records import NoValidRecord
     from finetune.registry import read_dataset, read_dataset_info, split_names
 
     registry, names = run_or_fail(lambda: (read_dataset_info(dataset_dir), split_names([dataset])))
@@ -362,7 +364,8 @@ def _print_checks(rows: list, failures: list[str], show: int, as_json: bool) -> 
 def _check_stage(stage: str, dataset: str, dataset_dir: Path, strict: bool, show: int, as_json: bool) -> None:
     """`data-check --stage`: read each dataset exactly as `train --stage` does, and report as data-check does."""
     from finetune.arguments import STAGES
-    from finetune.errors import DatasetError, NoValidRecord
+    from finetune.errors import DatasetError
+    from finetune.records import NoValidRecord
     from finetune.registry import load_stage_data, split_names
     from finetune.stages import PREFERENCE_STAGES
 
