@@ -3,7 +3,8 @@
 Every record becomes a Conversation, or with `ranking` a Preference. A malformed record is reported
 with its file and index (0-based: its place in the JSON list, or among the non-blank lines of a JSONL
 file) and skipped; with `strict` the first one raises DatasetError. A file with no valid record is an
-error either way, since training on nothing is never what was meant.
+error either way, since training on nothing is never what was meant. The raw records of a file and that
+skip-and-count rule are finetune.records'.
 """
 
 from __future__ import annotations
