@@ -36,4 +36,4 @@ bench-ingest: $(BIN)/.installed
 	$(BIN)/python bench/ingest.py --limit 300
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis .grimp_cache .import_linter_cache
