@@ -23,6 +23,7 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # the package layers, cycles and private names ([tool.importlinter] in pyproject.toml)
 	$(BIN)/pytest
 
 # Builds the CPU image and runs the compose stack for real: upload, ask, stop, restart; then the cluster
@@ -35,4 +36,4 @@ bench-ingest: $(BIN)/.installed
 	$(BIN)/python bench/ingest.py --limit 300
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) data .pytest_cache .ruff_cache .hypothesis .grimp_cache .import_linter_cache

@@ -1,4 +1,4 @@
-"""Settings, the command line, and the web service of kbqa."""
+"""kbqa's application: settings, services, the HTTP service with its web page, the command line, the client."""
 
 from app.logs import quiet_import_noise
 

@@ -1,11 +1,7 @@
 """What the benchmarks share: where things are, and the plain-text table they print.
 
-A bench script imports it as `bench._common` after putting the repository root first on sys.path in
-place of bench/ (where a sibling such as bench/retrieval.py would shadow the `retrieval` package):
-
-    sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
-        p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-    ]
+A bench script runs as `python bench/NAME.py`, so bench/ leads sys.path and it imports this module as
+`_common`; no bench module is named like a package or module it imports (`search.py`, not `retrieval.py`).
 """
 
 from __future__ import annotations

@@ -47,9 +47,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-# ruff: noqa: E402
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import httpx
 
 LONG = ("员工入职满一年后，每年享有十天带薪年假。VPN user names are badge numbers. " * 400)[:20_000]

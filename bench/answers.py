@@ -25,23 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
-# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
-# ruff: noqa: E402
-sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
+from _common import DEFAULT_DATASET, REPO_ROOT
+from _langchain import FAISS, SharedModelEmbeddings
 
 from app.answer_evaluation import TOP_K, Asked, answer_set, ask, summary
 from app.evaluation import build_knowledge_base, percentile, read_squad
 from app.services import KnowledgeService
 from app.settings import load_settings
-from bench._common import DEFAULT_DATASET, REPO_ROOT
-from bench._langchain import FAISS, SharedModelEmbeddings
 from llm import Answer, ExtractiveReader, Timings, Usage
 from retrieval import SearchOptions
 

@@ -42,18 +42,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
-# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
-# ruff: noqa: E402
-sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
-
 import httpx
 import psutil
-
-from bench._common import DEFAULT_DATASET, REPO_ROOT, aligned_table
-from bench.serve import QUESTIONS, Server, latency_figures, running_server, wait_ready
+from _common import DEFAULT_DATASET, REPO_ROOT, aligned_table
+from serve import QUESTIONS, Server, latency_figures, running_server, wait_ready
 
 SAMPLE_DOCS = REPO_ROOT / "examples" / "docs"
 SERVE_PY = Path(__file__).resolve().parent / "serve.py"

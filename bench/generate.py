@@ -43,19 +43,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
-# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
 # ruff: noqa: E402
-sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The random models are built with the test suite's builders (tests/ is no package), not a copy of them.
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
+from _common import CHATGLM3_6B, aligned_table
 from models import CORPUS, build_tiny_causal_lm, train_byte_level_bpe
 
-from bench._common import CHATGLM3_6B, aligned_table
 from llm import GenerationParams, LLMConfig, Message
 from llm.transformers_backend import TransformersChatModel
 from retrieval import CJK_IDEOGRAPHS

@@ -28,17 +28,9 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's folder leads sys.path and a sibling's name would shadow a package: the
-# repository root takes the folder's place, so `bench._common` imports (it needs nothing installed).
-# ruff: noqa: E402
-sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
-
-from bench._common import CHATGLM3_6B
+from _common import CHATGLM3_6B
 
 # HBM bandwidth by GPU name, in TB/s (the vendors' figures for the SXM parts).
 BANDWIDTH_TBPS = {"H200": 4.8, "H100": 3.35, "A100": 2.0, "L40S": 0.864, "A10": 0.6, "L4": 0.3}

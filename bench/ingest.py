@@ -51,16 +51,6 @@ text layer. It needs the `ocr` extra and a font with Chinese glyphs (Debian: fon
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
-# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
-# ruff: noqa: E402
-sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
-
 import argparse
 import itertools
 import json
@@ -69,6 +59,7 @@ import platform
 import re
 import resource
 import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -77,16 +68,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import DEFAULT_DATASET, aligned_table
+from _hardware import cpu_report, describe_cpu
 from langchain_core.embeddings import Embeddings
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from app.services import KnowledgeService
 from app.settings import load_settings
-from bench._common import DEFAULT_DATASET, aligned_table
-from bench._hardware import cpu_report, describe_cpu
 from retrieval import Embedder, EmbeddingConfig, load_embedder
 
 with warnings.catch_warnings():
@@ -638,7 +630,8 @@ def auto_choice() -> str:
 
 def float32_floor(tokens_per_text: float, default_tokens_per_cpu_second: float) -> dict[str, float]:
     """Return the encoder's FLOPs per token, this CPU's float32 GEMM FLOPs per CPU-second, the floor they give, and the default's distance from it."""
-    from bench._hardware import encoder_flops_per_token, gemm_flops_per_cpu_second
+    from _hardware import encoder_flops_per_token, gemm_flops_per_cpu_second
+
     from retrieval.embedders.e5_weights import E5Weights
 
     header = E5Weights().header
@@ -751,7 +744,8 @@ def write_pdfs(paragraphs: list[tuple[str, str]], folder: Path) -> tuple[Path, P
 
 def bench_pdf_pages(paragraphs: list[tuple[str, str]]) -> dict[str, Any]:
     """Return pages/s of loading a text PDF and its scan, and OCR's character accuracy on the scan."""
-    from bench._common import REPO_ROOT
+    from _common import REPO_ROOT
+
     from ingestion.loaders import load_file
     from ingestion.loaders.ocr import ocr_installed
 

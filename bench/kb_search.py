@@ -18,19 +18,12 @@ FAISS runs on one thread in every method. Run from the repository root:
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# `python bench/kb_search.py` puts bench/ first on sys.path, where a sibling benchmark named like a
-# package (bench/retrieval.py) would shadow kbqa's own; take bench/ off so every import below finds it.
-if (BENCH_DIR := str(Path(__file__).resolve().parent)) in sys.path:
-    sys.path.remove(BENCH_DIR)
-
 import argparse
 import os
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import faiss
 import numpy as np

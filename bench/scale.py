@@ -42,31 +42,23 @@ Run from the repository root:
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
-# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
-# ruff: noqa: E402
-sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
-
 import argparse
 import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+from _common import aligned_table
 
 from app.evaluation import percentile
-from bench._common import aligned_table
 
 DIM = 768
 TOP_K = 10

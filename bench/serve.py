@@ -51,20 +51,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
-# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
-# ruff: noqa: E402
-sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
-
 import httpx
 import psutil
+from _common import aligned_table
 
 from app.evaluation import percentile
 from app.services import KnowledgeService
 from app.settings import load_settings
-from bench._common import aligned_table
 from retrieval import SearchOptions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

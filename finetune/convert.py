@@ -16,16 +16,8 @@ from typing import Literal, TypeVar
 
 from finetune.conversation import Conversation, Preference
 from finetune.errors import DatasetError
-from finetune.readers import (
-    Example,
-    Format,
-    Malformed,
-    ReadReport,
-    Skipped,
-    Unparsable,
-    load_records,
-    read_file,
-)
+from finetune.readers import Example, Format, read_file
+from finetune.records import Malformed, ReadReport, Skipped, Unparsable, load_records
 from llm.types import Message
 
 OutputFormat = Literal["alpaca", "sharegpt", "openai", "xtuner"]
@@ -123,6 +115,61 @@ def convert_file(
     report.skipped += written.skipped
     report.valid = written.valid
     return report
+
+
+def convert_to_table(
+    source: Path, target: Path, *, format: Format | None = None, strict: bool = False
+) -> ReadReport:
+    """Write a data file's single-turn examples as an .xlsx or .csv table to review; return the read report."""
+    from finetune.tables import table_rows, write_table
+
+    examples, report = read_file(source, format, strict=strict)
+    write_table(target, table_rows(examples))
+    return report
+
+
+def convert_table(
+    source: Path,
+    target: Path,
+    question: str,
+    answer: str,
+    to: OutputFormat,
+    *,
+    input: str | None = None,
+    sheet: str | None = None,
+    system: str = "",
+    strict: bool = False,
+) -> ReadReport:
+    """Write the question and answer columns of an .xlsx sheet or .csv file as training records in `to`;
+    return the report of the rows read and the records written."""
+    from finetune.tables import read_table, table_conversations, table_label
+
+    rows = read_table(source, sheet)  # checks the file and the sheet first
+    conversations, report = table_conversations(
+        rows, table_label(source, sheet), question, answer, input=input, system=system, strict=strict
+    )
+    report.valid = write_examples(target, conversations, to, strict).valid
+    return report
+
+
+def write_split(
+    folder: Path,
+    examples: Sequence[Example],
+    ratios: Sequence[float],
+    seed: int | None,
+    names: Sequence[str],
+    to: OutputFormat,
+    strict: bool = False,
+) -> dict[str, tuple[Path, int]]:
+    """Write examples split by `ratios` (in order, or shuffled with `seed`) into FOLDER/<name>.jsonl files in
+    `to`; return each part's path and the records written to it."""
+    if len(examples) < len(ratios):
+        raise DatasetError(f"{len(examples)} records cannot be split into {len(ratios)} parts")
+    written = {}
+    for name, part in zip(names, split_records(examples, ratios, seed), strict=True):
+        path = folder / f"{name}.jsonl"
+        written[name] = (path, write_examples(path, part, to, strict).valid)
+    return written
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:

@@ -1,11 +1,10 @@
-"""Errors of the finetune package; each message says what went wrong in words a user can act on."""
+"""Errors of the finetune package; each message says what went wrong in words a user can act on.
+
+NoValidRecord, a DatasetError carrying the report of the records skipped, lives with that report in
+finetune.records.
+"""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from finetune.readers import ReadReport
 
 
 class FinetuneError(Exception):
@@ -14,11 +13,3 @@ class FinetuneError(Exception):
 
 class DatasetError(FinetuneError):
     """A dataset cannot be read: unknown name, missing file, bad checksum, malformed or no valid record."""
-
-
-class NoValidRecord(DatasetError):
-    """A file holds no valid record; `report` says why each one was skipped."""
-
-    def __init__(self, message: str, report: ReadReport) -> None:
-        super().__init__(message)
-        self.report = report

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.conversation import Conversation
-from finetune.errors import DatasetError, FinetuneError, NoValidRecord
-from finetune.readers import Malformed, ReadReport, Skipped, Unparsable, json_records
+from finetune.errors import DatasetError, FinetuneError
+from finetune.records import Malformed, NoValidRecord, ReadReport, Skipped, Unparsable, json_records
 from finetune.squad import squad_paragraphs
 from llm.prompt import PromptBuilder, PromptConfig, language_of
 from llm.types import Message

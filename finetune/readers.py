@@ -3,27 +3,34 @@
 Every record becomes a Conversation, or with `ranking` a Preference. A malformed record is reported
 with its file and index (0-based: its place in the JSON list, or among the non-blank lines of a JSONL
 file) and skipped; with `strict` the first one raises DatasetError. A file with no valid record is an
-error either way, since training on nothing is never what was meant.
+error either way, since training on nothing is never what was meant. The raw records of a file and that
+skip-and-count rule are finetune.records'.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from finetune.conversation import Conversation, Preference
-from finetune.errors import DatasetError, NoValidRecord
+from finetune.errors import DatasetError
+from finetune.records import (
+    Malformed,
+    NoValidRecord,
+    ReadReport,
+    Skipped,
+    Unparsable,
+    json_kind,
+    load_records,
+)
 from llm.types import Message, Role
 
 Format = Literal["alpaca", "sharegpt", "xtuner"]
 FORMATS: tuple[Format, ...] = ("alpaca", "sharegpt", "xtuner")
 Example = Conversation | Preference
-READABLE_SUFFIXES = (".json", ".jsonl", ".csv")
 
 
 @dataclass(frozen=True)
@@ -58,92 +65,6 @@ OPENAI_COLUMNS = Columns(messages="messages")
 OPENAI_TAGS = Tags(role="role", content="content", user="user", assistant="assistant", observation="tool")
 
 
-@dataclass(frozen=True)
-class Skipped:
-    """A malformed record: its file, its index and why it was skipped."""
-
-    file: str
-    index: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: record {self.index}: {self.reason}"
-
-
-@dataclass
-class ReadReport:
-    """How many records were read, and each one skipped with its reason."""
-
-    valid: int = 0
-    skipped: list[Skipped] = field(default_factory=list)
-
-    def merge(self, other: ReadReport) -> None:
-        """Add another report's counts to this one."""
-        self.valid += other.valid
-        self.skipped.extend(other.skipped)
-
-    def skip(self, skipped: Skipped, strict: bool) -> None:
-        """Count a malformed record as skipped; with `strict`, raise DatasetError naming it instead."""
-        if strict:
-            raise DatasetError(str(skipped)) from None
-        self.skipped.append(skipped)
-
-    def reasons(self) -> Counter[str]:
-        """Return how many records were skipped for each reason."""
-        return Counter(skip.reason for skip in self.skipped)
-
-
-class Malformed(ValueError):
-    """One record is malformed; the reader adds its file and index."""
-
-
-@dataclass(frozen=True)
-class Unparsable:
-    """A JSONL line that is not JSON, kept in place so the records after it keep their index."""
-
-    reason: str
-
-
-def load_records(path: Path) -> list[object]:
-    """Return the raw records of a .json (a list), .jsonl or .csv file; DatasetError if it cannot be read."""
-    suffix = path.suffix.lower()
-    if suffix not in READABLE_SUFFIXES:
-        raise DatasetError(
-            f"{path}: cannot read {suffix or 'files without a suffix'}; use .json, .jsonl or .csv"
-        )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read: {error}") from None
-    if suffix == ".csv":
-        return list(csv.DictReader(text.splitlines()))
-    try:
-        return json_records(text, lines=suffix == ".jsonl")
-    except ValueError as error:
-        raise DatasetError(f"{path}: {error}") from None
-
-
-def json_records(text: str, lines: bool) -> list[object]:
-    """Return the records of JSON text: one JSON list, else one value a line; ValueError when it is neither.
-
-    Either suffix may hold either layout: XTuner's recipe writes one JSON list into a .jsonl file, and
-    Multi-Doc-QA-Chinese ships JSON Lines as .json files. With `lines`, a lone JSON object is one record.
-    """
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        if lines or error.msg == "Extra data":  # "Extra data": a first value, then more of them
-            return [_json_line(line) for line in text.splitlines() if line.strip()]
-        raise ValueError(f"not valid JSON: {error}") from None
-    if isinstance(data, list):
-        return data
-    if lines:
-        return [data]
-    raise ValueError(f"expected a JSON list of records, found a {_kind(data)}")
-
-
 def detect_format(record: object) -> tuple[Format, Columns, Tags]:
     """Return the format of a record by its keys, with the columns and tags to read it; Malformed if unknown."""
     if isinstance(record, Unparsable):
@@ -160,7 +81,7 @@ def detect_format(record: object) -> tuple[Format, Columns, Tags]:
         if {"instruction", "input", "output", "chosen"} & record.keys():
             return "alpaca", Columns(), Tags()
         raise Malformed(f"cannot tell the format from its keys ({', '.join(map(str, record)) or 'none'})")
-    raise Malformed(f"is a {_kind(record)}, not a JSON object")
+    raise Malformed(f"is a {json_kind(record)}, not a JSON object")
 
 
 def read_file(
@@ -248,7 +169,7 @@ def _parse(
     if isinstance(record, Unparsable):
         raise Malformed(record.reason)
     if not isinstance(record, dict):
-        raise Malformed(f"is a {_kind(record)}, not a JSON object")
+        raise Malformed(f"is a {json_kind(record)}, not a JSON object")
     if format == "alpaca":
         return parse_alpaca(record, columns, ranking, source)
     if format == "sharegpt":
@@ -282,7 +203,7 @@ def parse_sharegpt(record: dict, columns: Columns, tags: Tags, ranking: bool, so
     if raw is None:
         raise Malformed(f"missing messages (column '{columns.messages}')")
     if not isinstance(raw, list):
-        raise Malformed(f"column '{columns.messages}' is a {_kind(raw)}, not a list of messages")
+        raise Malformed(f"column '{columns.messages}' is a {json_kind(raw)}, not a list of messages")
     messages = [_sharegpt_message(item, n, tags) for n, item in enumerate(raw)]
     system = _optional_text(record, columns.system)
     if messages and messages[0].role == "system":
@@ -333,7 +254,7 @@ def parse_xtuner(record: dict, source: str = "") -> Conversation:
     messages: list[Message] = []
     for n, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            raise Malformed(f"turn {n} is a {_kind(turn)}, not an object with 'input' and 'output'")
+            raise Malformed(f"turn {n} is a {json_kind(turn)}, not an object with 'input' and 'output'")
         system = _optional_text(turn, "system", f"turn {n}: ")
         if system and n == 0:
             messages.append(Message("system", system))
@@ -349,14 +270,6 @@ def parse_xtuner(record: dict, source: str = "") -> Conversation:
     return Conversation(tuple(messages), source)
 
 
-def _json_line(line: str) -> object:
-    """Return one JSONL line's value, or a placeholder saying why it is not JSON."""
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as error:
-        return Unparsable(f"not valid JSON: {error}")
-
-
 def _looks_ranked(record: object, format: Format, columns: Columns) -> bool:
     """Return whether a record holds preference data: a `chosen` column, or alpaca's [better, worse] output."""
     if not isinstance(record, dict) or format == "xtuner":
@@ -370,7 +283,7 @@ def _optional_text(record: dict, key: str, where: str = "") -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise Malformed(f"{where}'{key}' is a {_kind(value)}, not a string")
+        raise Malformed(f"{where}'{key}' is a {json_kind(value)}, not a string")
     return value
 
 
@@ -380,7 +293,7 @@ def _history(record: dict, key: str) -> list[tuple[str, str]]:
     if history is None:
         return []
     if not isinstance(history, list):
-        raise Malformed(f"'{key}' is a {_kind(history)}, not a list of [question, answer] pairs")
+        raise Malformed(f"'{key}' is a {json_kind(history)}, not a list of [question, answer] pairs")
     for n, pair in enumerate(history):
         if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             raise Malformed(f"'{key}' item {n} is not a [question, answer] pair of strings")
@@ -410,7 +323,7 @@ def _sharegpt_message(item: object, n: int, tags: Tags) -> Message:
         raise Malformed(f"message {n} is not an object with '{tags.role}' and '{tags.content}'")
     content = item[tags.content]
     if not isinstance(content, str):
-        raise Malformed(f"message {n}: '{tags.content}' is a {_kind(content)}, not a string")
+        raise Malformed(f"message {n}: '{tags.content}' is a {json_kind(content)}, not a string")
     roles: dict[str, Role] = {
         tags.user: "user",
         tags.assistant: "assistant",
@@ -446,9 +359,3 @@ def _role_names(roles: tuple[Role, ...], tags: Tags) -> str:
         "assistant": [tags.assistant, tags.function],
     }
     return " or ".join(roles) + " (" + "/".join(f"'{name}'" for role in roles for name in names[role]) + ")"
-
-
-def _kind(value: object) -> str:
-    """Return a JSON value's kind in JSON's words."""
-    kinds = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else kinds.get(type(value), type(value).__name__)

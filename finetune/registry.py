@@ -18,18 +18,8 @@ from pathlib import Path
 
 from finetune.conversation import Conversation, Preference
 from finetune.errors import DatasetError
-from finetune.readers import (
-    FORMATS,
-    READABLE_SUFFIXES,
-    Columns,
-    Example,
-    Format,
-    ReadReport,
-    Skipped,
-    Tags,
-    load_records,
-    read_file,
-)
+from finetune.readers import FORMATS, Columns, Example, Format, Tags, read_file
+from finetune.records import READABLE_SUFFIXES, ReadReport, Skipped, load_records
 
 DATASET_INFO = "dataset_info.json"
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
@@ -187,25 +177,8 @@ def load_dataset(
     Each name may hold several, comma-separated ("a,b"). Per dataset, `num_samples` draws that many
     records (seeded; repeating the data when it asks for more), then `max_samples` keeps the first ones.
     """
-    registry = read_dataset_info(dataset_dir)
-    conversations: list[Conversation] = []
-    report = ReadReport()
-    for name in split_names(names):
-        spec = registry.get(name)
-        if spec is None:
-            known = ", ".join(sorted(registry)) or "none"
-            raise DatasetError(f"no dataset '{name}' in {dataset_dir / DATASET_INFO} (registered: {known})")
-        if spec.ranking:
-            raise DatasetError(
-                f"dataset '{name}' holds preference data (ranking: true); supervised fine-tuning needs "
-                "conversations"
-            )
-        examples, dataset_report = read_dataset(spec, dataset_dir, strict)
-        if spec.num_samples is not None:
-            examples = sample(examples, spec.num_samples, seed)
-        conversations += [e for e in examples[:max_samples] if isinstance(e, Conversation)]
-        report.merge(dataset_report)
-    return conversations, report
+    conversations, report = _load_examples(names, dataset_dir, strict, max_samples, seed, ranking=False)
+    return [example for example in conversations if isinstance(example, Conversation)], report
 
 
 def load_preferences(
@@ -216,22 +189,36 @@ def load_preferences(
     seed: int = 42,
 ) -> tuple[list[Preference], ReadReport]:
     """Return the preference pairs of the named datasets (each registered with `ranking: true`)."""
+    preferences, report = _load_examples(names, dataset_dir, strict, max_samples, seed, ranking=True)
+    return [example for example in preferences if isinstance(example, Preference)], report
+
+
+def _load_examples(
+    names: Sequence[str], dataset_dir: Path, strict: bool, max_samples: int | None, seed: int, ranking: bool
+) -> tuple[list[Example], ReadReport]:
+    """Return the examples of the named datasets, each registered with `ranking` as asked, and one report."""
     registry = read_dataset_info(dataset_dir)
-    preferences: list[Preference] = []
+    examples: list[Example] = []
     report = ReadReport()
     for name in split_names(names):
         spec = _spec(registry, name, dataset_dir)
-        if not spec.ranking:
+        if spec.ranking and not ranking:
+            raise DatasetError(
+                f"dataset '{name}' holds preference data (ranking: true); supervised fine-tuning needs "
+                "conversations"
+            )
+        if ranking and not spec.ranking:
             raise DatasetError(
                 f"dataset '{name}' holds conversations; dpo, orpo and rm train on preference data "
                 "(ranking: true, with chosen and rejected replies)"
             )
-        examples, dataset_report = read_dataset(spec, dataset_dir, strict)
+        read, dataset_report = read_dataset(spec, dataset_dir, strict)
         if spec.num_samples is not None:
-            examples = sample(examples, spec.num_samples, seed)
-        preferences += [e for e in examples[:max_samples] if isinstance(e, Preference)]
+            read = sample(read, spec.num_samples, seed)
+        wanted = Preference if ranking else Conversation
+        examples += [example for example in read[:max_samples] if isinstance(example, wanted)]
         report.merge(dataset_report)
-    return preferences, report
+    return examples, report
 
 
 def load_texts(

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from finetune.conversation import Conversation
-from finetune.errors import DatasetError, NoValidRecord
-from finetune.readers import Malformed, ReadReport, Skipped
+from finetune.errors import DatasetError
+from finetune.records import Malformed, NoValidRecord, ReadReport, Skipped
 from llm.types import Message
 
 TABLE_SUFFIXES = (".xlsx", ".csv")

@@ -49,7 +49,7 @@ def read_gold(path: Path) -> list[SqlExample]:
     A record holds the query as `query`, `sql` or `output`, its `db_id`, and `difficulty` or `hardness`.
     """
     if path.suffix.lower() in (".json", ".jsonl"):
-        from finetune.readers import load_records
+        from finetune.records import load_records
 
         examples = []
         for index, record in enumerate(load_records(path)):
@@ -148,7 +148,8 @@ def evaluate_sql(
 
 def read_sql_dataset(path: Path) -> tuple[list[SqlExample], list[tuple[Message, ...]]]:
     """Return the gold examples and prompts of DB-GPT-Hub-style records: alpaca fields with `db_id`."""
-    from finetune.readers import Columns, Malformed, load_records, parse_alpaca
+    from finetune.readers import Columns, parse_alpaca
+    from finetune.records import Malformed, load_records
 
     examples, prompts = [], []
     for index, record in enumerate(load_records(path)):

@@ -10,9 +10,10 @@ import pytest
 
 from finetune.conversation import Conversation, Preference
 from finetune.convert import convert_file, parse_ratios, split_file, split_records, split_sizes, to_record
-from finetune.errors import DatasetError, FinetuneError, NoValidRecord
+from finetune.errors import DatasetError, FinetuneError
 from finetune.rag import Passage, RagOptions, RagSample, build_rag_conversations, read_rag_samples
-from finetune.readers import Malformed, read_file
+from finetune.readers import read_file
+from finetune.records import Malformed, NoValidRecord
 from finetune.registry import load_dataset, read_dataset, read_dataset_info
 from finetune.tables import read_table, table_conversations, table_rows, write_table
 from llm.prompt import PromptBuilder, PromptConfig

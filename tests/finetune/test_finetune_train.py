@@ -18,7 +18,8 @@ from finetune.arguments import TrainArguments, arguments_from
 from finetune.conversation import Conversation
 from finetune.errors import FinetuneError
 from finetune.merge import merge_adapter
-from finetune.train import lora_targets, train
+from finetune.train import train
+from finetune.trainable import lora_targets
 from llm.config import LLMConfig
 from llm.errors import ModelLoadError
 from llm.transformers_backend import TransformersChatModel

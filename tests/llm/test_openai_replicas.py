@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,9 +12,11 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from openai_server import Controls, FakeOpenAIServer
 
+from llm import openai_backend
 from llm.config import OpenAIConfig
 from llm.errors import ModelBusy, ModelUnavailable
 from llm.openai_backend import OpenAIChatModel
+from llm.replicas import Replica, ReplicaSet
 from llm.types import GenerationParams, Message
 
 QUESTION = [Message("user", "how many days of annual leave")]
@@ -72,9 +73,32 @@ def dead_url() -> Iterator[str]:
         yield f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
 
 
+class Clock:
+    """The replicas' clock in these tests: it moves only when told, so a cooldown ends when a test says."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def make_model() -> Iterator[MakeModel]:
-    """A factory of models over the given replica URLs; all closed afterwards."""
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """The clock of every model the test makes (the backend's replica set is made with it)."""
+    clock = Clock()
+
+    class ClockedReplicaSet(ReplicaSet):
+        def __init__(self, replicas: list[Replica[Any]], cooldown_s: float) -> None:
+            super().__init__(replicas, cooldown_s, clock)
+
+    monkeypatch.setattr(openai_backend, "ReplicaSet", ClockedReplicaSet)
+    return clock
+
+
+@pytest.fixture
+def make_model(clock: Clock) -> Iterator[MakeModel]:
+    """A factory of models over the given replica URLs, on the test's clock; all closed afterwards."""
     models: list[OpenAIChatModel] = []
 
     def make(urls: list[str], **config: Any) -> OpenAIChatModel:
@@ -112,7 +136,7 @@ def test_requests_alternate_between_healthy_replicas(
 
 
 def test_a_failing_replica_is_skipped_during_its_cooldown_and_used_again_after(
-    make_model: MakeModel, fresh: list[ReplicaServer]
+    make_model: MakeModel, fresh: list[ReplicaServer], clock: Clock
 ) -> None:
     first, second = fresh[:2]
     first.controls.fail_next = 1000
@@ -122,14 +146,14 @@ def test_a_failing_replica_is_skipped_during_its_cooldown_and_used_again_after(
     assert counts([first, second]) == [1, 6]  # one 500, not retried; then left alone
 
     first.controls.fail_next = 0
-    time.sleep(0.6)
+    clock.now += 0.6  # past the cooldown
     assert [ask(model) for _ in range(4)] == [REPLY] * 4
     assert first.checks == 1  # checked once with GET /models before it got a request again
     assert counts([first, second]) == [1 + 2, 6 + 2]
 
 
 def test_a_replica_failing_its_health_check_stays_out(
-    make_model: MakeModel, fresh: list[ReplicaServer]
+    make_model: MakeModel, fresh: list[ReplicaServer], clock: Clock
 ) -> None:
     first, second = fresh[:2]
     first.controls.fail_next = 1
@@ -137,7 +161,7 @@ def test_a_replica_failing_its_health_check_stays_out(
     assert ask(model) == REPLY
     first.check_status = 503
 
-    time.sleep(0.35)
+    clock.now += 0.35  # past the cooldown
     assert [ask(model) for _ in range(3)] == [REPLY] * 3
 
     assert first.checks == 1
@@ -145,14 +169,14 @@ def test_a_replica_failing_its_health_check_stays_out(
 
 
 def test_without_health_checks_the_trial_is_a_real_request(
-    make_model: MakeModel, fresh: list[ReplicaServer]
+    make_model: MakeModel, fresh: list[ReplicaServer], clock: Clock
 ) -> None:
     first, second = fresh[:2]
     first.controls.fail_next = 1
     model = make_model([first.base_url, second.base_url], unhealthy_cooldown_s=0.2, health_check_timeout_s=0)
     assert ask(model) == REPLY
 
-    time.sleep(0.25)
+    clock.now += 0.25  # past the cooldown
     assert [ask(model) for _ in range(2)] == [REPLY] * 2
     assert first.checks == 0
     tried = counts([first, second])

@@ -105,10 +105,12 @@ class Held(Recording):
 
     def __init__(self, embedder) -> None:
         super().__init__(embedder)
+        self.held = threading.Event()  # set when the first batch has reached the model
         self.release = threading.Event()
 
     def _embed_queries(self, texts: list[str]) -> np.ndarray:
         if not self.batches:
+            self.held.set()
             self.release.wait(10)
         return super()._embed_queries(texts)
 
@@ -118,9 +120,11 @@ def test_queries_arriving_while_a_batch_runs_gather_in_the_next(e5_embedder) -> 
     batcher = BatchingEmbedder(recording, QueryBatchConfig(wait_ms=0, concurrent=1, cache_size=0))
     with ThreadPoolExecutor(len(QUERIES)) as pool:
         first = pool.submit(batcher.embed_query, QUERIES[0])
-        time.sleep(0.3)  # its batch is being embedded (held), the one slot taken
+        assert recording.held.wait(10)  # its batch is being embedded (held), the one slot taken
         rest = [pool.submit(batcher.embed_query, q) for q in QUERIES[1:]]
-        time.sleep(0.3)  # without a wait of their own, they still wait together for the slot
+        # Without a wait of their own, they still wait together for the slot. (When each has joined the
+        # open batch is not visible from outside the batcher: this pause lets the threads arrive.)
+        time.sleep(0.3)
         recording.release.set()
         vectors = [first.result(), *(f.result() for f in rest)]
     assert [sorted(batch) for batch in recording.batches] == [[QUERIES[0]], sorted(QUERIES[1:])]

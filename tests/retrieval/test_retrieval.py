@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from app.services import KnowledgeService
 from app.settings import load_settings
-from retrieval import KnowledgeBaseNotFound, SearchHit, SearchOptions
+from retrieval import KnowledgeBaseNotFound, Reranker, SearchHit, SearchOptions
 from retrieval.lexical import terms
 
 KBQA = str(Path(sys.executable).parent / "kbqa")
@@ -347,7 +347,8 @@ def test_rerank_orders_by_cross_encoder_score(
     # The reranked hits are the best of the first `top_n` candidates by the cross-encoder's score.
     head = reranking.search("corpus", query, SearchOptions(k=6, mode=mode))
     assert {hit.chunk_id for hit in hits} <= {hit.chunk_id for hit in head}
-    pairs = reranking.retriever._reranker.scores(query, [hit.text for hit in head])
+    # The same cross-encoder, loaded by the public Reranker from the retriever's own settings.
+    pairs = Reranker(reranking.retriever.config.reranker).scores(query, [hit.text for hit in head])
     best = sorted(zip(pairs.tolist(), (hit.chunk_id for hit in head), strict=True), reverse=True)[: len(hits)]
     assert [hit.chunk_id for hit in hits] == [chunk_id for _, chunk_id in best]
     assert all(hit.rerank_score is None for hit in head)

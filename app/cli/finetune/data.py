@@ -12,7 +12,9 @@ from app.cli.common import console, errors, existing_kb, fail, progress_bar, run
 
 if TYPE_CHECKING:
     from finetune.convert import OutputFormat
-    from finetune.readers import Format, ReadReport
+    from finetune.data_check import DatasetCheck
+    from finetune.readers import Format
+    from finetune.records import ReadReport
 
 Result = TypeVar("Result")
 
@@ -41,19 +43,14 @@ def convert_format(
     strict: StrictOption = False,
 ) -> None:
     """Convert alpaca, sharegpt (or OpenAI messages) and xtuner data into one another."""
-    from finetune.convert import convert_file
-    from finetune.readers import read_file
-    from finetune.tables import TABLE_SUFFIXES, table_rows, write_table
+    from finetune.convert import convert_file, convert_to_table
+    from finetune.tables import TABLE_SUFFIXES
 
     source_format = _data_format(from_)
     if target.suffix.lower() in TABLE_SUFFIXES:
-
-        def export():
-            examples, report = read_file(source, source_format, strict=strict)
-            write_table(target, table_rows(examples))
-            return report
-
-        _report_written(run_or_fail(export), target)
+        _report_written(
+            run_or_fail(lambda: convert_to_table(source, target, format=source_format, strict=strict)), target
+        )
         return
     _report_written(
         run_or_fail(
@@ -84,26 +81,23 @@ def convert_table(
     strict: StrictOption = False,
 ) -> None:
     """Turn the question and answer columns of an .xlsx sheet or .csv file into training records."""
-    from finetune.convert import write_examples
-    from finetune.tables import read_table, table_conversations, table_label
+    from finetune.convert import convert_table as convert
 
     output = _output_format(to)
-
-    def convert():
-        rows = read_table(source, sheet)  # checks the file and the sheet first
-        conversations, report = table_conversations(
-            rows,
-            table_label(source, sheet),
+    report = run_or_fail(
+        lambda: convert(
+            source,
+            target,
             question,
             answer,
+            output,
             input=input_column,
+            sheet=sheet,
             system=system,
             strict=strict,
         )
-        report.valid = write_examples(target, conversations, output, strict).valid
-        return report
-
-    _report_written(run_or_fail(convert), target)
+    )
+    _report_written(report, target)
 
 
 @convert_app.command("split")
@@ -221,8 +215,7 @@ def convert_rag(
     The positive passage sits among k shuffled distractors and the target is the answer; a share of the
     records gets only distractors and the refusal sentence, so the model learns to say it does not know.
     """
-    from finetune.convert import parse_ratios, part_names, split_records, write_examples
-    from finetune.errors import DatasetError
+    from finetune.convert import parse_ratios, part_names, write_examples, write_split
     from finetune.rag import (
         Passage,
         RagOptions,
@@ -246,31 +239,26 @@ def convert_rag(
         samples = samples[:max_samples]
         options = RagOptions(k=k, refusal_share=refusal_share, seed=seed, cite=cite)
         if plain:
-            conversations = build_plain_conversations(samples)
-        elif kb is None:
-            conversations = build_rag_conversations(samples, svc.settings.llm.prompt, options)
-        else:
-            from retrieval import SearchOptions
+            return write(build_plain_conversations(samples), report)
+        if kb is None:
+            return write(build_rag_conversations(samples, svc.settings.llm.prompt, options), report)
+        from retrieval import SearchOptions
 
-            with progress_bar("retrieving distractors", len(samples)) as advance:
+        with progress_bar("retrieving distractors", len(samples)) as advance:
 
-                def search(question: str, count: int) -> list[Passage]:
-                    hits = svc.search(kb, question, SearchOptions(k=count))
-                    advance()
-                    return [Passage(hit.text, hit.source, hit.page) for hit in hits]
+            def search(question: str, count: int) -> list[Passage]:
+                hits = svc.search(kb, question, SearchOptions(k=count))
+                advance()
+                return [Passage(hit.text, hit.source, hit.page) for hit in hits]
 
-                conversations = build_rag_conversations(samples, svc.settings.llm.prompt, options, search)
+            return write(build_rag_conversations(samples, svc.settings.llm.prompt, options, search), report)
+
+    def write(conversations, report):
         if not ratios:
             report.valid = write_examples(target, conversations, output, strict).valid
             return report, {}
-        if len(conversations) < len(ratios):
-            raise DatasetError(f"{len(conversations)} records cannot be split into {len(ratios)} parts")
-        written = {}
-        for name, part in zip(
-            parts, split_records(conversations, ratios, seed if shuffle else None), strict=True
-        ):
-            path = target / f"{name}.jsonl"
-            written[name] = (path, write_examples(path, part, output, strict).valid)
+        order = seed if shuffle else None
+        written = write_split(target, conversations, ratios, order, parts, output, strict)
         report.valid = sum(count for _, count in written.values())
         return report, written
 
@@ -301,35 +289,19 @@ def data_check(
 
     Exits 1 when a dataset cannot be read or has no valid record (with --strict: any malformed record).
     """
-    if stage is not None:
-        _check_stage(stage, dataset, dataset_dir, strict, show, as_json)
+    from finetune.data_check import check_datasets, check_stage_data
+
+    if stage is None:
+        _print_checks(*run_or_fail(lambda: check_datasets(dataset, dataset_dir, strict)), show, as_json)
         return
-    from finetune.errors import DatasetError, NoValidRecord
-    from finetune.registry import read_dataset, read_dataset_info, split_names
+    from finetune.arguments import STAGES
 
-    registry, names = run_or_fail(lambda: (read_dataset_info(dataset_dir), split_names([dataset])))
-    rows, failures = [], []
-    for name in names:
-        if name not in registry:
-            failures.append(
-                f"no dataset '{name}' in {dataset_dir} (registered: {', '.join(sorted(registry)) or 'none'})"
-            )
-            continue
-        spec = registry[name]
-        try:
-            _, report = read_dataset(spec, dataset_dir, strict)
-        except NoValidRecord as error:
-            report, message = error.report, str(error)
-            failures.append(message)
-        except DatasetError as error:
-            failures.append(str(error))
-            continue
-        kind = "preference" if spec.ranking else "conversation"
-        rows.append((name, kind, report))
-    _print_checks(rows, failures, show, as_json)
+    if stage not in STAGES:
+        fail(f"--stage {stage} is not supported; kbqa trains {', '.join(STAGES)}", code=2)
+    _print_checks(*run_or_fail(lambda: check_stage_data(stage, dataset, dataset_dir, strict)), show, as_json)
 
 
-def _print_checks(rows: list, failures: list[str], show: int, as_json: bool) -> None:
+def _print_checks(checks: list[DatasetCheck], failures: list[str], show: int, as_json: bool) -> None:
     """Print each dataset's valid and skipped records (a table, or JSON); exit 1 when any failed."""
     import json
 
@@ -339,60 +311,23 @@ def _print_checks(rows: list, failures: list[str], show: int, as_json: bool) -> 
     if as_json:
         print(
             json.dumps(
-                [_check_dict(name, kind, report) for name, kind, report in rows]
-                + [{"error": f} for f in failures],
+                [check.as_dict() for check in checks] + [{"error": f} for f in failures],
                 ensure_ascii=False,
                 indent=2,
             )
         )
     else:
         table = Table("dataset", "kind", "valid", "skipped")
-        for name, kind, report in rows:
-            table.add_row(name, kind, str(report.valid), str(len(report.skipped)))
+        for check in checks:
+            table.add_row(check.name, check.kind, str(check.report.valid), str(len(check.report.skipped)))
         console.print(table)
-        for name, _, report in rows:
-            for reason, count in report.reasons().most_common():
-                console.print(f"{name}: {count} × {escape(reason)}", highlight=False)
-            for skipped in report.skipped[:show]:
+        for check in checks:
+            for reason, count in check.report.reasons().most_common():
+                console.print(f"{check.name}: {count} × {escape(reason)}", highlight=False)
+            for skipped in check.report.skipped[:show]:
                 console.print(f"  {escape(str(skipped))}", highlight=False)
     if failures:
         fail("; ".join(failures))
-
-
-def _check_stage(stage: str, dataset: str, dataset_dir: Path, strict: bool, show: int, as_json: bool) -> None:
-    """`data-check --stage`: read each dataset exactly as `train --stage` does, and report as data-check does."""
-    from finetune.arguments import STAGES
-    from finetune.errors import DatasetError, NoValidRecord
-    from finetune.registry import load_stage_data, split_names
-    from finetune.stages import PREFERENCE_STAGES
-
-    if stage not in STAGES:
-        fail(f"--stage {stage} is not supported; kbqa trains {', '.join(STAGES)}", code=2)
-    kind = "text" if stage == "pt" else "preference" if stage in PREFERENCE_STAGES else "conversation"
-    rows, failures = [], []
-    for name in run_or_fail(lambda: split_names([dataset])):
-        try:
-            _, report = load_stage_data(stage, [name], dataset_dir, strict)
-        except NoValidRecord as error:
-            report = error.report
-            failures.append(str(error))
-        except DatasetError as error:
-            failures.append(str(error))
-            continue
-        rows.append((name, kind, report))
-    _print_checks(rows, failures, show, as_json)
-
-
-def _check_dict(name: str, kind: str, report: ReadReport) -> dict:
-    """Return one dataset's check as JSON-ready data."""
-    return {
-        "dataset": name,
-        "kind": kind,
-        "valid": report.valid,
-        "skipped": len(report.skipped),
-        "reasons": dict(report.reasons().most_common()),
-        "malformed": [str(skipped) for skipped in report.skipped],
-    }
 
 
 def _data_format(name: str) -> Format | None:

@@ -13,7 +13,7 @@ from app.cli.common import console, errors, existing_kb, fail, progress_bar, run
 if TYPE_CHECKING:
     from app.services import KnowledgeService
     from finetune.evaluate import EvalResult, Example
-    from finetune.readers import ReadReport
+    from finetune.records import ReadReport
     from llm import GenerationParams, LLMConfig
 
 

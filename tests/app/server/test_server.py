@@ -131,37 +131,36 @@ def test_chat_stream_sends_citations_deltas_then_done(client: httpx.Client) -> N
 # --- ingestion jobs ---------------------------------------------------------------------------------
 
 
-def timed_search(http: httpx.Client, kb: str, query: str) -> float:
-    """Return the seconds a search took (inf when it did not answer in 5 s); assert it succeeded."""
-    started = time.perf_counter()
-    try:
-        response = http.post(f"/v1/kbs/{kb}/search", json={"query": query, "k": 5}, timeout=5)
-    except httpx.TimeoutException:
-        return math.inf
+def search(http: httpx.Client, kb: str, query: str) -> None:
+    """Search a knowledge base; assert it answered."""
+    response = http.post(f"/v1/kbs/{kb}/search", json={"query": query, "k": 5})
     assert response.status_code == 200, response.text
-    return time.perf_counter() - started
 
 
-def test_search_stays_responsive_while_an_upload_is_indexed(client: httpx.Client, server: Server) -> None:
+def job_status(http: httpx.Client, job_id: str) -> str:
+    return http.get(f"/v1/jobs/{job_id}").json()["status"]
+
+
+def test_search_answers_while_an_upload_is_indexed(client: httpx.Client, server: Server) -> None:
+    # Searches of the knowledge base being written and of another one answer while the job runs: each round
+    # is seen between two "running" statuses, so neither waited for the indexing to end. How fast they
+    # answer meanwhile is bench/search_while_indexing.py's figure, not a test's.
     create_kb(client, "big")
     queries = ["报销需要多久", "设备维护记录保存几年", "VPN user name", "合同归档审批"]
     for kb in ("demo", "big"):  # the first search loads jieba's dictionary: a cost of its own
-        assert timed_search(client, kb, queries[0]) < 5.0
+        search(client, kb, queries[0])
     files = generated_files(40, seed=1)
     job = upload(client, "big", files)
-    seconds: list[float] = []
     statuses = set()
-    while (status := client.get(f"/v1/jobs/{job['id']}").json()["status"]) in ("queued", "running"):
+    rounds_while_running = 0
+    while (status := job_status(client, job["id"])) in ("queued", "running"):
         statuses.add(status)
-        # The knowledge base being written and another one: neither may wait for the indexing.
-        for kb in ("demo", "big"):
-            seconds.append(timed_search(client, kb, queries[len(seconds) % len(queries)]))
-        if math.inf in seconds:
-            break
+        for n, kb in enumerate(("demo", "big")):
+            search(client, kb, queries[(rounds_while_running + n) % len(queries)])
+        if status == "running" and job_status(client, job["id"]) == "running":
+            rounds_while_running += 1
         time.sleep(0.05)  # a user's pace, not a load test
-    print(f"{len(seconds)} searches while indexing: max {max(seconds):.3f} s, statuses {statuses}")
-    assert max(seconds) < 1.0, f"slowest searches (s; inf: none in 5 s): {sorted(seconds)[-5:]}"
-    assert "running" in statuses and len(seconds) >= 6, "indexing ended too soon to measure; upload more"
+    assert "running" in statuses and rounds_while_running >= 3, "indexing ended too soon to see; upload more"
 
     done = wait_until(client, job["id"])
     assert done["status"] == "succeeded", done

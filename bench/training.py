@@ -35,9 +35,9 @@ model, where per-step overhead dominates) or `--size small` (8 layers, hidden 51
 Data: `--dataset NAMES --dataset_dir DIR` reads registered datasets; by default `--examples` single-turn
 question-answer conversations are made from the tests' corpus. Run from the repository root:
 
-    .venv/bin/python bench/finetune.py
-    .venv/bin/python bench/finetune.py --size small --examples 128 --repeats 3
-    .venv/bin/python bench/finetune.py --model /models/qwen2.5-0.5b-instruct --bf16 --dataset my_sft
+    .venv/bin/python bench/training.py
+    .venv/bin/python bench/training.py --size small --examples 128 --repeats 3
+    .venv/bin/python bench/training.py --model /models/qwen2.5-0.5b-instruct --bf16 --dataset my_sft
 """
 
 from __future__ import annotations
@@ -45,12 +45,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
-# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
 # ruff: noqa: E402
-sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The random models are built with the test suite's builders (tests/ is no package), not a copy of them.
 sys.path.insert(0, str(REPO_ROOT / "tests"))
@@ -70,9 +65,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from _common import aligned_table
 from models import CORPUS, build_tiny_causal_lm, train_byte_level_bpe
 
-from bench._common import aligned_table
 from finetune.arguments import TrainArguments
 from finetune.conversation import Conversation, Preference
 from finetune.preprocess import IGNORE_INDEX, encode_example, encode_preference

@@ -13,28 +13,21 @@ articles), or reused when it exists. Methods, each asked every question for its 
 A hit counts when its chunk contains one of the question's answer texts. Latency is per query, from
 the question's text to the ranked hits, query embedding included. Run from the repository root:
 
-    .venv/bin/python bench/retrieval.py --limit 500
+    .venv/bin/python bench/search.py --limit 500
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder leads sys.path and its name (or a sibling's) would shadow the
-# `retrieval` package: the repository root takes the folder's place, so `bench._common` imports too.
-# ruff: noqa: E402
-sys.path[:] = [str(Path(__file__).resolve().parent.parent)] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
+from _common import DEFAULT_DATASET
+from _langchain import FAISS, SharedModelEmbeddings
 
 from app.evaluation import Case, Run, build_knowledge_base, percentile, read_squad, run_questions, select
 from app.services import KnowledgeService
 from app.settings import load_settings
-from bench._common import DEFAULT_DATASET
-from bench._langchain import FAISS, SharedModelEmbeddings
 from retrieval import SearchOptions
 
 TOP_K = 10
