@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from app.services import KnowledgeService
-from ingestion import IngestionReport, SourceFile
-from ingestion.pipeline import FileOutcome
+from ingestion import FileOutcome, IngestionReport, RunOptions, SourceFile
 from retrieval import KnowledgeBaseBusy, utc_now
 
 log = logging.getLogger(__name__)
@@ -417,15 +416,16 @@ class IngestionJobs:
         """Return the report of ingesting `files` with the job row's stored `metadata` and `groups` (JSON or
         NULL) and `force`, waiting up to WRITE_LOCK_WAIT_S while another writer holds the knowledge base
         (KnowledgeBaseBusy after that), rather than failing and dropping the files."""
-        stored_metadata = None if metadata is None else json.loads(metadata)
-        stored_groups = None if groups is None else json.loads(groups)
+        options = RunOptions(
+            metadata=None if metadata is None else json.loads(metadata),
+            groups=None if groups is None else json.loads(groups),
+            force=bool(force),
+        )
         deadline = time.monotonic() + WRITE_LOCK_WAIT_S
         while True:
             try:
                 # The write lock is taken before anything is read or stored, so a busy refusal changed nothing.
-                return self.service.ingest_files(
-                    kb, files, progress, stored_metadata, bool(force), stored_groups
-                )
+                return self.service.ingest_files(kb, files, progress, options)
             except KnowledgeBaseBusy:
                 if time.monotonic() >= deadline:
                     raise

@@ -39,8 +39,7 @@ from app.jobs import (
     return_freed_memory,
 )
 from app.services import KnowledgeService, storage_name
-from ingestion import SourceFile
-from ingestion.pipeline import FileOutcome
+from ingestion import FileOutcome, SourceFile
 from retrieval import DatabaseUnavailable, KnowledgeBaseError, utc_now
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 
 from app.examples import EXAMPLE_ANSWERABILITY, example_questions
 from app.settings import Settings
-from ingestion import IngestionPipeline, IngestionReport, SourceFile, collect_files
-from ingestion.pipeline import Progress
+from ingestion import IngestionPipeline, IngestionReport, Progress, RunOptions, SourceFile, collect_files
 from llm import (
     Answerer,
     AnswerOptions,
@@ -271,16 +270,17 @@ class KnowledgeService:
     ) -> IngestionReport:
         """Ingest files and folders into the named knowledge base (created if missing); return the report.
 
-        `metadata` and `groups`, when given, are set on every file of this run (see `IngestionPipeline.run`).
+        `metadata` and `groups`, when given, are set on every file of this run (see `RunOptions`).
         """
-        if metadata is not None:
-            check_metadata(metadata)  # before a missing knowledge base is created for nothing
-        if groups is not None:
-            check_groups(groups)
+        # Checked before a missing knowledge base is created for nothing.
+        options = RunOptions(
+            metadata=None if metadata is None else check_metadata(metadata),
+            groups=None if groups is None else check_groups(groups),
+        )
         files, outcomes = collect_files(paths)
         if not self.catalog.exists(name):
             self.create(name).close()
-        report = self.ingest_files(name, files, progress, metadata, groups=groups)
+        report = self.ingest_files(name, files, progress, options)
         report.outcomes[:0] = outcomes
         return report
 
@@ -289,14 +289,13 @@ class KnowledgeService:
         name: str,
         files: Sequence[SourceFile],
         progress: Progress | None = None,
-        metadata: Mapping[str, str] | None = None,
-        force: bool = False,
-        groups: Sequence[str] | None = None,
+        options: RunOptions | None = None,
     ) -> IngestionReport:
-        """Ingest `files` (each with its source name) into the existing knowledge base `name`."""
+        """Ingest `files` (each with its source name) into the existing knowledge base `name`, with the run's
+        `options` (its metadata already checked); return the report."""
         with (kb := self.open(name)).writing():
             pipeline = IngestionPipeline(kb, self.embedder, self.settings.ingestion)
-            return pipeline.run(files, progress, metadata, force, groups)
+            return pipeline.run(files, progress, options)
 
     @cached_property
     def answerer(self) -> Answerer:
