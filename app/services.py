@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.examples import EXAMPLE_ANSWERABILITY, example_questions
 from app.settings import Settings
+from app.uploads import original_file
 from ingestion import IngestionPipeline, IngestionReport, Progress, RunOptions, SourceFile, collect_files
 from llm import (
     Answerer,
@@ -55,22 +55,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
-# File systems take names of at most 255 bytes; longer ones are shortened, leaving room for temporary suffixes.
-MAX_NAME_BYTES = 200
-
-
-def storage_name(name: str) -> str:
-    """Return `name` as a file name every file system takes: itself when short enough, else its start, a
-    digest of the whole name (so two long names never meet) and its suffix (so its type is still known)."""
-    encoded = name.encode("utf-8")
-    if len(encoded) <= MAX_NAME_BYTES:
-        return name
-    suffix = PurePosixPath(name).suffix
-    suffix = suffix if len(suffix.encode("utf-8")) <= 16 else ""
-    digest = hashlib.sha256(encoded).hexdigest()[:16]
-    room = MAX_NAME_BYTES - len(suffix.encode("utf-8")) - len(digest) - 1
-    start = encoded[:room].decode("utf-8", "ignore")  # never half a character
-    return f"{start}-{digest}{suffix}"
 
 
 class KnowledgeService:
@@ -168,8 +152,7 @@ class KnowledgeService:
 
         def carry_originals(old: KnowledgeBase) -> None:
             for document in old.documents():
-                parts = [storage_name(part) for part in PurePosixPath(document.source).parts]
-                kept = files.path(name).joinpath("originals", *parts)
+                kept = original_file(files.path(name), document.source)
                 if to == "postgres" and kept.is_file():
                     database.put_original(name, document.source, kept.read_bytes())
                 elif to == "sqlite" and (content := database.original(name, document.source)) is not None:
@@ -249,8 +232,7 @@ class KnowledgeService:
         On the PostgreSQL store the originals are in the database: this node's copy is made afresh from it
         (or removed, when the database has none), so a file replaced through another node is never stale.
         """
-        parts = [storage_name(part) for part in PurePosixPath(source).parts]
-        path = self.catalog.path(name).joinpath("originals", *parts)
+        path = original_file(self.catalog.path(name), source)
         if self.database is not None:
             content = self.catalog.original(name, source)
             if content is None:
