@@ -23,17 +23,7 @@ import uuid
 from collections.abc import Sequence
 
 from app.jobs.memory import map_large_blocks, return_freed_memory
-from app.jobs.model import (
-    MAX_ATTEMPTS,
-    Job,
-    JobFinished,
-    JobInterrupted,
-    JobKind,
-    JobNotFound,
-    job_from_row,
-    run_options,
-    unfinished_sources,
-)
+from app.jobs.model import MAX_ATTEMPTS, Job, JobFinished, JobInterrupted, JobKind, JobNotFound, run_options
 from app.jobs.worker import IngestionJobs
 from app.services import KnowledgeService
 from ingestion import SourceFile
@@ -135,22 +125,20 @@ class PgIngestionJobs(IngestionJobs):
             self._cancelled.add(job_id)
         return self.get(job_id)
 
-    def get(self, job_id: str) -> Job:
-        """Return the job with this id; JobNotFound if there is none."""
+    def _job_row(self, job_id: str) -> tuple | None:
         with self.database.connection() as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(f"job '{job_id}' does not exist")
-        return job_from_row(row)
+            return conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
 
-    def list(self, kb: str | None = None, limit: int = 100) -> list[Job]:
-        """Return the newest jobs, of one knowledge base or all."""
+    def _job_rows(self, kb: str | None, limit: int) -> list[tuple]:
         where, args = ("WHERE kb = %s", (kb,)) if kb else ("", ())
         with self.database.connection() as conn:
-            rows = conn.execute(
+            return conn.execute(
                 f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT %s", (*args, limit)
             ).fetchall()
-        return [job_from_row(row) for row in rows]
+
+    def _inputs(self, job_id: str) -> str:
+        with self.database.connection() as conn:
+            return conn.execute("SELECT inputs::text FROM jobs WHERE id = %s", (job_id,)).fetchone()[0]
 
     def depth(self) -> int:
         """Return how many jobs wait to run, on every node."""
@@ -330,12 +318,9 @@ class PgIngestionJobs(IngestionJobs):
 
     def _give_up_claimed(self, job_id: str, attempts: int) -> None:
         """Fail a job whose workers died `attempts` times running it, naming the files it had not finished."""
-        job = self.get(job_id)
-        with self.database.connection() as conn:
-            (inputs,) = conn.execute("SELECT inputs::text FROM jobs WHERE id = %s", (job_id,)).fetchone()
         reason = (
             f"the workers running this job went down {attempts} times; given up. One of the files it had "
-            f"not finished may crash them: {', '.join(unfinished_sources(job, inputs)[:5])}"
+            f"not finished may crash them: {self._unfinished(job_id)}"
         )
         log.error("job given up", extra={"job": job_id, "attempts": attempts})
         self._finish(job_id, [], status="failed", error=reason)

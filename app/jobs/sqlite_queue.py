@@ -22,17 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.jobs.memory import map_large_blocks, return_freed_memory
-from app.jobs.model import (
-    MAX_ATTEMPTS,
-    Job,
-    JobFinished,
-    JobInterrupted,
-    JobKind,
-    JobNotFound,
-    job_from_row,
-    run_options,
-    unfinished_sources,
-)
+from app.jobs.model import MAX_ATTEMPTS, Job, JobFinished, JobInterrupted, JobKind, JobNotFound, run_options
 from app.jobs.server_lock import ServerLock
 from app.jobs.worker import IngestionJobs, JobEnd
 from app.services import KnowledgeService
@@ -166,24 +156,22 @@ class SqliteIngestionJobs(IngestionJobs):
             self.uploads.discard(job_id)
         return self.get(job_id)
 
-    def get(self, job_id: str) -> Job:
-        """Return the job with this id; JobNotFound if there is none."""
+    def _job_row(self, job_id: str) -> tuple | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(f"job '{job_id}' does not exist")
-        return self._with_reading(job_from_row(row))
+            return self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
 
-    def list(self, kb: str | None = None, limit: int = 100) -> list[Job]:
-        """Return the newest jobs, of one knowledge base or all."""
+    def _job_rows(self, kb: str | None, limit: int) -> list[tuple]:
         where, args = ("WHERE kb = ?", (kb,)) if kb else ("", ())
         with self._lock:
-            rows = self._db.execute(
+            return self._db.execute(
                 f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*args, limit)
             ).fetchall()
-        return [self._with_reading(job_from_row(row)) for row in rows]
 
-    def _with_reading(self, job: Job) -> Job:
+    def _inputs(self, job_id: str) -> str:
+        with self._lock:
+            return self._db.execute("SELECT inputs FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+
+    def _shown(self, job: Job) -> Job:
         """Return the job with the page OCR is reading for it now, if any."""
         job.reading = self._reading.get(job.id)
         return job
@@ -267,12 +255,9 @@ class SqliteIngestionJobs(IngestionJobs):
 
     def _give_up(self, job_id: str, attempts: int) -> None:
         """Fail a job the server went down in `attempts` times, naming the files it had not finished."""
-        job = self.get(job_id)
-        with self._lock:
-            (inputs,) = self._db.execute("SELECT inputs FROM jobs WHERE id = ?", (job_id,)).fetchone()
         reason = (
             f"the server went down {attempts} times while running this job; given up. One of the files "
-            f"it had not finished may crash the server: {', '.join(unfinished_sources(job, inputs)[:5])}"
+            f"it had not finished may crash the server: {self._unfinished(job_id)}"
         )
         log.error("job given up", extra={"job": job_id, "attempts": attempts})
         self.update_row(job_id, status="failed", error=reason, finished_at=utc_now())

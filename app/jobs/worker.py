@@ -17,7 +17,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from app.jobs.model import Job, JobCancelled, JobKind, JobQueueFull, JobStatus, request_columns
+from app.jobs.model import (
+    Job,
+    JobCancelled,
+    JobKind,
+    JobNotFound,
+    JobQueueFull,
+    JobStatus,
+    job_from_row,
+    request_columns,
+    unfinished_sources,
+)
 from app.jobs.progress import JobProgress
 from app.services import KnowledgeService
 from app.uploads import Uploads
@@ -93,13 +103,36 @@ class IngestionJobs(ABC):
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one at its next stop point; return it."""
 
-    @abstractmethod
     def get(self, job_id: str) -> Job:
         """Return the job with this id; JobNotFound if there is none."""
+        row = self._job_row(job_id)
+        if row is None:
+            raise JobNotFound(f"job '{job_id}' does not exist")
+        return self._shown(job_from_row(row))
 
-    @abstractmethod
     def list(self, kb: str | None = None, limit: int = 100) -> list[Job]:
         """Return the newest jobs, of one knowledge base or all."""
+        return [self._shown(job_from_row(row)) for row in self._job_rows(kb, limit)]
+
+    def _shown(self, job: Job) -> Job:
+        """Return the job as it is shown (a queue may add what is kept outside its row)."""
+        return job
+
+    @abstractmethod
+    def _job_row(self, job_id: str) -> Sequence | None:
+        """Return the columns of `job_from_row` of the job with this id, or None."""
+
+    @abstractmethod
+    def _job_rows(self, kb: str | None, limit: int) -> list[Sequence]:
+        """Return the columns of `job_from_row` of the newest jobs, of one knowledge base or all."""
+
+    @abstractmethod
+    def _inputs(self, job_id: str) -> str:
+        """Return the job row's `inputs` column (JSON [{source, ...}])."""
+
+    def _unfinished(self, job_id: str) -> str:
+        """Return the first few sources of a job's files that it had not finished, comma-separated."""
+        return ", ".join(unfinished_sources(self.get(job_id), self._inputs(job_id))[:5])
 
     @abstractmethod
     def depth(self) -> int:
