@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from app.services import KnowledgeService
-    from ingestion import IngestionReport
-    from ingestion.pipeline import Progress
+    from ingestion import IngestionReport, Progress
     from retrieval import SearchOptions
 
 PARAGRAPH_FOLDER = "paragraphs"

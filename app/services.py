@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.examples import EXAMPLE_ANSWERABILITY, example_questions
 from app.settings import Settings
-from ingestion import IngestionPipeline, IngestionReport, SourceFile, collect_files
-from ingestion.pipeline import Progress
+from app.uploads import original_file
+from ingestion import IngestionPipeline, IngestionReport, Progress, RunOptions, SourceFile, collect_files
 from llm import (
     Answerer,
     AnswerOptions,
@@ -58,22 +57,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
-# File systems take names of at most 255 bytes; longer ones are shortened, leaving room for temporary suffixes.
-MAX_NAME_BYTES = 200
-
-
-def storage_name(name: str) -> str:
-    """Return `name` as a file name every file system takes: itself when short enough, else its start, a
-    digest of the whole name (so two long names never meet) and its suffix (so its type is still known)."""
-    encoded = name.encode("utf-8")
-    if len(encoded) <= MAX_NAME_BYTES:
-        return name
-    suffix = PurePosixPath(name).suffix
-    suffix = suffix if len(suffix.encode("utf-8")) <= 16 else ""
-    digest = hashlib.sha256(encoded).hexdigest()[:16]
-    room = MAX_NAME_BYTES - len(suffix.encode("utf-8")) - len(digest) - 1
-    start = encoded[:room].decode("utf-8", "ignore")  # never half a character
-    return f"{start}-{digest}{suffix}"
 
 
 class KnowledgeService:
@@ -171,8 +154,7 @@ class KnowledgeService:
 
         def carry_originals(old: KnowledgeBase) -> None:
             for document in old.documents():
-                parts = [storage_name(part) for part in PurePosixPath(document.source).parts]
-                kept = files.path(name).joinpath("originals", *parts)
+                kept = original_file(files.path(name), document.source)
                 if to == "postgres" and kept.is_file():
                     database.put_original(name, document.source, kept.read_bytes())
                 elif to == "sqlite" and (content := database.original(name, document.source)) is not None:
@@ -252,8 +234,7 @@ class KnowledgeService:
         On the PostgreSQL store the originals are in the database: this node's copy is made afresh from it
         (or removed, when the database has none), so a file replaced through another node is never stale.
         """
-        parts = [storage_name(part) for part in PurePosixPath(source).parts]
-        path = self.catalog.path(name).joinpath("originals", *parts)
+        path = original_file(self.catalog.path(name), source)
         if self.database is not None:
             content = self.catalog.original(name, source)
             if content is None:
@@ -273,16 +254,17 @@ class KnowledgeService:
     ) -> IngestionReport:
         """Ingest files and folders into the named knowledge base (created if missing); return the report.
 
-        `metadata` and `groups`, when given, are set on every file of this run (see `IngestionPipeline.run`).
+        `metadata` and `groups`, when given, are set on every file of this run (see `RunOptions`).
         """
-        if metadata is not None:
-            check_metadata(metadata)  # before a missing knowledge base is created for nothing
-        if groups is not None:
-            check_groups(groups)
+        # Checked before a missing knowledge base is created for nothing.
+        options = RunOptions(
+            metadata=None if metadata is None else check_metadata(metadata),
+            groups=None if groups is None else check_groups(groups),
+        )
         files, outcomes = collect_files(paths)
         if not self.catalog.exists(name):
             self.create(name).close()
-        report = self.ingest_files(name, files, progress, metadata, groups=groups)
+        report = self.ingest_files(name, files, progress, options)
         report.outcomes[:0] = outcomes
         return report
 
@@ -291,14 +273,13 @@ class KnowledgeService:
         name: str,
         files: Sequence[SourceFile],
         progress: Progress | None = None,
-        metadata: Mapping[str, str] | None = None,
-        force: bool = False,
-        groups: Sequence[str] | None = None,
+        options: RunOptions | None = None,
     ) -> IngestionReport:
-        """Ingest `files` (each with its source name) into the existing knowledge base `name`."""
+        """Ingest `files` (each with its source name) into the existing knowledge base `name`, with the run's
+        `options` (its metadata already checked); return the report."""
         with (kb := self.open(name)).writing():
             pipeline = IngestionPipeline(kb, self.embedder, self.settings.ingestion)
-            return pipeline.run(files, progress, metadata, force, groups)
+            return pipeline.run(files, progress, options)
 
     @cached_property
     def answerer(self) -> Answerer:

@@ -20,9 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from ingestion.loaders import SUPPORTED_SUFFIXES
-from ingestion.pipeline import IngestionConfig
-from ingestion.splitter import SplitterConfig
+from ingestion import SUPPORTED_SUFFIXES, IngestionConfig, SplitterConfig
 from llm.config import LLMConfig
 from retrieval.embedders import EmbeddingConfig
 from retrieval.index_backends import VectorStoreConfig

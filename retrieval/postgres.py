@@ -1,7 +1,7 @@
 """The PostgreSQL store of a deployment: settings, the connection pool, and the schema kbqa keeps there.
 
 One database (one schema) holds every knowledge base of a deployment as rows: their manifests,
-documents, chunks with their pgvector vectors, the lexical terms, and (see `app/pg_jobs.py`) the job
+documents, chunks with their pgvector vectors, the lexical terms, and (see `app/jobs/pg_queue.py`) the job
 queue and the uploaded originals. Any number of kbqa nodes and workers share it, so none keeps state
 of its own on disk. psycopg is imported only here, and only when this backend is used.
 

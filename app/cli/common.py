@@ -171,7 +171,7 @@ class IngestionProgress:
 
 def print_report(report: IngestionReport) -> None:
     """Print an ingestion's counts, then each file that failed or was read only in part, with the reason."""
-    from ingestion.pipeline import ALREADY_STORED
+    from ingestion import ALREADY_STORED
 
     console.print(
         f"added {report.count('added')}, replaced {report.count('replaced')}, "

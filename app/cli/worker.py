@@ -10,7 +10,7 @@ from app.cli.common import Options, errors, fail, run_or_fail, settings
 
 def worker() -> None:
     """Run ingestion only: claim upload jobs from the shared PostgreSQL queue until SIGTERM or Ctrl-C."""
-    from app.pg_jobs import PgIngestionJobs
+    from app.jobs import PgIngestionJobs
     from app.services import KnowledgeService
 
     chosen = settings("INFO" if Options.log_level.upper() == "WARNING" else Options.log_level)

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.audit import AuditLog
-from app.jobs import IngestionJobs
+from app.jobs import SqliteIngestionJobs
 from app.keys import KeyStore
 from app.logs import request_id
 from app.server import errors
@@ -52,11 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     service = KnowledgeService(settings)
     if settings.store.backend == "postgres":  # the queue every node and `kbqa worker` shares
-        from app.pg_jobs import PgIngestionJobs
+        from app.jobs import PgIngestionJobs
 
         ingestion = PgIngestionJobs(service, settings.server.job_queue_size, settings.server.ingest_worker)
     else:
-        ingestion = IngestionJobs(service, settings.server.job_queue_size)
+        ingestion = SqliteIngestionJobs(service, settings.server.job_queue_size)
     loading = ModelLoading(service, then=ingestion.start)
     mcp = _mcp_server(service)
     key_store = KeyStore(settings.data_dir)

@@ -9,8 +9,9 @@ bounds: Python's zipfile never inflates an entry past its declared size.
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from .base import LoadedDocument, LoaderError
 
@@ -20,15 +21,34 @@ ZIP_SUFFIXES = frozenset({".docx", ".xlsx", ".pptx"})
 TREE_SUFFIXES = frozenset({".docx", ".pptx"})
 
 
-@dataclass(frozen=True)
-class LoadLimits:
-    """What a file may unpack to and hold (the `ingestion.max_…` settings)."""
+class LoadLimits(BaseModel):
+    """What a file may unpack to and hold (the `ingestion.max_…` settings, which `IngestionConfig` inherits)."""
 
-    max_document_chars: int = 20_000_000
-    max_unzipped_mb: float = 512.0
-    max_tree_xml_mb: float = 16.0
-    max_zip_entries: int = 10_000
-    max_zip_ratio: float = 100.0
+    model_config = ConfigDict(extra="forbid")  # a misspelt setting is an error, not ignored
+
+    max_document_chars: int = Field(
+        20_000_000, gt=0, description="A file whose text is longer fails with the reason."
+    )
+    max_unzipped_mb: float = Field(
+        512.0,
+        gt=0,
+        description="A .docx/.xlsx/.pptx (ZIP package) unpacking to more MiB fails before it is parsed.",
+    )
+    max_tree_xml_mb: float = Field(
+        16.0,
+        gt=0,
+        description="A .docx/.pptx whose XML unpacks to more MiB fails before it is parsed: it is read whole "
+        "into a tree of about 35 times its size in memory.",
+    )
+    max_zip_entries: int = Field(
+        10_000, gt=0, description="A ZIP package with more entries fails before it is parsed."
+    )
+    max_zip_ratio: float = Field(
+        100.0,
+        gt=1,
+        description="A ZIP package of over 1 MiB unpacked that unpacks to more than this many times its size "
+        "fails (a zip bomb); Office XML compresses about 5-20 times.",
+    )
 
 
 def check_package(path: Path, limits: LoadLimits) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
@@ -15,14 +16,22 @@ from app.keys import Caller
 from app.server.dependencies import bearer, editor, jobs, knowledge, loaded, reader
 from app.server.errors import ApiError
 from app.server.schemas import DocumentOut, ErrorOut, GroupsIn, JobAccepted, JobOut, ListOf
-from app.services import KnowledgeService, storage_name
+from app.services import KnowledgeService
+from app.uploads import UploadRefused, file_name, stage
 from ingestion import SourceFile
 from retrieval import check_groups, check_metadata
 
+T = TypeVar("T")
+
 router = APIRouter(prefix="/v1/kbs/{kb}/documents", tags=["documents"], dependencies=[Depends(bearer)])
 
-_CHUNK = 1 << 20
-MAX_FILE_NAME_CHARS = 1000
+# The HTTP status of each reason an uploaded file is refused for (`app/uploads.py`).
+_REFUSED_STATUS = {
+    "invalid_file_name": 400,
+    "unsupported_type": 415,
+    "file_too_large": 413,
+    "empty_file": 400,
+}
 
 
 def job_out(job: Job) -> JobOut:
@@ -59,7 +68,7 @@ def upload(
     access = _groups_for(who, kb, _parse_groups(groups))
     if len(files) > server.max_upload_files:
         raise ApiError(413, "too_many_files", f"at most {server.max_upload_files} files per upload")
-    names = [_file_name(f.filename, server.allowed_types) for f in files]
+    names = [_refused_as_error(file_name, f.filename, server.allowed_types) for f in files]
     if len(set(names)) != len(names):
         raise ApiError(400, "duplicate_file_names", "two files of this upload have the same name")
     if (own := who.groups_in(kb)) is not None:
@@ -74,14 +83,13 @@ def upload(
             )
     job_id, folder = ingestion.staging_dir()
     try:
-        # A long name is shortened on disk; the document keeps the name it was uploaded with.
         staged = [
-            SourceFile(_store(upload, folder / storage_name(name), server.max_upload_mb, name), name)
+            _refused_as_error(stage, upload.file, folder, name, server.max_upload_mb)
             for upload, name in zip(files, names, strict=True)
         ]
         job = ingestion.submit(kb, staged, metadata=tags, job_id=job_id, groups=access)
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        ingestion.uploads.discard(job_id)
         raise
     request.state.audit = {"job": job.id, "files": names, "groups": access}
     return JobAccepted(job=job_out(job))
@@ -195,37 +203,12 @@ def reindex(
     return JobAccepted(job=job_out(job))
 
 
-def _file_name(raw: str | None, allowed: list[str]) -> str:
-    """Return the upload's file name without any folder part; 400 for none, 415 for a type not allowed."""
-    name = PureWindowsPath(PurePosixPath(raw or "").name).name.strip()
-    if not name or name.startswith(".") or name in ("..",):
-        raise ApiError(400, "invalid_file_name", f"not a usable file name: {raw!r}")
-    if len(name) > MAX_FILE_NAME_CHARS:
-        raise ApiError(
-            400, "invalid_file_name", f"a file name may hold at most {MAX_FILE_NAME_CHARS} characters"
-        )
-    suffix = Path(name).suffix.lower()
-    if suffix not in allowed:
-        raise ApiError(
-            415,
-            "unsupported_type",
-            f"'{name}': type '{suffix or name}' is not allowed; allowed: {', '.join(allowed)}",
-        )
-    return name
-
-
-def _store(upload: UploadFile, path: Path, max_mb: float, name: str) -> Path:
-    """Copy the upload of file `name` to `path`; 413 as soon as it passes the limit, 400 when it is empty."""
-    limit, size = int(max_mb * 1024 * 1024), 0
-    with path.open("wb") as out:
-        while chunk := upload.file.read(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "file_too_large", f"'{name}' is larger than {max_mb:g} MiB")
-            out.write(chunk)
-    if size == 0:
-        raise ApiError(400, "empty_file", f"'{name}' is empty")
-    return path
+def _refused_as_error(step: Callable[..., T], *args: Any) -> T:
+    """Return what a step of taking an upload returns; its refusal as the HTTP error (400, 413 or 415)."""
+    try:
+        return step(*args)
+    except UploadRefused as error:
+        raise ApiError(_REFUSED_STATUS[error.code], error.code, str(error)) from error
 
 
 def _parse_groups(raw: str | None) -> list[str] | None:

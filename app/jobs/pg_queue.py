@@ -17,30 +17,16 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import socket
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
 
-from app.jobs import (
-    MAX_ATTEMPTS,
-    IngestionJobs,
-    Job,
-    JobCancelled,
-    JobFinished,
-    JobInterrupted,
-    JobKind,
-    JobNotFound,
-    JobQueueFull,
-    _JobProgress,
-    map_large_blocks,
-    return_freed_memory,
-)
-from app.services import KnowledgeService, storage_name
+from app.jobs.memory import map_large_blocks, return_freed_memory
+from app.jobs.model import MAX_ATTEMPTS, Job, JobFinished, JobInterrupted, JobKind, JobNotFound, run_options
+from app.jobs.worker import IngestionJobs
+from app.services import KnowledgeService
 from ingestion import SourceFile
-from ingestion.pipeline import FileOutcome
 from retrieval import DatabaseUnavailable, KnowledgeBaseError, utc_now
 
 log = logging.getLogger(__name__)
@@ -58,25 +44,17 @@ class PgIngestionJobs(IngestionJobs):
     """The job table and uploaded files in PostgreSQL, and (with `run_worker`) a worker thread claiming jobs."""
 
     def __init__(self, service: KnowledgeService, queue_size: int, run_worker: bool = True) -> None:
-        self.service = service
-        self.queue_size = queue_size
-        self.run_worker = run_worker
         if service.database is None:
             raise ValueError("the shared job queue needs store.backend postgres")
+        # Uploads are staged in `uploads` only until `submit` has them in the database; workers unpack theirs.
+        super().__init__(service, queue_size)
+        self.run_worker = run_worker
         self.database = service.database
         self.lease_s = service.settings.store.job_lease_s
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        data_dir = service.settings.data_dir
-        # Uploads are staged here only until `submit` has them in the database; workers unpack theirs here.
-        self.uploads = data_dir / "uploads"
-        self.work_dir = data_dir / "work"
-        self._lock = threading.Lock()
         self._wake = threading.Event()
         self._worker: threading.Thread | None = None
         self._heart: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._reading: dict[str, str] = _SharedReading(self._show_reading)
-        self._cancelled: set[str] = set()
         self._running: str | None = None  # the job this worker holds the lease of
         self._lost: set[str] = set()  # running jobs whose lease another worker took: left to it
 
@@ -88,7 +66,7 @@ class PgIngestionJobs(IngestionJobs):
         if not self.run_worker:
             return
         map_large_blocks()
-        shutil.rmtree(self.work_dir, ignore_errors=True)  # what a killed worker of this node unpacked
+        self.uploads.clear_work()  # what a killed worker of this node unpacked
         self._worker = threading.Thread(target=self._work, name="kbqa-ingestion", daemon=True)
         self._heart = threading.Thread(target=self._heartbeat, name="kbqa-job-lease", daemon=True)
         self._worker.start()
@@ -105,48 +83,25 @@ class PgIngestionJobs(IngestionJobs):
 
     # --- requests ----------------------------------------------------------------------------------
 
-    def submit(
-        self,
-        kb: str,
-        files: Sequence[SourceFile],
-        kind: JobKind = "ingest",
-        metadata: Mapping[str, str] | None = None,
-        force: bool = False,
-        job_id: str | None = None,
-        groups: Sequence[str] | None = None,
-    ) -> Job:
-        """Queue a job with its files (copied into the database, one transaction), whose documents get these
-        access `groups` when given; return it.
-
-        JobQueueFull when too many wait. The local staging folder is removed once the files are in.
-        """
-        if self.depth() >= self.queue_size:
-            raise JobQueueFull(f"{self.queue_size} ingestion jobs are already waiting; try again later")
-        job_id = job_id or uuid.uuid4().hex
+    def _store_job(
+        self, job_id: str, kb: str, kind: JobKind, files: Sequence[SourceFile], request: tuple, force: bool
+    ) -> None:
+        """Store a queued job's row with its files (copied into the database, one transaction) for any worker
+        to claim; the local staging folder is removed once the files are in."""
         inputs = [{"source": f.source, "name": f.path.name} for f in files]
         with self.database.connection() as conn:
             conn.execute(
-                "INSERT INTO jobs (id, kb, kind, status, inputs, metadata, force, created_at, access_groups)"
+                "INSERT INTO jobs (id, kb, kind, status, inputs, metadata, access_groups, force, created_at)"
                 " VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s)",
-                (
-                    job_id,
-                    kb,
-                    kind,
-                    json.dumps(inputs, ensure_ascii=False),
-                    None if metadata is None else json.dumps(dict(metadata), ensure_ascii=False),
-                    force,
-                    utc_now(),
-                    None if groups is None else json.dumps(list(groups), ensure_ascii=False),
-                ),
+                (job_id, kb, kind, json.dumps(inputs, ensure_ascii=False), *request, force, utc_now()),
             )
             for ordinal, file in enumerate(files):
                 conn.execute(
                     "INSERT INTO uploads (job_id, ordinal, source, content) VALUES (%s, %s, %s, %s)",
                     (job_id, ordinal, file.source, file.path.read_bytes()),
                 )
-        shutil.rmtree(self.uploads / job_id, ignore_errors=True)
+        self.uploads.discard(job_id)
         self._wake.set()
-        return self.get(job_id)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job from any node: a queued one at once, a running one at its worker's next heartbeat and
@@ -170,22 +125,20 @@ class PgIngestionJobs(IngestionJobs):
             self._cancelled.add(job_id)
         return self.get(job_id)
 
-    def get(self, job_id: str) -> Job:
-        """Return the job with this id; JobNotFound if there is none."""
+    def _job_row(self, job_id: str) -> tuple | None:
         with self.database.connection() as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(f"job '{job_id}' does not exist")
-        return _job(row)
+            return conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
 
-    def list(self, kb: str | None = None, limit: int = 100) -> list[Job]:
-        """Return the newest jobs, of one knowledge base or all."""
+    def _job_rows(self, kb: str | None, limit: int) -> list[tuple]:
         where, args = ("WHERE kb = %s", (kb,)) if kb else ("", ())
         with self.database.connection() as conn:
-            rows = conn.execute(
+            return conn.execute(
                 f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT %s", (*args, limit)
             ).fetchall()
-        return [_job(row) for row in rows]
+
+    def _inputs(self, job_id: str) -> str:
+        with self.database.connection() as conn:
+            return conn.execute("SELECT inputs::text FROM jobs WHERE id = %s", (job_id,)).fetchone()[0]
 
     def depth(self) -> int:
         """Return how many jobs wait to run, on every node."""
@@ -229,8 +182,8 @@ class PgIngestionJobs(IngestionJobs):
                 self._running = None
                 self._cancelled.discard(job_id)
                 self._lost.discard(job_id)
-                self._reading.pop(job_id, None)
-                shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
+                self.show_reading(job_id, None)
+                self.uploads.clear_work(job_id)
             return_freed_memory()
 
     def _claim(self) -> tuple[str, int, str] | None:
@@ -287,36 +240,10 @@ class PgIngestionJobs(IngestionJobs):
             uploads = conn.execute(
                 "SELECT ordinal, source, content FROM uploads WHERE job_id = %s ORDER BY ordinal", (job_id,)
             ).fetchall()
-        folder = self.work_dir / job_id
-        shutil.rmtree(folder, ignore_errors=True)
-        names = [i["name"] for i in json.loads(inputs)]
-        files = []
-        for ordinal, source, content in uploads:
-            path = folder / str(ordinal) / (names[ordinal] if ordinal < len(names) else storage_name(source))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-            files.append(SourceFile(path, source))
+        files = self.uploads.unpack(job_id, [i["name"] for i in json.loads(inputs)], uploads)
         del uploads
-        progress = _JobProgress(self, job_id, chunks_before)
         try:
-            report = self._ingest_when_free(
-                job_id,
-                progress,
-                kb,
-                files,
-                metadata,
-                force,
-                groups,
-            )
-        except JobCancelled:
-            if job_id in self._lost:
-                log.warning("job left to the worker that took over its lease", extra={"job": job_id})
-                return
-            stored = [FileOutcome(**o) for o in progress.outcomes if o["status"] != "failed"]
-            error = f"cancelled; {len(stored)} of {len(files)} files were stored before it stopped"
-            self._finish(job_id, [o.source for o in stored], status="cancelled", error=error, kb=kb)
-            log.info("job cancelled", extra={"job": job_id})
-            return
+            end = self._run_job(job_id, kb, files, run_options(metadata, force, groups), chunks_before)
         except JobInterrupted:
             # Handed back to the queue, its attempt not counted: another worker (or this one, later) goes on.
             self._requeue(job_id)
@@ -328,20 +255,13 @@ class PgIngestionJobs(IngestionJobs):
         except Exception as error:  # the knowledge base was deleted, is locked, …
             self._finish(job_id, [], status="failed", error=str(error))
             return
-        failures = report.failures
-        error = None
-        if failures:
-            reasons = "; ".join(f"{f.source}: {f.reason}" for f in failures[:5])
-            error = f"{len(failures)} of {len(files)} files failed: {reasons}"
-        failed = {f.source for f in failures}
-        self._finish(
-            job_id,
-            [f.source for f in files if f.source not in failed],
-            status="failed" if failures else "succeeded",
-            error=error,
-            kb=kb,
-            outcomes=[asdict(o) for o in report.outcomes],
-        )
+        if end.status == "cancelled" and job_id in self._lost:
+            log.warning("job left to the worker that took over its lease", extra={"job": job_id})
+            return
+        kept = [f.source for f in end.kept]
+        self._finish(job_id, kept, status=end.status, error=end.error, kb=kb, outcomes=end.outcomes)
+        if end.status == "cancelled":
+            log.info("job cancelled", extra={"job": job_id})
 
     def _hand_back(self, job_id: str, error: Exception) -> None:
         """Queue a job again whose database went away under it (what it committed stays; the rest is done again
@@ -398,50 +318,25 @@ class PgIngestionJobs(IngestionJobs):
 
     def _give_up_claimed(self, job_id: str, attempts: int) -> None:
         """Fail a job whose workers died `attempts` times running it, naming the files it had not finished."""
-        job = self.get(job_id)
-        with self.database.connection() as conn:
-            (inputs,) = conn.execute("SELECT inputs::text FROM jobs WHERE id = %s", (job_id,)).fetchone()
-        done = {outcome["source"] for outcome in job.files}
-        unfinished = [i["source"] for i in json.loads(inputs) if i["source"] not in done]
         reason = (
             f"the workers running this job went down {attempts} times; given up. One of the files it had "
-            f"not finished may crash them: {', '.join(unfinished[:5])}"
+            f"not finished may crash them: {self._unfinished(job_id)}"
         )
         log.error("job given up", extra={"job": job_id, "attempts": attempts})
         self._finish(job_id, [], status="failed", error=reason)
 
-    def _show_reading(self, job_id: str, reading: str) -> None:
-        """Write the page OCR reads now into the job's row, for every node to show (an OCR'd page takes seconds)."""
-        with contextlib.suppress(DatabaseUnavailable):  # progress only: the next heartbeat writes it again
-            self._update(job_id, reading=reading)
+    def show_reading(self, job_id: str, reading: str | None) -> None:
+        """Show what the job reads now, written into its row too, for every node to show (an OCR'd page takes
+        seconds); return nothing."""
+        super().show_reading(job_id, reading)
+        if reading is not None:
+            with contextlib.suppress(
+                DatabaseUnavailable
+            ):  # progress only: the next heartbeat writes it again
+                self.update_row(job_id, reading=reading)
 
-    def _update(self, job_id: str, **values: object) -> None:
+    def update_row(self, job_id: str, **values: object) -> None:
+        """Set these columns of the job's row; return nothing."""
         assignments = ", ".join(f"{name} = %s" for name in values)
         with self.database.connection() as conn:
             conn.execute(f"UPDATE jobs SET {assignments} WHERE id = %s", (*values.values(), job_id))
-
-
-class _SharedReading(dict):
-    """The page OCR reads now, per running job, written through to the job rows as it changes."""
-
-    def __init__(self, show) -> None:
-        super().__init__()
-        self._show = show
-
-    def __setitem__(self, job_id: str, reading: str) -> None:
-        super().__setitem__(job_id, reading)
-        self._show(job_id, reading)
-
-
-def _job(row: tuple) -> Job:
-    *facts, files, error, created, started, finished, reading, groups = row
-    return Job(
-        *facts,
-        json.loads(files),
-        error,
-        created,
-        started,
-        finished,
-        reading if facts[3] == "running" else None,  # facts: id, kb, kind, status, total, done, chunks
-        groups=None if groups is None else json.loads(groups),
-    )
