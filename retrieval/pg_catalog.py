@@ -19,7 +19,8 @@ from retrieval.errors import KnowledgeBaseBusy, KnowledgeBaseExists, KnowledgeBa
 from retrieval.knowledge_base import KnowledgeBase
 from retrieval.lexical import LEXICAL_VERSION
 from retrieval.manifest import EmbeddingIdentity, Manifest, VectorStore
-from retrieval.pg_store import PgChunkStore, PgVectorIndex
+from retrieval.pg_store import PgChunkStore
+from retrieval.pg_vector_index import PgVectorIndex
 from retrieval.postgres import WRITER_LOCK_CLASS, Database
 
 PGVECTOR = VectorStore(backend="pgvector")
