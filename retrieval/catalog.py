@@ -10,7 +10,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from retrieval.calibration import find_calibration
 from retrieval.errors import InvalidName, KnowledgeBaseExists, KnowledgeBaseNotFound
@@ -47,6 +47,33 @@ class KnowledgeBaseInfo:
     store: VectorStore = field(default_factory=VectorStore)
     metadata: dict[str, list[str]] = field(default_factory=dict)  # key → its first values, sorted
     calibrated: bool = False  # its embedding model has an answerability calibration (else no refusal on it)
+
+
+class _Counts(Protocol):
+    """What a summary reads of a chunk store (either store has it)."""
+
+    def count(self) -> tuple[int, int]: ...
+
+    def metadata_values(self, limit: int) -> dict[str, list[str]]: ...
+
+
+def summary(
+    name: str, manifest: Manifest, store: _Counts, size_bytes: int, data_dir: Path
+) -> KnowledgeBaseInfo:
+    """Return the summary of a knowledge base from its manifest, its open chunk store and its size."""
+    documents, chunks = store.count()
+    return KnowledgeBaseInfo(
+        name=name,
+        documents=documents,
+        chunks=chunks,
+        embedding=manifest.embedding,
+        splitter=manifest.splitter,
+        created_at=manifest.created_at,
+        store=manifest.store,
+        size_bytes=size_bytes,
+        metadata=store.metadata_values(METADATA_VALUES_SHOWN),
+        calibrated=find_calibration(data_dir, manifest.embedding.model_name) is not None,
+    )
 
 
 def validate_name(name: str) -> str:
@@ -146,22 +173,9 @@ class KnowledgeBaseCatalog:
         manifest = read_manifest(directory)
         store = ChunkStore(directory / STORE_FILE, manifest.embedding.dimension)
         try:
-            documents, chunks = store.count()
-            metadata = store.metadata_values(METADATA_VALUES_SHOWN)
+            return summary(name, manifest, store, _size_on_disk(directory), self.root.parent)
         finally:
             store.close()
-        return KnowledgeBaseInfo(
-            name=name,
-            documents=documents,
-            chunks=chunks,
-            embedding=manifest.embedding,
-            splitter=manifest.splitter,
-            created_at=manifest.created_at,
-            store=manifest.store,
-            size_bytes=_size_on_disk(directory),
-            metadata=metadata,
-            calibrated=find_calibration(self.root.parent, manifest.embedding.model_name) is not None,
-        )
 
     def delete(self, name: str) -> None:
         """Delete the named knowledge base and everything in it; return nothing."""

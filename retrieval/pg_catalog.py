@@ -13,8 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from retrieval.calibration import find_calibration
-from retrieval.catalog import METADATA_VALUES_SHOWN, KnowledgeBaseInfo, validate_name
+from retrieval.catalog import KnowledgeBaseInfo, summary, validate_name
 from retrieval.errors import KnowledgeBaseBusy, KnowledgeBaseExists, KnowledgeBaseNotFound
 from retrieval.knowledge_base import KnowledgeBase
 from retrieval.lexical import LEXICAL_VERSION
@@ -152,7 +151,6 @@ class PgKnowledgeBaseCatalog:
         """Return a summary of the named knowledge base, read from its rows."""
         kb_id, manifest = self._row(name)
         store = PgChunkStore(self.database, kb_id, manifest.embedding.dimension)
-        documents, chunks = store.count()
         with self.database.connection() as conn:
             (size,) = conn.execute(
                 "SELECT (SELECT pg_column_size(k.*) FROM knowledge_bases k WHERE id = %(kb)s)"
@@ -161,18 +159,7 @@ class PgKnowledgeBaseCatalog:
                 " + (SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM chunk_terms t WHERE kb_id = %(kb)s)",
                 {"kb": kb_id},
             ).fetchone()
-        return KnowledgeBaseInfo(
-            name=name,
-            documents=documents,
-            chunks=chunks,
-            embedding=manifest.embedding,
-            splitter=manifest.splitter,
-            created_at=manifest.created_at,
-            store=manifest.store,
-            size_bytes=int(size),
-            metadata=store.metadata_values(METADATA_VALUES_SHOWN),
-            calibrated=find_calibration(self.root.parent, manifest.embedding.model_name) is not None,
-        )
+        return summary(name, manifest, store, int(size), self.root.parent)
 
     def delete(self, name: str) -> None:
         """Delete the named knowledge base and everything in it, in one transaction; return nothing."""

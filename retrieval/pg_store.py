@@ -165,47 +165,45 @@ class PgChunkStore(StoreBase):
         )
         return int(rows[0][0]), int(rows[0][1])
 
-    def restore(
+    def _document_count(self, cur) -> int:
+        cur.execute("SELECT COUNT(*) FROM documents WHERE kb_id = %s", (self.kb_id,))
+        return cur.fetchone()[0]
+
+    def _restore_rows(
         self,
+        cur,
         documents: Sequence[DocumentRecord],
         chunks: Sequence[tuple[ChunkRecord, np.ndarray]],
         counters: tuple[int, int],
-    ) -> int:
-        """Write documents and chunks as they were in another store, ids included, into this empty store, in
-        one transaction, and continue its ids from `counters`; return the new generation."""
+    ) -> None:
         titles = {d.id: d.title for d in documents}
-        with self._write_transaction() as cur:
-            cur.execute("SELECT COUNT(*) FROM documents WHERE kb_id = %s", (self.kb_id,))
-            if cur.fetchone()[0]:
-                raise ValueError("a knowledge base is restored only into an empty store")
-            for d in documents:
-                cur.execute(
-                    "INSERT INTO documents (kb_id, id, source, title, content_hash, size, page_count, chunk_count,"
-                    " status, created_at, updated_at, metadata, access_groups)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[])",
-                    (self.kb_id, *document_row(d), to_json(d.metadata), check_groups(d.groups)),
-                )
-            terms = []
-            for chunk, vector in chunks:
-                tokens = chunk_tokens(titles[chunk.document_id], chunk.heading_path, chunk.text)
-                cur.execute(
-                    "INSERT INTO chunks (kb_id, id, document_id, ordinal, text, page, heading_path, start_offset,"
-                    " end_offset, ocr, tokens, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        self.kb_id,
-                        chunk.id,
-                        chunk.document_id,
-                        chunk.ordinal,
-                        *chunk_facts(chunk),
-                        chunk.ocr,
-                        len(tokens),
-                        np.asarray(vector, dtype=np.float32),
-                    ),
-                )
-                terms += term_rows(self.kb_id, chunk.id, tokens)
-            copy_terms(cur, terms)
-            self._next = list(counters)
-            return self._next_generation(cur)
+        for d in documents:
+            cur.execute(
+                "INSERT INTO documents (kb_id, id, source, title, content_hash, size, page_count, chunk_count,"
+                " status, created_at, updated_at, metadata, access_groups)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[])",
+                (self.kb_id, *document_row(d), to_json(d.metadata), check_groups(d.groups)),
+            )
+        terms = []
+        for chunk, vector in chunks:
+            tokens = chunk_tokens(titles[chunk.document_id], chunk.heading_path, chunk.text)
+            cur.execute(
+                "INSERT INTO chunks (kb_id, id, document_id, ordinal, text, page, heading_path, start_offset,"
+                " end_offset, ocr, tokens, embedding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    self.kb_id,
+                    chunk.id,
+                    chunk.document_id,
+                    chunk.ordinal,
+                    *chunk_facts(chunk),
+                    chunk.ocr,
+                    len(tokens),
+                    np.asarray(vector, dtype=np.float32),
+                ),
+            )
+            terms += term_rows(self.kb_id, chunk.id, tokens)
+        copy_terms(cur, terms)
+        self._next = list(counters)
 
     def _update_metadata(self, document_id: int, metadata: Mapping[str, str]) -> int:
         with self.db.connection() as conn:

@@ -232,41 +232,39 @@ class ChunkStore(StoreBase):
         rows = dict(self._db.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
         return int(rows.get("documents", 0)) + 1, int(rows.get("chunks", 0)) + 1
 
-    def restore(
+    def _document_count(self, db: sqlite3.Connection) -> int:
+        return db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+
+    def _restore_rows(
         self,
+        db: sqlite3.Connection,
         documents: Sequence[DocumentRecord],
         chunks: Sequence[tuple[ChunkRecord, np.ndarray]],
         counters: tuple[int, int],
-    ) -> int:
-        """Write documents and chunks as they were in another store, ids included, into this empty store, in
-        one transaction, and continue its ids from `counters`; return the new generation."""
-        with self._write_transaction() as db:
-            if db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]:
-                raise ValueError("a knowledge base is restored only into an empty store")
-            db.executemany(
-                f"INSERT INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*document_row(d), to_json(d.metadata), _groups_json(d.groups)) for d in documents],
+    ) -> None:
+        db.executemany(
+            f"INSERT INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*document_row(d), to_json(d.metadata), _groups_json(d.groups)) for d in documents],
+        )
+        titles = {d.id: d.title for d in documents}
+        for chunk, vector in chunks:
+            db.execute(
+                "INSERT INTO chunks (id, document_id, ordinal, text, page, heading_path, start_offset,"
+                " end_offset, vector, ocr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    chunk.id,
+                    chunk.document_id,
+                    chunk.ordinal,
+                    *chunk_facts(chunk),
+                    np.asarray(vector, dtype=np.float32).tobytes(),
+                    int(chunk.ocr),
+                ),
             )
-            titles = {d.id: d.title for d in documents}
-            for chunk, vector in chunks:
-                db.execute(
-                    "INSERT INTO chunks (id, document_id, ordinal, text, page, heading_path, start_offset,"
-                    " end_offset, vector, ocr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        chunk.id,
-                        chunk.document_id,
-                        chunk.ordinal,
-                        *chunk_facts(chunk),
-                        np.asarray(vector, dtype=np.float32).tobytes(),
-                        int(chunk.ocr),
-                    ),
-                )
-                terms = indexed_text(searchable(titles[chunk.document_id], chunk.heading_path, chunk.text))
-                db.execute("INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (chunk.id, terms))
-            for table, next_id in zip(("documents", "chunks"), counters, strict=True):
-                db.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
-                db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, next_id - 1))
-            return self._next_generation(db)
+            terms = indexed_text(searchable(titles[chunk.document_id], chunk.heading_path, chunk.text))
+            db.execute("INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (chunk.id, terms))
+        for table, next_id in zip(("documents", "chunks"), counters, strict=True):
+            db.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
+            db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, next_id - 1))
 
     def _update_metadata(self, document_id: int, metadata: Mapping[str, str]) -> int:
         query = "UPDATE documents SET metadata = ?, updated_at = ? WHERE id = ?"

@@ -150,6 +150,20 @@ class StoreBase:
             generation = self._next_generation(tx)
         return WriteResult.of(added_ids, added_vectors, removed_ids, document_ids, generation, self.dimension)
 
+    def restore(
+        self,
+        documents: Sequence[DocumentRecord],
+        chunks: Sequence[tuple[ChunkRecord, np.ndarray]],
+        counters: tuple[int, int],
+    ) -> int:
+        """Write documents and chunks as they were in another store, ids included, into this empty store, in
+        one transaction, and continue its ids from `counters`; return the new generation."""
+        with self._write_transaction() as tx:
+            if self._document_count(tx):
+                raise ValueError("a knowledge base is restored only into an empty store")
+            self._restore_rows(tx, documents, chunks, counters)
+            return self._next_generation(tx)
+
     def chunk_ids_where(
         self,
         document_ids: Sequence[int] | None,
@@ -209,6 +223,18 @@ class StoreBase:
         raise NotImplementedError
 
     def _next_generation(self, tx: Any) -> int:
+        raise NotImplementedError
+
+    def _document_count(self, tx: Any) -> int:
+        raise NotImplementedError
+
+    def _restore_rows(
+        self,
+        tx: Any,
+        documents: Sequence[DocumentRecord],
+        chunks: Sequence[tuple[ChunkRecord, np.ndarray]],
+        counters: tuple[int, int],
+    ) -> None:
         raise NotImplementedError
 
     def _ids_clause(self, document_ids: list[int]) -> Clause:
