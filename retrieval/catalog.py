@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -164,6 +166,27 @@ class KnowledgeBaseCatalog:
         if not self.exists(name):
             raise KnowledgeBaseNotFound(f"knowledge base '{name}' does not exist")
         return KnowledgeBase(self.path(name), embedding, self.milvus_token, self.faiss_gpu)
+
+    @contextlib.contextmanager
+    def building(self, name: str, wait: Callable[[], None]) -> Iterator[None]:
+        """Hold the lock under which one process at a time builds a knowledge base of this data directory;
+        return nothing. `wait()` runs between tries (it may raise to give up).
+
+        A lock on the knowledge bases' folder itself (no file is left behind), let go when its holder dies.
+        """
+        validate_name(name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        folder = os.open(self.root, os.O_RDONLY)
+        try:
+            while True:
+                try:
+                    fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    wait()
+            yield
+        finally:
+            os.close(folder)  # lets the lock go
 
     def info(self, name: str) -> KnowledgeBaseInfo:
         """Return a summary of the named knowledge base, read from its manifest and chunk store alone."""

@@ -8,7 +8,7 @@ base at the same time and a writer that dies lets go with its connection.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from retrieval.lexical import LEXICAL_VERSION
 from retrieval.manifest import EmbeddingIdentity, Manifest, VectorStore
 from retrieval.pg_store import PgChunkStore
 from retrieval.pg_vector_index import PgVectorIndex
-from retrieval.postgres import WRITER_LOCK_CLASS, Database
+from retrieval.postgres import BUILDER_LOCK_CLASS, WRITER_LOCK_CLASS, Database
 
 PGVECTOR = VectorStore(backend="pgvector")
 
@@ -141,6 +141,27 @@ class PgKnowledgeBaseCatalog:
         except psycopg.errors.UniqueViolation:
             raise KnowledgeBaseExists(f"knowledge base '{name}' already exists") from None
         return PgKnowledgeBase(self.database, kb_id, manifest, embedding)
+
+    @contextmanager
+    def building(self, name: str, wait: Callable[[], None]) -> Iterator[None]:
+        """Hold the lock under which one process at a time, on any node, builds the named knowledge base; return
+        nothing. `wait()` runs between tries (it may raise to give up).
+
+        A session-level advisory lock, like the writer's: every node sees it, and it goes with the connection
+        when its holder dies.
+        """
+        key = (BUILDER_LOCK_CLASS, validate_name(name))
+        with self.database.connection() as conn:
+            while not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", key).fetchone()[0]:
+                conn.commit()
+                wait()
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.rollback()
+                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
+                conn.commit()
 
     def open(self, name: str, embedding: EmbeddingIdentity | None = None) -> KnowledgeBase:
         """Return the named knowledge base open; with `embedding`, refuse one built with another model."""

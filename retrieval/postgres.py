@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 SCHEMA_LOCK = 0x6B627161  # "kbqa"
 # The advisory-lock class of one knowledge base's writer (the second key is its id).
 WRITER_LOCK_CLASS = 0x6B6271
+# The advisory-lock class of building a knowledge base that may not exist yet (the second key hashes its name).
+BUILDER_LOCK_CLASS = 0x6B6272
 
 MIGRATIONS: list[str] = [
     # 1: knowledge bases, documents, chunks with their vectors, the lexical terms.

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 # Seconds a client is told to wait (Retry-After) while the models load.
 RETRY_AFTER_S = 5
+# Seconds between tries to take the sample knowledge base's builder lock while another process holds it.
+BUILDER_POLL_S = 0.5
 
 
 class LoadingStopped(BaseException):
@@ -125,14 +127,25 @@ class ModelLoading:
                 extra={"kb": name, "sample_docs": str(docs)},
             )
             return
-        try:
-            report = self.service.ingest(name, [docs], _SampleProgress(self))
-        except LoadingStopped:
-            # Removed, so that the next start builds it whole rather than finding it there, half built.
+        # Replicas that start together (on one PostgreSQL, or one data directory) build it one at a time: the
+        # first builds it, the others wait for it, then find it there.
+        with self.service.building(name, self._wait_for_builder):
             if self.service.exists(name):
-                self.service.delete(name)
-            raise
+                log.info("the sample knowledge base was built by another process", extra={"kb": name})
+                return
+            try:
+                report = self.service.ingest(name, [docs], _SampleProgress(self))
+            except LoadingStopped:
+                # Removed, so that the next start builds it whole rather than finding it there, half built.
+                if self.service.exists(name):
+                    self.service.delete(name)
+                raise
         log.info("built the sample knowledge base", extra={"kb": name, "chunks": report.chunks})
+
+    def _wait_for_builder(self) -> None:
+        # Between tries to take the builder's lock: the server stopping meanwhile ends the wait.
+        if self._stopping.wait(BUILDER_POLL_S):
+            raise LoadingStopped
 
 
 class _SampleProgress:
