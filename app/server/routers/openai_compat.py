@@ -23,15 +23,9 @@ from app.model_routing import ModelNotFound, ModelRouter
 from app.server.dependencies import authenticated, bearer, caller, deny, knowledge, loaded
 from app.server.errors import ApiError
 from app.server.metrics import Metrics
+from app.server.openai_schemas import ChatCompletionRequest, ChatMessage, EmbeddingsRequest
 from app.server.routers.chat import answer_out
-from app.server.schemas import (
-    MAX_EMBEDDING_INPUTS,
-    MAX_QUESTION_CHARS,
-    ChatCompletionRequest,
-    ChatMessage,
-    EmbeddingsRequest,
-    check_history_chars,
-)
+from app.server.schemas import MAX_EMBEDDING_INPUTS, MAX_QUESTION_CHARS, check_history_chars
 from app.server.streaming import read_unless_gone, relay
 from app.services import KnowledgeService
 from llm import AnswerOptions, Message, TextStream
