@@ -3,6 +3,11 @@
 The vectors are kept here as well as in the FAISS index so that SQLite is the one source of truth:
 one transaction adds or replaces whole documents, and the FAISS index can always be rebuilt from it
 after a crash (see `knowledge_base.py`).
+
+This module is the SQLite store's SQL and nothing else (its schema, the in-place upgrades of older
+files, each query); what it shares with the PostgreSQL store — the records, the write of whole
+documents, the chunk filters — is `store_base.py`'s. It stays one module a little over 400 lines
+because splitting its SQL would part queries from the schema they read.
 """
 
 from __future__ import annotations
