@@ -114,10 +114,15 @@ class ModelLoading:
             log.exception("loading the models failed")
             self.error = str(error)
         with self._lock:
-            if not self._stopping.is_set():
-                self.then()
-            self.seconds = time.perf_counter() - self._started
-            self.finished.set()
+            try:
+                if not self._stopping.is_set():
+                    self.then()
+            except Exception as error:  # e.g. another server holds the data directory: /readyz says so
+                log.exception("starting what follows the loading failed")
+                self.error = self.error or str(error)
+            finally:  # else /readyz would say "loading" for ever
+                self.seconds = time.perf_counter() - self._started
+                self.finished.set()
 
     def _build_sample_kb(self, name: str) -> None:
         docs = self.service.settings.server.sample_docs

@@ -1,6 +1,6 @@
 """Replicas that start together on one store build the sample knowledge base once: the first builds it, the
 others wait for it and then find it there, and none of them fails its loading (a busy writer, or a
-knowledge base made by another replica in the meantime)."""
+knowledge base made by another replica in the meantime); and what fails after the loading is reported."""
 
 from __future__ import annotations
 
@@ -89,3 +89,20 @@ def test_two_replicas_starting_together_build_the_sample_kb_once(replicas: list[
             "sample/note2.md",
         ]
     assert loadings[1].files["total"] == 0  # the second built nothing: it found the first's
+
+
+def test_a_failure_after_the_loading_is_reported_not_left_loading(tmp_path: Path) -> None:
+    # Two servers started at once on one data directory: the second's ingestion worker finds the directory
+    # held once its models are loaded. /readyz must then say it failed, not "loading" for ever.
+    def held() -> None:
+        raise RuntimeError("another kbqa server is running on the data directory")
+
+    service = KnowledgeService(load_settings(data_dir=tmp_path / "data"))
+    try:
+        loading = ModelLoading(service, then=held)
+        loading.start()
+        assert loading.finished.wait(120)
+        assert loading.error == "another kbqa server is running on the data directory"
+        assert not loading.loading
+    finally:
+        service.close()
