@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -369,6 +370,11 @@ class KnowledgeService:
     def exists(self, name: str) -> bool:
         """Return whether the named knowledge base exists."""
         return self.catalog.exists(name)
+
+    def building(self, name: str, wait: Callable[[], None]) -> AbstractContextManager[None]:
+        """Return the lock under which one process at a time (on any node sharing the store) builds the named
+        knowledge base; `wait()` runs between tries to take it (it may raise to give up)."""
+        return self.catalog.building(name, wait)
 
     @property
     def root(self) -> Path:

@@ -26,7 +26,7 @@ from retrieval.embedders import EmbeddingConfig
 from retrieval.index_backends import VectorStoreConfig
 from retrieval.postgres import StoreConfig
 from retrieval.query_batcher import QueryBatchConfig
-from retrieval.retriever import RetrievalConfig
+from retrieval.search_types import RetrievalConfig
 
 CONFIG_ENV = "KBQA_CONFIG"
 _config_file: ContextVar[Path | None] = ContextVar("kbqa_config_file", default=None)

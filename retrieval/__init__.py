@@ -22,7 +22,8 @@ from retrieval.metadata import check_groups, check_metadata, groups_visible, par
 from retrieval.open_bases import OpenKnowledgeBases
 from retrieval.query_batcher import BatchingEmbedder, QueryBatchConfig
 from retrieval.reranker import Reranker, RerankerConfig
-from retrieval.retriever import Retrieval, RetrievalConfig, Retriever, SearchHit, SearchOptions
+from retrieval.retriever import Retriever
+from retrieval.search_types import Retrieval, RetrievalConfig, SearchHit, SearchOptions
 from retrieval.store import ChunkLike, ChunkRecord, DocumentRecord, NewDocument, WriteResult
 from retrieval.text_rules import CJK_CHAR, CJK_IDEOGRAPHS, CJK_PUNCTUATION, EAST_ASIAN, fold, split_sentences
 from retrieval.timestamps import utc_now

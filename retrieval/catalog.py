@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from retrieval.calibration import find_calibration
 from retrieval.errors import InvalidName, KnowledgeBaseExists, KnowledgeBaseNotFound
@@ -47,6 +49,33 @@ class KnowledgeBaseInfo:
     store: VectorStore = field(default_factory=VectorStore)
     metadata: dict[str, list[str]] = field(default_factory=dict)  # key → its first values, sorted
     calibrated: bool = False  # its embedding model has an answerability calibration (else no refusal on it)
+
+
+class _Counts(Protocol):
+    """What a summary reads of a chunk store (either store has it)."""
+
+    def count(self) -> tuple[int, int]: ...
+
+    def metadata_values(self, limit: int) -> dict[str, list[str]]: ...
+
+
+def summary(
+    name: str, manifest: Manifest, store: _Counts, size_bytes: int, data_dir: Path
+) -> KnowledgeBaseInfo:
+    """Return the summary of a knowledge base from its manifest, its open chunk store and its size."""
+    documents, chunks = store.count()
+    return KnowledgeBaseInfo(
+        name=name,
+        documents=documents,
+        chunks=chunks,
+        embedding=manifest.embedding,
+        splitter=manifest.splitter,
+        created_at=manifest.created_at,
+        store=manifest.store,
+        size_bytes=size_bytes,
+        metadata=store.metadata_values(METADATA_VALUES_SHOWN),
+        calibrated=find_calibration(data_dir, manifest.embedding.model_name) is not None,
+    )
 
 
 def validate_name(name: str) -> str:
@@ -138,6 +167,27 @@ class KnowledgeBaseCatalog:
             raise KnowledgeBaseNotFound(f"knowledge base '{name}' does not exist")
         return KnowledgeBase(self.path(name), embedding, self.milvus_token, self.faiss_gpu)
 
+    @contextlib.contextmanager
+    def building(self, name: str, wait: Callable[[], None]) -> Iterator[None]:
+        """Hold the lock under which one process at a time builds a knowledge base of this data directory;
+        return nothing. `wait()` runs between tries (it may raise to give up).
+
+        A lock on the knowledge bases' folder itself (no file is left behind), let go when its holder dies.
+        """
+        validate_name(name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        folder = os.open(self.root, os.O_RDONLY)
+        try:
+            while True:
+                try:
+                    fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    wait()
+            yield
+        finally:
+            os.close(folder)  # lets the lock go
+
     def info(self, name: str) -> KnowledgeBaseInfo:
         """Return a summary of the named knowledge base, read from its manifest and chunk store alone."""
         if not self.exists(name):
@@ -146,22 +196,9 @@ class KnowledgeBaseCatalog:
         manifest = read_manifest(directory)
         store = ChunkStore(directory / STORE_FILE, manifest.embedding.dimension)
         try:
-            documents, chunks = store.count()
-            metadata = store.metadata_values(METADATA_VALUES_SHOWN)
+            return summary(name, manifest, store, _size_on_disk(directory), self.root.parent)
         finally:
             store.close()
-        return KnowledgeBaseInfo(
-            name=name,
-            documents=documents,
-            chunks=chunks,
-            embedding=manifest.embedding,
-            splitter=manifest.splitter,
-            created_at=manifest.created_at,
-            store=manifest.store,
-            size_bytes=_size_on_disk(directory),
-            metadata=metadata,
-            calibrated=find_calibration(self.root.parent, manifest.embedding.model_name) is not None,
-        )
 
     def delete(self, name: str) -> None:
         """Delete the named knowledge base and everything in it; return nothing."""

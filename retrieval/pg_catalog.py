@@ -8,19 +8,19 @@ base at the same time and a writer that dies lets go with its connection.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from retrieval.calibration import find_calibration
-from retrieval.catalog import METADATA_VALUES_SHOWN, KnowledgeBaseInfo, validate_name
+from retrieval.catalog import KnowledgeBaseInfo, summary, validate_name
 from retrieval.errors import KnowledgeBaseBusy, KnowledgeBaseExists, KnowledgeBaseNotFound
 from retrieval.knowledge_base import KnowledgeBase
 from retrieval.lexical import LEXICAL_VERSION
 from retrieval.manifest import EmbeddingIdentity, Manifest, VectorStore
-from retrieval.pg_store import PgChunkStore, PgVectorIndex
-from retrieval.postgres import WRITER_LOCK_CLASS, Database
+from retrieval.pg_store import PgChunkStore
+from retrieval.pg_vector_index import PgVectorIndex
+from retrieval.postgres import BUILDER_LOCK_CLASS, WRITER_LOCK_CLASS, Database
 
 PGVECTOR = VectorStore(backend="pgvector")
 
@@ -142,6 +142,27 @@ class PgKnowledgeBaseCatalog:
             raise KnowledgeBaseExists(f"knowledge base '{name}' already exists") from None
         return PgKnowledgeBase(self.database, kb_id, manifest, embedding)
 
+    @contextmanager
+    def building(self, name: str, wait: Callable[[], None]) -> Iterator[None]:
+        """Hold the lock under which one process at a time, on any node, builds the named knowledge base; return
+        nothing. `wait()` runs between tries (it may raise to give up).
+
+        A session-level advisory lock, like the writer's: every node sees it, and it goes with the connection
+        when its holder dies.
+        """
+        key = (BUILDER_LOCK_CLASS, validate_name(name))
+        with self.database.connection() as conn:
+            while not conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", key).fetchone()[0]:
+                conn.commit()
+                wait()
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.rollback()
+                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", key)
+                conn.commit()
+
     def open(self, name: str, embedding: EmbeddingIdentity | None = None) -> KnowledgeBase:
         """Return the named knowledge base open; with `embedding`, refuse one built with another model."""
         kb_id, manifest = self._row(name)
@@ -151,7 +172,6 @@ class PgKnowledgeBaseCatalog:
         """Return a summary of the named knowledge base, read from its rows."""
         kb_id, manifest = self._row(name)
         store = PgChunkStore(self.database, kb_id, manifest.embedding.dimension)
-        documents, chunks = store.count()
         with self.database.connection() as conn:
             (size,) = conn.execute(
                 "SELECT (SELECT pg_column_size(k.*) FROM knowledge_bases k WHERE id = %(kb)s)"
@@ -160,18 +180,7 @@ class PgKnowledgeBaseCatalog:
                 " + (SELECT COALESCE(SUM(pg_column_size(t.*)), 0) FROM chunk_terms t WHERE kb_id = %(kb)s)",
                 {"kb": kb_id},
             ).fetchone()
-        return KnowledgeBaseInfo(
-            name=name,
-            documents=documents,
-            chunks=chunks,
-            embedding=manifest.embedding,
-            splitter=manifest.splitter,
-            created_at=manifest.created_at,
-            store=manifest.store,
-            size_bytes=int(size),
-            metadata=store.metadata_values(METADATA_VALUES_SHOWN),
-            calibrated=find_calibration(self.root.parent, manifest.embedding.model_name) is not None,
-        )
+        return summary(name, manifest, store, int(size), self.root.parent)
 
     def delete(self, name: str) -> None:
         """Delete the named knowledge base and everything in it, in one transaction; return nothing."""

@@ -3,6 +3,11 @@
 The vectors are kept here as well as in the FAISS index so that SQLite is the one source of truth:
 one transaction adds or replaces whole documents, and the FAISS index can always be rebuilt from it
 after a crash (see `knowledge_base.py`).
+
+This module is the SQLite store's SQL and nothing else (its schema, the in-place upgrades of older
+files, each query); what it shares with the PostgreSQL store — the records, the write of whole
+documents, the chunk filters — is `store_base.py`'s. It stays one module a little over 400 lines
+because splitting its SQL would part queries from the schema they read.
 """
 
 from __future__ import annotations
@@ -11,15 +16,30 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from retrieval.errors import DocumentNotFound
 from retrieval.lexical import LEXICAL_VERSION, indexed_text
 from retrieval.metadata import check_groups, json_path, to_json
+from retrieval.store_base import (  # the records are re-exported: `retrieval.store` is where callers find them
+    ChunkLike,
+    ChunkRecord,
+    Clause,
+    DocumentRecord,
+    NewDocument,
+    StoreBase,
+    WriteResult,
+    chunk_facts,
+    chunk_record,
+    document_facts,
+    document_record,
+    document_row,
+    first_values,
+    found_in,
+    searchable,
+)
 from retrieval.timestamps import utc_now
 
 log = logging.getLogger(__name__)
@@ -69,102 +89,17 @@ CHUNK_COLUMNS = (
 )
 
 
-class ChunkLike(Protocol):
-    """What the store needs of a chunk to keep it (the splitter's chunks have these attributes).
-
-    A chunk may also have `ocr` (bool): True when its text was read from an image; False when absent.
-    """
-
-    text: str
-    page: int | None
-    heading_path: tuple[str, ...]
-    start: int
-    end: int
+__all__ = [
+    "ChunkLike",
+    "ChunkRecord",
+    "ChunkStore",
+    "DocumentRecord",
+    "NewDocument",
+    "WriteResult",
+]
 
 
-@dataclass(frozen=True)
-class NewDocument:
-    """A document to add: its file facts, its chunks, and one vector per chunk."""
-
-    source: str
-    title: str
-    content_hash: str
-    size: int
-    page_count: int | None
-    chunks: Sequence[ChunkLike]
-    vectors: np.ndarray
-    metadata: dict[str, str] = field(default_factory=dict)
-    groups: Sequence[str] = ()  # access groups: empty for a document every reader of its knowledge base sees
-
-
-@dataclass(frozen=True)
-class DocumentRecord:
-    """A stored document."""
-
-    id: int
-    source: str
-    title: str
-    content_hash: str
-    size: int
-    page_count: int | None
-    chunk_count: int
-    status: str
-    created_at: str
-    updated_at: str
-    metadata: dict[str, str] = field(default_factory=dict)
-    groups: tuple[str, ...] = ()  # access groups, sorted; empty: seen by every reader of the knowledge base
-
-
-@dataclass(frozen=True)
-class ChunkRecord:
-    """A stored chunk; its id is also its id in the FAISS index."""
-
-    id: int
-    document_id: int
-    ordinal: int
-    text: str
-    page: int | None
-    heading_path: tuple[str, ...]
-    start: int
-    end: int
-    source: str
-    title: str
-    metadata: dict[str, str] = field(default_factory=dict)  # the document's
-    ocr: bool = False  # the text was read from an image by OCR
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """What one write transaction changed: the chunk ids added (with vectors) and removed."""
-
-    added_ids: np.ndarray
-    added_vectors: np.ndarray
-    removed_ids: np.ndarray
-    document_ids: list[int]
-    generation: int
-
-    @classmethod
-    def of(
-        cls,
-        added_ids: Sequence[int],
-        added_vectors: Sequence[np.ndarray],
-        removed_ids: Sequence[int],
-        document_ids: list[int],
-        generation: int,
-        dimension: int,
-    ) -> WriteResult:
-        """Return the result of a write from its lists (the vectors one array per document)."""
-        vectors = np.concatenate(added_vectors) if added_vectors else np.zeros((0, dimension), np.float32)
-        return cls(
-            added_ids=np.asarray(added_ids, dtype=np.int64),
-            added_vectors=vectors,
-            removed_ids=np.asarray(removed_ids, dtype=np.int64),
-            document_ids=document_ids,
-            generation=int(generation),
-        )
-
-
-class ChunkStore:
+class ChunkStore(StoreBase):
     """Documents and chunks of one knowledge base in a SQLite file (WAL, synchronous=FULL)."""
 
     def __init__(self, path: Path, dimension: int) -> None:
@@ -186,14 +121,9 @@ class ChunkStore:
         # get the default), so it is made in place on open rather than with a new knowledge-base format version.
         if self._has_column(table, column):
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write_transaction() as db:
             if not self._has_column(table, column):  # another process may have added it meanwhile
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def _has_column(self, table: str, column: str) -> bool:
         return any(row[1] == column for row in self._db.execute(f"PRAGMA table_info({table})"))
@@ -203,34 +133,30 @@ class ChunkStore:
         # terms of new queries: its terms are remade from its chunks, once, in one transaction.
         if self._lexical_version() == LEXICAL_VERSION:
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            if self._lexical_version() != LEXICAL_VERSION:  # another process may have remade them meanwhile
-                rows = self._db.execute(
-                    "SELECT c.id, d.title, c.heading_path, c.text FROM chunks c JOIN documents d ON d.id = c.document_id"
-                ).fetchall()
-                if rows:
-                    log.info(
-                        "remaking the lexical terms of %d chunks (once)",
-                        len(rows),
-                        extra={"store": str(self.path)},
-                    )
-                self._db.execute("DELETE FROM chunk_terms")
-                self._db.executemany(
-                    "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)",
-                    (
-                        (i, indexed_text(_searchable(title, json.loads(path), text)))
-                        for i, title, path, text in rows
-                    ),
+        with self._write_transaction() as db:
+            if self._lexical_version() == LEXICAL_VERSION:  # another process may have remade them meanwhile
+                return
+            rows = db.execute(
+                "SELECT c.id, d.title, c.heading_path, c.text FROM chunks c JOIN documents d ON d.id = c.document_id"
+            ).fetchall()
+            if rows:
+                log.info(
+                    "remaking the lexical terms of %d chunks (once)",
+                    len(rows),
+                    extra={"store": str(self.path)},
                 )
-                self._db.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('lexical_version', ?)",
-                    (str(LEXICAL_VERSION),),
-                )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            db.execute("DELETE FROM chunk_terms")
+            db.executemany(
+                "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)",
+                (
+                    (i, indexed_text(searchable(title, json.loads(path), text)))
+                    for i, title, path, text in rows
+                ),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('lexical_version', ?)",
+                (str(LEXICAL_VERSION),),
+            )
 
     def _lexical_version(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'lexical_version'").fetchone()
@@ -245,46 +171,29 @@ class ChunkStore:
         """Return the number of write transactions committed so far (the FAISS index is tagged with it)."""
         return int(self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
 
-    def write(self, documents: Sequence[NewDocument], delete_ids: Sequence[int] = ()) -> WriteResult:
-        """Add documents (replacing any of the same source) and delete others, all in one transaction."""
-        added_ids: list[int] = []
-        added_vectors: list[np.ndarray] = []
-        removed_ids: list[int] = []
-        document_ids: list[int] = []
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+    @contextmanager
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the file's write lock at once, so a writer never fails half-way on a busy file.
+        self._db.execute("BEGIN IMMEDIATE")
         try:
-            for document_id in delete_ids:
-                removed_ids += self._delete_document(document_id)
-            for document in documents:
-                old = db.execute(
-                    "SELECT id, created_at FROM documents WHERE source = ?", (document.source,)
-                ).fetchone()
-                if old:
-                    removed_ids += self._delete_document(old[0])
-                # A new version keeps the document's id and creation time: links to it stay valid.
-                document_id, chunk_ids = self._insert_document(document, *(old or (None, None)))
-                document_ids.append(document_id)
-                added_ids += chunk_ids
-                added_vectors.append(np.asarray(document.vectors, dtype=np.float32))
-            db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-            db.execute("COMMIT")
+            yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._db.execute("ROLLBACK")
             raise
-        return WriteResult.of(
-            added_ids, added_vectors, removed_ids, document_ids, self.generation, self.dimension
-        )
+
+    def _find_source(self, db: sqlite3.Connection, source: str) -> tuple[int, str] | None:
+        return db.execute("SELECT id, created_at FROM documents WHERE source = ?", (source,)).fetchone()
+
+    def _next_generation(self, db: sqlite3.Connection) -> int:
+        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        return self.generation
 
     def _insert_document(
-        self, document: NewDocument, document_id: int | None = None, created_at: str | None = None
+        self, db: sqlite3.Connection, document: NewDocument, document_id: int | None, created_at: str | None
     ) -> tuple[int, list[int]]:
-        if len(document.chunks) != len(document.vectors):
-            raise ValueError(
-                f"{document.source}: {len(document.chunks)} chunks but {len(document.vectors)} vectors"
-            )
         now = utc_now()
-        cursor = self._db.execute(
+        cursor = db.execute(
             "INSERT INTO documents (id, source, title, content_hash, size, page_count, chunk_count, status,"
             " created_at, updated_at, metadata, access_groups) VALUES (?, ?, ?, ?, ?, ?, ?, 'ready', ?, ?, ?, ?)",
             (
@@ -299,7 +208,7 @@ class ChunkStore:
         document_id = int(cursor.lastrowid)
         chunk_ids = []
         for ordinal, (chunk, vector) in enumerate(zip(document.chunks, document.vectors, strict=True)):
-            cursor = self._db.execute(
+            cursor = db.execute(
                 "INSERT INTO chunks (document_id, ordinal, text, page, heading_path, start_offset,"
                 " end_offset, vector, ocr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -312,20 +221,15 @@ class ChunkStore:
             )
             chunk_id = int(cursor.lastrowid)
             chunk_ids.append(chunk_id)
-            searchable = _searchable(document.title, chunk.heading_path, chunk.text)
-            self._db.execute(
-                "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (chunk_id, indexed_text(searchable))
-            )
+            terms = indexed_text(searchable(document.title, chunk.heading_path, chunk.text))
+            db.execute("INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (chunk_id, terms))
         return document_id, chunk_ids
 
-    def _delete_document(self, document_id: int) -> list[int]:
-        ids = [
-            row[0] for row in self._db.execute("SELECT id FROM chunks WHERE document_id = ?", (document_id,))
-        ]
-        self._db.executemany("DELETE FROM chunk_terms WHERE rowid = ?", [(i,) for i in ids])
-        self._db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
-        if self._db.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount == 0:
-            raise DocumentNotFound(f"no document with id {document_id}")
+    def _delete_document(self, db: sqlite3.Connection, document_id: int) -> list[int]:
+        ids = [row[0] for row in db.execute("SELECT id FROM chunks WHERE document_id = ?", (document_id,))]
+        db.executemany("DELETE FROM chunk_terms WHERE rowid = ?", [(i,) for i in ids])
+        db.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
+        found_in(db.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount, document_id)
         return ids
 
     def id_counters(self) -> tuple[int, int]:
@@ -333,108 +237,75 @@ class ChunkStore:
         rows = dict(self._db.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
         return int(rows.get("documents", 0)) + 1, int(rows.get("chunks", 0)) + 1
 
-    def restore(
+    def _document_count(self, db: sqlite3.Connection) -> int:
+        return db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+
+    def _restore_rows(
         self,
+        db: sqlite3.Connection,
         documents: Sequence[DocumentRecord],
         chunks: Sequence[tuple[ChunkRecord, np.ndarray]],
         counters: tuple[int, int],
-    ) -> int:
-        """Write documents and chunks as they were in another store, ids included, into this empty store, in
-        one transaction, and continue its ids from `counters`; return the new generation."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]:
-                raise ValueError("a knowledge base is restored only into an empty store")
-            db.executemany(
-                f"INSERT INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*_document_row(d), to_json(d.metadata), _groups_json(d.groups)) for d in documents],
+    ) -> None:
+        db.executemany(
+            f"INSERT INTO documents ({DOCUMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*document_row(d), to_json(d.metadata), _groups_json(d.groups)) for d in documents],
+        )
+        titles = {d.id: d.title for d in documents}
+        for chunk, vector in chunks:
+            db.execute(
+                "INSERT INTO chunks (id, document_id, ordinal, text, page, heading_path, start_offset,"
+                " end_offset, vector, ocr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    chunk.id,
+                    chunk.document_id,
+                    chunk.ordinal,
+                    *chunk_facts(chunk),
+                    np.asarray(vector, dtype=np.float32).tobytes(),
+                    int(chunk.ocr),
+                ),
             )
-            titles = {d.id: d.title for d in documents}
-            for chunk, vector in chunks:
-                db.execute(
-                    "INSERT INTO chunks (id, document_id, ordinal, text, page, heading_path, start_offset,"
-                    " end_offset, vector, ocr) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        chunk.id,
-                        chunk.document_id,
-                        chunk.ordinal,
-                        *chunk_facts(chunk),
-                        np.asarray(vector, dtype=np.float32).tobytes(),
-                        int(chunk.ocr),
-                    ),
-                )
-                searchable = _searchable(titles[chunk.document_id], chunk.heading_path, chunk.text)
-                db.execute(
-                    "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)",
-                    (chunk.id, indexed_text(searchable)),
-                )
-            for table, next_id in zip(("documents", "chunks"), counters, strict=True):
-                db.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
-                db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, next_id - 1))
-            db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return self.generation
+            terms = indexed_text(searchable(titles[chunk.document_id], chunk.heading_path, chunk.text))
+            db.execute("INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (chunk.id, terms))
+        for table, next_id in zip(("documents", "chunks"), counters, strict=True):
+            db.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
+            db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, next_id - 1))
 
-    def set_metadata(self, document_id: int, metadata: Mapping[str, str]) -> None:
-        """Replace one document's metadata; return nothing.
+    def _update_metadata(self, document_id: int, metadata: Mapping[str, str]) -> int:
+        query = "UPDATE documents SET metadata = ?, updated_at = ? WHERE id = ?"
+        return self._db.execute(query, (to_json(metadata), utc_now(), document_id)).rowcount
 
-        Chunks and vectors are untouched, so the generation (which tags the FAISS index) stays as it is.
-        """
-        cursor = self._db.execute(
-            "UPDATE documents SET metadata = ?, updated_at = ? WHERE id = ?",
-            (to_json(metadata), utc_now(), document_id),
-        )
-        if cursor.rowcount == 0:
-            raise DocumentNotFound(f"no document with id {document_id}")
-
-    def set_groups(self, document_id: int, groups: Sequence[str]) -> None:
-        """Replace one document's access groups; return nothing (chunks, vectors and generation untouched)."""
-        cursor = self._db.execute(
-            "UPDATE documents SET access_groups = ?, updated_at = ? WHERE id = ?",
-            (_groups_json(groups), utc_now(), document_id),
-        )
-        if cursor.rowcount == 0:
-            raise DocumentNotFound(f"no document with id {document_id}")
+    def _update_groups(self, document_id: int, groups: list[str]) -> int:
+        query = "UPDATE documents SET access_groups = ?, updated_at = ? WHERE id = ?"
+        return self._db.execute(query, (_groups_json(groups), utc_now(), document_id)).rowcount
 
     def metadata_values(self, limit: int) -> dict[str, list[str]]:
         """Return each metadata key in use with its distinct values, sorted, at most `limit` per key."""
         rows = self._db.execute(
             "SELECT DISTINCT j.key, j.value FROM documents d, json_each(d.metadata) j ORDER BY j.key, j.value"
         )
-        values: dict[str, list[str]] = {}
-        for key, value in rows:
-            shown = values.setdefault(key, [])
-            if len(shown) < limit:
-                shown.append(value)
-        return values
+        return first_values(rows, limit)
 
     def document_by_source(self, source: str) -> DocumentRecord | None:
         """Return the document stored under `source`, or None."""
         query = f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE source = ?"
         row = self._db.execute(query, (source,)).fetchone()
-        return _document_record(row) if row else None
+        return document_record(row) if row else None
 
     def has_content_hash(self, content_hash: str) -> bool:
         """Return whether a document with this content hash is stored."""
         query = "SELECT 1 FROM documents WHERE content_hash = ? LIMIT 1"
         return self._db.execute(query, (content_hash,)).fetchone() is not None
 
-    def document(self, document_id: int) -> DocumentRecord:
-        """Return the document with this id, or raise DocumentNotFound."""
+    def _document_by_id(self, document_id: int) -> DocumentRecord | None:
         query = f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = ?"
         row = self._db.execute(query, (document_id,)).fetchone()
-        if row is None:
-            raise DocumentNotFound(f"no document with id {document_id}")
-        return _document_record(row)
+        return document_record(row) if row else None
 
     def documents(self) -> list[DocumentRecord]:
         """Return every document, oldest first."""
         rows = self._db.execute(f"SELECT {DOCUMENT_COLUMNS} FROM documents ORDER BY id")
-        return [_document_record(row) for row in rows]
+        return [document_record(row) for row in rows]
 
     def chunks(self, ids: Sequence[int]) -> dict[int, ChunkRecord]:
         """Return the chunks with these ids, by id (ids not stored are left out)."""
@@ -446,7 +317,7 @@ class ChunkStore:
             f" WHERE c.id IN ({marks})",
             [int(i) for i in ids],
         )
-        return {row[0]: _chunk_record(row) for row in rows}
+        return {row[0]: chunk_record(row) for row in rows}
 
     def lexical_search(
         self, expression: str, k: int, allowed: set[int] | None = None
@@ -483,34 +354,22 @@ class ChunkStore:
         )
         return {term: int(count) for term, count in rows}
 
-    def chunk_ids_where(
-        self,
-        document_ids: Sequence[int] | None,
-        source_glob: str | None,
-        metadata: Mapping[str, str] | None = None,
-        groups: frozenset[str] | None = None,
-    ) -> set[int]:
-        """Return the ids of chunks passing every filter given: document ids, source glob, metadata values,
-        access groups.
+    def _ids_clause(self, document_ids: list[int]) -> Clause:
+        return f"d.id IN ({','.join('?' * len(document_ids))})", document_ids
 
-        A metadata filter keeps documents whose metadata has each given key with exactly that value; a
-        groups filter keeps documents without groups and those sharing one of `groups` (None: no filter).
-        """
-        clauses, values = [], []
-        if document_ids is not None:
-            clauses.append(f"d.id IN ({','.join('?' * len(document_ids))})")
-            values += [int(i) for i in document_ids]
-        if source_glob is not None:
-            clauses.append("d.source GLOB ?")
-            values.append(source_glob)
-        for key, value in (metadata or {}).items():
-            clauses.append("json_extract(d.metadata, ?) = ?")
-            values += [json_path(key), value]
-        if groups is not None:
-            wanted = check_groups(groups)
-            shared = f"EXISTS (SELECT 1 FROM json_each(d.access_groups) g WHERE g.value IN ({','.join('?' * len(wanted))}))"
-            clauses.append(f"(d.access_groups = '[]' OR {shared})" if wanted else "d.access_groups = '[]'")
-            values += wanted
+    def _glob_clause(self, glob: str) -> Clause:
+        return "d.source GLOB ?", [glob]
+
+    def _metadata_clause(self, key: str, value: str) -> Clause:
+        return "json_extract(d.metadata, ?) = ?", [json_path(key), value]
+
+    def _groups_clause(self, wanted: list[str]) -> Clause:
+        if not wanted:
+            return "d.access_groups = '[]'", []
+        shared = f"EXISTS (SELECT 1 FROM json_each(d.access_groups) g WHERE g.value IN ({','.join('?' * len(wanted))}))"
+        return f"(d.access_groups = '[]' OR {shared})", wanted
+
+    def _chunk_ids_matching(self, clauses: list[str], values: list) -> set[int]:
         where = " AND ".join(clauses) or "1"
         query = f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE {where}"
         return {row[0] for row in self._db.execute(query, values)}
@@ -522,7 +381,7 @@ class ChunkStore:
             " WHERE c.document_id = ? AND c.ordinal BETWEEN ? AND ? ORDER BY c.ordinal",
             (chunk.document_id, chunk.ordinal - before, chunk.ordinal + after),
         )
-        return [_chunk_record(row) for row in rows]
+        return [chunk_record(row) for row in rows]
 
     def headings(self, limit: int = 500) -> list[tuple[int, tuple[str, ...]]]:
         """Return up to `limit` distinct (document id, heading path) pairs, in each document's reading order."""
@@ -559,62 +418,6 @@ class ChunkStore:
             yield ids, vectors.reshape(len(rows), self.dimension)
 
 
-def document_facts(document: NewDocument) -> tuple:
-    """Return (source, title, content hash, size, page count, chunk count) of a document to store."""
-    facts = (document.source, document.title, document.content_hash, document.size, document.page_count)
-    return (*facts, len(document.chunks))
-
-
-def chunk_facts(chunk: ChunkLike) -> tuple:
-    """Return (text, page, heading path as JSON, start, end) of a chunk to store."""
-    heading_path = json.dumps(list(chunk.heading_path), ensure_ascii=False)
-    return chunk.text, chunk.page, heading_path, chunk.start, chunk.end
-
-
-def _searchable(title: str, heading_path: Sequence[str], text: str) -> str:
-    """Return what the lexical index holds of a chunk: its document's title, its headings and its text."""
-    return " ".join([title, *heading_path, text])
-
-
-def _document_row(document: DocumentRecord) -> tuple:
-    """Return a document's facts in DOCUMENT_COLUMNS order, its metadata and groups left out."""
-    return (
-        document.id,
-        document.source,
-        document.title,
-        document.content_hash,
-        document.size,
-        document.page_count,
-        document.chunk_count,
-        document.status,
-        document.created_at,
-        document.updated_at,
-    )
-
-
-def _document_record(row: tuple) -> DocumentRecord:
-    *facts, metadata, groups = row
-    return DocumentRecord(*facts, metadata=json.loads(metadata), groups=tuple(json.loads(groups)))
-
-
 def _groups_json(groups: Sequence[str]) -> str:
     """Return access groups as stored in `documents.access_groups`: a sorted JSON list, `[]` for none."""
     return json.dumps(check_groups(groups), ensure_ascii=False, separators=(",", ":"))
-
-
-def _chunk_record(row: tuple) -> ChunkRecord:
-    chunk_id, document_id, ordinal, text, page, heading_path, start, end, ocr, source, title, metadata = row
-    return ChunkRecord(
-        id=chunk_id,
-        document_id=document_id,
-        ordinal=ordinal,
-        text=text,
-        page=page,
-        heading_path=tuple(json.loads(heading_path)),
-        start=start,
-        end=end,
-        source=source,
-        title=title,
-        metadata=json.loads(metadata),
-        ocr=bool(ocr),
-    )

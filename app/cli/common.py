@@ -24,6 +24,10 @@ errors = Console(stderr=True)
 
 KbOption = Annotated[str, typer.Option("--kb", help="Knowledge-base name.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+RerankOption = Annotated[bool, typer.Option("--rerank", help="Re-score with the configured cross-encoder.")]
+DatasetOption = Annotated[
+    Path, typer.Option("--dataset", help="SQuAD-format JSON file (e.g. DRCD_dev.json).")
+]
 
 
 class Options:

@@ -10,9 +10,11 @@ import typer
 from rich.table import Table
 
 from app.cli.common import (
+    DatasetOption,
     IngestionProgress,
     JsonOption,
     KbOption,
+    RerankOption,
     console,
     fail,
     progress_bar,
@@ -35,13 +37,11 @@ eval_app = typer.Typer(
 @eval_app.command("retrieval")
 def eval_retrieval(
     kb: KbOption,
-    dataset: Annotated[Path, typer.Option("--dataset", help="SQuAD-format JSON file (e.g. DRCD_dev.json).")],
+    dataset: DatasetOption,
     mode: Annotated[
         str | None, typer.Option("--mode", help="dense, lexical or hybrid; default: the configured mode.")
     ] = None,
-    rerank: Annotated[
-        bool, typer.Option("--rerank", help="Re-score with the configured cross-encoder.")
-    ] = False,
+    rerank: RerankOption = False,
     limit: Annotated[
         int | None,
         typer.Option(
@@ -246,7 +246,7 @@ def _observed_round(
 
 @eval_app.command("answers")
 def eval_answers(
-    dataset: Annotated[Path, typer.Option("--dataset", help="SQuAD-format JSON file (e.g. DRCD_dev.json).")],
+    dataset: DatasetOption,
     kb: AnswersKbOption = None,
     holdout: HoldoutOption = 40,
     articles: ArticlesOption = None,
@@ -277,7 +277,7 @@ def eval_answers(
 
 @eval_app.command("conversations")
 def eval_conversations(
-    dataset: Annotated[Path, typer.Option("--dataset", help="SQuAD-format JSON file (e.g. DRCD_dev.json).")],
+    dataset: DatasetOption,
     kb: AnswersKbOption = None,
     holdout: HoldoutOption = 40,
     articles: ArticlesOption = None,

@@ -7,13 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli.common import console, fail, run_or_fail, settings
+from app.cli.common import JsonOption, console, fail, run_or_fail, settings
 
 runtime_app = typer.Typer(
     help="The embedding runtime `embedding.runtime: auto` chose on this CPU (measured once, cached).",
     no_args_is_help=True,
 )
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 def _measured_model() -> tuple[Any, bool]:

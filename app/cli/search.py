@@ -13,6 +13,7 @@ from app.cli.common import (
     JsonOption,
     KbOption,
     Options,
+    RerankOption,
     console,
     metadata_or_fail,
     run_or_fail,
@@ -31,9 +32,7 @@ def search(
             "--mode", help="dense, lexical (BM25 over jieba words) or hybrid (both, fused); default hybrid."
         ),
     ] = None,
-    rerank: Annotated[
-        bool, typer.Option("--rerank", help="Re-score with the configured cross-encoder.")
-    ] = False,
+    rerank: RerankOption = False,
     threshold: Annotated[
         float | None,
         typer.Option(

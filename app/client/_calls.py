@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from app.client.errors import StreamCut, TransportError, api_error
+from app.client.errors import KbqaError, StreamCut, TransportError, api_error
 from app.client.types import (
     Answer,
     AnswerEvent,
@@ -92,6 +92,45 @@ def connection(url: str, api_key: str | None, timeout: float) -> dict[str, Any]:
     """Return the settings of an httpx client for a kbqa server at `url`."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     return {"base_url": url, "headers": headers, "timeout": timeout}
+
+
+class ClientBase:
+    """What both clients keep of their server: its address, their retry rule and their httpx client (of the
+    class `HTTP`, blocking or async)."""
+
+    HTTP: type[httpx.Client] | type[httpx.AsyncClient]
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 3,
+        max_wait: float = 30.0,
+        http: httpx.Client | httpx.AsyncClient | None = None,
+    ) -> None:
+        self.url, self.retries, self.max_wait = url.rstrip("/"), retries, max_wait
+        self._http = http or self.HTTP(**connection(self.url, api_key, timeout))
+
+
+class JobWatch:
+    """One wait for a job to finish: each poll's job goes to `progress`; KbqaError once `timeout` has passed."""
+
+    def __init__(self, job_id: str, progress: Callable[[Job], None] | None, timeout: float) -> None:
+        self.job_id, self.progress, self.timeout = job_id, progress, timeout
+        self.deadline = time.monotonic() + timeout
+
+    def finished(self, job: Job) -> bool:
+        """Return whether the polled job has finished (after showing it to `progress`); raise after the timeout."""
+        if self.progress is not None:
+            self.progress(job)
+        if job.finished:
+            return True
+        if time.monotonic() > self.deadline:
+            raise KbqaError(
+                f"job {self.job_id} not finished after {self.timeout:g} s ({job.status})", "timeout"
+            )
+        return False
 
 
 # --- the routes ------------------------------------------------------------------------------------------

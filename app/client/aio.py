@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,25 +10,16 @@ import httpx
 
 from app.client import _calls
 from app.client._calls import Call, Upload
-from app.client.errors import KbqaError, StreamCut
+from app.client.errors import StreamCut
 from app.client.types import Answer, AnswerEvent, Document, Hit, Job, KnowledgeBase, Retrieval
 
 
-class AsyncClient:
+class AsyncClient(_calls.ClientBase):
     """A kbqa server at `url`, with an API key when it needs one; 429 and 503 answers are tried again
     after the server's Retry-After (at most `retries` times, waiting at most `max_wait` seconds each)."""
 
-    def __init__(
-        self,
-        url: str,
-        api_key: str | None = None,
-        timeout: float = 120.0,
-        retries: int = 3,
-        max_wait: float = 30.0,
-        http: httpx.AsyncClient | None = None,
-    ) -> None:
-        self.url, self.retries, self.max_wait = url.rstrip("/"), retries, max_wait
-        self._http = http or httpx.AsyncClient(**_calls.connection(self.url, api_key, timeout))
+    HTTP = httpx.AsyncClient
+    _http: httpx.AsyncClient
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -108,16 +98,10 @@ class AsyncClient:
         poll: float = 0.5,
     ) -> Job:
         """Return the job once it has finished, calling `progress(job)` at each poll (KbqaError after `timeout`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            job = await self.job(job_id)
-            if progress is not None:
-                progress(job)
-            if job.finished:
-                return job
-            if time.monotonic() > deadline:
-                raise KbqaError(f"job {job_id} not finished after {timeout:g} s ({job.status})", "timeout")
+        watch = _calls.JobWatch(job_id, progress, timeout)
+        while not watch.finished(job := await self.job(job_id)):
             await anyio.sleep(poll)
+        return job
 
     async def job(self, job_id: str) -> Job:
         """Return an ingestion job with its progress."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict, deque
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -233,6 +234,13 @@ def authenticated(request: Request) -> Caller:
     if not who.authenticated:
         raise deny(who, UNAUTHORIZED)
     return who
+
+
+# What most routes take, declared once (FastAPI's Annotated form): `service: Service, who: Reader`.
+Service = Annotated[KnowledgeService, Depends(knowledge)]
+Reader = Annotated[Caller, Depends(reader)]  # may read the path's knowledge base
+Authenticated = Annotated[Caller, Depends(authenticated)]
+AnyCaller = Annotated[Caller, Depends(caller)]  # whoever it is, a key or none
 
 
 def may(request: Request) -> bool:

@@ -9,38 +9,29 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import retrieval
 from app.jobs import JobFinished, JobNotFound, JobQueueFull
 from app.logs import request_id
 from app.model_routing import ModelNotFound
 from app.validation import validation_message
 from llm import LLMError, ModelBusy, ModelLoadError, ModelUnavailable, PromptTooLong, UnknownAdapter
-from retrieval import (
-    DatabaseError,
-    DatabaseUnavailable,
-    DocumentNotFound,
-    EmbeddingMismatch,
-    InvalidName,
-    KnowledgeBaseBusy,
-    KnowledgeBaseError,
-    KnowledgeBaseExists,
-    KnowledgeBaseNotFound,
-)
 
 log = logging.getLogger(__name__)
 
 # Most specific first: the first class an error is an instance of gives its status and code.
 STATUS: list[tuple[type[Exception], int, str]] = [
-    (KnowledgeBaseNotFound, 404, "knowledge_base_not_found"),
+    (retrieval.KnowledgeBaseNotFound, 404, "knowledge_base_not_found"),
     (ModelNotFound, 404, "model_not_found"),
-    (DocumentNotFound, 404, "document_not_found"),
+    (retrieval.DocumentNotFound, 404, "document_not_found"),
     (JobNotFound, 404, "job_not_found"),
-    (KnowledgeBaseExists, 409, "knowledge_base_exists"),
-    (KnowledgeBaseBusy, 409, "knowledge_base_busy"),
-    (InvalidName, 400, "invalid_name"),
-    (EmbeddingMismatch, 409, "embedding_mismatch"),
-    (DatabaseUnavailable, 503, "database_unavailable"),  # the PostgreSQL store is down: retry shortly
-    (DatabaseError, 503, "database_unavailable"),  # it cannot be used as it is (schema newer, no pgvector)
-    (KnowledgeBaseError, 400, "knowledge_base_error"),
+    (retrieval.KnowledgeBaseExists, 409, "knowledge_base_exists"),
+    (retrieval.KnowledgeBaseBusy, 409, "knowledge_base_busy"),
+    (retrieval.InvalidName, 400, "invalid_name"),
+    (retrieval.EmbeddingMismatch, 409, "embedding_mismatch"),
+    # The PostgreSQL store is down (retry shortly), or cannot be used as it is (schema newer, no pgvector).
+    (retrieval.DatabaseUnavailable, 503, "database_unavailable"),
+    (retrieval.DatabaseError, 503, "database_unavailable"),
+    (retrieval.KnowledgeBaseError, 400, "knowledge_base_error"),
     (JobQueueFull, 429, "too_many_jobs"),
     (JobFinished, 409, "job_finished"),
     (ModelBusy, 503, "model_busy"),
@@ -101,7 +92,15 @@ def install(app: FastAPI) -> None:
             error_body("invalid_request", validation_message(error.errors())), status_code=422
         )
 
-    for kind in (ApiError, KnowledgeBaseError, LLMError, JobNotFound, JobQueueFull, JobFinished, ValueError):
+    for kind in (
+        ApiError,
+        retrieval.KnowledgeBaseError,
+        LLMError,
+        JobNotFound,
+        JobQueueFull,
+        JobFinished,
+        ValueError,
+    ):
         app.add_exception_handler(kind, known)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 # Seconds a client is told to wait (Retry-After) while the models load.
 RETRY_AFTER_S = 5
+# Seconds between tries to take the sample knowledge base's builder lock while another process holds it.
+BUILDER_POLL_S = 0.5
 
 
 class LoadingStopped(BaseException):
@@ -112,10 +114,15 @@ class ModelLoading:
             log.exception("loading the models failed")
             self.error = str(error)
         with self._lock:
-            if not self._stopping.is_set():
-                self.then()
-            self.seconds = time.perf_counter() - self._started
-            self.finished.set()
+            try:
+                if not self._stopping.is_set():
+                    self.then()
+            except Exception as error:  # e.g. another server holds the data directory: /readyz says so
+                log.exception("starting what follows the loading failed")
+                self.error = self.error or str(error)
+            finally:  # else /readyz would say "loading" for ever
+                self.seconds = time.perf_counter() - self._started
+                self.finished.set()
 
     def _build_sample_kb(self, name: str) -> None:
         docs = self.service.settings.server.sample_docs
@@ -125,14 +132,25 @@ class ModelLoading:
                 extra={"kb": name, "sample_docs": str(docs)},
             )
             return
-        try:
-            report = self.service.ingest(name, [docs], _SampleProgress(self))
-        except LoadingStopped:
-            # Removed, so that the next start builds it whole rather than finding it there, half built.
+        # Replicas that start together (on one PostgreSQL, or one data directory) build it one at a time: the
+        # first builds it, the others wait for it, then find it there.
+        with self.service.building(name, self._wait_for_builder):
             if self.service.exists(name):
-                self.service.delete(name)
-            raise
+                log.info("the sample knowledge base was built by another process", extra={"kb": name})
+                return
+            try:
+                report = self.service.ingest(name, [docs], _SampleProgress(self))
+            except LoadingStopped:
+                # Removed, so that the next start builds it whole rather than finding it there, half built.
+                if self.service.exists(name):
+                    self.service.delete(name)
+                raise
         log.info("built the sample knowledge base", extra={"kb": name, "chunks": report.chunks})
+
+    def _wait_for_builder(self) -> None:
+        # Between tries to take the builder's lock: the server stopping meanwhile ends the wait.
+        if self._stopping.wait(BUILDER_POLL_S):
+            raise LoadingStopped
 
 
 class _SampleProgress:

@@ -1,10 +1,11 @@
-"""Request and response bodies of the HTTP API, with the examples OpenAPI shows."""
+"""Request and response bodies of the HTTP API, with the examples OpenAPI shows, and the limits every
+request is checked against; the OpenAI-compatible face's are in `openai_schemas.py`, the keys' in
+`key_schemas.py`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -332,83 +333,7 @@ class AnswerOut(BaseModel):
     )
 
 
-# --- the OpenAI-compatible face (/v1/chat/completions, /v1/embeddings) -----------------------------------
-
-
-class ChatMessage(BaseModel):
-    """An OpenAI chat message; content is text or a list of text parts."""
-
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = Field(None, max_length=MAX_MESSAGE_CHARS)
-
-    @model_validator(mode="after")
-    def _bounded(self) -> ChatMessage:
-        if len(self.text()) > MAX_MESSAGE_CHARS:
-            raise ValueError(f"a message's text may hold at most {MAX_MESSAGE_CHARS} characters")
-        return self
-
-    def text(self) -> str:
-        """Return the message's text."""
-        if isinstance(self.content, list):
-            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
-        return self.content or ""
-
-
-class StreamOptions(BaseModel):
-    """OpenAI stream options."""
-
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(BaseModel):
-    """An OpenAI chat-completions request; fields kbqa does not use (n, penalties, tools) are ignored."""
-
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [{"model": "demo", "messages": [{"role": "user", "content": "年假有几天？"}]}]
-        },
-    )
-    model: str = Field(..., max_length=MAX_NAME_CHARS)
-    messages: list[ChatMessage] = Field(..., min_length=1, max_length=MAX_MESSAGES)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1, le=32768)
-    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: StopString | list[StopString] | None = Field(
-        None, description=f"At most {MAX_STOP_STRINGS} strings of {MAX_STOP_CHARS} characters."
-    )
-    seed: int | None = None
-    kb: str | None = Field(
-        None, max_length=MAX_NAME_CHARS, description="kbqa extra: answer from this knowledge base."
-    )
-    retrieval: SearchOptions | None = Field(None, description="kbqa extra: how chunks are found.")
-    adapter: str | None = Field(
-        None,
-        max_length=MAX_NAME_CHARS,
-        description="kbqa extra: LoRA adapter by name ('base' for none), as `model: '<model>:<adapter>'` does.",
-    )
-
-
-class EmbeddingsRequest(BaseModel):
-    """An OpenAI embeddings request."""
-
-    model_config = ConfigDict(extra="allow")
-    input: (
-        Annotated[str, Field(max_length=MAX_EMBEDDING_CHARS)]
-        | list[Annotated[str, Field(max_length=MAX_EMBEDDING_CHARS)]]
-    ) = Field(
-        ...,
-        description=f"A text or a list of 1 to {MAX_EMBEDDING_INPUTS} texts, each of at most "
-        f"{MAX_EMBEDDING_CHARS} characters (cut to the model's window).",
-    )
-    model: str | None = Field(None, max_length=MAX_NAME_CHARS)
-
-
-# --- keys and access groups (issue 26) ------------------------------------------------------------------
+# --- access groups (issue 26) --------------------------------------------------------------------------
 
 
 class GroupsIn(Strict):
@@ -419,50 +344,3 @@ class GroupsIn(Strict):
         max_length=32,
         description="Only keys sharing one of these see the document; [] for every reader.",
     )
-
-
-class CreateKey(Strict):
-    """A key to make: its name, role, knowledge bases, groups and expiry."""
-
-    name: str = Field(..., max_length=64, description="Letters, digits, '_' or '-'; shown in the audit log.")
-    role: Literal["admin", "editor", "reader"]
-    knowledge_bases: list[str] = Field(
-        default_factory=list, max_length=256, description="Names, or `*` for all; none for an admin."
-    )
-    groups: list[str] | None = Field(
-        None, max_length=32, description="Only documents without groups or sharing one of these (null: all)."
-    )
-    expires_at: datetime | None = Field(
-        None, description="When the key stops working (UTC unless a zone is given)."
-    )
-
-
-class KeyOut(BaseModel):
-    """A key's facts; never its secret."""
-
-    name: str
-    role: str
-    knowledge_bases: list[str]
-    groups: list[str] | None
-    created_at: str
-    expires_at: str | None
-    expired: bool
-
-
-class KeyCreated(KeyOut):
-    """A new key, with its secret: shown this once, not kept."""
-
-    key: str = Field(..., description="The secret: `Authorization: Bearer <key>`. It cannot be shown again.")
-
-
-class CallerOut(BaseModel):
-    """Who the request's key is and what it may do."""
-
-    name: str | None
-    role: str | None
-    knowledge_bases: list[str]
-    groups: list[str] | None
-    anonymous: bool
-    readable: list[str] = Field(description="The knowledge bases it may read.")
-    editable: list[str] = Field(description="The knowledge bases whose documents it may change.")
-    admin: bool

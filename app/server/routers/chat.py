@@ -10,8 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from app.keys import Caller
-from app.server.dependencies import bearer, knowledge, loaded, reader
+from app.server.dependencies import Reader, Service, bearer, loaded
 from app.server.metrics import Metrics
 from app.server.schemas import AnswerOut, ChatRequest
 from app.server.streaming import read_unless_gone, relay
@@ -56,8 +55,8 @@ async def chat(
     kb: str,
     body: ChatRequest,
     request: Request,
-    service: KnowledgeService = Depends(knowledge),
-    who: Caller = Depends(reader),
+    service: Service,
+    who: Reader,
 ) -> AnswerOut:
     """Answer from the knowledge base with citations, token counts and timings, from the documents the key
     may read."""

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from app.keys import ApiKey, Caller, KeyError_, KeyStore
 from app.server.dependencies import admin, bearer, caller, knowledge
 from app.server.errors import ApiError
-from app.server.schemas import CallerOut, CreateKey, KeyCreated, KeyOut, ListOf
+from app.server.key_schemas import CallerOut, CreateKey, KeyCreated, KeyOut
+from app.server.schemas import ListOf
 from app.services import KnowledgeService
 
 router = APIRouter(prefix="/v1", tags=["keys"], dependencies=[Depends(bearer)])

@@ -20,18 +20,12 @@ from fastapi.responses import StreamingResponse
 
 from app.keys import Caller
 from app.model_routing import ModelNotFound, ModelRouter
-from app.server.dependencies import authenticated, bearer, caller, deny, knowledge, loaded
+from app.server.dependencies import AnyCaller, Authenticated, Service, bearer, deny, loaded
 from app.server.errors import ApiError
 from app.server.metrics import Metrics
+from app.server.openai_schemas import ChatCompletionRequest, ChatMessage, EmbeddingsRequest
 from app.server.routers.chat import answer_out
-from app.server.schemas import (
-    MAX_EMBEDDING_INPUTS,
-    MAX_QUESTION_CHARS,
-    ChatCompletionRequest,
-    ChatMessage,
-    EmbeddingsRequest,
-    check_history_chars,
-)
+from app.server.schemas import MAX_EMBEDDING_INPUTS, MAX_QUESTION_CHARS, check_history_chars
 from app.server.streaming import read_unless_gone, relay
 from app.services import KnowledgeService
 from llm import AnswerOptions, Message, TextStream
@@ -50,9 +44,7 @@ def _may_use(service: KnowledgeService, who: Caller, model_id: str, method: str)
 
 
 @router.get("/models", summary="List models (OpenAI)")
-def list_models(
-    request: Request, service: KnowledgeService = Depends(knowledge), who: Caller = Depends(caller)
-) -> dict:
+def list_models(request: Request, service: Service, who: AnyCaller) -> dict:
     """Return one model per knowledge base the key may read, plus the bare LLM when one is configured, each
     also with every adapter (`<base>:<adapter>`, its `parent` the base id, as vLLM lists LoRA modules)."""
     if not (who.authenticated or who.open_reads):
@@ -75,10 +67,7 @@ def list_models(
 
 @router.post("/chat/completions", summary="Chat completions (OpenAI)")
 async def chat_completions(
-    body: ChatCompletionRequest,
-    request: Request,
-    service: KnowledgeService = Depends(knowledge),
-    who: Caller = Depends(authenticated),
+    body: ChatCompletionRequest, request: Request, service: Service, who: Authenticated
 ) -> Any:
     """Answer the last user message from the knowledge base named by `model` (or `kb`), from the documents
     the key may read, or chat plainly with the bare LLM."""
@@ -123,12 +112,7 @@ async def chat_completions(
 
 
 @router.post("/embeddings", summary="Embeddings (OpenAI)")
-async def embeddings(
-    body: EmbeddingsRequest,
-    request: Request,
-    service: KnowledgeService = Depends(knowledge),
-    who: Caller = Depends(authenticated),
-) -> dict:
+async def embeddings(body: EmbeddingsRequest, request: Request, service: Service, who: Authenticated) -> dict:
     """Return the configured embedding model's passage vectors (L2-normalised) for the input texts."""
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts or len(texts) > MAX_EMBEDDING_INPUTS:

@@ -6,10 +6,8 @@ from dataclasses import asdict
 
 from fastapi import APIRouter, Depends
 
-from app.keys import Caller
-from app.server.dependencies import bearer, knowledge, loaded, reader
+from app.server.dependencies import Reader, Service, bearer, loaded
 from app.server.schemas import HitOut, SearchOut, SearchRequest
-from app.services import KnowledgeService
 
 router = APIRouter(prefix="/v1/kbs/{kb}", tags=["search"], dependencies=[Depends(bearer), Depends(loaded)])
 
@@ -18,8 +16,8 @@ router = APIRouter(prefix="/v1/kbs/{kb}", tags=["search"], dependencies=[Depends
 def search(
     kb: str,
     body: SearchRequest,
-    service: KnowledgeService = Depends(knowledge),
-    who: Caller = Depends(reader),
+    service: Service,
+    who: Reader,
 ) -> SearchOut:
     """Return the best chunks; each `score` is a cosine similarity in [-1, 1] (higher is more similar),
     in every mode, so `score_threshold` means the same everywhere; `answerability` is how likely they
