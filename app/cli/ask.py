@@ -6,11 +6,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from app.cli.common import KbOption, Options, console, errors, fail, run_or_fail, service, valid_or_fail
+from app.cli.common import KbOption, Options, console, fail, run_or_fail, service, valid_or_fail
+from app.cli.output import print_sources
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -89,28 +90,6 @@ def ask(
 
     answer = run_or_fail(print_deltas)
     print_sources(answer, question, answer.timings.total_ms)
-
-
-def print_sources(answer: Any, question: str, total_ms: float) -> None:
-    """Print an answer's citations, the closest passages of a refusal, and its counts (local or remote)."""
-    for citation in answer.citations:
-        place = citation.source + (f", page {citation.page}" if citation.page else "")
-        console.print(f"[{citation.n}] {place} (cosine {citation.score:.3f})", highlight=False, markup=False)
-    if answer.closest:
-        console.print("closest passages (not used):", style="dim", highlight=False)
-    for passage in answer.closest:
-        place = passage.source + (f", page {passage.page}" if passage.page else "")
-        snippet = " ".join(passage.text.split())[:80]
-        console.print(f"  {place}: {snippet}…", style="dim", highlight=False, markup=False)
-    usage = (
-        f"{answer.usage.prompt_tokens}+{answer.usage.completion_tokens} tokens, "
-        if answer.usage.total_tokens
-        else ""
-    )
-    if answer.searched_question and answer.searched_question != question:
-        errors.print(f"searched: {answer.searched_question}", style="dim", highlight=False, markup=False)
-    found = "" if answer.answerability is None else f"answerability {answer.answerability:.2f}, "
-    errors.print(f"[dim]{found}{usage}{total_ms:.0f} ms[/]", highlight=False)
 
 
 def read_history(question: str, path: Path) -> list[Turn]:

@@ -17,7 +17,7 @@ def ask_remote(
     as_json: bool,
 ) -> None:
     """Print the remote answer as `kbqa ask` does: streamed, then its citations (or JSON)."""
-    from app.cli.ask import print_sources
+    from app.cli.output import print_sources
     from app.client import Client, Delta, Done, KbqaError
 
     with Client(Options.server or "", Options.api_key) as client:
@@ -38,7 +38,7 @@ def ask_remote(
 
 def search_remote(kb: str, query: str, options: dict[str, Any], as_json: bool) -> None:
     """Print the remote search's hits as `kbqa search` does (or JSON)."""
-    from app.cli.search import print_hits
+    from app.cli.output import print_hits
     from app.client import Client, KbqaError
 
     with Client(Options.server or "", Options.api_key) as client:

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.text import Text
 
 from app.cli.common import (
     JsonOption,
     KbOption,
     Options,
     RerankOption,
-    console,
     metadata_or_fail,
     run_or_fail,
     service,
     valid_or_fail,
 )
+from app.cli.output import print_hits
 
 
 def search(
@@ -85,34 +84,3 @@ def search(
         print(json.dumps([asdict(hit) for hit in hits], ensure_ascii=False, indent=2))
         return
     print_hits(hits, neighbours)
-
-
-def print_hits(hits: list[Any], neighbours: int) -> None:
-    """Print search hits with their cosine, place and text (local or remote)."""
-    if not hits:
-        console.print("no matching chunks")
-    for rank, hit in enumerate(hits, 1):
-        place = hit.source + (f", page {hit.page}" if hit.page else "")
-        if hit.heading_path:
-            place += " — " + " > ".join(hit.heading_path)
-        if hit.metadata:
-            place += " [" + ", ".join(f"{key}={value}" for key, value in hit.metadata.items()) + "]"
-        if hit.ocr:
-            place += " (OCR)"
-        why = f"cosine {hit.score:.3f}"
-        if hit.lexical_score is not None:
-            why += f" · bm25 {hit.lexical_score:.2f}"
-        if hit.rerank_score is not None:
-            why += f" · rerank {hit.rerank_score:.3f}"
-        console.print(f"[bold]{rank}.[/] [green]{why}[/]", highlight=False)
-        text = "\n".join([*hit.context_before, hit.text, *hit.context_after]).strip()
-        _indented(Text(place, style="cyan"))
-        _indented(Text(text[: 300 * (1 + 2 * neighbours)]))
-        console.print()
-
-
-def _indented(text: Text, indent: int = 3) -> None:
-    """Print `text` with every line, wrapped ones too, under the hit's number (no trailing spaces)."""
-    for line in text.wrap(console, max(20, console.width - indent)):
-        line.rstrip()
-        console.print(Text(" " * indent) + line, highlight=False, soft_wrap=True)
