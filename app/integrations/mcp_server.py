@@ -3,13 +3,12 @@
 Tools: `list_knowledge_bases`, `search` (chunks with their sources, pages and cosines) and `ask` (the
 answer with its citations and answerability; a refusal says it is one). Each document is a resource,
 `kbqa://<kb>/documents/<id>`, whose text is its chunks in reading order. `kbqa mcp` serves it over
-stdio; `kbqa serve` mounts it at `/mcp` (streamable HTTP) behind the API keys.
+stdio; `kbqa serve` mounts it at `/mcp` (streamable HTTP) behind the API keys (`app/server/mcp.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -17,11 +16,10 @@ from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from mcp.server import MCPServer
-    from starlette.types import ASGIApp, Receive, Scope, Send
 
     from app.services import KnowledgeService
 
-from app.server.schemas import MAX_HISTORY_TURNS, MAX_QUERY_CHARS, MAX_QUESTION_CHARS, MAX_TURN_CHARS
+from app.request_limits import MAX_HISTORY_TURNS, MAX_QUERY_CHARS, MAX_QUESTION_CHARS, MAX_TURN_CHARS
 
 MAX_K = 20  # an assistant reads every passage a tool returns; the HTTP API allows more
 DOCUMENT_URI = "kbqa://{kb}/documents/{document_id}"
@@ -194,49 +192,3 @@ def _document_resources(service: KnowledgeService) -> list[Any]:
         for kb in service.names()
         for record in service.documents(kb)
     ]
-
-
-class KeyedEndpoint:
-    """The MCP endpoint behind the API keys: `allowed(scope)` says whether a request may pass, else 401
-    with the API's JSON error body."""
-
-    def __init__(self, app: ASGIApp, allowed: Callable[[Scope], Awaitable[bool]]) -> None:
-        self.app, self.allowed = app, allowed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Handle one request."""
-        from fastapi.responses import JSONResponse
-
-        from app.server.errors import error_body
-
-        if scope["type"] == "http" and not await self.allowed(scope):
-            body = error_body("unauthorized", "a valid API key is required: Authorization: Bearer <key>")
-            await JSONResponse(body, 401, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-def http_routes(server: MCPServer, allowed: Callable[[Scope], Awaitable[bool]]) -> list[Any]:
-    """Return the route that serves `server` at /mcp (streamable HTTP, stateless), each request checked by
-    `allowed`; run `session_manager(server)` for its lifetime."""
-    from mcp.server.transport_security import TransportSecuritySettings
-    from starlette.routing import Route
-
-    # The service's own host checks and keys guard it; the SDK's DNS-rebinding guard would refuse any
-    # Host header but localhost's, which breaks a server behind a proxy or on a LAN address.
-    security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    app = server.streamable_http_app(
-        streamable_http_path="/mcp", stateless_http=True, transport_security=security
-    )
-    return [
-        Route(route.path, KeyedEndpoint(route.app, allowed), methods=route.methods)  # type: ignore[attr-defined]
-        for route in app.routes
-        if getattr(route, "path", None) == "/mcp"
-    ]
-
-
-@asynccontextmanager
-async def session_manager(server: MCPServer) -> AsyncIterator[None]:
-    """Run the HTTP session manager of `server` (needed while /mcp serves)."""
-    async with server.session_manager.run():
-        yield

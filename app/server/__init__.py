@@ -8,16 +8,14 @@ running job's batch at hand) on shutdown. Routers stay thin over `KnowledgeServi
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
@@ -33,6 +31,7 @@ from app.server.auditing import Audit
 from app.server.dependencies import Access, Authenticate
 from app.server.limits import MIB, BodyLimit
 from app.server.loading import ModelLoading
+from app.server.mcp import mcp_routes, mcp_running, mcp_server
 from app.server.metrics import Metrics
 from app.server.routers import chat, documents, health, jobs, keys, knowledge_bases, openai_compat, search
 from app.server.schemas import ERROR_RESPONSES
@@ -58,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         ingestion = SqliteIngestionJobs(service, settings.server.job_queue_size)
     loading = ModelLoading(service, then=ingestion.start)
-    mcp = _mcp_server(service)
+    mcp = mcp_server(service)
     key_store = KeyStore(settings.data_dir)
 
     @asynccontextmanager
@@ -124,42 +123,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContext, metrics=app.state.metrics)
     _web_page(app)
     return app
-
-
-def _mcp_server(service: KnowledgeService) -> Any:
-    """Return the MCP server to serve at /mcp, or None when the `mcp` extra is not installed."""
-    if importlib.util.find_spec("mcp") is None:
-        log.info("the mcp package is not installed: no MCP endpoint at /mcp")
-        return None
-    from app.integrations.mcp_server import build_server
-
-    return build_server(service)
-
-
-def mcp_routes(server: Any) -> list[Any]:
-    """Return the /mcp route, for keys that read every document of every knowledge base (any request on a
-    server without keys): its tools take any knowledge base."""
-    from app.integrations.mcp_server import http_routes
-    from app.server.dependencies import reads_everything
-
-    async def allowed(scope: Scope) -> bool:
-        request = Request(scope)
-        request.app.state.loading.refuse_while_loading()  # as the API's routes: 503 until the models load
-        return reads_everything(request.scope["state"]["caller"])
-
-    return http_routes(server, allowed)
-
-
-@asynccontextmanager
-async def mcp_running(server: Any) -> AsyncIterator[None]:
-    """Run the MCP server's HTTP sessions while the app serves (nothing when there is no MCP server)."""
-    if server is None:
-        yield
-        return
-    from app.integrations.mcp_server import session_manager
-
-    async with session_manager(server):
-        yield
 
 
 def _web_page(app: FastAPI) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.server.schemas import (
+from app.request_limits import (
     MAX_EMBEDDING_CHARS,
     MAX_EMBEDDING_INPUTS,
     MAX_MESSAGE_CHARS,
@@ -15,8 +15,8 @@ from app.server.schemas import (
     MAX_NAME_CHARS,
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,
-    StopString,
 )
+from app.server.schemas import StopString
 from retrieval import SearchOptions
 
 

@@ -20,12 +20,13 @@ from fastapi.responses import StreamingResponse
 
 from app.keys import Caller
 from app.model_routing import ModelNotFound, ModelRouter
+from app.request_limits import MAX_EMBEDDING_INPUTS, MAX_QUESTION_CHARS
 from app.server.dependencies import AnyCaller, Authenticated, Service, bearer, deny, loaded
 from app.server.errors import ApiError
 from app.server.metrics import Metrics
 from app.server.openai_schemas import ChatCompletionRequest, ChatMessage, EmbeddingsRequest
 from app.server.routers.chat import answer_out
-from app.server.schemas import MAX_EMBEDDING_INPUTS, MAX_QUESTION_CHARS, check_history_chars
+from app.server.schemas import check_history_chars
 from app.server.streaming import read_unless_gone, relay
 from app.services import KnowledgeService
 from llm import AnswerOptions, Message, TextStream
