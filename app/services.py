@@ -229,13 +229,17 @@ class KnowledgeService:
             self.catalog.delete_original(name, source)
         self.original_path(name, source).unlink(missing_ok=True)
 
+    def kb_folder(self, name: str) -> Path:
+        """Return the folder of the named knowledge base on this node (its originals are below it)."""
+        return self.catalog.path(name)
+
     def original_path(self, name: str, source: str) -> Path:
         """Return where the original file of a document uploaded over HTTP is kept (long names shortened).
 
         On the PostgreSQL store the originals are in the database: this node's copy is made afresh from it
         (or removed, when the database has none), so a file replaced through another node is never stale.
         """
-        path = original_file(self.catalog.path(name), source)
+        path = original_file(self.kb_folder(name), source)
         if self.database is not None:
             content = self.catalog.original(name, source)
             if content is None:

@@ -15,12 +15,12 @@ import shutil
 import uuid
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from ingestion import SourceFile
 
 if TYPE_CHECKING:
-    from app.services import KnowledgeService
+    from retrieval import DocumentRecord
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +95,34 @@ def stage(stream: BinaryIO, folder: Path, name: str, max_mb: float) -> SourceFil
     return SourceFile(path, name)
 
 
+class Library(Protocol):
+    """What `Uploads` asks of the knowledge service (`app.services.KnowledgeService` is one): a protocol, so
+    this module stays below the service that uses it."""
+
+    def names(self) -> list[str]:
+        """Return the names of the knowledge bases."""
+        ...
+
+    def documents(self, name: str) -> list[DocumentRecord]:
+        """Return the documents of a knowledge base."""
+        ...
+
+    def kb_folder(self, name: str) -> Path:
+        """Return the folder of a knowledge base on this node."""
+        ...
+
+    def original_path(self, name: str, source: str) -> Path:
+        """Return where the original file of a document is kept."""
+        ...
+
+
 class Uploads:
     """The staged files of the jobs of one data directory, and the originals they become."""
 
-    def __init__(self, service: KnowledgeService) -> None:
-        self.service = service
-        self.folder = service.settings.data_dir / "uploads"
-        self.work_dir = service.settings.data_dir / "work"  # a PostgreSQL worker's unpacked files
+    def __init__(self, library: Library, data_dir: Path) -> None:
+        self.library = library
+        self.folder = data_dir / "uploads"
+        self.work_dir = data_dir / "work"  # a PostgreSQL worker's unpacked files
 
     def staging_dir(self) -> tuple[str, Path]:
         """Return a new job id and the empty folder its uploaded files go to."""
@@ -129,9 +150,9 @@ class Uploads:
 
         A file skipped as unchanged counts too: a job resumed after a crash finds its first files stored.
         """
-        stored = {d.source for d in self.service.documents(kb)}
+        stored = {d.source for d in self.library.documents(kb)}
         for file in files:
-            target = self.service.original_path(kb, file.source)
+            target = self.library.original_path(kb, file.source)
             if file.source in stored and file.path != target:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(file.path, target)
@@ -139,12 +160,12 @@ class Uploads:
     def remove_orphan_originals(self) -> None:
         """Delete kept originals whose document is gone: a delete commits, then unlinks, and a crash between
         the two would leave the file for ever (nothing else runs on the data directory at start)."""
-        for name in self.service.names():
-            folder = self.service.catalog.path(name) / "originals"
+        for name in self.library.names():
+            folder = self.library.kb_folder(name) / "originals"
             if not folder.is_dir():
                 continue
             try:
-                kept = {self.service.original_path(name, d.source) for d in self.service.documents(name)}
+                kept = {self.library.original_path(name, d.source) for d in self.library.documents(name)}
             except Exception:  # a knowledge base that does not open is reported when it is used
                 log.exception("could not list the documents of a knowledge base", extra={"kb": name})
                 continue

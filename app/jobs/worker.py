@@ -59,7 +59,7 @@ class IngestionJobs(ABC):
     def __init__(self, service: KnowledgeService, queue_size: int) -> None:
         self.service = service
         self.queue_size = queue_size
-        self.uploads = Uploads(service)
+        self.uploads = Uploads(service, service.settings.data_dir)
         self._stopping = threading.Event()
         # Per running job, the page OCR is reading: progress within a file.
         self._reading: dict[str, str] = {}
