@@ -112,6 +112,11 @@ class BatchingEmbedder:
         """Return the query vectors of `texts` from one call of the wrapped embedder (no cache)."""
         return self._embed_queries(list(texts))
 
+    def waiting(self) -> int:
+        """Return how many queries the open batch holds, not yet handed to the model (0 when none is open)."""
+        with self._lock:
+            return 0 if self._open is None else len(self._open.texts)
+
     def _join(self, text: str) -> tuple[_Batch, bool]:
         """Return the open batch with `text` in it, and whether this caller opened it (and so runs it)."""
         batch, leads = self._open, False

@@ -58,6 +58,16 @@ class Recording:
         return self.embedder.embed_queries(texts)
 
 
+def until(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    """Return whether `condition` came to hold within `seconds` (polled; a state to reach, not a time to wait)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def at_once(call: Callable[[str], np.ndarray], texts: list[str]) -> list[np.ndarray | BaseException]:
     """Return what `call` gave for each text (its vector or its exception), all started together."""
     start = threading.Barrier(len(texts))
@@ -122,9 +132,8 @@ def test_queries_arriving_while_a_batch_runs_gather_in_the_next(e5_embedder) -> 
         first = pool.submit(batcher.embed_query, QUERIES[0])
         assert recording.held.wait(10)  # its batch is being embedded (held), the one slot taken
         rest = [pool.submit(batcher.embed_query, q) for q in QUERIES[1:]]
-        # Without a wait of their own, they still wait together for the slot. (When each has joined the
-        # open batch is not visible from outside the batcher: this pause lets the threads arrive.)
-        time.sleep(0.3)
+        # Without a wait of their own, they still wait together for the slot: all of them join the open batch.
+        assert until(lambda: batcher.waiting() == len(QUERIES) - 1)
         recording.release.set()
         vectors = [first.result(), *(f.result() for f in rest)]
     assert [sorted(batch) for batch in recording.batches] == [[QUERIES[0]], sorted(QUERIES[1:])]
