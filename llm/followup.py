@@ -125,6 +125,8 @@ _ELLIPSIS = re.compile(
     re.IGNORECASE,
 )
 _LEADING = re.compile(r"^\s*(?:那么|那麼|那|还有|還有|另外|以及)\s*[，,]?\s*")
+# 它 points back wherever jieba put it (给它, 它会), unlike 他/她 (其他, 他人) and except in 其它 ("other").
+_GLUED_IT = re.compile(r"(?<!其)它(?:们|們)?")
 _ENGLISH = re.compile(r"[A-Za-z]")
 _WORD = re.compile(r"\w")
 
@@ -144,7 +146,11 @@ def rule_rewrite(
     if not subject:
         return None
     tokens = terms(question)
-    pointer = next((t for t in tokens if t in _POINTERS), None)
+    glued = _GLUED_IT.search(
+        question
+    )  # jieba may glue 它 to its neighbour (给它, 它会, 它市): still a pronoun
+    pointer = next((t for t in tokens if t in _PRONOUNS), None) or (glued.group() if glued else None)
+    pointer = pointer or next((t for t in tokens if t in _POINTERS), None)
     strength: Strength = "none"
     if pointer in _PRONOUNS or _ELLIPSIS.search(question):
         strength = "points-back"
@@ -218,13 +224,17 @@ _TOPIC_END = frozenset(_TOPIC_END_TEXT.split())
 _ASKING_WORD = re.compile(
     r"^(?:什么|甚么|哪|谁|多少|多久|多[长大高远]|几|如何|怎|为什么|为何|何时|何处|何地|是否)"
 )
+# An asking word that picks a kind (哪种症状, 哪一个场馆, 什么方法, 几位): at the start of a question the
+# words up to its verb say what is asked for, not what the question is about (潮州市 of
+# 哪一个场馆是潮州市体育的主要场馆？). 哪里 (where) and 什么时候 (when) ask no kind.
+_PICKING_WORD = re.compile(r"^(?:哪(?![里儿])|什么(?!时候)|甚么|何种|几|多少)")
 _PUNCTUATION = re.compile(r"^[\W_]+$")
 _VERB_YU = re.compile(r"^\w于$")  # 位于, 生于, 属于, 用于: jieba's words, ending the topic as 于 does
 _CLAUSE_END = re.compile(r"^[,;:?!、。…]+$")  # folded (NFKC): ， is ","; a hyphen or a dot is part of a name
 # Words before a topic: asking (请问, 是 of 什么是…), leading on (那么, 该 of 那么该棱柱…), saying when
 # or how often (后来 of 后来又有些凉茶铺…, 一般).
 _BEFORE_TEXT = """
-请问 是 那么 后来 以前 之前 当时 目前 现在 如今 最早 最初 起初 早期 近年 近年来 曾经 原本 原来 又 一般 通常
+请问 是 那么 后来 以前 之前 当时 目前 现在 如今 最早 最初 起初 早期 近年 近年来 曾经 原本 原来 又 一般 通常 首先
 please tell me
 """
 _BEFORE_TOPIC = frozenset([*_BEFORE_TEXT.split(), *_POINTERS])
@@ -249,18 +259,24 @@ def _topic(question: str) -> str:
     at = [0]
     for word in pieces:
         at.append(at[-1] + len(word))
-    start, skipping = 0, False
+    start, skipping, picking = 0, False, False
     for i, word in enumerate(pieces):
         key = word.strip().casefold()
         if _CLAUSE_END.match(key):
-            if not skipping and i > start and not _WORD.search(folded[at[i] :]):
+            if not skipping and not picking and i > start and not _WORD.search(folded[at[i] :]):
                 return text[at[start] : at[i]].strip()  # the last clause, all topic (…开始彻底改建？)
-            start, skipping = i + 1, False  # a clause of time or place: the topic is in the next one
+            start, skipping, picking = i + 1, False, False  # a clause of time or place: the topic is next
             continue
         asking = bool(_ASKING_WORD.match(key))
         if skipping:
             continue
-        if start == i and (not key or _PUNCTUATION.match(key) or key in _BEFORE_TOPIC or asking):
+        if picking:  # the kind asked for (症状 of 哪种症状为…) runs to its verb; the topic follows
+            if key in _TOPIC_END or _VERB_YU.match(key):
+                start, picking = i + 1, False
+            continue
+        if start == i and asking and _PICKING_WORD.match(key) and _names_a_kind(pieces[i + 1 : i + 2]):
+            picking = True
+        elif start == i and (not key or _PUNCTUATION.match(key) or key in _BEFORE_TOPIC or asking):
             start = i + 1  # still asking or leading on: the topic starts after this word
         elif key in _TOPIC_END or asking or _VERB_YU.match(key):
             if len(_WORD.findall(folded[at[start] : at[i]])) >= 2:
@@ -268,7 +284,13 @@ def _topic(question: str) -> str:
             if i > start:
                 continue  # one character is no topic but part of a name: 在 of 自在奥义书
             skipping = True  # a clause opening with 在, 有…: a place or a condition, not the topic
-    return "" if skipping else text[at[start] :].strip()
+    return "" if skipping or picking else text[at[start] :].strip()
+
+
+def _names_a_kind(following: Sequence[str]) -> bool:
+    """Return whether the word after an asking word is part of what is asked for (种 of 哪种), not a verb."""
+    key = following[0].strip().casefold() if following else ""
+    return bool(_WORD.match(key)) and key not in _TOPIC_END and not _ASKING_WORD.match(key)
 
 
 def _whole_terms(text: str) -> list[str]:
@@ -281,6 +303,8 @@ def _replace_word(question: str, word: str, subject: str) -> str:
     """Return `question` with its first `word` (a pronoun) replaced by `subject`."""
     if _ENGLISH.search(word):
         return re.sub(rf"\b{re.escape(word)}\b", subject, question, count=1, flags=re.IGNORECASE)
+    if word.startswith("它"):
+        return _GLUED_IT.sub(subject, question, count=1)  # not the 它 of an earlier 其它
     return question.replace(word, subject, 1)
 
 
