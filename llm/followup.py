@@ -217,7 +217,7 @@ def _as_written(term: str, text: str) -> str:
 # asked about it, which a follow-up does not repeat. The question is cut at jieba's words, never inside one:
 # 多伦多大学位于哪里？ is about 多伦多大学, not 多 (cut at 多大), 萱侬律位于… about 萱侬律, not 萱侬律位.
 _TOPIC_END_TEXT = """
-的 是 有 在 为 被 由 于 可以 能 能否 会 需要 要 吗 呢 不 没有 并未
+的 是 有 在 为 被 由 于 曾 曾经 可以 能 能否 会 需要 要 吗 呢 不 没有 并未
 what which who whom whose when where why how is are was were does do did can should has have
 """
 _TOPIC_END = frozenset(_TOPIC_END_TEXT.split())
@@ -226,8 +226,9 @@ _ASKING_WORD = re.compile(
 )
 # An asking word that picks a kind (哪种症状, 哪一个场馆, 什么方法, 几位): at the start of a question the
 # words up to its verb say what is asked for, not what the question is about (潮州市 of
-# 哪一个场馆是潮州市体育的主要场馆？). 哪里 (where) and 什么时候 (when) ask no kind.
-_PICKING_WORD = re.compile(r"^(?:哪(?![里儿])|什么(?!时候)|甚么|何种|几|多少)")
+# 哪一个场馆是潮州市体育的主要场馆？). 哪里, 哪些地方 (where) and 什么时候 (when) ask no kind.
+_PICKING_WORD = re.compile(r"^(?:哪(?![里儿])|什么|甚么|何种|几|多少)(?!(?:些|个|一个)?(?:时候|地方))")
+_MEASURE = re.compile(r"^(?:[^\W\d_a-z]|[一几][^\W\d_a-z])$")  # one character, or 一个, 几种 (folded)
 _PUNCTUATION = re.compile(r"^[\W_]+$")
 _VERB_YU = re.compile(r"^\w于$")  # 位于, 生于, 属于, 用于: jieba's words, ending the topic as 于 does
 _CLAUSE_END = re.compile(r"^[,;:?!、。…]+$")  # folded (NFKC): ， is ","; a hyphen or a dot is part of a name
@@ -259,23 +260,21 @@ def _topic(question: str) -> str:
     at = [0]
     for word in pieces:
         at.append(at[-1] + len(word))
-    start, skipping, picking = 0, False, False
+    start, skipping, resume = 0, False, 0
     for i, word in enumerate(pieces):
+        if i < resume:
+            continue  # the kind asked for (种症状为 of 哪种症状为…)
         key = word.strip().casefold()
         if _CLAUSE_END.match(key):
-            if not skipping and not picking and i > start and not _WORD.search(folded[at[i] :]):
+            if not skipping and i > start and (0 < resume == start or not _WORD.search(folded[at[i] :])):
                 return text[at[start] : at[i]].strip()  # the last clause, all topic (…开始彻底改建？)
-            start, skipping, picking = i + 1, False, False  # a clause of time or place: the topic is next
+            start, skipping = i + 1, False  # a clause of time or place: the topic is in the next one
             continue
         asking = bool(_ASKING_WORD.match(key))
         if skipping:
             continue
-        if picking:  # the kind asked for (症状 of 哪种症状为…) runs to its verb; the topic follows
-            if key in _TOPIC_END or _VERB_YU.match(key):
-                start, picking = i + 1, False
-            continue
-        if start == i and asking and _PICKING_WORD.match(key) and _names_a_kind(pieces[i + 1 : i + 2]):
-            picking = True
+        if start == i and asking and _PICKING_WORD.match("".join(pieces[i : i + 3])):
+            start = resume = _after_kind(pieces, i + 1)
         elif start == i and (not key or _PUNCTUATION.match(key) or key in _BEFORE_TOPIC or asking):
             start = i + 1  # still asking or leading on: the topic starts after this word
         elif key in _TOPIC_END or asking or _VERB_YU.match(key):
@@ -284,13 +283,23 @@ def _topic(question: str) -> str:
             if i > start:
                 continue  # one character is no topic but part of a name: 在 of 自在奥义书
             skipping = True  # a clause opening with 在, 有…: a place or a condition, not the topic
-    return "" if skipping or picking else text[at[start] :].strip()
+    return "" if skipping else text[at[start] :].strip()
 
 
-def _names_a_kind(following: Sequence[str]) -> bool:
-    """Return whether the word after an asking word is part of what is asked for (种 of 哪种), not a verb."""
-    key = following[0].strip().casefold() if following else ""
-    return bool(_WORD.match(key)) and key not in _TOPIC_END and not _ASKING_WORD.match(key)
+def _after_kind(pieces: Sequence[str], at: int) -> int:
+    """Return the index of the word after the kind that an asking word picks, starting at `pieces[at]`: its
+    measure words (一 个 种, 一个), one word naming the kind (场馆), and a verb or 的 after it (是, 为)."""
+
+    def key(i: int) -> str:
+        return pieces[i].strip().casefold() if i < len(pieces) else ""
+
+    while _MEASURE.match(key(at)) and key(at) not in _TOPIC_END:
+        at += 1
+    if _WORD.match(key(at)) and key(at) not in _TOPIC_END and not _ASKING_WORD.match(key(at)):
+        at += 1
+    if key(at) in _TOPIC_END or _VERB_YU.match(key(at)):
+        at += 1
+    return at
 
 
 def _whole_terms(text: str) -> list[str]:
@@ -300,11 +309,11 @@ def _whole_terms(text: str) -> list[str]:
 
 
 def _replace_word(question: str, word: str, subject: str) -> str:
-    """Return `question` with its first `word` (a pronoun) replaced by `subject`."""
+    """Return `question` with its first `word` (a pronoun; every 它) replaced by `subject`."""
     if _ENGLISH.search(word):
         return re.sub(rf"\b{re.escape(word)}\b", subject, question, count=1, flags=re.IGNORECASE)
     if word.startswith("它"):
-        return _GLUED_IT.sub(subject, question, count=1)  # not the 它 of an earlier 其它
+        return _GLUED_IT.sub(subject, question)  # every 它 (哪种它是以它来…), not the 它 of 其它
     return question.replace(word, subject, 1)
 
 
