@@ -217,7 +217,7 @@ def _as_written(term: str, text: str) -> str:
 # asked about it, which a follow-up does not repeat. The question is cut at jieba's words, never inside one:
 # 多伦多大学位于哪里？ is about 多伦多大学, not 多 (cut at 多大), 萱侬律位于… about 萱侬律, not 萱侬律位.
 _TOPIC_END_TEXT = """
-的 是 有 在 为 被 由 于 曾 曾经 可以 能 能否 会 需要 要 吗 呢 不 没有 并未
+的 是 有 在 为 被 由 于 从 向 把 给 曾 曾经 可以 能 能否 会 需要 要 吗 呢 不 没有 并未
 what which who whom whose when where why how is are was were does do did can should has have
 """
 _TOPIC_END = frozenset(_TOPIC_END_TEXT.split())
@@ -235,7 +235,7 @@ _CLAUSE_END = re.compile(r"^[,;:?!、。…]+$")  # folded (NFKC): ， is ","; a
 # Words before a topic: asking (请问, 是 of 什么是…), leading on (那么, 该 of 那么该棱柱…), saying when
 # or how often (后来 of 后来又有些凉茶铺…, 一般).
 _BEFORE_TEXT = """
-请问 是 那么 后来 以前 之前 当时 目前 现在 如今 最早 最初 起初 早期 近年 近年来 曾经 原本 原来 又 一般 通常 首先
+请问 是 那么 后来 以前 之前 当时 目前 现在 如今 最早 最初 起初 早期 近年 近年来 曾经 原本 原来 又 一般 通常 首先 最先
 please tell me
 """
 _BEFORE_TOPIC = frozenset([*_BEFORE_TEXT.split(), *_POINTERS])
