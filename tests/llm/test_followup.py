@@ -74,6 +74,14 @@ def test_a_question_asking_for_a_kind_has_its_topic_after_the_verb() -> None:
     )
 
 
+def test_a_preposition_or_once_ends_the_topic() -> None:
+    assert rule_rewrite("它有多长？", _after("黑龙江从哪一年开始成为边界？")).searched == "黑龙江有多长？"
+    assert (
+        rule_rewrite("它的人口是多少？", _after("北京曾于哪一年举办奥运会？")).searched
+        == "北京的人口是多少？"
+    )
+
+
 def test_a_pronoun_glued_to_its_neighbour_still_points_back() -> None:
     # jieba cuts 给它 and 它会 as words; 其它 ("other") is no pronoun.
     candidate = rule_rewrite("这本书给它的建议是什么？", _after("伽利略是哪里人？"))
