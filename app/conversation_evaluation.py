@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from app.services import KnowledgeService
 
 PRONOUN = "它"
+# The follow-ups of a set split by article, so a rewriter can be tuned on one part and reported on the
+# other: "tune" holds the articles of even index in the file, "report" those of odd index, "all" both.
+PARTS = ("all", "tune", "report")
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,13 @@ def conversation_set(
     titles: dict[int, str],
     seed: int = 0,
     limit: int = 200,
+    part: str = "all",
 ) -> list[FollowUp]:
     """Return at most `limit` answerable and `limit` held-out follow-ups of an answer set made from
-    `paragraphs` (indexed and held out), whose articles' titles are `titles`."""
+    `paragraphs` (indexed and held out), whose articles' titles are `titles`; `part` (`PARTS`) keeps
+    only the questions of even-index ("tune") or odd-index ("report") articles."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
     article_of = {q: p.article for p in paragraphs for q in p.questions}
     asked_in: dict[int, list[Question]] = {}
     for paragraph in paragraphs:
@@ -67,6 +74,8 @@ def conversation_set(
     held_out: list[FollowUp] = []
     for case in chosen.cases + chosen.more_answerable:
         article = article_of[case.question]
+        if part != "all" and article % 2 != (part == "report"):
+            continue
         title = titles.get(article, "")
         others = [q for q in asked_in[article] if q != case.question]
         if len(title) < 2 or title not in case.question.text or not others:

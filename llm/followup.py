@@ -125,6 +125,8 @@ _ELLIPSIS = re.compile(
     re.IGNORECASE,
 )
 _LEADING = re.compile(r"^\s*(?:那么|那麼|那|还有|還有|另外|以及)\s*[，,]?\s*")
+# 它 points back wherever jieba put it (给它, 它会), unlike 他/她 (其他, 他人) and except in 其它 ("other").
+_GLUED_IT = re.compile(r"(?<!其)它(?:们|們)?")
 _ENGLISH = re.compile(r"[A-Za-z]")
 _WORD = re.compile(r"\w")
 
@@ -144,7 +146,11 @@ def rule_rewrite(
     if not subject:
         return None
     tokens = terms(question)
-    pointer = next((t for t in tokens if t in _POINTERS), None)
+    glued = _GLUED_IT.search(
+        question
+    )  # jieba may glue 它 to its neighbour (给它, 它会, 它市): still a pronoun
+    pointer = next((t for t in tokens if t in _PRONOUNS), None) or (glued.group() if glued else None)
+    pointer = pointer or next((t for t in tokens if t in _POINTERS), None)
     strength: Strength = "none"
     if pointer in _PRONOUNS or _ELLIPSIS.search(question):
         strength = "points-back"
@@ -211,20 +217,25 @@ def _as_written(term: str, text: str) -> str:
 # asked about it, which a follow-up does not repeat. The question is cut at jieba's words, never inside one:
 # 多伦多大学位于哪里？ is about 多伦多大学, not 多 (cut at 多大), 萱侬律位于… about 萱侬律, not 萱侬律位.
 _TOPIC_END_TEXT = """
-的 是 有 在 为 被 由 于 可以 能 能否 会 需要 要 吗 呢 不 没有 并未
+的 是 有 在 为 被 由 于 从 向 把 给 曾 曾经 可以 能 能否 会 需要 要 吗 呢 不 没有 并未
 what which who whom whose when where why how is are was were does do did can should has have
 """
 _TOPIC_END = frozenset(_TOPIC_END_TEXT.split())
 _ASKING_WORD = re.compile(
     r"^(?:什么|甚么|哪|谁|多少|多久|多[长大高远]|几|如何|怎|为什么|为何|何时|何处|何地|是否)"
 )
+# An asking word that picks a kind (哪种症状, 哪一个场馆, 什么方法, 几位): at the start of a question the
+# words up to its verb say what is asked for, not what the question is about (潮州市 of
+# 哪一个场馆是潮州市体育的主要场馆？). 哪里, 哪些地方 (where) and 什么时候 (when) ask no kind.
+_PICKING_WORD = re.compile(r"^(?:哪(?![里儿])|什么|甚么|何种|几|多少)(?!(?:些|个|一个)?(?:时候|地方))")
+_MEASURE = re.compile(r"^(?:[^\W\d_a-z]|[一几][^\W\d_a-z])$")  # one character, or 一个, 几种 (folded)
 _PUNCTUATION = re.compile(r"^[\W_]+$")
 _VERB_YU = re.compile(r"^\w于$")  # 位于, 生于, 属于, 用于: jieba's words, ending the topic as 于 does
 _CLAUSE_END = re.compile(r"^[,;:?!、。…]+$")  # folded (NFKC): ， is ","; a hyphen or a dot is part of a name
 # Words before a topic: asking (请问, 是 of 什么是…), leading on (那么, 该 of 那么该棱柱…), saying when
 # or how often (后来 of 后来又有些凉茶铺…, 一般).
 _BEFORE_TEXT = """
-请问 是 那么 后来 以前 之前 当时 目前 现在 如今 最早 最初 起初 早期 近年 近年来 曾经 原本 原来 又 一般 通常
+请问 是 那么 后来 以前 之前 当时 目前 现在 如今 最早 最初 起初 早期 近年 近年来 曾经 原本 原来 又 一般 通常 首先 最先
 please tell me
 """
 _BEFORE_TOPIC = frozenset([*_BEFORE_TEXT.split(), *_POINTERS])
@@ -249,18 +260,22 @@ def _topic(question: str) -> str:
     at = [0]
     for word in pieces:
         at.append(at[-1] + len(word))
-    start, skipping = 0, False
+    start, skipping, resume = 0, False, 0
     for i, word in enumerate(pieces):
+        if i < resume:
+            continue  # the kind asked for (种症状为 of 哪种症状为…)
         key = word.strip().casefold()
         if _CLAUSE_END.match(key):
-            if not skipping and i > start and not _WORD.search(folded[at[i] :]):
+            if not skipping and i > start and (0 < resume == start or not _WORD.search(folded[at[i] :])):
                 return text[at[start] : at[i]].strip()  # the last clause, all topic (…开始彻底改建？)
             start, skipping = i + 1, False  # a clause of time or place: the topic is in the next one
             continue
         asking = bool(_ASKING_WORD.match(key))
         if skipping:
             continue
-        if start == i and (not key or _PUNCTUATION.match(key) or key in _BEFORE_TOPIC or asking):
+        if start == i and asking and _PICKING_WORD.match("".join(pieces[i : i + 3])):
+            start = resume = _after_kind(pieces, i + 1)
+        elif start == i and (not key or _PUNCTUATION.match(key) or key in _BEFORE_TOPIC or asking):
             start = i + 1  # still asking or leading on: the topic starts after this word
         elif key in _TOPIC_END or asking or _VERB_YU.match(key):
             if len(_WORD.findall(folded[at[start] : at[i]])) >= 2:
@@ -271,6 +286,22 @@ def _topic(question: str) -> str:
     return "" if skipping else text[at[start] :].strip()
 
 
+def _after_kind(pieces: Sequence[str], at: int) -> int:
+    """Return the index of the word after the kind that an asking word picks, starting at `pieces[at]`: its
+    measure words (一 个 种, 一个), one word naming the kind (场馆), and a verb or 的 after it (是, 为)."""
+
+    def key(i: int) -> str:
+        return pieces[i].strip().casefold() if i < len(pieces) else ""
+
+    while _MEASURE.match(key(at)) and key(at) not in _TOPIC_END:
+        at += 1
+    if _WORD.match(key(at)) and key(at) not in _TOPIC_END and not _ASKING_WORD.match(key(at)):
+        at += 1
+    if key(at) in _TOPIC_END or _VERB_YU.match(key(at)):
+        at += 1
+    return at
+
+
 def _whole_terms(text: str) -> list[str]:
     """Return the content terms of `text` without the sub-words jieba also yields (笔记本电脑, not 笔记本)."""
     found = content_terms(text)
@@ -278,9 +309,11 @@ def _whole_terms(text: str) -> list[str]:
 
 
 def _replace_word(question: str, word: str, subject: str) -> str:
-    """Return `question` with its first `word` (a pronoun) replaced by `subject`."""
+    """Return `question` with its first `word` (a pronoun; every 它) replaced by `subject`."""
     if _ENGLISH.search(word):
         return re.sub(rf"\b{re.escape(word)}\b", subject, question, count=1, flags=re.IGNORECASE)
+    if word.startswith("它"):
+        return _GLUED_IT.sub(subject, question)  # every 它 (哪种它是以它来…), not the 它 of 其它
     return question.replace(word, subject, 1)
 
 

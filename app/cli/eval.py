@@ -289,6 +289,14 @@ def eval_conversations(
             "--limit", min=1, help="Ask at most N answerable and N held-out follow-ups (each several ways)."
         ),
     ] = 200,
+    part: Annotated[
+        str,
+        typer.Option(
+            "--part",
+            help="Ask the follow-ups of every article (all), of the even-index articles of the file (tune: "
+            "look at these while improving the rewriter) or of the odd-index ones (report: measure once).",
+        ),
+    ] = "all",
     as_json: JsonOption = False,
 ) -> None:
     """Ask follow-ups (a question with its article's title made a pronoun, after another question of the
@@ -298,24 +306,27 @@ def eval_conversations(
     after an unrelated turn, and the refusals of held-out follow-ups and of the same questions as written.
     """
     from app.conversation_evaluation import (
+        PARTS,
         article_titles,
         ask_conversations,
         conversation_set,
         conversation_summary,
     )
 
+    if part not in PARTS:
+        fail(f"--part must be one of {', '.join(PARTS)}, not {part!r}")
     svc = service()
     kb = kb or f"answers-{dataset.stem}"
     chosen = built_answer_set(svc, kb, dataset, holdout, articles, seed, skip)
     try:
         paragraphs = dataset_slice(dataset, articles, skip)
-        followups = conversation_set(chosen, paragraphs, article_titles(dataset), seed, limit)
+        followups = conversation_set(chosen, paragraphs, article_titles(dataset), seed, limit, part)
     except (OSError, ValueError, KeyError, TypeError) as error:
         fail(f"cannot use SQuAD-format dataset {dataset}: {error}")
     answerable = sum(f.original.kind == "answerable" for f in followups)
     with progress_bar("asking", 4 * answerable + 2 * (len(followups) - answerable)) as advance:
         asked = run_or_fail(lambda: ask_conversations(svc, kb, followups, advance))
-    result = {"kb": kb, "backend": svc.settings.llm.backend, **conversation_summary(asked)}
+    result = {"kb": kb, "backend": svc.settings.llm.backend, "part": part, **conversation_summary(asked)}
     print_measures(result, as_json)
 
 

@@ -250,6 +250,38 @@ def test_cli_eval_conversations_asks_follow_ups_four_ways(tmp_path: Path) -> Non
     assert report["followups_rewritten"] == 1.0  # every 它 question was searched with its city
 
 
+def test_conversation_parts_split_the_follow_ups_by_article() -> None:
+    from app.answer_evaluation import AnswerCase, AnswerSet
+    from app.conversation_evaluation import conversation_set
+    from app.evaluation import Question
+
+    cities = ["北京", "上海", "广州", "深圳", "成都"]
+    paragraphs = [
+        Paragraph(
+            number,
+            number,
+            f"{city}有{number}座桥，{number + 1}条河。",
+            (
+                Question(f"{city}有几座桥？", (f"{number}座",)),
+                Question(f"{city}有几条河？", (f"{number + 1}条",)),
+            ),
+        )
+        for number, city in enumerate(cities)
+    ]
+    cases = [AnswerCase(q, "answerable") for p in paragraphs for q in p.questions]
+    chosen = AnswerSet(paragraphs, cases)
+    titles = dict(enumerate(cities))
+
+    def asked(part: str) -> set[str]:
+        return {f.original.question.text for f in conversation_set(chosen, paragraphs, titles, part=part)}
+
+    tune, report, every = asked("tune"), asked("report"), asked("all")
+    assert {q[:2] for q in tune} == {"北京", "广州", "成都"} and {q[:2] for q in report} == {"上海", "深圳"}
+    assert tune | report == every and not tune & report
+    with pytest.raises(ValueError, match="part"):
+        conversation_set(chosen, paragraphs, titles, part="odd")
+
+
 @pytest.mark.slow
 def test_cli_eval_calibrate_pools_rounds_and_teaches_the_reader_every_answerable_question(
     tmp_path: Path,

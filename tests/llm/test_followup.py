@@ -63,6 +63,32 @@ def test_the_topic_is_cut_at_whole_words() -> None:
     assert rule_rewrite("它有什么毒性？", _after("什么是放线菌酮？")).searched == "放线菌酮有什么毒性？"
 
 
+def test_a_question_asking_for_a_kind_has_its_topic_after_the_verb() -> None:
+    # 哪一个场馆 is what was asked for, not what the question was about; 哪里 (where) asks no kind.
+    stadium = _after("哪一個場館是潮州市體育的主要場館？")
+    assert rule_rewrite("它的氣候如何？", stadium).searched == "潮州市體育的氣候如何？"
+    assert rule_rewrite("它有多少员工？", _after("什么公司是小米的母公司？")).searched == "小米有多少员工？"
+    assert (
+        rule_rewrite("它多久可以更换？", _after("笔记本电脑在哪里申请？")).searched
+        == "笔记本电脑多久可以更换？"
+    )
+
+
+def test_a_preposition_or_once_ends_the_topic() -> None:
+    assert rule_rewrite("它有多长？", _after("黑龙江从哪一年开始成为边界？")).searched == "黑龙江有多长？"
+    assert (
+        rule_rewrite("它的人口是多少？", _after("北京曾于哪一年举办奥运会？")).searched
+        == "北京的人口是多少？"
+    )
+
+
+def test_a_pronoun_glued_to_its_neighbour_still_points_back() -> None:
+    # jieba cuts 给它 and 它会 as words; 其它 ("other") is no pronoun.
+    candidate = rule_rewrite("这本书给它的建议是什么？", _after("伽利略是哪里人？"))
+    assert candidate.strength == "points-back" and candidate.searched == "这本书给伽利略的建议是什么？"
+    assert rule_rewrite("其它型号呢？它会坏吗？", LAPTOP).searched == "其它型号呢？笔记本电脑会坏吗？"
+
+
 def test_a_new_topic_is_not_changed_by_the_history() -> None:
     candidate = rule_rewrite("多伦多大学有多少学生？", _after("笔记本电脑多久可以更换？"))
     assert candidate.strength == "none"
