@@ -19,8 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from servers import KBQA, Server, clean_env, generated_files, upload, wait_until
+
+from retrieval.postgres import WRITER_LOCK_CLASS
 
 pytestmark = pytest.mark.slow
 
@@ -144,14 +147,27 @@ def test_a_worker_killed_mid_job_leaves_it_to_the_other_and_every_file_is_stored
 
 def test_a_running_job_is_cancelled_through_the_other_node(cluster: dict) -> None:
     first, second = cluster["http"]
-    job = upload(first, "shared", generated_files(24, seed=26))
-    wait_until(first, job["id"], lambda j: j["status"] == "running", seconds=120)
-    cancelled = second.post(f"/v1/jobs/{job['id']}/cancel")
-    assert cancelled.status_code == 202, cancelled.text
-    done = wait_until(
-        first, job["id"], lambda j: j["status"] in ("cancelled", "succeeded", "failed"), seconds=60
-    )
+    before = {d["source"] for d in documents(first)}
+    # The job is held running, its worker waiting for the knowledge base's writer lock, taken here as another
+    # node's writer holds it: the cancel lands while the job runs on a machine of any speed (a job of 24 small
+    # files could end before a cancel on a fast one, and the test then failed by chance).
+    with psycopg.connect(cluster["env"]["KBQA_STORE__DSN"], autocommit=True) as writer:
+        (kb_id,) = writer.execute("SELECT id FROM knowledge_bases WHERE name = 'shared'").fetchone()
+        writer.execute("SELECT pg_advisory_lock(%s, %s)", (WRITER_LOCK_CLASS, kb_id))
+        job = upload(first, "shared", generated_files(24, seed=26))
+        wait_until(
+            first,
+            job["id"],
+            lambda j: j["status"] == "running" and "another writer" in (j.get("reading") or ""),
+            seconds=120,
+        )
+        cancelled = second.post(f"/v1/jobs/{job['id']}/cancel")
+        assert cancelled.status_code == 202, cancelled.text
+        done = wait_until(
+            first, job["id"], lambda j: j["status"] in ("cancelled", "succeeded", "failed"), seconds=60
+        )
     assert done["status"] == "cancelled", done
+    assert {d["source"] for d in documents(first)} == before  # nothing of the cancelled job was stored
 
 
 def test_a_database_restart_fails_requests_fast_with_503_and_they_recover(cluster: dict) -> None:
