@@ -7,8 +7,11 @@ standalone question before retrieval:
 - offline (`rule_rewrite`, the extractive backend and every fallback): a turn is a follow-up when it
   points back (它/他/她/其/该/这个/那些…, it/they/this…), is an ellipsis (那…呢？, 还有呢, what about …?)
   or holds almost no content terms of its own; the subject terms of the previous question (itself made
-  standalone the same way) replace its pronoun, or lead it. A turn that is none of these is a *weak*
-  candidate: it is changed only when the knowledge base barely answers it as written.
+  standalone the same way) replace its pronoun, or lead it. The previous question is searched too: when
+  the chunks it finds are about another of its terms (咖啡因 of 人类最早在哪一个时期即使用咖啡因？, whose
+  topic is 人类), the reading that carries that term is searched as well and the more answerable kept.
+  A turn that is none of these is a *weak* candidate: it is changed only when the knowledge base barely
+  answers it as written.
 - with a generating backend (`model_rewrite`): the model rewrites the turn from the recent turns with a
   short fixed prompt, its tokens and time bounded; on error, timeout or an empty reply the offline
   rewriter's candidate is used.
@@ -46,6 +49,8 @@ Method = Literal["as-written", "rules", "model"]
 Strength = Literal["points-back", "short", "none"]
 # Search terms → how many chunks of the knowledge base hold each (0: none; the fewer, the rarer).
 Rarity = Callable[[Sequence[str]], Mapping[str, int]]
+# A question → the texts of the chunks its search finds (what an answer to it would cite).
+Sources = Callable[[str], Sequence[str]]
 
 
 class FollowupConfig(BaseModel):
@@ -90,6 +95,9 @@ class Candidate:
     read: str  # the question the extractive reader reads: the turn as typed, pronouns resolved
     strength: Strength  # how surely the turn leans on the ones before it
     method: Method
+    # Other readings of the turn (another subject carried), as sure as this one: every one is searched and
+    # the most answerable kept (`choose`).
+    alternatives: tuple[Candidate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,19 +140,39 @@ _WORD = re.compile(r"\w")
 
 
 def rule_rewrite(
-    question: str, history: Sequence[Message], max_turns: int = 3, rarity: Rarity | None = None
+    question: str,
+    history: Sequence[Message],
+    max_turns: int = 3,
+    rarity: Rarity | None = None,
+    sources: Sources | None = None,
 ) -> Candidate | None:
     """Return the rules' standalone question for `question` after `history`, or None when nothing to carry.
 
     `rarity` says how many chunks of the knowledge base hold each search term; with it, a long topic or a
-    question without one carries only its rarest terms.
+    question without one carries only its rarest terms. `sources` finds the chunks that answer a question;
+    with it, a turn that leans on the previous one also gets the reading that carries the term those chunks
+    are about, when that is not the previous question's topic (`_about`).
     """
     previous = _previous_questions(history, max_turns)
     if not previous:
         return None
-    subject = _subject(previous[-1], previous[:-1], question, rarity)
+    standalone = _standalone(previous[-1], previous[:-1], rarity)
+    subject = _subject(standalone, question, rarity)
     if not subject:
         return None
+    candidate = _carrying(question, subject)
+    candidates = _unsaid(standalone, question)
+    if sources is None or candidate.strength == "none" or len(candidates) < 2:
+        return candidate
+    about = _about(candidates, _unsaid(_topic(standalone), question), sources(standalone), rarity)
+    if not about or about == fold(subject).casefold():
+        return candidate
+    other = _carrying(question, _as_written(about, standalone))
+    return replace(candidate, alternatives=(other,))
+
+
+def _carrying(question: str, subject: str) -> Candidate:
+    """Return `question` made standalone by carrying `subject`: in place of its pronoun, or leading it."""
     tokens = terms(question)
     glued = _GLUED_IT.search(
         question
@@ -170,18 +198,25 @@ def _previous_questions(history: Sequence[Message], max_turns: int) -> list[str]
     return asked[-max_turns:]
 
 
-def _subject(previous: str, before: Sequence[str], question: str, rarity: Rarity | None = None) -> str:
-    """Return what `previous` was about (made standalone from `before` first), less what `question` names."""
-    earlier = (
-        rule_rewrite(previous, [Message("user", q) for q in before], len(before) or 1, rarity)
-        if before
-        else None
-    )
-    standalone = earlier.searched if earlier and earlier.strength == "points-back" else previous
+def _standalone(previous: str, before: Sequence[str], rarity: Rarity | None = None) -> str:
+    """Return the previous question made standalone from the ones `before` it, when it points back."""
+    if not before:
+        return previous
+    earlier = rule_rewrite(previous, [Message("user", q) for q in before], len(before), rarity)
+    return earlier.searched if earlier and earlier.strength == "points-back" else previous
+
+
+def _unsaid(text: str, question: str) -> list[str]:
+    """Return the whole content terms of `text` that `question` does not name itself (nor points with)."""
     own = set(content_terms(question))
+    return [t for t in _whole_terms(text) if t not in own and t not in _POINTERS]
+
+
+def _subject(standalone: str, question: str, rarity: Rarity | None = None) -> str:
+    """Return what `standalone` (the previous question) was about, less what `question` names."""
 
     def unsaid(text: str) -> list[str]:
-        return [t for t in _whole_terms(text) if t not in own and t not in _POINTERS]
+        return _unsaid(text, question)
 
     topic = _topic(standalone)
     named = unsaid(topic) if topic else []
@@ -202,6 +237,35 @@ def _subject(previous: str, before: Sequence[str], question: str, rarity: Rarity
         carried = [t for t in carried if t in rarest]
     english = all(_ENGLISH.search(t) for t in carried)
     return (" " if english else "").join(_as_written(t, standalone) for t in carried)
+
+
+def _about(
+    candidates: Sequence[str], named: Sequence[str], found: Sequence[str], rarity: Rarity | None = None
+) -> str:
+    """Return the term (of `candidates`, a question's) that the chunks `found` for it are about, or "" when
+    that is what its topic (`named`) says already or no term is held by most of them.
+
+    The words before a question's asking word are not always its subject: 人类 of 人类最早在哪一个时期即使用
+    咖啡因？, 科学革命 of 科学革命的重要人物伽利略是哪里人？. The chunks its search finds are about 咖啡因 and
+    伽利略: the term most of them hold, when the topic's terms are held by fewer; of terms held by as
+    many, the one the knowledge base holds least often (`rarity`): 咖啡因, not 一个. A term the knowledge
+    base holds more often than half the question's terms names no subject but what the chunks talk about
+    (地区 of chunks found for 尤金袋鼠分布在哪些地区？): it is not carried.
+    """
+    texts = [fold(text).casefold() for text in found]
+
+    def held(term: str) -> int:
+        return sum(term in text for text in texts)
+
+    counts = rarity(candidates) if rarity is not None and candidates else {}
+    best = max(candidates, key=lambda t: (held(t), -counts.get(t, 0)), default="")
+    if not best or 2 * held(best) <= len(texts):
+        return ""
+    if named and min(held(t) for t in named) >= held(best):
+        return ""
+    if counts and counts.get(best, 0) > sorted(counts.values())[len(counts) // 2]:
+        return ""
+    return best
 
 
 def _as_written(term: str, text: str) -> str:
@@ -314,7 +378,10 @@ def _replace_word(question: str, word: str, subject: str) -> str:
         return re.sub(rf"\b{re.escape(word)}\b", subject, question, count=1, flags=re.IGNORECASE)
     if word.startswith("它"):
         return _GLUED_IT.sub(subject, question)  # every 它 (哪种它是以它来…), not the 它 of 其它
-    return question.replace(word, subject, 1)
+    # `word` is folded (这个); the question may write it in Traditional script (這個).
+    folded = fold(question).casefold()
+    at = folded.find(word) if len(folded) == len(question) else question.find(word)
+    return question[:at] + subject + question[at + len(word) :] if at >= 0 else question
 
 
 # --- the generating model's rewrite -------------------------------------------------------------------
@@ -400,7 +467,11 @@ def search_turn(
         rewritten = model_rewrite(model, question, history, config)
         candidate = Candidate(rewritten, rewritten, "points-back", "model") if rewritten else None
     if candidate is None:  # the extractive backend, or the model failed: the rules
-        candidate = rule_rewrite(question, history, config.max_turns, rarity)
+
+        def sources(asked: str) -> list[str]:
+            return [hit.text for hit in search(asked).hits]
+
+        candidate = rule_rewrite(question, history, config.max_turns, rarity, sources)
     rewritten_at = time.perf_counter()
     searched = choose(question, candidate, search, config)
     rewrite_ms = (rewritten_at - start) * 1000
@@ -430,14 +501,16 @@ def choose(
     if candidate is None or candidate.searched.strip() == question.strip():
         return Searched.as_written(question, search(question))
     if candidate.strength == "short":
-        written, rewritten = search(question), search(candidate.searched)
+        written = search(question)
+        candidate, rewritten = _most_answerable(candidate, search)
         if (rewritten.answerability or 0.0) > (written.answerability or 0.0) + config.switch_margin:
             return Searched(candidate.searched, candidate.read, rewritten, candidate.method)
         return Searched.as_written(question, written)
     if candidate.strength == "points-back":
         # As written it names nothing (它分布在哪些地区？): question words alone match many chunks well,
         # so its answerability says nothing, and a follow-up the documents cannot answer must be refused.
-        return Searched(candidate.searched, candidate.read, search(candidate.searched), candidate.method)
+        candidate, rewritten = _most_answerable(candidate, search)
+        return Searched(candidate.searched, candidate.read, rewritten, candidate.method)
     written = search(question)
     if written.answerability is None or written.answerability >= config.weak_below:
         return Searched.as_written(question, written)
@@ -445,3 +518,10 @@ def choose(
     if rewritten.answerability is not None and rewritten.answerability > written.answerability:
         return Searched(candidate.searched, candidate.read, rewritten, candidate.method)
     return Searched.as_written(question, written)
+
+
+def _most_answerable(candidate: Candidate, search: Callable[[str], Retrieval]) -> tuple[Candidate, Retrieval]:
+    """Return the reading of a turn (`candidate` or one of its alternatives) whose search is the most
+    answerable, the first on a tie, with what that search found."""
+    tried = [(reading, search(reading.searched)) for reading in (candidate, *candidate.alternatives)]
+    return max(tried, key=lambda pair: pair[1].answerability or 0.0)

@@ -125,6 +125,68 @@ def test_a_long_topic_or_none_carries_only_the_rarest_terms() -> None:
     assert rule_rewrite("那餐补呢？", TRAVEL, rarity=rarity).searched == "差旅住宿标准餐补呢？"
 
 
+CAFFEINE = [
+    "咖啡因是一种黄嘌呤生物碱，人体主要在肝脏中代谢咖啡因。",
+    "咖啡因在人体的新陈代谢中是一种刺激剂。",
+    "人类最早在新石器时代已开始使用含咖啡因的植物。",
+    "世界上约有九成成年人每天摄取咖啡因。",
+    "茶叶与可可豆同样含有咖啡因。",
+]
+# how many chunks of the knowledge base hold each term: 人类 and 时期 appear in many articles
+CAFFEINE_COUNTS = {"人类": 60, "时期": 45, "咖啡因": 5, "使用": 80, "最早": 30}
+
+
+def test_the_previous_questions_sources_say_what_it_was_about() -> None:
+    # Its topic (the words before its asking word) is 人类; the chunks its search finds are about 咖啡因.
+    asked: list[str] = []
+
+    def sources(question: str) -> list[str]:
+        asked.append(question)
+        return CAFFEINE
+
+    first = _after("人类最早在哪一个时期即使用咖啡因？")
+    candidate = rule_rewrite("它在哪个器官中代谢？", first, rarity=_counts(CAFFEINE_COUNTS), sources=sources)
+    assert asked == ["人类最早在哪一个时期即使用咖啡因？"]
+    assert candidate.searched == "人类最早在哪个器官中代谢？"  # its topic
+    assert [c.searched for c in candidate.alternatives] == ["咖啡因在哪个器官中代谢？"]
+    # answerability chooses between the readings
+    chosen, searched = _choose(
+        "它在哪个器官中代谢？",
+        candidate,
+        {"人类最早在哪个器官中代谢？": 0.3, "咖啡因在哪个器官中代谢？": 0.9},
+    )
+    assert chosen.searched == "咖啡因在哪个器官中代谢？" and chosen.found.answerability == 0.9
+    assert searched == ["人类最早在哪个器官中代谢？", "咖啡因在哪个器官中代谢？"]
+
+
+def test_a_term_the_sources_share_with_the_whole_knowledge_base_is_not_carried() -> None:
+    # 地区 is in every chunk found, but the knowledge base holds it more often than most of the question's
+    # terms: it names what the chunks talk about, not a subject.
+    chunks = [f"尤金袋鼠{i}分布的地区很广。" if i % 2 else f"地区{i}" for i in range(5)]
+    counts = {"尤金袋鼠": 4, "分布": 50, "地区": 400}
+    previous = _after("尤金袋鼠分布在哪些地区？")
+    candidate = rule_rewrite(
+        "它最初是何时被发现的？", previous, rarity=_counts(counts), sources=lambda q: chunks
+    )
+    assert candidate.searched == "尤金袋鼠分布最初是何时被发现的？" and candidate.alternatives == ()
+    # a question that stands on its own does not search the previous one at all
+    unused = rule_rewrite("多伦多大学有多少学生？", previous, sources=lambda q: pytest.fail("searched"))
+    assert unused.strength == "none"
+
+
+def test_a_demonstrative_in_traditional_script_is_replaced() -> None:
+    laptop = _after("筆記型電腦多久可以更換？")
+    assert rule_rewrite("這個要審批嗎？", laptop).searched == "筆記型電腦要審批嗎？"
+    assert (
+        rule_rewrite("該公司有多少員工？", _after("什麼公司是小米的母公司？")).searched
+        == "小米公司有多少員工？"
+    )
+
+
+def _counts(held: dict[str, int]):
+    return lambda terms: {t: held.get(t, 0) for t in terms}
+
+
 def _found(answerability: float | None) -> Retrieval:
     return Retrieval([], Signals(0.5, 0.1, 0.5, 0.0, 0.0), {}, answerability)
 
@@ -214,7 +276,9 @@ def test_the_answerer_falls_back_to_the_rules_and_times_the_rewrite(model, tmp_p
     searched: list[str] = []
     qa = _service(tmp_path, model, FollowupConfig(timeout_s=0.3), searched)
     answer = qa.ask("kb", "那餐补呢？", history=TRAVEL).read()
-    assert answer.searched_question == "差旅住宿标准餐补呢？" == searched[0]
+    # the previous question is searched first: its chunks say what it was about (see `rule_rewrite`)
+    assert searched == ["差旅住宿标准是多少？", "差旅住宿标准餐补呢？"]
+    assert answer.searched_question == "差旅住宿标准餐补呢？"
     assert answer.timings.rewrite_ms > 0
     if isinstance(model, _Slow):
         assert answer.timings.rewrite_ms >= 300
@@ -234,7 +298,8 @@ def test_the_answerer_asks_the_knowledge_base_which_terms_are_rarest(tmp_path: P
     answer = qa.ask("claims", "How long does it take?", history=claim).read()
     assert asked and asked[0][0] == "claims"
     # the rarest, then the first of the equally common, in their order
-    assert answer.searched_question == "How long does submit expense take?" == searched[0]
+    assert answer.searched_question == "How long does submit expense take?" == searched[-1]
+    assert searched == ["How do I submit an expense claim today?", "How long does submit expense take?"]
 
 
 class _Replaying(ScriptedModel):
@@ -268,5 +333,6 @@ def test_a_tiny_local_model_rewrites_and_its_output_is_searched(tiny_lm_dir: Pat
     # A random model's reply is used when it is a finished line, else the rules' rewrite is.
     usable = model_rewrite(_Replaying(rewrites[0]), "那在哪里申请呢？", LAPTOP, FollowupConfig())
     expected = usable or rule_rewrite("那在哪里申请呢？", LAPTOP).searched
-    assert answer.searched_question == expected == searched[0]
+    assert answer.searched_question == expected == searched[-1]
+    assert len(searched) == (1 if usable else 2)  # the rules search the previous question too
     assert answer.timings.rewrite_ms > 0
