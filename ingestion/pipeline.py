@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from ingestion.loaders import SUPPORTED_SUFFIXES, ImageReader
 from ingestion.prepare import DocumentPreparer, PreparedDocument, PreparedFiles
 from ingestion.splitter import ChineseTextSplitter, SplitterConfig
 from ingestion.types import FileOutcome, IngestionReport, Progress, RunOptions, SourceFile
-from retrieval import Embedder, KnowledgeBase, check_groups
+from retrieval import Embedder, KnowledgeBase, check_groups, chunk_terms
 
 log = logging.getLogger(__name__)
 
@@ -152,18 +153,23 @@ class IngestionPipeline:
         step = min(self.config.batch_chunks, EMBED_STEP)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         vectors = np.zeros((len(texts), self.embedder.dimension), np.float32)
-        for start in range(0, len(order), step):
-            piece = order[start : start + step]
-            embed_started = time.perf_counter()
-            vectors[piece] = self.embedder.embed_documents([texts[i] for i in piece])
-            self.embed_seconds += time.perf_counter() - embed_started
-            if progress:
-                progress.chunks_embedded(len(piece))
-        documents, offset = [], 0
-        for item in pending:
-            count = len(item.document.chunks)
-            documents.append(replace(item.document, vectors=vectors[offset : offset + count]))
-            offset += count
+        # The chunks' lexical terms (jieba, single-threaded Python) are made on a thread of their own while
+        # the model runs, not after it in the write: 4-6% of the wall time of ingesting plain text.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbqa-terms") as terms_worker:
+            terms = terms_worker.map(chunk_terms, [item.document for item in pending])
+            for start in range(0, len(order), step):
+                piece = order[start : start + step]
+                embed_started = time.perf_counter()
+                vectors[piece] = self.embedder.embed_documents([texts[i] for i in piece])
+                self.embed_seconds += time.perf_counter() - embed_started
+                if progress:
+                    progress.chunks_embedded(len(piece))
+            documents, offset = [], 0
+            for item, indexed_terms in zip(pending, terms, strict=True):
+                count = len(item.document.chunks)
+                vectors_of_item = vectors[offset : offset + count]
+                documents.append(replace(item.document, vectors=vectors_of_item, indexed_terms=indexed_terms))
+                offset += count
         self.kb.add_documents(documents)
         log.info(
             "stored documents", extra={"kb": self.kb.name, "documents": len(documents), "chunks": len(texts)}

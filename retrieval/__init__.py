@@ -25,6 +25,7 @@ from retrieval.reranker import Reranker, RerankerConfig
 from retrieval.retriever import Retriever
 from retrieval.search_types import Retrieval, RetrievalConfig, SearchHit, SearchOptions
 from retrieval.store import ChunkLike, ChunkRecord, DocumentRecord, NewDocument, WriteResult
+from retrieval.store_base import chunk_terms
 from retrieval.text_rules import CJK_CHAR, CJK_IDEOGRAPHS, CJK_PUNCTUATION, EAST_ASIAN, fold, split_sentences
 from retrieval.timestamps import utc_now
 
@@ -72,6 +73,7 @@ __all__ = [
     "VectorStoreConfig",
     "WriteResult",
     "check_groups",
+    "chunk_terms",
     "check_metadata",
     "find_calibration",
     "fold",

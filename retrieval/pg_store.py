@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from retrieval.lexical import fts_tokens
 from retrieval.metadata import check_groups, to_json
 from retrieval.pg_terms import bm25_search, chunk_tokens, copy_terms, remake_stale_terms, term_rows
 from retrieval.pg_vector_index import pg_array
@@ -98,7 +99,12 @@ class PgChunkStore(StoreBase):
         return int(cur.fetchone()[0])
 
     def _insert_document(
-        self, cur, document: NewDocument, document_id: int | None, created_at: str | None
+        self,
+        cur,
+        document: NewDocument,
+        terms: Sequence[str],
+        document_id: int | None,
+        created_at: str | None,
     ) -> tuple[int, list[int]]:
         now = utc_now()
         if document_id is None:
@@ -120,9 +126,9 @@ class PgChunkStore(StoreBase):
         )
         (document_id,) = cur.fetchone()
         chunk_ids: list[int] = []
-        terms: list[tuple] = []
+        term_table: list[tuple] = []
         for ordinal, (chunk, vector) in enumerate(zip(document.chunks, document.vectors, strict=True)):
-            tokens = chunk_tokens(document.title, chunk.heading_path, chunk.text)
+            tokens = fts_tokens(terms[ordinal])
             chunk_id = self._next[1]
             self._next[1] += 1
             cur.execute(
@@ -140,8 +146,8 @@ class PgChunkStore(StoreBase):
                 ),
             )
             chunk_ids.append(int(chunk_id))
-            terms += term_rows(self.kb_id, chunk_id, tokens)
-        copy_terms(cur, terms)
+            term_table += term_rows(self.kb_id, chunk_id, tokens)
+        copy_terms(cur, term_table)
         return int(document_id), chunk_ids
 
     def _delete_document(self, cur, document_id: int) -> list[int]:

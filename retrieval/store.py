@@ -190,7 +190,12 @@ class ChunkStore(StoreBase):
         return self.generation
 
     def _insert_document(
-        self, db: sqlite3.Connection, document: NewDocument, document_id: int | None, created_at: str | None
+        self,
+        db: sqlite3.Connection,
+        document: NewDocument,
+        terms: Sequence[str],
+        document_id: int | None,
+        created_at: str | None,
     ) -> tuple[int, list[int]]:
         now = utc_now()
         cursor = db.execute(
@@ -221,8 +226,7 @@ class ChunkStore(StoreBase):
             )
             chunk_id = int(cursor.lastrowid)
             chunk_ids.append(chunk_id)
-            terms = indexed_text(searchable(document.title, chunk.heading_path, chunk.text))
-            db.execute("INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (chunk_id, terms))
+            db.execute("INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (chunk_id, terms[ordinal]))
         return document_id, chunk_ids
 
     def _delete_document(self, db: sqlite3.Connection, document_id: int) -> list[int]:

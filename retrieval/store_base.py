@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retrieval.errors import DocumentNotFound
+from retrieval.lexical import indexed_text
 from retrieval.metadata import check_groups
 
 
@@ -46,6 +47,10 @@ class NewDocument:
     vectors: np.ndarray
     metadata: dict[str, str] = field(default_factory=dict)
     groups: Sequence[str] = ()  # access groups: empty for a document every reader of its knowledge base sees
+    # Each chunk's text for the lexical index (`chunk_terms`), when the caller made it already: the ingestion
+    # pipeline makes it while the batch is embedded, so the write transaction does not (jieba takes about
+    # 4 ms a chunk). None: the store makes it.
+    indexed_terms: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,16 +139,21 @@ class StoreBase:
         added_vectors: list[np.ndarray] = []
         removed_ids: list[int] = []
         document_ids: list[int] = []
+        for document in documents:
+            check_vector_count(document)
+        # Made before the transaction, so the write lock is held for the SQL only.
+        terms = [chunk_terms(document) for document in documents]
         with self._write_transaction() as tx:
             for document_id in delete_ids:
                 removed_ids += self._delete_document(tx, document_id)
-            for document in documents:
-                check_vector_count(document)
+            for document, document_terms in zip(documents, terms, strict=True):
                 old = self._find_source(tx, document.source)
                 if old:
                     removed_ids += self._delete_document(tx, old[0])
                 # A new version keeps the document's id and creation time: links to it stay valid.
-                document_id, chunk_ids = self._insert_document(tx, document, *(old or (None, None)))
+                document_id, chunk_ids = self._insert_document(
+                    tx, document, document_terms, *(old or (None, None))
+                )
                 document_ids.append(document_id)
                 added_ids += chunk_ids
                 added_vectors.append(np.asarray(document.vectors, dtype=np.float32))
@@ -218,7 +228,12 @@ class StoreBase:
         raise NotImplementedError
 
     def _insert_document(
-        self, tx: Any, document: NewDocument, document_id: int | None, created_at: str | None
+        self,
+        tx: Any,
+        document: NewDocument,
+        terms: Sequence[str],
+        document_id: int | None,
+        created_at: str | None,
     ) -> tuple[int, list[int]]:
         raise NotImplementedError
 
@@ -263,11 +278,24 @@ class StoreBase:
 
 
 def check_vector_count(document: NewDocument) -> None:
-    """Raise ValueError unless the document has one vector per chunk; return nothing."""
+    """Raise ValueError unless the document has one vector (and any indexed terms) per chunk; return nothing."""
     if len(document.chunks) != len(document.vectors):
         raise ValueError(
             f"{document.source}: {len(document.chunks)} chunks but {len(document.vectors)} vectors"
         )
+    if document.indexed_terms is not None and len(document.indexed_terms) != len(document.chunks):
+        raise ValueError(
+            f"{document.source}: {len(document.chunks)} chunks but {len(document.indexed_terms)} indexed terms"
+        )
+
+
+def chunk_terms(document: NewDocument) -> list[str]:
+    """Return each chunk's text for the lexical index: the jieba terms of its title, headings and text."""
+    if document.indexed_terms is not None:
+        return list(document.indexed_terms)
+    return [
+        indexed_text(searchable(document.title, chunk.heading_path, chunk.text)) for chunk in document.chunks
+    ]
 
 
 def found_in(rowcount: int, document_id: int) -> None:

@@ -173,6 +173,25 @@ def test_wrong_vectors_are_refused_and_nothing_is_written(catalog: KnowledgeBase
         kb.search(np.zeros(DIM + 1, np.float32), k=1)
 
 
+def test_terms_made_by_the_caller_are_the_lexical_index_and_must_match_the_chunks(
+    catalog: KnowledgeBaseCatalog,
+) -> None:
+    kb = catalog.create("kb", IDENTITY, {})
+    plain = document("plain.md", [0, 1])
+    made = replace(document("made.md", [2, 3]), indexed_terms=["given words", "tricolour"])
+    with kb.writing():
+        kb.add_documents([plain, made])
+    # The store keeps the caller's terms instead of cutting the chunk's text again ...
+    assert [hit.chunk.source for hit in kb.lexical_search(match_expression("tricolour"), k=5)] == ["made.md"]
+    assert kb.lexical_search(match_expression("made.md chunk 1"), k=5)[0].chunk.source != "made.md"
+    # ... and makes them itself for a document without them.
+    assert kb.lexical_search(match_expression("plain.md chunk 1"), k=1)[0].chunk.text == "plain.md chunk 1"
+    short = replace(document("short.md", [4, 5]), indexed_terms=["one"])
+    with kb.writing(), pytest.raises(ValueError, match="2 chunks but 1 indexed terms"):
+        kb.add_documents([document("good.md", [6]), short])
+    assert kb.counts() == (2, 4)
+
+
 def test_other_embedding_model_is_refused_with_both_names(catalog: KnowledgeBaseCatalog) -> None:
     catalog.create("kb", IDENTITY, {}).close()
     other = EmbeddingIdentity(
