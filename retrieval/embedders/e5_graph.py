@@ -10,9 +10,9 @@ Built op by op rather than traced from torch, so it takes ONNX Runtime's fused C
 - `BiasGelu` (erf GELU with its bias) and plain `LayerNormalization`.
 
 `ffn_out_rows=True` (the `int8-mixed` graph) writes each layer's feed-forward output product in int8 with
-one activation scale per token instead of per tensor: its input (after GELU) has a long tail that one
+a scale and zero point per token instead of per tensor: its input (after GELU) has a long tail that one
 scale for the whole text cuts coarsely; per token it stays within cosine 0.9986 of float32 (per tensor:
-0.996), at int8 speed. The other products are quantised afterwards (`quantize_dynamic`).
+0.996), at int8 speed. The other products are quantised afterwards (`onnx_runtime.quantize_products`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ from retrieval.embedders.e5_weights import E5Weights
 INPUT_NAME = "inputs_embeds"
 OUTPUT_NAME = "sentence_embedding"
 INT8_MAX = 127.0
-UINT8_MIDDLE = 128  # per-token int8 values are shifted into uint8 (the fast u8 x s8 kernels) around 128
+# Per-token values are quantised to 0..127 in uint8, for the fast u8 x s8 kernels. Without VNNI (AVX2 only,
+# e.g. AMD EPYC before Zen 4) the kernel adds two u8 x s8 products in 16 bits, which saturate past 32767:
+# 2 x 127 x 127 always fits, 2 x 255 x 127 does not (values around 128 and large weights gave wrong sums).
+TOKEN_LEVELS = 127.0
 
 
 class GraphBuilder:
@@ -138,32 +141,38 @@ def build_encoder_graph(weights: E5Weights, ffn_out_rows: bool = False) -> Any:
 
 
 def per_token_int8_matmul(g: GraphBuilder, x: str, name: str, matrix: np.ndarray) -> str:
-    """Add x @ matrix.T computed in int8 to `g`: one scale per token (row) of x, one per output column; return its name.
+    """Add x @ matrix.T computed in int8 to `g`: a scale and zero point per token (row) of x, a scale per output column; return its name.
 
-    x is (1, tokens, inner): one text.
+    x is (1, tokens, inner): one text. Each token's values are mapped onto 0..TOKEN_LEVELS from its own
+    minimum and maximum (both widened to take in 0); the zero point is taken off after the integer
+    product: x @ W = (q - zero) @ W = q @ W - zero * sum(W). No sum can overflow, so the integer
+    products are exact and the same on every CPU (see TOKEN_LEVELS).
     """
-    from onnx import TensorProto, numpy_helper
+    from onnx import TensorProto
 
     column_scale = np.maximum(np.abs(matrix).max(axis=1), 1e-12) / INT8_MAX
     quantized = np.clip(np.round(matrix / column_scale[:, None]), -INT8_MAX, INT8_MAX).astype(np.int8)
-    peak = g.node("ReduceMax", [g.node("Abs", [x], name + ".abs")], name + ".peak", axes=[-1], keepdims=1)
-    peak = g.node("Max", [peak, g.const(name + ".floor", np.array(1e-8, np.float32))], name + ".peak+")
+    zero = g.const(name + ".0", np.array(0.0, np.float32))
+    low = g.node("Min", [g.node("ReduceMin", [x], name + ".min", axes=[-1], keepdims=1), zero], name + ".lo")
+    high = g.node("Max", [g.node("ReduceMax", [x], name + ".max", axes=[-1], keepdims=1), zero], name + ".hi")
+    spread = g.node("Sub", [high, low], name + ".spread")
+    spread = g.node("Max", [spread, g.const(name + ".floor", np.array(1e-8, np.float32))], name + ".spread+")
     token_scale = g.node(
-        "Mul", [peak, g.const(name + ".inv", np.array(1 / INT8_MAX, np.float32))], name + ".ts"
+        "Mul", [spread, g.const(name + ".inv", np.array(1 / TOKEN_LEVELS, np.float32))], name + ".ts"
     )
-    # round(x / token scale) + 128 as uint8 in one pass: QuantizeLinear with a scale per token (axis 1).
-    scales = g.node("Reshape", [token_scale, g.const(name + ".flat", np.array([-1]))], name + ".ts1")
-    middles = g.node(
-        "ConstantOfShape",
-        [g.node("Shape", [scales], name + ".n")],
-        name + ".zps",
-        value=numpy_helper.from_array(np.array([UINT8_MIDDLE], np.uint8)),
+    below = g.node("Neg", [low], name + ".-lo")
+    token_zero = g.node("Round", [g.node("Div", [below, token_scale], name + ".z")], name + ".zr")
+    flat = g.const(name + ".flat", np.array([-1]))
+    zero_points = g.node(
+        "Cast", [g.node("Reshape", [token_zero, flat], name + ".zr1")], name + ".zu8", to=TensorProto.UINT8
     )
-    shifted = g.node("QuantizeLinear", [x, scales, middles], name + ".u8", axis=1)
-    middle = g.const(name + ".zp", np.array(UINT8_MIDDLE, np.uint8))
-    products = g.node(
-        "MatMulInteger", [shifted, g.const(name + ".q", quantized.T.copy()), middle], name + ".i32"
-    )
+    # round(x / token scale) + token zero as uint8 in one pass: QuantizeLinear per token (axis 1).
+    scales = g.node("Reshape", [token_scale, flat], name + ".ts1")
+    shifted = g.node("QuantizeLinear", [x, scales, zero_points], name + ".u8", axis=1)
+    products = g.node("MatMulInteger", [shifted, g.const(name + ".q", quantized.T.copy())], name + ".i32")
     as_float = g.node("Cast", [products], name + ".f32", to=TensorProto.FLOAT)
-    per_token = g.node("Mul", [as_float, token_scale], name + ".tok")
+    column_sums = g.const(name + ".qsum", quantized.sum(axis=1, dtype=np.int64).astype(np.float32))
+    offset = g.node("Mul", [token_zero, column_sums], name + ".offset")
+    centred = g.node("Sub", [as_float, offset], name + ".centred")
+    per_token = g.node("Mul", [centred, token_scale], name + ".tok")
     return g.node("Mul", [per_token, g.const(name + ".cs", column_scale.astype(np.float32))], name + ".out")

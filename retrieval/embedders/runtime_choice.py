@@ -37,8 +37,9 @@ MEASURED_RECALL: dict[str, dict[tuple[str, str], float]] = {
         ("torch", "none"): 0.986,
         ("torch", "bf16"): 0.986,
         ("onnx", "none"): 0.986,
-        ("onnx", "int8-mixed"): 0.986,  # graph 2 (e5_graph): per-token int8 feed-forward output
-        ("onnx", "int8"): 0.980,
+        # Graph 3 (e5_onnx.GRAPH_VERSION): sums that cannot saturate, so the same on every CPU.
+        ("onnx", "int8-mixed"): 0.984,
+        ("onnx", "int8"): 0.978,
         ("engine", "none"): 0.984,
     }
 }

@@ -56,3 +56,26 @@ def test_a_zero_token_gives_zero_products() -> None:
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got[[0, 2]], 0.0)
     np.testing.assert_allclose(got[1], 32.0, rtol=0.01)
+
+
+def test_dynamic_int8_products_do_not_saturate(tmp_path) -> None:
+    """Large activations times large weights: without VNNI, 8-bit weights overflowed the kernel's 16-bit pair sums."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from retrieval.embedders.onnx_runtime import quantize_products
+
+    inner, columns = 64, 8
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "product",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "tokens", inner])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "tokens", columns])],
+        [numpy_helper.from_array(np.ones((inner, columns), np.float32), "w")],
+    )
+    quantize_products(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "q.onnx"
+    )
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    x = np.stack([np.ones(inner), -np.ones(inner), np.full(inner, 0.5)]).astype(np.float32)[None]
+    np.testing.assert_allclose(session.run(None, {"x": x})[0][0], x[0] @ np.ones((inner, columns)), rtol=0.02)
