@@ -149,7 +149,7 @@ class Retriever:
         # A question in another language than the documents: the chunks that hold its terms' translations
         # are a third list, so that a chunk in the question's language that shares a word (days) does not
         # outrank the one that answers (病假) in both the dense and the lexical list.
-        translated, share = _translated(kb, query, allowed if options.groups is not None else None)
+        translated, share = _translated(kb, query, allowed)
         in_other_language: list[ScoredChunk] = []
         if translated:
             words = match_expression(" ".join(words for _, words in translated.values()))
@@ -163,8 +163,10 @@ class Retriever:
 
         candidates = self._rank(mode, dense, lexical, in_other_language, share)
         if mode == "hybrid":
-            limit = allowed if options.groups is not None else None
-            candidates = self._rarest_first_on_ties(kb, query, candidates, limit)
+            # Counted among the chunks searched, as answerability counts them: a search limited to some
+            # documents ranks as a search of a knowledge base holding only those (and what a caller may not
+            # read shapes nothing).
+            candidates = self._rarest_first_on_ties(kb, query, candidates, allowed)
         dense_ids = {hit.chunk.id for hit in dense}
         missing = [c for c in candidates if c.chunk.id not in dense_ids]
         for candidate, cosine in zip(
@@ -298,7 +300,7 @@ def _translated(
 
     "How many days of sick leave do I get?" on a Chinese handbook: sick and leave are in no chunk, 病假 is.
     A question in the documents' language finds its terms as written, and nothing is added. Counted over
-    the `allowed` chunks only when given (a key limited to groups).
+    the `allowed` chunks when given (the search's filters and the caller's groups).
     """
     asked = content_terms(query)
     chunks, counts = kb.term_counts(asked, allowed)
