@@ -214,19 +214,15 @@ def _unsaid(text: str, question: str) -> list[str]:
 
 def _subject(standalone: str, question: str, rarity: Rarity | None = None) -> str:
     """Return what `standalone` (the previous question) was about, less what `question` names."""
-
-    def unsaid(text: str) -> list[str]:
-        return _unsaid(text, question)
-
     topic = _topic(standalone)
-    named = unsaid(topic) if topic else []
+    named = _unsaid(topic, question) if topic else []
     # A topic of one character is a piece of a word jieba did not know (自 of 自在奥义书的成书时间是…).
     if len("".join(named)) >= 2:
         if rarity is None or len(named) <= MAX_TOPIC_TERMS:
             return topic.strip(" \t，,、：:；;")  # as the person wrote it (梅艷芳, not the folded 梅艳芳)
         carried = named
     else:
-        carried = unsaid(standalone)
+        carried = _unsaid(standalone, question)
     if not carried:
         return ""
     if rarity is not None and len(carried) > MAX_CARRIED:

@@ -12,9 +12,9 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from retrieval.lexical import LEXICAL_VERSION, expression_terms, fts_tokens, indexed_text
+from retrieval.lexical import LEXICAL_VERSION, expression_terms, fts_tokens
 from retrieval.postgres import Database
-from retrieval.store_base import searchable
+from retrieval.store_base import lexical_text
 
 # FTS5's bm25() constants.
 K1, B = 1.2, 0.75
@@ -22,7 +22,7 @@ K1, B = 1.2, 0.75
 
 def chunk_tokens(title: str, heading_path: Sequence[str], text: str) -> list[str]:
     """Return the FTS5 tokens the lexical index holds of a chunk (its title, headings and text)."""
-    return fts_tokens(indexed_text(searchable(title, heading_path, text)))
+    return fts_tokens(lexical_text(title, heading_path, text))
 
 
 def term_rows(kb_id: int, chunk_id: int, tokens: Sequence[str]) -> list[tuple]:

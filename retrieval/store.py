@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.lexical import LEXICAL_VERSION, indexed_text
+from retrieval.lexical import LEXICAL_VERSION
 from retrieval.metadata import check_groups, json_path, to_json
 from retrieval.store_base import (  # the records are re-exported: `retrieval.store` is where callers find them
     ChunkLike,
@@ -38,7 +38,7 @@ from retrieval.store_base import (  # the records are re-exported: `retrieval.st
     document_row,
     first_values,
     found_in,
-    searchable,
+    lexical_text,
 )
 from retrieval.timestamps import utc_now
 
@@ -148,10 +148,7 @@ class ChunkStore(StoreBase):
             db.execute("DELETE FROM chunk_terms")
             db.executemany(
                 "INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)",
-                (
-                    (i, indexed_text(searchable(title, json.loads(path), text)))
-                    for i, title, path, text in rows
-                ),
+                ((i, lexical_text(title, json.loads(path), text)) for i, title, path, text in rows),
             )
             db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('lexical_version', ?)",
@@ -269,7 +266,7 @@ class ChunkStore(StoreBase):
                     int(chunk.ocr),
                 ),
             )
-            terms = indexed_text(searchable(titles[chunk.document_id], chunk.heading_path, chunk.text))
+            terms = lexical_text(titles[chunk.document_id], chunk.heading_path, chunk.text)
             db.execute("INSERT INTO chunk_terms (rowid, terms) VALUES (?, ?)", (chunk.id, terms))
         for table, next_id in zip(("documents", "chunks"), counters, strict=True):
             db.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))

@@ -293,9 +293,7 @@ def chunk_terms(document: NewDocument) -> list[str]:
     """Return each chunk's text for the lexical index: the jieba terms of its title, headings and text."""
     if document.indexed_terms is not None:
         return list(document.indexed_terms)
-    return [
-        indexed_text(searchable(document.title, chunk.heading_path, chunk.text)) for chunk in document.chunks
-    ]
+    return [lexical_text(document.title, chunk.heading_path, chunk.text) for chunk in document.chunks]
 
 
 def found_in(rowcount: int, document_id: int) -> None:
@@ -326,9 +324,10 @@ def chunk_facts(chunk: ChunkLike) -> tuple:
     return chunk.text, chunk.page, heading_path, chunk.start, chunk.end
 
 
-def searchable(title: str, heading_path: Sequence[str], text: str) -> str:
-    """Return what the lexical index holds of a chunk: its document's title, its headings and its text."""
-    return " ".join([title, *heading_path, text])
+def lexical_text(title: str, heading_path: Sequence[str], text: str) -> str:
+    """Return what the lexical index holds of a chunk: the terms of its document's title, its headings and its
+    text, space-separated (`lexical.indexed_text`)."""
+    return indexed_text(" ".join([title, *heading_path, text]))
 
 
 def document_row(document: DocumentRecord) -> tuple:
