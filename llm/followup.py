@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm.types import ChatModel, GenerationParams, Message
 from retrieval import Retrieval
-from retrieval.lexical import content_terms, terms, words
+from retrieval.lexical import content_terms, terms, whole_terms, words
 from retrieval.text_rules import fold
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def _standalone(previous: str, before: Sequence[str], rarity: Rarity | None = No
 def _unsaid(text: str, question: str) -> list[str]:
     """Return the whole content terms of `text` that `question` does not name itself (nor points with)."""
     own = set(content_terms(question))
-    return [t for t in _whole_terms(text) if t not in own and t not in _POINTERS]
+    return [t for t in whole_terms(content_terms(text)) if t not in own and t not in _POINTERS]
 
 
 def _subject(standalone: str, question: str, rarity: Rarity | None = None) -> str:
@@ -360,12 +360,6 @@ def _after_kind(pieces: Sequence[str], at: int) -> int:
     if key(at) in _TOPIC_END or _VERB_YU.match(key(at)):
         at += 1
     return at
-
-
-def _whole_terms(text: str) -> list[str]:
-    """Return the content terms of `text` without the sub-words jieba also yields (笔记本电脑, not 笔记本)."""
-    found = content_terms(text)
-    return [t for t in found if not any(t != other and t in other for other in found)]
 
 
 def _replace_word(question: str, word: str, subject: str) -> str:

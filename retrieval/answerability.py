@@ -9,7 +9,9 @@ fitted per embedding model (`retrieval/calibration.py`):
   knowledge base matches anything for this question;
 - `coverage`: the share of the question's content terms, weighted by their rarity in the knowledge base
   (BM25's idf), that the best-covering hit holds, counted full from `COVERAGE_SATURATION` up. A same-topic
-  passage shares the topic's words but not the rarer ones that name the fact asked about;
+  passage shares the topic's words but not the rarer ones that name the fact asked about. Each word counts
+  once: the sub-words jieba also makes of it (笔记, 电脑, 笔记本 of 笔记本电脑) are left out by the caller
+  (`lexical.whole_terms`), or a passage about laptops would seem to answer 笔记本电脑的价格是多少？;
 - `unseen`: the idf-weighted share of the question's terms that no chunk holds at all;
 - `agreement`: 1 when the dense and lexical searches put the same chunk first;
 - `rerank`: the cross-encoder's score of the best hit, when a calibration was fitted with a reranker.

@@ -69,6 +69,16 @@ def content_terms(question: str) -> list[str]:
     return words or found
 
 
+def whole_terms(found: list[str]) -> list[str]:
+    """Return the terms of `found` that are no sub-word jieba also made of another (笔记本电脑, not 笔记本).
+
+    Only Chinese terms are sub-words: an English word inside another (art, start) is a word of its own.
+    """
+    return [
+        t for t in found if not (CJK_CHAR.search(t) and any(t != other and t in other for other in found))
+    ]
+
+
 def _glued(term: str) -> bool:
     """Return whether a term is two characters jieba glued together: not a word it knows, one a particle."""
     return len(term) == 2 and bool(GLUE_PARTICLES.intersection(term)) and term not in _jieba().dt.FREQ

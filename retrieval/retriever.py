@@ -20,7 +20,7 @@ from retrieval.bilingual import is_chinese, translations
 from retrieval.calibration import Calibration
 from retrieval.embedders import Embedder
 from retrieval.knowledge_base import KnowledgeBase, ScoredChunk
-from retrieval.lexical import content_terms, match_expression, terms
+from retrieval.lexical import content_terms, match_expression, terms, whole_terms
 from retrieval.reranker import Reranker
 from retrieval.search_types import Mode, Retrieval, RetrievalConfig, SearchHit, SearchOptions
 from retrieval.store import ChunkRecord
@@ -100,14 +100,17 @@ class Retriever:
         chunks, counts = kb.term_counts(asked, allowed)
         counts = {**counts, **found.translated}  # a term held in the other language is not unseen
         weights = term_weights(chunks, counts, asked)
+        # Each word of the question counts once: 笔记本电脑 with its sub-words 笔记, 电脑, 笔记本 would weigh
+        # four times the 价格 asked about it, and a passage about laptops would seem to answer its price.
+        judged = whole_terms(asked)
         hits = found.hits
         reranked = options.rerank and bool(hits) and hits[0].rerank_score is not None
         found_signals = signals(
             [hit.text for hit in hits],
             [hit.score for hit in hits],
             [hit.score for hit in dense],
-            weights,
-            [t for t in asked if not counts.get(t)],
+            {t: weights[t] for t in judged},
+            [t for t in judged if not counts.get(t)],
             agreement=bool(dense and lexical and dense[0].chunk.id == lexical[0].chunk.id),
             rerank=hits[0].rerank_score if reranked else None,
             asked_in_chinese=is_chinese(query),

@@ -129,6 +129,38 @@ def test_a_knowledge_base_counts_the_chunks_holding_each_term(tmp_path: Path, ti
     kb.close()
 
 
+def test_a_word_and_its_sub_words_weigh_once_in_the_signals(tmp_path: Path, tiny_embedder) -> None:
+    """A passage about laptops does not cover a question about their price: 笔记本电脑 is one word of the
+    question, not four (jieba also yields 笔记, 电脑, 笔记本), so the 价格 it lacks still weighs."""
+    from app.services import KnowledgeService
+    from app.settings import load_settings
+    from retrieval import SearchOptions
+
+    docs = {
+        "it.txt": "公司配发的笔记本电脑使用满 3 年可申请更换。",
+        "price.txt": "会议终端的价格是 2999 元。",
+        "leave.txt": "员工每年享有 12 天全薪病假。",
+    }
+    for name, text in docs.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    svc = KnowledgeService(load_settings(data_dir=tmp_path / "data"))
+    svc.embedder = tiny_embedder
+    assert not svc.ingest("t", [tmp_path / n for n in docs]).failures
+    question = "笔记本电脑的价格是多少？"
+    assert content_terms(question) == ["笔记", "电脑", "笔记本", "笔记本电脑", "价格"]
+    found = svc.retrieve("t", question, SearchOptions(k=3))
+    weights = found.term_weights  # the reader still reads every term, sub-words included
+    assert set(weights) == set(content_terms(question))
+    whole = weights["笔记本电脑"] + weights["价格"]
+    assert found.signals.coverage == pytest.approx(weights["笔记本电脑"] / whole / COVERAGE_SATURATION)
+    assert found.signals.coverage < 1.0  # counted four times, 笔记本电脑 alone passed the saturation
+    # A term no chunk holds weighs once too: CEO, not its question's other words.
+    unseen = term_weights(3, {}, ["ceo"])["ceo"]  # three chunks, none holding it
+    ceo = svc.retrieve("t", "笔记本电脑的CEO是谁？", SearchOptions(k=3)).signals
+    assert ceo.unseen == pytest.approx(unseen / (unseen + weights["笔记本电脑"]))
+    svc.close()
+
+
 def test_expected_calibration_error() -> None:
     assert expected_calibration_error([0.9] * 10, [1] * 9 + [0]) == pytest.approx(0.0)
     assert expected_calibration_error([1.0, 0.0], [0, 1]) == pytest.approx(1.0)
