@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
+from collections.abc import Sequence
 from functools import cache
 
 from retrieval.text_rules import ASKING, CJK_CHAR, GLUE_PARTICLES, QUESTION_WORDS, fold
@@ -69,7 +70,7 @@ def content_terms(question: str) -> list[str]:
     return words or found
 
 
-def whole_terms(found: list[str]) -> list[str]:
+def whole_terms(found: Sequence[str]) -> list[str]:
     """Return the terms of `found` that are no sub-word jieba also made of another (笔记本电脑, not 笔记本).
 
     Only Chinese terms are sub-words: an English word inside another (art, start) is a word of its own.

@@ -154,7 +154,7 @@ def test_a_word_and_its_sub_words_weigh_once_in_the_signals(tmp_path: Path, tiny
     whole = weights["笔记本电脑"] + weights["价格"]
     assert found.signals.coverage == pytest.approx(weights["笔记本电脑"] / whole / COVERAGE_SATURATION)
     assert found.signals.coverage < 1.0  # counted four times, 笔记本电脑 alone passed the saturation
-    # A term no chunk holds weighs once too: CEO, not its question's other words.
+    # The share no chunk holds is of whole words too: CEO against 笔记本电脑, not against its sub-words as well.
     unseen = term_weights(3, {}, ["ceo"])["ceo"]  # three chunks, none holding it
     ceo = svc.retrieve("t", "笔记本电脑的CEO是谁？", SearchOptions(k=3)).signals
     assert ceo.unseen == pytest.approx(unseen / (unseen + weights["笔记本电脑"]))
