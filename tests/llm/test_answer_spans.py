@@ -29,6 +29,7 @@ def spans_of(question: str, sentence: str) -> list[str]:
         ("How many days of sick leave do I get?", "病假：每年享有 12 天全薪病假。", ["12 天"]),
         # 几天 asks for days: the tiers' days, not the years that condition them.
         ("年假有几天？", TIERS, ["10 天", "12 天", "15 天"]),
+        ("How many days of annual leave do I get?", TIERS, ["10 天", "12 天", "15 天"]),
         ("报销需要多久到账？", "审核通过后 3 个工作日内打入员工工资卡。", ["3 个工作日"]),
         ("差旅住宿每晚多少钱？", "北京住宿每晚不超过 500 元，其他城市不超过 350 元。", ["500 元", "350 元"]),
         ("额亦都是在哪一年去世的？", "额亦都于1621年去世，享年六十岁。", ["1621年"]),
