@@ -107,6 +107,13 @@ def test_an_english_question_is_answered_from_the_chinese_handbook(server: Serve
     assert body["citations"][0]["source"].endswith("employee_handbook.pdf")
 
 
+def test_an_english_question_for_days_reads_the_tiers_of_a_rule(server: Server) -> None:
+    """The leave tiers hold three durations; an English 几天 picks among them by the unit asked (it failed)."""
+    body = ask(server, "How many days of annual leave do I get?")
+    assert not body["refused"], body
+    assert {"10 天", "12 天", "15 天"} <= set(marked(body)), body
+
+
 def test_the_unanswerable_english_questions_of_the_check_set_stay_refused(server: Server) -> None:
     """The English questions of bench/bilingual_check.json that the sample documents do not answer."""
     checks = json.loads((paths.REPO / "bench" / "bilingual_check.json").read_text(encoding="utf-8"))
