@@ -2,8 +2,8 @@
 
 `answer_type` gives the reader a feature (does this sentence hold the kind of value asked for?);
 `answer_spans` marks the words of an answer sentence that answer: the duration for 几天/多久/how long, the
-money for 多少钱, the date for 哪一年/什么时候, the number for 几/多少, or the value of a "name：value"
-field whose name the question holds (重量：2.1 kg for 星河X1 重量多少？).
+money for 多少钱, the date for 哪一年/什么时候, the number with its unit for 几/多少, or the value of a
+"name：value" field whose name the question holds (重量：2.1 kg for 星河X1 重量多少？).
 """
 
 from __future__ import annotations
@@ -100,10 +100,14 @@ class Span:
 
 # Kinds whose values a pattern finds reliably enough to mark; a place or a person is left unmarked.
 _MARKED = ("duration", "money", "date", "count")
-# A counted number with its unit or measure word (2.1 kg, 16 路, 8 米), for 几/多少.
+# A counted number with its unit or measure word (2.1 kg, 16 路, 8 米), for 几/多少: not a digit of a code (X1,
+# XH-X1, 4K), and a Chinese numeral only with its unit (the 一 of 一体化 and the 半 of 半径 count nothing).
+_MEASURE = (
+    r"\s*(?:%|％|°C|[个個人名位次件台项項种種所座条條家岁歲倍层層路米年月日天元块塊]"
+    r"|(?:kg|mm|cm|km|GB|MB|TB|Hz|W|m|g)(?![A-Za-z]))"
+)
 _COUNTED = re.compile(
-    _NUMBER + r"(?:\s*(?:%|％|°C|[个個人名位次件台项項种種所座条條家岁歲倍层層路米年月日天元块塊]"
-    r"|(?:kg|mm|cm|km|GB|MB|TB|Hz|W|m|g)(?![A-Za-z])))?",
+    rf"(?<![A-Za-z0-9.])\d+(?:\.\d+)?(?:{_MEASURE})?(?![A-Za-z])|[一二两兩三四五六七八九十百千万萬]+半?{_MEASURE}"
 )
 # A "name：value" field of a record or labelled sentence; a value ends at the next field's comma.
 _FIELD = re.compile(
@@ -134,6 +138,7 @@ _UNITS = {
     "hour": ("小时", "小時", "hour"),
 }  # more matches than this: only the one nearest the question's words
 _WORD = re.compile(r"[a-z0-9]{2,}")
+_BARE = re.compile(r"[\d.]+")  # a number without its unit
 
 
 def answer_spans(question: str, sentence: str) -> list[tuple[int, int]]:
@@ -172,12 +177,14 @@ def answer_spans(question: str, sentence: str) -> list[tuple[int, int]]:
         found = [
             span for span in found if any(u in sentence[span[0] : span[1]].lower() for u in units)
         ] or found
+    if asked[0] == "count":  # 拾音半径 8 米 answers 多少; the bare 8 of "8 麦克风阵列" counts something else
+        found = [span for span in found if not _BARE.fullmatch(sentence[span[0] : span[1]])] or found
     if len(found) <= _MAX_MARKS:
         return found
     anchors = _anchors(folded_question, folded)
     if not anchors:
         return found[:1]
-    return [min(found, key=lambda span: min(min(abs(span[0] - a), abs(span[1] - a)) for a in anchors))]
+    return [min(found, key=lambda span: min(_distance(span, anchor) for anchor in anchors))]
 
 
 def _names(name: str, question: str) -> bool:
@@ -188,8 +195,19 @@ def _names(name: str, question: str) -> bool:
     return name in question or sum(pair in question for pair in pairs) / len(pairs) >= 0.5
 
 
-def _anchors(question: str, sentence: str) -> list[int]:
+def _anchors(question: str, sentence: str) -> list[tuple[int, int]]:
     """Return where the question's words (Chinese character pairs, English words) occur in the sentence."""
     pieces = {run[i : i + 2] for run in CJK_RUN.findall(question) for i in range(max(len(run) - 1, 1))}
     pieces |= set(_WORD.findall(question))
-    return [m.start() for piece in pieces for m in re.finditer(re.escape(piece), sentence)]
+    return [m.span() for piece in pieces for m in re.finditer(re.escape(piece), sentence)]
+
+
+def _distance(span: tuple[int, int], anchor: tuple[int, int]) -> int:
+    """Return how many characters lie between a value and a word of the question (0 when they touch).
+
+    Counted from the word's end for a value after it: 158 天 of "婚假 13 天（含法定 3 天），产假 158 天" is
+    产假's, though 3 天 ends as near its start.
+    """
+    if span[0] >= anchor[1]:
+        return span[0] - anchor[1]
+    return max(anchor[0] - span[1], 0)

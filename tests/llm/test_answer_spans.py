@@ -33,6 +33,13 @@ def spans_of(question: str, sentence: str) -> list[str]:
         ("报销需要多久到账？", "审核通过后 3 个工作日内打入员工工资卡。", ["3 个工作日"]),
         ("差旅住宿每晚多少钱？", "北京住宿每晚不超过 500 元，其他城市不超过 350 元。", ["500 元", "350 元"]),
         ("额亦都是在哪一年去世的？", "额亦都于1621年去世，享年六十岁。", ["1621年"]),
+        # 多少 of a measure: the value with its unit, not the bare count of something else nor the 半 of 半径.
+        ("星河X1 的麦克风拾音距离是多少？", "麦克风：8 麦克风阵列，拾音半径 8 米", ["8 米"]),
+        # Not the 1 of the product code X1, nor the 一 of 一体化.
+        ("星河X1 有多少个麦克风？", "星河X1 配有 8 个麦克风。", ["8 个"]),
+        ("会议室最多坐几个人？", "一体化设计，适合 4 至 12 人的会议室。", ["12 人"]),
+        # Of several, the value after the question's word (产假 158 天), not the one ending just before it.
+        ("产假多少天？", "婚假 13 天（含法定 3 天），产假 158 天，陪产假 15 天，均为全薪。", ["158 天"]),
         (
             "How long does Finance take to review?",
             "Finance reviews within 5 working days.",
