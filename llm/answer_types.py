@@ -188,9 +188,12 @@ def answer_spans(question: str, sentence: str) -> list[tuple[int, int]]:
 
 
 def _names(name: str, question: str) -> bool:
-    """Return whether the question names a field: most of its character pairs (调休上班日期 in 哪天调休上班)."""
+    """Return whether the question names a field: most of its character pairs (调休上班日期 in 哪天调休上班),
+    or the count it is (天数 for 放几天, 人数 for 多少个人)."""
     if len(name) < 2:
         return False
+    if name[-1] in "数數" and re.search(rf"(?:几|幾|多少)\s*(?:个|個)?\s*{re.escape(name[:-1])}", question):
+        return True
     pairs = [name[i : i + 2] for i in range(len(name) - 1)]
     return name in question or sum(pair in question for pair in pairs) / len(pairs) >= 0.5
 

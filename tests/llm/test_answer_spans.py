@@ -45,11 +45,16 @@ def spans_of(question: str, sentence: str) -> list[str]:
             "Finance reviews within 5 working days.",
             ["5 working days"],
         ),
-        # A record: the field the question names.
+        # A record: the field the question names, or the count it holds (天数 for 几天).
         (
+            "国庆节放几天？",
+            "假期: 国庆节，放假日期: 10月1日至10月8日，天数: 8，调休上班日期: 9月28日（周日）",
+            ["8"],
+        ),
+        (  # asked two things, both marked
             "国庆节放几天假，哪天调休上班？",
             "假期: 国庆节，放假日期: 10月1日至10月8日，天数: 8，调休上班日期: 9月28日（周日）",
-            ["9月28日（周日）"],
+            ["8", "9月28日（周日）"],
         ),
     ],
 )
