@@ -172,8 +172,8 @@ def answer_spans(question: str, sentence: str) -> list[tuple[int, int]]:
     ]
     unit = _UNIT_ASKED.search(question)
     if unit and len(found) > 1:  # 几天 asks for days: a rule's "满 5 年" is its condition, "12 天" the answer
-        asked = (unit.group(1) or unit.group(2)).lower()  # the Chinese or the English unit
-        units = next(group for key, group in _UNITS.items() if asked.startswith(key))
+        unit_asked = (unit.group(1) or unit.group(2)).lower()  # the Chinese or the English unit
+        units = next(group for key, group in _UNITS.items() if unit_asked.startswith(key))
         found = [
             span for span in found if any(u in sentence[span[0] : span[1]].lower() for u in units)
         ] or found

@@ -38,6 +38,8 @@ def spans_of(question: str, sentence: str) -> list[str]:
         # Not the 1 of the product code X1, nor the 一 of 一体化.
         ("星河X1 有多少个麦克风？", "星河X1 配有 8 个麦克风。", ["8 个"]),
         ("会议室最多坐几个人？", "一体化设计，适合 4 至 12 人的会议室。", ["12 人"]),
+        # No value in the unit asked (天): still the measured one, not the bare 8 of 编号 8.
+        ("展会持续多少天？", "展位编号 8，展期 3 个月。", ["3 个"]),
         # Of several, the value after the question's word (产假 158 天), not the one ending just before it.
         ("产假多少天？", "婚假 13 天（含法定 3 天），产假 158 天，陪产假 15 天，均为全薪。", ["158 天"]),
         (
