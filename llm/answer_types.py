@@ -1,6 +1,6 @@
 """The kind of value a question asks for (a duration, money, a date…) and where a sentence holds it.
 
-`answer_type` gives the reader a feature (does this sentence hold the kind of value asked for?);
+`holds_answer` gives the reader a feature (does this sentence hold the kind of value asked for?);
 `answer_spans` marks the words of an answer sentence that answer: the duration for 几天/多久/how long, the
 money for 多少钱, the date for 哪一年/什么时候, the number with its unit for 几/多少, or the value of a
 "name：value" field whose name the question holds (重量：2.1 kg for 星河X1 重量多少？).
@@ -14,6 +14,16 @@ from dataclasses import dataclass
 from retrieval.text_rules import CJK_RUN, fold
 
 _NUMBER = r"(?:\d+(?:\.\d+)?|[一二两兩三四五六七八九十百千万萬半]+)"
+_DURATION = re.compile(  # not a date: 3 月 31 日 and 2025 年 name a day and a year, 3 个月 and 31 天 last
+    r"(?<![月\d.一二两兩三四五六七八九十百千万萬半])(?<!月\s)(?!\d{4}\s*年)"
+    + _NUMBER
+    + r"\s*(?:(?:个|個)\s*月|(?:个|個)?\s*(?:工作日|天|日|小时|小時|周|週|星期|年|分钟|分鐘"
+    r"|(?:working |business )?days?|hours?|weeks?|months?|years?))",
+    re.I,
+)
+# A date, as one span: 2016年3月18日, 2024 年 9 月, 1月26日（周日）.
+_DAY = r"\d{1,4}\s*[日号號](?:\s*[（(](?:周|週|星期)[一二三四五六日天][)）])?"
+_DATE = rf"\d{{1,4}}\s*年(?:\s*\d{{1,4}}\s*月(?:\s*{_DAY})?)?|\d{{1,4}}\s*月(?:\s*{_DAY})?|{_DAY}"
 # The kinds of value a question asks for, each as (its name, what asks for it, what holds it), in Simplified and
 # Traditional Chinese and English; the first kind whose question pattern matches is the one asked for.
 _ANSWER_TYPES = [
@@ -24,11 +34,16 @@ _ANSWER_TYPES = [
             r"|how long|how many (?:days|hours|weeks|months|years)",
             re.I,
         ),
-        re.compile(  # not a date: 3 月 31 日 and 2025 年 name a day and a year, 3 个月 and 31 天 last
-            r"(?<![月\d.一二两兩三四五六七八九十百千万萬半])(?<!月\s)(?!\d{4}\s*年)"
+        _DURATION,
+    ),
+    (  # how long: a duration (试用期多长) or a length (线缆多长)
+        "length",
+        re.compile(r"多[长長]"),
+        re.compile(
+            _DURATION.pattern
+            + r"|"
             + _NUMBER
-            + r"\s*(?:(?:个|個)\s*月|(?:个|個)?\s*(?:工作日|天|日|小时|小時|周|週|星期|年|分钟|分鐘"
-            r"|(?:working |business )?days?|hours?|weeks?|months?|years?))",
+            + r"\s*(?:米|公里|千米|厘米|毫米|km|cm|mm|m\b|meters?|metres?)",
             re.I,
         ),
     ),
@@ -43,9 +58,7 @@ _ANSWER_TYPES = [
             r"什么时候|什麼時候|甚麼時候|何时|何時|哪一?年|哪一?天|哪个月|哪個月|几月|幾月|几号|幾號|何年|when|what year",
             re.I,
         ),
-        re.compile(
-            r"\d{1,4}\s*[年月日号號]|[一二三四五六七八九十〇零]+[年月日]|世纪|世紀|年代|\b1\d{3}\b|\b20\d{2}\b"
-        ),
+        re.compile(_DATE + r"|[一二三四五六七八九十〇零]+[年月日]|世纪|世紀|年代|\b1\d{3}\b|\b20\d{2}\b"),
     ),
     (  # a count
         "count",
@@ -71,14 +84,20 @@ _ANSWER_TYPES = [
 ]
 
 
-def answer_type(question: str) -> re.Pattern[str] | None:
-    """Return a pattern for the kind of value `question` asks for (a duration, money, a count), or None.
+def holds_answer(question: str, sentence: str) -> bool:
+    """Return whether `sentence` holds the kind of value `question` asks for (a duration, money, a count).
 
     Classic answer-type matching: embeddings of a small model rank "who to ask about reimbursements"
     close to "reimbursement takes 3 working days" for 报销需要多久到账; the sentence holding a duration wins.
+    A count holds only where a value would be marked (`answer_spans`): 公司有多少员工 is not answered by the
+    date and the day off of "每年3月18日为公司司庆日，全体员工放假一天".
     """
     asked = asked_kind(question)
-    return asked[1] if asked else None
+    if asked is None:
+        return False
+    if asked[0] == "count":
+        return bool(answer_spans(question, sentence))
+    return bool(asked[1].search(sentence))
 
 
 def asked_kind(question: str) -> tuple[str, re.Pattern[str]] | None:
@@ -99,7 +118,7 @@ class Span:
 
 
 # Kinds whose values a pattern finds reliably enough to mark; a place or a person is left unmarked.
-_MARKED = ("duration", "money", "date", "count")
+_MARKED = ("duration", "length", "money", "date", "count")
 # A counted number with its unit or measure word (2.1 kg, 16 路, 8 米), for 几/多少: not a digit of a code (X1,
 # XH-X1, 4K), and a Chinese numeral only with its unit (the 一 of 一体化 and the 半 of 半径 count nothing).
 _MEASURE = (
@@ -114,7 +133,9 @@ _FIELD = re.compile(
     r"(?:^|(?<=[，,；;]))\s*([^：:，,。；;!?！？\s][^：:，,。；;!?！？]{0,11}?)\s*[：:]\s*([^，,；;。]+)"
 )
 _MAX_FIELD_VALUE = 30  # longer values are prose, in which the kind of value asked for is marked instead
-_MAX_MARKS = 3
+_MAX_MARKS = (
+    3  # more values than this, or values in different units: only the one nearest the question's words
+)
 # The unit a duration question names (几天, 多少个月, how many days) and the words that hold it.
 _UNIT_ASKED = re.compile(
     r"(?:几|幾|多少)\s*(?:个|個)?\s*(工作日|天|年|周|週|星期|月|小时|小時)|how many (working day|day|year|week|month|hour)",
@@ -136,33 +157,50 @@ _UNITS = {
     "小时": ("小时", "小時", "hour"),
     "小時": ("小时", "小時", "hour"),
     "hour": ("小时", "小時", "hour"),
-}  # more matches than this: only the one nearest the question's words
+}
 _WORD = re.compile(r"[a-z0-9]{2,}")
+_TIME_UNIT = re.compile(r"[年月日天号號]$")
+# The measure word a count question names (几个人, 多少位, 多少个麦克风) and the words that hold people.
+_MEASURE_ASKED = re.compile(
+    r"(?:几|幾|多少)\s*(?:个|個)?\s*([人名位台次家所座件种種])|(?:几|幾|多少)\s*(个|個)"
+)
+_PEOPLE = ("人", "名", "位")
+_NEAR = 10  # characters between a count and the question's nearest word, at most
+_CLAUSE_BREAK = re.compile(r"[，,；;。!?！？]")
+_LISTING = re.compile(r"[\s、和及至到~\-–。.]")  # what lies between the values of a list or a range
 _BARE = re.compile(r"[\d.]+")  # a number without its unit
+_NOT_UNIT = re.compile(rf"[(（][^)）]*[)）]|{_NUMBER}|\s")  # a weekday in brackets, the numbers, spaces
 
 
 def answer_spans(question: str, sentence: str) -> list[tuple[int, int]]:
     """Return the [start, end) character ranges of `sentence` that answer `question`, in order; [] for none.
 
-    In a record (every part a "name：value" field), a field whose name the question holds gives its value (重量：2.1 kg → 2.1 kg); otherwise the values of
-    the kind asked for (durations for 几天, …), all of them up to three (the tiers of a rule), else the one
-    nearest the question's words.
+    In a record (every part a "name：value" field), a field whose name the question holds gives its value
+    (重量：2.1 kg → 2.1 kg), as does one whose name it touches and whose value is wholly of the kind asked
+    for (调休上班日期 for 春节哪天调休？). Otherwise the values of the kind asked for (durations for 几天, a
+    whole date for 什么时候, the people for 几个人), all of them up to three in one unit (the tiers of a
+    rule), else the one nearest the question's words. A count asked without a unit (公司有多少员工？) is a
+    number in the clause of a question's word and near it, never a date or a length of time.
     """
     folded_question = fold(question).casefold()
     folded = fold(sentence).casefold()  # folding keeps length, so offsets hold in the sentence
     if len(folded) != len(sentence):
         folded = sentence.casefold()
+    asked = asked_kind(question)
     fields = list(_FIELD.finditer(folded))
     parts = [p for p in re.split(r"[，,；;]", folded.rstrip(" 。.")) if p.strip()]
     if fields and len(fields) == len(parts):  # a record: every part is a "name：value" field
         named = [
             (m.start(2), m.start(2) + len(m.group(2).rstrip(" 。.!！?？")))
             for m in fields
-            if _names(m.group(1).strip(), folded_question) and len(m.group(2)) <= _MAX_FIELD_VALUE
+            if len(m.group(2)) <= _MAX_FIELD_VALUE
+            and (
+                _names(m.group(1).strip(), folded_question)
+                or (asked and _touches(m.group(1), folded_question) and _wholly(asked[1], m.group(2)))
+            )
         ]
         if named:
             return named
-    asked = asked_kind(question)
     if asked is None or asked[0] not in _MARKED:
         return []
     pattern = _COUNTED if asked[0] == "count" else asked[1]
@@ -171,17 +209,27 @@ def answer_spans(question: str, sentence: str) -> list[tuple[int, int]]:
         (start + len(sentence[start:end]) - len(sentence[start:end].lstrip()), end) for start, end in found
     ]
     unit = _UNIT_ASKED.search(question)
+    measure = _MEASURE_ASKED.search(fold(question))
     if unit and len(found) > 1:  # 几天 asks for days: a rule's "满 5 年" is its condition, "12 天" the answer
         unit_asked = (unit.group(1) or unit.group(2)).lower()  # the Chinese or the English unit
         units = next(group for key, group in _UNITS.items() if unit_asked.startswith(key))
-        found = [
-            span for span in found if any(u in sentence[span[0] : span[1]].lower() for u in units)
-        ] or found
+        found = [span for span in found if _holds_unit(sentence, span, units)] or found
+    elif measure and asked[0] == "count":  # 几个人 counts people: not the 16 路 of the video screens
+        word = measure.group(1) or measure.group(2)
+        units = _PEOPLE if word in _PEOPLE else (word,)
+        found = [span for span in found if _holds_unit(sentence, span, units)]
+    anchors = _anchors(folded_question, folded)
     if asked[0] == "count":  # 拾音半径 8 米 answers 多少; the bare 8 of "8 麦克风阵列" counts something else
         found = [span for span in found if not _BARE.fullmatch(sentence[span[0] : span[1]])] or found
-    if len(found) <= _MAX_MARKS:
-        return found
-    anchors = _anchors(folded_question, folded)
+        if not unit and not measure:  # 多少员工: not a date nor a length of time, but a number by its words
+            found = [
+                span
+                for span in found
+                if not _TIME_UNIT.search(sentence[span[0] : span[1]])
+                and any(_distance(span, anchor) <= _NEAR for anchor in _same_clause(folded, span, anchors))
+            ]
+    if len(found) <= _MAX_MARKS and len({_unit_of(sentence[start:end]) for start, end in found}) <= 1:
+        return found  # the tiers of a rule (10 天, 12 天, 15 天)
     if not anchors:
         return found[:1]
     return [min(found, key=lambda span: min(_distance(span, anchor) for anchor in anchors))]
@@ -196,6 +244,39 @@ def _names(name: str, question: str) -> bool:
         return True
     pairs = [name[i : i + 2] for i in range(len(name) - 1)]
     return name in question or sum(pair in question for pair in pairs) / len(pairs) >= 0.5
+
+
+def _holds_unit(sentence: str, span: tuple[int, int], units: tuple[str, ...]) -> bool:
+    """Return whether the value at `span` of `sentence` is in one of `units` (天 of 12 天, 人 of 426 人)."""
+    return any(u in sentence[span[0] : span[1]].lower() for u in units)
+
+
+def _same_clause(
+    sentence: str, span: tuple[int, int], anchors: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Return the anchors with no clause break between them and the value at `span` (350 元 of 其他城市 is
+    not 餐补's in "其他城市不超过 350 元；出差餐补每天 100 元")."""
+    return [
+        anchor
+        for anchor in anchors
+        if not _CLAUSE_BREAK.search(sentence[min(span[1], anchor[1]) : max(span[0], anchor[0])])
+    ]
+
+
+def _wholly(kind: re.Pattern[str], value: str) -> bool:
+    """Return whether a field's value is values of a kind and nothing else (1月26日（周日）、2月8日（周六））."""
+    return bool(kind.search(value)) and not _LISTING.sub("", kind.sub("", value))
+
+
+def _touches(name: str, question: str) -> bool:
+    """Return whether the question holds a character pair of a field's name (调休 of 调休上班日期)."""
+    name = name.strip()
+    return any(name[i : i + 2] in question for i in range(len(name) - 1))
+
+
+def _unit_of(value: str) -> str:
+    """Return the units of a value without its numbers (人 of 426 人, 年月日 of 2016年3月18日 (周五))."""
+    return _NOT_UNIT.sub("", value)
 
 
 def _anchors(question: str, sentence: str) -> list[tuple[int, int]]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from llm.answer_types import Span, answer_spans, answer_type
+from llm.answer_types import Span, answer_spans, holds_answer
 from llm.config import ExtractiveConfig
 from retrieval.answerability import coverage
 from retrieval.bilingual import is_chinese
@@ -156,7 +156,7 @@ class ExtractiveReader:
         (the topic, 报销 in 报销需要多久到账), which leaves what is asked about (多久到账); coverage: the
         idf-weighted share of the question's other content terms it holds; coverage_gap: how far below the
         best coverage; answer_type: it holds the kind of value asked for (a duration, money, a date, a count, a
-        place, a person); first_in_chunk: it opens its chunk; hit_rank: 1/(rank + 1) of its chunk;
+        place, a person; a count only where it would be marked, `answer_spans`); first_in_chunk: it opens its chunk; hit_rank: 1/(rank + 1) of its chunk;
         answerability: the question's, the same for every sentence (0.5 when unknown); full_coverage: the
         idf-weighted share of all the question's terms, the shared ones too, that it holds: 病假一年有几天
         has 病假 in several sentences, so `coverage` leaves it out, and 病假：… ties with 年假：… (both hold
@@ -172,8 +172,7 @@ class ExtractiveReader:
         # A sentence in the other language than the question holds a term through its translation.
         chinese = is_chinese(question)
         covered = np.array([coverage(s.text, asked, chinese) for s in sentences])
-        wanted = answer_type(question)
-        typed = [float(bool(wanted and wanted.search(s.text))) for s in sentences]
+        typed = [float(holds_answer(question, s.text)) for s in sentences]
         columns = {
             "cosine": cosines,
             "cosine_gap": cosines.max() - cosines,
@@ -194,8 +193,7 @@ class ExtractiveReader:
         cosines = (self._vectors_of(sentences) @ self.embedder.embed_query(question)).tolist()
         asked = _terms(question)
         shares = [len(asked & _terms(s.text)) / len(asked) if asked else 0.0 for s in sentences]
-        wanted = answer_type(question)
-        typed = [1.0 if wanted and wanted.search(s.text) else 0.0 for s in sentences]
+        typed = [float(holds_answer(question, s.text)) for s in sentences]
         scores = [
             cosine + self.config.lexical_weight * share + self.config.answer_type_weight * has_type
             for cosine, share, has_type in zip(cosines, shares, typed, strict=True)

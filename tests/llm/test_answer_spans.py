@@ -53,6 +53,27 @@ def spans_of(question: str, sentence: str) -> list[str]:
             "假期: 国庆节，放假日期: 10月1日至10月8日，天数: 8，调休上班日期: 9月28日（周日）",
             ["8"],
         ),
+        # 多长 asks for a duration: both of the rule's, up to three are marked.
+        (
+            "试用期多长？",
+            "试用期一般为 3 个月，表现优秀者可申请提前转正，最短不少于 1 个月。",
+            ["3 个月", "1 个月"],
+        ),
+        # A date is one span, the year, the month and the day together.
+        ("公司什么时候成立的？", "公司成立于2016年3月18日，总部位于杭州。", ["2016年3月18日"]),
+        ("星河X1 是哪一年发布的？", "星河X1 于 2024 年 9 月发布。", ["2024 年 9 月"]),
+        # Counting staff: the number of people by 员工, not the 258 of 研发人员 nor the share.
+        (
+            "公司有多少员工？",
+            "截至2024年12月31日，公司共有员工 426 人，其中研发人员 258 人，占比约 60%。",
+            ["426 人"],
+        ),
+        # A field named by part of its name that holds the kind asked for (调休 of 调休上班日期, a date).
+        (
+            "春节哪天调休？",
+            "假期: 春节，放假日期: 1月28日至2月4日，天数: 8，调休上班日期: 1月26日（周日）、2月8日（周六）",
+            ["1月26日（周日）、2月8日（周六）"],
+        ),
         (  # asked two things, both marked
             "国庆节放几天假，哪天调休上班？",
             "假期: 国庆节，放假日期: 10月1日至10月8日，天数: 8，调休上班日期: 9月28日（周日）",
@@ -73,6 +94,10 @@ def test_the_words_that_answer_are_marked(question: str, sentence: str, marked: 
         ),  # a person: not reliably found, not marked
         ("年假没休完怎么办？", "当年未休完的年假可顺延至次年 3 月 31 日。"),  # asks for no kind of value
         ("报销需要多久到账？", "报销须附电子发票。"),  # the kind asked for is not there
+        # A count asked without a unit (多少员工) is not a date or a length of time, nor a number far from
+        # every word of the question (10 倍 of the zoom, for the camera's 分辨率).
+        ("公司有多少员工？", "每年3月18日为公司司庆日，全体员工放假一天。"),
+        ("星河X1 的摄像头分辨率是多少？", "摄像头：4K 超高清，120° 广角，10 倍数字变焦"),
     ],
 )
 def test_nothing_is_marked_without_a_value_of_the_kind_asked_for(question: str, sentence: str) -> None:

@@ -7,7 +7,7 @@ import re
 import pytest
 from hits import search_hit
 
-from llm.answer_types import answer_type
+from llm.answer_types import asked_kind, holds_answer
 from llm.config import ExtractiveConfig
 from llm.extractive import READER_FEATURES, ExtractiveReader
 from retrieval import SearchHit
@@ -226,11 +226,12 @@ def test_sentences_are_split_for_reading() -> None:
         ("年假有几天？", "满 5 年的，每年 12 天；", "当年未休完的年假可顺延至次年 3 月 31 日。"),  # a date
         ("年假有几天？", "合同期 3 个月。", "放假日期: 1月28日至2月4日"),
         ("保修期多久？", "整机保修 2 年。", "该型号于 2025 年发布。"),  # a year
+        # A count asked without a unit: a number by the question's words, not a date nor a day off.
+        ("公司有多少员工？", "公司共有员工 426 人。", "每年3月18日为公司司庆日，全体员工放假一天。"),
     ],
 )
 def test_answer_type_matches_the_value_asked_for(question: str, holds: str, lacks: str) -> None:
-    wanted = answer_type(question)
-    assert wanted is not None and wanted.search(holds) and not wanted.search(lacks)
+    assert holds_answer(question, holds) and not holds_answer(question, lacks)
 
 
 @pytest.mark.parametrize(
@@ -243,12 +244,12 @@ def test_answer_type_matches_the_value_asked_for(question: str, holds: str, lack
     ],
 )
 def test_dates_places_and_people_are_answer_types(question: str, holds: str, lacks: str) -> None:
-    wanted = answer_type(question)
-    assert wanted is not None and wanted.search(holds) and not wanted.search(lacks)
+    assert holds_answer(question, holds) and not holds_answer(question, lacks)
 
 
 def test_questions_without_an_answer_type() -> None:
-    assert answer_type("年假没休完怎么办？") is None and answer_type("Why are claims rejected?") is None
+    assert asked_kind("年假没休完怎么办？") is None and asked_kind("Why are claims rejected?") is None
+    assert not holds_answer("年假没休完怎么办？", "当年未休完的年假可顺延至次年 3 月 31 日。")
 
 
 def test_the_features_place_each_sentence_among_the_others(e5_embedder) -> None:
