@@ -36,9 +36,9 @@ _ANSWER_TYPES = [
         ),
         _DURATION,
     ),
-    (  # how long: a duration (试用期多长) or a length (线缆多长)
+    (  # how long, high, far: a duration (试用期多长) or a length (线缆多长, 山多高)
         "length",
-        re.compile(r"多[长長]"),
+        re.compile(r"多[长長高宽寬厚深远遠]"),
         re.compile(
             _DURATION.pattern
             + r"|"
@@ -47,9 +47,16 @@ _ANSWER_TYPES = [
             re.I,
         ),
     ),
+    (  # a weight (星河X1 多重？ 重多少？)
+        "weight",
+        re.compile(r"多重|重多少|多少(?:公斤|千克|克|斤)|how heavy|weigh", re.I),
+        re.compile(_NUMBER + r"\s*(?:kg|KG|Kg|g|克|千克|公斤|斤|吨|噸|磅|lbs?)(?![A-Za-z])"),
+    ),
     (  # money
         "money",
-        re.compile(r"多少钱|多少錢|多少元|费用是多少|費用是多少|标准是多少|標準是多少|how much", re.I),
+        re.compile(
+            r"多少钱|多少錢|多少元|多贵|多貴|费用是多少|費用是多少|标准是多少|標準是多少|how much", re.I
+        ),
         re.compile(_NUMBER + r"\s*(?:元|块|塊|万元|萬元|美元|RMB|CNY|USD)|[¥$￥]\s*\d", re.I),
     ),
     (  # a date or time
@@ -118,7 +125,7 @@ class Span:
 
 
 # Kinds whose values a pattern finds reliably enough to mark; a place or a person is left unmarked.
-_MARKED = ("duration", "length", "money", "date", "count")
+_MARKED = ("duration", "length", "weight", "money", "date", "count")
 # A counted number with its unit or measure word (2.1 kg, 16 路, 8 米), for 几/多少: not a digit of a code (X1,
 # XH-X1, 4K), and a Chinese numeral only with its unit (the 一 of 一体化 and the 半 of 半径 count nothing).
 _MEASURE = (

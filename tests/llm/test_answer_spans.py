@@ -59,6 +59,9 @@ def spans_of(question: str, sentence: str) -> list[str]:
             "试用期一般为 3 个月，表现优秀者可申请提前转正，最短不少于 1 个月。",
             ["3 个月", "1 个月"],
         ),
+        # How heavy, how high: a weight, a length.
+        ("星河X1 有多重？", "尺寸：620 × 90 × 95 mm，重量：2.1 kg", ["2.1 kg"]),
+        ("珠穆朗玛峰有多高？", "珠穆朗玛峰海拔 8848.86 米，2005 年测定。", ["8848.86 米"]),
         # A date is one span, the year, the month and the day together.
         ("公司什么时候成立的？", "公司成立于2016年3月18日，总部位于杭州。", ["2016年3月18日"]),
         ("星河X1 是哪一年发布的？", "星河X1 于 2024 年 9 月发布。", ["2024 年 9 月"]),
