@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llm.types import ChatModel, GenerationParams, Message
 from retrieval import Retrieval
 from retrieval.lexical import content_terms, terms, whole_terms, words
-from retrieval.text_rules import fold
+from retrieval.text_rules import CJK_CHAR, fold
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,10 @@ _ELLIPSIS = re.compile(
     r"^\s*(?:那么?|那麼|还有|還有|另外|以及|和|跟)|^\s*(?:what about|how about|and)\b|呢\s*[？?]?\s*$",
     re.IGNORECASE,
 )
+# An ellipsis naming one thing: 那病假呢？ 星河S2 呢？ (not 还有呢？, 其他呢？).
+_ELLIPTIC_NAME = re.compile(
+    r"^\s*(?:那么|那麼|那)?\s*[，,]?\s*(?!还有|還有|另外|其他|其它)(?P<name>[^，,。？?！!\s][^，,。？?！!]*?)\s*呢\s*[？?]?\s*$"
+)
 _LEADING = re.compile(r"^\s*(?:那么|那麼|那|还有|還有|另外|以及)\s*[，,]?\s*")
 # 它 points back wherever jieba put it (给它, 它会), unlike 他/她 (其他, 他人) and except in 其它 ("other").
 _GLUED_IT = re.compile(r"(?<!其)它(?:们|們)?")
@@ -157,6 +161,9 @@ def rule_rewrite(
     if not previous:
         return None
     standalone = _standalone(previous[-1], previous[:-1], rarity)
+    swapped = _swapped(question, standalone)
+    if swapped:
+        return Candidate(swapped, swapped, "points-back", "rules")
     subject = _subject(standalone, question, rarity)
     if not subject:
         return None
@@ -190,6 +197,27 @@ def _carrying(question: str, subject: str) -> Candidate:
     typed = _LEADING.sub("", question) or question
     joiner = " " if _ENGLISH.search(subject[-1:] + typed[:1]) else ""
     return Candidate(f"{subject}{joiner}{typed}", question, strength, "rules")
+
+
+def _swapped(question: str, previous: str) -> str:
+    """Return the previous question asked of what an elliptic turn names instead, or "": 病假呢？ after
+    年假有几天？ asks 病假有几天？, 星河S2 呢？ after 星河X1 多少钱？ asks 星河S2 多少钱？.
+
+    Only when the rest of the previous question only asks (有几天, 多少钱) and its topic is one word or
+    shares a character with what the turn names: 那高铁呢？ after 出差可以坐飞机吗？ stands for 飞机, not
+    出差, and 上海呢？ after 北京住宿标准多少？ for 北京 alone; those carry the topic instead (`_carrying`).
+    """
+    named = _ELLIPTIC_NAME.match(question)
+    topic = _topic(previous) if named else ""
+    at = previous.find(topic) if topic else -1
+    if at < 0 or not content_terms(named.group("name")):
+        return ""
+    name = named.group("name")
+    before, rest = previous[:at], previous[at + len(topic) :]
+    if any(len(t) > 1 for t in content_terms(before + " " + rest)) or fold(name) in fold(previous):
+        return ""
+    like = len(whole_terms(content_terms(topic))) == 1 or bool(set(CJK_CHAR.findall(name)) & set(topic))
+    return f"{before}{name}{rest}" if like else ""
 
 
 def _previous_questions(history: Sequence[Message], max_turns: int) -> list[str]:

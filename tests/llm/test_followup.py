@@ -27,6 +27,37 @@ def test_an_ellipsis_carries_the_previous_subject() -> None:
     assert candidate.read == "那餐补呢？"  # the reader reads what was typed
 
 
+@pytest.mark.parametrize(
+    ("previous", "turn", "asked"),
+    [
+        ("年假有几天？", "那病假呢？", "病假有几天？"),
+        ("试用期多长？", "实习期呢？", "实习期多长？"),
+        ("星河X1 多少钱？", "星河S2 呢？", "星河S2 多少钱？"),  # the topic shares 星河 with the name
+    ],
+)
+def test_an_ellipsis_naming_another_thing_asks_the_previous_question_of_it(
+    previous: str, turn: str, asked: str
+) -> None:
+    candidate = rule_rewrite(turn, _after(previous))
+    assert candidate is not None and candidate.strength == "points-back"
+    assert candidate.searched == candidate.read == asked  # the reader reads it too: 几天 marks the days
+
+
+@pytest.mark.parametrize(
+    ("previous", "turn"),
+    [
+        ("出差可以坐飞机吗？", "那高铁呢？"),  # 高铁 stands for 飞机, not for the topic 出差
+        ("北京住宿标准多少？", "上海呢？"),  # for 北京 alone: 上海多少？ would lose 住宿标准
+        ("年假有几天？", "还有呢？"),  # names nothing
+    ],
+)
+def test_an_ellipsis_that_may_stand_for_part_of_the_question_carries_the_topic(
+    previous: str, turn: str
+) -> None:
+    candidate = rule_rewrite(turn, _after(previous))
+    assert candidate is not None and candidate.read == turn and candidate.searched != turn
+
+
 def test_a_pronoun_is_replaced_by_the_subject() -> None:
     candidate = rule_rewrite("它在哪里申请？", LAPTOP)
     assert candidate is not None and candidate.strength == "points-back"

@@ -67,6 +67,14 @@ def test_what_about_the_meal_allowance_streams_with_the_searched_question(server
     assert alone["answerability"] < data["answerability"]  # the history now changes what is judged
 
 
+def test_what_about_sick_leave_asks_the_annual_leave_question_of_it(server: Server) -> None:
+    first = _chat(server.url, "年假有几天？").json()
+    follow = _chat(server.url, "那病假呢？", _turns("年假有几天？", first["answer"])).json()
+    assert follow["searched_question"] == "病假有几天？"
+    assert follow["answer"].startswith("病假：每年享有 12 天全薪病假"), follow["answer"]
+    assert [span["text"] for span in follow["spans"]][:1] == ["12 天"]  # read as asked: 几天 marks days
+
+
 def test_a_new_topic_is_not_changed_by_the_history(server: Server) -> None:
     answer = _chat(server.url, "报销款多久到账？", _turns(LAPTOP, "满 3 年可申请更换。")).json()
     assert answer["searched_question"] == "报销款多久到账？"
