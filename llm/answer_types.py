@@ -228,11 +228,13 @@ def answer_spans(question: str, sentence: str) -> list[tuple[int, int]]:
     anchors = _anchors(folded_question, folded)
     if asked[0] == "count":  # 拾音半径 8 米 answers 多少; the bare 8 of "8 麦克风阵列" counts something else
         found = [span for span in found if not _BARE.fullmatch(sentence[span[0] : span[1]])] or found
-        if not unit and not measure:  # 多少员工: not a date nor a length of time, but a number by its words
+        # 多少员工: a number with its measure by the question's words, not a date
+        if not unit and not measure:
             found = [
                 span
                 for span in found
                 if not _TIME_UNIT.search(sentence[span[0] : span[1]])
+                and not _BARE.fullmatch(sentence[span[0] : span[1]])
                 and any(_distance(span, anchor) <= _NEAR for anchor in _same_clause(folded, span, anchors))
             ]
     if len(found) <= _MAX_MARKS and len({_unit_of(sentence[start:end]) for start, end in found}) <= 1:

@@ -27,6 +27,7 @@ them apart.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import re
 import time
@@ -37,7 +38,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm.types import ChatModel, GenerationParams, Message
-from retrieval import Retrieval
+from retrieval import Retrieval, SearchHit
 from retrieval.lexical import content_terms, terms, whole_terms, words
 from retrieval.text_rules import CJK_CHAR, fold
 
@@ -82,8 +83,17 @@ class FollowupConfig(BaseModel):
         0.1,
         ge=0.0,
         le=1.0,
-        description="A short turn (one content term) is searched rewritten only when that answerability beats "
-        "the question as written by more than this.",
+        description="A short turn (one content term) is searched rewritten when that answerability beats "
+        "the question as written by more than this (or when it goes on with the previous passage, "
+        "`continue_margin`).",
+    )
+    continue_margin: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="A short turn whose rewrite finds first the passage the previous question found first, "
+        "when as written it finds another, is searched rewritten unless that answerability is below the "
+        "question as written's by more than this (密码是多少？ after 怎么连接访客 Wi-Fi？).",
     )
 
 
@@ -98,6 +108,7 @@ class Candidate:
     # Other readings of the turn (another subject carried), as sure as this one: every one is searched and
     # the most answerable kept (`choose`).
     alternatives: tuple[Candidate, ...] = ()
+    previous: str = ""  # the previous question, standalone: a short turn may go on reading what it found
 
 
 @dataclass(frozen=True)
@@ -167,7 +178,7 @@ def rule_rewrite(
     subject = _subject(standalone, question, rarity)
     if not subject:
         return None
-    candidate = _carrying(question, subject)
+    candidate = replace(_carrying(question, subject), previous=standalone)
     candidates = _unsaid(standalone, question)
     if sources is None or candidate.strength == "none" or len(candidates) < 2:
         return candidate
@@ -480,6 +491,7 @@ def search_turn(
     start = time.perf_counter()
     if not history or not config.enabled:
         return replace(Searched.as_written(question, search(question)), retrieval_ms=_ms_since(start))
+    search = functools.cache(search)  # the rules and the choice may search the same question twice
     candidate = None
     if model is not None and config.model_rewrite:
         rewritten = model_rewrite(model, question, history, config)
@@ -510,25 +522,32 @@ def choose(
     """Return the question to search, as written or rewritten, with its retrieval.
 
     A turn that points back (a pronoun, an ellipsis, a model's rewrite) searches the rewrite; a short one
-    (one content term, or a demonstrative: 这个 may point back or start 这个月) searches the rewrite only
-    when that is clearly more answerable (`switch_margin`); any other is tried rewritten only when it is
-    answered poorly as written (`weak_below`), and kept only when more answerable: a question that stands
-    on its own is not changed by the history. Without a calibration only a turn that points back is
-    rewritten.
+    (one content term, or a demonstrative: 这个 may point back or start 这个月) searches the rewrite when
+    that is clearly more answerable (`switch_margin`), or when it goes on with the previous question's
+    passage (`_goes_on`, `continue_margin`), then read rewritten too; any other is tried rewritten only
+    when it is answered poorly as written (`weak_below`), and kept only when more answerable: a question
+    that stands on its own is not changed by the history. Without a calibration only a turn that points
+    back, or a short one going on, is rewritten.
     """
     if candidate is None or candidate.searched.strip() == question.strip():
         return Searched.as_written(question, search(question))
     if candidate.strength == "short":
         written = search(question)
-        candidate, rewritten = _most_answerable(candidate, search)
-        if (rewritten.answerability or 0.0) > (written.answerability or 0.0) + config.switch_margin:
-            return Searched(candidate.searched, candidate.read, rewritten, candidate.method)
+        tried = _searched_readings(candidate, search)
+        reading, rewritten = _most_answerable(tried)
+        if _answerability(rewritten) > _answerability(written) + config.switch_margin:
+            return Searched(reading.searched, reading.read, rewritten, reading.method)
+        floor = _answerability(written) - config.continue_margin
+        before = search(candidate.previous).hits if candidate.previous else []
+        for reading, found in tried:
+            if _answerability(found) >= floor and _goes_on(question, before, found, written):
+                return Searched(reading.searched, reading.searched, found, reading.method)
         return Searched.as_written(question, written)
     if candidate.strength == "points-back":
         # As written it names nothing (它分布在哪些地区？): question words alone match many chunks well,
         # so its answerability says nothing, and a follow-up the documents cannot answer must be refused.
-        candidate, rewritten = _most_answerable(candidate, search)
-        return Searched(candidate.searched, candidate.read, rewritten, candidate.method)
+        reading, rewritten = _most_answerable(_searched_readings(candidate, search))
+        return Searched(reading.searched, reading.read, rewritten, reading.method)
     written = search(question)
     if written.answerability is None or written.answerability >= config.weak_below:
         return Searched.as_written(question, written)
@@ -538,8 +557,36 @@ def choose(
     return Searched.as_written(question, written)
 
 
-def _most_answerable(candidate: Candidate, search: Callable[[str], Retrieval]) -> tuple[Candidate, Retrieval]:
-    """Return the reading of a turn (`candidate` or one of its alternatives) whose search is the most
-    answerable, the first on a tie, with what that search found."""
-    tried = [(reading, search(reading.searched)) for reading in (candidate, *candidate.alternatives)]
-    return max(tried, key=lambda pair: pair[1].answerability or 0.0)
+def _goes_on(question: str, before: Sequence[SearchHit], found: Retrieval, written: Retrieval) -> bool:
+    """Return whether a reading finds first the chunk the previous question found first (`before`), which
+    holds the turn's own terms, while the turn as written finds another first: the short turn then goes on
+    with what was being read (密码是多少？ after 怎么连接访客 Wi-Fi？ asks the guest Wi-Fi's password, not the
+    password rules that 密码是多少？ alone finds first). A new topic (报销款多久到账？ after a question about
+    laptops) is not in that chunk, though carrying the old topic finds it."""
+    if not before or not found.hits or not written.hits:
+        return False
+    top = found.hits[0]
+    own = content_terms(question)
+    held = fold(top.text).casefold()
+    return (
+        before[0].chunk_id == top.chunk_id != written.hits[0].chunk_id
+        and bool(own)
+        and all(t in held for t in own)
+    )
+
+
+def _searched_readings(
+    candidate: Candidate, search: Callable[[str], Retrieval]
+) -> list[tuple[Candidate, Retrieval]]:
+    """Return each reading of a turn (`candidate`, then its alternatives) with what its search found."""
+    return [(reading, search(reading.searched)) for reading in (candidate, *candidate.alternatives)]
+
+
+def _most_answerable(tried: Sequence[tuple[Candidate, Retrieval]]) -> tuple[Candidate, Retrieval]:
+    """Return the reading whose search is the most answerable, the first on a tie, with what it found."""
+    return max(tried, key=lambda pair: _answerability(pair[1]))
+
+
+def _answerability(found: Retrieval) -> float:
+    """Return a search's answerability, 0 when unknown (no calibration)."""
+    return found.answerability or 0.0

@@ -101,6 +101,8 @@ def test_the_words_that_answer_are_marked(question: str, sentence: str, marked: 
         # every word of the question (10 倍 of the zoom, for the camera's 分辨率).
         ("公司有多少员工？", "每年3月18日为公司司庆日，全体员工放假一天。"),
         ("星河X1 的摄像头分辨率是多少？", "摄像头：4K 超高清，120° 广角，10 倍数字变焦"),
+        # The 8 of 8 点 counts no 密码.
+        ("访客 Wi-Fi 密码是多少？", "访客请连接“Xinghe-Guest”，密码每周一早上 8 点更新。"),
     ],
 )
 def test_nothing_is_marked_without_a_value_of_the_kind_asked_for(question: str, sentence: str) -> None:

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from hits import search_hit
 from models import ScriptedModel
 
 from app.services import KnowledgeService
@@ -238,6 +239,44 @@ def test_answerability_chooses_between_the_question_as_written_and_the_rewrite()
     assert chosen.searched == "笔记本电脑在哪里申请？" and chosen.found.answerability == 0.98
     chosen, _ = _choose("年假有几天？", short, {"年假有几天？": 0.97, "笔记本电脑在哪里申请？": 0.99})
     assert chosen.searched == "年假有几天？"  # not clearly better: the new topic stays as typed
+
+
+def test_a_short_turn_goes_on_with_the_passage_the_previous_question_found() -> None:
+    """密码是多少？ after 怎么连接访客 Wi-Fi？: as written it finds the password rules first, the rewrite the
+    guest Wi-Fi passage the previous question found; about as answerable, the rewrite is searched and read."""
+    short = Candidate(
+        "访客 Wi-Fi 密码是多少？", "密码是多少？", "short", "rules", previous="怎么连接访客 Wi-Fi？"
+    )
+    wifi, rules = (
+        search_hit(7, "访客请连接“Xinghe-Guest”，密码每周一更新。"),
+        search_hit(3, "新密码至少 12 位。"),
+    )
+    found = {
+        "密码是多少？": Retrieval([rules, wifi], Signals(0.5, 0.1, 0.5, 0.0, 0.0), {}, 0.99),
+        "访客 Wi-Fi 密码是多少？": Retrieval([wifi, rules], Signals(0.5, 0.1, 0.5, 0.0, 0.0), {}, 0.84),
+        "怎么连接访客 Wi-Fi？": Retrieval([wifi], Signals(0.5, 0.1, 0.5, 0.0, 0.0), {}, 0.87),
+    }
+    chosen = choose("密码是多少？", short, found.__getitem__, FollowupConfig())
+    assert chosen.searched == chosen.read == "访客 Wi-Fi 密码是多少？"
+    # Far less answerable than as written, or with no passage in common, it stays as typed.
+    assert (
+        choose("密码是多少？", short, found.__getitem__, FollowupConfig(continue_margin=0.1)).searched
+        == "密码是多少？"
+    )
+    elsewhere = {
+        **found,
+        "怎么连接访客 Wi-Fi？": Retrieval([rules], Signals(0.5, 0.1, 0.5, 0.0, 0.0), {}, 0.9),
+    }
+    assert choose("密码是多少？", short, elsewhere.__getitem__, FollowupConfig()).searched == "密码是多少？"
+    # A new topic: the passage the old topic leads back to does not hold the turn's own words (报销).
+    new_topic = Candidate(
+        "访客 Wi-Fi 报销多久到账？", "报销多久到账？", "short", "rules", previous="怎么连接访客 Wi-Fi？"
+    )
+    found["报销多久到账？"] = Retrieval([rules, wifi], Signals(0.5, 0.1, 0.5, 0.0, 0.0), {}, 0.95)
+    found["访客 Wi-Fi 报销多久到账？"] = Retrieval([wifi, rules], Signals(0.5, 0.1, 0.5, 0.0, 0.0), {}, 0.9)
+    assert (
+        choose("报销多久到账？", new_topic, found.__getitem__, FollowupConfig()).searched == "报销多久到账？"
+    )
 
 
 def test_a_question_that_stands_on_its_own_is_searched_once_as_written() -> None:

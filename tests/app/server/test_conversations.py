@@ -75,6 +75,17 @@ def test_what_about_sick_leave_asks_the_annual_leave_question_of_it(server: Serv
     assert [span["text"] for span in follow["spans"]][:1] == ["12 天"]  # read as asked: 几天 marks days
 
 
+def test_a_short_turn_goes_on_with_the_guest_wifi(server: Server) -> None:
+    """密码是多少？ alone finds the password rules; after the guest Wi-Fi question it asks that password."""
+    first = _chat(server.url, "怎么连接访客 Wi-Fi？").json()
+    assert "Xinghe-Guest" in first["answer"]
+    alone = _chat(server.url, "密码是多少？").json()
+    assert alone["answer"].startswith("新密码至少 12 位"), alone["answer"]
+    follow = _chat(server.url, "密码是多少？", _turns("怎么连接访客 Wi-Fi？", first["answer"])).json()
+    assert follow["answer"].startswith("访客请连接“Xinghe-Guest”"), follow["answer"]
+    assert follow["searched_question"] != "密码是多少？" and "访客" in follow["searched_question"]
+
+
 def test_a_new_topic_is_not_changed_by_the_history(server: Server) -> None:
     answer = _chat(server.url, "报销款多久到账？", _turns(LAPTOP, "满 3 年可申请更换。")).json()
     assert answer["searched_question"] == "报销款多久到账？"
