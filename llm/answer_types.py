@@ -139,6 +139,13 @@ _COUNTED = re.compile(
 _FIELD = re.compile(
     r"(?:^|(?<=[，,；;]))\s*([^：:，,。；;!?！？\s][^：:，,。；;!?！？]{0,11}?)\s*[：:]\s*([^，,；;。]+)"
 )
+# The names of the fields that hold a kind of value (价格 holds the money 多少钱 asks for, 保修年限 the duration
+# of 保修多久), lower case.
+_KIND_FIELDS = {
+    "money": ("价", "费", "钱", "金额", "price", "cost", "fee"),
+    "duration": ("期限", "时长", "年限", "duration"),
+    "weight": ("重量", "weight"),
+}
 _MAX_FIELD_VALUE = 30  # longer values are prose, in which the kind of value asked for is marked instead
 _MAX_MARKS = (
     3  # more values than this, or values in different units: only the one nearest the question's words
@@ -204,6 +211,7 @@ def answer_spans(question: str, sentence: str) -> list[tuple[int, int]]:
             and (
                 _names(m.group(1).strip(), folded_question)
                 or (asked and _touches(m.group(1), folded_question) and _wholly(asked[1], m.group(2)))
+                or (asked and any(word in m.group(1) for word in _KIND_FIELDS.get(asked[0], ())))
             )
         ]
         if named:
