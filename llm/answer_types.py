@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from retrieval.lexical import words
 from retrieval.text_rules import CJK_RUN, fold
 
 _NUMBER = r"(?:\d+(?:\.\d+)?|[一二两兩三四五六七八九十百千万萬半]+)"
@@ -129,7 +130,8 @@ _MARKED = ("duration", "length", "weight", "money", "date", "count")
 # A counted number with its unit or measure word (2.1 kg, 16 路, 8 米), for 几/多少: not a digit of a code (X1,
 # XH-X1, 4K), and a Chinese numeral only with its unit (the 一 of 一体化 and the 半 of 半径 count nothing).
 _MEASURE = (
-    r"\s*(?:%|％|°C|[个個人名位次件台项項种種所座条條家岁歲倍层層路米年月日天元块塊]"
+    r"\s*(?:%|％|°C|(?:平方)?公[里尺顷頃斤]|[千英][米里尺寸克]|[万萬亿億]"
+    r"|[个個人名位次件台项項种種所座条條家岁歲倍层層路米年月日天元块塊间間只部本首张張辆輛届屆场場架艘枚份章节節卷册冊吨噸]"
     r"|(?:kg|mm|cm|km|GB|MB|TB|Hz|W|m|g)(?![A-Za-z]))"
 )
 _COUNTED = re.compile(
@@ -224,7 +226,7 @@ def answer_spans(question: str, sentence: str) -> list[tuple[int, int]]:
         (start + len(sentence[start:end]) - len(sentence[start:end].lstrip()), end) for start, end in found
     ]
     unit = _UNIT_ASKED.search(question)
-    measure = _MEASURE_ASKED.search(fold(question))
+    measure = _measure_asked(question)
     if unit and len(found) > 1:  # 几天 asks for days: a rule's "满 5 年" is its condition, "12 天" the answer
         unit_asked = (unit.group(1) or unit.group(2)).lower()  # the Chinese or the English unit
         units = next(group for key, group in _UNITS.items() if unit_asked.startswith(key))
@@ -261,6 +263,22 @@ def _names(name: str, question: str) -> bool:
         return True
     pairs = [name[i : i + 2] for i in range(len(name) - 1)]
     return name in question or sum(pair in question for pair in pairs) / len(pairs) >= 0.5
+
+
+def _measure_asked(question: str) -> re.Match[str] | None:
+    """Return where a count question names its measure word (人 of 几个人, 位 of 几位), or None: not the 人
+    of 多少人口, which jieba keeps in a word of its own."""
+    folded = fold(question)
+    measure = _MEASURE_ASKED.search(folded)
+    if measure is None:
+        return None
+    at = measure.start(1) if measure.group(1) else measure.start(2)
+    start = 0
+    for word in words(folded):
+        if start <= at < start + len(word):
+            return measure if word[-1] == folded[at] and (len(word) == 1 or word[0] in "几幾多") else None
+        start += len(word)
+    return None
 
 
 def _holds_unit(sentence: str, span: tuple[int, int], units: tuple[str, ...]) -> bool:

@@ -77,6 +77,8 @@ def spans_of(question: str, sentence: str) -> list[str]:
             "假期: 春节，放假日期: 1月28日至2月4日，天数: 8，调休上班日期: 1月26日（周日）、2月8日（周六）",
             ["1月26日（周日）、2月8日（周六）"],
         ),
+        # 万, 公里, 本…: a number's measure, so it is no bare number.
+        ("上海有多少人口？", "上海常住人口约 2487 万，面积 6340 平方公里。", ["2487 万"]),
         # A field that holds the kind asked for: 价格 the money of 多少钱, 保修年限 the duration of 保修多久.
         ("星河S2 多少钱？", "产品: 星河S2 桌面会议宝，型号: XH-S2，价格: 899，保修年限: 1", ["899"]),
         ("星河S2 保修多久？", "产品: 星河S2 桌面会议宝，型号: XH-S2，价格: 899，保修年限: 1", ["1"]),
