@@ -149,9 +149,8 @@ _KIND_FIELDS = {
     "weight": ("重量", "weight"),
 }
 _MAX_FIELD_VALUE = 30  # longer values are prose, in which the kind of value asked for is marked instead
-_MAX_MARKS = (
-    3  # more values than this, or values in different units: only the one nearest the question's words
-)
+# More values than this, or values in different units: only the one nearest the question's words is marked.
+_MAX_MARKS = 3
 # The unit a duration question names (几天, 多少个月, how many days) and the words that hold it.
 _UNIT_ASKED = re.compile(
     r"(?:几|幾|多少)\s*(?:个|個)?\s*(工作日|天|年|周|週|星期|月|小时|小時)|how many (working day|day|year|week|month|hour)",
