@@ -10,6 +10,9 @@ standalone question before retrieval:
   standalone the same way) replace its pronoun, or lead it. The previous question is searched too: when
   the chunks it finds are about another of its terms (咖啡因 of 人类最早在哪一个时期即使用咖啡因？, whose
   topic is 人类), the reading that carries that term is searched as well and the more answerable kept.
+  An ellipsis naming another thing of the sort the previous question asked about (那病假呢？ after
+  年假有几天？) asks that question of it instead (病假有几天？). A short turn goes on with the passage the
+  previous question found (密码是多少？ after 怎么连接访客 Wi-Fi？) when its rewrite finds that passage first.
   A turn that is none of these is a *weak* candidate: it is changed only when the knowledge base barely
   answers it as written.
 - with a generating backend (`model_rewrite`): the model rewrites the turn from the recent turns with a
@@ -219,11 +222,12 @@ def _swapped(question: str, previous: str) -> str:
     出差, and 上海呢？ after 北京住宿标准多少？ for 北京 alone; those carry the topic instead (`_carrying`).
     """
     named = _ELLIPTIC_NAME.match(question)
-    topic = _topic(previous) if named else ""
-    at = previous.find(topic) if topic else -1
-    if at < 0 or not content_terms(named.group("name")):
+    if not named or not content_terms(named.group("name")):
         return ""
-    name = named.group("name")
+    name, topic = named.group("name"), _topic(previous)
+    at = previous.find(topic) if topic else -1
+    if at < 0:
+        return ""
     before, rest = previous[:at], previous[at + len(topic) :]
     if any(len(t) > 1 for t in content_terms(before + " " + rest)) or fold(name) in fold(previous):
         return ""
