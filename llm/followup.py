@@ -175,25 +175,29 @@ def rule_rewrite(
     if not previous:
         return None
     standalone = _standalone(previous[-1], previous[:-1], rarity)
-    swapped = _swapped(question, standalone)
-    if swapped:
-        return Candidate(swapped, swapped, "points-back", "rules")
+    ellipsis = _ellipsis(question, standalone)
+    if ellipsis and ellipsis.swaps:
+        return Candidate(ellipsis.asked, ellipsis.asked, "points-back", "rules")
     subject = _subject(standalone, question, rarity)
     if not subject:
         return None
-    candidate = replace(_carrying(question, subject), previous=standalone)
+    read = ellipsis.asked if ellipsis else None
+    candidate = replace(_carrying(question, subject, read), previous=standalone)
     candidates = _unsaid(standalone, question)
     if sources is None or candidate.strength == "none" or len(candidates) < 2:
         return candidate
     about = _about(candidates, _unsaid(_topic(standalone), question), sources(standalone), rarity)
     if not about or about == fold(subject).casefold():
         return candidate
-    other = _carrying(question, _as_written(about, standalone))
+    other = _carrying(question, _as_written(about, standalone), read)
     return replace(candidate, alternatives=(other,))
 
 
-def _carrying(question: str, subject: str) -> Candidate:
-    """Return `question` made standalone by carrying `subject`: in place of its pronoun, or leading it."""
+def _carrying(question: str, subject: str, read: str | None = None) -> Candidate:
+    """Return `question` made standalone by carrying `subject`: in place of its pronoun, or leading it.
+
+    The reader reads the turn with its pronoun resolved, or as typed, or `read` when given (what an
+    ellipsis asks of the thing it names, `_ellipsis`)."""
     tokens = terms(question)
     glued = _GLUED_IT.search(
         question
@@ -210,29 +214,38 @@ def _carrying(question: str, subject: str) -> Candidate:
         return Candidate(resolved, resolved, strength, "rules")
     typed = _LEADING.sub("", question) or question
     joiner = " " if _ENGLISH.search(subject[-1:] + typed[:1]) else ""
-    return Candidate(f"{subject}{joiner}{typed}", question, strength, "rules")
+    return Candidate(f"{subject}{joiner}{typed}", read or question, strength, "rules")
 
 
-def _swapped(question: str, previous: str) -> str:
-    """Return the previous question asked of what an elliptic turn names instead, or "": 病假呢？ after
-    年假有几天？ asks 病假有几天？, 星河S2 呢？ after 星河X1 多少钱？ asks 星河S2 多少钱？.
+@dataclass(frozen=True)
+class _Ellipsis:
+    """What an elliptic turn naming one thing (那病假呢？) asks: the previous question, of that thing."""
 
-    Only when the rest of the previous question only asks (有几天, 多少钱) and its topic is one word or
-    shares a character with what the turn names: 那高铁呢？ after 出差可以坐飞机吗？ stands for 飞机, not
-    出差, and 上海呢？ after 北京住宿标准多少？ for 北京 alone; those carry the topic instead (`_carrying`).
+    asked: str  # 病假有几天？ after 年假有几天？; 餐补是多少？ after 差旅住宿标准是多少？
+    swaps: bool  # the thing stands for the previous question's topic, so `asked` is searched too
+
+
+def _ellipsis(question: str, previous: str) -> _Ellipsis | None:
+    """Return what an elliptic turn asks of the thing it names, or None when it names none or the rest of the
+    previous question says more than what it asks (那高铁呢？ after 出差可以坐飞机吗？ stands for 飞机).
+
+    The thing swaps for the previous question's topic when the topic is one word or shares a character
+    with it (病假 for 年假, 星河S2 for 星河X1): 病假有几天？ is searched and read. Otherwise (餐补 after
+    差旅住宿标准是多少？, 上海 after 北京住宿标准多少？) the topic is carried into the search (`_carrying`),
+    and what the turn asks of the thing, 餐补是多少？, is only read: the reader knows the kind of value asked.
     """
     named = _ELLIPTIC_NAME.match(question)
     if not named or not content_terms(named.group("name")):
-        return ""
+        return None
     name, topic = named.group("name"), _topic(previous)
     at = previous.find(topic) if topic else -1
     if at < 0:
-        return ""
+        return None
     before, rest = previous[:at], previous[at + len(topic) :]
     if any(len(t) > 1 for t in content_terms(before + " " + rest)) or fold(name) in fold(previous):
-        return ""
-    like = len(whole_terms(content_terms(topic))) == 1 or bool(set(CJK_CHAR.findall(name)) & set(topic))
-    return f"{before}{name}{rest}" if like else ""
+        return None
+    swaps = len(whole_terms(content_terms(topic))) == 1 or bool(set(CJK_CHAR.findall(name)) & set(topic))
+    return _Ellipsis(f"{before}{name}{rest}", swaps)
 
 
 def _previous_questions(history: Sequence[Message], max_turns: int) -> list[str]:

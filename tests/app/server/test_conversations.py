@@ -62,6 +62,7 @@ def test_what_about_the_meal_allowance_streams_with_the_searched_question(server
     done = [block for block in stream.split("\n\n") if block.startswith("event: done")]
     data = json.loads(done[0].split("data: ", 1)[1])
     assert "出差餐补每天 100 元" in data["answer"]
+    assert [span["text"] for span in data["spans"]] == ["100 元"]  # read as 餐补是多少？: the money marked
     assert data["searched_question"] == "差旅住宿标准餐补呢？" and data["answerability"] > 0.9
     alone = _chat(server.url, "那餐补呢？").json()
     assert alone["answerability"] < data["answerability"]  # the history now changes what is judged
