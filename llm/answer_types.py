@@ -8,6 +8,7 @@ money for 多少钱, the date for 哪一年/什么时候, the number with its un
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -264,6 +265,7 @@ def _names(name: str, question: str) -> bool:
     return name in question or sum(pair in question for pair in pairs) / len(pairs) >= 0.5
 
 
+@functools.lru_cache(maxsize=256)  # asked once for each sentence of a question's hits
 def _measure_asked(question: str) -> re.Match[str] | None:
     """Return where a count question names its measure word (人 of 几个人, 位 of 几位), or None: not the 人
     of 多少人口, which jieba keeps in a word of its own."""
