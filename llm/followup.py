@@ -10,6 +10,8 @@ standalone question before retrieval:
   standalone the same way) replace its pronoun, or lead it. The previous question is searched too: when
   the chunks it finds are about another of its terms (咖啡因 of 人类最早在哪一个时期即使用咖啡因？, whose
   topic is 人类), the reading that carries that term is searched as well and the more answerable kept.
+  When neither is answered well, the readings carrying the previous question's other names are tried
+  too (新北市 of 营造业在新北市中占了就业人口中的百分之多少？).
   An ellipsis naming another thing of the sort the previous question asked about (那病假呢？ after
   年假有几天？) asks that question of it instead (病假有几天？). A short turn goes on with the passage the
   previous question found (密码是多少？ after 怎么连接访客 Wi-Fi？) when its rewrite finds that passage first.
@@ -80,7 +82,8 @@ class FollowupConfig(BaseModel):
         ge=0.0,
         le=1.0,
         description="A turn without follow-up words is rewritten only when its answerability as written is "
-        "below this, and the rewrite's is higher.",
+        "below this, and the rewrite's is higher; a pronoun whose reading with the previous question's "
+        "topic is below this also tries that question's other names.",
     )
     switch_margin: float = Field(
         0.1,
@@ -111,6 +114,9 @@ class Candidate:
     # Other readings of the turn (another subject carried), as sure as this one: every one is searched and
     # the most answerable kept (`choose`).
     alternatives: tuple[Candidate, ...] = ()
+    # Readings carrying another name of the previous question (新北市 of 营造业在新北市中占了…): tried only
+    # when none of the readings above is answered well (`FollowupConfig.weak_below`).
+    fallbacks: tuple[Candidate, ...] = ()
     previous: str = ""  # the previous question, standalone: a short turn may go on reading what it found
 
 
@@ -187,10 +193,28 @@ def rule_rewrite(
     if sources is None or candidate.strength == "none" or len(candidates) < 2:
         return candidate
     about = _about(candidates, _unsaid(_topic(standalone), question), sources(standalone), rarity)
-    if not about or about == fold(subject).casefold():
-        return candidate
-    other = _carrying(question, _as_written(about, standalone), read)
-    return replace(candidate, alternatives=(other,))
+    carried = [about] if about and about != fold(subject).casefold() else []
+    alternatives = tuple(_carrying(question, _as_written(t, standalone), read) for t in carried)
+    if candidate.strength != "points-back" or rarity is None:
+        return replace(candidate, alternatives=alternatives)
+    others = _other_names(candidates, [subject, *carried], rarity)
+    fallbacks = tuple(_carrying(question, _as_written(t, standalone), read) for t in others)
+    return replace(candidate, alternatives=alternatives, fallbacks=fallbacks)
+
+
+# A pronoun poorly answered with the previous question's topic tries at most this many of its other names.
+MAX_FALLBACKS = 3
+
+
+def _other_names(candidates: Sequence[str], carried: Sequence[str], rarity: Rarity) -> list[str]:
+    """Return the terms of the previous question (`candidates`) a pronoun may name besides those `carried`:
+    words of two characters or more, the ones the knowledge base holds least often first (新北市 and 就业人口
+    of 营造业在新北市中占了就业人口中的百分之多少？, whose topic is 营造业)."""
+    said = fold(" ".join(carried)).casefold()
+    others = [t for t in candidates if len(t) >= 2 and t not in said]
+    counts = rarity(others) if others else {}
+    held = [t for t in others if counts.get(t, 0)]  # a name no chunk holds finds nothing about it
+    return sorted(held, key=lambda t: counts[t])[:MAX_FALLBACKS]
 
 
 def _carrying(question: str, subject: str, read: str | None = None) -> Candidate:
@@ -544,7 +568,9 @@ def choose(
     passage (`_goes_on`, `continue_margin`), then read rewritten too; any other is tried rewritten only
     when it is answered poorly as written (`weak_below`), and kept only when more answerable: a question
     that stands on its own is not changed by the history. Without a calibration only a turn that points
-    back, or a short one going on, is rewritten.
+    back, or a short one going on, is rewritten. A turn that points back searches its readings carrying
+    the previous question's other names (`Candidate.fallbacks`) only when the best reading is answered
+    poorly (`weak_below`), and keeps the most answerable.
     """
     if candidate is None or candidate.searched.strip() == question.strip():
         return Searched.as_written(question, search(question))
@@ -564,6 +590,10 @@ def choose(
         # As written it names nothing (它分布在哪些地区？): question words alone match many chunks well,
         # so its answerability says nothing, and a follow-up the documents cannot answer must be refused.
         reading, rewritten = _most_answerable(_searched_readings(candidate, search))
+        weak = rewritten.answerability is not None and rewritten.answerability < config.weak_below
+        if candidate.fallbacks and weak:
+            fallbacks = [(other, search(other.searched)) for other in candidate.fallbacks]
+            reading, rewritten = _most_answerable([(reading, rewritten), *fallbacks])
         return Searched(reading.searched, reading.read, rewritten, reading.method)
     written = search(question)
     if written.answerability is None or written.answerability >= config.weak_below:

@@ -208,6 +208,38 @@ def test_a_term_the_sources_share_with_the_whole_knowledge_base_is_not_carried()
     assert unused.strength == "none"
 
 
+def test_a_pronoun_poorly_answered_with_the_topic_tries_the_previous_questions_other_names() -> None:
+    # 它 of the follow-up is 新北市, which the previous question names after its topic 营造业; the chunks
+    # found for that question are about 营造业, so nothing but the topic is carried at first.
+    previous = _after("营造业在新北市中占了就业人口中的百分之多少？")
+    counts = {"营造业": 3, "新北市": 40, "就业人口": 30, "百分之": 200}
+    found = ["营造业在新北市的就业人口中占 7.7%。", "营造业的产值逐年增长。"]
+    candidate = rule_rewrite("它的海岸线约有多少公里？", previous, rarity=_counts(counts), sources=lambda q: found)
+    assert candidate.searched == "营造业的海岸线约有多少公里？" and candidate.alternatives == ()
+    assert [c.searched for c in candidate.fallbacks] == [  # the rarest first, at most three
+        "就业人口的海岸线约有多少公里？",
+        "新北市的海岸线约有多少公里？",
+        "百分之的海岸线约有多少公里？",
+    ]
+    scores = {
+        "营造业的海岸线约有多少公里？": 0.04,
+        "就业人口的海岸线约有多少公里？": 0.1,
+        "新北市的海岸线约有多少公里？": 0.89,
+        "百分之的海岸线约有多少公里？": 0.02,
+    }
+    chosen, searched = _choose("它的海岸线约有多少公里？", candidate, scores)
+    assert chosen.searched == "新北市的海岸线约有多少公里？" and chosen.found.answerability == 0.89
+    assert len(searched) == 4
+    # answered well with the topic, the other names are not searched
+    chosen, searched = _choose("它的海岸线约有多少公里？", candidate, {**scores, candidate.searched: 0.6})
+    assert chosen.searched == candidate.searched and searched == [candidate.searched]
+    # a name no chunk holds is not tried
+    unheld = rule_rewrite(
+        "它的海岸线约有多少公里？", previous, rarity=_counts({**counts, "新北市": 0}), sources=lambda q: found
+    )
+    assert "新北市的海岸线约有多少公里？" not in [c.searched for c in unheld.fallbacks]
+
+
 def test_a_demonstrative_in_traditional_script_is_replaced() -> None:
     laptop = _after("筆記型電腦多久可以更換？")
     assert rule_rewrite("這個要審批嗎？", laptop).searched == "筆記型電腦要審批嗎？"
