@@ -10,8 +10,8 @@ standalone question before retrieval:
   standalone the same way) replace its pronoun, or lead it. The previous question is searched too: when
   the chunks it finds are about another of its terms (咖啡因 of 人类最早在哪一个时期即使用咖啡因？, whose
   topic is 人类), the reading that carries that term is searched as well and the more answerable kept.
-  When neither is answered well, the readings carrying the previous question's other names are tried
-  too (新北市 of 营造业在新北市中占了就业人口中的百分之多少？).
+  When neither is answered well but the previous question was, the readings carrying the previous
+  question's other names are tried too (新北市 of 营造业在新北市中占了就业人口中的百分之多少？).
   An ellipsis naming another thing of the sort the previous question asked about (那病假呢？ after
   年假有几天？) asks that question of it instead (病假有几天？). A short turn goes on with the passage the
   previous question found (密码是多少？ after 怎么连接访客 Wi-Fi？) when its rewrite finds that passage first.
@@ -83,7 +83,7 @@ class FollowupConfig(BaseModel):
         le=1.0,
         description="A turn without follow-up words is rewritten only when its answerability as written is "
         "below this, and the rewrite's is higher; a pronoun whose reading with the previous question's "
-        "topic is below this also tries that question's other names.",
+        "topic is below this, when that question's is not, also tries that question's other names.",
     )
     switch_margin: float = Field(
         0.1,
@@ -570,7 +570,7 @@ def choose(
     that stands on its own is not changed by the history. Without a calibration only a turn that points
     back, or a short one going on, is rewritten. A turn that points back searches its readings carrying
     the previous question's other names (`Candidate.fallbacks`) only when the best reading is answered
-    poorly (`weak_below`), and keeps the most answerable.
+    poorly and the previous question well (`weak_below`), and keeps the most answerable.
     """
     if candidate is None or candidate.searched.strip() == question.strip():
         return Searched.as_written(question, search(question))
@@ -590,8 +590,11 @@ def choose(
         # As written it names nothing (它分布在哪些地区？): question words alone match many chunks well,
         # so its answerability says nothing, and a follow-up the documents cannot answer must be refused.
         reading, rewritten = _most_answerable(_searched_readings(candidate, search))
-        weak = rewritten.answerability is not None and rewritten.answerability < config.weak_below
-        if candidate.fallbacks and weak:
+        # The previous question's other names are worth trying only when it was answered well: after one
+        # the knowledge base cannot answer they found words of it elsewhere (地区, 公司) and made
+        # follow-ups about an article it does not hold look answerable (CMRC: 0.87 refused, 0.65 then).
+        poor = rewritten.answerability is not None and rewritten.answerability < config.weak_below
+        if candidate.fallbacks and poor and _answerability(search(candidate.previous)) >= config.weak_below:
             fallbacks = [(other, search(other.searched)) for other in candidate.fallbacks]
             reading, rewritten = _most_answerable([(reading, rewritten), *fallbacks])
         return Searched(reading.searched, reading.read, rewritten, reading.method)

@@ -214,7 +214,9 @@ def test_a_pronoun_poorly_answered_with_the_topic_tries_the_previous_questions_o
     previous = _after("营造业在新北市中占了就业人口中的百分之多少？")
     counts = {"营造业": 3, "新北市": 40, "就业人口": 30, "百分之": 200}
     found = ["营造业在新北市的就业人口中占 7.7%。", "营造业的产值逐年增长。"]
-    candidate = rule_rewrite("它的海岸线约有多少公里？", previous, rarity=_counts(counts), sources=lambda q: found)
+    candidate = rule_rewrite(
+        "它的海岸线约有多少公里？", previous, rarity=_counts(counts), sources=lambda q: found
+    )
     assert candidate.searched == "营造业的海岸线约有多少公里？" and candidate.alternatives == ()
     assert [c.searched for c in candidate.fallbacks] == [  # the rarest first, at most three
         "就业人口的海岸线约有多少公里？",
@@ -222,6 +224,7 @@ def test_a_pronoun_poorly_answered_with_the_topic_tries_the_previous_questions_o
         "百分之的海岸线约有多少公里？",
     ]
     scores = {
+        "营造业在新北市中占了就业人口中的百分之多少？": 0.95,  # the previous question, answered well
         "营造业的海岸线约有多少公里？": 0.04,
         "就业人口的海岸线约有多少公里？": 0.1,
         "新北市的海岸线约有多少公里？": 0.89,
@@ -229,10 +232,13 @@ def test_a_pronoun_poorly_answered_with_the_topic_tries_the_previous_questions_o
     }
     chosen, searched = _choose("它的海岸线约有多少公里？", candidate, scores)
     assert chosen.searched == "新北市的海岸线约有多少公里？" and chosen.found.answerability == 0.89
-    assert len(searched) == 4
-    # answered well with the topic, the other names are not searched
-    chosen, searched = _choose("它的海岸线约有多少公里？", candidate, {**scores, candidate.searched: 0.6})
-    assert chosen.searched == candidate.searched and searched == [candidate.searched]
+    assert len(searched) == 5
+    # answered well with the topic, or after a question the knowledge base could not answer (the article
+    # is not in it), the other names are not searched
+    for changed in ({candidate.searched: 0.6}, {candidate.previous: 0.2}):
+        chosen, searched = _choose("它的海岸线约有多少公里？", candidate, {**scores, **changed})
+        assert chosen.searched == candidate.searched
+        assert set(searched) <= {candidate.searched, candidate.previous}
     # a name no chunk holds is not tried
     unheld = rule_rewrite(
         "它的海岸线约有多少公里？", previous, rarity=_counts({**counts, "新北市": 0}), sources=lambda q: found
