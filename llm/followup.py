@@ -193,7 +193,7 @@ def rule_rewrite(
     if sources is None or candidate.strength == "none" or len(candidates) < 2:
         return candidate
     about = _about(candidates, _unsaid(_topic(standalone), question), sources(standalone), rarity)
-    carried = [about] if about and about != fold(subject).casefold() else []
+    carried = [about] if about and not _narrows(about, subject) else []
     alternatives = tuple(_carrying(question, _as_written(t, standalone), read) for t in carried)
     if candidate.strength != "points-back" or rarity is None:
         return replace(candidate, alternatives=alternatives)
@@ -342,6 +342,13 @@ def _about(
     if counts and counts.get(best, 0) > sorted(counts.values())[len(counts) // 2]:
         return ""
     return best
+
+
+def _narrows(term: str, subject: str) -> bool:
+    """Return whether `term` is `subject`, or a name of it without its model: 星河 of 星河S2, whose chunks all
+    hold the brand (carrying it alone answered 它保修多久？ with every product's warranty)."""
+    folded = fold(subject).casefold()
+    return term == folded or bool(re.search(re.escape(term) + r"\s*[a-z0-9]", folded))
 
 
 def _as_written(term: str, text: str) -> str:

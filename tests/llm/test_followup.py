@@ -193,6 +193,16 @@ def test_the_previous_questions_sources_say_what_it_was_about() -> None:
     assert searched == ["人类最早在哪个器官中代谢？", "咖啡因在哪个器官中代谢？"]
 
 
+def test_a_product_is_not_narrowed_to_its_brand() -> None:
+    # every chunk found for 星河S2 多少钱？ holds 星河, fewer hold s2: still the S2 is what 它 names
+    chunks = ["星河S2 桌面会议宝，价格 899", "星河X1 价格 2999", "星河X1 Pro 价格 4599"]
+    previous = _after("星河S2 多少钱？")
+    candidate = rule_rewrite(
+        "它保修多久？", previous, rarity=_counts({"星河": 30, "s2": 3}), sources=lambda q: chunks
+    )
+    assert candidate.searched == "星河S2保修多久？" and candidate.alternatives == ()
+
+
 def test_a_term_the_sources_share_with_the_whole_knowledge_base_is_not_carried() -> None:
     # 地区 is in every chunk found, but the knowledge base holds it more often than most of the question's
     # terms: it names what the chunks talk about, not a subject.
