@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from retrieval.lexical import words
-from retrieval.text_rules import CJK_RUN, fold
+from retrieval.text_rules import ASKS_WEIGHT, CJK_RUN, fold
 
 _NUMBER = r"(?:\d+(?:\.\d+)?|[一二两兩三四五六七八九十百千万萬半]+)"
 _DURATION = re.compile(  # not a date: 3 月 31 日 and 2025 年 name a day and a year, 3 个月 and 31 天 last
@@ -51,7 +51,7 @@ _ANSWER_TYPES = [
     ),
     (  # a weight (星河X1 多重？ 重多少？)
         "weight",
-        re.compile(r"多重|重多少|多少(?:公斤|千克|克|斤)|how heavy|weigh", re.I),
+        ASKS_WEIGHT,
         re.compile(_NUMBER + r"\s*(?:kg|KG|Kg|g|克|千克|公斤|斤|吨|噸|磅|lbs?)(?![A-Za-z])"),
     ),
     (  # money

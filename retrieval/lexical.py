@@ -19,7 +19,15 @@ import unicodedata
 from collections.abc import Sequence
 from functools import cache
 
-from retrieval.text_rules import ASKING, CJK_CHAR, GLUE_PARTICLES, QUESTION_WORDS, fold
+from retrieval.text_rules import (
+    ASKED_FIELDS,
+    ASKING,
+    ASKING_WEIGHT_WORD,
+    CJK_CHAR,
+    GLUE_PARTICLES,
+    QUESTION_WORDS,
+    fold,
+)
 
 # A term worth indexing holds at least one letter or digit (CJK included); punctuation is dropped.
 _WORD = re.compile(r"\w")
@@ -63,11 +71,18 @@ def content_terms(question: str) -> list[str]:
 
     Single Chinese characters are left out too when longer terms remain: they are mostly pieces of
     words jieba did not know (款 and 账 of 报销款多久到账), which documents write in other words; so are
-    the two-character words it makes up by gluing a particle to its neighbour (单在 of 报销单在…).
+    the two-character words it makes up by gluing a particle to its neighbour (单在 of 报销单在…), and the
+    多重 that asks for a weight (有多重？).
     """
+    question = ASKING_WEIGHT_WORD.sub(" ", question)
     found = [t for t in dict.fromkeys(terms(question)) if t not in QUESTION_WORDS and not ASKING.search(t)]
     words = [t for t in found if (len(t) > 1 or not CJK_CHAR.match(t)) and not _glued(t)]
     return words or found
+
+
+def asked_fields(question: str) -> list[str]:
+    """Return the names of the fields that hold what `question` asks for (重量 for 星河X1 有多重？), if any."""
+    return [name for asks, names in ASKED_FIELDS if asks.search(question) for name in names]
 
 
 def whole_terms(found: Sequence[str]) -> list[str]:

@@ -20,7 +20,7 @@ from retrieval.bilingual import is_chinese, translations
 from retrieval.calibration import Calibration
 from retrieval.embedders import Embedder
 from retrieval.knowledge_base import KnowledgeBase, ScoredChunk
-from retrieval.lexical import content_terms, match_expression, terms, whole_terms
+from retrieval.lexical import asked_fields, content_terms, match_expression, terms, whole_terms
 from retrieval.reranker import Reranker
 from retrieval.search_types import Mode, Retrieval, RetrievalConfig, SearchHit, SearchOptions
 from retrieval.store import ChunkRecord
@@ -46,6 +46,8 @@ class _Search:
     allowed: set[int] | None = None  # the chunk ids the filters allowed (None: every chunk)
     # The query's terms no chunk holds as written, with how many chunks hold their most common translation.
     translated: dict[str, int] = field(default_factory=dict)
+    # The names of the fields holding what the query asks for that some chunk holds (重量 for 有多重？).
+    held_fields: list[str] = field(default_factory=list)
 
 
 class Retriever:
@@ -97,6 +99,7 @@ class Retriever:
         if not lexical and (expression := match_expression(query)):
             lexical = kb.lexical_search(expression, 1, allowed)
         asked = content_terms(query)
+        asked += [name for name in found.held_fields if name not in asked]
         chunks, counts = kb.term_counts(asked, allowed)
         counts = {**counts, **found.translated}  # a term held in the other language is not unseen
         weights = term_weights(chunks, counts, asked)
@@ -147,7 +150,8 @@ class Retriever:
                 return _Search([], None, [], [], set())
         depth = max(self.config.candidates, options.k, self.config.reranker.top_n if options.rerank else 0)
         dense = kb.search(query_vector, depth, allowed) if mode != "lexical" else []
-        expression = match_expression(query) if mode != "dense" else None
+        fields = _held_fields(kb, query, allowed)
+        expression = match_expression(" ".join([query, *fields])) if mode != "dense" else None
         lexical = kb.lexical_search(expression, depth, allowed) if expression else []
         # A question in another language than the documents: the chunks that hold its terms' translations
         # are a third list, so that a chunk in the question's language that shares a word (days) does not
@@ -184,7 +188,7 @@ class Retriever:
             candidates = self._rerank(query, candidates)
         hits = [self._hit(kb, c, options.neighbours) for c in candidates[: options.k]]
         counts = {term: count for term, (count, _) in translated.items()}
-        return _Search(hits, query_vector, dense, lexical, allowed, counts)
+        return _Search(hits, query_vector, dense, lexical, allowed, counts, fields)
 
     def _rank(
         self,
@@ -292,6 +296,16 @@ class Retriever:
             metadata=chunk.metadata,
             ocr=chunk.ocr,
         )
+
+
+def _held_fields(kb: KnowledgeBase, query: str, allowed: set[int] | None = None) -> list[str]:
+    """Return the names of the fields holding what the query asks for that some (allowed) chunk holds:
+    星河X1 有多重？ is searched with 重量, the field of the table row that answers it."""
+    names = asked_fields(query)
+    if not names:
+        return []
+    _, counts = kb.term_counts(names, allowed)
+    return [name for name in names if counts.get(name)]
 
 
 def _translated(

@@ -68,7 +68,7 @@ _CHINESE_QUESTION_WORD_TEXT = """
 什么 什麼 甚麼 啥 哪 哪里 哪裡 哪儿 哪兒 哪个 哪個 哪些 哪一 哪位 哪年 哪一年 哪天 哪国 哪國 谁 誰 几 幾 多少 多久 多长 多長 多大 多高 多远 多遠 如何 怎么 怎麼 怎样
 怎樣 怎么样 怎麼樣 为什么 為什麼 为何 為何 何时 何時 何处 何處 何人 何地 何种 何種 什么样 什麼樣 是否 吗 嗎 呢 吧 啊 的 了 是 在 有 和 与 與 及 或 被 把 给 給 对
 對 于 於 由 从 從 到 为 為 以 之 其 这 這 那 该 該 个 個 些 一 我 你 他 她 它 们 們 请问 請問 可以 能 会 會 需要 要 应 應 应该 應該 哪种 哪種 几个 幾個 几年
-幾年 几天 幾天 称为 稱為 叫 叫做 所 时 時 后 後 中 上 下
+幾年 几天 幾天 称为 稱為 叫 叫做 所 时 時 后 後 中 上 下 多贵 多貴
 """
 # English words of a request rather than of its subject ("please explain in detail", "whose").
 _ENGLISH_ASKING_TEXT = "whose please answer detail details explain tell describe briefly get got"
@@ -83,6 +83,17 @@ QUESTION_WORDS = frozenset(
 ASKING = re.compile(
     r"哪|什[么麼]|甚[么麼]|[谁誰]|[为為]何|何[时時处處种種]|如何|多少|[几幾][个個年天月次位种種号號]"
 )
+
+# A question that asks for a weight or a price need not name the field that holds it in a table ("重量:
+# 2.1 kg", "价格: 2999"): 星河X1 有多重？ shares only 星河X1 with the row that answers it, and more with the
+# product's description. Each kind: what asks for it, and the names of its field (`Retriever` searches
+# the ones some chunk holds as terms of the question). 多重 asks only at a question's end (有多重？多重呢？):
+# before another word it is a word (多重签证) or part of one (有多重要).
+_WEIGHT_WORD = rf"多重(?=$|[^{CJK_IDEOGRAPHS}]|[呢啊呀吗嗎])"
+ASKS_WEIGHT = re.compile(rf"{_WEIGHT_WORD}|重多少|多少(?:公斤|千克|克|斤)|how heavy|weigh", re.I)
+ASKED_FIELDS = ((ASKS_WEIGHT, ("重量", "weight")), (re.compile(r"多少[钱錢]|多[贵貴]"), ("价格",)))
+# 多重 asking for a weight is no term of what the question is about (no passage says 多重 for a weight).
+ASKING_WEIGHT_WORD = re.compile(_WEIGHT_WORD)
 
 # Two sets of Chinese function characters, for two different tests of a two-character piece:
 # Particles jieba's new-word guessing glues to the character before or after them (报销单在 → 单在): a

@@ -51,6 +51,9 @@ def first_sentence(text: str) -> str:
         ("病假一年有几天？", "病假：每年享有 12 天全薪病假"),
         # A key-value table row reads as its key and value.
         ("星河X1 重量多少？", "重量：2.1 kg"),
+        # Asked without the field's name: the weight is searched under 重量 (多重 is no word of the documents).
+        ("星河X1 重多少？", "重量：2.1 kg"),
+        ("星河X1 有多重？", "重量：2.1 kg"),
     ],
 )
 def test_the_sample_questions_get_the_sentence_that_answers(demo: KnowledgeService, question, holds) -> None:

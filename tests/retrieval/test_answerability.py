@@ -15,7 +15,7 @@ from llm import Answer, Timings, Usage
 from retrieval import Calibration, KnowledgeBaseCatalog, LogisticModel, find_calibration
 from retrieval.answerability import COVERAGE_SATURATION, coverage, signals, term_weights
 from retrieval.calibration import BUNDLED_DIR
-from retrieval.lexical import content_terms
+from retrieval.lexical import asked_fields, content_terms
 
 
 def test_logistic_regression_recovers_the_weights_it_was_drawn_from() -> None:
@@ -90,6 +90,42 @@ def test_question_words_are_not_content_terms() -> None:
     assert content_terms("Who won the 2022 World Cup?") == ["won", "2022", "world", "cup"]
     # Workplace words jieba lacks stay whole: 年假 is not 年 + 假, which every 放假 and 病假 would match.
     assert content_terms("年假有几天？") == ["年假"]
+    # 多重 asks for a weight at a question's end; before another word it is a word (多重签证) or part of one.
+    assert content_terms("星河X1 有多重？") == ["星河", "x1"]
+    assert content_terms("多重签证怎么申请？")[:2] == ["多重", "签证"]
+    assert content_terms("星河X1 多贵？") == ["星河", "x1"]
+    assert asked_fields("星河X1 有多重？") == asked_fields("星河X1 重多少？") == ["重量", "weight"]
+    assert asked_fields("星河X1 多少钱？") == ["价格"]
+    assert asked_fields("这件事有多重要？") == asked_fields("多重签证怎么申请？") == []
+
+
+def test_a_weight_or_price_is_searched_under_its_field_where_some_chunk_holds_it(
+    tmp_path: Path, tiny_embedder
+) -> None:
+    """星河X1 有多重？ names no word of the spec row that answers it (重量: 2.1 kg): the field's name is one of
+    its terms, in the search and in answerability, where some chunk holds it and only there."""
+    from app.services import KnowledgeService
+    from app.settings import load_settings
+    from retrieval import SearchOptions
+
+    docs = {
+        "spec.txt": "重量：2.1 kg",
+        "intro.txt": "星河X1 是一体化智能会议终端。星河X1 适合中小型会议室。",
+        "leave.txt": "员工每年享有 12 天全薪病假。",
+    }
+    for name, text in docs.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    svc = KnowledgeService(load_settings(data_dir=tmp_path / "data"))
+    svc.embedder = tiny_embedder
+    assert not svc.ingest("t", [tmp_path / n for n in docs]).failures
+    found = svc.retrieve("t", "星河X1 有多重？", SearchOptions(k=3, mode="lexical"))
+    assert set(found.term_weights) == {"星河", "x1", "重量"}  # weight: held by no chunk, not searched
+    assert found.signals.unseen == 0.0  # 多重 is not a word the knowledge base lacks
+    assert "spec.txt" in [hit.source for hit in found.hits]  # BM25 finds the row by 重量 alone
+    # Without the field in any chunk, nothing is added: 多少钱 counts no unseen 价格 against the passage.
+    priced = svc.retrieve("t", "星河X1 多少钱？", SearchOptions(k=3))
+    assert set(priced.term_weights) == {"星河", "x1"} and priced.signals.unseen == 0.0
+    svc.close()
 
 
 def test_coverage_weighs_rare_terms_and_matches_whole_english_words() -> None:
