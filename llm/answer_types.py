@@ -92,6 +92,13 @@ _ANSWER_TYPES = [
     ),
 ]
 
+# 电话是多少？ asks for a number that names (a phone, a code, a postcode), not one that counts: the 四位 of
+# 身份证后四位 is no answer to it.
+_IDENTIFIER_ASKED = re.compile(
+    r"(?:电话|電話|号码|號碼|编号|編號|代码|代碼|密码|密碼|邮箱|郵箱|账号|帳號|网址|網址|内线|內線|分机|分機"
+    r"|邮编|郵編|区号|區號)(?:是|为|為)?多少"
+)
+
 
 def holds_answer(question: str, sentence: str) -> bool:
     """Return whether `sentence` holds the kind of value `question` asks for (a duration, money, a count).
@@ -111,6 +118,8 @@ def holds_answer(question: str, sentence: str) -> bool:
 
 def asked_kind(question: str) -> tuple[str, re.Pattern[str]] | None:
     """Return the name of the kind of value `question` asks for ("duration", "money", …) and its pattern."""
+    if _IDENTIFIER_ASKED.search(question):
+        return None
     for kind, asks, holds in _ANSWER_TYPES:
         if asks.search(question):
             return kind, holds

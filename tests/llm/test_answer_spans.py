@@ -62,6 +62,10 @@ def spans_of(question: str, sentence: str) -> list[str]:
         # How heavy, how high: a weight, a length.
         ("星河X1 有多重？", "尺寸：620 × 90 × 95 mm，重量：2.1 kg", ["2.1 kg"]),
         ("珠穆朗玛峰有多高？", "珠穆朗玛峰海拔 8848.86 米，2005 年测定。", ["8848.86 米"]),
+        # A phone number names, it does not count: nothing is marked, not the 四位 of 身份证后四位.
+        ("服务台电话是多少？", "如需立即解锁，请联系服务台并提供工号和身份证后四位。", []),
+        # A weight is asked at a question's end only: 有多重要 asks for none (the 2 kg is no answer).
+        ("这次升级有多重要？", "新版本重 2 kg，更轻便。", []),
         # A date is one span, the year, the month and the day together.
         ("公司什么时候成立的？", "公司成立于2016年3月18日，总部位于杭州。", ["2016年3月18日"]),
         ("星河X1 是哪一年发布的？", "星河X1 于 2024 年 9 月发布。", ["2024 年 9 月"]),
