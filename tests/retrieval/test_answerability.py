@@ -104,8 +104,6 @@ def test_a_weight_or_price_is_searched_under_its_field_where_some_chunk_holds_it
 ) -> None:
     """星河X1 有多重？ names no word of the spec row that answers it (重量: 2.1 kg): the field's name is one of
     its terms, in the search and in answerability, where some chunk holds it and only there."""
-    from app.services import KnowledgeService
-    from app.settings import load_settings
     from retrieval import SearchOptions
 
     docs = {
@@ -113,11 +111,7 @@ def test_a_weight_or_price_is_searched_under_its_field_where_some_chunk_holds_it
         "intro.txt": "星河X1 是一体化智能会议终端。星河X1 适合中小型会议室。",
         "leave.txt": "员工每年享有 12 天全薪病假。",
     }
-    for name, text in docs.items():
-        (tmp_path / name).write_text(text, encoding="utf-8")
-    svc = KnowledgeService(load_settings(data_dir=tmp_path / "data"))
-    svc.embedder = tiny_embedder
-    assert not svc.ingest("t", [tmp_path / n for n in docs]).failures
+    svc = _service_with(tmp_path, tiny_embedder, docs)
     found = svc.retrieve("t", "星河X1 有多重？", SearchOptions(k=3, mode="lexical"))
     assert set(found.term_weights) == {"星河", "x1", "重量"}  # weight: held by no chunk, not searched
     assert found.signals.unseen == 0.0  # 多重 is not a word the knowledge base lacks
@@ -168,8 +162,6 @@ def test_a_knowledge_base_counts_the_chunks_holding_each_term(tmp_path: Path, ti
 def test_a_word_and_its_sub_words_weigh_once_in_the_signals(tmp_path: Path, tiny_embedder) -> None:
     """A passage about laptops does not cover a question about their price: 笔记本电脑 is one word of the
     question, not four (jieba also yields 笔记, 电脑, 笔记本), so the 价格 it lacks still weighs."""
-    from app.services import KnowledgeService
-    from app.settings import load_settings
     from retrieval import SearchOptions
 
     docs = {
@@ -177,11 +169,7 @@ def test_a_word_and_its_sub_words_weigh_once_in_the_signals(tmp_path: Path, tiny
         "price.txt": "会议终端的价格是 2999 元。",
         "leave.txt": "员工每年享有 12 天全薪病假。",
     }
-    for name, text in docs.items():
-        (tmp_path / name).write_text(text, encoding="utf-8")
-    svc = KnowledgeService(load_settings(data_dir=tmp_path / "data"))
-    svc.embedder = tiny_embedder
-    assert not svc.ingest("t", [tmp_path / n for n in docs]).failures
+    svc = _service_with(tmp_path, tiny_embedder, docs)
     question = "笔记本电脑的价格是多少？"
     assert content_terms(question) == ["笔记", "电脑", "笔记本", "笔记本电脑", "价格"]
     found = svc.retrieve("t", question, SearchOptions(k=3))
@@ -195,6 +183,19 @@ def test_a_word_and_its_sub_words_weigh_once_in_the_signals(tmp_path: Path, tiny
     ceo = svc.retrieve("t", "笔记本电脑的CEO是谁？", SearchOptions(k=3)).signals
     assert ceo.unseen == pytest.approx(unseen / (unseen + weights["笔记本电脑"]))
     svc.close()
+
+
+def _service_with(tmp_path: Path, embedder, docs: dict[str, str]):
+    """Return the service on the defaults with the knowledge base `t` of `docs` (file name: text)."""
+    from app.services import KnowledgeService
+    from app.settings import load_settings
+
+    for name, text in docs.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    svc = KnowledgeService(load_settings(data_dir=tmp_path / "data"))
+    svc.embedder = embedder
+    assert not svc.ingest("t", [tmp_path / n for n in docs]).failures
+    return svc
 
 
 def test_expected_calibration_error() -> None:
