@@ -127,7 +127,7 @@ class ExtractiveReader:
             floor = self.config.runner_up_share * probabilities[best]
             others = [i for i in order[1:] if probabilities[i] >= floor][: self.config.max_sentences - 1]
             chosen += sorted((sentences[i] for i in others), key=lambda s: (s.hit, s.position))
-        return _write(question, chosen)
+        return _write(question, _marked_first(question, chosen))
 
     def sentences(self, hits: Sequence[SearchHit]) -> list[Sentence]:
         """Return the distinct sentences of the hits, in hit order; a repeated one is kept from its best hit."""
@@ -299,6 +299,16 @@ def _terms(text: str) -> set[str]:
 def _singular(word: str) -> str:
     """Return the word without a plural s, so "claims" matches "claim"."""
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+def _marked_first(question: str, chosen: list[Sentence]) -> list[Sentence]:
+    """Return the chosen sentences with the first that holds a value answering the question (`answer_spans`)
+    leading, when the best one holds none: 星河X1 多少钱？ opens with the price row (价格: 2999), not the
+    product's description the reader ranked a little higher."""
+    if answer_spans(question, chosen[0].text):
+        return chosen
+    marked = next((s for s in chosen[1:] if answer_spans(question, s.text)), None)
+    return chosen if marked is None else [marked, *(s for s in chosen if s is not marked)]
 
 
 def _write(question: str, sentences: list[Sentence]) -> Extract:

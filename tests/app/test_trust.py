@@ -54,6 +54,8 @@ def first_sentence(text: str) -> str:
         # Asked without the field's name: the weight is searched under 重量 (多重 is no word of the documents).
         ("星河X1 重多少？", "重量：2.1 kg"),
         ("星河X1 有多重？", "重量：2.1 kg"),
+        # The reader ranks the product's description first; the price row, whose 2999 answers, leads.
+        ("星河X1 多少钱？", "价格: 2999"),
     ],
 )
 def test_the_sample_questions_get_the_sentence_that_answers(demo: KnowledgeService, question, holds) -> None:

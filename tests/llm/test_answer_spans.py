@@ -173,3 +173,22 @@ def test_a_reader_fitted_on_fewer_features_still_reads(e5_embedder) -> None:
         2,
     )
     assert np.isfinite(model.probabilities(np.zeros((1, 2)))).all()
+
+
+def test_a_sentence_holding_the_value_asked_for_leads_the_answer(e5_embedder) -> None:
+    """The reader ranks the product's description (the first hit) above the price row, which holds no 元:
+    the row holding the value that answers 多少钱 opens the answer, the description follows."""
+    model = LogisticModel(("hit_rank",), (0.5,), (1.0,), (1.0,), -3.0)  # the first hit a little surer
+    reader = ExtractiveReader(e5_embedder, model=model)
+    hits = [
+        search_hit(0, "星河X1 是一体化智能会议终端。"),
+        search_hit(1, field_lines([("产品", "星河X1 智能会议终端"), ("价格", "2999")])),
+    ]
+    extract = reader.read("星河X1 多少钱？", hits)
+    assert extract is not None
+    assert extract.text.startswith("产品: 星河X1 智能会议终端，价格: 2999 [2]")
+    assert "星河X1 是一体化智能会议终端。[1]" in extract.text
+    assert [s.text for s in extract.spans] == ["2999"]
+    # A question no sentence holds a value for keeps the reader's order.
+    plain = reader.read("星河X1 是什么？", hits)
+    assert plain is not None and plain.text.startswith("星河X1 是一体化智能会议终端。[1]")
